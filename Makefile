@@ -1,0 +1,61 @@
+# Everyday targets. `make demo` and `make test` install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch on these machines; GPU users: `make install TORCH_SPEC=torch`.
+TORCH_SPEC ?= torch==2.13.0
+# Extras the code uses so far (see pyproject.toml); `make install EXTRAS=all,dev` for everything.
+EXTRAS ?= imaging,text,signal,train,dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+DEMO_OUT ?= demo_out
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test test-slow test-gpu lint format typecheck bench clean help
+
+help:
+	@echo "make demo       install, then run the whole pipeline on a synthetic cohort"
+	@echo "make test       install, then run the default test suite"
+	@echo "make test-slow  the slow tests (full-size demo, notebooks at full size)"
+	@echo "make test-gpu   the GPU tests (needs CUDA)"
+	@echo "make lint       ruff + mypy"
+	@echo "make bench      benchmarks (JSON lines on stdout)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/clinfuse demo --out $(DEMO_OUT)
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+
+test-slow: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow -q
+
+test-gpu: install
+	$(BIN)/python -m pytest -m gpu -q
+
+lint: install
+	$(BIN)/ruff check clinfuse privacy app tests benchmarks
+	$(BIN)/ruff format --check clinfuse privacy app tests benchmarks
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix clinfuse privacy app tests benchmarks
+	$(BIN)/ruff format clinfuse privacy app tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install
+	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b; done
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

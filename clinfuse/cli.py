@@ -1,0 +1,265 @@
+"""The ``clinfuse`` command line (Typer + Rich).
+
+Exit codes: 0 ok, 1 data or usage error (one-line reason on stderr; the
+traceback only with ``--debug``), 2 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from clinfuse.errors import ClinFuseError
+
+app = typer.Typer(
+    name="clinfuse",
+    help=(
+        "Multimodal clinical decision support: fuse images, notes, signals and tabular "
+        "values into one calibrated risk.\n\n"
+        "Start with `clinfuse demo`, or `clinfuse synth --out demo` then "
+        "`clinfuse validate demo/manifest.csv`."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    add_completion=False,
+)
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on errors.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A Rich progress bar; yields ``update(done, total)``."""
+    disable = not console.is_terminal and os.environ.get("CLINFUSE_PROGRESS") != "1"
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=disable,
+        transient=False,
+    ) as prog:
+        task = prog.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        yield update
+
+
+# ---------------------------------------------------------------------------
+# synth
+# ---------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  clinfuse synth --out demo_cohort\n\n"
+        "  clinfuse synth --out big --n-cases 2000 --seed 7\n\n"
+        "  clinfuse synth --out null_tab --uninformative tabular"
+    )
+)
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the cohort into (new or empty).")],
+    n_cases: Annotated[int, typer.Option("--n-cases", min=10, help="Number of cases (encounters).")] = 400,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same cohort.")] = 0,
+    uninformative: Annotated[
+        str,
+        typer.Option(
+            "--uninformative",
+            help="Comma-separated modalities whose content is independent of the outcome "
+            "(image,note,signal,tabular).",
+        ),
+    ] = "",
+    volumes: Annotated[
+        bool, typer.Option("--volumes", help="Write each image as a folder holding a DICOM series (3-D).")
+    ] = False,
+) -> None:
+    """Write a demo cohort: manifest + real DICOM images + notes + WFDB ECGs + labs.
+
+    Each modality carries partial, independent evidence about the outcome, so
+    fusing them beats any single one (see docs/demo_cohort.md).
+    """
+    from clinfuse.synth import synthesize_cohort
+
+    mods = [m.strip() for m in uninformative.split(",") if m.strip()]
+    with _progress("synthesizing cases") as update:
+        manifest = synthesize_cohort(
+            out, n_cases=n_cases, seed=seed, uninformative=mods, volumes=volumes, progress=update
+        )
+    console.print(f"wrote {n_cases} cases: {manifest}")
+    console.print(f"next: clinfuse validate {manifest}")
+
+
+# ---------------------------------------------------------------------------
+# validate
+# ---------------------------------------------------------------------------
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  clinfuse validate demo_cohort/manifest.csv\n\n"
+        "  clinfuse validate cohort.parquet --require-label --json report.json\n\n"
+        "  clinfuse validate cohort.csv --no-read   (manifest only, fast)"
+    )
+)
+def validate(
+    cohort: Annotated[Path, typer.Argument(help="The manifest (CSV/TSV/Parquet) or its folder.")],
+    target: Annotated[str, typer.Option("--target", help="Outcome column.")] = "label",
+    require_label: Annotated[
+        bool, typer.Option("--require-label", help="Every case needs a 0/1 outcome (as for training).")
+    ] = False,
+    read: Annotated[bool, typer.Option("--read/--no-read", help="Read every file (finds corrupt files).")] = True,
+    tabular: Annotated[
+        str, typer.Option("--tabular", help="Comma-separated tabular columns that must exist.")
+    ] = "",
+    allow_external_paths: Annotated[
+        bool, typer.Option("--allow-external-paths", help="Accept files outside the manifest's folder.")
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the full report (every issue) as JSON.")
+    ] = None,
+    max_rows: Annotated[int, typer.Option("--max-rows", help="Issues shown in the table.")] = 50,
+) -> None:
+    """Check a cohort manifest and every file it names; exit 1 if any case has an error.
+
+    Finds missing or unreadable files, empty notes, NaN-only signals, duplicate
+    case ids, patients in two splits and labels that are not 0/1, and lists
+    them as a table (case, field, file, reason).
+    """
+    from clinfuse.cohort.validate import validate_cohort
+
+    cols = [c.strip() for c in tabular.split(",") if c.strip()] or None
+    with _progress("reading files") as update:
+        report = validate_cohort(
+            cohort,
+            target=target,
+            require_label=require_label,
+            read_files=read,
+            allow_external_paths=allow_external_paths,
+            tabular_columns=cols,
+            progress=update,
+        )
+    if json_out is not None:
+        _write_json_atomic(json_out, report.to_dict())
+
+    summary = Table(title=f"{report.manifest_path}", show_header=True, header_style="bold")
+    summary.add_column("modality")
+    summary.add_column("named", justify="right")
+    summary.add_column("readable" if read else "named (not read)", justify="right")
+    summary.add_column("what was read")
+    for m, n in report.declared.items():
+        shapes = ", ".join(f"{k}: {v}" for k, v in report.shapes.get(m, {}).items())
+        summary.add_row(m, str(n), str(report.presence.get(m, 0)), shapes)
+    console.print(summary)
+
+    if report.issues:
+        table = Table(show_header=True, header_style="bold", title="problems")
+        for col in ("case_id", "field", "severity", "file", "reason"):
+            table.add_column(col, overflow="fold")
+        for issue in report.issues[:max_rows]:
+            style = "red" if issue.severity == "error" else "yellow"
+            table.add_row(
+                issue.case_id or "(manifest)", issue.field, f"[{style}]{issue.severity}[/]",
+                issue.path or "", issue.message,
+            )
+        console.print(table)
+        if len(report.issues) > max_rows:
+            more = len(report.issues) - max_rows
+            hint = f" (all in {json_out})" if json_out else " (use --json FILE for the full list)"
+            console.print(f"... and {more} more{hint}")
+    console.print(
+        f"{report.n_rows} rows, {len(report.errors)} errors in {report.n_cases_with_errors} cases, "
+        f"{len(report.warnings)} warnings"
+    )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------
+# helpers and entry point
+# ---------------------------------------------------------------------------
+def _write_json_atomic(path: Path, data: object) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _click_exception_types() -> tuple[tuple[type[Exception], ...], tuple[type[BaseException], ...]]:
+    """Click's usage-error and abort types (Typer may vendor its own copy of click)."""
+    import importlib
+
+    errors: list[type[Exception]] = []
+    aborts: list[type[BaseException]] = []
+    for name in ("click.exceptions", "typer._click.exceptions", "typer.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(mod, "ClickException"):
+            errors.append(mod.ClickException)
+        if hasattr(mod, "Abort"):
+            aborts.append(mod.Abort)
+    return tuple(errors), tuple(aborts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clinfuse`` command; returns the exit code."""
+    click_errors, aborts = _click_exception_types()
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="clinfuse", standalone_mode=False)
+    except ClinFuseError as e:
+        if debug:
+            err_console.print_exception()
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return 1
+    except aborts:
+        err_console.print("aborted")
+        return 1
+    except click_errors as e:
+        e.show()
+        return 1
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 1
+    except Exception as e:  # an internal error: a bug, not the user's input
+        if debug:
+            err_console.print_exception()
+        else:
+            err_console.print(
+                f"[red]internal error:[/red] {type(e).__name__}: {e} (rerun with --debug for the traceback, "
+                "and please report it)",
+                highlight=False,
+                soft_wrap=True,
+            )
+        return 2
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Seeded, stratified, patient-level train/val/test splitting.
+
+Splits are by patient: every case of a patient lands in the same split, so no
+patient is seen in training and evaluated in test. Patients are stratified by
+their outcome (a patient is positive if any of their cases is positive;
+patients without any known outcome form their own stratum) and, optionally, by
+site, so each split keeps the cohort's prevalence.
+
+Cases that already carry a split in the manifest keep it; their patients'
+other cases follow them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from clinfuse.cohort.manifest import SPLITS, CaseRow, Cohort
+from clinfuse.errors import ConfigError
+
+__all__ = ["assign_splits", "split_cohort"]
+
+
+def assign_splits(
+    patient_ids: Sequence[str],
+    labels: Sequence[float | None],
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    strata: Sequence[str | None] | None = None,
+) -> list[str]:
+    """Assign ``train``/``val``/``test`` to cases, patient-level and stratified.
+
+    Args:
+        patient_ids: (N,) patient of each case.
+        labels: (N,) outcome of each case (0/1, or None/NaN if unknown).
+        fractions: shares of patients for train, val, test; must sum to 1.
+        seed: random seed; the same inputs and seed give the same splits.
+        strata: (N,) optional extra stratification key per case (e.g. site).
+
+    Returns:
+        (N,) split name per case.
+
+    >>> assign_splits(["a", "a", "b", "c"], [1, 0, 0, 1], fractions=(0.5, 0.0, 0.5), seed=1)
+    ['test', 'test', 'train', 'train']
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ConfigError(
+            f"split fractions must be three non-negative numbers summing to 1, got {fractions}",
+            field="split_fractions",
+        )
+    if len(labels) != len(patient_ids) or (strata is not None and len(strata) != len(patient_ids)):
+        raise ValueError("patient_ids, labels and strata must have the same length")
+
+    # One stratum key per patient: (any-positive label, extra stratum of the first case).
+    patient_label: dict[str, int] = {}
+    patient_stratum: dict[str, str | None] = {}
+    for i, pid in enumerate(patient_ids):
+        lab = labels[i]
+        known = lab is not None and not (isinstance(lab, float) and np.isnan(lab))
+        cur = patient_label.get(pid, -1)
+        patient_label[pid] = max(cur, int(lab)) if known else cur  # type: ignore[arg-type]
+        if pid not in patient_stratum:
+            patient_stratum[pid] = None if strata is None else strata[i]
+
+    groups: dict[tuple[int, str | None], list[str]] = defaultdict(list)
+    for pid in sorted(patient_label):
+        groups[(patient_label[pid], patient_stratum[pid])].append(pid)
+
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for key in sorted(groups, key=lambda k: (k[0], "" if k[1] is None else str(k[1]))):
+        members = groups[key]
+        order = rng.permutation(len(members))
+        n = len(members)
+        n_test = round(n * fractions[2])
+        n_val = round(n * fractions[1])
+        n_val = min(n_val, n - n_test)
+        for rank, idx in enumerate(order):
+            if rank < n_test:
+                split = "test"
+            elif rank < n_test + n_val:
+                split = "val"
+            else:
+                split = "train"
+            assignment[members[idx]] = split
+    return [assignment[pid] for pid in patient_ids]
+
+
+def split_cohort(
+    cohort: Cohort,
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    by_site: bool = True,
+) -> Cohort:
+    """Return the cohort with every case's ``split`` filled in.
+
+    Cases with a split in the manifest keep it, and so do the other cases of
+    their patient; the remaining patients are split with :func:`assign_splits`.
+    """
+    fixed: dict[str, str] = {}
+    for r in cohort.rows:
+        if r.split is not None:
+            fixed.setdefault(r.patient_id, r.split)
+    todo = [r for r in cohort.rows if r.patient_id not in fixed]
+    assigned: dict[str, str] = {}
+    if todo:
+        splits = assign_splits(
+            [r.patient_id for r in todo],
+            [r.label for r in todo],
+            fractions=fractions,
+            seed=seed,
+            strata=[r.site for r in todo] if by_site else None,
+        )
+        assigned = {r.case_id: s for r, s in zip(todo, splits, strict=True)}
+    rows: list[CaseRow] = []
+    for r in cohort.rows:
+        split = fixed.get(r.patient_id) or assigned[r.case_id]
+        assert split in SPLITS
+        rows.append(r.model_copy(update={"split": split}))
+    return cohort.with_rows(rows)

@@ -1,0 +1,219 @@
+"""Tabular values (labs, vitals, demographics) with explicit missing-value masks.
+
+:class:`TabularEncoder` follows scikit-learn's contract: ``__init__`` stores the
+settings, :meth:`~TabularEncoder.fit` learns means/stds (numeric columns) and
+levels (categorical columns) from the training cases, and
+:meth:`~TabularEncoder.transform` returns standardised values together with a
+mask (1 = observed). A missing value is 0 in ``values`` **and** 0 in ``mask``,
+never a number that looks like data.
+
+>>> import pandas as pd
+>>> enc = TabularEncoder(["age", "sex"]).fit(pd.DataFrame({"age": [50, 70, None], "sex": ["F", "M", "F"]}))
+>>> enc.feature_names_
+['age', 'sex=F', 'sex=M']
+>>> values, mask = enc.transform(pd.DataFrame({"age": [None], "sex": ["M"]}))
+>>> mask.tolist()
+[[0.0, 1.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse.errors import CohortError, ModalityLoadError
+
+__all__ = ["TabularEncoder"]
+
+
+def _as_float(value: Any) -> float | None:
+    """``None`` for an empty cell, a float for a number, raise ValueError otherwise."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        return float(value)
+    f = float(value)
+    return None if math.isnan(f) else f
+
+
+class TabularEncoder:
+    """Standardise numeric columns and one-hot encode categorical ones, with masks.
+
+    Args:
+        columns: the manifest columns to use as features, in order.
+        max_levels: a non-numeric column with more distinct values than this is
+            rejected (it is probably free text or an id, not a category).
+        min_std: standard deviations below this are treated as 1 (constant column).
+    """
+
+    def __init__(
+        self, columns: Sequence[str], *, max_levels: int = 20, min_std: float = 1e-8
+    ) -> None:
+        self.columns = list(columns)
+        self.max_levels = max_levels
+        self.min_std = min_std
+
+    # -- fit ----------------------------------------------------------------
+    def fit(self, frame: pd.DataFrame) -> TabularEncoder:
+        """Learn means/stds and categories from ``frame`` (the training cases)."""
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise CohortError(
+                f"tabular column(s) {missing} are not in the manifest (columns: {', '.join(map(str, frame.columns))})",
+                field="tabular_columns",
+                hint="fix `tabular_columns` in the config",
+            )
+        self.kinds_: dict[str, str] = {}
+        self.means_: dict[str, float] = {}
+        self.stds_: dict[str, float] = {}
+        self.categories_: dict[str, list[str]] = {}
+        for col in self.columns:
+            series = frame[col]
+            try:
+                values = np.array(
+                    [v for v in (_as_float(x) for x in series) if v is not None], dtype=float
+                )
+                numeric = True
+            except (TypeError, ValueError):
+                numeric = False
+            if numeric:
+                self.kinds_[col] = "numeric"
+                if values.size == 0:
+                    raise CohortError(
+                        f"tabular column {col!r} has no values in the training cases",
+                        field=col,
+                        hint="drop it from `tabular_columns`",
+                    )
+                std = float(values.std())
+                self.means_[col] = float(values.mean())
+                self.stds_[col] = std if std > self.min_std else 1.0
+            else:
+                levels = sorted({str(x).strip() for x in series if not _is_empty(x)})
+                if len(levels) > self.max_levels:
+                    raise CohortError(
+                        f"tabular column {col!r} is not numeric and has {len(levels)} distinct values "
+                        f"(more than {self.max_levels}); it looks like free text or an id",
+                        field=col,
+                        hint="drop it from `tabular_columns` or encode it numerically",
+                    )
+                self.kinds_[col] = "categorical"
+                self.categories_[col] = levels
+        names: list[str] = []
+        for col in self.columns:
+            if self.kinds_[col] == "numeric":
+                names.append(col)
+            else:
+                names.extend(f"{col}={lvl}" for lvl in self.categories_[col])
+        self.feature_names_ = names
+        return self
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names_)
+
+    # -- transform ----------------------------------------------------------
+    def transform_row(
+        self, row: Mapping[str, Any], *, case_id: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Encode one case.
+
+        Returns:
+            ``values`` (F,) float32, standardised, 0 where missing, and
+            ``mask`` (F,) float32, 1 where observed.
+
+        Raises:
+            ModalityLoadError: a numeric column holds something that is not a number.
+        """
+        self._check_fitted()
+        values = np.zeros(self.n_features, dtype=np.float32)
+        mask = np.zeros(self.n_features, dtype=np.float32)
+        j = 0
+        for col in self.columns:
+            raw = row.get(col)
+            if self.kinds_[col] == "numeric":
+                try:
+                    v = _as_float(raw)
+                except (TypeError, ValueError) as e:
+                    raise ModalityLoadError(
+                        f"tabular value {raw!r} is not a number",
+                        case_id=case_id,
+                        field=col,
+                        hint="fix the cell or leave it empty if unknown",
+                    ) from e
+                if v is not None:
+                    if not math.isfinite(v):
+                        raise ModalityLoadError(
+                            f"tabular value {raw!r} is not finite",
+                            case_id=case_id,
+                            field=col,
+                            hint="leave the cell empty if unknown",
+                        )
+                    values[j] = (v - self.means_[col]) / self.stds_[col]
+                    mask[j] = 1.0
+                j += 1
+            else:
+                levels = self.categories_[col]
+                if not _is_empty(raw):
+                    key = str(raw).strip()
+                    if key in levels:
+                        values[j + levels.index(key)] = 1.0
+                        mask[j : j + len(levels)] = 1.0
+                    # an unseen level is treated as missing (mask stays 0)
+                j += len(levels)
+        return values, mask
+
+    def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Encode every row of ``frame``: ``values`` and ``mask``, both (N, F) float32."""
+        self._check_fitted()
+        ids = frame["case_id"].tolist() if "case_id" in frame.columns else [None] * len(frame)
+        out_v = np.zeros((len(frame), self.n_features), dtype=np.float32)
+        out_m = np.zeros_like(out_v)
+        for i, (rec, cid) in enumerate(zip(frame.to_dict("records"), ids, strict=True)):
+            out_v[i], out_m[i] = self.transform_row(rec, case_id=cid)
+        return out_v, out_m
+
+    def fit_transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        return self.fit(frame).transform(frame)
+
+    # -- persistence --------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state (saved in the run folder)."""
+        self._check_fitted()
+        return {
+            "columns": self.columns,
+            "max_levels": self.max_levels,
+            "min_std": self.min_std,
+            "kinds": self.kinds_,
+            "means": self.means_,
+            "stds": self.stds_,
+            "categories": self.categories_,
+            "feature_names": self.feature_names_,
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> TabularEncoder:
+        enc = cls(state["columns"], max_levels=state["max_levels"], min_std=state["min_std"])
+        enc.kinds_ = dict(state["kinds"])
+        enc.means_ = {k: float(v) for k, v in state["means"].items()}
+        enc.stds_ = {k: float(v) for k, v in state["stds"].items()}
+        enc.categories_ = {k: list(v) for k, v in state["categories"].items()}
+        enc.feature_names_ = list(state["feature_names"])
+        return enc
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "feature_names_"):
+            raise RuntimeError("TabularEncoder is not fitted; call fit() first")
+
+
+def _is_empty(value: Any) -> bool:
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
