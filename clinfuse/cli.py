@@ -42,9 +42,7 @@ _state = {"debug": False}
 
 @app.callback()
 def _root(
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show full tracebacks on errors.")
-    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -82,9 +80,15 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
     )
 )
 def synth(
-    out: Annotated[Path, typer.Option("--out", help="Folder to write the cohort into (new or empty).")],
-    n_cases: Annotated[int, typer.Option("--n-cases", min=10, help="Number of cases (encounters).")] = 400,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same cohort.")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to write the cohort into (new or empty).")
+    ],
+    n_cases: Annotated[
+        int, typer.Option("--n-cases", min=10, help="Number of cases (encounters).")
+    ] = 400,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; the same seed gives the same cohort.")
+    ] = 0,
     uninformative: Annotated[
         str,
         typer.Option(
@@ -94,7 +98,10 @@ def synth(
         ),
     ] = "",
     volumes: Annotated[
-        bool, typer.Option("--volumes", help="Write each image as a folder holding a DICOM series (3-D).")
+        bool,
+        typer.Option(
+            "--volumes", help="Write each image as a folder holding a DICOM series (3-D)."
+        ),
     ] = False,
 ) -> None:
     """Write a demo cohort: manifest + real DICOM images + notes + WFDB ECGs + labs.
@@ -128,14 +135,18 @@ def validate(
     cohort: Annotated[Path, typer.Argument(help="The manifest (CSV/TSV/Parquet) or its folder.")],
     target: Annotated[str, typer.Option("--target", help="Outcome column.")] = "label",
     require_label: Annotated[
-        bool, typer.Option("--require-label", help="Every case needs a 0/1 outcome (as for training).")
+        bool,
+        typer.Option("--require-label", help="Every case needs a 0/1 outcome (as for training)."),
     ] = False,
-    read: Annotated[bool, typer.Option("--read/--no-read", help="Read every file (finds corrupt files).")] = True,
+    read: Annotated[
+        bool, typer.Option("--read/--no-read", help="Read every file (finds corrupt files).")
+    ] = True,
     tabular: Annotated[
         str, typer.Option("--tabular", help="Comma-separated tabular columns that must exist.")
     ] = "",
     allow_external_paths: Annotated[
-        bool, typer.Option("--allow-external-paths", help="Accept files outside the manifest's folder.")
+        bool,
+        typer.Option("--allow-external-paths", help="Accept files outside the manifest's folder."),
     ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the full report (every issue) as JSON.")
@@ -181,8 +192,11 @@ def validate(
         for issue in report.issues[:max_rows]:
             style = "red" if issue.severity == "error" else "yellow"
             table.add_row(
-                issue.case_id or "(manifest)", issue.field, f"[{style}]{issue.severity}[/]",
-                issue.path or "", issue.message,
+                issue.case_id or "(manifest)",
+                issue.field,
+                f"[{style}]{issue.severity}[/]",
+                issue.path or "",
+                issue.message,
             )
         console.print(table)
         if len(report.issues) > max_rows:
@@ -195,6 +209,214 @@ def validate(
     )
     if not report.ok:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------
+# train / predict / demo
+# ---------------------------------------------------------------------------
+def _epoch_printer() -> Callable[[object, int], None]:
+    def show(record: object, max_epochs: int) -> None:
+        val = getattr(record, "val_auroc", {})
+        scores = "  ".join(f"{k} {v:.3f}" for k, v in val.items() if v == v)
+        mark = " *" if getattr(record, "improved", []) else ""
+        err_console.print(
+            f"epoch {getattr(record, 'epoch', '?')}/{max_epochs}  loss {getattr(record, 'train_loss', 0):.4f}  "
+            f"val AUROC  {scores}{mark}",
+            highlight=False,
+        )
+
+    return show
+
+
+def _metrics_table(metrics: dict, title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in ("model", "cases", "AUROC (95% CI)", "AUPRC (95% CI)", "Brier"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+
+    def fmt(block: dict) -> str:
+        if block.get("value") is None:
+            return "n/a"
+        return f"{block['value']:.3f} ({block['ci_low']:.3f}-{block['ci_high']:.3f})"
+
+    for name, block in metrics["models"].items():
+        table.add_row(
+            name,
+            str(block["n_cases"]),
+            fmt(block["auroc"]),
+            fmt(block["auprc"]),
+            "n/a" if block["brier"]["value"] is None else f"{block['brier']['value']:.3f}",
+        )
+    return table
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  clinfuse train demo_cohort/manifest.csv --out runs/demo\n\n"
+        "  clinfuse train cohort.csv --out runs/r1 --config my.yaml --device cuda\n\n"
+        "  clinfuse train cohort.csv --out runs/r1 --resume   (continue an interrupted run)\n\n"
+        "  clinfuse train cohort.csv --out runs/early --fusion early --tabular age,crp"
+    )
+)
+def train(
+    cohort: Annotated[Path, typer.Argument(help="The manifest (CSV/TSV/Parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML run config (see docs/configuration.md).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
+    fusion: Annotated[
+        str | None, typer.Option("--fusion", help="late (default), early or intermediate.")
+    ] = None,
+    tabular: Annotated[
+        str | None, typer.Option("--tabular", help="Comma-separated tabular columns.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Training seed.")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing run folder.")
+    ] = False,
+) -> None:
+    """Train encoders, heads, the fusion combiner and calibration; write a run folder.
+
+    The run folder holds config.yaml, model weights (safetensors), data_report.json,
+    metrics.json and predictions.csv. It appears only when complete.
+    """
+    from clinfuse.config import load_config
+
+    overrides: dict[str, object] = {}
+    if device is not None:
+        overrides["training.device"] = device
+    if epochs is not None:
+        overrides["training.epochs"] = epochs
+    if fusion is not None:
+        overrides["fusion.strategy"] = fusion
+    if seed is not None:
+        overrides["training.seed"] = seed
+    if tabular is not None:
+        overrides["data.tabular_columns"] = [c.strip() for c in tabular.split(",") if c.strip()]
+    cfg = None if (resume and config is None and not overrides) else load_config(config, overrides)
+    run = _train_with_progress(cohort, out, cfg, resume=resume, overwrite=overwrite)
+    _print_run_summary(run)
+
+
+def _train_with_progress(
+    cohort: Path, out: Path, cfg: object, *, resume: bool, overwrite: bool
+) -> Path:
+    from clinfuse.training import train_run
+
+    with _progress("preparing") as update:
+
+        def stage(name: str, done: int, total: int) -> None:
+            update(done, total)
+
+        return train_run(
+            cohort,
+            out,
+            cfg,  # type: ignore[arg-type]
+            resume=resume,
+            overwrite=overwrite,
+            progress=stage,
+            on_epoch=_epoch_printer(),
+            log=lambda msg: err_console.print(msg, highlight=False),
+        )
+
+
+def _print_run_summary(run: Path) -> None:
+    metrics = json.loads((run / "metrics.json").read_text())
+    console.print(
+        _metrics_table(
+            metrics,
+            f"{metrics['split']} split ({metrics['n_cases']} cases, {metrics['n_events']} events)",
+        )
+    )
+    console.print(f"run folder: {run}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  clinfuse predict runs/demo new_cohort/manifest.csv --out predictions.csv\n\n"
+        "  clinfuse predict runs/demo notes_only.csv --out p.csv --allow-missing-modalities"
+    )
+)
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    cohort: Annotated[Path, typer.Argument(help="Manifest of the cases to score.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
+    allow_missing_modalities: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-modalities",
+            help="Accept a cohort lacking a column for a run modality.",
+        ),
+    ] = False,
+) -> None:
+    """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly)."""
+    from clinfuse.model import load_run
+
+    model = load_run(run)
+    with _progress("scoring cases") as update:
+        frame, excluded = model.predict(
+            cohort,
+            allow_missing_modalities=allow_missing_modalities,
+            progress=update,
+            return_excluded=True,
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    console.print(f"wrote {len(frame)} predictions: {out}")
+    if excluded:
+        exc_path = out.with_name(out.stem + ".excluded.csv")
+        import pandas as pd
+
+        pd.DataFrame([i.as_dict() for i in excluded]).to_csv(exc_path, index=False)
+        err_console.print(
+            f"{len({i.case_id for i in excluded})} cases could not be scored; reasons in {exc_path}"
+        )
+
+
+@app.command(epilog="Example:\n\n  clinfuse demo --out demo_out")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo cohort and run.")] = Path(
+        "demo_out"
+    ),
+    n_cases: Annotated[int, typer.Option("--n-cases", min=60, help="Demo cohort size.")] = 400,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the demo cohort.")] = 0,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """The main job on the embedded default: synthesize a cohort, validate, train, predict, report."""
+    from clinfuse.cohort.validate import validate_cohort
+    from clinfuse.config import demo_config
+    from clinfuse.synth import synthesize_cohort
+
+    out.mkdir(parents=True, exist_ok=True)
+    cohort_dir = out / "cohort"
+    if (cohort_dir / "manifest.csv").exists():
+        manifest = cohort_dir / "manifest.csv"
+        console.print(f"reusing demo cohort {manifest}")
+    else:
+        with _progress("synthesizing cases") as update:
+            manifest = synthesize_cohort(cohort_dir, n_cases=n_cases, seed=seed, progress=update)
+        console.print(f"1/3 synthesized {n_cases} cases: {manifest}")
+    report = validate_cohort(manifest)
+    console.print(
+        f"2/3 validated: {report.n_rows} rows, {len(report.errors)} errors, {len(report.warnings)} warnings"
+    )
+    cfg = demo_config().model_copy(deep=True)
+    cfg.training.device = device  # type: ignore[assignment]
+    run = _train_with_progress(manifest, out / "run", cfg, resume=False, overwrite=True)
+    console.print("3/3 trained")
+    _print_run_summary(run)
+    console.print(f"predictions: {run / 'predictions.csv'}")
+    console.print(
+        f"score new cases: clinfuse predict {run} {manifest} --out {out / 'predictions.csv'}"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -247,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 1
-    except Exception as e:  # an internal error: a bug, not the user's input
+    except Exception as e:  # noqa: BLE001 - an internal error: a bug, not the user's input
         if debug:
             err_console.print_exception()
         else:

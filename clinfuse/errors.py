@@ -81,3 +81,20 @@ class ModalityLoadError(ClinFuseError, ValueError):
 
 class DataFileNotFoundError(ModalityLoadError, FileNotFoundError):
     """A file named in the manifest does not exist."""
+
+
+def unwrap_clinfuse_error(exc: BaseException) -> ClinFuseError | None:
+    """The :class:`ClinFuseError` behind ``exc``, if any.
+
+    MONAI's ``Compose`` and ``Dataset`` wrap errors raised inside transforms in
+    ``RuntimeError("applying transform ...")``; this follows ``__cause__`` /
+    ``__context__`` to the user-facing error underneath.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ClinFuseError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -23,8 +23,22 @@ def _touch(path: Path, text: str = "Pt c/o SOB. Denies fever.") -> str:
 def test_csv_and_parquet_read_the_same(tmp_path, write_manifest):
     _touch(tmp_path / "notes" / "a.txt")
     rows = [
-        {"case_id": "007", "patient_id": "p1", "label": 1, "note": "notes/a.txt", "age": 70, "sex": "F"},
-        {"case_id": "008", "patient_id": None, "label": 0, "note_text": "No acute distress.", "age": None, "sex": "M"},
+        {
+            "case_id": "007",
+            "patient_id": "p1",
+            "label": 1,
+            "note": "notes/a.txt",
+            "age": 70,
+            "sex": "F",
+        },
+        {
+            "case_id": "008",
+            "patient_id": None,
+            "label": 0,
+            "note_text": "No acute distress.",
+            "age": None,
+            "sex": "M",
+        },
     ]
     for name in ("m.csv", "m.parquet"):
         cohort = Cohort.from_manifest(write_manifest(rows, name))
@@ -52,7 +66,10 @@ def test_manifest_folder_is_accepted(tmp_path, write_manifest):
         ([{"case_id": "a"}, {"case_id": "a"}], "'a' appears 2 times"),
         ([{"patient_id": "p"}], "required column 'case_id' is missing"),
         (
-            [{"case_id": "a", "patient_id": "p", "split": "train"}, {"case_id": "b", "patient_id": "p", "split": "test"}],
+            [
+                {"case_id": "a", "patient_id": "p", "split": "train"},
+                {"case_id": "b", "patient_id": "p", "split": "test"},
+            ],
             "patient 'p' is in several splits",
         ),
     ],
@@ -99,8 +116,13 @@ def test_per_case_errors_exclude_the_case_and_name_it(tmp_path, write_manifest):
     assert cohort.case_ids == ["ok"]
     by_case = {i.case_id: i for i in cohort.excluded}
     assert set(by_case) == {"bad_label", "bad_split", "escapes", "bad_fs"}
-    assert by_case["bad_label"].field == "label" and "must be 0 or 1" in by_case["bad_label"].message
-    assert by_case["escapes"].field == "note" and "outside the cohort folder" in by_case["escapes"].message
+    assert (
+        by_case["bad_label"].field == "label" and "must be 0 or 1" in by_case["bad_label"].message
+    )
+    assert (
+        by_case["escapes"].field == "note"
+        and "outside the cohort folder" in by_case["escapes"].message
+    )
     assert by_case["bad_fs"].field == "signal_fs"
     # With permission, an external path is fine.
     relaxed = Cohort.from_manifest(write_manifest(rows), allow_external_paths=True)
@@ -108,7 +130,9 @@ def test_per_case_errors_exclude_the_case_and_name_it(tmp_path, write_manifest):
 
 
 def test_custom_target_column(write_manifest):
-    cohort = Cohort.from_manifest(write_manifest([{"case_id": "a", "sepsis": 1, "label": 7}]), target="sepsis")
+    cohort = Cohort.from_manifest(
+        write_manifest([{"case_id": "a", "sepsis": 1, "label": 7}]), target="sepsis"
+    )
     assert cohort.rows[0].label == 1
     assert "label" in cohort.extra_columns  # an ordinary column now
 
@@ -155,7 +179,9 @@ def test_note_file_and_inline(tmp_path):
     path = tmp_path / "n.txt"
     path.write_bytes("\ufeffPt is 67yo.\r\nDenies CP.".encode())
     text, meta = load_note(path)
-    assert text == "Pt is 67yo.\nDenies CP." and meta["format"] == "text_file" and meta["n_words"] == 5
+    assert (
+        text == "Pt is 67yo.\nDenies CP." and meta["format"] == "text_file" and meta["n_words"] == 5
+    )
     text, meta = load_note(text="SOB x3d")
     assert text == "SOB x3d" and meta["format"] == "inline"
 
@@ -190,9 +216,15 @@ def test_tabular_standardises_against_numpy_and_masks_missing():
     assert enc.stds_["crp"] == pytest.approx(observed.std())
     values, mask = enc.transform(frame)
     assert enc.feature_names_ == ["crp", "sex=F", "sex=M"]
-    np.testing.assert_allclose(values[[0, 1, 3], 0], (observed - observed.mean()) / observed.std(), rtol=1e-6)
+    np.testing.assert_allclose(
+        values[[0, 1, 3], 0], (observed - observed.mean()) / observed.std(), rtol=1e-6
+    )
     assert mask[:, 0].tolist() == [1, 1, 0, 1]
-    assert values[2].tolist() == [0, 0, 0] and mask[2].tolist() == [0, 0, 0]  # missing: zero AND masked
+    assert values[2].tolist() == [0, 0, 0] and mask[2].tolist() == [
+        0,
+        0,
+        0,
+    ]  # missing: zero AND masked
     assert values[1, 1:].tolist() == [0, 1]
     restored = TabularEncoder.from_dict(enc.to_dict())
     np.testing.assert_array_equal(restored.transform(frame)[0], values)
@@ -224,7 +256,12 @@ def test_validate_lists_every_problem_without_stopping(tmp_path, write_manifest)
     report = validate_cohort(write_manifest(rows))
     assert not report.ok
     errors = {(i.case_id, i.field) for i in report.errors}
-    assert errors == {("empty_note", "note"), ("missing_note", "note"), ("label3", "label"), ("dup", "case_id")}
+    assert errors == {
+        ("empty_note", "note"),
+        ("missing_note", "note"),
+        ("label3", "label"),
+        ("dup", "case_id"),
+    }
     assert report.presence["note"] == 1 and report.declared["note"] == 3
     table = report.to_frame()
     assert list(table.columns) == ["case_id", "field", "severity", "path", "message"]

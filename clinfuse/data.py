@@ -1,0 +1,227 @@
+"""From manifest rows to model-ready case dicts, with a presence mask per case.
+
+A loaded case is a dict with fixed keys (STYLE 1)::
+
+    {
+      "case_id": "c001", "patient_id": "p001", "label": 1, "split": "train", "site": "site_a",
+      "image": (C, H, W) float32 | None,   "image_meta": {...},
+      "note": str | None,                  "note_meta": {...},
+      "signal": (L, T) float32 | None,     "signal_meta": {...},
+      "tabular": (F,) float32 | None,      "tabular_mask": (F,) float32 | None,
+      "present": (M,) bool                 # in the run's modality order, 1 = present and loaded
+    }
+
+A modality whose manifest cell is empty is *missing* (present = 0, value None).
+A modality whose file is named but cannot be read is a *data error*: the whole
+case is excluded and recorded with the reason (never a silent drop, never a
+crash halfway through a cohort).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clinfuse.cache import source_identity
+from clinfuse.cohort.manifest import CaseRow, Issue
+from clinfuse.config import DataConfig
+from clinfuse.errors import ClinFuseError, ConfigError, ModalityLoadError, unwrap_clinfuse_error
+from clinfuse.io.note import load_note
+from clinfuse.io.tabular import TabularEncoder
+
+__all__ = ["CaseLoader", "LoadedCases"]
+
+
+@dataclass
+class LoadedCases:
+    """Cases that loaded, and the ones excluded with their reasons."""
+
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    excluded: list[Issue] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c["case_id"] for c in self.cases]
+
+    def presence(self) -> np.ndarray:
+        """(N, M) bool presence of every loaded case."""
+        if not self.cases:
+            return np.zeros((0, 0), dtype=bool)
+        return np.stack([c["present"] for c in self.cases])
+
+
+class CaseLoader:
+    """Loads and preprocesses cases for a fixed list of modalities.
+
+    Args:
+        config: data settings (transforms of each modality).
+        modalities: the run's modalities, in mask order.
+        tabular: a fitted :class:`TabularEncoder` (required when ``"tabular"``
+            is among ``modalities``).
+    """
+
+    def __init__(
+        self,
+        config: DataConfig,
+        modalities: Sequence[str],
+        tabular: TabularEncoder | None = None,
+    ) -> None:
+        self.config = config
+        self.modalities = list(modalities)
+        if "tabular" in self.modalities and tabular is None:
+            raise ConfigError(
+                "tabular modality needs a fitted TabularEncoder", field="tabular_columns"
+            )
+        self.tabular = tabular
+        self._image_tf: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self._signal_tf: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        if "image" in self.modalities:
+            from clinfuse.transforms.image import build_image_transforms
+
+            self._image_tf = build_image_transforms(config.image)
+        if "signal" in self.modalities:
+            from clinfuse.transforms.signal import build_signal_transforms
+
+            self._signal_tf = build_signal_transforms(config.signal)
+
+    def load(self, row: CaseRow) -> dict[str, Any]:
+        """Load one case.
+
+        Raises:
+            ClinFuseError: a named file cannot be read or has unusable content.
+        """
+        case: dict[str, Any] = {
+            "case_id": row.case_id,
+            "patient_id": row.patient_id,
+            "label": row.label,
+            "split": row.split,
+            "site": row.site,
+        }
+        present = np.zeros(len(self.modalities), dtype=bool)
+        sources: dict[str, str] = {}
+        for i, m in enumerate(self.modalities):
+            if m == "image":
+                case["image"], case["image_meta"] = None, None
+                if row.image is not None:
+                    assert self._image_tf is not None
+                    out = self._image_tf({"case_id": row.case_id, "image": str(row.image)})
+                    case["image"], case["image_meta"] = out["image"], out.get("image_meta")
+                    sources["image"] = source_identity(row.image)
+                    present[i] = True
+            elif m == "note":
+                case["note"], case["note_meta"] = None, None
+                if row.note is not None:
+                    case["note"], case["note_meta"] = load_note(row.note, case_id=row.case_id)
+                    sources["note"] = source_identity(text=case["note"])
+                    present[i] = True
+                elif row.note_text is not None:
+                    case["note"], case["note_meta"] = load_note(
+                        text=row.note_text, case_id=row.case_id, field="note_text"
+                    )
+                    sources["note"] = source_identity(text=case["note"])
+                    present[i] = True
+            elif m == "signal":
+                case["signal"], case["signal_meta"] = None, None
+                if row.signal is not None:
+                    assert self._signal_tf is not None
+                    out = self._signal_tf(
+                        {
+                            "case_id": row.case_id,
+                            "signal": str(row.signal),
+                            "signal_fs": row.signal_fs,
+                        }
+                    )
+                    case["signal"], case["signal_meta"] = out["signal"], out.get("signal_meta")
+                    sources["signal"] = source_identity(row.signal) + f":fs={row.signal_fs}"
+                    present[i] = True
+            elif m == "tabular":
+                assert self.tabular is not None
+                values, mask = self.tabular.transform_row(row.extra, case_id=row.case_id)
+                case["tabular"], case["tabular_mask"] = values, mask
+                present[i] = bool(mask.any())
+                sources["tabular"] = (
+                    "values:" + hashlib.sha256(values.tobytes() + mask.tobytes()).hexdigest()
+                )
+                if not present[i]:
+                    case["tabular"], case["tabular_mask"] = None, None
+            else:  # pragma: no cover - guarded by DataConfig validation
+                raise ConfigError(f"unknown modality {m!r}", field="modalities")
+        case["present"] = present
+        case["sources"] = sources
+        return case
+
+    def iter_load(
+        self, rows: Sequence[CaseRow], progress: Callable[[int, int], None] | None = None
+    ) -> Iterator[tuple[CaseRow, dict[str, Any] | None, Issue | None]]:
+        """Yield ``(row, case, None)`` or ``(row, None, issue)`` for each row."""
+        total = len(rows)
+        for k, row in enumerate(rows):
+            try:
+                try:
+                    case = self.load(row)
+                except RuntimeError as wrapped:  # MONAI wraps transform errors
+                    inner = unwrap_clinfuse_error(wrapped)
+                    if inner is None:
+                        raise
+                    raise inner from wrapped
+            except ClinFuseError as e:
+                reason = e.reason + (f" ({e.hint})" if e.hint else "")
+                yield row, None, Issue(row.case_id, e.field or "?", reason, path=e.path)
+            else:
+                if not case["present"].any():
+                    yield (
+                        row,
+                        None,
+                        Issue(
+                            row.case_id,
+                            "modalities",
+                            f"no usable modality among {self.modalities}; nothing to predict from",
+                        ),
+                    )
+                else:
+                    yield row, case, None
+            if progress is not None:
+                progress(k + 1, total)
+
+    def load_many(
+        self, rows: Sequence[CaseRow], progress: Callable[[int, int], None] | None = None
+    ) -> LoadedCases:
+        """Load every row; bad cases are excluded and recorded, never raised."""
+        out = LoadedCases()
+        for _, case, issue in self.iter_load(rows, progress):
+            if case is not None:
+                out.cases.append(case)
+            else:
+                assert issue is not None
+                out.excluded.append(issue)
+        return out
+
+
+def check_signal_shapes(cases: Sequence[dict[str, Any]]) -> None:
+    """All loaded signals of a run must share a lead count (the encoder's input width).
+
+    Raises:
+        ModalityLoadError: naming the first case that differs from the majority.
+    """
+    shapes = [(c["case_id"], c["signal"].shape[0]) for c in cases if c.get("signal") is not None]
+    if not shapes:
+        return
+    counts: dict[int, int] = {}
+    for _, n in shapes:
+        counts[n] = counts.get(n, 0) + 1
+    if len(counts) > 1:
+        common = max(counts, key=lambda k: counts[k])
+        odd = next(cid for cid, n in shapes if n != common)
+        raise ModalityLoadError(
+            f"signals have different lead counts {sorted(counts)}; most have {common}",
+            case_id=odd,
+            field="signal",
+            hint=f"set data.signal.n_leads (e.g. {min(counts)}) or data.signal.lead_names in the config",
+        )

@@ -1,0 +1,403 @@
+"""``clinfuse train``: from a manifest to a complete run folder.
+
+The run is built in ``<RUN>.partial/`` (checkpoints land there every epoch)
+and renamed to ``<RUN>`` only when every file is written, so a folder named
+``<RUN>`` is always complete; an interrupted run is continued with
+``resume=True``.
+
+Run folder::
+
+    config.yaml          fully resolved configuration (reloadable)
+    model/               encoders (safetensors + config), fusion.safetensors, model.json
+    data_report.json     cases used / excluded (with reasons), splits, modality availability
+    metrics.json         validation and test AUROC/AUPRC/Brier with 95 % bootstrap CIs
+    predictions.csv      case_id, split, label, p_fusion, p_<modality>, present_<modality>
+    train_log.csv        one row per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clinfuse import MODALITIES, __version__
+from clinfuse.calibration import build_calibrator
+from clinfuse.cohort.manifest import Cohort, Issue
+from clinfuse.cohort.split import split_cohort
+from clinfuse.config import RunConfig, load_config
+from clinfuse.data import CaseLoader, check_signal_shapes
+from clinfuse.errors import CohortError, ConfigError
+from clinfuse.evaluation.summary import summarize_predictions
+from clinfuse.io.tabular import TabularEncoder
+from clinfuse.model import FusionModel
+from clinfuse.training.embed import attach_embeddings
+from clinfuse.training.trainer import EpochRecord, fit_network, resolve_device
+
+__all__ = ["resolve_modalities", "train_run"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def resolve_modalities(cohort: Cohort, config: RunConfig) -> list[str]:
+    """The run's modalities: the configured ones, or every modality the cohort has."""
+    file_mods = cohort.file_modalities()
+    declared = cohort.declared_presence()
+    if config.data.modalities is not None:
+        wanted = list(config.data.modalities)
+        for m in wanted:
+            if m == "tabular":
+                if not config.data.tabular_columns:
+                    raise ConfigError(
+                        "modality 'tabular' needs data.tabular_columns",
+                        field="data.tabular_columns",
+                    )
+            elif m not in file_mods:
+                raise CohortError(
+                    f"modality {m!r} is configured but the manifest has no column for it",
+                    field=m,
+                    path=cohort.manifest_path,
+                )
+        return wanted
+    mods = [m for m in MODALITIES if m in file_mods and bool(declared[m].any())]
+    if config.data.tabular_columns:
+        mods.append("tabular")
+    if not mods:
+        raise CohortError(
+            "the cohort has no modality to learn from (no image, note, signal column, no tabular_columns)",
+            path=cohort.manifest_path,
+        )
+    return mods
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(type(x).__name__)
+
+
+def _availability(cases: Sequence[dict[str, Any]], modalities: Sequence[str]) -> dict[str, Any]:
+    patterns: Counter[str] = Counter()
+    per: Counter[str] = Counter()
+    for c in cases:
+        names = [m for m, p in zip(modalities, c["present"], strict=True) if p]
+        patterns["+".join(names)] += 1
+        per.update(names)
+    return {
+        "per_modality": {m: per[m] for m in modalities},
+        "patterns": dict(patterns.most_common()),
+    }
+
+
+def _relative(path: str | None, root: Path) -> str | None:
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _prepare_folders(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    partial = out.with_name(out.name + ".partial")
+    if out.exists() and not overwrite:
+        if (out / "model" / "model.json").exists():
+            raise ConfigError(
+                "the run folder already holds a finished run",
+                path=out,
+                hint="choose another --out, or pass --overwrite",
+            )
+        if any(out.iterdir()):
+            raise ConfigError(
+                "the run folder exists and is not empty", path=out, hint="choose another --out"
+            )
+    if resume:
+        if not (partial / "config.yaml").exists():
+            raise ConfigError(
+                "nothing to resume: no unfinished run here",
+                path=partial,
+                hint="start without --resume",
+            )
+    elif partial.exists():
+        if overwrite:
+            shutil.rmtree(partial)
+        else:
+            raise ConfigError(
+                "an unfinished run is in the way",
+                path=partial,
+                hint="pass --resume to continue it, or --overwrite to start over",
+            )
+    partial.mkdir(parents=True, exist_ok=True)
+    return partial
+
+
+def train_run(
+    cohort_path: str | Path,
+    out: str | Path,
+    config: RunConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    on_epoch: Callable[[EpochRecord, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Train a fusion model on a cohort and write a complete run folder.
+
+    Args:
+        cohort_path: the manifest.
+        out: the run folder to create.
+        config: run configuration (defaults when None; with ``resume`` the
+            stored one is used and a different one is an error).
+        resume: continue an interrupted run from its last checkpoint.
+        overwrite: replace an existing run folder.
+        progress: ``progress(stage, done, total)`` while loading and embedding.
+        on_epoch: called after every epoch.
+        log: one-line messages (no PHI: counts and ids only).
+
+    Returns:
+        The run folder.
+    """
+    t_start = time.perf_counter()
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    partial = _prepare_folders(out, resume=resume, overwrite=overwrite)
+    if resume:
+        stored = load_config(partial / "config.yaml")
+        if config is not None and config.model_dump() != stored.model_dump():
+            raise ConfigError(
+                "the config differs from the one the interrupted run started with",
+                path=partial / "config.yaml",
+                hint="resume without --config, or start afresh with --overwrite",
+            )
+        config = stored
+    config = config or RunConfig()
+    data_cfg = config.data
+
+    cohort = Cohort.from_manifest(
+        cohort_path,
+        target=data_cfg.target,
+        require_label=True,
+        allow_external_paths=data_cfg.allow_external_paths,
+    )
+    labels = cohort.labels()
+    if len(np.unique(labels[~np.isnan(labels)])) < 2:
+        raise CohortError(
+            f"every labelled case has outcome {int(np.nanmax(labels))}; training needs both 0 and 1",
+            field=data_cfg.target,
+            path=cohort.manifest_path,
+        )
+    cohort = split_cohort(cohort, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed)
+    modalities = resolve_modalities(cohort, config)
+    resolved = config.model_copy(
+        update={"data": data_cfg.model_copy(update={"modalities": modalities})}
+    )
+    if not resume:
+        resolved.save(partial / "config.yaml")
+    config = resolved
+
+    tabular = None
+    if "tabular" in modalities:
+        train_frame = pd.DataFrame([r.extra for r in cohort.rows if r.split == "train"])
+        tabular = TabularEncoder(data_cfg.tabular_columns).fit(train_frame)
+
+    loader = CaseLoader(data_cfg, modalities, tabular)
+    loaded = loader.load_many(
+        cohort.rows,
+        progress=None if progress is None else (lambda d, t: progress("loading cases", d, t)),
+    )
+    check_signal_shapes(loaded.cases)
+    excluded: list[Issue] = list(cohort.excluded) + loaded.excluded
+    say(
+        f"loaded {len(loaded)} cases, excluded {len(excluded)}; modalities: {', '.join(modalities)}"
+    )
+
+    by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in ("train", "val", "test")}
+    for c in loaded.cases:
+        by_split[c["split"]].append(c)
+    for split in ("train", "val"):
+        ys = {c["label"] for c in by_split[split]}
+        if len(ys) < 2:
+            raise CohortError(
+                f"the {split} split has {len(by_split[split])} cases with outcomes {sorted(ys)}; "
+                "it needs both 0 and 1",
+                field="split",
+                path=cohort.manifest_path,
+                hint="use a larger cohort or change data.split_fractions",
+            )
+    for i, m in enumerate(modalities):
+        if not any(c["present"][i] for c in by_split["train"]):
+            raise CohortError(
+                f"no training case has modality {m!r}",
+                field=m,
+                path=cohort.manifest_path,
+                hint=f"drop it from data.modalities or add {m} data to training cases",
+            )
+
+    in_shapes: dict[str, Any] = {}
+    first_image = next((c["image"] for c in loaded.cases if c.get("image") is not None), None)
+    if first_image is not None:
+        in_shapes["image_channels"] = int(first_image.shape[0])
+    first_signal = next((c["signal"] for c in loaded.cases if c.get("signal") is not None), None)
+    if first_signal is not None:
+        in_shapes["signal_leads"] = int(first_signal.shape[0])
+    if tabular is not None:
+        in_shapes["tabular_features"] = tabular.n_features
+
+    torch.manual_seed(config.training.seed)
+    model = FusionModel.build(config, modalities, tabular=tabular, in_shapes=in_shapes)
+
+    frozen = model.frozen_modalities
+    cases = loaded.cases
+    if frozen:
+        device = resolve_device(config.training.device)
+        model.network.to(device)
+        t0 = time.perf_counter()
+        cases = attach_embeddings(model, cases, frozen)
+        model.network.to("cpu")
+        say(
+            f"embeddings of frozen encoders ({', '.join(frozen)}) ready in {time.perf_counter() - t0:.1f}s"
+        )
+    by_split = {s: [c for c in cases if c["split"] == s] for s in ("train", "val", "test")}
+
+    state = fit_network(
+        model,
+        by_split["train"],
+        by_split["val"],
+        checkpoint=partial / "checkpoints" / "last.ckpt",
+        resume=resume,
+        on_epoch=on_epoch,
+    )
+
+    # Stage 2: late-fusion combiner on held-out (validation) unimodal logits.
+    val_raw = model.forward_cases(by_split["val"])
+    y_val = np.array([c["label"] for c in by_split["val"]], dtype=float)
+    fusion = model.network.fusion
+    if fusion.strategy == "late":
+        fusion.fit_combiner(  # type: ignore[operator]
+            torch.from_numpy(val_raw["unimodal"]),
+            torch.from_numpy(val_raw["present"]),
+            torch.from_numpy(y_val),
+        )
+        val_raw = model.forward_cases(by_split["val"])
+
+    # Stage 3: calibration on the validation split.
+    method = config.calibration.method
+    calibrators = {"fusion": build_calibrator(method).fit(val_raw["logit"], y_val)}
+    for i, m in enumerate(modalities):
+        has = val_raw["present"][:, i]
+        if has.sum() >= 2 and len(np.unique(y_val[has])) == 2:
+            calibrators[m] = build_calibrator(method).fit(val_raw["unimodal"][has, i], y_val[has])
+        else:
+            calibrators[m] = build_calibrator("none")
+    model.calibrators = calibrators
+
+    all_raw = model.forward_cases(cases)
+    predictions = model.predictions_frame(cases, all_raw)
+
+    metrics: dict[str, Any] = {"clinfuse_version": __version__}
+    split_metrics = {}
+    for split in ("val", "test"):
+        part = predictions[predictions["split"] == split]
+        if len(part):
+            split_metrics[split] = summarize_predictions(
+                part, modalities, seed=config.training.seed
+            )
+    primary = "test" if "test" in split_metrics else "val"
+    metrics.update({"split": primary, **split_metrics[primary], "splits": split_metrics})
+    if fusion.strategy == "late":
+        metrics["combiner"] = {
+            "bias": float(fusion.bias.detach()),  # type: ignore[arg-type]
+            "weights": dict(zip(modalities, fusion.weights.detach().tolist(), strict=True)),  # type: ignore[operator]
+            "centers": dict(zip(modalities, fusion.center.tolist(), strict=True)),  # type: ignore[operator]
+        }
+    metrics["calibration"] = {k: c.to_dict() for k, c in calibrators.items() if k == "fusion"}
+
+    device_name = (
+        torch.cuda.get_device_name(0) if resolve_device(config.training.device) == "cuda" else "cpu"
+    )
+    model.info = {
+        "clinfuse_version": __version__,
+        "torch_version": torch.__version__,
+        "trained_on": device_name,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "best_val_auroc": state.best,
+    }
+    model.save_pretrained(partial)
+
+    report = {
+        "manifest": str(cohort.manifest_path),
+        "target": data_cfg.target,
+        "modalities": modalities,
+        "frozen_encoders": frozen,
+        "n_manifest_rows": len(cohort) + len({i.case_id for i in cohort.excluded}),
+        "n_used": len(cases),
+        "n_excluded": len({i.case_id for i in excluded}),
+        "excluded": [{**i.as_dict(), "path": _relative(i.path, cohort.root)} for i in excluded],
+        "splits": {
+            s: {
+                "n_cases": len(v),
+                "n_events": int(sum(c["label"] for c in v)),
+                "n_patients": len({c["patient_id"] for c in v}),
+                **_availability(v, modalities),
+            }
+            for s, v in by_split.items()
+        },
+        "availability": _availability(cases, modalities),
+        "tabular_features": None if tabular is None else tabular.feature_names_,
+    }
+    _write_json(partial / "data_report.json", report)
+    _write_json(partial / "metrics.json", metrics)
+    tmp = partial / ".predictions.csv.tmp"
+    predictions.to_csv(tmp, index=False)
+    os.replace(tmp, partial / "predictions.csv")
+    log_rows = [
+        {
+            "epoch": h.epoch,
+            "train_loss": h.train_loss,
+            "seconds": h.seconds,
+            **{f"val_auroc_{k}": v for k, v in h.val_auroc.items()},
+            "improved": "+".join(h.improved),
+        }
+        for h in state.history
+    ]
+    pd.DataFrame(log_rows).to_csv(partial / "train_log.csv", index=False)
+    shutil.rmtree(partial / "checkpoints", ignore_errors=True)
+    _write_json(
+        partial / "run.json",
+        {
+            "clinfuse_version": __version__,
+            "seconds": time.perf_counter() - t_start,
+            "device": device_name,
+            "complete": True,
+        },
+    )
+
+    if out.exists():
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+    return out

@@ -1,0 +1,379 @@
+"""The training loop (Lightning Fabric): encoders + heads, then combiner and calibration.
+
+Stage 1 trains every trainable encoder and the unimodal heads (late fusion: each
+modality on its own loss, with its own early stopping on validation AUROC;
+early/intermediate fusion: the fused loss plus auxiliary unimodal losses, with
+modality dropout). Stage 2 fits the late-fusion combiner on the *validation*
+unimodal logits (held out from stage 1's gradient steps), and stage 3 fits the
+calibrators on the validation split.
+
+Fabric gives bf16 autocast on CUDA, fp32 on CPU, and DDP across GPUs and nodes
+without code changes (``training.devices``, ``training.num_nodes``,
+``training.strategy``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clinfuse.errors import ConfigError
+from clinfuse.evaluation.metrics import auroc_batch
+from clinfuse.fusion.base import modality_dropout
+from clinfuse.model import Collator, FusionModel, move_batch
+
+__all__ = ["EpochRecord", "TrainState", "fit_network", "resolve_device"]
+
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``.
+
+    Raises:
+        ConfigError: ``cuda`` requested but no GPU is visible.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "--device cuda but no CUDA GPU is visible",
+            field="training.device",
+            hint="use --device auto or cpu, or check the CUDA installation",
+        )
+    return device
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    if accelerator == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    val_auroc: dict[str, float]
+    improved: list[str]
+    seconds: float
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the weights."""
+
+    epoch: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    stale: int = 0
+    history: list[EpochRecord] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+def _auroc(y: np.ndarray, s: np.ndarray) -> float:
+    ok = ~np.isnan(y)
+    if ok.sum() < 2 or len(np.unique(y[ok])) < 2:
+        return float("nan")
+    return float(auroc_batch(y[ok][None], s[ok][None])[0])
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    before = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _trainable_state(model: FusionModel) -> dict[str, torch.Tensor]:
+    """State of everything that training changes (frozen encoders left out)."""
+    frozen = set(model.frozen_modalities)
+    return {
+        k: v.detach().cpu().clone()
+        for k, v in model.network.state_dict().items()
+        if not any(k.startswith(f"encoders.{m}.") for m in frozen)
+    }
+
+
+def _modality_state(model: FusionModel, m: str) -> dict[str, torch.Tensor]:
+    """Snapshot of modality ``m``'s encoder (if trainable) and unimodal head."""
+    state = {
+        f"fusion.unimodal_heads.{m}.{k}": v.detach().cpu().clone()
+        for k, v in model.network.fusion.unimodal_heads[m].state_dict().items()
+    }
+    if m not in model.frozen_modalities:
+        state.update(
+            {
+                f"encoders.{m}.{k}": v.detach().cpu().clone()
+                for k, v in model.network.encoders[m].state_dict().items()
+            }
+        )
+    return state
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _history_to_lists(history: list[EpochRecord]) -> list[dict[str, Any]]:
+    return [
+        {
+            "epoch": h.epoch,
+            "train_loss": h.train_loss,
+            "val_auroc": dict(h.val_auroc),
+            "improved": list(h.improved),
+            "seconds": h.seconds,
+        }
+        for h in history
+    ]
+
+
+def _history_from_lists(items: list[dict[str, Any]]) -> list[EpochRecord]:
+    return [
+        EpochRecord(
+            int(h["epoch"]),
+            float(h["train_loss"]),
+            {k: float(v) for k, v in h["val_auroc"].items()},
+            list(h["improved"]),
+            float(h["seconds"]),
+        )
+        for h in items
+    ]
+
+
+def fit_network(
+    model: FusionModel,
+    train_cases: Sequence[dict[str, Any]],
+    val_cases: Sequence[dict[str, Any]],
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochRecord, int], None] | None = None,
+) -> TrainState:
+    """Stage 1: train encoders and heads with early stopping on validation AUROC.
+
+    Args:
+        model: a freshly built model (frozen modalities' embeddings already
+            attached to the cases).
+        train_cases, val_cases: loaded case dicts with 0/1 labels.
+        checkpoint: where to write the last complete epoch (every epoch).
+        resume: continue from ``checkpoint``.
+        on_epoch: called after each epoch with its record and the max epochs.
+
+    Returns:
+        The training state; the model holds the best weights found.
+    """
+    from lightning.fabric import Fabric
+
+    cfg = model.config.training
+    accelerator = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, accelerator)
+    strategy: Any = cfg.strategy
+    if strategy == "ddp":
+        from lightning.fabric.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=True)
+    fabric = Fabric(
+        accelerator=accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        precision=precision,
+        strategy=strategy,  # type: ignore[arg-type]
+    )
+    fabric.launch()
+    torch.manual_seed(cfg.seed)
+
+    modalities = model.modalities
+    late = model.network.fusion.strategy == "late"
+    frozen = model.frozen_modalities
+    collate = Collator(modalities, dict(model.network.encoders), frozen)
+
+    y_train = np.array([c["label"] for c in train_cases], dtype=float)
+    n_pos = float(y_train.sum())
+    n_neg = float(len(y_train) - n_pos)
+    pos_weight = (
+        torch.tensor(n_neg / max(n_pos, 1.0))
+        if cfg.class_weight == "balanced"
+        else torch.tensor(1.0)
+    )
+
+    # Optimiser: heads and from-scratch encoders at lr; pretrained fine-tuned text at encoder_lr.
+    groups: list[dict[str, Any]] = []
+    slow, fast = [], []
+    for name, p in model.network.named_parameters():
+        if not p.requires_grad:
+            continue
+        if late and name in ("fusion.weight_raw", "fusion.bias"):
+            continue  # fitted in stage 2 on held-out logits
+        (slow if name.startswith("encoders.note.") else fast).append(p)
+    if fast:
+        groups.append({"params": fast, "lr": cfg.lr})
+    if slow:
+        groups.append({"params": slow, "lr": cfg.encoder_lr or cfg.lr / 20})
+    if not groups:
+        raise ConfigError(
+            "nothing to train: every encoder is frozen and there are no heads", field="encoders"
+        )
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    network, optimizer = fabric.setup(model.network, optimizer)
+
+    state = TrainState()
+    best_states: dict[str, dict[str, torch.Tensor]] = {}
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise ConfigError(
+                "nothing to resume: no checkpoint from an earlier run",
+                path=checkpoint,
+                hint="start without --resume",
+            )
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ConfigError("checkpoint format not understood", path=checkpoint)
+        missing, unexpected = model.network.load_state_dict(ckpt["model"], strict=False)
+        bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
+        if bad or unexpected:
+            raise ConfigError(
+                "the checkpoint does not match this model (it comes from another config)",
+                path=checkpoint,
+                hint="resume with the run's own config.yaml, or start afresh",
+            )
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state.epoch = int(ckpt["epoch"])
+        state.best = {k: float(v) for k, v in ckpt["best"].items()}
+        state.stale = int(ckpt["stale"])
+        state.history = _history_from_lists(ckpt["history"])
+        best_states = {m: dict(s) for m, s in ckpt["best_states"].items()}
+
+    keys = modalities if late else ["fusion"]
+    device = fabric.device
+
+    def evaluate() -> dict[str, float]:
+        network.eval()
+        logits, unimodal, present, labels = [], [], [], []
+        with torch.no_grad():
+            for start in range(0, len(val_cases), cfg.batch_size):
+                batch = move_batch(collate(list(val_cases[start : start + cfg.batch_size])), device)
+                out = network(batch)
+                logits.append(out.logit.float().cpu())
+                unimodal.append(out.unimodal.float().cpu())
+                present.append(batch["present"].cpu())
+                labels.append(batch["label"].cpu())
+        y = torch.cat(labels).numpy()
+        res: dict[str, float] = {"fusion": _auroc(y, torch.cat(logits).numpy())}
+        z = torch.cat(unimodal).numpy()
+        pres = torch.cat(present).numpy()
+        for i, m in enumerate(modalities):
+            res[m] = _auroc(np.where(pres[:, i], y, np.nan), z[:, i])
+        return res
+
+    import time
+
+    while state.epoch < cfg.epochs and not state.stopped_early:
+        epoch = state.epoch
+        t0 = time.perf_counter()
+        network.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_cases), generator=gen).tolist()
+        drop_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
+        total, count = 0.0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            batch = move_batch(collate([train_cases[i] for i in idx]), device)
+            y = batch["label"]
+            present = batch["present"]
+            if late:
+                out = network(batch)
+                loss = _unimodal_loss(out.unimodal, present, y, pos_weight.to(device))
+            else:
+                shown = modality_dropout(present, model.config.fusion.modality_dropout, drop_gen)
+                out = network(batch, present=shown)
+                loss = F.binary_cross_entropy_with_logits(
+                    out.logit.float(), y, pos_weight=pos_weight.to(device)
+                )
+                if model.config.fusion.aux_weight > 0:
+                    loss = loss + model.config.fusion.aux_weight * _unimodal_loss(
+                        out.unimodal, present, y, pos_weight.to(device)
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        val = evaluate()
+        improved = []
+        for k in keys:
+            score = val.get(k, float("nan"))
+            if not math.isnan(score) and score > state.best.get(k, -math.inf) + 1e-6:
+                state.best[k] = score
+                improved.append(k)
+                best_states[k] = _modality_state(model, k) if late else _trainable_state(model)
+            elif k not in best_states:
+                best_states[k] = _modality_state(model, k) if late else _trainable_state(model)
+        state.stale = 0 if improved else state.stale + 1
+        state.epoch = epoch + 1
+        record = EpochRecord(
+            epoch + 1, total / max(count, 1), val, improved, time.perf_counter() - t0
+        )
+        state.history.append(record)
+        if state.stale >= cfg.patience:
+            state.stopped_early = True
+        if checkpoint is not None and fabric.global_rank == 0:
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "epoch": state.epoch,
+                    "model": _trainable_state(model),
+                    "optimizer": optimizer.state_dict(),
+                    "best": state.best,
+                    "stale": state.stale,
+                    "history": _history_to_lists(state.history),
+                    "best_states": best_states,
+                },
+            )
+        if on_epoch is not None:
+            on_epoch(record, cfg.epochs)
+
+    # Restore the best weights (per modality for late fusion).
+    for k in keys:
+        if k in best_states:
+            model.network.load_state_dict(best_states[k], strict=False)
+    model.network.to("cpu")
+    model.network.eval()
+    return state
+
+
+def _unimodal_loss(
+    unimodal: torch.Tensor, present: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor
+) -> torch.Tensor:
+    """Mean over modalities of each modality's BCE on the cases where it is present."""
+    z = unimodal.float()
+    target = y[:, None].expand_as(z)
+    per = F.binary_cross_entropy_with_logits(z, target, pos_weight=pos_weight, reduction="none")
+    mask = present.float()
+    per_modality = (per * mask).sum(dim=0) / mask.sum(dim=0).clamp(min=1.0)
+    has = (mask.sum(dim=0) > 0).float()
+    return (per_modality * has).sum() / has.sum().clamp(min=1.0)
+
+
+def copy_model(model: FusionModel) -> FusionModel:
+    """A deep copy (used to keep the stage-1 model apart from later refits)."""
+    return copy.deepcopy(model)
