@@ -19,8 +19,38 @@ __version__ = "0.1.0.dev0"
 MODALITIES: tuple[str, ...] = ("image", "note", "signal", "tabular")
 """The modalities clinfuse knows, in their canonical order."""
 
+_LAZY = {
+    "load_run": ("clinfuse.model", "load_run"),
+    "FusionModel": ("clinfuse.model", "FusionModel"),
+    "Cohort": ("clinfuse.cohort.manifest", "Cohort"),
+    "RunConfig": ("clinfuse.config", "RunConfig"),
+    "train_run": ("clinfuse.training.run", "train_run"),
+    "synthesize_cohort": ("clinfuse.synth", "synthesize_cohort"),
+    "validate_cohort": ("clinfuse.cohort.validate", "validate_cohort"),
+}
+
+
+def __getattr__(name: str) -> object:
+    """Heavy parts of the API load on first use, so ``import clinfuse`` stays fast."""
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clinfuse' has no attribute {name!r}")
+
+
 __all__ = [
     "MODALITIES",
+    "Cohort",
+    "FusionModel",
+    "RunConfig",
+    "load_run",
+    "synthesize_cohort",
+    "train_run",
+    "validate_cohort",
     "ClinFuseError",
     "CohortError",
     "ConfigError",

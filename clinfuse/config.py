@@ -107,8 +107,9 @@ class TrainingConfig(BaseModel):
     )
     num_nodes: int = Field(1, ge=1, description="Nodes for multi-node DDP.")
     strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ...")
-    num_workers: int = Field(
-        0, ge=0, description="DataLoader workers for preprocessing on the fly."
+    augment: bool = Field(
+        True,
+        description="Random flips/quarter turns of images, amplitude scaling of signals (training only).",
     )
     deterministic: bool = Field(
         True, description="Deterministic algorithms on CPU (bit-for-bit reruns)."

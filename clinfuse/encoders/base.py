@@ -233,8 +233,8 @@ class Encoder(nn.Module):
         """Device of the first parameter or buffer (CPU when there is none)."""
         for t in self.parameters():
             return t.device
-        for t in self.buffers():
-            return t.device
+        for b in self.buffers():
+            return b.device
         return torch.device("cpu")
 
     # ----------------------------------------------------------------- weights

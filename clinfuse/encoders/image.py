@@ -18,7 +18,7 @@ torch.Size([2, 128])
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -130,8 +130,9 @@ class ImageEncoder(Encoder):
     """
 
     modality = "image"
-    config_class = ImageEncoderConfig
+    config_class: ClassVar[type[EncoderConfig]] = ImageEncoderConfig
     config: ImageEncoderConfig
+    net: nn.Module
 
     min_size: int = 16
     """Smallest spatial extent (voxels per axis) the network accepts."""

@@ -247,7 +247,14 @@ def fit_network(
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ConfigError("checkpoint format not understood", path=checkpoint)
-        missing, unexpected = model.network.load_state_dict(ckpt["model"], strict=False)
+        try:
+            missing, unexpected = model.network.load_state_dict(ckpt["model"], strict=False)
+        except RuntimeError as e:  # shapes differ
+            raise ConfigError(
+                "the checkpoint does not match this model (it comes from another config)",
+                path=checkpoint,
+                hint="resume with the run's own config.yaml, or start afresh",
+            ) from e
         bad = [k for k in missing if not any(k.startswith(f"encoders.{m}.") for m in frozen)]
         if bad or unexpected:
             raise ConfigError(
@@ -286,71 +293,80 @@ def fit_network(
 
     import time
 
-    while state.epoch < cfg.epochs and not state.stopped_early:
-        epoch = state.epoch
-        t0 = time.perf_counter()
-        network.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_cases), generator=gen).tolist()
-        drop_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
-        total, count = 0.0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            batch = move_batch(collate([train_cases[i] for i in idx]), device)
-            y = batch["label"]
-            present = batch["present"]
-            if late:
-                out = network(batch)
-                loss = _unimodal_loss(out.unimodal, present, y, pos_weight.to(device))
-            else:
-                shown = modality_dropout(present, model.config.fusion.modality_dropout, drop_gen)
-                out = network(batch, present=shown)
-                loss = F.binary_cross_entropy_with_logits(
-                    out.logit.float(), y, pos_weight=pos_weight.to(device)
-                )
-                if model.config.fusion.aux_weight > 0:
-                    loss = loss + model.config.fusion.aux_weight * _unimodal_loss(
-                        out.unimodal, present, y, pos_weight.to(device)
+    with _deterministic(cfg.deterministic and accelerator == "cpu"):
+        while state.epoch < cfg.epochs and not state.stopped_early:
+            epoch = state.epoch
+            t0 = time.perf_counter()
+            network.train()
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(train_cases), generator=gen).tolist()
+            drop_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
+            # dropout layers draw from the global generator: seed it per epoch so that a
+            # resumed run repeats exactly what an uninterrupted one would have done
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            total, count = 0.0, 0
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                batch = collate([train_cases[i] for i in idx])
+                if cfg.augment:
+                    batch = augment_batch(batch, drop_gen)
+                batch = move_batch(batch, device)
+                y = batch["label"]
+                present = batch["present"]
+                if late:
+                    out = network(batch)
+                    loss = _unimodal_loss(out.unimodal, present, y, pos_weight.to(device))
+                else:
+                    shown = modality_dropout(
+                        present, model.config.fusion.modality_dropout, drop_gen
                     )
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(loss)
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        val = evaluate()
-        improved = []
-        for k in keys:
-            score = val.get(k, float("nan"))
-            if not math.isnan(score) and score > state.best.get(k, -math.inf) + 1e-6:
-                state.best[k] = score
-                improved.append(k)
-                best_states[k] = _modality_state(model, k) if late else _trainable_state(model)
-            elif k not in best_states:
-                best_states[k] = _modality_state(model, k) if late else _trainable_state(model)
-        state.stale = 0 if improved else state.stale + 1
-        state.epoch = epoch + 1
-        record = EpochRecord(
-            epoch + 1, total / max(count, 1), val, improved, time.perf_counter() - t0
-        )
-        state.history.append(record)
-        if state.stale >= cfg.patience:
-            state.stopped_early = True
-        if checkpoint is not None and fabric.global_rank == 0:
-            _save_checkpoint(
-                checkpoint,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "epoch": state.epoch,
-                    "model": _trainable_state(model),
-                    "optimizer": optimizer.state_dict(),
-                    "best": state.best,
-                    "stale": state.stale,
-                    "history": _history_to_lists(state.history),
-                    "best_states": best_states,
-                },
+                    out = network(batch, present=shown)
+                    loss = F.binary_cross_entropy_with_logits(
+                        out.logit.float(), y, pos_weight=pos_weight.to(device)
+                    )
+                    if model.config.fusion.aux_weight > 0:
+                        loss = loss + model.config.fusion.aux_weight * _unimodal_loss(
+                            out.unimodal, present, y, pos_weight.to(device)
+                        )
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            val = evaluate()
+            improved = []
+            for k in keys:
+                score = val.get(k, float("nan"))
+                if not math.isnan(score) and score > state.best.get(k, -math.inf) + 1e-6:
+                    state.best[k] = score
+                    improved.append(k)
+                    best_states[k] = _modality_state(model, k) if late else _trainable_state(model)
+                elif k not in best_states:
+                    best_states[k] = _modality_state(model, k) if late else _trainable_state(model)
+            state.stale = 0 if improved else state.stale + 1
+            state.epoch = epoch + 1
+            record = EpochRecord(
+                epoch + 1, total / max(count, 1), val, improved, time.perf_counter() - t0
             )
-        if on_epoch is not None:
-            on_epoch(record, cfg.epochs)
+            state.history.append(record)
+            if state.stale >= cfg.patience:
+                state.stopped_early = True
+            if checkpoint is not None and fabric.global_rank == 0:
+                _save_checkpoint(
+                    checkpoint,
+                    {
+                        "version": CHECKPOINT_VERSION,
+                        "epoch": state.epoch,
+                        "model": _trainable_state(model),
+                        "optimizer": optimizer.state_dict(),
+                        "best": state.best,
+                        "stale": state.stale,
+                        "history": _history_to_lists(state.history),
+                        "best_states": best_states,
+                    },
+                )
+            if on_epoch is not None:
+                on_epoch(record, cfg.epochs)
 
     # Restore the best weights (per modality for late fusion).
     for k in keys:
@@ -359,6 +375,35 @@ def fit_network(
     model.network.to("cpu")
     model.network.eval()
     return state
+
+
+def augment_batch(batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    """Label-preserving training augmentation of trainable image and signal inputs.
+
+    Images: random flips along each spatial axis, and a random quarter turn when the
+    in-plane size is square. Signals: random amplitude scaling in [0.9, 1.1] per case.
+    Done on the batch tensors, so it costs next to nothing.
+    """
+    inputs = dict(batch["inputs"])
+    if "image" in inputs and isinstance(inputs["image"][1], torch.Tensor):
+        rows, x = inputs["image"]
+        n = x.shape[0]
+        for axis in range(2, x.ndim):
+            flip = torch.rand(n, generator=generator) < 0.5
+            if flip.any():
+                idx = flip.nonzero().flatten().to(x.device)
+                x = x.index_copy(0, idx, torch.flip(x.index_select(0, idx), dims=(axis,)))
+        if x.shape[2] == x.shape[3]:
+            turn = torch.rand(n, generator=generator) < 0.5
+            if turn.any():
+                idx = turn.nonzero().flatten().to(x.device)
+                x = x.index_copy(0, idx, torch.rot90(x.index_select(0, idx), k=1, dims=(2, 3)))
+        inputs["image"] = (rows, x)
+    if "signal" in inputs and isinstance(inputs["signal"][1], torch.Tensor):
+        rows, x = inputs["signal"]
+        scale = 0.9 + 0.2 * torch.rand(x.shape[0], generator=generator)
+        inputs["signal"] = (rows, x * scale.to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1))))
+    return {**batch, "inputs": inputs}
 
 
 def _unimodal_loss(
