@@ -44,17 +44,17 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "MODALITIES",
+    "ClinFuseError",
     "Cohort",
+    "CohortError",
+    "ConfigError",
+    "DataFileNotFoundError",
     "FusionModel",
+    "ModalityLoadError",
     "RunConfig",
+    "__version__",
     "load_run",
     "synthesize_cohort",
     "train_run",
     "validate_cohort",
-    "ClinFuseError",
-    "CohortError",
-    "ConfigError",
-    "DataFileNotFoundError",
-    "ModalityLoadError",
-    "__version__",
 ]

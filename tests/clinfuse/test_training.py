@@ -265,7 +265,7 @@ def test_label_all_one_class(cohort, tmp_path):
 def test_unknown_config_field_is_a_config_error(tmp_path):
     bad = tmp_path / "c.yaml"
     bad.write_text("training:\n  epochz: 3\n")
-    with pytest.raises(ConfigError, match="training.epochz"):
+    with pytest.raises(ConfigError, match=r"training\.epochz"):
         load_config(bad)
 
 
@@ -297,7 +297,7 @@ def test_a_run_that_exists_is_not_overwritten(run, cohort):
 
 
 def test_load_run_on_a_folder_that_is_not_a_run(tmp_path):
-    with pytest.raises(ClinFuseError, match="model.json"):
+    with pytest.raises(ClinFuseError, match=r"model\.json"):
         FusionModel.from_pretrained(tmp_path)
 
 
