@@ -34,7 +34,7 @@ demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/clinfuse demo --out $(DEMO_OUT)
 
 test: install
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 test-slow: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m slow -q

@@ -386,7 +386,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the demo cohort and run.")] = Path(
         "demo_out"
     ),
-    n_cases: Annotated[int, typer.Option("--n-cases", min=60, help="Demo cohort size.")] = 400,
+    n_cases: Annotated[int, typer.Option("--n-cases", min=60, help="Demo cohort size.")] = 800,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the demo cohort.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:

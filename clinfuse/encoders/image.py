@@ -72,6 +72,10 @@ class SmallCNNConfig(ImageEncoderConfig):
     n_blocks: int = Field(4, ge=1, le=8)
     norm: Literal["batch", "instance", "group"] = "batch"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    global_pool: Literal["avg", "max"] = Field(
+        "avg",
+        description="pooling over the final feature map: avg, or max (finds a small lesion anywhere)",
+    )
 
 
 class DenseNetConfig(ImageEncoderConfig):
@@ -257,8 +261,9 @@ class SmallCNNEncoder(ImageEncoder):
             )
             layers.append(Pool[Pool.MAX, dims](kernel_size=2))
             channels = out
+        final_pool = Pool.ADAPTIVEMAX if cfg.global_pool == "max" else Pool.ADAPTIVEAVG
         layers += [
-            Pool[Pool.ADAPTIVEAVG, dims](1),
+            Pool[final_pool, dims](1),
             nn.Flatten(1),
             nn.Dropout(cfg.dropout),
             nn.Linear(channels, cfg.embed_dim),

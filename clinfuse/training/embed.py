@@ -76,6 +76,9 @@ def attach_embeddings(
                         c[f"{m}_embedding"] = hit
                         continue
             todo.append(k)
+        if m == "note":
+            # batches of similar length waste less compute on padding
+            todo.sort(key=lambda k: len(out[k]["note"]))
         was_training = encoder.training
         encoder.eval()
         device = next(encoder.parameters()).device

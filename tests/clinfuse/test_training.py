@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,15 @@ from clinfuse.training import train_run
 
 
 def tiny_config(**training) -> RunConfig:
+    encoders = {
+        "image": {"name": "small_cnn", "embed_dim": 8, "width": 4},
+        "signal": {"name": "resnet1d", "embed_dim": 8, "width": 4, "depth": 2},
+        "tabular": {"name": "mlp", "embed_dim": 4, "hidden": [8]},
+    }
+    # a machine without the MiniLM wheel (the GPU box) points this at another local BERT folder
+    text_model = os.environ.get("CLINFUSE_TEST_TEXT_MODEL")
+    if text_model:
+        encoders["note"] = {"name": "transformer", "freeze": True, "model_name_or_path": text_model}
     return RunConfig.model_validate(
         {
             "data": {
@@ -27,11 +37,7 @@ def tiny_config(**training) -> RunConfig:
                 "signal": {"target_fs": 50.0, "duration_s": 4.0},
                 "split_fractions": [0.5, 0.25, 0.25],
             },
-            "encoders": {
-                "image": {"name": "small_cnn", "embed_dim": 8, "width": 4},
-                "signal": {"name": "resnet1d", "embed_dim": 8, "width": 4, "depth": 2},
-                "tabular": {"name": "mlp", "embed_dim": 4, "hidden": [8]},
-            },
+            "encoders": encoders,
             "training": {"epochs": 2, "batch_size": 16, "patience": 2, **training},
         }
     )
@@ -97,7 +103,7 @@ def test_predictions_have_the_contract_columns(run):
 def test_reloaded_run_predicts_bit_for_bit(run, cohort):
     model = load_run(run)
     again = model.predict(cohort)
-    saved = pd.read_csv(run / "predictions.csv", float_precision="round_trip")
+    saved = pd.read_csv(run / "predictions.csv")
     np.testing.assert_array_equal(again["p_fusion"].to_numpy(), saved["p_fusion"].to_numpy())
     np.testing.assert_array_equal(
         again["logit_fusion"].to_numpy(), saved["logit_fusion"].to_numpy()
@@ -167,8 +173,8 @@ def test_comparator_strategies_train(cohort, tmp_path, strategy):
 
 def test_training_is_deterministic_on_cpu(cohort, run, tmp_path):
     again = train_run(cohort, tmp_path / "r2", tiny_config())
-    a = pd.read_csv(run / "predictions.csv", float_precision="round_trip")
-    b = pd.read_csv(again / "predictions.csv", float_precision="round_trip")
+    a = pd.read_csv(run / "predictions.csv")
+    b = pd.read_csv(again / "predictions.csv")
     np.testing.assert_array_equal(a["logit_fusion"].to_numpy(), b["logit_fusion"].to_numpy())
 
 
@@ -190,8 +196,8 @@ def test_resume_after_interruption_gives_the_same_model(cohort, tmp_path):
     with pytest.raises(ConfigError, match="unfinished run"):
         train_run(cohort, tmp_path / "cut", cfg)
     resumed = train_run(cohort, tmp_path / "cut", None, resume=True)
-    a = pd.read_csv(full / "predictions.csv", float_precision="round_trip")
-    b = pd.read_csv(resumed / "predictions.csv", float_precision="round_trip")
+    a = pd.read_csv(full / "predictions.csv")
+    b = pd.read_csv(resumed / "predictions.csv")
     np.testing.assert_array_equal(a["logit_fusion"].to_numpy(), b["logit_fusion"].to_numpy())
     log = pd.read_csv(resumed / "train_log.csv")
     assert log["epoch"].tolist() == [1, 2, 3]
@@ -305,8 +311,21 @@ def test_load_run_on_a_folder_that_is_not_a_run(tmp_path):
 def test_cuda_training_and_prediction(cohort, tmp_path):
     assert torch.cuda.is_available()
     out = train_run(cohort, tmp_path / "gpu", tiny_config(device="cuda"))
-    model = load_run(out, device="cuda")
-    frame = model.predict(cohort)
-    assert frame["p_fusion"].between(0, 1).all()
     info = json.loads((out / "model" / "model.json").read_text())["info"]
     assert info["trained_on"] != "cpu"
+    on_gpu = load_run(out, device="cuda").predict(cohort)
+    on_cpu = load_run(out, device="cpu").predict(cohort)
+    assert on_gpu["p_fusion"].between(0, 1).all()
+    # the same weights give the same risks on either device (fp32 inference)
+    np.testing.assert_allclose(on_gpu["logit_fusion"], on_cpu["logit_fusion"], atol=1e-3)
+    saved = pd.read_csv(out / "predictions.csv")
+    np.testing.assert_allclose(saved["logit_fusion"], on_cpu["logit_fusion"], atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_intermediate_fusion_bf16(cohort, tmp_path):
+    cfg = tiny_config(device="cuda", epochs=1)
+    cfg.fusion.strategy = "intermediate"
+    out = train_run(cohort, tmp_path / "gpu_int", cfg)
+    frame = pd.read_csv(out / "predictions.csv")
+    assert frame["p_fusion"].between(0, 1).all() and len(frame) == 64
