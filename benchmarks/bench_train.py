@@ -53,8 +53,13 @@ def _batch(args: argparse.Namespace, model: FusionModel, g: torch.Generator) -> 
         "inputs": {
             "image": (rows, torch.randn(b, 1, *size, generator=g)),
             "signal": (rows, torch.randn(b, args.leads, args.signal_len, generator=g)),
-            "tabular": (rows, {"values": torch.randn(b, args.tab_features, generator=g),
-                               "mask": torch.ones(b, args.tab_features)}),
+            "tabular": (
+                rows,
+                {
+                    "values": torch.randn(b, args.tab_features, generator=g),
+                    "mask": torch.ones(b, args.tab_features),
+                },
+            ),
         },
     }
     if args.text_model:
@@ -62,7 +67,9 @@ def _batch(args: argparse.Namespace, model: FusionModel, g: torch.Generator) -> 
         words = " ".join(["patient reports dyspnea and productive cough"] * 40)
         batch["inputs"]["note"] = (rows, enc.collate([words] * b))  # type: ignore[operator]
     else:
-        batch["embeddings"]["note"] = torch.randn(b, model.network.fusion.embed_dims["note"], generator=g)
+        batch["embeddings"]["note"] = torch.randn(
+            b, model.network.fusion.embed_dims["note"], generator=g
+        )
     return batch
 
 
@@ -76,10 +83,19 @@ def _bench(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     cfg = _config(args)
     if args.text_model is None:
         # a frozen note encoder: its embeddings come from the cache, the BERT is not in the step
-        cfg.encoders["note"] = {"name": "transformer", "freeze": True, "model_name_or_path": args.frozen_text_model}
+        cfg.encoders["note"] = {
+            "name": "transformer",
+            "freeze": True,
+            "model_name_or_path": args.frozen_text_model,
+        }
     model = FusionModel.build(
-        cfg, ["image", "note", "signal", "tabular"],
-        in_shapes={"image_channels": 1, "signal_leads": args.leads, "tabular_features": args.tab_features},
+        cfg,
+        ["image", "note", "signal", "tabular"],
+        in_shapes={
+            "image_channels": 1,
+            "signal_leads": args.leads,
+            "tabular_features": args.tab_features,
+        },
     )
     net = model.network.to(device).train()
     if args.channels_last and device.type == "cuda":
@@ -92,7 +108,9 @@ def _bench(args: argparse.Namespace, precision: str) -> dict[str, Any]:
     def step() -> None:
         with autocast:
             out = net(batch)
-            loss = F.binary_cross_entropy_with_logits(out.unimodal.float(), batch["label"][:, None].expand(-1, 4))
+            loss = F.binary_cross_entropy_with_logits(
+                out.unimodal.float(), batch["label"][:, None].expand(-1, 4)
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -112,7 +130,9 @@ def _bench(args: argparse.Namespace, precision: str) -> dict[str, Any]:
         "precision": precision,
         "samples_per_s": args.steps * args.batch_size / seconds,
         "step_ms": 1000 * seconds / args.steps,
-        "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() / 2**30) if device.type == "cuda" else None,
+        "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() / 2**30)
+        if device.type == "cuda"
+        else None,
     }
 
 
@@ -126,8 +146,12 @@ def main() -> None:
     p.add_argument("--signal-len", type=int, default=None)
     p.add_argument("--tab-features", type=int, default=20)
     p.add_argument("--fusion", default="late")
-    p.add_argument("--text-model", default=None, help="a local BERT folder to fine-tune in the step")
-    p.add_argument("--frozen-text-model", default=None, help="note model for the frozen path (default MiniLM)")
+    p.add_argument(
+        "--text-model", default=None, help="a local BERT folder to fine-tune in the step"
+    )
+    p.add_argument(
+        "--frozen-text-model", default=None, help="note model for the frozen path (default MiniLM)"
+    )
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--channels-last", action="store_true")
@@ -140,18 +164,39 @@ def main() -> None:
     args.steps = args.steps or (20 if gpu else 5)
     machine = {
         "machine": platform.node(),
-        "device": torch.cuda.get_device_name(0) if gpu else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(0)
+        if gpu
+        else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
     }
-    conf = {k: getattr(args, k) for k in ("image_encoder", "image_size", "batch_size", "leads", "signal_len",
-                                            "fusion", "steps")}
+    conf = {
+        k: getattr(args, k)
+        for k in (
+            "image_encoder",
+            "image_size",
+            "batch_size",
+            "leads",
+            "signal_len",
+            "fusion",
+            "steps",
+        )
+    }
     conf["text"] = "fine-tuned" if args.text_model else "frozen (cached embeddings)"
     base = _bench(args, "32-true")
     print(json.dumps({**machine, **conf, **base, "ratio_to_fp32": 1.0}), flush=True)
     if gpu:
         fast = _bench(args, "bf16-mixed")
-        print(json.dumps({**machine, **conf, **fast, "ratio_to_fp32": fast["samples_per_s"] / base["samples_per_s"]}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    **machine,
+                    **conf,
+                    **fast,
+                    "ratio_to_fp32": fast["samples_per_s"] / base["samples_per_s"],
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

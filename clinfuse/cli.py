@@ -404,11 +404,11 @@ def demo(
         with _progress("synthesizing cases") as update:
             manifest = synthesize_cohort(cohort_dir, n_cases=n_cases, seed=seed, progress=update)
         console.print(f"1/3 synthesized {n_cases} cases: {manifest}")
-    report = validate_cohort(manifest)
+    cfg = demo_config().model_copy(deep=True)
+    report = validate_cohort(manifest, tabular_columns=cfg.data.tabular_columns)
     console.print(
         f"2/3 validated: {report.n_rows} rows, {len(report.errors)} errors, {len(report.warnings)} warnings"
     )
-    cfg = demo_config().model_copy(deep=True)
     cfg.training.device = device  # type: ignore[assignment]
     run = _train_with_progress(manifest, out / "run", cfg, resume=False, overwrite=True)
     console.print("3/3 trained")
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         err_console.print("aborted")
         return 1
     except click_errors as e:
-        e.show()
+        e.show()  # type: ignore[attr-defined]
         return 1
     except KeyboardInterrupt:
         err_console.print("interrupted")

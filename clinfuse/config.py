@@ -56,8 +56,8 @@ class DataConfig(BaseModel):
     allow_external_paths: bool = Field(
         False, description="Accept files outside the manifest's folder."
     )
-    image: ImageTransformConfig = Field(default_factory=ImageTransformConfig)
-    signal: SignalTransformConfig = Field(default_factory=SignalTransformConfig)
+    image: ImageTransformConfig = Field(default_factory=ImageTransformConfig)  # type: ignore[arg-type]
+    signal: SignalTransformConfig = Field(default_factory=SignalTransformConfig)  # type: ignore[arg-type]
 
     @field_validator("modalities")
     @classmethod
@@ -146,11 +146,11 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=DataConfig)  # type: ignore[arg-type]
     encoders: dict[str, dict[str, Any]] = Field(default_factory=default_encoders)
-    fusion: FusionConfig = Field(default_factory=FusionConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)  # type: ignore[arg-type]
+    training: TrainingConfig = Field(default_factory=TrainingConfig)  # type: ignore[arg-type]
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)  # type: ignore[arg-type]
 
     @field_validator("encoders")
     @classmethod

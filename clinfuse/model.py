@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -197,7 +197,7 @@ class FusionModel:
         from clinfuse.encoders import build_encoder
 
         in_shapes = in_shapes or {}
-        encoders: dict[str, nn.Module] = {}
+        encoders: dict[str, Any] = {}
         for m in modalities:
             spec = dict(config.encoders[m])
             if m == "image":
@@ -212,7 +212,7 @@ class FusionModel:
             elif m == "tabular":
                 spec.setdefault("n_features", in_shapes.get("tabular_features", 1))
             encoders[m] = build_encoder(m, spec)
-        dims = {m: int(encoders[m].out_dim) for m in modalities}  # type: ignore[attr-defined]
+        dims = {m: int(encoders[m].out_dim) for m in modalities}
         fusion = build_fusion(config.fusion, modalities, dims)
         return cls(config, modalities, FusionNetwork(modalities, encoders, fusion), tabular=tabular)
 
@@ -241,8 +241,7 @@ class FusionModel:
             "embed_dims": self.network.fusion.embed_dims,
             "strategy": self.network.fusion.strategy,
             "encoder_fingerprints": {
-                m: self.network.encoders[m].fingerprint()
-                for m in self.modalities  # type: ignore[operator]
+                m: cast(Any, self.network.encoders[m]).fingerprint() for m in self.modalities
             },
             "tabular": None if self.tabular is None else self.tabular.to_dict(),
             "calibrators": {k: c.to_dict() for k, c in self.calibrators.items()},

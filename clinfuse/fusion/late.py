@@ -37,6 +37,7 @@ class LateFusion(FusionHead):
     """Learned non-negative modality weights plus a bias over the present modalities' logits."""
 
     strategy = "late"
+    center: torch.Tensor
 
     def __init__(
         self, config: FusionConfig, modalities: Sequence[str], embed_dims: dict[str, int]

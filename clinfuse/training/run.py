@@ -38,6 +38,7 @@ from clinfuse.config import RunConfig, load_config
 from clinfuse.data import CaseLoader, check_signal_shapes
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.summary import summarize_predictions
+from clinfuse.fusion.late import LateFusion
 from clinfuse.io.tabular import TabularEncoder
 from clinfuse.model import FusionModel
 from clinfuse.training.embed import attach_embeddings
@@ -292,8 +293,8 @@ def train_run(
     val_raw = model.forward_cases(by_split["val"])
     y_val = np.array([c["label"] for c in by_split["val"]], dtype=float)
     fusion = model.network.fusion
-    if fusion.strategy == "late":
-        fusion.fit_combiner(  # type: ignore[operator]
+    if isinstance(fusion, LateFusion):
+        fusion.fit_combiner(
             torch.from_numpy(val_raw["unimodal"]),
             torch.from_numpy(val_raw["present"]),
             torch.from_numpy(y_val),
@@ -324,11 +325,11 @@ def train_run(
             )
     primary = "test" if "test" in split_metrics else "val"
     metrics.update({"split": primary, **split_metrics[primary], "splits": split_metrics})
-    if fusion.strategy == "late":
+    if isinstance(fusion, LateFusion):
         metrics["combiner"] = {
-            "bias": float(fusion.bias.detach()),  # type: ignore[arg-type]
-            "weights": dict(zip(modalities, fusion.weights.detach().tolist(), strict=True)),  # type: ignore[operator]
-            "centers": dict(zip(modalities, fusion.center.tolist(), strict=True)),  # type: ignore[operator]
+            "bias": float(fusion.bias.detach()),
+            "weights": dict(zip(modalities, fusion.weights.detach().tolist(), strict=True)),
+            "centers": dict(zip(modalities, fusion.center.tolist(), strict=True)),
         }
     metrics["calibration"] = {k: c.to_dict() for k, c in calibrators.items() if k == "fusion"}
 

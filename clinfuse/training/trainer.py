@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -195,7 +195,7 @@ def fit_network(
         accelerator=accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        precision=precision,
+        precision=cast(Any, precision),
         strategy=strategy,  # type: ignore[arg-type]
     )
     fabric.launch()
@@ -217,7 +217,8 @@ def fit_network(
 
     # Optimiser: heads and from-scratch encoders at lr; pretrained fine-tuned text at encoder_lr.
     groups: list[dict[str, Any]] = []
-    slow, fast = [], []
+    slow: list[torch.nn.Parameter] = []
+    fast: list[torch.nn.Parameter] = []
     for name, p in model.network.named_parameters():
         if not p.requires_grad:
             continue

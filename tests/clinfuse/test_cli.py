@@ -22,7 +22,9 @@ from clinfuse.synth import synthesize_cohort
 @pytest.fixture(scope="module")
 def small_cohort(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("cli")
-    return synthesize_cohort(root / "cohort", n_cases=24, seed=5, image_size=32, signal_fs=50, signal_seconds=4.0)
+    return synthesize_cohort(
+        root / "cohort", n_cases=24, seed=5, image_size=32, signal_fs=50, signal_seconds=4.0
+    )
 
 
 def test_synth_then_validate_reports_no_errors(tmp_path, capsys):
@@ -122,7 +124,11 @@ def test_bad_inputs_raise_named_errors_and_are_excluded_in_batch(tmp_path, small
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [("", "cannot read manifest"), ("case_id,label\n", "no rows"), ("patient,label\np1,1\n", "'case_id' is missing")],
+    [
+        ("", "cannot read manifest"),
+        ("case_id,label\n", "no rows"),
+        ("patient,label\np1,1\n", "'case_id' is missing"),
+    ],
     ids=["empty-file", "header-only", "no-case_id"],
 )
 def test_manifest_errors_are_one_line_exit_1(tmp_path, capsys, content, needle):
@@ -175,12 +181,17 @@ def test_train_and_predict_commands(tmp_path, small_cohort, capsys):
     np.testing.assert_allclose(frame["p_fusion"], saved["p_fusion"], rtol=0, atol=1e-12)
     # a config with a typo is a one-line error naming the field
     config.write_text("training: {epoch: 3}\n")
-    assert main(["train", str(small_cohort), "--out", str(tmp_path / "r2"), "--config", str(config)]) == 1
+    assert (
+        main(["train", str(small_cohort), "--out", str(tmp_path / "r2"), "--config", str(config)])
+        == 1
+    )
     assert "training.epoch" in capsys.readouterr().err
 
 
 def test_errors_are_clinfuse_errors_and_builtins():
     assert issubclass(CohortError, ValueError) and issubclass(CohortError, ClinFuseError)
     assert issubclass(DataFileNotFoundError, FileNotFoundError)
-    err = ModalityLoadError("cannot read", case_id="c1", field="image", path="a.dcm", hint="re-export it")
+    err = ModalityLoadError(
+        "cannot read", case_id="c1", field="image", path="a.dcm", hint="re-export it"
+    )
     assert str(err) == "case 'c1', field 'image', file a.dcm: cannot read (re-export it)"
