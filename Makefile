@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DEMO_OUT ?= demo_out
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-slow test-gpu lint format typecheck bench clean help
+.PHONY: install demo test test-slow test-gpu lint format typecheck bench docs-cli clean help
 
 help:
 	@echo "make demo       install, then run the whole pipeline on a synthetic cohort"
@@ -53,6 +53,9 @@ format: install
 
 typecheck: install
 	$(BIN)/mypy
+
+docs-cli: install
+	$(BIN)/typer clinfuse.cli utils docs --name clinfuse --output docs/cli.md
 
 bench: install
 	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b; done

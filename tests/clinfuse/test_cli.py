@@ -195,3 +195,19 @@ def test_errors_are_clinfuse_errors_and_builtins():
         "cannot read", case_id="c1", field="image", path="a.dcm", hint="re-export it"
     )
     assert str(err) == "case 'c1', field 'image', file a.dcm: cannot read (re-export it)"
+
+
+def test_cli_reference_is_up_to_date(tmp_path):
+    """docs/cli.md is generated from the Typer app (`make docs-cli`); it must match the code."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli.md"
+    typer_bin = Path(sys.executable).with_name("typer")
+    subprocess.run(
+        [str(typer_bin), "clinfuse.cli", "utils", "docs", "--name", "clinfuse", "--output", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    committed = Path(__file__).parents[2] / "docs" / "cli.md"
+    assert out.read_text() == committed.read_text(), "run `make docs-cli` and commit docs/cli.md"
