@@ -44,3 +44,51 @@ def write_manifest(tmp_path: Path):
         return path
 
     return _write
+
+
+def tiny_config(**training):
+    """A run config with tiny encoders for tests (seconds on CPU)."""
+    from clinfuse.config import RunConfig
+    from clinfuse.synth import TABULAR_COLUMNS
+
+    encoders = {
+        "image": {"name": "small_cnn", "embed_dim": 8, "width": 4},
+        "signal": {"name": "resnet1d", "embed_dim": 8, "width": 4, "depth": 2},
+        "tabular": {"name": "mlp", "embed_dim": 4, "hidden": [8]},
+    }
+    # a machine without the MiniLM wheel (the GPU box) points this at another local BERT folder
+    text_model = os.environ.get("CLINFUSE_TEST_TEXT_MODEL")
+    if text_model:
+        encoders["note"] = {"name": "transformer", "freeze": True, "model_name_or_path": text_model}
+    return RunConfig.model_validate(
+        {
+            "data": {
+                "tabular_columns": list(TABULAR_COLUMNS),
+                "image": {"spatial_size": [32, 32], "window": "ct_soft_tissue"},
+                "signal": {"target_fs": 50.0, "duration_s": 4.0},
+                "split_fractions": [0.5, 0.25, 0.25],
+            },
+            "encoders": encoders,
+            "training": {"epochs": 2, "batch_size": 16, "patience": 2, **training},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort(tmp_path_factory) -> Path:
+    """A 64-case synthetic cohort with 32² images and 4-s ECGs at 50 Hz (session-wide)."""
+    from clinfuse.synth import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("tiny")
+    return synthesize_cohort(
+        root / "cohort", n_cases=64, seed=3, image_size=32, signal_fs=50, signal_seconds=4.0
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cohort, tmp_path_factory) -> Path:
+    """A late-fusion run trained on ``tiny_cohort`` with :func:`tiny_config` (session-wide)."""
+    from clinfuse.training import train_run
+
+    out = tmp_path_factory.mktemp("runs") / "r1"
+    return train_run(tiny_cohort, out, tiny_config())

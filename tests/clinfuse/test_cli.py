@@ -205,7 +205,16 @@ def test_cli_reference_is_up_to_date(tmp_path):
     out = tmp_path / "cli.md"
     typer_bin = Path(sys.executable).with_name("typer")
     subprocess.run(
-        [str(typer_bin), "clinfuse.cli", "utils", "docs", "--name", "clinfuse", "--output", str(out)],
+        [
+            str(typer_bin),
+            "clinfuse.cli",
+            "utils",
+            "docs",
+            "--name",
+            "clinfuse",
+            "--output",
+            str(out),
+        ],
         check=True,
         capture_output=True,
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -11,53 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_config
 
-from clinfuse.config import RunConfig, load_config
+from clinfuse.config import load_config
 from clinfuse.errors import ClinFuseError, CohortError, ConfigError
 from clinfuse.model import FusionModel, load_run
-from clinfuse.synth import TABULAR_COLUMNS, synthesize_cohort
 from clinfuse.training import train_run
 
 
-def tiny_config(**training) -> RunConfig:
-    encoders = {
-        "image": {"name": "small_cnn", "embed_dim": 8, "width": 4},
-        "signal": {"name": "resnet1d", "embed_dim": 8, "width": 4, "depth": 2},
-        "tabular": {"name": "mlp", "embed_dim": 4, "hidden": [8]},
-    }
-    # a machine without the MiniLM wheel (the GPU box) points this at another local BERT folder
-    text_model = os.environ.get("CLINFUSE_TEST_TEXT_MODEL")
-    if text_model:
-        encoders["note"] = {"name": "transformer", "freeze": True, "model_name_or_path": text_model}
-    return RunConfig.model_validate(
-        {
-            "data": {
-                "tabular_columns": list(TABULAR_COLUMNS),
-                "image": {"spatial_size": [32, 32], "window": "ct_soft_tissue"},
-                "signal": {"target_fs": 50.0, "duration_s": 4.0},
-                "split_fractions": [0.5, 0.25, 0.25],
-            },
-            "encoders": encoders,
-            "training": {"epochs": 2, "batch_size": 16, "patience": 2, **training},
-        }
-    )
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    return synthesize_cohort(
-        root / "cohort", n_cases=64, seed=3, image_size=32, signal_fs=50, signal_seconds=4.0
-    )
-
-
-@pytest.fixture(scope="module")
-def run(cohort, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "r1"
-    return train_run(cohort, out, tiny_config())
-
-
-def test_run_folder_is_complete(run):
+def test_run_folder_is_complete(tiny_run):
     for name in (
         "config.yaml",
         "data_report.json",
@@ -67,28 +28,28 @@ def test_run_folder_is_complete(run):
         "model/model.json",
         "model/fusion.safetensors",
     ):
-        assert (run / name).exists(), name
-    assert not (run.parent / "r1.partial").exists()
-    assert not list(run.rglob("*.pkl")) and not list(run.rglob("*.pt"))
-    metrics = json.loads((run / "metrics.json").read_text())
+        assert (tiny_run / name).exists(), name
+    assert not (tiny_run.parent / "r1.partial").exists()
+    assert not list(tiny_run.rglob("*.pkl")) and not list(tiny_run.rglob("*.pt"))
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
     for name in ("fusion", "image", "note", "signal", "tabular"):
         for metric in ("auroc", "auprc", "brier"):
             block = metrics["models"][name][metric]
             assert set(block) == {"value", "ci_low", "ci_high"}
             assert block["ci_low"] <= block["value"] <= block["ci_high"]
-    frame = pd.read_csv(run / "predictions.csv")
+    frame = pd.read_csv(tiny_run / "predictions.csv")
     test = frame[frame.split == "test"]
     assert metrics["n_cases"] == len(test) and metrics["n_events"] == int(test.label.sum())
-    report = json.loads((run / "data_report.json").read_text())
+    report = json.loads((tiny_run / "data_report.json").read_text())
     assert report["n_used"] == len(frame) == 64
     assert sum(report["availability"]["patterns"].values()) == 64
     # config.yaml is fully resolved and reloadable
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(tiny_run / "config.yaml")
     assert cfg.data.modalities == ["image", "note", "signal", "tabular"]
 
 
-def test_predictions_have_the_contract_columns(run):
-    frame = pd.read_csv(run / "predictions.csv")
+def test_predictions_have_the_contract_columns(tiny_run):
+    frame = pd.read_csv(tiny_run / "predictions.csv")
     expected = ["case_id", "split", "label", "p_fusion", "logit_fusion"]
     expected += [f"p_{m}" for m in ("image", "note", "signal", "tabular")]
     expected += [f"present_{m}" for m in ("image", "note", "signal", "tabular")]
@@ -100,22 +61,22 @@ def test_predictions_have_the_contract_columns(run):
     assert set(frame.split) == {"train", "val", "test"}
 
 
-def test_reloaded_run_predicts_bit_for_bit(run, cohort):
-    model = load_run(run)
-    again = model.predict(cohort)
-    saved = pd.read_csv(run / "predictions.csv")
+def test_reloaded_run_predicts_bit_for_bit(tiny_run, tiny_cohort):
+    model = load_run(tiny_run)
+    again = model.predict(tiny_cohort)
+    saved = pd.read_csv(tiny_run / "predictions.csv")
     np.testing.assert_array_equal(again["p_fusion"].to_numpy(), saved["p_fusion"].to_numpy())
     np.testing.assert_array_equal(
         again["logit_fusion"].to_numpy(), saved["logit_fusion"].to_numpy()
     )
 
 
-def test_removing_a_file_equals_masking_the_modality(run, cohort, tmp_path):
+def test_removing_a_file_equals_masking_the_modality(tiny_run, tiny_cohort, tmp_path):
     """A case without its image file is predicted exactly as the same case with the image masked out."""
-    model = load_run(run)
-    manifest = pd.read_csv(cohort, dtype=str)
+    model = load_run(tiny_run)
+    manifest = pd.read_csv(tiny_cohort, dtype=str)
     full = manifest.dropna(subset=["image", "note", "signal"]).head(4).copy()
-    root = cohort.parent
+    root = tiny_cohort.parent
     rows = []
     for k, mods_kept in enumerate([("note", "signal"), ("image",), ("signal",), ()]):
         row = full.iloc[k].copy()
@@ -130,7 +91,7 @@ def test_removing_a_file_equals_masking_the_modality(run, cohort, tmp_path):
     pred = model.predict(Cohort.from_manifest(reduced, allow_external_paths=True))
     # the same cases with every file, masked by hand
     loader = CaseLoader(model.config.data, model.modalities, model.tabular)
-    cohort_full = Cohort.from_manifest(cohort).subset(list(full.case_id))
+    cohort_full = Cohort.from_manifest(tiny_cohort).subset(list(full.case_id))
     cases = loader.load_many(cohort_full.rows).cases
     for k, mods_kept in enumerate([("note", "signal"), ("image",), ("signal",), ()]):
         keep = set(mods_kept) | {"tabular"}
@@ -142,15 +103,15 @@ def test_removing_a_file_equals_masking_the_modality(run, cohort, tmp_path):
     assert pred[[f"present_{m}" for m in model.modalities]].sum(axis=1).tolist() == [3, 2, 2, 1]
 
 
-def test_cohort_lacking_a_run_modality_is_an_error(run, cohort, tmp_path):
-    manifest = pd.read_csv(cohort, dtype=str).drop(columns=["signal"])
+def test_cohort_lacking_a_run_modality_is_an_error(tiny_run, tiny_cohort, tmp_path):
+    manifest = pd.read_csv(tiny_cohort, dtype=str).drop(columns=["signal"])
     for col in ("image", "note"):
         manifest[col] = [
-            str(cohort.parent / v) if isinstance(v, str) else "" for v in manifest[col]
+            str(tiny_cohort.parent / v) if isinstance(v, str) else "" for v in manifest[col]
         ]
     path = tmp_path / "no_signal.csv"
     manifest.to_csv(path, index=False)
-    model = load_run(run)
+    model = load_run(tiny_run)
     from clinfuse.cohort import Cohort
 
     c = Cohort.from_manifest(path, allow_external_paths=True)
@@ -161,26 +122,26 @@ def test_cohort_lacking_a_run_modality_is_an_error(run, cohort, tmp_path):
 
 
 @pytest.mark.parametrize("strategy", ["early", "intermediate"])
-def test_comparator_strategies_train(cohort, tmp_path, strategy):
+def test_comparator_strategies_train(tiny_cohort, tmp_path, strategy):
     cfg = tiny_config(epochs=1)
     cfg.fusion.strategy = strategy
-    out = train_run(cohort, tmp_path / strategy, cfg)
+    out = train_run(tiny_cohort, tmp_path / strategy, cfg)
     frame = pd.read_csv(out / "predictions.csv")
     assert frame["p_fusion"].between(0, 1).all()
     model = load_run(out)
     assert model.network.fusion.strategy == strategy
 
 
-def test_training_is_deterministic_on_cpu(cohort, run, tmp_path):
-    again = train_run(cohort, tmp_path / "r2", tiny_config())
-    a = pd.read_csv(run / "predictions.csv")
+def test_training_is_deterministic_on_cpu(tiny_cohort, tiny_run, tmp_path):
+    again = train_run(tiny_cohort, tmp_path / "r2", tiny_config())
+    a = pd.read_csv(tiny_run / "predictions.csv")
     b = pd.read_csv(again / "predictions.csv")
     np.testing.assert_array_equal(a["logit_fusion"].to_numpy(), b["logit_fusion"].to_numpy())
 
 
-def test_resume_after_interruption_gives_the_same_model(cohort, tmp_path):
+def test_resume_after_interruption_gives_the_same_model(tiny_cohort, tmp_path):
     cfg = tiny_config(epochs=3, patience=5)
-    full = train_run(cohort, tmp_path / "full", cfg)
+    full = train_run(tiny_cohort, tmp_path / "full", cfg)
 
     class Stop(Exception):
         pass
@@ -190,12 +151,12 @@ def test_resume_after_interruption_gives_the_same_model(cohort, tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        train_run(cohort, tmp_path / "cut", cfg, on_epoch=stop_after_two)
+        train_run(tiny_cohort, tmp_path / "cut", cfg, on_epoch=stop_after_two)
     assert not (tmp_path / "cut").exists()  # never a half-written run folder that looks complete
     assert (tmp_path / "cut.partial" / "checkpoints" / "last.ckpt").exists()
     with pytest.raises(ConfigError, match="unfinished run"):
-        train_run(cohort, tmp_path / "cut", cfg)
-    resumed = train_run(cohort, tmp_path / "cut", None, resume=True)
+        train_run(tiny_cohort, tmp_path / "cut", cfg)
+    resumed = train_run(tiny_cohort, tmp_path / "cut", None, resume=True)
     a = pd.read_csv(full / "predictions.csv")
     b = pd.read_csv(resumed / "predictions.csv")
     np.testing.assert_array_equal(a["logit_fusion"].to_numpy(), b["logit_fusion"].to_numpy())
@@ -203,34 +164,34 @@ def test_resume_after_interruption_gives_the_same_model(cohort, tmp_path):
     assert log["epoch"].tolist() == [1, 2, 3]
 
 
-def test_resume_with_another_config_is_refused(cohort, tmp_path):
+def test_resume_with_another_config_is_refused(tiny_cohort, tmp_path):
     def stop(record, _max):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_run(cohort, tmp_path / "cut", tiny_config(), on_epoch=stop)
+        train_run(tiny_cohort, tmp_path / "cut", tiny_config(), on_epoch=stop)
     other = tiny_config()
     other.encoders["image"]["embed_dim"] = 16
     with pytest.raises(ConfigError, match="differs from the one the interrupted run"):
-        train_run(cohort, tmp_path / "cut", other, resume=True)
+        train_run(tiny_cohort, tmp_path / "cut", other, resume=True)
 
 
-def test_checkpoint_from_another_model_is_refused(cohort, tmp_path):
+def test_checkpoint_from_another_model_is_refused(tiny_cohort, tmp_path):
     def stop(record, _max):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_run(cohort, tmp_path / "a", tiny_config(), on_epoch=stop)
+        train_run(tiny_cohort, tmp_path / "a", tiny_config(), on_epoch=stop)
     with pytest.raises(KeyboardInterrupt):
         cfg = tiny_config()
         cfg.encoders["image"]["embed_dim"] = 16
-        train_run(cohort, tmp_path / "b", cfg, on_epoch=stop)
+        train_run(tiny_cohort, tmp_path / "b", cfg, on_epoch=stop)
     shutil.copy(
         tmp_path / "a.partial" / "checkpoints" / "last.ckpt",
         tmp_path / "b.partial" / "checkpoints" / "last.ckpt",
     )
     with pytest.raises(ConfigError, match="another config"):
-        train_run(cohort, tmp_path / "b", None, resume=True)
+        train_run(tiny_cohort, tmp_path / "b", None, resume=True)
 
 
 # -- bad input -------------------------------------------------------------------
@@ -244,15 +205,15 @@ def _rewrite(cohort: Path, tmp_path: Path, edit) -> Path:
     return path
 
 
-def test_unknown_encoder_name(cohort, tmp_path):
+def test_unknown_encoder_name(tiny_cohort, tmp_path):
     cfg = tiny_config()
     cfg.encoders["image"] = {"name": "vgg99"}
     with pytest.raises(ConfigError, match="vgg99"):
-        train_run(cohort, tmp_path / "r", cfg)
+        train_run(tiny_cohort, tmp_path / "r", cfg)
 
 
-def test_cohort_without_labels(cohort, tmp_path):
-    path = _rewrite(cohort, tmp_path, lambda f: f.drop(columns=["label"]))
+def test_cohort_without_labels(tiny_cohort, tmp_path):
+    path = _rewrite(tiny_cohort, tmp_path, lambda f: f.drop(columns=["label"]))
     cfg = tiny_config()
     cfg.data.allow_external_paths = True
     with pytest.raises(CohortError, match="outcome column 'label' is missing"):
@@ -260,8 +221,8 @@ def test_cohort_without_labels(cohort, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_label_all_one_class(cohort, tmp_path):
-    path = _rewrite(cohort, tmp_path, lambda f: f.assign(label="1"))
+def test_label_all_one_class(tiny_cohort, tmp_path):
+    path = _rewrite(tiny_cohort, tmp_path, lambda f: f.assign(label="1"))
     cfg = tiny_config()
     cfg.data.allow_external_paths = True
     with pytest.raises(CohortError, match="needs both 0 and 1"):
@@ -275,7 +236,7 @@ def test_unknown_config_field_is_a_config_error(tmp_path):
         load_config(bad)
 
 
-def test_bad_cases_are_excluded_and_recorded(cohort, tmp_path):
+def test_bad_cases_are_excluded_and_recorded(tiny_cohort, tmp_path):
     def corrupt(frame):
         broken = tmp_path / "broken.dcm"
         broken.write_bytes(b"not a dicom at all")
@@ -283,7 +244,7 @@ def test_bad_cases_are_excluded_and_recorded(cohort, tmp_path):
         frame.loc[1, "note"] = str(tmp_path / "missing.txt")
         return frame
 
-    path = _rewrite(cohort, tmp_path, corrupt)
+    path = _rewrite(tiny_cohort, tmp_path, corrupt)
     cfg = tiny_config(epochs=1)
     cfg.data.allow_external_paths = True
     out = train_run(path, tmp_path / "r", cfg)
@@ -297,9 +258,9 @@ def test_bad_cases_are_excluded_and_recorded(cohort, tmp_path):
     assert not set(excluded) & set(frame.case_id)
 
 
-def test_a_run_that_exists_is_not_overwritten(run, cohort):
+def test_a_run_that_exists_is_not_overwritten(tiny_run, tiny_cohort):
     with pytest.raises(ConfigError, match="finished run"):
-        train_run(cohort, run, tiny_config())
+        train_run(tiny_cohort, tiny_run, tiny_config())
 
 
 def test_load_run_on_a_folder_that_is_not_a_run(tmp_path):
@@ -308,13 +269,13 @@ def test_load_run_on_a_folder_that_is_not_a_run(tmp_path):
 
 
 @pytest.mark.gpu
-def test_cuda_training_and_prediction(cohort, tmp_path):
+def test_cuda_training_and_prediction(tiny_cohort, tmp_path):
     assert torch.cuda.is_available()
-    out = train_run(cohort, tmp_path / "gpu", tiny_config(device="cuda"))
+    out = train_run(tiny_cohort, tmp_path / "gpu", tiny_config(device="cuda"))
     info = json.loads((out / "model" / "model.json").read_text())["info"]
     assert info["trained_on"] != "cpu"
-    on_gpu = load_run(out, device="cuda").predict(cohort)
-    on_cpu = load_run(out, device="cpu").predict(cohort)
+    on_gpu = load_run(out, device="cuda").predict(tiny_cohort)
+    on_cpu = load_run(out, device="cpu").predict(tiny_cohort)
     assert on_gpu["p_fusion"].between(0, 1).all()
     # the same weights give the same risks on either device (fp32 inference)
     np.testing.assert_allclose(on_gpu["logit_fusion"], on_cpu["logit_fusion"], atol=1e-3)
@@ -323,9 +284,9 @@ def test_cuda_training_and_prediction(cohort, tmp_path):
 
 
 @pytest.mark.gpu
-def test_cuda_intermediate_fusion_bf16(cohort, tmp_path):
+def test_cuda_intermediate_fusion_bf16(tiny_cohort, tmp_path):
     cfg = tiny_config(device="cuda", epochs=1)
     cfg.fusion.strategy = "intermediate"
-    out = train_run(cohort, tmp_path / "gpu_int", cfg)
+    out = train_run(tiny_cohort, tmp_path / "gpu_int", cfg)
     frame = pd.read_csv(out / "predictions.csv")
     assert frame["p_fusion"].between(0, 1).all() and len(frame) == 64
