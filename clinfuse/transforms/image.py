@@ -22,7 +22,6 @@ from typing import Any, Literal
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import (
-    Compose,
     MapTransform,
     NormalizeIntensityd,
     Resized,
@@ -33,8 +32,9 @@ from monai.transforms import (
 from monai.utils import convert_to_numpy
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from clinfuse.errors import ClinFuseError, ModalityLoadError
+from clinfuse.errors import ModalityLoadError
 from clinfuse.io.image import load_image
+from clinfuse.transforms.base import ClinicalCompose
 
 __all__ = [
     "WINDOW_PRESETS",
@@ -422,45 +422,6 @@ class _ToFloat32Numpyd(_ClinicalMapTransform):
         for key in self._present_keys(d):
             d[key] = np.ascontiguousarray(convert_to_numpy(d[key], dtype=np.float32))
         return d
-
-
-def _clinfuse_cause(error: BaseException) -> ClinFuseError | None:
-    """The first ClinFuseError in ``error``'s cause chain, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, ClinFuseError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__
-    return None
-
-
-class ClinicalCompose(Compose):
-    """MONAI ``Compose`` that lets clinfuse errors through.
-
-    ``Compose`` wraps every exception of a step in ``RuntimeError("applying
-    transform ...")``. Callers of clinfuse pipelines (validation, training
-    exclusions, the CLI) need the :class:`~clinfuse.errors.ClinFuseError` that names
-    the case, so it is re-raised unwrapped, with its own cause (the library error)
-    kept. Other exceptions stay wrapped as MONAI does.
-    """
-
-    def __call__(
-        self,
-        input_: Any,
-        start: int = 0,
-        end: int | None = None,
-        threading: bool = False,
-        lazy: bool | None = None,
-    ) -> Any:
-        try:
-            return super().__call__(input_, start=start, end=end, threading=threading, lazy=lazy)
-        except RuntimeError as e:
-            cause = _clinfuse_cause(e)
-            if cause is None:
-                raise
-            raise cause from cause.__cause__
 
 
 def build_image_transforms(

@@ -34,12 +34,13 @@ from typing import Any, Literal
 
 import numpy as np
 from monai.config import KeysCollection
-from monai.transforms import Compose, MapTransform, Randomizable
+from monai.transforms import MapTransform, Randomizable
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import signal as sps
 
-from clinfuse.errors import ClinFuseError, ConfigError, ModalityLoadError
+from clinfuse.errors import ConfigError, ModalityLoadError
 from clinfuse.io.signal import load_signal
+from clinfuse.transforms.base import ClinicalCompose
 
 __all__ = [
     "BandpassFilter",
@@ -742,27 +743,8 @@ class SelectLeadsd(_SignalMapTransform):
 # ---------------------------------------------------------------------------- factory
 
 
-class SignalCompose(Compose):
-    """``monai.transforms.Compose`` that lets clinfuse errors through.
-
-    MONAI wraps any exception raised inside a transform in
-    ``RuntimeError("applying transform ...")``; this re-raises the
-    :class:`~clinfuse.errors.ClinFuseError` found in the cause chain instead,
-    so callers (``clinfuse validate``, the CLI) see the per-case reason.
-    Other errors propagate as MONAI raises them.
-    """
-
-    def __call__(self, input_, start=0, end=None, threading=False, lazy=None):  # type: ignore[no-untyped-def]
-        try:
-            return super().__call__(input_, start, end, threading, lazy)
-        except RuntimeError as e:
-            cause: BaseException | None = e
-            while cause is not None and not isinstance(cause, ClinFuseError):
-                cause = cause.__cause__
-            if cause is None:
-                raise
-            err = cause
-        raise err  # outside the handler: keeps err's own cause, adds no cycle
+SignalCompose = ClinicalCompose
+"""The signal pipeline's ``Compose`` (lets clinfuse errors through, see :class:`ClinicalCompose`)."""
 
 
 def build_signal_transforms(
