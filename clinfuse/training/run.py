@@ -118,8 +118,15 @@ def _relative(path: str | None, root: Path) -> str | None:
         return str(path)
 
 
+def _launched_worker() -> bool:
+    """True in the extra processes Lightning starts for multi-GPU DDP (they rerun the command)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
 def _prepare_folders(out: Path, *, resume: bool, overwrite: bool) -> Path:
     partial = out.with_name(out.name + ".partial")
+    if _launched_worker():
+        return partial  # rank 0 made (and owns) the folder
     if out.exists() and not overwrite:
         if (out / "model" / "model.json").exists():
             raise ConfigError(
@@ -212,7 +219,7 @@ def train_run(
     resolved = config.model_copy(
         update={"data": data_cfg.model_copy(update={"modalities": modalities})}
     )
-    if not resume:
+    if not resume and not _launched_worker():
         resolved.save(partial / "config.yaml")
     config = resolved
 
@@ -288,6 +295,8 @@ def train_run(
         resume=resume,
         on_epoch=on_epoch,
     )
+    if state.global_rank != 0:
+        return out  # DDP workers stop here; rank 0 fits the combiner and writes the run
 
     # Stage 2: late-fusion combiner on held-out (validation) unimodal logits.
     val_raw = model.forward_cases(by_split["val"])

@@ -80,6 +80,7 @@ class TrainState:
     stale: int = 0
     history: list[EpochRecord] = field(default_factory=list)
     stopped_early: bool = False
+    global_rank: int = 0
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float:
@@ -236,7 +237,7 @@ def fit_network(
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     network, optimizer = fabric.setup(model.network, optimizer)
 
-    state = TrainState()
+    state = TrainState(global_rank=fabric.global_rank)
     best_states: dict[str, dict[str, torch.Tensor]] = {}
     if resume:
         if checkpoint is None or not checkpoint.exists():
