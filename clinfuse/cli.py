@@ -451,6 +451,8 @@ def _click_exception_types() -> tuple[tuple[type[Exception], ...], tuple[type[Ba
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clinfuse`` command; returns the exit code."""
     click_errors, aborts = _click_exception_types()
+    # the command line shows its own progress; Hugging Face's per-file bars are noise here
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:

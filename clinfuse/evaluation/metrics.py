@@ -16,9 +16,12 @@ from scipy.stats import rankdata
 __all__ = [
     "METRICS",
     "auprc_batch",
+    "auprc_from_counts",
     "auroc_batch",
+    "auroc_from_counts",
     "bootstrap_ci",
     "brier_batch",
+    "brier_from_counts",
     "metric_with_ci",
 ]
 
@@ -83,6 +86,78 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+def _tie_groups(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort once: the distinct scores (ascending), each case's group and its cell key.
+
+    Returns:
+        ``(values (G,), group (N,) int64, key (N,) int64)`` where ``key = 2 * group + y``
+        indexes the (group, class) cell of a case.
+    """
+    values, group = np.unique(p, return_inverse=True)
+    group = group.astype(np.int64).reshape(-1)
+    return values, group, 2 * group + y.astype(np.int64)
+
+
+def _cell_counts(key: np.ndarray, idx: np.ndarray, n_cells: int) -> np.ndarray:
+    """(B, n_cells) multiplicity of each (group, class) cell in each resample row of ``idx``."""
+    b = idx.shape[0]
+    flat = key[idx] + (np.arange(b, dtype=np.int64) * n_cells)[:, None]
+    return np.bincount(flat.ravel(), minlength=b * n_cells).reshape(b, n_cells)
+
+
+def auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC from case counts per distinct score, in ascending score order.
+
+    Args:
+        pos: (B, G) number of events at each distinct score (integer counts or weights).
+        neg: (B, G) number of non-events at each distinct score.
+
+    Returns:
+        (B,) AUROC with ties counted one half (Mann–Whitney); NaN for one class.
+        With integer counts the sums are exact, so the result equals
+        :func:`auroc_batch` on the expanded resample bit for bit.
+    """
+    neg_below = np.cumsum(neg, axis=1) - neg
+    twice_u = (pos * (2 * neg_below + neg)).sum(axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(
+            (n_pos > 0) & (n_neg > 0), twice_u / (2.0 * n_pos * n_neg), np.nan
+        ).astype(float)
+
+
+def auprc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Average precision (scikit-learn's step definition) from counts per distinct score.
+
+    Args:
+        pos, neg: (B, G) event / non-event counts per distinct score, ascending order.
+
+    Returns:
+        (B,) average precision; NaN without events.
+    """
+    pos = pos[:, ::-1].astype(float)
+    neg = neg[:, ::-1].astype(float)
+    tp = np.cumsum(pos, axis=1)
+    flagged = tp + np.cumsum(neg, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(flagged > 0, tp / np.where(flagged > 0, flagged, 1.0), 0.0)
+        n_pos = pos.sum(axis=1)
+        return np.where(n_pos > 0, (pos * precision).sum(axis=1) / n_pos, np.nan)
+
+
+def brier_from_counts(pos: np.ndarray, neg: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Brier score from counts per distinct probability ``values`` (G,)."""
+    n = pos.sum(axis=1) + neg.sum(axis=1)
+    return (pos @ (values - 1.0) ** 2 + neg @ values**2) / n
+
+
+_FROM_COUNTS: dict[Callable[..., np.ndarray], str] = {
+    auroc_batch: "auroc",
+    auprc_batch: "auprc",
+    brier_batch: "brier",
+}
+
+
 def bootstrap_ci(
     y: np.ndarray,
     p: np.ndarray,
@@ -92,18 +167,31 @@ def bootstrap_ci(
     level: float = 0.95,
     seed: int = 0,
     chunk: int | None = None,
+    method: str = "auto",
 ) -> tuple[float, float, np.ndarray]:
     """Percentile bootstrap confidence interval, vectorised over replicates.
+
+    Seed semantics: replicate ``b`` resamples the cases
+    ``idx[b] = default_rng(seed).integers(0, N, size=(n_boot, N))[b]`` (drawn in
+    chunks, which does not change the stream). ``method="counts"`` (the default
+    for :func:`auroc_batch`, :func:`auprc_batch`, :func:`brier_batch`) sorts the
+    scores once and reduces each replicate to how many times each (distinct
+    score, class) cell was drawn; the metric then comes from cumulative sums
+    over that fixed order, O(B·N) with no per-replicate sort. It gives the same
+    replicates as ``method="resample"`` (explicit ``metric(y[idx], p[idx])``):
+    exactly for AUROC, to rounding (~1e-15) for AUPRC and Brier.
 
     Args:
         y: (N,) outcomes.
         p: (N,) scores or probabilities.
-        metric: a ``*_batch`` function.
+        metric: a ``*_batch`` function (any ``(B, N), (B, N) -> (B,)`` function
+            with ``method="resample"``).
         n_boot: replicates.
         level: confidence level.
         seed: random seed (same seed → same interval).
         chunk: replicates computed at once (bounds memory; default keeps
             each chunk near 20 M elements).
+        method: ``"auto"``, ``"counts"`` or ``"resample"``.
 
     Returns:
         ``(low, high, replicates)``; replicates where the metric is undefined
@@ -112,13 +200,32 @@ def bootstrap_ci(
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
     n = len(y)
+    if method not in ("auto", "counts", "resample"):
+        raise ValueError(f"method must be 'auto', 'counts' or 'resample', not {method!r}")
+    name = _FROM_COUNTS.get(metric)
+    if method == "counts" and name is None:
+        raise ValueError("method='counts' supports auroc_batch, auprc_batch and brier_batch")
+    use_counts = method != "resample" and name is not None
     rng = np.random.default_rng(seed)
     chunk = chunk or max(1, min(n_boot, 20_000_000 // max(n, 1)))
     out = np.empty(n_boot)
+    if use_counts:
+        values, _, key = _tie_groups(y, p)
+        n_cells = 2 * len(values)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
-        out[start : start + b] = metric(y[idx], p[idx])
+        if not use_counts:
+            out[start : start + b] = metric(y[idx], p[idx])
+            continue
+        counts = _cell_counts(key, idx, n_cells)
+        neg, pos = counts[:, 0::2], counts[:, 1::2]
+        if name == "auroc":
+            out[start : start + b] = auroc_from_counts(pos, neg)
+        elif name == "auprc":
+            out[start : start + b] = auprc_from_counts(pos, neg)
+        else:
+            out[start : start + b] = brier_from_counts(pos, neg, values)
     alpha = (1 - level) / 2
     if np.all(np.isnan(out)):
         return float("nan"), float("nan"), out
