@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch on these machines; GPU users: `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 # Extras the code uses so far (see pyproject.toml); `make install EXTRAS=all,dev` for everything.
-EXTRAS ?= imaging,text,signal,train,dev
+EXTRAS ?= imaging,text,signal,train,evaluate,explain,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DEMO_OUT ?= demo_out
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test test-slow test-gpu lint format typecheck bench docs-cli clean help
+.PHONY: install browser demo test test-slow test-gpu lint format typecheck bench docs-cli clean help
 
 help:
 	@echo "make demo       install, then run the whole pipeline on a synthetic cohort"
@@ -33,7 +33,14 @@ $(STAMP): pyproject.toml
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/clinfuse demo --out $(DEMO_OUT)
 
-test: install
+# Debian's Chromium for the headless-browser tests (Playwright cannot download its own here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "warning: could not install chromium; browser tests will be skipped"
+
+test: install browser
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q
 
 test-slow: install

@@ -390,33 +390,73 @@ def demo(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the demo cohort.")] = 0,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
-    """The main job on the embedded default: synthesize a cohort, validate, train, predict, report."""
+    """The main job on the embedded default: synthesize a demo cohort, validate it, train the
+    late-fusion model, evaluate it on the test split, explain it, and write the reports."""
+    import pandas as pd
+
     from clinfuse.cohort.validate import validate_cohort
     from clinfuse.config import demo_config
-    from clinfuse.synth import synthesize_cohort
+    from clinfuse.evaluation import evaluate_run
+    from clinfuse.explain.report import explain_run
+    from clinfuse.synth import MARKER_FILE, synthesize_cohort
 
     out.mkdir(parents=True, exist_ok=True)
     cohort_dir = out / "cohort"
-    if (cohort_dir / "manifest.csv").exists():
-        manifest = cohort_dir / "manifest.csv"
-        console.print(f"reusing demo cohort {manifest}")
+    manifest = cohort_dir / "manifest.csv"
+    marker = cohort_dir / MARKER_FILE
+    previous = json.loads(marker.read_text()) if marker.exists() and manifest.exists() else {}
+    if previous.get("n_cases") == n_cases and previous.get("seed") == seed:
+        console.print(f"1/5 reusing the demo cohort {manifest}")
     else:
         with _progress("synthesizing cases") as update:
             manifest = synthesize_cohort(cohort_dir, n_cases=n_cases, seed=seed, progress=update)
-        console.print(f"1/3 synthesized {n_cases} cases: {manifest}")
+        console.print(f"1/5 synthesized {n_cases} cases: {manifest}")
     cfg = demo_config().model_copy(deep=True)
     report = validate_cohort(manifest, tabular_columns=cfg.data.tabular_columns)
     console.print(
-        f"2/3 validated: {report.n_rows} rows, {len(report.errors)} errors, {len(report.warnings)} warnings"
+        f"2/5 validated: {report.n_rows} rows, {len(report.errors)} errors, "
+        f"{len(report.warnings)} warnings"
     )
     cfg.training.device = device  # type: ignore[assignment]
     run = _train_with_progress(manifest, out / "run", cfg, resume=False, overwrite=True)
-    console.print("3/3 trained")
+    console.print("3/5 trained")
     _print_run_summary(run)
-    console.print(f"predictions: {run / 'predictions.csv'}")
-    console.print(
-        f"score new cases: clinfuse predict {run} {manifest} --out {out / 'predictions.csv'}"
+
+    evaluation = evaluate_run(
+        run,
+        manifest,
+        out / "evaluation",
+        subgroups=["sex", "age_band"],
+        thresholds=[0.2, 0.4],
+        split="test",
+        overwrite=True,
     )
+    console.print(f"4/5 evaluated the test split: {evaluation.report}")
+
+    preds = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    complete = preds[(preds["split"] == "test") & (preds.filter(like="present_").min(axis=1) == 1)]
+    case = str(complete.sort_values("p_fusion").iloc[-1]["case_id"]) if len(complete) else None
+    explain_run(run, manifest, out / "explanations", case=case, note_max_evals=60)
+    console.print(
+        f"5/5 explained every case (modality Shapley values) and case {case} in depth: "
+        f"{out / 'explanations'}"
+    )
+    console.print(f"open the report: {evaluation.report}")
+    console.print(f"score new cases: clinfuse predict {run} NEW_MANIFEST --out predictions.csv")
+
+
+# ---------------------------------------------------------------------------
+# evaluate / explain (their code lives next to the features they drive)
+# ---------------------------------------------------------------------------
+def _register_feature_commands() -> None:
+    from clinfuse.evaluation.cli import EVALUATE_EPILOG, evaluate
+    from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
+
+    app.command(epilog=EVALUATE_EPILOG)(evaluate)
+    app.command(epilog=EXPLAIN_EPILOG)(explain)
+
+
+_register_feature_commands()
 
 
 # ---------------------------------------------------------------------------

@@ -86,23 +86,24 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
-def _tie_groups(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sort once: the distinct scores (ascending), each case's group and its cell key.
+def _tie_groups(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort once: the distinct scores (ascending) and each case's (score, class) cell.
 
     Returns:
-        ``(values (G,), group (N,) int64, key (N,) int64)`` where ``key = 2 * group + y``
-        indexes the (group, class) cell of a case.
+        ``(values (G,), key (N,) intp)`` with ``key = group + G * y``: cells
+        ``0..G-1`` hold non-events, ``G..2G-1`` events, each in ascending score order.
     """
     values, group = np.unique(p, return_inverse=True)
-    group = group.astype(np.int64).reshape(-1)
-    return values, group, 2 * group + y.astype(np.int64)
+    key = group.reshape(-1).astype(np.intp) + len(values) * y.astype(np.intp)
+    return values, key
 
 
 def _cell_counts(key: np.ndarray, idx: np.ndarray, n_cells: int) -> np.ndarray:
-    """(B, n_cells) multiplicity of each (group, class) cell in each resample row of ``idx``."""
-    b = idx.shape[0]
-    flat = key[idx] + (np.arange(b, dtype=np.int64) * n_cells)[:, None]
-    return np.bincount(flat.ravel(), minlength=b * n_cells).reshape(b, n_cells)
+    """(B, n_cells) float multiplicity of each cell in each resample row of ``idx`` (B, N)."""
+    out = np.empty((idx.shape[0], n_cells))
+    for r in range(idx.shape[0]):  # row by row keeps the counting in cache
+        out[r] = np.bincount(key[idx[r]], minlength=n_cells)
+    return out
 
 
 def auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -117,13 +118,15 @@ def auroc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
         With integer counts the sums are exact, so the result equals
         :func:`auroc_batch` on the expanded resample bit for bit.
     """
-    neg_below = np.cumsum(neg, axis=1) - neg
-    twice_u = (pos * (2 * neg_below + neg)).sum(axis=1)
+    # 2U = Σ pos · (2 · negatives below + negatives tied) = 2 Σ pos · cumneg − Σ pos · neg
+    twice_u = 2.0 * np.einsum("ij,ij->i", pos, np.cumsum(neg, axis=1)) - np.einsum(
+        "ij,ij->i", pos, neg
+    )
     n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(
-            (n_pos > 0) & (n_neg > 0), twice_u / (2.0 * n_pos * n_neg), np.nan
-        ).astype(float)
+        return np.where((n_pos > 0) & (n_neg > 0), twice_u / (2.0 * n_pos * n_neg), np.nan).astype(
+            float
+        )
 
 
 def auprc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -135,14 +138,17 @@ def auprc_from_counts(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     Returns:
         (B,) average precision; NaN without events.
     """
-    pos = pos[:, ::-1].astype(float)
-    neg = neg[:, ::-1].astype(float)
-    tp = np.cumsum(pos, axis=1)
-    flagged = tp + np.cumsum(neg, axis=1)
+    pos = np.asarray(pos, dtype=float)
+    neg = np.asarray(neg, dtype=float)
+    n_pos = pos.sum(axis=1, keepdims=True)
+    n_all = n_pos + neg.sum(axis=1, keepdims=True)
+    # cases scoring at or above each distinct score (the threshold): events and all
+    tp = n_pos - np.cumsum(pos, axis=1) + pos
+    flagged = n_all - np.cumsum(pos + neg, axis=1) + pos + neg
+    precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(flagged > 0, tp / np.where(flagged > 0, flagged, 1.0), 0.0)
-        n_pos = pos.sum(axis=1)
-        return np.where(n_pos > 0, (pos * precision).sum(axis=1) / n_pos, np.nan)
+        ap = np.einsum("ij,ij->i", pos, precision) / n_pos[:, 0]
+    return np.where(n_pos[:, 0] > 0, ap, np.nan)
 
 
 def brier_from_counts(pos: np.ndarray, neg: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -207,19 +213,21 @@ def bootstrap_ci(
         raise ValueError("method='counts' supports auroc_batch, auprc_batch and brier_batch")
     use_counts = method != "resample" and name is not None
     rng = np.random.default_rng(seed)
-    chunk = chunk or max(1, min(n_boot, 20_000_000 // max(n, 1)))
+    # counting wants small chunks (cache); explicit resampling wants fewer, larger ones
+    budget = 1_000_000 if use_counts else 20_000_000
+    chunk = chunk or max(1, min(n_boot, budget // max(n, 1)))
     out = np.empty(n_boot)
     if use_counts:
-        values, _, key = _tie_groups(y, p)
-        n_cells = 2 * len(values)
+        values, key = _tie_groups(y, p)
+        g = len(values)
     for start in range(0, n_boot, chunk):
         b = min(chunk, n_boot - start)
         idx = rng.integers(0, n, size=(b, n))
         if not use_counts:
             out[start : start + b] = metric(y[idx], p[idx])
             continue
-        counts = _cell_counts(key, idx, n_cells)
-        neg, pos = counts[:, 0::2], counts[:, 1::2]
+        counts = _cell_counts(key, idx, 2 * g)
+        neg, pos = counts[:, :g], counts[:, g:]
         if name == "auroc":
             out[start : start + b] = auroc_from_counts(pos, neg)
         elif name == "auprc":

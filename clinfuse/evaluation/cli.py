@@ -1,0 +1,105 @@
+"""The ``clinfuse evaluate`` command, as a plain function the main CLI registers.
+
+Register it in :mod:`clinfuse.cli` with::
+
+    from clinfuse.evaluation.cli import EVALUATE_EPILOG, evaluate
+    app.command(epilog=EVALUATE_EPILOG)(evaluate)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["EVALUATE_EPILOG", "evaluate"]
+
+EVALUATE_EPILOG = (
+    "Examples:\n\n"
+    "  clinfuse evaluate runs/demo site_d/manifest.csv --out eval_site_d\n\n"
+    "  clinfuse evaluate runs/demo demo/manifest.csv --out eval_test --split test "
+    "--subgroups sex,age_band --thresholds 0.1,0.2\n\n"
+    "  clinfuse evaluate runs/demo new.csv --out eval --n-boot 500 --min-group-size 50 --overwrite"
+)
+
+
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    cohort: Annotated[Path, typer.Argument(help="Manifest of labelled cases to evaluate on.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for metrics.json, report.html, figures.")
+    ],
+    subgroups: Annotated[
+        str,
+        typer.Option("--subgroups", help="Comma-separated manifest columns, e.g. sex,age_band."),
+    ] = "",
+    thresholds: Annotated[
+        str,
+        typer.Option(
+            "--thresholds",
+            help="Comma-separated risk thresholds in (0, 1) for sensitivity/specificity/PPV/NPV "
+            "(default 0.1,0.2,0.3).",
+        ),
+    ] = "",
+    split: Annotated[
+        str | None, typer.Option("--split", help="Evaluate only this split (train, val, test).")
+    ] = None,
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", min=0, help="Bootstrap replicates for the 95 % CIs.")
+    ] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    min_group_size: Annotated[
+        int,
+        typer.Option("--min-group-size", min=1, help="Suppress subgroups/sites with fewer cases."),
+    ] = 30,
+    allow_missing_modalities: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-modalities",
+            help="Accept a cohort lacking a column for a run modality.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output folder.")
+    ] = False,
+) -> None:
+    """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
+    clinical utility, subgroups, sites and a modality ablation.
+
+    Writes metrics.json, report.html (self-contained), figures/ (PNG and SVG),
+    predictions.csv, excluded.csv and subgroups.csv into --out.
+    """
+    from rich.console import Console
+
+    from clinfuse.evaluation.evaluate import evaluate_run
+
+    result = evaluate_run(
+        run,
+        cohort,
+        out,
+        subgroups=[s for s in subgroups.split(",") if s.strip()],
+        thresholds=thresholds or None,
+        n_boot=n_boot,
+        seed=seed,
+        min_group_size=min_group_size,
+        split=split,
+        allow_missing_modalities=allow_missing_modalities,
+        overwrite=overwrite,
+    )
+    m = result.metrics
+    auc = m["models"]["fusion"]["auroc"]
+    console = Console()
+    text = (
+        "undefined (one outcome class)"
+        if auc["value"] is None
+        else (
+            f"{auc['value']:.3f} (DeLong 95 % CI {auc['delong_ci_low']:.3f}–{auc['delong_ci_high']:.3f})"
+        )
+    )
+    console.print(f"evaluated {m['n_cases']} cases ({m['n_events']} events); fused AUROC {text}")
+    if m["participants"]["n_excluded"]:
+        console.print(
+            f"{m['participants']['n_excluded']} cases excluded; reasons in {out / 'excluded.csv'}"
+        )
+    console.print(f"report: {result.report}")

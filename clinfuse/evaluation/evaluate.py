@@ -1,0 +1,593 @@
+"""Offline cohort evaluation of a trained run: ``clinfuse evaluate`` and its Python API.
+
+>>> result = evaluate_run("runs/demo", "site_d/manifest.csv", "eval_site_d",
+...                       subgroups=["sex", "age_band"], thresholds=[0.1, 0.2])  # doctest: +SKIP
+>>> result.metrics["models"]["fusion"]["auroc"]  # doctest: +SKIP
+{'value': 0.83, 'ci_low': 0.79, 'ci_high': 0.86, ...}
+
+The output folder holds ``metrics.json`` (DESIGN.md contract plus one key per
+section), ``report.html`` (self-contained: figures embedded as PNG),
+``figures/*.png|svg``, ``predictions.csv``, ``excluded.csv`` and
+``subgroups.csv``. It is written to a temporary sibling folder and renamed into
+place, so an interrupted evaluation never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse.errors import CohortError, ConfigError
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "EvaluationResult",
+    "Evaluator",
+    "evaluate_run",
+    "parse_thresholds",
+]
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3)
+"""Risk thresholds of the threshold table when none are given."""
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_run` wrote.
+
+    Attributes:
+        out: the output folder.
+        metrics: the content of ``metrics.json``.
+        predictions: per-case risks (``case_id``, ``label``, ``p_fusion``, ``p_<m>``, …).
+        excluded: cases left out, with reasons (``case_id``, ``field``, ``message``).
+        figures: {name: PNG path}.
+    """
+
+    out: Path
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    excluded: pd.DataFrame
+    figures: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+
+def parse_thresholds(value: str | Sequence[float] | None) -> list[float]:
+    """Risk thresholds from ``"0.1,0.2"`` or a sequence; each must lie in (0, 1).
+
+    Raises:
+        ConfigError: a value is not a number or is outside (0, 1).
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return list(DEFAULT_THRESHOLDS)
+    items: Sequence[Any] = value.split(",") if isinstance(value, str) else value
+    out = []
+    for raw in items:
+        try:
+            t = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"threshold {raw!r} is not a number",
+                field="thresholds",
+                hint="give risks in (0, 1), e.g. --thresholds 0.1,0.2",
+            ) from None
+        if not (0.0 < t < 1.0) or math.isnan(t):
+            raise ConfigError(
+                f"threshold {t} is outside (0, 1)",
+                field="thresholds",
+                hint="thresholds are predicted risks, e.g. 0.1 for 10 %",
+            )
+        out.append(t)
+    return sorted(set(out))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_jsonable(v) for v in x.tolist()]
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else None
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def _availability(present: np.ndarray, modalities: Sequence[str]) -> dict[str, Any]:
+    """Per-modality counts and the subsets of modalities cases have (TRIPOD+AI 11/20b)."""
+    patterns = Counter(
+        "+".join(m for m, on in zip(modalities, row, strict=True) if on) or "none"
+        for row in present
+    )
+    return {
+        "per_modality": {m: int(present[:, i].sum()) for i, m in enumerate(modalities)},
+        "patterns": [
+            {"modalities": k, "n_cases": v}
+            for k, v in sorted(patterns.items(), key=lambda kv: -kv[1])
+        ],
+    }
+
+
+class Evaluator:
+    """Evaluates one trained model on cohorts (settings held here; maths in the sibling modules).
+
+    Args:
+        model: a :class:`~clinfuse.model.FusionModel` (see :func:`clinfuse.load_run`).
+        subgroups: manifest columns to break results down by (``site`` is always added
+            when the cohort has sites).
+        thresholds: risk thresholds for the threshold table, each in (0, 1).
+        n_boot: bootstrap replicates for percentile intervals (0 = none).
+        seed: bootstrap seed.
+        level: confidence level.
+        min_group_size: smallest subgroup/site reported (smaller ones are suppressed).
+        min_group_events: fewest events and non-events of a reported group.
+        split: evaluate only the cases of this split (``train``/``val``/``test``).
+        allow_missing_modalities: accept a cohort lacking a column for a run modality.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        subgroups: Sequence[str] = (),
+        thresholds: Sequence[float] | str | None = None,
+        n_boot: int = 2000,
+        seed: int = 0,
+        level: float = 0.95,
+        min_group_size: int = 30,
+        min_group_events: int = 5,
+        split: str | None = None,
+        allow_missing_modalities: bool = False,
+    ) -> None:
+        self.model = model
+        self.subgroups = [s.strip() for s in subgroups if s.strip()]
+        self.thresholds = parse_thresholds(thresholds)
+        if n_boot < 0:
+            raise ConfigError(f"n_boot is {n_boot}; use 0 (no bootstrap) or more", field="n_boot")
+        if not 0.5 <= level < 1.0:
+            raise ConfigError(
+                f"level is {level}; use a confidence level in [0.5, 1)", field="level"
+            )
+        if min_group_size < 1:
+            raise ConfigError("min_group_size must be at least 1", field="min_group_size")
+        if split is not None and split not in ("train", "val", "test"):
+            raise ConfigError(f"split is {split!r}; use train, val or test", field="split")
+        self.n_boot = n_boot
+        self.seed = seed
+        self.level = level
+        self.min_group_size = min_group_size
+        self.min_group_events = min_group_events
+        self.split = split
+        self.allow_missing_modalities = allow_missing_modalities
+
+    # -- input -------------------------------------------------------------------
+    def _cohort(self, cohort: Any) -> Any:
+        from clinfuse.cohort.manifest import Cohort
+
+        cfg = self.model.config.data
+        if not isinstance(cohort, Cohort):
+            cohort = Cohort.from_manifest(
+                cohort,
+                target=cfg.target,
+                require_label=True,
+                allow_external_paths=cfg.allow_external_paths,
+            )
+        if cohort.target not in cohort.columns:
+            raise CohortError(
+                f"outcome column {cohort.target!r} is missing; evaluation needs a 0/1 outcome "
+                "for every case",
+                field=cohort.target,
+                path=cohort.manifest_path,
+                hint="add the outcome column, or use `clinfuse predict` for unlabelled cases",
+            )
+        for col in self.subgroups:
+            if col not in cohort.columns:
+                raise CohortError(
+                    f"subgroup column {col!r} is not in the manifest "
+                    f"(columns: {', '.join(cohort.columns)})",
+                    field=col,
+                    path=cohort.manifest_path,
+                    hint="check --subgroups against the manifest's header",
+                )
+        self.model.check_cohort(cohort, allow_missing_modalities=self.allow_missing_modalities)
+        if self.split is not None:
+            from clinfuse.cohort.split import split_cohort
+
+            # cases without a split get the one training gave them (same rows, same seed)
+            data = self.model.config.data
+            cohort = split_cohort(cohort, fractions=data.split_fractions, seed=data.split_seed)
+            keep = [r.case_id for r in cohort.rows if r.split == self.split]
+            if not keep:
+                raise CohortError(
+                    f"no case in split {self.split!r}",
+                    field="split",
+                    path=cohort.manifest_path,
+                    hint="use train, val or test",
+                )
+            cohort = cohort.subset(keep)
+        return cohort
+
+    @staticmethod
+    def _group_value(row: Any, column: str) -> Any:
+        if column in ("site", "split", "patient_id"):
+            return getattr(row, column)
+        return row.extra.get(column)
+
+    # -- evaluation ----------------------------------------------------------------
+    def evaluate(
+        self,
+        cohort: Any,
+        out: str | Path,
+        *,
+        overwrite: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> EvaluationResult:
+        """Evaluate on ``cohort`` (manifest path or :class:`~clinfuse.cohort.Cohort`) into ``out``.
+
+        Raises:
+            CohortError: no labels, columns not matching the run, unknown subgroup
+                column, no usable case.
+            ConfigError: ``out`` exists and is not empty (without ``overwrite``).
+        """
+        from clinfuse.data import CaseLoader
+        from clinfuse.evaluation import ablation, calibration, delong, subgroups, utility
+        from clinfuse.evaluation.summary import summarize_predictions
+        from clinfuse.training.embed import attach_embeddings
+
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise ConfigError(
+                "output folder exists and is not empty",
+                path=out,
+                hint="choose another --out or pass --overwrite",
+            )
+        model = self.model
+        mods = list(model.modalities)
+        cohort = self._cohort(cohort)
+        loader = CaseLoader(model.config.data, mods, model.tabular)
+        loaded = loader.load_many(cohort.rows, progress=progress)
+        excluded = list(cohort.excluded) + list(loaded.excluded)
+        if not loaded.cases:
+            raise CohortError(
+                f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
+                path=cohort.manifest_path,
+                hint="run `clinfuse validate` on the manifest",
+            )
+        cases = attach_embeddings(model, loaded.cases, model.frozen_modalities)
+        raw = model.forward_cases(cases)
+        frame = model.predictions_frame(cases, raw)
+        rows_by_id = {r.case_id: r for r in cohort.rows}
+        for col in self.subgroups:
+            frame[col] = [self._group_value(rows_by_id[c], col) for c in frame["case_id"]]
+        frame["site"] = [rows_by_id[c].site for c in frame["case_id"]]
+        y = frame["label"].to_numpy(dtype=float)
+        p = frame["p_fusion"].to_numpy(dtype=float)
+        present = raw["present"].astype(bool)
+        single_class = len(np.unique(y)) < 2
+        notes: list[str] = []
+        if single_class:
+            notes.append(
+                f"The cohort has only {'events' if y.mean() == 1 else 'non-events'}: AUROC, AUPRC "
+                "and the DeLong tests are undefined; calibration and Brier are still reported."
+            )
+
+        metrics = summarize_predictions(frame, mods, n_boot=self.n_boot, seed=self.seed)
+        metrics["schema"] = "clinfuse.evaluation.v1"
+        metrics["level"] = self.level
+        metrics["n_boot"] = self.n_boot
+        metrics["seed"] = self.seed
+        metrics["notes"] = notes
+        scored = {"fusion": (y, p)}
+        for m in mods:
+            pm = frame[f"p_{m}"].to_numpy(dtype=float)
+            has = ~np.isnan(pm)
+            scored[m] = (y[has], pm[has])
+
+        # discrimination: DeLong next to the bootstrap, paired tests fused vs each modality
+        disc: dict[str, Any] = {"models": {}, "paired_delong": {}}
+        for name, (yy, pp) in scored.items():
+            disc["models"][name] = {
+                "n_cases": len(yy),
+                "n_events": int(yy.sum()),
+                "auroc_delong": delong.delong_ci(yy, pp, level=self.level),
+                "auroc_bootstrap": metrics["models"][name]["auroc"],
+                "auprc_bootstrap": metrics["models"][name]["auprc"],
+            }
+            metrics["models"][name]["auroc"]["delong_ci_low"] = disc["models"][name][
+                "auroc_delong"
+            ]["ci_low"]
+            metrics["models"][name]["auroc"]["delong_ci_high"] = disc["models"][name][
+                "auroc_delong"
+            ]["ci_high"]
+        for m in mods:
+            pm = frame[f"p_{m}"].to_numpy(dtype=float)
+            has = ~np.isnan(pm)
+            res = delong.delong_test(y[has], pm[has], p[has], level=self.level)
+            res["comparison"] = f"fusion − {m} (cases with {m})"
+            disc["paired_delong"][m] = res
+        metrics["discrimination"] = disc
+
+        # calibration of every model on its own cases; curves for the fused risk
+        metrics["calibration"] = {
+            name: calibration.calibration_summary(yy, pp, level=self.level)
+            for name, (yy, pp) in scored.items()
+        }
+        curve = calibration.calibration_curve(y, p, level=self.level)
+        ece, ece_table = calibration.expected_calibration_error(y, p)
+        metrics["calibration"]["fusion"]["curve"] = {
+            k: curve[k] for k in ("grid", "curve", "curve_low", "curve_high", "knots")
+        } | {"bins": curve["bins"]}
+
+        # clinical utility
+        dca = utility.decision_curve(y, {"fusion": p})
+        metrics["decision_curve"] = dca
+        metrics["thresholds"] = {
+            "rule": "flagged when predicted risk ≥ threshold",
+            "fusion": utility.threshold_metrics(y, p, self.thresholds, level=self.level),
+        }
+
+        # risk distributions by outcome
+        dist: dict[str, Any] = {}
+        for label, sel in (("events", y == 1), ("non_events", y == 0)):
+            if sel.any():
+                q = np.quantile(p[sel], [0.1, 0.25, 0.5, 0.75, 0.9])
+                dist[label] = {
+                    "n": int(sel.sum()),
+                    "mean": float(p[sel].mean()),
+                    **dict(zip(("p10", "q1", "median", "q3", "p90"), q.tolist(), strict=True)),
+                }
+            else:
+                dist[label] = {"n": 0}
+        if not single_class:
+            dist["discrimination_slope"] = float(p[y == 1].mean() - p[y == 0].mean())
+        metrics["risk_distribution"] = dist
+
+        # subgroups and sites
+        groupings = list(self.subgroups)
+        if "site" not in groupings and frame["site"].notna().any():
+            groupings.append("site")
+        metrics["subgroups"] = {
+            col: subgroups.group_metrics(
+                y,
+                p,
+                frame[col].tolist(),
+                threshold=self.thresholds[0],
+                min_size=self.min_group_size,
+                min_events=self.min_group_events,
+                level=self.level,
+            )
+            for col in groupings
+        }
+
+        # fusion analysis
+        if len(mods) > 1:
+            scorer = ablation.masked_fusion_probabilities(model, cases)
+            metrics["ablation"] = ablation.ablation_table(
+                y, present, mods, scorer, n_boot=self.n_boot, seed=self.seed, level=self.level
+            )
+            metrics["robustness"] = ablation.robustness_table(
+                y, present, mods, scorer, level=self.level
+            )
+
+        # participants and model card
+        excluded_frame = pd.DataFrame(
+            [i.as_dict() for i in excluded],
+            columns=["case_id", "field", "severity", "path", "message"],
+        )
+        metrics["participants"] = {
+            "manifest": str(cohort.manifest_path),
+            "split": self.split,
+            "n_evaluated": len(frame),
+            "n_events": int(y.sum()),
+            "prevalence": float(y.mean()),
+            "n_excluded": int(excluded_frame["case_id"].nunique()),
+            "exclusions_by_field": {
+                str(k): int(v)
+                for k, v in excluded_frame.groupby("field")["case_id"].nunique().items()
+            },
+            "sites": {str(k): int(v) for k, v in frame["site"].value_counts(dropna=False).items()},
+            "availability": _availability(present, mods),
+        }
+        metrics["model_card"] = self._model_card(metrics)
+        metrics = _jsonable(metrics)
+        return self._write(out, metrics, frame, excluded_frame, curve, ece, ece_table, overwrite)
+
+    def _model_card(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        model = self.model
+        cfg = model.config
+        fusion = metrics["models"]["fusion"]
+        limitations = [
+            "Evaluated retrospectively on the cohort given; performance in another setting "
+            "(site, period, case mix) must be checked before use.",
+            "The ablation and robustness tables mask inputs of the trained model; they do not "
+            "show what models trained on fewer modalities would achieve.",
+        ]
+        if metrics["n_cases"] < 200 or metrics["n_events"] < 100:
+            limitations.append(
+                f"Small evaluation sample ({metrics['n_cases']} cases, {metrics['n_events']} "
+                "events): intervals are wide; at least 100 events are recommended for "
+                "calibration assessment (Riley et al., 2024)."
+            )
+        suppressed = sum(
+            r["suppressed"] for res in metrics["subgroups"].values() for r in res["groups"]
+        )
+        if suppressed:
+            limitations.append(f"{suppressed} subgroup(s) were too small to report.")
+        slope = metrics["calibration"]["fusion"]["slope"]["value"]
+        if slope is not None and not 0.8 <= slope <= 1.2:
+            limitations.append(
+                f"Calibration slope {slope:.2f}: risks are "
+                f"{'too extreme' if slope < 1 else 'too moderate'}; consider recalibration."
+            )
+        return {
+            "model": {
+                "modalities": list(model.modalities),
+                "fusion": cfg.fusion.strategy
+                if hasattr(cfg.fusion, "strategy")
+                else str(cfg.fusion),
+                "target": cfg.data.target,
+                "encoders": {m: dict(cfg.encoders[m]).get("name") for m in model.modalities},
+                "calibrators": sorted(model.calibrators),
+                "info": model.info,
+            },
+            "intended_use": (
+                "Decision support: a calibrated risk of the outcome "
+                f"'{cfg.data.target}' from the available modalities, reviewed by a clinician; "
+                "not a stand-alone diagnosis. Cases may lack modalities; the model uses those present."
+            ),
+            "data": {
+                "n_cases": metrics["n_cases"],
+                "n_events": metrics["n_events"],
+                "sites": sorted(k for k in metrics.get("participants", {}).get("sites", {}) if k),
+            },
+            "performance": {
+                "auroc": fusion["auroc"],
+                "brier": fusion["brier"],
+                "calibration_slope": metrics["calibration"]["fusion"]["slope"],
+                "calibration_intercept": metrics["calibration"]["fusion"]["intercept"],
+            },
+            "limitations": limitations,
+        }
+
+    def _write(
+        self,
+        out: Path,
+        metrics: dict[str, Any],
+        frame: pd.DataFrame,
+        excluded: pd.DataFrame,
+        curve: dict[str, Any],
+        ece: float,
+        ece_table: dict[str, np.ndarray],
+        overwrite: bool,
+    ) -> EvaluationResult:
+        from clinfuse.evaluation import figures
+        from clinfuse.evaluation.report import render_report
+        from clinfuse.evaluation.subgroups import subgroup_table
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            y = frame["label"].to_numpy(dtype=float)
+            p = frame["p_fusion"].to_numpy(dtype=float)
+            fig_dir = tmp / "figures"
+            scored = {"fusion": (y, p)}
+            for m in self.model.modalities:
+                pm = frame[f"p_{m}"].to_numpy(dtype=float)
+                has = ~np.isnan(pm)
+                scored[m] = (y[has], pm[has])
+            figs = {
+                "roc": figures.roc_figure(y, scored),
+                "calibration": figures.calibration_figure(curve, p),
+                "reliability": figures.reliability_figure(ece_table, ece),
+                "decision_curve": figures.decision_curve_figure(
+                    metrics["decision_curve"], float(y.mean())
+                ),
+                "risk_distribution": figures.risk_distribution_figure(y, p),
+            }
+            if metrics["subgroups"]:
+                figs["subgroups"] = figures.subgroup_figure(metrics["subgroups"])
+            png = {name: figures.save_figure(fig, fig_dir, name) for name, fig in figs.items()}
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+            frame.to_csv(tmp / "predictions.csv", index=False)
+            excluded.to_csv(tmp / "excluded.csv", index=False)
+            tables = [
+                subgroup_table(res).assign(grouping=col)
+                for col, res in metrics["subgroups"].items()
+            ]
+            if tables:
+                pd.concat(tables, ignore_index=True).to_csv(tmp / "subgroups.csv", index=False)
+            (tmp / "report.html").write_text(
+                render_report(metrics, png, thresholds=self.thresholds), encoding="utf-8"
+            )
+            if out.exists():
+                old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return EvaluationResult(
+            out=out,
+            metrics=metrics,
+            predictions=frame,
+            excluded=excluded,
+            figures={name: out / "figures" / f"{name}.png" for name in png},
+        )
+
+
+def evaluate_run(
+    run: str | Path | Any,
+    cohort: str | Path | Any,
+    out: str | Path,
+    *,
+    subgroups: Sequence[str] = (),
+    thresholds: Sequence[float] | str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_group_size: int = 30,
+    min_group_events: int = 5,
+    split: str | None = None,
+    allow_missing_modalities: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
+    """Evaluate a trained run on a labelled cohort and write the report folder.
+
+    Args:
+        run: run folder written by ``clinfuse train`` (or a loaded ``FusionModel``).
+        cohort: manifest path (or :class:`~clinfuse.cohort.Cohort`) with a 0/1 outcome.
+        out: output folder (created; must be new or empty unless ``overwrite``).
+        subgroups: manifest columns to break results down by (e.g. ``["sex", "age_band"]``).
+        thresholds: risk thresholds in (0, 1) for sensitivity/specificity/PPV/NPV
+            (default 0.1, 0.2, 0.3); the first one is used for subgroup sensitivity.
+        n_boot: bootstrap replicates (percentile 95 % CIs).
+        seed: bootstrap seed.
+        level: confidence level.
+        min_group_size: subgroups/sites with fewer cases are suppressed.
+        min_group_events: … or with fewer events or non-events.
+        split: evaluate one split only (e.g. ``"test"`` on the development manifest).
+        allow_missing_modalities: accept a cohort without a column for a run modality.
+        overwrite: replace an existing output folder.
+        progress: ``callback(done, total)`` while cases load.
+
+    Returns:
+        :class:`EvaluationResult`.
+    """
+    from clinfuse.model import FusionModel, load_run
+
+    model = run if isinstance(run, FusionModel) else load_run(run)
+    evaluator = Evaluator(
+        model,
+        subgroups=subgroups,
+        thresholds=thresholds,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+        min_group_size=min_group_size,
+        min_group_events=min_group_events,
+        split=split,
+        allow_missing_modalities=allow_missing_modalities,
+    )
+    return evaluator.evaluate(cohort, out, overwrite=overwrite, progress=progress)

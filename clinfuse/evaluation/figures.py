@@ -1,0 +1,213 @@
+"""Report figures, drawn with matplotlib's object API on an Agg canvas.
+
+No ``pyplot``: nothing here touches matplotlib's global backend or state, so
+importing or calling it has no side effect on the user's session. Each
+function returns a :class:`matplotlib.figure.Figure`; :func:`save_figure`
+writes it as PNG and SVG and returns the PNG bytes for embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "calibration_figure",
+    "decision_curve_figure",
+    "reliability_figure",
+    "risk_distribution_figure",
+    "roc_figure",
+    "save_figure",
+    "subgroup_figure",
+]
+
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+
+
+def _figure(width: float = 5.5, height: float = 4.2) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, folder: Path, name: str) -> bytes:
+    """Write ``name.png`` and ``name.svg`` into ``folder``; return the PNG bytes."""
+    import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    data = buf.getvalue()
+    (folder / f"{name}.png").write_bytes(data)
+    fig.savefig(folder / f"{name}.svg", format="svg")
+    return data
+
+
+def roc_figure(y: np.ndarray, scores: dict[str, tuple[np.ndarray, np.ndarray]]) -> Any:
+    """ROC curves; ``scores`` maps a label to ``(y, p)`` (each model on its own cases)."""
+    from sklearn.metrics import roc_curve
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    for k, (label, (yy, pp)) in enumerate(scores.items()):
+        if len(np.unique(yy)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(yy, pp)
+        ax.plot(fpr, tpr, color=COLORS[k % len(COLORS)], lw=2 if k == 0 else 1.2, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(
+        xlabel="1 − specificity", ylabel="sensitivity", title="ROC curves", xlim=(0, 1), ylim=(0, 1)
+    )
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "AUROC undefined: one outcome class", ha="center", va="center")
+    return fig
+
+
+def calibration_figure(curve: dict[str, Any], p: np.ndarray) -> Any:
+    """Flexible calibration curve with its band, binned observed rates, and a risk rug."""
+    fig = _figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="ideal")
+    if curve.get("curve") is not None:
+        ax.fill_between(
+            curve["grid"],
+            curve["curve_low"],
+            curve["curve_high"],
+            color=COLORS[0],
+            alpha=0.2,
+            label="95 % CI",
+        )
+        ax.plot(curve["grid"], curve["curve"], color=COLORS[0], lw=2, label="flexible calibration")
+    bins = curve["bins"]
+    if len(bins["n"]):
+        yerr = np.vstack(
+            [bins["observed"] - bins["observed_low"], bins["observed_high"] - bins["observed"]]
+        )
+        ax.errorbar(
+            bins["mean_predicted"],
+            bins["observed"],
+            yerr=yerr,
+            fmt="o",
+            color=COLORS[1],
+            ms=4,
+            capsize=2,
+            label="risk groups (Wilson 95 % CI)",
+        )
+    ax.plot(p, np.full(len(p), -0.02), "|", color="black", alpha=0.3, ms=6)
+    ax.set(
+        xlabel="predicted risk",
+        ylabel="observed proportion",
+        title="Calibration",
+        xlim=(0, 1),
+        ylim=(-0.04, 1),
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:
+    """Equal-width reliability diagram behind the ECE (secondary)."""
+    fig = _figure(5.0, 4.0)
+    ax = fig.add_subplot()
+    centres = (table["bin_low"] + table["bin_high"]) / 2
+    ok = table["n"] > 0
+    ax.bar(
+        centres[ok], table["observed"][ok], width=0.09, color=COLORS[0], alpha=0.6, label="observed"
+    )
+    ax.plot(
+        centres[ok], table["mean_predicted"][ok], "o", color=COLORS[1], ms=4, label="mean predicted"
+    )
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(
+        xlabel="predicted risk bin",
+        ylabel="proportion",
+        xlim=(0, 1),
+        ylim=(0, 1),
+        title=f"Reliability (ECE = {ece:.3f}, 10 equal-width bins)",
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def decision_curve_figure(dca: dict[str, Any], prevalence: float) -> Any:
+    """Net benefit against threshold, with treat-all and treat-none."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    t = np.asarray(dca["thresholds"])
+    styles = {"treat_all": ("treat all", "grey", "--"), "treat_none": ("treat none", "black", ":")}
+    k = 0
+    for name, nb in dca["net_benefit"].items():
+        label, color, ls = styles.get(name, (name, COLORS[k % len(COLORS)], "-"))
+        if name not in styles:
+            k += 1
+        ax.plot(t, nb, color=color, ls=ls, lw=2 if name == "fusion" else 1.2, label=label)
+    top = max(prevalence, 0.02) * 1.15
+    ax.set(
+        xlabel="risk threshold",
+        ylabel="net benefit",
+        title="Decision curve",
+        ylim=(-0.05 * max(top, 0.2), top),
+        xlim=(0, min(1.0, float(t.max()))),
+    )
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def risk_distribution_figure(y: np.ndarray, p: np.ndarray) -> Any:
+    """Histograms of predicted risk for events and non-events."""
+    fig = _figure(5.5, 3.8)
+    ax = fig.add_subplot()
+    bins = np.linspace(0, 1, 26)
+    y = np.asarray(y, dtype=bool)
+    for sel, label, color in ((~y, "non-events", COLORS[0]), (y, "events", COLORS[3])):
+        if sel.any():
+            ax.hist(
+                p[sel],
+                bins=bins,
+                alpha=0.55,
+                color=color,
+                density=True,
+                label=f"{label} (n = {int(sel.sum())})",
+            )
+    ax.set(
+        xlabel="predicted risk", ylabel="density", title="Risk distribution by outcome", xlim=(0, 1)
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
+def subgroup_figure(results: dict[str, dict[str, Any]]) -> Any:
+    """Forest plot of AUROC (DeLong 95 % CI) per reported group of every grouping."""
+    labels, vals, lows, highs = [], [], [], []
+    for grouping, res in results.items():
+        for r in res["groups"]:
+            if r["suppressed"] or r["auroc"]["value"] is None:
+                continue
+            labels.append(f"{grouping} = {r['group']}")
+            vals.append(r["auroc"]["value"])
+            lows.append(r["auroc"]["ci_low"])
+            highs.append(r["auroc"]["ci_high"])
+    fig = _figure(5.5, 1.2 + 0.3 * max(len(labels), 1))
+    ax = fig.add_subplot()
+    if labels:
+        pos = np.arange(len(labels))[::-1]
+        v = np.asarray(vals)
+        ax.errorbar(
+            v,
+            pos,
+            xerr=[v - np.asarray(lows), np.asarray(highs) - v],
+            fmt="o",
+            color=COLORS[0],
+            capsize=2,
+        )
+        ax.set_yticks(pos, labels, fontsize=8)
+    ax.axvline(0.5, color="grey", ls=":", lw=1)
+    ax.set(xlabel="AUROC (DeLong 95 % CI)", title="AUROC by subgroup and site", xlim=(0, 1))
+    return fig

@@ -1,0 +1,467 @@
+"""The self-contained ``report.html`` of an evaluation (figures embedded as base64 PNG).
+
+Each section carries the TRIPOD+AI items it answers (Collins et al., BMJ
+2024;385:e078378). Every value shown comes from ``metrics.json``; the page has
+no script and loads nothing from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["TRIPOD_ITEMS", "render_report"]
+
+TRIPOD_ITEMS: dict[str, list[str]] = {
+    "participants": ["20a", "20b", "21"],
+    "missing": ["11", "20b", "27a"],
+    "methods": ["12e", "12g", "15"],
+    "discrimination": ["12e", "23a"],
+    "calibration": ["12e", "12f", "23a"],
+    "utility": ["12e", "15", "23a"],
+    "risk": ["15", "23a"],
+    "subgroups": ["14", "23a"],
+    "sites": ["12d", "23b"],
+    "fusion": ["11", "27a"],
+    "model_card": ["22", "25", "26", "27b"],
+}
+"""TRIPOD+AI checklist items per report section."""
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1050px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+.tripod{font-size:.7em;font-weight:normal;background:#eef3fb;color:#1f4e8c;border-radius:4px;
+padding:2px 6px;margin-left:.6em;vertical-align:middle}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+tr.gap td{background:#fff3cd;font-weight:bold}tr.suppressed td{color:#999;font-style:italic}
+img{max-width:100%;height:auto}.figs{display:flex;flex-wrap:wrap;gap:1em}
+.figs figure{margin:0;flex:1 1 420px}figcaption{font-size:.85em;color:#555}
+.note{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return _e(v)
+
+
+def _ci(
+    block: dict[str, Any] | None, digits: int = 3, lo: str = "ci_low", hi: str = "ci_high"
+) -> str:
+    if not block or block.get("value") is None:
+        return "undefined"
+    text = _num(block["value"], digits)
+    if block.get(lo) is not None and block.get(hi) is not None:
+        text += f" ({_num(block[lo], digits)}–{_num(block[hi], digits)})"
+    return text
+
+
+def _pval(p: Any) -> str:
+    if p is None:
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()
+) -> str:
+    out = ["<table><thead><tr>", *(f"<th>{_e(h)}</th>" for h in header), "</tr></thead><tbody>"]
+    for k, row in enumerate(rows):
+        cls = classes[k] if k < len(classes) and classes[k] else ""
+        out.append(f'<tr class="{cls}">' if cls else "<tr>")
+        out.extend(f"<td>{c}</td>" for c in row)
+        out.append("</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _section(title: str, key: str, body: str) -> str:
+    items = ", ".join(TRIPOD_ITEMS[key])
+    return (
+        f'<section id="{key}"><h2>{_e(title)}<span class="tripod" title="TRIPOD+AI checklist items">'
+        f"TRIPOD+AI {items}</span></h2>{body}</section>"
+    )
+
+
+def _figure(png: dict[str, bytes], name: str, caption: str) -> str:
+    if name not in png:
+        return ""
+    data = base64.b64encode(png[name]).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(caption)}">'
+        f"<figcaption>{_e(caption)} (also figures/{name}.png, .svg)</figcaption></figure>"
+    )
+
+
+def _participants(m: dict[str, Any]) -> str:
+    part = m["participants"]
+    rows = [
+        ["cases evaluated", part["n_evaluated"]],
+        ["events", f"{part['n_events']} ({100 * part['prevalence']:.1f} %)"],
+        ["cases excluded", part["n_excluded"]],
+    ]
+    rows += [[f"excluded for {_e(f)}", n] for f, n in part["exclusions_by_field"].items()]
+    rows += [[f"site {_e(s)}", n] for s, n in part["sites"].items()]
+    body = f"<p>Manifest: <code>{_e(part['manifest'])}</code>"
+    body += f", split {_e(part['split'])}</p>" if part["split"] else "</p>"
+    body += _table(["", "n"], rows)
+    body += "<p>Exclusions are listed case by case, with reasons, in <code>excluded.csv</code>.</p>"
+    return body
+
+
+def _missing(m: dict[str, Any]) -> str:
+    av = m["participants"]["availability"]
+    n = m["participants"]["n_evaluated"] or 1
+    body = _table(
+        ["modality", "cases with it", "%"],
+        [[_e(k), v, f"{100 * v / n:.1f}"] for k, v in av["per_modality"].items()],
+    )
+    body += "<p>Modality-availability patterns (how many cases have which subset):</p>"
+    body += _table(
+        ["modalities present", "cases", "%"],
+        [
+            [_e(r["modalities"]), r["n_cases"], f"{100 * r['n_cases'] / n:.1f}"]
+            for r in av["patterns"]
+        ],
+    )
+    body += (
+        "<p>A missing modality is not imputed: the late-fusion model combines the modalities "
+        "present. See the robustness table for what each missing modality costs.</p>"
+    )
+    return body
+
+
+def _methods(m: dict[str, Any], thresholds: Sequence[float]) -> str:
+    return (
+        "<ul>"
+        f"<li>Discrimination: AUROC with DeLong {int(100 * m['level'])} % CI (Sun &amp; Xu fast "
+        f"algorithm) and percentile bootstrap CI ({m['n_boot']} replicates, seed {m['seed']}); "
+        "AUPRC and Brier with bootstrap CIs; paired DeLong test fused vs each modality on the "
+        "cases that have the modality.</li>"
+        "<li>Calibration: intercept (calibration-in-the-large, logit offset) and slope by "
+        "logistic recalibration; O/E with a Poisson interval; Brier and scaled Brier; flexible "
+        "calibration curve (restricted cubic spline logistic regression, pointwise Wald band); "
+        "ECE (10 equal-width bins) as a secondary measure. No recalibration was applied to the "
+        "evaluated risks beyond the run's own calibrator.</li>"
+        "<li>Clinical utility: net benefit over thresholds 0.01–0.99 against treat-all and "
+        "treat-none; sensitivity, specificity, PPV, NPV with Wilson CIs at thresholds "
+        f"{', '.join(f'{t:g}' for t in thresholds)} (a case is flagged when its risk ≥ "
+        "threshold; thresholds chosen by the user).</li>"
+        "<li>Model output: calibrated probability of the outcome "
+        "(<code>p_fusion</code> in <code>predictions.csv</code>), computed with "
+        "<code>clinfuse.load_run(run).predict</code>.</li>"
+        "</ul>"
+    )
+
+
+def _discrimination(m: dict[str, Any], png: dict[str, bytes]) -> str:
+    rows = []
+    for name, block in m["models"].items():
+        d = m["discrimination"]["models"][name]
+        rows.append(
+            [
+                _e(name),
+                block["n_cases"],
+                block["n_events"],
+                _ci(d["auroc_delong"]),
+                _ci(block["auroc"]),
+                _ci(block["auprc"]),
+                _ci(block["brier"]),
+            ]
+        )
+    body = _table(
+        ["model", "cases", "events", "AUROC (DeLong CI)", "AUROC (bootstrap CI)", "AUPRC", "Brier"],
+        rows,
+    )
+    paired = [
+        [
+            _e(r["comparison"]),
+            r["n_cases"],
+            _ci({"value": r["difference"], "ci_low": r["ci_low"], "ci_high": r["ci_high"]}),
+            _pval(r["p_value"]),
+        ]
+        for r in m["discrimination"]["paired_delong"].values()
+    ]
+    body += "<p>Paired DeLong tests, fused model vs each single modality:</p>"
+    body += _table(["comparison", "cases", "ΔAUROC (CI)", "p"], paired)
+    body += f'<div class="figs">{_figure(png, "roc", "ROC curves")}</div>'
+    return body
+
+
+def _calibration(m: dict[str, Any], png: dict[str, bytes]) -> str:
+    rows = []
+    for name, c in m["calibration"].items():
+        rows.append(
+            [
+                _e(name),
+                c["n_cases"],
+                _ci(c["intercept"]),
+                _ci(c["slope"]),
+                _ci(c["oe_ratio"]),
+                _num(c["brier"]),
+                _num(c["scaled_brier"]),
+                _num(c["ece"]),
+            ]
+        )
+    body = _table(
+        ["model", "cases", "intercept (0)", "slope (1)", "O/E (1)", "Brier", "scaled Brier", "ECE"],
+        rows,
+    )
+    note = m["calibration"]["fusion"].get("note")
+    if note:
+        body += f'<p class="note">Calibration intercept and slope: {_e(note)}.</p>'
+    body += '<div class="figs">'
+    body += _figure(png, "calibration", "Calibration of the fused risk with 95 % band")
+    body += _figure(png, "reliability", "Reliability diagram behind the ECE (secondary)")
+    body += "</div>"
+    return body
+
+
+def _utility(m: dict[str, Any], png: dict[str, bytes]) -> str:
+    rows = []
+    for r in m["thresholds"]["fusion"]:
+        rows.append(
+            [
+                _num(r["threshold"], 2),
+                _num(r["flagged"]),
+                _ci(r["sensitivity"]),
+                _ci(r["specificity"]),
+                _ci(r["ppv"]),
+                _ci(r["npv"]),
+                _num(r["net_benefit"], 4),
+                f"{r['tp']}/{r['fp']}/{r['fn']}/{r['tn']}",
+            ]
+        )
+    body = _table(
+        [
+            "threshold",
+            "flagged",
+            "sensitivity",
+            "specificity",
+            "PPV",
+            "NPV",
+            "net benefit",
+            "TP/FP/FN/TN",
+        ],
+        rows,
+    )
+    body += f'<div class="figs">{_figure(png, "decision_curve", "Decision curve")}</div>'
+    return body
+
+
+def _risk(m: dict[str, Any], png: dict[str, bytes]) -> str:
+    d = m["risk_distribution"]
+    rows = []
+    for label in ("events", "non_events"):
+        r = d[label]
+        rows.append(
+            [label.replace("_", "-"), r["n"]]
+            + [_num(r.get(k)) for k in ("mean", "p10", "q1", "median", "q3", "p90")]
+        )
+    body = _table(["outcome", "n", "mean", "P10", "Q1", "median", "Q3", "P90"], rows)
+    if d.get("discrimination_slope") is not None:
+        body += f"<p>Discrimination slope: {_num(d['discrimination_slope'])}.</p>"
+    body += f'<div class="figs">{_figure(png, "risk_distribution", "Risk distribution by outcome")}</div>'
+    return body
+
+
+def _groups(m: dict[str, Any], columns: Sequence[str]) -> str:
+    body = ""
+    for col in columns:
+        res = m["subgroups"][col]
+        gap = res["largest_gap"].get("auroc")
+        rows, classes = [], []
+        for r in res["groups"]:
+            if r["suppressed"]:
+                rows.append(
+                    [_e(r["group"]), f"suppressed: {_e(r['reason'])}", "", "", "", "", "", ""]
+                )
+                classes.append("suppressed")
+                continue
+            rows.append(
+                [
+                    _e(r["group"]),
+                    r["n_cases"],
+                    r["n_events"],
+                    _ci(r["auroc"]),
+                    _num(r["brier"]["value"]),
+                    _ci(r["oe_ratio"]),
+                    _ci(r["sensitivity"]),
+                    _ci(r["specificity"]),
+                ]
+            )
+            classes.append("gap" if gap and r["group"] in (gap["lowest"], gap["highest"]) else "")
+        body += f"<h3>{_e(col)}</h3>"
+        body += _table(
+            [
+                "group",
+                "cases",
+                "events",
+                "AUROC (DeLong CI)",
+                "Brier",
+                "O/E",
+                f"sensitivity @ {res['threshold']:g}",
+                f"specificity @ {res['threshold']:g}",
+            ],
+            rows,
+            classes,
+        )
+        gaps = [
+            f"{_e(k)}: {_num(v['gap'])} ({_e(v['lowest'])} vs {_e(v['highest'])})"
+            for k, v in res["largest_gap"].items()
+            if v
+        ]
+        if gaps:
+            body += "<p>Largest gaps (highlighted rows: AUROC): " + "; ".join(gaps) + ".</p>"
+        body += (
+            f"<p>Groups with fewer than {res['min_size']} cases or {res['min_events']} "
+            "events/non-events are suppressed.</p>"
+        )
+    return body
+
+
+def _fusion(m: dict[str, Any]) -> str:
+    if "ablation" not in m:
+        return "<p>Single-modality run: no fusion analysis.</p>"
+    ab = m["ablation"]
+    body = (
+        f"<h3>Modality ablation</h3><p>On the {ab['n_cases']} {_e(ab['cases'])} "
+        f"({ab['n_events']} events); the trained model with the other modalities masked out.</p>"
+    )
+    if ab.get("note"):
+        body += f'<p class="note">{_e(ab["note"])}</p>'
+    rows = []
+    for r in ab["rows"]:
+        vs = r["vs_all"]
+        rows.append(
+            [
+                _e(r["name"]),
+                _ci(r["auroc"]),
+                _ci(r["auprc"]),
+                _ci(r["brier"]),
+                "—"
+                if vs is None
+                else _ci(
+                    {"value": vs["difference"], "ci_low": vs["ci_low"], "ci_high": vs["ci_high"]}
+                ),
+                "—" if vs is None else _pval(vs["p_value"]),
+            ]
+        )
+    body += _table(["modalities", "AUROC", "AUPRC", "Brier", "ΔAUROC (this − all)", "p"], rows)
+    rob = m["robustness"]
+    body += (
+        "<h3>Missing-modality robustness</h3><p>Each modality removed at test time, on the "
+        f"{_e(rob['cases'])} (paired).</p>"
+    )
+    rows = []
+    for r in rob["rows"]:
+        d = r["difference"]
+        rows.append(
+            [
+                _e(r["removed"]),
+                r["n_cases"],
+                _ci(r["auroc_full"]),
+                _ci(r["auroc_without"]),
+                _ci({"value": d["difference"], "ci_low": d["ci_low"], "ci_high": d["ci_high"]}),
+                _pval(d["p_value"]),
+                _num(r["brier_full"]),
+                _num(r["brier_without"]),
+                r["n_unscorable"],
+            ]
+        )
+    body += _table(
+        [
+            "removed",
+            "cases",
+            "AUROC all",
+            "AUROC without",
+            "ΔAUROC (without − all)",
+            "p",
+            "Brier all",
+            "Brier without",
+            "cases left with nothing",
+        ],
+        rows,
+    )
+    return body
+
+
+def _model_card(m: dict[str, Any]) -> str:
+    card = m["model_card"]
+    model = card["model"]
+    rows = [
+        ["modalities", _e(", ".join(model["modalities"]))],
+        ["fusion", _e(model["fusion"])],
+        ["encoders", _e(", ".join(f"{k}: {v}" for k, v in model["encoders"].items()))],
+        ["outcome", _e(model["target"])],
+        ["calibrators", _e(", ".join(model["calibrators"]) or "none")],
+        ["software", _e(", ".join(f"{k}={v}" for k, v in model["info"].items()))],
+    ]
+    perf = card["performance"]
+    body = "<h3>Intended use</h3><p>" + _e(card["intended_use"]) + "</p>"
+    body += "<h3>Model</h3>" + _table(["", ""], rows)
+    body += (
+        f"<h3>Evaluation data</h3><p>{card['data']['n_cases']} cases, {card['data']['n_events']} "
+        f"events; sites: {_e(', '.join(card['data']['sites']) or 'not recorded')}.</p>"
+    )
+    body += (
+        f"<h3>Performance</h3><p>AUROC {_ci(perf['auroc'])}; Brier {_ci(perf['brier'])}; "
+        f"calibration slope {_ci(perf['calibration_slope'])}, intercept "
+        f"{_ci(perf['calibration_intercept'])}.</p>"
+    )
+    body += "<h3>Limitations</h3><ul>" + "".join(f"<li>{_e(x)}</li>" for x in card["limitations"])
+    body += "</ul>"
+    return body
+
+
+def render_report(
+    metrics: dict[str, Any], png: dict[str, bytes], *, thresholds: Sequence[float]
+) -> str:
+    """The report page from ``metrics.json`` content and the figures' PNG bytes."""
+    notes = "".join(f'<p class="note">{_e(n)}</p>' for n in metrics.get("notes", []))
+    subgroup_cols = [c for c in metrics["subgroups"] if c != "site"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>clinfuse evaluation report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>clinfuse evaluation report</h1>",
+        f"<p>{metrics['n_cases']} cases, {metrics['n_events']} events. Section tags name the "
+        "TRIPOD+AI items (Collins et al., BMJ 2024;385:e078378) each section answers.</p>",
+        notes,
+        _section("Participants", "participants", _participants(metrics)),
+        _section("Missing data and modality availability", "missing", _missing(metrics)),
+        _section("Methods of evaluation", "methods", _methods(metrics, thresholds)),
+        _section("Discrimination", "discrimination", _discrimination(metrics, png)),
+        _section("Calibration", "calibration", _calibration(metrics, png)),
+        _section("Clinical utility", "utility", _utility(metrics, png)),
+        _section("Risk distributions", "risk", _risk(metrics, png)),
+    ]
+    if subgroup_cols:
+        parts.append(
+            _section(
+                "Subgroups",
+                "subgroups",
+                _groups(metrics, subgroup_cols)
+                + f'<div class="figs">{_figure(png, "subgroups", "AUROC by subgroup and site")}</div>',
+            )
+        )
+    if "site" in metrics["subgroups"]:
+        parts.append(_section("Sites", "sites", _groups(metrics, ["site"])))
+    parts += [
+        _section("Fusion analysis: ablation and robustness", "fusion", _fusion(metrics)),
+        _section("Model card", "model_card", _model_card(metrics)),
+        "</body></html>",
+    ]
+    return "".join(parts)

@@ -1,0 +1,199 @@
+"""Performance per subgroup (sex, age band, …) and per site, with small groups suppressed.
+
+Point estimates per group come from fairlearn's ``MetricFrame`` (the tool users
+know for disaggregated metrics); intervals are DeLong (AUROC), O/E's Poisson
+interval and Wilson (sensitivity, specificity). A group with fewer than
+``min_size`` cases, or fewer than ``min_events`` events or non-events, is
+*suppressed*: listed without counts or metrics (no meaningless intervals, no
+small cells that could identify patients). The largest gap between reported
+groups is given for each metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse.evaluation.calibration import observed_expected
+from clinfuse.evaluation.delong import delong_ci
+from clinfuse.evaluation.utility import wilson_interval
+
+__all__ = ["MISSING_GROUP", "group_metrics", "subgroup_table"]
+
+MISSING_GROUP = "(missing)"
+GAP_METRICS = ("auroc", "brier", "oe_ratio", "sensitivity", "specificity")
+
+
+def _auroc(y: np.ndarray, p: np.ndarray) -> float:
+    from clinfuse.evaluation.metrics import auroc_batch
+
+    return float(auroc_batch(np.asarray(y)[None], np.asarray(p)[None])[0])
+
+
+def _brier(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p) - np.asarray(y)) ** 2))
+
+
+def _oe(y: np.ndarray, p: np.ndarray) -> float:
+    e = float(np.sum(p))
+    return float(np.sum(y)) / e if e > 0 else float("nan")
+
+
+def _sens_at(t: float):  # type: ignore[no-untyped-def]
+    def sens(y: np.ndarray, p: np.ndarray) -> float:
+        y = np.asarray(y, dtype=bool)
+        return float(np.mean(np.asarray(p)[y] >= t)) if y.any() else float("nan")
+
+    return sens
+
+
+def _spec_at(t: float):  # type: ignore[no-untyped-def]
+    def spec(y: np.ndarray, p: np.ndarray) -> float:
+        y = np.asarray(y, dtype=bool)
+        return float(np.mean(np.asarray(p)[~y] < t)) if (~y).any() else float("nan")
+
+    return spec
+
+
+def _clean(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, float | np.floating):
+        return float(v) if np.isfinite(v) else None
+    return v
+
+
+def group_metrics(
+    y: np.ndarray,
+    p: np.ndarray,
+    groups: Sequence[Any],
+    *,
+    threshold: float,
+    min_size: int = 30,
+    min_events: int = 5,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Metrics of one grouping (a subgroup column or the site).
+
+    Args:
+        y: (N,) outcomes.
+        p: (N,) risks.
+        groups: (N,) group label of each case (``None`` → ``"(missing)"``).
+        threshold: risk threshold for sensitivity/specificity.
+        min_size: smallest group reported.
+        min_events: fewest events (and non-events) for a reported group.
+        level: confidence level.
+
+    Returns:
+        ``{"groups": [...], "largest_gap": {metric: {...}}, "min_size", "min_events",
+        "threshold"}``; each group is ``{"group", "suppressed", ...metrics}``.
+    """
+    from fairlearn.metrics import MetricFrame
+
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    labels = pd.Series(
+        [
+            MISSING_GROUP if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
+            for g in groups
+        ],
+        name="group",
+    )
+    frame = MetricFrame(
+        metrics={
+            "auroc": _auroc,
+            "brier": _brier,
+            "oe_ratio": _oe,
+            "sensitivity": _sens_at(threshold),
+            "specificity": _spec_at(threshold),
+        },
+        y_true=y,
+        y_pred=p,
+        sensitive_features=labels,
+    )
+    by_group = frame.by_group
+    rows: list[dict[str, Any]] = []
+    for name in sorted(labels.unique()):
+        sel = (labels == name).to_numpy()
+        n, ev = int(sel.sum()), int(y[sel].sum())
+        if n < min_size or ev < min_events or n - ev < min_events:
+            rows.append(
+                {
+                    "group": name,
+                    "suppressed": True,
+                    "reason": f"fewer than {min_size} cases or {min_events} events/non-events",
+                }
+            )
+            continue
+        point = by_group.loc[name]
+        auc = delong_ci(y[sel], p[sel], level=level)
+        oe = observed_expected(y[sel], p[sel], level=level)
+        flag = p[sel] >= threshold
+        ys = y[sel].astype(bool)
+        tp, tn = int((flag & ys).sum()), int((~flag & ~ys).sum())
+        s_lo, s_hi = wilson_interval(tp, ev, level=level)
+        c_lo, c_hi = wilson_interval(tn, n - ev, level=level)
+        rows.append(
+            {
+                "group": name,
+                "suppressed": False,
+                "n_cases": n,
+                "n_events": ev,
+                "auroc": {
+                    "value": _clean(point["auroc"]),
+                    "ci_low": auc["ci_low"],
+                    "ci_high": auc["ci_high"],
+                },
+                "brier": {"value": _clean(point["brier"])},
+                "oe_ratio": {
+                    "value": _clean(point["oe_ratio"]),
+                    "ci_low": oe["ci_low"],
+                    "ci_high": oe["ci_high"],
+                },
+                "sensitivity": {
+                    "value": _clean(point["sensitivity"]),
+                    "ci_low": s_lo,
+                    "ci_high": s_hi,
+                },
+                "specificity": {
+                    "value": _clean(point["specificity"]),
+                    "ci_low": c_lo,
+                    "ci_high": c_hi,
+                },
+            }
+        )
+    gaps: dict[str, Any] = {}
+    shown = [r for r in rows if not r["suppressed"]]
+    for metric in GAP_METRICS:
+        vals = [(r["group"], r[metric]["value"]) for r in shown if r[metric]["value"] is not None]
+        if len(vals) < 2:
+            gaps[metric] = None
+            continue
+        lo = min(vals, key=lambda v: v[1])
+        hi = max(vals, key=lambda v: v[1])
+        gaps[metric] = {"gap": hi[1] - lo[1], "lowest": lo[0], "highest": hi[0]}
+    return {
+        "threshold": float(threshold),
+        "min_size": min_size,
+        "min_events": min_events,
+        "groups": rows,
+        "largest_gap": gaps,
+    }
+
+
+def subgroup_table(result: dict[str, Any]) -> pd.DataFrame:
+    """A flat table of :func:`group_metrics` output (for CSV export and the report)."""
+    records = []
+    for r in result["groups"]:
+        rec: dict[str, Any] = {"group": r["group"], "suppressed": r["suppressed"]}
+        if not r["suppressed"]:
+            rec.update(n_cases=r["n_cases"], n_events=r["n_events"])
+            for m in GAP_METRICS:
+                for k in ("value", "ci_low", "ci_high"):
+                    if k in r[m]:
+                        rec[f"{m}_{k}" if k != "value" else m] = r[m][k]
+        records.append(rec)
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,92 @@
+"""The ``clinfuse explain`` command, as a plain function for ``clinfuse.cli`` to register::
+
+from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
+app.command(epilog=EXPLAIN_EPILOG)(explain)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["EXPLAIN_EPILOG", "explain"]
+
+EXPLAIN_EPILOG = (
+    "Examples:\n\n"
+    "  clinfuse explain runs/demo demo_cohort/manifest.csv --out explain_out\n\n"
+    "  clinfuse explain runs/demo demo_cohort/manifest.csv --case case0007 --out explain_out\n\n"
+    "  clinfuse explain runs/demo cohort.csv --case c12 --note-max-evals 100 --n-boot 200 --out ex"
+)
+
+
+def explain(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    cohort: Annotated[Path, typer.Argument(help="Manifest of the cases to explain.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the explanations and figures.")],
+    case: Annotated[
+        str | None,
+        typer.Option(
+            "--case",
+            help="Case id to explain in depth: words, image regions, ECG segments, labs.",
+        ),
+    ] = None,
+    note_max_evals: Annotated[
+        int,
+        typer.Option(
+            "--note-max-evals", min=10, help="Cap on note-model calls for token SHAP values."
+        ),
+    ] = 200,
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", min=0, help="Bootstrap replicates for cohort-level CIs.")
+    ] = 1000,
+    no_run_cache: Annotated[
+        bool,
+        typer.Option("--no-run-cache", help="Do not copy the results into RUN/explanations/."),
+    ] = False,
+) -> None:
+    """Modality Shapley values and within-modality attributions.
+
+    Writes `modality_shapley.csv` (one row per case: base value + one φ per modality
+    = fused logit), cohort-level importance (mean |φ| and performance Shapley, with
+    bootstrap CIs) and, with `--case`, that case's token, voxel, segment and lab
+    attributions as JSON plus PNG/HTML figures. Results are also cached in the run
+    folder for the review app.
+    """
+    from rich.console import Console
+
+    from clinfuse.explain.report import explain_run
+
+    console = Console(stderr=True)
+    summary = explain_run(
+        run,
+        cohort,
+        out,
+        case=case,
+        note_max_evals=note_max_evals,
+        n_boot=n_boot,
+        cache_in_run=not no_run_cache,
+        log=lambda msg: console.print(msg, highlight=False),
+    )
+    out_console = Console()
+    out_console.print(
+        f"modality Shapley values of {summary['n_cases']} cases: {out / 'modality_shapley.csv'}"
+    )
+    ranking = sorted(summary["importance"].items(), key=lambda kv: -kv[1]["mean_abs_phi"])
+    out_console.print(
+        "mean |φ|: " + ", ".join(f"{m} {v['mean_abs_phi']:.3f}" for m, v in ranking),
+        highlight=False,
+    )
+    info = summary.get("case")
+    if info is not None:
+        if info.get("message"):
+            out_console.print(f"case {info['case_id']}: {info['message']}", highlight=False)
+        ms = info["modality_shapley"]
+        out_console.print(
+            f"case {info['case_id']}: risk {ms['risk_fusion']:.1%} "
+            f"(base {ms['base_risk']:.1%}); details in {out / 'cases'}",
+            highlight=False,
+        )
+        for w in info.get("warnings", []):
+            console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)

@@ -1,0 +1,445 @@
+"""``clinfuse explain``: explanations of a run on a cohort, written to a folder and cached in the run.
+
+Output folder (also copied to ``RUN/explanations/`` so the review app shows
+them instantly; every file is written atomically)::
+
+    modality_shapley.csv         case_id, base_value, phi_<modality>…, logit_fusion (DESIGN contract)
+    modality_importance.json     mean |φ| per modality (bootstrap CI) + performance Shapley (AUROC)
+    modality_importance.png
+    cases/<case_id>/explanation.json   all values of one case (with --case)
+    cases/<case_id>/*.png, note.html   waterfall, image heat map, signal overlay, highlighted note
+    index.json                   what was explained, from which cohort, when
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfuse.errors import ClinFuseError, ConfigError
+from clinfuse.explain._common import (
+    NoModalityWarning,
+    safe_name,
+    unknown_case_error,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+__all__ = [
+    "RUN_SUBDIR",
+    "explain_case",
+    "explain_run",
+    "load_cached_case",
+    "load_cached_modality_shapley",
+]
+
+RUN_SUBDIR = "explanations"
+"""Folder inside a run where explanations are cached."""
+
+BASE_RATE_MESSAGE = (
+    "no modality is present for this case: the prediction is the base rate "
+    "(the fused logit with nothing observed) and every modality's Shapley value is 0"
+)
+
+
+def _sigmoid(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))
+
+
+def _risk(model: Any, logit: float) -> float:
+    cal = model.calibrators.get("fusion")
+    if cal is None:
+        return _sigmoid(logit)
+    return float(np.asarray(cal.predict_proba(np.array([logit], dtype=float))).reshape(-1)[0])
+
+
+def _round(a: Any, digits: int = 6) -> Any:
+    arr = np.asarray(a, dtype=float)
+    return np.round(arr, digits).tolist()
+
+
+def explain_case(
+    model: Any,
+    case: dict[str, Any],
+    *,
+    base_value: float,
+    phi: dict[str, float],
+    out_dir: Path | None = None,
+    image_background: np.ndarray | None = None,
+    note_max_evals: int = 200,
+    signal_segment_seconds: float = 0.5,
+) -> dict[str, Any]:
+    """Within-modality explanations of one case (+ figures when ``out_dir`` is given).
+
+    Args:
+        model: the FusionModel.
+        case: a loaded case dict.
+        base_value, phi: the case's modality Shapley values (from
+            :func:`~clinfuse.explain.modality_shapley`).
+        out_dir: where to write ``explanation.json`` and the figures.
+
+    Returns:
+        The JSON-ready dict (also written to ``out_dir/explanation.json``).
+        Explainer fallbacks are listed under ``"warnings"`` and re-emitted as
+        warnings.
+    """
+    from clinfuse.explain import plots
+    from clinfuse.explain.within import (
+        explain_image,
+        explain_note,
+        explain_signal,
+        explain_tabular,
+    )
+
+    cid = str(case["case_id"])
+    present = {m: bool(p) for m, p in zip(model.modalities, case["present"], strict=True)}
+    logit = base_value + sum(phi.values())
+    result: dict[str, Any] = {
+        "case_id": cid,
+        "label": case.get("label"),
+        "split": case.get("split"),
+        "present": present,
+        "modality_shapley": {
+            "base_value": base_value,
+            "phi": phi,
+            "logit_fusion": logit,
+            "risk_fusion": _risk(model, logit),
+            "base_risk": _risk(model, base_value),
+        },
+        "within": {},
+        "figures": {},
+        "warnings": [],
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        p = plots.modality_waterfall_png(
+            out_dir / "modality_waterfall.png",
+            case_id=cid,
+            base_value=base_value,
+            phi=phi,
+            present=present,
+            risk=result["modality_shapley"]["risk_fusion"],
+        )
+        result["figures"]["modality_waterfall"] = p.name
+    if not any(present.values()):
+        result["message"] = BASE_RATE_MESSAGE
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        within = result["within"]
+        if present.get("note"):
+            e = explain_note(model, case, max_evals=note_max_evals)
+            tokens = [str(t) for t in e.data]
+            within["note"] = {
+                "method": e.method,
+                "target": "note unimodal logit",
+                "base_value": float(np.asarray(e.base_values).reshape(-1)[0]),
+                "tokens": tokens,
+                "values": _round(e.values),
+            }
+            if out_dir is not None:
+                write_text_atomic(
+                    out_dir / "note.html", plots.note_html(tokens, e.values, title=f"case {cid}")
+                )
+                plots.note_tokens_png(out_dir / "note_tokens.png", tokens, e.values)
+                result["figures"]["note_html"] = "note.html"
+                result["figures"]["note_tokens"] = "note_tokens.png"
+        if present.get("image"):
+            e = explain_image(model, case, background=image_background)
+            within["image"] = {
+                "method": e.method,
+                "target": "image unimodal logit",
+                "base_value": float(e.base_values),
+                "axes": "X (DICOM column), Y (DICOM row)"
+                + (", Z (slice)" if e.heatmap.ndim == 3 else ""),
+                "heatmap": _round(e.heatmap),
+                "slice_mass": _round(getattr(e, "slice_mass", [])) or None,
+            }
+            if out_dir is not None:
+                plots.image_heatmap_png(
+                    out_dir / "image_heatmap.png", case["image"], e.heatmap, method=e.method
+                )
+                result["figures"]["image_heatmap"] = "image_heatmap.png"
+        if present.get("signal"):
+            e = explain_signal(model, case, segment_seconds=signal_segment_seconds)
+            within["signal"] = {
+                "method": e.method,
+                "target": "signal unimodal logit",
+                "base_value": float(e.base_values),
+                "fs": e.fs,
+                "lead_names": e.lead_names,
+                "segments_s": _round(np.asarray(e.segments) / e.fs, 4),
+                "segment_values": _round(e.segment_values),
+            }
+            if out_dir is not None:
+                plots.signal_overlay_png(
+                    out_dir / "signal_overlay.png",
+                    case["signal"],
+                    e.segment_values,
+                    e.segments,
+                    fs=e.fs,
+                    lead_names=e.lead_names,
+                    method=e.method,
+                )
+                result["figures"]["signal_overlay"] = "signal_overlay.png"
+        if present.get("tabular"):
+            e = explain_tabular(model, case)
+            within["tabular"] = {
+                "method": e.method,
+                "target": "tabular unimodal logit",
+                "base_value": float(e.base_values),
+                "features": [
+                    {"name": n, "value": v, "phi": float(s)}
+                    for n, v, s in zip(e.feature_names, e.data.tolist(), e.values, strict=True)
+                ],
+            }
+    for w in caught:
+        result["warnings"].append(str(w.message))
+        warnings.warn(w.message, w.category, stacklevel=2)
+    if out_dir is not None:
+        write_json_atomic(out_dir / "explanation.json", result)
+    return result
+
+
+def _publish(src: Path, dest: Path) -> None:
+    """Move the freshly written folder ``src`` onto ``dest`` (replacing it) with renames only."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = dest.with_name(f".{dest.name}.old-{time.time_ns()}")
+    if dest.exists():
+        dest.rename(old)
+    src.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_into(src: Path, dest: Path) -> None:
+    """Copy the output folder into the run's cache folder atomically per entry."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        tmp = dest / f".{item.name}.tmp-{time.time_ns()}"
+        if item.is_dir():
+            shutil.copytree(item, tmp)
+            if (dest / item.name).is_dir():
+                # keep cached cases of other ids: merge case folders one by one
+                for sub in tmp.iterdir():
+                    _publish(sub, dest / item.name / sub.name)
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.rename(dest / item.name)
+        else:
+            shutil.copy2(item, tmp)
+            tmp.replace(dest / item.name)
+
+
+def _test_subset(run: Path, cache: Any) -> tuple[Any, str]:
+    """The run's test cases within ``cache`` (by predictions.csv), else every labelled case."""
+    import pandas as pd
+
+    splits: dict[str, Any] = {}
+    pred = run / "predictions.csv"
+    if pred.exists():
+        frame = pd.read_csv(pred, usecols=["case_id", "split"], dtype={"case_id": str})
+        splits = dict(zip(frame["case_id"], frame["split"], strict=True))
+    idx = [i for i, c in enumerate(cache.case_ids) if splits.get(c) == "test"]
+    if len(idx) >= 2 and len(set(cache.labels[idx][np.isfinite(cache.labels[idx])].tolist())) == 2:
+        return cache.subset(idx), "test split of the run"
+    idx = [i for i in range(len(cache)) if np.isfinite(cache.labels[i])]
+    return cache.subset(idx), "all labelled cases of the cohort"
+
+
+def explain_run(
+    run: str | Path,
+    cohort: str | Path,
+    out: str | Path,
+    *,
+    case: str | None = None,
+    note_max_evals: int = 200,
+    n_boot: int = 1000,
+    cache_in_run: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Explain a run on a cohort: modality Shapley values for every case, cohort-level
+    importance, and (for ``case``) within-modality attributions with figures.
+
+    Args:
+        run: run folder (``clinfuse train``).
+        cohort: manifest of the cases to explain.
+        out: output folder.
+        case: a case id to explain in depth.
+        note_max_evals: cap on note-model calls for token SHAP.
+        n_boot: bootstrap replicates for the cohort-level CIs.
+        cache_in_run: also copy the results into ``RUN/explanations/``.
+        log: one-line progress messages.
+
+    Returns:
+        A summary: ``n_cases``, ``importance``, ``performance`` and ``case``
+        (the case's explanation dict) when ``case`` is given.
+
+    Raises:
+        CohortError: ``case`` is not in the cohort.
+    """
+    from clinfuse.cohort.manifest import Cohort
+    from clinfuse.data import CaseLoader
+    from clinfuse.explain import plots
+    from clinfuse.explain.modality import (
+        build_modality_cache,
+        coalition_values,
+        modality_importance,
+        modality_shapley,
+        modality_shapley_frame,
+        performance_shapley,
+    )
+    from clinfuse.model import load_run
+
+    say = log or (lambda _msg: None)
+    run, out = Path(run), Path(out)
+    model = load_run(run)
+    co = Cohort.from_manifest(
+        cohort,
+        target=model.config.data.target,
+        allow_external_paths=model.config.data.allow_external_paths,
+    )
+    known = [r.case_id for r in co.rows] + [str(i.case_id) for i in co.excluded if i.case_id]
+    if case is not None and case not in known:
+        raise unknown_case_error(case, list(dict.fromkeys(known)), path=co.manifest_path)
+    model.check_cohort(co, allow_missing_modalities=True)
+    loaded = CaseLoader(model.config.data, model.modalities, model.tabular).load_many(co.rows)
+    say(f"loaded {len(loaded)} cases ({len(loaded.excluded)} excluded)")
+    if not len(loaded):
+        raise ConfigError(
+            "no case of the cohort could be loaded: nothing to explain", path=co.manifest_path
+        )
+
+    cache = build_modality_cache(model, loaded.cases)
+    table = coalition_values(model, cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoModalityWarning)  # loaded cases always have one
+        exp = modality_shapley(model, cache, values=table)
+    frame = modality_shapley_frame(exp, cache)
+    importance = modality_importance(exp, n_boot=n_boot)
+    perf: dict[str, Any] | None
+    subset, which = _test_subset(run, cache)
+    try:
+        perf = performance_shapley(model, subset, n_boot=n_boot)
+        perf["cases"] = which
+    except ClinFuseError as e:
+        perf = {"error": str(e)}
+    say(f"modality Shapley values of {len(cache)} cases")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.partial-{time.time_ns()}")
+    stage.mkdir()
+    try:
+        tmp = stage / "modality_shapley.csv"
+        frame.to_csv(tmp, index=False)
+        write_json_atomic(
+            stage / "modality_importance.json",
+            {"mean_abs_phi": importance, "performance_shapley": perf, "n_cases": len(cache)},
+        )
+        plots.modality_importance_png(stage / "modality_importance.png", importance)
+        summary: dict[str, Any] = {
+            "n_cases": len(cache),
+            "n_excluded": len(loaded.excluded),
+            "importance": importance,
+            "performance": perf,
+        }
+        if case is not None:
+            case_dir = stage / "cases" / safe_name(case)
+            if case in cache.case_ids:
+                i = cache.index_of(case)
+                phi = {m: float(exp.values[i, j]) for j, m in enumerate(cache.modalities)}
+                bg = [
+                    c["image"]
+                    for c in loaded.cases
+                    if c.get("image") is not None and c["case_id"] != case
+                ]
+                bg_arr = np.stack(bg[:16]) if bg else None
+                summary["case"] = explain_case(
+                    model,
+                    loaded.cases[i],
+                    base_value=float(exp.base_values[i]),
+                    phi=phi,
+                    out_dir=case_dir,
+                    image_background=bg_arr,
+                    note_max_evals=note_max_evals,
+                )
+            else:
+                summary["case"] = _unexplainable_case(model, case, co, loaded, table, case_dir)
+        write_json_atomic(
+            stage / "index.json",
+            {
+                "run": str(run),
+                "cohort": str(co.manifest_path),
+                "case": case,
+                "n_cases": len(cache),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        if out.exists():
+            # keep an earlier run's per-case folders; replace everything else
+            _copy_into(stage, out)
+            shutil.rmtree(stage, ignore_errors=True)
+        else:
+            stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if cache_in_run:
+        try:
+            _copy_into(out, run / RUN_SUBDIR)
+        except OSError as e:
+            warnings.warn(f"could not cache explanations in {run / RUN_SUBDIR}: {e}", stacklevel=2)
+    return summary
+
+
+def _unexplainable_case(
+    model: Any, case: str, cohort: Any, loaded: Any, table: np.ndarray, case_dir: Path
+) -> dict[str, Any]:
+    """A case in the manifest that did not load: base rate if it has no modality, else an error."""
+    issues = [i for i in [*cohort.excluded, *loaded.excluded] if i.case_id == case]
+    if issues and all(i.field == "modalities" for i in issues):
+        base = float(table[0, 0])
+        warnings.warn(f"case {case!r}: {BASE_RATE_MESSAGE}", NoModalityWarning, stacklevel=3)
+        fake = {
+            "case_id": case,
+            "present": np.zeros(len(model.modalities), bool),
+            "label": None,
+            "split": None,
+        }
+        return explain_case(
+            model,
+            fake,
+            base_value=base,
+            phi=dict.fromkeys(model.modalities, 0.0),
+            out_dir=case_dir,
+        )
+    reasons = "; ".join(f"{i.field}: {i.reason}" for i in issues) or "not loaded"
+    raise ConfigError(
+        f"the case could not be loaded, so it cannot be explained ({reasons})",
+        case_id=case,
+        path=cohort.manifest_path,
+        hint="run `clinfuse validate` on the cohort",
+    )
+
+
+def load_cached_modality_shapley(run: str | Path) -> Any:
+    """The cached ``modality_shapley.csv`` of a run as a DataFrame (None if not explained yet)."""
+    import pandas as pd
+
+    path = Path(run) / RUN_SUBDIR / "modality_shapley.csv"
+    return pd.read_csv(path, dtype={"case_id": str}) if path.exists() else None
+
+
+def load_cached_case(run: str | Path, case_id: str) -> dict[str, Any] | None:
+    """The cached per-case explanation dict of a run (None if that case was not explained)."""
+    import json
+
+    path = Path(run) / RUN_SUBDIR / "cases" / safe_name(case_id) / "explanation.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
