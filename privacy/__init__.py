@@ -1,7 +1,48 @@
 """Privacy utilities for multi-site clinical data.
 
-This package is generic: it works on files, PyTorch modules and data loaders, and never
-imports :mod:`clinfuse` or the app. De-identification (DICOM PS3.15 Annex E, notes,
-pseudonyms), federated training (Flower) and differential privacy (Opacus) land here; see
-the project's issues for their status. Nothing is implemented in it yet.
+This package is generic: it works on files, folders, pydicom datasets, strings and pandas
+tables, and never imports :mod:`clinfuse` or the app. Heavy dependencies (pydicom,
+dicom-anonymizer, presidio-analyzer, Faker) load when a module is used, not on
+``import privacy``.
+
+Modules:
+
+* :mod:`privacy.pseudonym` — keyed pseudonyms (HMAC-SHA256), DICOM UIDs and per-patient date
+  shifts; the secret comes from a file or ``$CLINFUSE_DEID_SECRET`` and an empty or missing
+  secret is refused.
+* :mod:`privacy.dicom` — DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile
+  with options (rule table from the ``dicom-anonymizer`` package), recursive into sequences,
+  consistent UIDs, marking attributes, quarantine of burned-in annotation.
+* :mod:`privacy.text` — HIPAA Safe Harbor identifiers in free text: presidio-analyzer's
+  offline recognizers, our own patterns, name dictionaries and context rules, deny-lists from
+  structured data; consistent surrogates or ``[TYPE]`` tags.
+* :mod:`privacy.cohort` — a whole cohort folder (manifest + files) de-identified atomically,
+  with ``deid_report.json`` and a residual-risk scan.
+* :mod:`privacy.suppression` — small-cell (k-threshold) suppression of count tables.
+* :mod:`privacy.errors` — the exception types (:class:`~privacy.errors.PrivacyError` tree).
+
+>>> from privacy.pseudonym import Pseudonymizer, load_secret
+>>> from privacy.cohort import deidentify_cohort  # doctest: +SKIP
+
+Federated training (Flower) and differential privacy (Opacus) will land here too.
 """
+
+from privacy.errors import (
+    DeidError,
+    DicomDeidError,
+    NoteEncodingError,
+    OutputFolderError,
+    PrivacyError,
+    ResidualRiskError,
+    SecretKeyError,
+)
+
+__all__ = [
+    "DeidError",
+    "DicomDeidError",
+    "NoteEncodingError",
+    "OutputFolderError",
+    "PrivacyError",
+    "ResidualRiskError",
+    "SecretKeyError",
+]

@@ -158,7 +158,7 @@ def test_combiner_fit_matches_sklearn_logistic_regression():
     head.fit_combiner(torch.tensor(z), torch.tensor(present), torch.tensor(y), l2=0.0)
     ref = LogisticRegression(C=np.inf).fit(z - z.mean(axis=0), y)
     np.testing.assert_allclose(head.weights.detach().numpy(), ref.coef_[0], atol=2e-3)
-    np.testing.assert_allclose(float(head.bias), ref.intercept_[0], atol=2e-3)
+    np.testing.assert_allclose(float(head.bias.detach()), ref.intercept_[0], atol=2e-3)
 
 
 def test_combiner_weights_stay_non_negative_for_an_inverted_modality():
