@@ -5,7 +5,7 @@
 2. one full case explanation (modality Shapley + note tokens + image heat map +
    ECG segments + labs, with figures): seconds.
 
-    python benchmarks/bench_explain.py [--n-cases 200] [--note-max-evals 200]
+    python benchmarks/bench_explain.py [--n-cases 200] [--note-max-evals 64]
 """
 
 from __future__ import annotations
@@ -17,19 +17,36 @@ import time
 from pathlib import Path
 
 
+def small_config(**training):
+    """CPU-sized encoders for the benchmark cohort (64² images, 4-s ECGs at 50 Hz)."""
+    from clinfuse.config import RunConfig
+    from clinfuse.synth import TABULAR_COLUMNS
+
+    return RunConfig.model_validate(
+        {
+            "data": {
+                "tabular_columns": list(TABULAR_COLUMNS),
+                "image": {"spatial_size": [64, 64], "window": "ct_soft_tissue"},
+                "signal": {"target_fs": 50.0, "duration_s": 4.0},
+            },
+            "encoders": {
+                "image": {"name": "small_cnn", "embed_dim": 16, "width": 8, "global_pool": "max"},
+                "signal": {"name": "resnet1d", "embed_dim": 16, "width": 8, "depth": 2},
+                "tabular": {"name": "mlp", "embed_dim": 8, "hidden": [16]},
+            },
+            "training": {"epochs": 3, "batch_size": 16, **training},
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n-cases", type=int, default=200)
-    parser.add_argument("--note-max-evals", type=int, default=200)
+    parser.add_argument("--note-max-evals", type=int, default=64)
     args = parser.parse_args()
-
-    import sys
 
     import numpy as np
     import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import tiny_config
 
     from clinfuse.cohort.manifest import Cohort
     from clinfuse.data import CaseLoader
@@ -44,7 +61,7 @@ def main() -> None:
         manifest = synthesize_cohort(
             root / "cohort", n_cases=args.n_cases, seed=0, image_size=64, signal_fs=100
         )
-        cfg = tiny_config(epochs=3)
+        cfg = small_config(epochs=3)
         cfg = cfg.model_copy(
             update={
                 "data": cfg.data.model_copy(

@@ -436,7 +436,7 @@ def demo(
     preds = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
     complete = preds[(preds["split"] == "test") & (preds.filter(like="present_").min(axis=1) == 1)]
     case = str(complete.sort_values("p_fusion").iloc[-1]["case_id"]) if len(complete) else None
-    explain_run(run, manifest, out / "explanations", case=case, note_max_evals=60)
+    explain_run(run, manifest, out / "explanations", case=case)
     console.print(
         f"5/5 explained every case (modality Shapley values) and case {case} in depth: "
         f"{out / 'explanations'}"

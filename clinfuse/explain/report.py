@@ -72,7 +72,7 @@ def explain_case(
     phi: dict[str, float],
     out_dir: Path | None = None,
     image_background: np.ndarray | None = None,
-    note_max_evals: int = 200,
+    note_max_evals: int = 64,
     signal_segment_seconds: float = 0.5,
 ) -> dict[str, Any]:
     """Within-modality explanations of one case (+ figures when ``out_dir`` is given).
@@ -257,7 +257,7 @@ def explain_run(
     out: str | Path,
     *,
     case: str | None = None,
-    note_max_evals: int = 200,
+    note_max_evals: int = 64,
     n_boot: int = 1000,
     cache_in_run: bool = True,
     log: Callable[[str], None] | None = None,
