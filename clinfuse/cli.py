@@ -449,11 +449,13 @@ def demo(
 # evaluate / explain (their code lives next to the features they drive)
 # ---------------------------------------------------------------------------
 def _register_feature_commands() -> None:
+    from clinfuse.deid_cli import DEID_EPILOG, deid
     from clinfuse.evaluation.cli import EVALUATE_EPILOG, evaluate
     from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
 
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
     app.command(epilog=EXPLAIN_EPILOG)(explain)
+    app.command(name="deid", epilog=DEID_EPILOG)(deid)
 
 
 _register_feature_commands()

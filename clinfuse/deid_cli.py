@@ -1,0 +1,264 @@
+"""The ``clinfuse deid`` command: a de-identified copy of a cohort.
+
+This module is the bridge between the cohort contract (:mod:`clinfuse.cohort`) and the
+generic de-identification package :mod:`privacy`. It reads the manifest, tells
+:func:`privacy.cohort.deidentify_cohort` which columns hold what, and turns
+:class:`privacy.errors.PrivacyError` into :class:`clinfuse.errors.ConfigError` /
+:class:`clinfuse.errors.CohortError` so the CLI prints one line and exits with 1.
+
+Register it in ``clinfuse/cli.py`` with::
+
+    from clinfuse.deid_cli import DEID_EPILOG, deid
+    app.command(name="deid", epilog=DEID_EPILOG)(deid)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from clinfuse.errors import CohortError, ConfigError
+
+if TYPE_CHECKING:
+    from privacy.cohort import CohortDeidResult
+
+__all__ = ["DEID_EPILOG", "deid", "deid_cohort"]
+
+DEID_EPILOG = (
+    "Examples:\n\n"
+    '  python -c "import secrets; print(secrets.token_hex(32))" > ~/site.key\n\n'
+    "  clinfuse deid demo_cohort --out demo_deid --secret-file ~/site.key\n\n"
+    "  CLINFUSE_DEID_SECRET=$(cat ~/site.key) clinfuse deid cohort.csv --out deid "
+    "--date-columns admit_date --id-columns encounter_id --overwrite\n\n"
+    "  clinfuse deid cohort.csv --out deid --secret-file ~/site.key --tags "
+    "--retain-patient-characteristics\n\n"
+    "The secret never leaves the site and is never written to the output; keep it to "
+    "re-create the same pseudonyms later (same secret → same ids, UIDs and date shifts)."
+)
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in value.split(",") if c.strip())
+
+
+def deid_cohort(
+    cohort: str | Path,
+    out: str | Path,
+    *,
+    secret_file: str | Path | None = None,
+    overwrite: bool = False,
+    date_columns: tuple[str, ...] = (),
+    id_columns: tuple[str, ...] = (),
+    text_columns: tuple[str, ...] = (),
+    drop_columns: tuple[str, ...] = (),
+    age_columns: tuple[str, ...] = ("age",),
+    tags: bool = False,
+    retain_dates: bool = True,
+    retain_patient_characteristics: bool = False,
+    retain_device_identity: bool = False,
+    retain_institution_identity: bool = False,
+    note_encoding: str = "utf-8",
+    progress: Callable[[int, int], None] | None = None,
+) -> CohortDeidResult:
+    """Library form of ``clinfuse deid``; returns :class:`privacy.cohort.CohortDeidResult`.
+
+    Raises:
+        ConfigError: missing/empty secret, unsafe output folder, missing privacy extra.
+        CohortError: unreadable manifest, or original identifiers left in the output.
+    """
+    from clinfuse.cohort import read_manifest
+
+    try:
+        from privacy.cohort import CohortSpec, deidentify_cohort
+        from privacy.dicom import DicomOptions
+        from privacy.errors import (
+            OutputFolderError,
+            PrivacyError,
+            ResidualRiskError,
+            SecretKeyError,
+        )
+        from privacy.pseudonym import Pseudonymizer, load_secret
+    except ImportError as e:
+        raise ConfigError(
+            f"de-identification needs the privacy extra ({e.name} is missing)",
+            hint="pip install 'clinfuse[privacy]'",
+        ) from e
+
+    cohort = Path(cohort)
+    manifest_path = cohort
+    if cohort.is_dir():
+        found = [p for p in (cohort / "manifest.csv", cohort / "manifest.parquet") if p.exists()]
+        manifest_path = found[0] if found else cohort / "manifest.csv"
+    frame = read_manifest(manifest_path)
+    root = manifest_path.parent
+    text_cols = ("note_text", *text_columns)
+    spec = CohortSpec(
+        case_column="case_id",
+        patient_column="patient_id",
+        id_columns=id_columns,
+        dicom_columns=("image",),
+        text_file_columns=("note",),
+        text_columns=text_cols,
+        file_columns=("signal",),
+        date_columns=date_columns,
+        age_columns=age_columns,
+        drop_columns=drop_columns,
+        text_encoding=note_encoding,
+    )
+    for c in (*id_columns, *date_columns, *text_columns, *drop_columns):
+        if c not in frame.columns:
+            raise CohortError(
+                f"column {c!r} named on the command line is not in the manifest "
+                f"(columns: {', '.join(frame.columns)})",
+                path=manifest_path,
+                hint="check the spelling",
+            )
+    options = DicomOptions(
+        retain_longitudinal=retain_dates,
+        retain_patient_characteristics=retain_patient_characteristics,
+        retain_device_identity=retain_device_identity,
+        retain_institution_identity=retain_institution_identity,
+    )
+    try:
+        secret = load_secret(secret_file)
+        pseudonymizer = Pseudonymizer(secret)
+        return deidentify_cohort(
+            frame,
+            root,
+            out,
+            pseudonymizer,
+            spec,
+            dicom_options=options,
+            text_mode="tag" if tags else "surrogate",
+            overwrite=overwrite,
+            manifest_name="manifest.parquet"
+            if manifest_path.suffix.lower() in (".parquet", ".pq")
+            else "manifest.csv",
+            progress=progress,
+        )
+    except (SecretKeyError, OutputFolderError) as e:
+        raise ConfigError(str(e)) from e
+    except ResidualRiskError as e:
+        raise CohortError(str(e), path=manifest_path) from e
+    except PrivacyError as e:
+        raise CohortError(str(e), path=manifest_path) from e
+
+
+def deid(
+    cohort: Annotated[Path, typer.Argument(help="The manifest (CSV/Parquet) or its folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the de-identified cohort.")],
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--secret-file",
+            help="File holding the site secret (≥ 16 bytes). Default: $CLINFUSE_DEID_SECRET.",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the content of a non-empty --out.")
+    ] = False,
+    date_columns: Annotated[
+        str, typer.Option("--date-columns", help="Comma-separated date columns to shift.")
+    ] = "",
+    id_columns: Annotated[
+        str, typer.Option("--id-columns", help="Comma-separated extra id columns to pseudonymise.")
+    ] = "",
+    text_columns: Annotated[
+        str, typer.Option("--text-columns", help="Comma-separated free-text columns to scrub.")
+    ] = "",
+    drop_columns: Annotated[
+        str, typer.Option("--drop-columns", help="Comma-separated columns to leave out.")
+    ] = "",
+    tags: Annotated[
+        bool,
+        typer.Option("--tags", help="Replace identifiers in notes by [TYPE] tags, not surrogates."),
+    ] = False,
+    retain_dates: Annotated[
+        bool,
+        typer.Option(
+            "--shift-dates/--remove-dates",
+            help="Keep dates shifted by a per-patient offset (DICOM option 113107), or remove them.",
+        ),
+    ] = True,
+    retain_patient_characteristics: Annotated[
+        bool,
+        typer.Option(
+            "--retain-patient-characteristics",
+            help="Keep sex, age (90+ capped), size, weight in DICOM headers (113108).",
+        ),
+    ] = False,
+    retain_device_identity: Annotated[
+        bool,
+        typer.Option(
+            "--retain-device-identity", help="Keep device serials/station names (113109)."
+        ),
+    ] = False,
+    retain_institution_identity: Annotated[
+        bool,
+        typer.Option("--retain-institution-identity", help="Keep institution names (113112)."),
+    ] = False,
+    note_encoding: Annotated[
+        str, typer.Option("--note-encoding", help="Encoding of the note files.")
+    ] = "utf-8",
+) -> None:
+    """Write a de-identified copy of a cohort (images, notes, signals, manifest).
+
+    DICOM files follow the PS3.15 Annex E Basic Profile; notes lose the HIPAA Safe Harbor
+    identifiers (names, dates, phone numbers, MRNs, addresses, ...); case and patient ids
+    become keyed pseudonyms (HMAC-SHA256 with the site secret). `deid_report.json` lists what
+    was done per file and the residual-risk check: every original name, id and date is
+    searched for in the output, and any hit stops the run.
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    disable = not console.is_terminal and os.environ.get("CLINFUSE_PROGRESS") != "1"
+    from rich.progress import Progress
+
+    with Progress(console=console, disable=disable) as bar:
+        task = bar.add_task("de-identifying cases", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = deid_cohort(
+            cohort,
+            out,
+            secret_file=secret_file,
+            overwrite=overwrite,
+            date_columns=_split(date_columns),
+            id_columns=_split(id_columns),
+            text_columns=_split(text_columns),
+            drop_columns=_split(drop_columns),
+            tags=tags,
+            retain_dates=retain_dates,
+            retain_patient_characteristics=retain_patient_characteristics,
+            retain_device_identity=retain_device_identity,
+            retain_institution_identity=retain_institution_identity,
+            note_encoding=note_encoding,
+            progress=update,
+        )
+    report = result.report
+    problems = result.problems
+    out_console = Console()
+    out_console.print(
+        f"de-identified {report['n_cases']} cases, {report['n_files_written']} files → "
+        f"{result.out_dir}"
+    )
+    counts = report["counts"]
+    for part in ("dicom", "text", "manifest"):
+        if counts.get(part):
+            items = ", ".join(f"{k} {v}" for k, v in counts[part].items())
+            out_console.print(f"  {part}: {items}")
+    out_console.print(
+        f"  residual-risk check: {report['residual_risk']['n_values_checked']} values in "
+        f"{report['residual_risk']['n_files_scanned']} files, no hit"
+    )
+    if problems:
+        console.print(f"[yellow]{len(problems)} file(s) not copied[/yellow] (modality left empty):")
+        for p in problems:
+            console.print(f"  {p['status']}: {p['path']}: {p['reason']}", highlight=False)

@@ -1,0 +1,899 @@
+"""De-identify a whole cohort folder: manifest, DICOM files, notes and signal files together.
+
+Generic: the caller passes the manifest as a table, the folder its relative paths resolve
+against, and which columns hold ids, DICOM paths, note paths, inline text, other files,
+dates and ages (:class:`CohortSpec`). Nothing here knows about clinfuse.
+
+What happens (:func:`deidentify_cohort`):
+
+1. The output folder is checked: not inside the input, not holding the input, empty unless
+   ``overwrite``.
+2. A first pass reads every DICOM header and the manifest to learn each patient's
+   identifying values (names, MRNs, accession numbers, dates, places). They feed the
+   note deny-lists and, at the end, the residual-risk scan.
+3. Each row is rewritten: case and patient ids (and extra id columns) become keyed
+   pseudonyms; date columns move by the patient's shift; ages over 89 become 90; DICOM files
+   get the PS3.15 Basic Profile (:mod:`privacy.dicom`) with ``PatientID`` = the patient
+   pseudonym; notes and inline text are scrubbed (:mod:`privacy.text`) with the patient's
+   deny-list and date shift; WFDB headers are renamed and their comments scrubbed; EDF
+   headers are blanked; other files are copied. Files are named after the case pseudonym.
+4. A file that cannot be read (or a DICOM with burned-in annotation) is listed in the report
+   and not copied; its manifest cell is emptied, so the modality is missing for that case.
+5. Residual-risk scan: every identifying value from step 2 is searched for (case-insensitive,
+   whole words) in every output file: DICOM element values, notes, headers, the manifest.
+   Names and ids are searched in every file, dates in the files of their own patient. Any
+   hit is an error: nothing is published and :class:`~privacy.errors.ResidualRiskError` is
+   raised.
+6. Everything is written to a hidden temporary folder next to the output and renamed into
+   place at the end, together with ``deid_report.json`` (no original values or paths in it).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pydicom
+
+from privacy.dicom import (
+    DicomDeidentifier,
+    DicomOptions,
+    Identifier,
+    dicom_identifiers,
+    dicom_text_values,
+    load_profile_table,
+)
+from privacy.errors import DeidError, NoteEncodingError, OutputFolderError, ResidualRiskError
+from privacy.pseudonym import Pseudonymizer
+from privacy.text import Detector, PatientContext, TextDeidentifier, date_variants
+
+__all__ = [
+    "REPORT_NAME",
+    "CohortDeidResult",
+    "CohortSpec",
+    "check_output_folder",
+    "deidentify_cohort",
+    "residual_risk_scan",
+]
+
+REPORT_NAME = "deid_report.json"
+"""Name of the report written into the output folder."""
+
+_RUN = re.compile(r"[a-z0-9]+")
+_TEXT_SUFFIXES = {".txt", ".csv", ".tsv", ".json", ".hea", ".md", ".xml", ".yaml", ".yml"}
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """Which manifest columns hold what. Columns absent from the manifest are skipped.
+
+    Attributes:
+        case_column: the case id (required); becomes ``C`` + pseudonym.
+        patient_column: the patient id; becomes ``P`` + pseudonym (default: the case id
+            is the patient).
+        id_columns: other id columns to pseudonymise (namespace = column name).
+        dicom_columns: paths to a DICOM file or a folder of DICOM files (one series).
+        text_file_columns: paths to text files (notes).
+        text_columns: inline free text to scrub.
+        file_columns: other files (WFDB ``.hea`` records, EDF, DICOM waveforms, ``.npy``,
+            ``.csv``): de-identified by type, otherwise copied.
+        date_columns: dates, shifted by the patient's shift (written as ``YYYY-MM-DD``).
+        age_columns: ages in years; values above 89 become 90 (Safe Harbor).
+        drop_columns: removed from the output manifest.
+        text_encoding: encoding of the text files.
+    """
+
+    case_column: str = "case_id"
+    patient_column: str | None = "patient_id"
+    id_columns: tuple[str, ...] = ()
+    dicom_columns: tuple[str, ...] = ("image",)
+    text_file_columns: tuple[str, ...] = ("note",)
+    text_columns: tuple[str, ...] = ("note_text",)
+    file_columns: tuple[str, ...] = ("signal",)
+    date_columns: tuple[str, ...] = ()
+    age_columns: tuple[str, ...] = ()
+    drop_columns: tuple[str, ...] = ()
+    text_encoding: str = "utf-8"
+
+
+@dataclass
+class CohortDeidResult:
+    """Outcome of :func:`deidentify_cohort`.
+
+    Attributes:
+        out_dir: the de-identified cohort folder.
+        manifest_path: its manifest.
+        report: the content of ``deid_report.json``.
+        problems: files not copied, with their *original* paths (kept in memory only, for
+            the person running the tool; never written to the output).
+    """
+
+    out_dir: Path
+    manifest_path: Path
+    report: dict[str, Any]
+    problems: list[dict[str, str]] = field(default_factory=list)
+
+
+def check_output_folder(root: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Refuse unsafe output folders; returns ``out`` resolved.
+
+    Raises:
+        OutputFolderError: ``out`` is the input folder, inside it, contains it, is a file,
+            or is a non-empty folder and ``overwrite`` is False.
+    """
+    root_r = Path(root).resolve()
+    out_r = Path(out).resolve()
+    if out_r == root_r or out_r.is_relative_to(root_r):
+        raise OutputFolderError(
+            f"output folder {out} is inside the input cohort folder {root}: de-identified "
+            "data would sit next to the originals; choose a folder outside it"
+        )
+    if root_r.is_relative_to(out_r):
+        raise OutputFolderError(
+            f"output folder {out} contains the input cohort folder {root}; choose another folder"
+        )
+    if out_r.exists() and not out_r.is_dir():
+        raise OutputFolderError(f"output {out} exists and is not a folder; choose a folder path")
+    if out_r.is_dir() and any(out_r.iterdir()) and not overwrite:
+        raise OutputFolderError(
+            f"output folder {out} is not empty; choose an empty folder or pass overwrite "
+            "(--overwrite) to replace its content"
+        )
+    return out_r
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and pd.isna(value):
+        return False
+    try:
+        if pd.isna(value):
+            return False
+    except (TypeError, ValueError):
+        pass
+    return str(value).strip() != ""
+
+
+def _resolve(root: Path, value: Any) -> Path:
+    p = Path(str(value).strip()).expanduser()
+    return p if p.is_absolute() else root / p
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return [path]
+
+
+def _shift_iso(value: Any, days: int) -> str | None:
+    try:
+        ts = pd.Timestamp(str(value))
+    except (ValueError, TypeError):
+        return None
+    if pd.isna(ts):
+        return None
+    return (ts + pd.Timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("pydicom", "dicom-anonymizer", "presidio-analyzer", "faker", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+class _Writer:
+    """Per-row file writers; collects per-file actions and problems."""
+
+    def __init__(
+        self,
+        root: Path,
+        tmp: Path,
+        dicom: DicomDeidentifier,
+        text: TextDeidentifier,
+        spec: CohortSpec,
+    ) -> None:
+        self.root = root
+        self.tmp = tmp
+        self.dicom = dicom
+        self.text = text
+        self.spec = spec
+        self.files: dict[str, dict[str, Any]] = {}
+        self.problems: list[dict[str, str]] = []
+        self.errors: list[dict[str, str]] = []
+        self.text_counts: Counter[str] = Counter()
+        self.dicom_counts: Counter[str] = Counter()
+        self.file_patient: dict[str, str] = {}
+
+    def _problem(self, case: str, column: str, src: Path, status: str, reason: str) -> None:
+        safe = reason.replace(str(src), "<input file>").replace(str(self.root), "<cohort>")
+        self.errors.append({"case": case, "column": column, "status": status, "reason": safe})
+        self.problems.append(
+            {"case": case, "column": column, "path": str(src), "status": status, "reason": reason}
+        )
+
+    def _record(self, rel: str, patient: str, entry: dict[str, Any]) -> None:
+        self.files[rel] = entry
+        self.file_patient[rel] = patient
+
+    # -- DICOM ----------------------------------------------------------------
+    def dicom_cell(
+        self, src: Path, column: str, case: str, patient: str, pseudo: str
+    ) -> str | None:
+        files = _dicom_files(src)
+        if not files:
+            self._problem(case, column, src, "error", "folder holds no files")
+            return None
+        series = src.is_dir()
+        rel_base = f"{column}/{case}"
+        written: list[tuple[str, dict[str, Any]]] = []
+        for i, f in enumerate(files):
+            rel = f"{rel_base}/{i + 1:04d}.dcm" if series else f"{rel_base}.dcm"
+            try:
+                res = self.dicom.deidentify_file(
+                    f, self.tmp / rel, patient_key=patient, patient_pseudonym=pseudo
+                )
+            except DeidError as e:
+                self._problem(case, column, f, "error", str(e))
+                res = None
+            if res is None or res.status != "deidentified":
+                if res is not None:
+                    self._problem(case, column, f, "quarantined", res.reason)
+                for r, _ in written:  # a series with a missing slice is dropped whole
+                    (self.tmp / r).unlink(missing_ok=True)
+                if series:
+                    shutil.rmtree(self.tmp / rel_base, ignore_errors=True)
+                return None
+            self.dicom_counts.update(res.categories)
+            written.append(
+                (rel, {"case": case, "column": column, "kind": "dicom", **res.to_dict()})
+            )
+        for rel, entry in written:
+            self._record(rel, patient, entry)
+        return rel_base if series else f"{rel_base}.dcm"
+
+    # -- text -----------------------------------------------------------------
+    def read_text(self, src: Path, column: str, case: str) -> str | None:
+        try:
+            raw = src.read_bytes()
+        except OSError as e:
+            self._problem(case, column, src, "error", f"cannot read: {e.strerror or e}")
+            return None
+        enc = self.spec.text_encoding
+        try:
+            text = raw.decode("utf-8-sig" if enc.lower().replace("_", "-") == "utf-8" else enc)
+        except (UnicodeDecodeError, LookupError) as e:
+            err = NoteEncodingError(
+                f"{src}: not {enc} text ({e}); re-encode it as UTF-8 "
+                "(e.g. iconv -f latin1 -t utf-8) or give the right encoding"
+            )
+            self._problem(case, column, src, "error", str(err))
+            return None
+        return text
+
+    def scrub(self, text: str, ctx: PatientContext) -> tuple[str, Counter[str]]:
+        res = self.text.deidentify(text, ctx)
+        self.text_counts.update(res.counts)
+        return res.text, res.counts
+
+    def text_cell(
+        self, src: Path, column: str, case: str, patient: str, ctx: PatientContext
+    ) -> str | None:
+        text = self.read_text(src, column, case)
+        if text is None:
+            return None
+        new, counts = self.scrub(text, ctx)
+        rel = f"{column}/{case}.txt"
+        (self.tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (self.tmp / rel).write_text(new, encoding="utf-8")
+        self._record(
+            rel,
+            patient,
+            {
+                "case": case,
+                "column": column,
+                "kind": "text",
+                "status": "deidentified",
+                "replaced": dict(sorted(counts.items())),
+            },
+        )
+        return rel
+
+    # -- other files ------------------------------------------------------------
+    def file_cell(
+        self, src: Path, column: str, case: str, patient: str, pseudo: str, ctx: PatientContext
+    ) -> str | None:
+        suffix = src.suffix.lower()
+        if suffix == ".hea":
+            return self._wfdb(src, column, case, patient, ctx)
+        if _is_dicom(src):
+            return self.dicom_cell(src, column, case, patient, pseudo)
+        if not src.is_file():
+            self._problem(case, column, src, "error", "file not found")
+            return None
+        rel = f"{column}/{case}{''.join(src.suffixes[-2:]) if src.name.endswith('.gz') else suffix}"
+        dst = self.tmp / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if suffix in (".edf", ".bdf"):
+            data = bytearray(src.read_bytes())
+            if len(data) < 256:
+                self._problem(case, column, src, "error", "EDF header shorter than 256 bytes")
+                return None
+            data[8:88] = b"X X X X".ljust(80)
+            data[88:168] = b"Startdate X X X X".ljust(80)
+            data[168:176] = b"01.01.85"
+            dst.write_bytes(bytes(data))
+            action = "edf header blanked (patient, recording, start date)"
+        elif suffix in (".csv", ".tsv", ".txt"):
+            text = self.read_text(src, column, case)
+            if text is None:
+                return None
+            new, _ = self.scrub(text, ctx)
+            dst.write_text(new, encoding="utf-8")
+            action = "text scrubbed"
+        else:
+            shutil.copyfile(src, dst)
+            action = "copied (numeric data)"
+        self._record(
+            rel, patient, {"case": case, "column": column, "kind": "file", "status": action}
+        )
+        return rel
+
+    def _wfdb(
+        self, src: Path, column: str, case: str, patient: str, ctx: PatientContext
+    ) -> str | None:
+        text = self.read_text(src, column, case)
+        if text is None:
+            return None
+        lines = text.splitlines()
+        out_lines: list[str] = []
+        record_done = False
+        renamed: dict[str, str] = {}
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                new, _ = self.scrub(line, ctx)
+                out_lines.append(new)
+                continue
+            if not stripped:
+                out_lines.append(line)
+                continue
+            tokens = stripped.split()
+            if not record_done:
+                # name[/segments] nsig fs nsamp [base_time [base_date]]: drop time and date
+                name = tokens[0]
+                seg = name.split("/", 1)[1] if "/" in name else None
+                tokens[0] = case + (f"/{seg}" if seg else "")
+                out_lines.append(" ".join(tokens[:4]))
+                record_done = True
+                continue
+            fname = tokens[0]
+            if fname not in renamed:
+                sub = Path(fname)
+                renamed[fname] = f"{case}{sub.suffix}" if fname != "~" else "~"
+                if len(renamed) > 1 and fname != "~":
+                    renamed[fname] = f"{case}_{len(renamed)}{sub.suffix}"
+            tokens[0] = renamed[fname]
+            out_lines.append(" ".join(tokens))
+        dst_dir = self.tmp / column
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        for old, new in renamed.items():
+            if old == "~":
+                continue
+            s = src.parent / old
+            if not s.is_file():
+                self._problem(
+                    case, column, s, "error", "WFDB signal file named in header not found"
+                )
+                return None
+            shutil.copyfile(s, dst_dir / new)
+            self._record(
+                f"{column}/{new}",
+                patient,
+                {"case": case, "column": column, "kind": "file", "status": "copied (numeric data)"},
+            )
+        rel = f"{column}/{case}.hea"
+        (self.tmp / rel).write_text("\n".join(out_lines) + "\n", encoding="utf-8")
+        self._record(
+            rel,
+            patient,
+            {
+                "case": case,
+                "column": column,
+                "kind": "wfdb-header",
+                "status": "renamed; base time/date removed; comments scrubbed",
+            },
+        )
+        return rel
+
+
+def _pseudo_case(p: Pseudonymizer, value: str) -> str:
+    return p.pseudonym(value, "case", prefix="C", length=12)
+
+
+def _pseudo_patient(p: Pseudonymizer, value: str) -> str:
+    return p.pseudonym(value, "patient", prefix="P", length=12)
+
+
+def _collect(
+    frame: pd.DataFrame,
+    root: Path,
+    spec: CohortSpec,
+    cols: dict[str, list[str]],
+    retained: frozenset[str] = frozenset(),
+) -> dict[str, list[Identifier]]:
+    """Identifying values per original patient id (from DICOM headers and the manifest).
+
+    DICOM attributes that the chosen options keep on purpose (``retained``) are left out.
+    """
+    table = load_profile_table()
+    found: dict[str, list[Identifier]] = defaultdict(list)
+    for _, row in frame.iterrows():
+        case = str(row[spec.case_column]).strip()
+        patient = str(row[spec.patient_column]).strip() if cols["patient"] else case
+        found[patient].append(Identifier("id", spec.case_column, case))
+        if cols["patient"]:
+            found[patient].append(Identifier("id", spec.patient_column or "", patient))
+        for c in cols["ids"]:
+            if _present(row[c]):
+                found[patient].append(Identifier("id", c, str(row[c]).strip()))
+        for c in cols["dates"]:
+            if _present(row[c]):
+                iso = _shift_iso(row[c], 0)
+                if iso:
+                    found[patient].append(Identifier("date", c, iso.replace("-", "")))
+        for c in [*cols["dicom"], *cols["files"]]:
+            if not _present(row[c]):
+                continue
+            path = _resolve(root, row[c])
+            if c in cols["files"] and not (path.is_dir() or _is_dicom(path)):
+                continue
+            for f in _dicom_files(path) if path.exists() else []:
+                try:
+                    with warnings.catch_warnings():  # bad files are reported later, once
+                        warnings.simplefilter("ignore")
+                        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+                        found[patient].extend(dicom_identifiers(ds, table, retained))
+                except (
+                    pydicom.errors.InvalidDicomError,
+                    OSError,
+                    EOFError,
+                    ValueError,
+                    KeyError,
+                    TypeError,
+                    AttributeError,
+                ):
+                    continue  # reported when the file itself is processed
+    return found
+
+
+def _deny(idents: Iterable[Identifier]) -> dict[str, list[str]]:
+    deny: dict[str, list[str]] = defaultdict(list)
+    kind_to_entity = {
+        "name": "NAME",
+        "name_part": "NAME",
+        "id": "MRN",
+        "date": "DATE",
+        "place": "LOCATION",
+        "phone": "PHONE",
+    }
+    for ident in idents:
+        deny[kind_to_entity[ident.kind]].append(ident.value)
+    return {k: sorted(set(v)) for k, v in deny.items()}
+
+
+class _Needle:
+    """The search for one identifier: a set lookup first, the regex (compiled lazily) second.
+
+    A whole match is bounded by non-alphanumerics, so every ASCII alphanumeric run of a
+    form is a whole run of the text too: the longest run of each form is a safe pre-check.
+    """
+
+    def __init__(self, ident: Identifier) -> None:
+        self.ident = ident
+        forms = date_variants(ident.value) if ident.kind == "date" else [ident.value]
+        if ident.kind == "name" and "^" in ident.value:
+            parts = [p for p in re.split(r"[\^=]+", ident.value) if p]
+            forms += [" ".join(parts), " ".join(reversed(parts)), ", ".join(parts)]
+        token_lists = [[t for t in re.split(r"[\s^,]+", f.strip()) if t] for f in forms]
+        self._tokens = [t for t in token_lists if t]
+        self.keys = tuple(
+            sorted({max(_RUN.findall(" ".join(t).lower()) or [""], key=len) for t in self._tokens})
+        )
+        self._regex: re.Pattern[str] | None = None
+
+    @property
+    def regex(self) -> re.Pattern[str]:
+        if self._regex is None:
+            alts = "|".join(r"[\s^,]+".join(re.escape(x) for x in t) for t in self._tokens)
+            self._regex = re.compile(rf"(?<![A-Za-z0-9])(?:{alts})(?![A-Za-z0-9])", re.IGNORECASE)
+        return self._regex
+
+    def search(self, blob: str, runs: set[str]) -> bool:
+        return any(k in runs for k in self.keys) and self.regex.search(blob) is not None
+
+
+def _value_regex(ident: Identifier) -> _Needle:
+    return _Needle(ident)
+
+
+def _file_texts(path: Path) -> list[str] | None:
+    """Searchable text of an output file; ``None`` for numeric data files."""
+    if path.suffix.lower() == ".dcm" or _is_dicom(path):
+        ds = pydicom.dcmread(path, force=True)
+        return [*dicom_text_values(ds), path.name]
+    if path.suffix.lower() in _TEXT_SUFFIXES:
+        return [path.read_text(encoding="utf-8", errors="replace"), path.name]
+    if path.suffix.lower() in (".edf", ".bdf"):
+        return [path.read_bytes()[:256].decode("latin-1"), path.name]
+    return [path.name]
+
+
+def residual_risk_scan(
+    out_dir: Path,
+    identifiers: dict[str, list[Identifier]],
+    file_patient: dict[str, str],
+    *,
+    manifest_rel: str,
+    manifest_patients: Sequence[str],
+    pseudonymizer: Pseudonymizer,
+) -> dict[str, Any]:
+    """Search every original identifying value in every output file.
+
+    Whole names, ids, places and phones are searched in every file; dates and single name
+    components only in the files of their own patient and in that patient's manifest rows
+    (another patient's shifted date may equal them by chance; a surname may be a common
+    word), and name components not in DICOM elements. Hits are reported by file, kind and source field, with a keyed
+    fingerprint instead of the value.
+
+    Args:
+        out_dir: the (temporary) output folder.
+        identifiers: original patient id → identifying values.
+        file_patient: output relative path → original patient id.
+        manifest_rel: the manifest's relative path in ``out_dir``.
+        manifest_patients: original patient id of each manifest row, in row order.
+        pseudonymizer: for the fingerprints.
+    """
+    global_idents = {
+        (i.kind, i.source, i.value): i
+        for idents in identifiers.values()
+        for i in idents
+        if i.kind not in ("date", "name_part")
+    }
+    global_res = [_value_regex(i) for i in global_idents.values()]
+    own = {
+        pid: [
+            _value_regex(i)
+            for i in {
+                (x.kind, x.value): x for x in idents if x.kind in ("date", "name_part")
+            }.values()
+        ]
+        for pid, idents in identifiers.items()
+    }
+    own_text = {pid: [n for n in v if n.ident.kind == "date"] for pid, v in own.items()}
+    hits: list[dict[str, str]] = []
+    scanned = 0
+    not_scanned: list[str] = []
+
+    global_index: dict[str, list[_Needle]] = defaultdict(list)
+    for needle in global_res:
+        for key in needle.keys:
+            global_index[key].append(needle)
+
+    def check(rel: str, texts: Iterable[str], needles: Iterable[_Needle] | None) -> None:
+        blob = "\n".join(texts)
+        runs = set(_RUN.findall(blob.lower()))
+        if needles is None:  # the global list: only the needles whose key occurs
+            found = {id(n): n for k in runs & global_index.keys() for n in global_index[k]}
+            needles = list(found.values())
+        for needle in needles:
+            if needle.search(blob, runs):
+                ident = needle.ident
+                hits.append(
+                    {
+                        "file": rel,
+                        "kind": ident.kind,
+                        "source": ident.source,
+                        "fingerprint": pseudonymizer.pseudonym(ident.value, "residual", length=10),
+                    }
+                )
+
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(out_dir).as_posix()
+        texts = _file_texts(path)
+        if texts is None:
+            not_scanned.append(rel)
+            continue
+        if len(texts) == 1 and path.suffix.lower() not in _TEXT_SUFFIXES:
+            not_scanned.append(rel)  # numeric data: only the name is checked
+        scanned += 1
+        check(rel, texts, None)
+        if rel == manifest_rel:
+            lines = texts[0].splitlines()
+            body = lines[1:] if len(lines) == len(manifest_patients) + 1 else []
+            for line, pid in zip(body, manifest_patients, strict=False):
+                check(rel, [line], own.get(pid, []))
+        elif rel in file_patient:
+            # single name components are ordinary words often enough ("Lake", "Philips") that
+            # they are only searched in the patient's own text files, not in DICOM elements
+            # (where names live in PN attributes, searched whole above)
+            is_dicom = path.suffix.lower() == ".dcm" or _is_dicom(path)
+            table = own_text if is_dicom else own
+            check(rel, texts, table.get(file_patient[rel], []))
+    n_values = len(global_res) + sum(len(v) for v in own.values())
+    return {
+        "ok": not hits,
+        "n_values_checked": n_values,
+        "n_files_scanned": scanned,
+        "name_only_files": not_scanned,
+        "hits": hits,
+    }
+
+
+def deidentify_cohort(
+    manifest: pd.DataFrame,
+    root: str | Path,
+    out: str | Path,
+    pseudonymizer: Pseudonymizer,
+    spec: CohortSpec | None = None,
+    *,
+    dicom_options: DicomOptions | None = None,
+    text_mode: str = "surrogate",
+    detectors: Sequence[Detector] = (),
+    use_presidio: bool = True,
+    overwrite: bool = False,
+    manifest_name: str = "manifest.csv",
+    progress: Callable[[int, int], None] | None = None,
+) -> CohortDeidResult:
+    """Write a de-identified copy of a cohort and its ``deid_report.json``.
+
+    Args:
+        manifest: one row per case.
+        root: the folder relative paths in ``manifest`` resolve against.
+        out: the output folder (absent, or empty; or anything with ``overwrite``).
+        pseudonymizer: the keyed pseudonymizer (holds the site secret).
+        spec: which columns hold what (default: the clinfuse manifest contract).
+        dicom_options: PS3.15 options; default: Basic Profile with Retain Longitudinal
+            Temporal Information (modified dates), so DICOM, note and manifest dates shift
+            together. Without that option, dates are removed everywhere: note dates become
+            ``[DATE]`` and date columns are emptied.
+        text_mode: ``"surrogate"`` or ``"tag"`` (see :class:`~privacy.text.TextDeidentifier`).
+        detectors: extra name/entity detectors for notes (e.g. a local NER model).
+        use_presidio: use presidio-analyzer's offline recognizers for notes.
+        overwrite: replace the content of a non-empty output folder.
+        manifest_name: file name of the output manifest (``.csv`` or ``.parquet``).
+        progress: called as ``progress(done, total)`` after each case.
+
+    Returns:
+        The result; ``result.problems`` lists files not copied with their original paths.
+
+    Raises:
+        OutputFolderError: unsafe output folder.
+        DeidError: a column named in ``spec`` is missing where required.
+        ResidualRiskError: an original identifying value was found in the output; nothing
+            but ``deid_report.json`` is written.
+    """
+    spec = spec or CohortSpec()
+    root = Path(root).resolve()
+    out_r = check_output_folder(root, out, overwrite=overwrite)
+    frame = manifest.reset_index(drop=True)
+    if spec.case_column not in frame.columns:
+        raise DeidError(
+            f"the manifest has no {spec.case_column!r} column (columns: {list(frame.columns)}); "
+            "name the case id column"
+        )
+    if frame[spec.case_column].map(_present).sum() != len(frame):
+        raise DeidError(f"column {spec.case_column!r} has empty cells; every case needs an id")
+
+    def have(cs: Iterable[str]) -> list[str]:
+        return [c for c in cs if c in frame.columns]
+
+    cols = {
+        "patient": have([spec.patient_column] if spec.patient_column else []),
+        "ids": have(spec.id_columns),
+        "dicom": have(spec.dicom_columns),
+        "text_files": have(spec.text_file_columns),
+        "text": have(spec.text_columns),
+        "files": have(spec.file_columns),
+        "dates": have(spec.date_columns),
+        "ages": have(spec.age_columns),
+    }
+    dicom_options = dicom_options or DicomOptions(retain_longitudinal=True)
+    keep_dates = dicom_options.retain_longitudinal
+    identifiers = _collect(frame, root, spec, cols, dicom_options.retained_keywords())
+    name_tokens = {
+        t.lower()
+        for idents in identifiers.values()
+        for i in idents
+        if i.kind == "name"
+        for t in re.split(r"[\s^,=]+", i.value)
+        if t
+    }
+    text_deid = TextDeidentifier(
+        pseudonymizer,
+        mode="tag" if text_mode == "tag" else "surrogate",
+        use_presidio=use_presidio,
+        detectors=detectors,
+        forbidden_surrogates=name_tokens,
+    )
+    dicom_deid = DicomDeidentifier(pseudonymizer, dicom_options)
+
+    out_r.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_r.name}.partial-", dir=out_r.parent))
+    try:
+        writer = _Writer(root, tmp, dicom_deid, text_deid, spec)
+        rows: list[dict[str, Any]] = []
+        row_patients: list[str] = []
+        manifest_counts: Counter[str] = Counter()
+        for n, (_, row) in enumerate(frame.iterrows()):
+            case_orig = str(row[spec.case_column]).strip()
+            pat_orig = str(row[cols["patient"][0]]).strip() if cols["patient"] else case_orig
+            if cols["patient"] and not _present(row[cols["patient"][0]]):
+                pat_orig = case_orig
+            case = _pseudo_case(pseudonymizer, case_orig)
+            patient = _pseudo_patient(pseudonymizer, pat_orig)
+            shift = pseudonymizer.date_shift_days(pat_orig)
+            ctx = PatientContext(
+                key=patient,
+                shift_days=shift if keep_dates else None,
+                deny=_deny(identifiers.get(pat_orig, [])),
+            )
+            new = {c: row[c] for c in frame.columns if c not in spec.drop_columns}
+            new[spec.case_column] = case
+            manifest_counts["case_id"] += 1
+            if cols["patient"]:
+                new[cols["patient"][0]] = patient
+                manifest_counts["patient_id"] += 1
+            for c in cols["ids"]:
+                if _present(row[c]):
+                    new[c] = pseudonymizer.pseudonym(str(row[c]).strip(), c, length=12)
+                    manifest_counts["id"] += 1
+            for c in cols["dates"]:
+                if _present(row[c]):
+                    new[c] = _shift_iso(row[c], shift) if keep_dates else None
+                    manifest_counts["date_shifted" if keep_dates else "date_removed"] += 1
+            for c in cols["ages"]:
+                if _present(row[c]):
+                    try:
+                        if float(row[c]) > 89:
+                            new[c] = 90
+                            manifest_counts["age_over_89"] += 1
+                    except (TypeError, ValueError):
+                        new[c] = None
+            for c in cols["text"]:
+                if _present(row[c]):
+                    new[c], _ = writer.scrub(str(row[c]), ctx)
+                    manifest_counts["free_text"] += 1
+            for c in cols["dicom"]:
+                if _present(row[c]):
+                    new[c] = writer.dicom_cell(_resolve(root, row[c]), c, case, pat_orig, patient)
+                    _fix_patient(writer, new, c, case, patient)
+            for c in cols["text_files"]:
+                if _present(row[c]):
+                    new[c] = writer.text_cell(_resolve(root, row[c]), c, case, pat_orig, ctx)
+            for c in cols["files"]:
+                if _present(row[c]):
+                    new[c] = writer.file_cell(
+                        _resolve(root, row[c]), c, case, pat_orig, patient, ctx
+                    )
+                    _fix_patient(writer, new, c, case, patient)
+            rows.append(new)
+            row_patients.append(pat_orig)
+            if progress is not None:
+                progress(n + 1, len(frame))
+
+        out_frame = pd.DataFrame(
+            rows, columns=[c for c in frame.columns if c not in spec.drop_columns]
+        )
+        manifest_path = tmp / manifest_name
+        if manifest_name.endswith((".parquet", ".pq")):
+            out_frame.to_parquet(manifest_path, index=False)
+        else:
+            out_frame.to_csv(manifest_path, index=False)
+
+        residual = residual_risk_scan(
+            tmp,
+            identifiers,
+            writer.file_patient,
+            manifest_rel=manifest_name,
+            manifest_patients=row_patients,
+            pseudonymizer=pseudonymizer,
+        )
+        report = {
+            "tool": "privacy.cohort (clinfuse)",
+            "versions": _versions(),
+            "key_id": pseudonymizer.key_id,
+            "dicom_profile": {
+                "table": dicom_deid.table.version,
+                "n_rules": len(dicom_deid.table),
+                "codes": dicom_options.codes(),
+            },
+            "text": {
+                "mode": text_deid.mode,
+                "presidio": use_presidio,
+                "external_detectors": len(detectors),
+            },
+            "n_cases": len(frame),
+            "n_files_written": len(writer.files),
+            "n_files_not_copied": len(writer.errors),
+            "counts": {
+                "manifest": dict(sorted(manifest_counts.items())),
+                "dicom": dict(sorted(writer.dicom_counts.items())),
+                "text": dict(sorted(writer.text_counts.items())),
+            },
+            "not_copied": writer.errors,
+            "residual_risk": residual,
+            "files": dict(sorted(writer.files.items())),
+        }
+        if not residual["ok"]:
+            _publish_report_only(out_r, report, overwrite)
+            raise ResidualRiskError(
+                f"{len(residual['hits'])} original identifying value(s) found in the "
+                f"de-identified output (see {out_r / REPORT_NAME}: residual_risk.hits); "
+                "nothing was published. Add the fields to the text deny-lists or drop the "
+                "columns, then run again"
+            )
+        (tmp / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
+        _swap_into_place(tmp, out_r)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return CohortDeidResult(
+        out_dir=out_r,
+        manifest_path=out_r / manifest_name,
+        report=report,
+        problems=writer.problems,
+    )
+
+
+def _fix_patient(
+    writer: _Writer, new: dict[str, Any], column: str, case: str, patient: str
+) -> None:
+    """Record the pseudonymous patient on the file entries just written for this case."""
+    for entry in writer.files.values():
+        if entry.get("case") == case and entry.get("column") == column:
+            entry["patient"] = patient
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        trash = out.parent / f".{out.name}.old-{os.getpid()}-{_dt.datetime.now():%H%M%S%f}"
+        out.rename(trash)
+        tmp.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _publish_report_only(out: Path, report: dict[str, Any], overwrite: bool) -> None:
+    report = {**report, "status": "failed: residual identifiers found; nothing published"}
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    (stage / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _swap_into_place(stage, out)

@@ -1,0 +1,53 @@
+"""Exception types of :mod:`privacy`.
+
+:mod:`privacy` never imports :mod:`clinfuse`, so it has its own exception tree. Every
+error a user can cause is a :class:`PrivacyError`; each subclass also derives from the
+matching built-in (``ValueError``, ``FileNotFoundError``) so callers that catch built-ins
+keep working. A front end (the ``clinfuse deid`` command) maps them to exit code 1.
+
+Messages name the file or field, say what was expected and what came, and what to do.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeidError",
+    "DicomDeidError",
+    "NoteEncodingError",
+    "OutputFolderError",
+    "PrivacyError",
+    "ResidualRiskError",
+    "SecretKeyError",
+]
+
+
+class PrivacyError(Exception):
+    """Base class of every error :mod:`privacy` raises for bad input or usage."""
+
+
+class DeidError(PrivacyError, ValueError):
+    """De-identification cannot proceed (bad input, bad option, unsafe result)."""
+
+
+class SecretKeyError(DeidError):
+    """The pseudonymisation secret is missing, empty or too short.
+
+    Keyed pseudonyms without a secret are reversible (anyone can hash a known MRN), so
+    de-identification refuses to run.
+    """
+
+
+class OutputFolderError(DeidError):
+    """The output folder is unsafe: inside the input, holding the input, or not empty."""
+
+
+class DicomDeidError(DeidError):
+    """A DICOM file cannot be read or de-identified."""
+
+
+class NoteEncodingError(DeidError, UnicodeError):
+    """A note is not text in the expected encoding."""
+
+
+class ResidualRiskError(DeidError):
+    """An original identifying value was found in the de-identified output."""

@@ -1,0 +1,320 @@
+"""Free-text de-identification: planted identifiers of every Safe Harbor type.
+
+The generator below writes clinical-style notes with filler that looks like data (vitals,
+labs, doses) and plants identifiers of every type at known offsets. Recall is the share of
+planted identifiers whose every character is replaced; precision is the share of replaced
+characters that belonged to a planted identifier. Pattern types must reach 100 % recall;
+names and addresses are measured and must reach the floors below (see the printed table,
+``pytest -s``). ``NAME_UNCUED`` (a non-US name with no title or label around it) shows the
+limit of dictionaries and context rules without an NER model.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+
+import pytest
+from faker import Faker
+
+from privacy.pseudonym import Pseudonymizer
+from privacy.text import PATTERN_TYPES, PatientContext, TextDeidentifier
+
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+FILLER = [
+    "Vitals: BP {bp1}/{bp2} HR {hr} RR {rr} T 38.{t} SpO2 9{s}% on 2L NC.",
+    "Labs: WBC 1{w}.{w2}, Cr 1.{c} mg/dL, lactate 2.{l}, CRP {crp} mg/L.",
+    "Started ceftriaxone 1 g IV q24h and azithromycin 500 mg PO daily.",
+    "CXR 2 views: RLL consolidation, no effusion. Plan to repeat in 6-8 weeks.",
+    "Denies chest pain, no dysuria or hematuria. Lungs: coarse crackles bilat bases.",
+    "Follow up in 2 weeks with PCP. Return precautions reviewed; pt verbalized understanding.",
+    "Hx of DM2, HTN, CKD stage 3. Meds: metformin 500 mg BID, lisinopril 10 mg daily.",
+    "Weight 82.5 kg, BMI 27.4. Pain 4/10. Glucose 142. Troponin <0.01.",
+]
+
+
+def _date_forms(rng: random.Random) -> str:
+    y, m, d = rng.randint(1995, 2024), rng.randint(1, 12), rng.randint(1, 28)
+    return rng.choice(
+        [
+            f"{m:02d}/{d:02d}/{y}",
+            f"{m}/{d}/{y}",
+            f"{y}-{m:02d}-{d:02d}",
+            f"{MONTHS[m - 1]} {d}, {y}",
+            f"{d} {MONTHS[m - 1]} {y}",
+            f"{MONTHS[m - 1][:3]} {d}, {y}",
+            f"{m:02d}/{d:02d}/{y % 100:02d}",
+            f"{MONTHS[m - 1]} {y}",
+        ]
+    )
+
+
+def make_note(seed: int) -> tuple[str, list[tuple[str, str]]]:
+    """A note and its planted identifiers ``(type, value)`` (values occur in the note)."""
+    rng = random.Random(seed)
+    us = Faker("en_US")
+    us.seed_instance(seed)
+    foreign = Faker(rng.choice(["de_DE", "it_IT", "fr_FR", "es_ES", "pl_PL"]))
+    foreign.seed_instance(seed)
+    first, last = us.first_name(), us.last_name()
+    f_first, f_last = foreign.first_name(), foreign.last_name()
+    doc = us.last_name()
+    rel = us.first_name()
+    phone = f"({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(0, 9999):04d}"
+    phone2 = f"{rng.randint(201, 989)}-{rng.randint(200, 999)}-{rng.randint(0, 9999):04d}"
+    fax = f"{rng.randint(201, 989)}.{rng.randint(200, 999)}.{rng.randint(0, 9999):04d}"
+    street = us.street_address()
+    city, state, zipc = us.city(), us.state_abbr(), us.zipcode()
+    plants: list[tuple[str, str]] = []
+    parts: list[str] = []
+
+    def put(template: str, **values: tuple[str, str]) -> None:
+        text = template
+        for key, (kind, value) in values.items():
+            text = text.replace("{" + key + "}", value)
+            plants.append((kind, value))
+        parts.append(text)
+
+    put(
+        "Patient: {n}   MRN: {mrn}   DOS: {d}",
+        n=("NAME", f"{first} {last}"),
+        mrn=("MRN", f"{rng.randint(10**7, 10**8 - 1)}"),
+        d=("DATE", _date_forms(rng)),
+    )
+    put(
+        "{n} is a {a}-year-old seen in clinic.",
+        n=("NAME", f"{first} {last}"),
+        a=("AGE", str(rng.randint(90, 104))),
+    )
+    put("Seen by Dr. {d} on {dt}.", d=("NAME", doc), dt=("DATE", _date_forms(rng)))
+    put("Discussed plan with daughter {r}, reachable at {p}.", r=("NAME", rel), p=("PHONE", phone))
+    put("Referred by Dr. {f} {l}.", f=("NAME", f_first), l=("NAME", f_last))
+    put(
+        "Cell {p}. Fax: {f}. Email {e}.",
+        p=("PHONE", phone2),
+        f=("FAX", fax),
+        e=("EMAIL", us.email()),
+    )
+    put(
+        "Lives at {s}, {c}, {st} {z}.",
+        s=("ADDRESS", street),
+        c=("ADDRESS", city),
+        st=("STATE", state),
+        z=("ZIP", zipc),
+    )
+    put(
+        "SSN {ssn}. Acct #: {acct}. Member ID: {mem}.",
+        ssn=("SSN", us.ssn()),
+        acct=("ACCOUNT", str(rng.randint(10**8, 10**10))),
+        mem=("HEALTH_PLAN", f"{us.lexify('???').upper()}{rng.randint(10**8, 10**9)}"),
+    )
+    put(
+        "Driver's license {lic}; license plate {pl}.",
+        lic=("LICENSE", us.bothify("?#######").upper()),
+        pl=("VEHICLE", us.license_plate()),
+    )
+    put(
+        "Pacemaker serial number {sn}. Portal {u} from IP {ip}.",
+        sn=("DEVICE", us.bothify("SN-####??##").upper()),
+        u=("URL", us.url() + "chart/" + str(seed)),
+        ip=("IP", rng.choice([us.ipv4_private(), us.ipv4_public()])),
+    )
+    put(
+        "Admitted {d1}, discharged {d2}.",
+        d1=("DATE", _date_forms(rng)),
+        d2=("DATE", _date_forms(rng)),
+    )
+    put("Signed: {n}, MD", n=("NAME", f"{us.first_name()} {us.last_name()}"))
+    # a name with no cue at all (no title, no label) from a non-US name list: only the
+    # dictionaries could find it; measured and reported, not part of the NAME bar
+    put(
+        "Brought in by neighbour {n}.",
+        n=("NAME_UNCUED", f"{foreign.first_name()} {foreign.last_name()}"),
+    )
+    fill = [
+        f.format(
+            bp1=rng.randint(95, 180),
+            bp2=rng.randint(50, 100),
+            hr=rng.randint(55, 130),
+            rr=rng.randint(12, 30),
+            t=rng.randint(0, 9),
+            s=rng.randint(0, 9),
+            w=rng.randint(0, 9),
+            w2=rng.randint(0, 9),
+            c=rng.randint(0, 9),
+            l=rng.randint(0, 9),
+            crp=rng.randint(5, 300),
+        )
+        for f in rng.sample(FILLER, 5)
+    ]
+    lines = parts[:3] + fill[:2] + parts[3:8] + fill[2:] + parts[8:]
+    plants = [(k, v) for k, v in plants if k != "STATE"]  # states may stay (Safe Harbor)
+    return "\n".join(lines) + "\n", plants
+
+
+def _covered(spans, start: int, end: int) -> bool:
+    chars = {i for s in spans for i in range(s.start, s.end)}
+    return all(i in chars for i in range(start, end))
+
+
+def measure(deid: TextDeidentifier, n_notes: int = 60):
+    hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    pred_chars = planted_chars = overlap = 0
+    misses: list[tuple[str, str]] = []
+    for seed in range(n_notes):
+        note, plants = make_note(seed)
+        spans = deid.analyze(note)
+        planted = set()
+        for kind, value in plants:
+            for m in re.finditer(re.escape(value), note):
+                planted.update(range(m.start(), m.end()))
+            m = re.search(re.escape(value), note)
+            assert m, (kind, value)
+            ok = _covered(spans, m.start(), m.end())
+            hits[kind][0] += ok
+            hits[kind][1] += 1
+            if not ok:
+                misses.append((kind, value))
+        predicted = {i for s in spans for i in range(s.start, s.end)}
+        pred_chars += len(predicted)
+        planted_chars += len(planted)
+        overlap += len(predicted & planted)
+    recall = {k: h / n for k, (h, n) in hits.items()}
+    precision = overlap / max(pred_chars, 1)
+    return recall, precision, misses
+
+
+@pytest.fixture(scope="module")
+def measured(text_deid):
+    recall, precision, misses = measure(text_deid)
+    print("\nrecall per type:", {k: round(v, 3) for k, v in sorted(recall.items())})
+    print("character precision:", round(precision, 3))
+    print("misses:", misses[:20])
+    return recall, precision, misses
+
+
+def test_recall_100_percent_for_pattern_types(measured) -> None:
+    recall, _, misses = measured
+    for kind in sorted(PATTERN_TYPES & set(recall)):
+        assert recall[kind] == 1.0, (kind, [m for m in misses if m[0] == kind])
+    assert {"DATE", "AGE", "PHONE", "FAX", "EMAIL", "SSN", "MRN", "URL", "IP"} <= set(recall)
+
+
+def test_recall_of_ids_names_and_addresses(measured) -> None:
+    recall, precision, misses = measured
+    for kind in ("ACCOUNT", "HEALTH_PLAN", "LICENSE", "VEHICLE", "DEVICE", "ZIP"):
+        assert recall[kind] == 1.0, (kind, [m for m in misses if m[0] == kind])
+    assert recall["NAME"] >= 0.95, [m for m in misses if m[0] == "NAME"]
+    assert recall["NAME_UNCUED"] >= 0.1  # measured 0.17: the known limit without NER
+    assert recall["ADDRESS"] >= 0.95, [m for m in misses if m[0] == "ADDRESS"]
+    assert precision >= 0.85
+
+
+def test_synth_note_phi_all_removed(synth_cohort, text_deid) -> None:
+    import pandas as pd
+
+    truth = pd.read_csv(synth_cohort / "truth.csv", dtype=str)
+    checked = 0
+    for _, row in truth.iterrows():
+        if not isinstance(row["note_phi"], str) or not row["note_phi"]:
+            continue
+        text = (synth_cohort / "notes" / f"{row['case_id']}.txt").read_text()
+        out = text_deid.deidentify(text, PatientContext(key="k", shift_days=-10)).text
+        for value in row["note_phi"].split("|"):
+            assert value not in out, (row["case_id"], value)
+            checked += 1
+    assert checked > 0
+
+
+def test_surrogates_are_consistent_and_dates_shift(text_deid) -> None:
+    text = "Pt Mateo Testpatient seen 03/14/2021. Later Mr. Testpatient called. 93yo M."
+    ctx = PatientContext(key="P1", shift_days=-10, deny={"NAME": ["Mateo Testpatient"]})
+    out = text_deid.deidentify(text, ctx)
+    assert "Testpatient" not in out.text and "Mateo" not in out.text
+    assert "03/04/2021" in out.text and "90+yo" in out.text
+    surname = re.search(r"Mr\. (\w+)", out.text).group(1)
+    assert out.text.count(surname) == 2  # the same surname → the same surrogate
+    assert out.counts["NAME"] == 2 and out.counts["DATE"] == 1 and out.counts["AGE"] == 1
+    again = text_deid.deidentify(text, ctx)
+    assert again.text == out.text
+    other = text_deid.deidentify(text, PatientContext(key="P2", shift_days=-10, deny=ctx.deny))
+    assert other.text != out.text  # surrogates depend on the patient
+
+
+def test_deny_list_from_structured_data(text_deid) -> None:
+    text = "Ref: PATIENT0007 SYNTH, acc ACC0000071, study 2021-03-15, by phone."
+    ctx = PatientContext(
+        key="P",
+        shift_days=None,
+        deny={"NAME": ["SYNTH^PATIENT0007"], "MRN": ["ACC0000071"], "DATE": ["20210315"]},
+    )
+    out = text_deid.deidentify(text, ctx).text
+    for value in ("PATIENT0007", "SYNTH", "ACC0000071", "2021-03-15"):
+        assert value not in out
+
+
+def test_tag_mode(pseudonymizer) -> None:
+    deid = TextDeidentifier(pseudonymizer, mode="tag", use_presidio=False)
+    out = deid.deidentify("Call Dr. Smith at (617) 555-0123 on 2020-01-02.").text
+    assert out == "Call Dr. [NAME] at [PHONE] on [DATE]."
+    with pytest.raises(ValueError, match="pseudonymizer"):
+        TextDeidentifier(None, mode="surrogate")
+
+
+def test_no_false_positives_on_clinical_filler(text_deid) -> None:
+    filler = " ".join(FILLER).format(
+        bp1=142, bp2=88, hr=96, rr=22, t=4, s=1, w=2, w2=3, c=2, l=1, crp=85
+    )
+    spans = text_deid.analyze(filler)
+    assert not spans, [(s.entity, filler[s.start : s.end]) for s in spans]
+
+
+def test_presidio_runs_offline_without_spacy_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    deid = TextDeidentifier(Pseudonymizer(b"x" * 32), mode="tag")
+    assert deid.deidentify("mail a.b@example.org, web https://x.example.org").text == (
+        "mail [EMAIL], web [URL]"
+    )
+
+
+def test_user_supplied_spacy_model(tmp_path, pseudonymizer) -> None:
+    # an offline spaCy pipeline saved to disk (a blank model with an entity ruler stands in
+    # for a user's de-identification model): its PERSON spans become NAME
+    import spacy
+
+    from privacy.text import spacy_detector
+
+    nlp = spacy.blank("en")
+    ruler = nlp.add_pipe("entity_ruler")
+    ruler.add_patterns([{"label": "PERSON", "pattern": [{"LOWER": "ngozi"}, {"LOWER": "okafor"}]}])
+    nlp.to_disk(tmp_path / "model")
+    deid = TextDeidentifier(
+        pseudonymizer,
+        mode="tag",
+        use_presidio=False,
+        use_dictionaries=False,
+        detectors=[spacy_detector(str(tmp_path / "model"))],
+    )
+    assert (
+        deid.deidentify("Brought in by ngozi okafor today.").text == "Brought in by [NAME] today."
+    )
