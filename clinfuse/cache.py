@@ -66,8 +66,6 @@ class EmbeddingCache:
         self.fingerprint = fingerprint
         self._prep = json.dumps(preprocessing, sort_keys=True, default=str)
         self.folder = self.root / modality / fingerprint[:16]
-        self.hits = 0
-        self.misses = 0
 
     def key(self, case_id: str, source: str) -> str:
         h = hashlib.sha256()
@@ -84,13 +82,10 @@ class EmbeddingCache:
         try:
             arr = np.load(path, allow_pickle=False)
         except FileNotFoundError:
-            self.misses += 1
             return None
         except (OSError, ValueError):
             # a damaged entry (e.g. a disk that filled up): recompute it
-            self.misses += 1
             return None
-        self.hits += 1
         return arr
 
     def put(self, key: str, value: np.ndarray) -> None:

@@ -50,12 +50,6 @@ class LoadedCases:
     def case_ids(self) -> list[str]:
         return [c["case_id"] for c in self.cases]
 
-    def presence(self) -> np.ndarray:
-        """(N, M) bool presence of every loaded case."""
-        if not self.cases:
-            return np.zeros((0, 0), dtype=bool)
-        return np.stack([c["present"] for c in self.cases])
-
 
 class CaseLoader:
     """Loads and preprocesses cases for a fixed list of modalities.

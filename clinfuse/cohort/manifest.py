@@ -611,14 +611,6 @@ class Cohort:
             columns=self.columns,
         )
 
-    def split_ids(self, split: str) -> list[str]:
-        """Case ids in ``split`` (``train``/``val``/``test``)."""
-        if split not in SPLITS:
-            raise CohortError(
-                f"unknown split {split!r}; use one of {', '.join(SPLITS)}", field="split"
-            )
-        return [r.case_id for r in self.rows if r.split == split]
-
     def __repr__(self) -> str:
         return (
             f"Cohort(n_cases={len(self)}, root={str(self.root)!r}, excluded={len(self.excluded)})"

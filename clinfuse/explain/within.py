@@ -88,6 +88,35 @@ def _fallback(case_id: Any, modality: str, failed: str, error: BaseException, us
     )
 
 
+_ATTRIBUTION_ERRORS = (RuntimeError, ValueError, TypeError, AssertionError, NotImplementedError)
+
+
+def _first_working(
+    methods: Sequence[str], attempt: Callable[[str], np.ndarray], case_id: Any, modality: str
+) -> tuple[np.ndarray, str]:
+    """Run ``attempt(method)`` for each method in turn until one works.
+
+    Each failure before the last warns with an :class:`ExplainerFallbackWarning`
+    naming the method that failed and the one used instead.
+
+    Raises:
+        ConfigError: no method worked.
+    """
+    last: BaseException | None = None
+    for k, method in enumerate(methods):
+        try:
+            return attempt(method), method
+        except _ATTRIBUTION_ERRORS as e:
+            last = e
+            if k + 1 < len(methods):
+                _fallback(case_id, modality, method, e, methods[k + 1])
+    raise ConfigError(
+        f"no {modality} attribution method worked (tried {list(methods)}): {last}",
+        case_id=case_id,
+        field=modality,
+    ) from last
+
+
 class _eval_mode:
     """Context manager: module in eval mode, restored afterwards; numpy's global RNG restored."""
 
@@ -150,30 +179,17 @@ def explain_image(
         bg = torch.from_numpy(np.asarray(background, dtype=np.float32))
     net = UnimodalLogit(model, "image")
     device = model.device
-    values: np.ndarray | None = None
-    used = ""
-    last: BaseException | None = None
     with _eval_mode(net):
         with torch.no_grad():
             base = float(net(bg.to(device)).mean())
-        for k, method in enumerate(methods):
-            try:
-                values = _image_attribution(
-                    net, x.to(device), bg.to(device), method, n_samples, seed
-                )
-            except (RuntimeError, ValueError, TypeError, AssertionError, NotImplementedError) as e:
-                last = e
-                if k + 1 < len(methods):
-                    _fallback(case.get("case_id"), "image", method, e, methods[k + 1])
-                continue
-            used = method
-            break
-    if values is None:
-        raise ConfigError(
-            f"no image attribution method worked (tried {list(methods)}): {last}",
-            case_id=case.get("case_id"),
-            field="image",
-        ) from last
+        values, used = _first_working(
+            methods,
+            lambda method: _image_attribution(
+                net, x.to(device), bg.to(device), method, n_samples, seed
+            ),
+            case.get("case_id"),
+            "image",
+        )
     heat = values.sum(axis=0)
     exp = _explanation(values, base, x_np, used)
     exp.heatmap = heat
@@ -306,49 +322,34 @@ def explain_signal(
     net = UnimodalLogit(model, "signal", wrap)
     device = model.device
     x = torch.from_numpy(sig)[None].to(device)
-    values: np.ndarray | None = None
-    used = ""
-    last: BaseException | None = None
+
+    def attempt(method: str) -> np.ndarray:
+        if method == "occlusion":
+            captum_attr = import_captum_attr()
+            ablation = captum_attr.FeatureAblation(lambda t: net(t)[:, 0])
+            attr = ablation.attribute(
+                x,
+                baselines=0.0,
+                feature_mask=feature_mask.to(device),
+                perturbations_per_eval=16,
+            )
+            return np.asarray(attr[0].detach().cpu().numpy(), dtype=np.float64)
+        if method == "gradient_shap":
+            shap = import_shap()
+            bg = (
+                torch.zeros_like(x)
+                if background is None or len(background) == 0
+                else torch.from_numpy(np.asarray(background, np.float32)).to(device)
+            )
+            explainer = shap.GradientExplainer(net, bg)
+            out = np.asarray(explainer.shap_values(x, nsamples=n_samples, rseed=0))
+            return np.asarray((out[..., 0] if out.ndim == 4 else out)[0], dtype=np.float64)
+        raise ValueError(f"unknown signal attribution method {method!r}")
+
     with _eval_mode(net):
         with torch.no_grad():
             base = float(net(torch.zeros_like(x))[0, 0])
-        for k, method in enumerate(methods):
-            try:
-                if method == "occlusion":
-                    captum_attr = import_captum_attr()
-                    ablation = captum_attr.FeatureAblation(lambda t: net(t)[:, 0])
-                    attr = ablation.attribute(
-                        x,
-                        baselines=0.0,
-                        feature_mask=feature_mask.to(device),
-                        perturbations_per_eval=16,
-                    )
-                    values = attr[0].detach().cpu().numpy().astype(np.float64)
-                elif method == "gradient_shap":
-                    shap = import_shap()
-                    bg = (
-                        torch.zeros_like(x)
-                        if background is None or len(background) == 0
-                        else torch.from_numpy(np.asarray(background, np.float32)).to(device)
-                    )
-                    explainer = shap.GradientExplainer(net, bg)
-                    out = np.asarray(explainer.shap_values(x, nsamples=n_samples, rseed=0))
-                    values = (out[..., 0] if out.ndim == 4 else out)[0].astype(np.float64)
-                else:
-                    raise ValueError(f"unknown signal attribution method {method!r}")
-            except (RuntimeError, ValueError, TypeError, AssertionError, NotImplementedError) as e:
-                last = e
-                if k + 1 < len(methods):
-                    _fallback(case.get("case_id"), "signal", method, e, methods[k + 1])
-                continue
-            used = method
-            break
-    if values is None:
-        raise ConfigError(
-            f"no signal attribution method worked (tried {list(methods)}): {last}",
-            case_id=case.get("case_id"),
-            field="signal",
-        ) from last
+        values, used = _first_working(methods, attempt, case.get("case_id"), "signal")
     seg_values = np.stack(
         [values[:, a:b].mean(axis=1) if used != "occlusion" else values[:, a] for a, b in segments],
         axis=1,

@@ -28,13 +28,13 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clinfuse.errors import ClinFuseError, DataFileNotFoundError, ModalityLoadError
+from clinfuse.errors import ClinFuseError, DataFileNotFoundError
+from clinfuse.io._common import ErrorContext, has_dicm_preamble
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -61,31 +61,6 @@ _SUPPORTED_TEXT = (
 _PIL_KEEP_MODES = {"L", "RGB", "I", "I;16", "I;16B", "I;16L", "F"}
 _PIL_CONVERT_MODES = {"1": "L", "LA": "L", "P": "RGB", "PA": "RGB", "RGBA": "RGB", "CMYK": "RGB"}
 _PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-
-
-@dataclass(frozen=True)
-class _Where:
-    """Where a problem is: the case, the manifest field and the file given."""
-
-    case_id: str | None
-    field: str
-    path: Path
-
-    def error(
-        self,
-        message: str,
-        hint: str | None = None,
-        *,
-        path: Path | None = None,
-        cls: type[ModalityLoadError] = ModalityLoadError,
-    ) -> ModalityLoadError:
-        return cls(
-            message,
-            case_id=self.case_id,
-            field=self.field,
-            path=self.path if path is None else path,
-            hint=hint,
-        )
 
 
 def load_image(
@@ -131,7 +106,7 @@ def load_image(
         ((1, 128, 128), 'CT', 'dicom')
     """
     p = Path(path)
-    where = _Where(case_id, field, p)
+    where = ErrorContext(case_id, field, p)
     if not p.exists():
         raise where.error(
             "image file not found",
@@ -200,22 +175,13 @@ def _suffix(p: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
 
 
-def _has_dicm_preamble(p: Path) -> bool:
-    try:
-        with p.open("rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _detect_format(p: Path, where: _Where) -> str:
+def _detect_format(p: Path, where: ErrorContext) -> str:
     if p.is_dir():
         return "dicom_series"
     fmt = _SUFFIX_FORMAT.get(_suffix(p))
     if fmt is not None:
         return fmt
-    if _has_dicm_preamble(p):
+    if has_dicm_preamble(p):
         return "dicom"
     raise where.error(
         f"unsupported image format {_suffix(p) or '(no extension)'!r}: expected {_SUPPORTED_TEXT}",
@@ -226,7 +192,7 @@ def _detect_format(p: Path, where: _Where) -> str:
 # ----------------------------------------------------------------------------- DICOM
 
 
-def _read_dicom_header(p: Path, where: _Where) -> Dataset:
+def _read_dicom_header(p: Path, where: ErrorContext) -> Dataset:
     """Read a DICOM dataset with large values (pixel data) deferred."""
     import pydicom
 
@@ -323,7 +289,7 @@ def _dicom_reader(samples_per_pixel: int) -> Any:
     return PydicomReader(swap_ij=False, channel_dim=-1 if samples_per_pixel > 1 else None)
 
 
-def _decode_dicom(p: Path, ds: Dataset, where: _Where, reader: Any = None) -> np.ndarray:
+def _decode_dicom(p: Path, ds: Dataset, where: ErrorContext, reader: Any = None) -> np.ndarray:
     """Decode one DICOM file to (C, X, Y) or, for a multi-frame file, (C, X, Y, frames)."""
     if not _has_pixels(ds):
         raise where.error(
@@ -379,7 +345,7 @@ def _decode_dicom(p: Path, ds: Dataset, where: _Where, reader: Any = None) -> np
     return array.transpose(0, 3, 2, 1) if frames > 1 else array.transpose(0, 2, 1)
 
 
-def _load_dicom_file(p: Path, where: _Where) -> tuple[np.ndarray, dict[str, Any]]:
+def _load_dicom_file(p: Path, where: ErrorContext) -> tuple[np.ndarray, dict[str, Any]]:
     ds = _read_dicom_header(p, where)
     array = _decode_dicom(p, ds, where)
     meta = _dicom_meta(ds, "dicom")
@@ -396,7 +362,7 @@ def _series_label(files: list[tuple[Path, Dataset]]) -> str:
 
 
 def _order_slices(
-    slices: list[tuple[Path, Dataset]], where: _Where
+    slices: list[tuple[Path, Dataset]], where: ErrorContext
 ) -> tuple[list[tuple[Path, Dataset]], str, float | None]:
     """Sort a series' slices; return them, the rule used and the slice spacing (or None)."""
     iops = [s[1].get("ImageOrientationPatient") for s in slices]
@@ -429,14 +395,14 @@ def _order_slices(
     return sorted(slices, key=lambda s: s[0].name), "filename", None
 
 
-def _load_dicom_series(folder: Path, where: _Where) -> tuple[np.ndarray, dict[str, Any]]:
+def _load_dicom_series(folder: Path, where: ErrorContext) -> tuple[np.ndarray, dict[str, Any]]:
     entries = sorted(folder.iterdir())
     files = [f for f in entries if f.is_file() and not f.name.startswith(".")]
     subdirs = [f.name for f in entries if f.is_dir()]
     candidates = [
         f
         for f in files
-        if f.name.upper() != "DICOMDIR" and (_suffix(f) == ".dcm" or _has_dicm_preamble(f))
+        if f.name.upper() != "DICOMDIR" and (_suffix(f) == ".dcm" or has_dicm_preamble(f))
     ]
     if not candidates:
         if subdirs:
@@ -501,7 +467,7 @@ def _load_dicom_series(folder: Path, where: _Where) -> tuple[np.ndarray, dict[st
 # ----------------------------------------------------------------------------- NIfTI
 
 
-def _load_nifti(p: Path, where: _Where) -> tuple[np.ndarray, dict[str, Any]]:
+def _load_nifti(p: Path, where: ErrorContext) -> tuple[np.ndarray, dict[str, Any]]:
     import nibabel as nib
     from monai.data import NibabelReader
 
@@ -559,7 +525,7 @@ def _pil_normalize_mode(image: Any) -> Any:
     return image.convert(_PIL_CONVERT_MODES.get(mode, "RGB"))
 
 
-def _load_pil(p: Path, where: _Where, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
+def _load_pil(p: Path, where: ErrorContext, fmt: str) -> tuple[np.ndarray, dict[str, Any]]:
     from monai.data import PILReader
 
     array = _monai_load(p, PILReader(converter=_pil_normalize_mode))  # (C, W, H)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from clinfuse.errors import DataFileNotFoundError, ModalityLoadError
+from clinfuse.io._common import ErrorContext, has_dicm_preamble
 
 __all__ = ["SIGNAL_FORMATS", "load_signal"]
 
@@ -62,25 +62,6 @@ _SUFFIX_FORMATS: dict[str, str] = {
 }
 
 _FS_HINT = "add a `signal_fs` column (Hz) to the manifest"
-
-
-class _Ctx:
-    """Where an error happened: the case, field and file, for messages."""
-
-    def __init__(self, case_id: str | None, field: str, path: Path) -> None:
-        self.case_id = case_id
-        self.field = field
-        self.path = path
-
-    def error(self, message: str, hint: str | None = None) -> ModalityLoadError:
-        return ModalityLoadError(
-            message, case_id=self.case_id, field=self.field, path=self.path, hint=hint
-        )
-
-    def not_found(self, message: str, path: Path, hint: str | None = None) -> DataFileNotFoundError:
-        return DataFileNotFoundError(
-            message, case_id=self.case_id, field=self.field, path=path, hint=hint
-        )
 
 
 def load_signal(
@@ -132,10 +113,10 @@ def load_signal(
         ((12, 5000), 500.0, ['I', 'II'])
     """
     p = Path(path)
-    ctx = _Ctx(case_id, field, p)
+    ctx = ErrorContext(case_id, field, p)
     fs_arg = _check_fs_argument(fs, ctx)
     fmt, p = _detect_format(p, ctx)
-    ctx.path = p
+    ctx = ErrorContext(case_id, field, p)  # the file actually read (e.g. the .hea of a record)
 
     orient = True
     if fmt == "wfdb":
@@ -186,7 +167,7 @@ def load_signal(
 # --------------------------------------------------------------------------- checks
 
 
-def _check_fs_argument(fs: Any, ctx: _Ctx) -> float | None:
+def _check_fs_argument(fs: Any, ctx: ErrorContext) -> float | None:
     """Turn the ``fs`` argument into a positive float or ``None`` (not given)."""
     if fs is None:
         return None
@@ -204,7 +185,7 @@ def _check_fs_argument(fs: Any, ctx: _Ctx) -> float | None:
     return value
 
 
-def _detect_format(p: Path, ctx: _Ctx) -> tuple[str, Path]:
+def _detect_format(p: Path, ctx: ErrorContext) -> tuple[str, Path]:
     """Pick the reader from the file name; return the format and the file to read."""
     suffix = p.suffix.lower()
     if suffix in _SUFFIX_FORMATS:
@@ -224,7 +205,7 @@ def _detect_format(p: Path, ctx: _Ctx) -> tuple[str, Path]:
             p,
             hint="check the path in the manifest; a WFDB record needs its .hea file",
         )
-    if p.is_file() and _has_dicom_preamble(p):
+    if p.is_file() and has_dicm_preamble(p):
         return "dicom_waveform", p
     raise ctx.error(
         f"unsupported signal file type {suffix or '(no extension)'!r}",
@@ -232,13 +213,7 @@ def _detect_format(p: Path, ctx: _Ctx) -> tuple[str, Path]:
     )
 
 
-def _has_dicom_preamble(p: Path) -> bool:
-    with p.open("rb") as f:
-        head = f.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
-def _as_leads_by_samples(arr: np.ndarray, ctx: _Ctx, *, orient: bool) -> np.ndarray:
+def _as_leads_by_samples(arr: np.ndarray, ctx: ErrorContext, *, orient: bool) -> np.ndarray:
     """Check dtype and dims; return a ``(leads, samples)`` float64 array.
 
     ``orient`` applies the rows-versus-columns rule of ``.npy``/``.csv``
@@ -267,7 +242,7 @@ def _as_leads_by_samples(arr: np.ndarray, ctx: _Ctx, *, orient: bool) -> np.ndar
 
 
 def _repair_missing(
-    arr: np.ndarray, names: list[str], ctx: _Ctx
+    arr: np.ndarray, names: list[str], ctx: ErrorContext
 ) -> tuple[np.ndarray, float, list[str]]:
     """Interpolate gaps, zero whole-missing leads; error when nothing is left.
 
@@ -303,7 +278,7 @@ def _repair_missing(
 _Read = tuple[np.ndarray, float, list[str] | None, list[str] | None]
 
 
-def _read_wfdb(header: Path, ctx: _Ctx) -> _Read:
+def _read_wfdb(header: Path, ctx: ErrorContext) -> _Read:
     """Read a WFDB record in physical units. Returns ``(leads, samples)``."""
     import wfdb
 
@@ -345,7 +320,7 @@ def _dicom_lead_name(channel: Any, i: int) -> str:
     return label or f"lead_{i}"
 
 
-def _read_dicom_waveform(p: Path, ctx: _Ctx) -> _Read:
+def _read_dicom_waveform(p: Path, ctx: ErrorContext) -> _Read:
     """Read the first multiplex group of a DICOM waveform, scaled by channel sensitivity."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -384,7 +359,7 @@ def _read_dicom_waveform(p: Path, ctx: _Ctx) -> _Read:
     return arr, file_fs, names, units
 
 
-def _read_edf(p: Path, ctx: _Ctx) -> _Read:
+def _read_edf(p: Path, ctx: ErrorContext) -> _Read:
     """Read every signal of an EDF/EDF+/BDF file; they must share one sampling rate."""
     import pyedflib
 
@@ -422,7 +397,7 @@ def _read_edf(p: Path, ctx: _Ctx) -> _Read:
     return arr, rates[0], names, units
 
 
-def _read_npy(p: Path, ctx: _Ctx) -> tuple[np.ndarray, list[str] | None]:
+def _read_npy(p: Path, ctx: ErrorContext) -> tuple[np.ndarray, list[str] | None]:
     """Read a ``.npy`` array without pickle."""
     try:
         arr = np.load(p, allow_pickle=False)
@@ -447,7 +422,7 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _read_csv(p: Path, ctx: _Ctx) -> tuple[np.ndarray, list[str] | None]:
+def _read_csv(p: Path, ctx: ErrorContext) -> tuple[np.ndarray, list[str] | None]:
     """Read a numeric CSV; a non-numeric first row is a header of lead names.
 
     Empty cells (and ``nan``/``NA``) become NaN, later interpolated; any other

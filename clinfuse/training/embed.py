@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from clinfuse.cache import EmbeddingCache, default_cache_dir
+from clinfuse.model import Collator, move_batch
 
 __all__ = ["attach_embeddings", "cache_for"]
 
@@ -30,12 +31,6 @@ def cache_for(model: Any, modality: str, cache_dir: str | None = None) -> Embedd
     elif modality == "tabular" and model.tabular is not None:
         prep = model.tabular.to_dict()
     return EmbeddingCache(root, modality, encoder.fingerprint(), prep)
-
-
-def _item(case: dict[str, Any], modality: str) -> Any:
-    if modality == "tabular":
-        return (case["tabular"], case["tabular_mask"])
-    return case[modality]
 
 
 @torch.no_grad()
@@ -84,9 +79,7 @@ def attach_embeddings(
         device = next(encoder.parameters()).device
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
-            inputs = encoder.collate([_item(out[k], m) for k in idx])
-            from clinfuse.model import move_batch
-
+            inputs = encoder.collate([Collator.item(out[k], m) for k in idx])
             emb = encoder(move_batch({"x": inputs}, device)["x"]).float().cpu().numpy()
             for row, k in enumerate(idx):
                 vec = np.ascontiguousarray(emb[row], dtype=np.float32)

@@ -178,7 +178,7 @@ def train_run(
             stored one is used and a different one is an error).
         resume: continue an interrupted run from its last checkpoint.
         overwrite: replace an existing run folder.
-        progress: ``progress(stage, done, total)`` while loading and embedding.
+        progress: ``progress(stage, done, total)`` while loading cases.
         on_epoch: called after every epoch.
         log: one-line messages (no PHI: counts and ids only).
 

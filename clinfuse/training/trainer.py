@@ -15,9 +15,9 @@ without code changes (``training.devices``, ``training.num_nodes``,
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,8 +293,6 @@ def fit_network(
             res[m] = _auroc(np.where(pres[:, i], y, np.nan), z[:, i])
         return res
 
-    import time
-
     with _deterministic(cfg.deterministic and accelerator == "cpu"):
         while state.epoch < cfg.epochs and not state.stopped_early:
             epoch = state.epoch
@@ -419,8 +417,3 @@ def _unimodal_loss(
     per_modality = (per * mask).sum(dim=0) / mask.sum(dim=0).clamp(min=1.0)
     has = (mask.sum(dim=0) > 0).float()
     return (per_modality * has).sum() / has.sum().clamp(min=1.0)
-
-
-def copy_model(model: FusionModel) -> FusionModel:
-    """A deep copy (used to keep the stage-1 model apart from later refits)."""
-    return copy.deepcopy(model)

@@ -98,10 +98,10 @@ def test_outputs_and_figures_written_atomically(evaluation):
 
 
 def test_report_opens_in_headless_chromium_with_no_missing_images(evaluation):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api
+
     chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
-        pytest.skip("needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+    assert chromium.exists(), "needs Debian's chromium (`make browser` or apt-get install chromium)"
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(

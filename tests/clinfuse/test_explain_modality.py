@@ -19,8 +19,6 @@ import pandas as pd
 import pytest
 import torch
 
-pytest.importorskip("shap")
-
 from clinfuse.errors import CohortError
 from clinfuse.explain import NoModalityWarning
 from clinfuse.explain.modality import (
@@ -33,6 +31,7 @@ from clinfuse.explain.modality import (
     performance_shapley,
 )
 from clinfuse.fusion import FusionConfig, build_fusion
+from clinfuse.synth import TABULAR_COLUMNS
 
 MODS = ["image", "note", "signal", "tabular"]
 
@@ -276,18 +275,7 @@ def test_explain_run_caches_in_run_and_base_rate_case(
     shutil.copytree(tiny_cohort.parent, tmp_path / "cohort")
     manifest = pd.read_csv(tiny_cohort, dtype={"case_id": str})
     empty = manifest["case_id"].iloc[0]
-    for col in (
-        "image",
-        "note",
-        "signal",
-        "age",
-        "sex",
-        "crp",
-        "wbc",
-        "lactate",
-        "heart_rate",
-        "sbp",
-    ):
+    for col in ("image", "note", "signal", *TABULAR_COLUMNS):
         manifest[col] = manifest[col].astype(object)
         manifest.loc[0, col] = None
     path = tmp_path / "cohort" / "manifest_blank.csv"

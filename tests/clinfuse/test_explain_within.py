@@ -18,9 +18,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("shap")
-pytest.importorskip("captum")
-
 from clinfuse.explain import ExplainerFallbackWarning
 from clinfuse.explain.within import (
     UnimodalLogit,
