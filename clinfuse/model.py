@@ -320,7 +320,7 @@ class FusionModel:
 
     @torch.no_grad()
     def forward_cases(
-        self, cases: Sequence[dict[str, Any]], *, batch_size: int | None = None, cache: Any = None
+        self, cases: Sequence[dict[str, Any]], *, batch_size: int | None = None
     ) -> dict[str, np.ndarray]:
         """Raw outputs for loaded cases: fused logit (N,), unimodal logits (N, M), presence (N, M).
 
@@ -333,7 +333,7 @@ class FusionModel:
         frozen = self.frozen_modalities
         cases = list(cases)
         if frozen:
-            cases = attach_embeddings(self, cases, frozen, cache=cache)
+            cases = attach_embeddings(self, cases, frozen)
         collate = Collator(self.modalities, dict(self.network.encoders), frozen)
         self.network.eval()
         device = self.device

@@ -39,9 +39,8 @@ def attach_embeddings(
     cases: Sequence[dict[str, Any]],
     modalities: Sequence[str],
     *,
-    cache: dict[str, EmbeddingCache] | Any | None = None,
+    cache: dict[str, EmbeddingCache] | None = None,
     batch_size: int | None = None,
-    use_cache: bool = True,
 ) -> list[dict[str, Any]]:
     """Return copies of ``cases`` with ``f"{m}_embedding"`` (D,) float32 for each frozen modality.
 
@@ -53,23 +52,22 @@ def attach_embeddings(
     for i, m in enumerate(model.modalities):
         if m not in modalities:
             continue
+        if all(not c["present"][i] or c.get(f"{m}_embedding") is not None for c in out):
+            continue  # nothing to compute: skip hashing the encoder for the cache key
         encoder = model.network.encoders[m]
-        store = (cache or {}).get(m) if isinstance(cache, dict) else None
-        if store is None and use_cache:
-            store = cache_for(model, m)
+        store = (cache or {}).get(m) or cache_for(model, m)
         todo: list[int] = []
         keys: dict[int, str] = {}
         for k, c in enumerate(out):
             if not c["present"][i] or c.get(f"{m}_embedding") is not None:
                 continue
-            if store is not None:
-                source = c.get("sources", {}).get(m)
-                if source is not None:
-                    keys[k] = store.key(c["case_id"], source)
-                    hit = store.get(keys[k])
-                    if hit is not None:
-                        c[f"{m}_embedding"] = hit
-                        continue
+            source = c.get("sources", {}).get(m)
+            if source is not None:  # cases built by hand may lack it: computed, not cached
+                keys[k] = store.key(c["case_id"], source)
+                hit = store.get(keys[k])
+                if hit is not None:
+                    c[f"{m}_embedding"] = hit
+                    continue
             todo.append(k)
         if m == "note":
             # batches of similar length waste less compute on padding
@@ -84,7 +82,7 @@ def attach_embeddings(
             for row, k in enumerate(idx):
                 vec = np.ascontiguousarray(emb[row], dtype=np.float32)
                 out[k][f"{m}_embedding"] = vec
-                if store is not None and k in keys:
+                if k in keys:
                     store.put(keys[k], vec)
         encoder.train(was_training)
     return out
