@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch on these machines; GPU users: `make install TORCH_SPEC=torch`.
 TORCH_SPEC ?= torch==2.13.0
 # Extras the code uses so far (see pyproject.toml); `make install EXTRAS=all,dev` for everything.
-EXTRAS ?= imaging,text,signal,train,evaluate,explain,deid,dev
+EXTRAS ?= imaging,text,signal,train,evaluate,explain,deid,privacy,app,dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DEMO_OUT ?= demo_out
