@@ -19,12 +19,16 @@ Modules:
 * :mod:`privacy.cohort` — a whole cohort folder (manifest + files) de-identified atomically,
   with ``deid_report.json`` and a residual-risk scan.
 * :mod:`privacy.suppression` — small-cell (k-threshold) suppression of count tables.
+* :mod:`privacy.federated` — federated training: the ``SiteTask`` contract, server strategies
+  (FedAvg, FedProx, FedAdam, FedYogi), the in-process simulator, site partitions and a
+  generic PyTorch site task (:mod:`privacy.flower` runs the same tasks under Flower).
+* :mod:`privacy.dp` — sample-level DP-SGD with Opacus and its (ε, δ) accounting.
 * :mod:`privacy.errors` — the exception types (:class:`~privacy.errors.PrivacyError` tree).
 
 >>> from privacy.pseudonym import Pseudonymizer, load_secret
 >>> from privacy.cohort import deidentify_cohort  # doctest: +SKIP
 
-Federated training (Flower) and differential privacy (Opacus) will land here too.
+Opacus and Flower load when :mod:`privacy.dp` / :mod:`privacy.flower` functions are called.
 """
 
 from privacy.errors import (

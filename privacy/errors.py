@@ -11,13 +11,16 @@ Messages name the file or field, say what was expected and what came, and what t
 from __future__ import annotations
 
 __all__ = [
+    "DPError",
     "DeidError",
     "DicomDeidError",
+    "FederatedError",
     "NoteEncodingError",
     "OutputFolderError",
     "PrivacyError",
     "ResidualRiskError",
     "SecretKeyError",
+    "SiteDataError",
 ]
 
 
@@ -51,3 +54,27 @@ class NoteEncodingError(DeidError, UnicodeError):
 
 class ResidualRiskError(DeidError):
     """An original identifying value was found in the de-identified output."""
+
+
+class FederatedError(PrivacyError, RuntimeError):
+    """Federated training cannot go on (too few sites answered, a strategy misused).
+
+    Attributes:
+        parameters: the last global model (the one before the failed round), when the
+            error ends a run; callers can keep it instead of losing the rounds already done.
+        history: what was recorded up to the failure (a ``privacy.federated.simulation.History``),
+            when the error ends a simulation.
+    """
+
+    def __init__(self, message: str, *, parameters: object = None, history: object = None):
+        super().__init__(message)
+        self.parameters = parameters
+        self.history = history
+
+
+class SiteDataError(PrivacyError, ValueError):
+    """A site's data cannot be used as asked (a missing class, fewer cases than a batch)."""
+
+
+class DPError(PrivacyError, ValueError):
+    """Differential privacy cannot be set up as asked (an unreachable ε, a bad δ)."""

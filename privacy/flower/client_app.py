@@ -1,0 +1,220 @@
+"""The Flower ClientApp: one site's :class:`~privacy.federated.task.SiteTask` behind Flower.
+
+Each SuperNode (one per hospital) runs this app. It is generic: the run config's
+``task-factory`` names a ``package.module:function`` that builds the site's task from the
+SuperNode's node config and the run's ``task-options``
+(:data:`privacy.flower.config.TaskFactory`), so :mod:`privacy` never imports the model code
+(clinfuse plugs its fusion-model task in this way).
+
+Only parameters, example counts and aggregate metrics leave the site. With SecAgg+ the
+``secaggplus_mod`` masks the parameters before they leave (the server sees only the sum);
+it acts only on runs whose server uses the SecAgg+ workflow, plain runs pass through.
+
+Flower 1.42 runs every message in a fresh ClientApp process, so a task's in-memory state
+(a DP-SGD accountant, an optimizer's moments, step counters) would be lost between rounds.
+A task that has ``state_dict() -> dict[str, np.ndarray]`` and ``load_state_dict(state)``
+keeps it: after every ``fit``/``evaluate`` the ClientApp stores ``state_dict()`` in Flower's
+per-node :class:`~flwr.app.Context` state (an ``ArrayRecord`` under :data:`TASK_STATE_KEY`,
+which the SuperNode keeps for the run and never sends to the server), and hands it to
+``load_state_dict`` when the next message's process builds the task again.
+
+The built task is also cached per (run, factory, node config) in the ClientApp process, so
+a long-lived process does not reload the site's data every round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.client import Client, ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Scalar
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from privacy.errors import FederatedError
+from privacy.federated.task import FitConfig, SiteTask
+from privacy.flower.config import (
+    FlowerRunConfig,
+    fit_config_from_flower,
+    load_task_factory,
+)
+
+__all__ = [
+    "TASK_STATE_KEY",
+    "SiteClient",
+    "app",
+    "build_site_task",
+    "load_task_state",
+    "optional_secaggplus_mod",
+    "save_task_state",
+]
+
+TASK_STATE_KEY = "privacy.flower.task_state"
+"""Key of the task's state (an ``ArrayRecord``) in the node's ``Context.state``."""
+
+log = logging.getLogger(__name__)
+
+_TASKS: dict[tuple[int, str, str], SiteTask] = {}
+
+
+def _scalar_metrics(metrics: dict[str, Any], site_id: str) -> dict[str, Scalar]:
+    out: dict[str, Scalar] = {"site": str(site_id)}
+    for k, v in metrics.items():
+        if isinstance(v, (bool, int, float, str)):
+            out[str(k)] = v
+        elif isinstance(v, np.generic):
+            out[str(k)] = v.item()
+    return out
+
+
+def save_task_state(task: SiteTask, context: Context) -> bool:
+    """Store ``task.state_dict()`` in ``context.state`` (tasks without it: nothing to do).
+
+    Returns:
+        Whether the task has state to keep.
+
+    Raises:
+        FederatedError: ``state_dict()`` returned something other than a mapping of names
+            to numeric arrays.
+    """
+    state_dict = getattr(task, "state_dict", None)
+    if not callable(state_dict):
+        return False
+    state = state_dict()
+    if not isinstance(state, Mapping):
+        raise FederatedError(
+            f"site {task.site_id!r}: {type(task).__name__}.state_dict() returned "
+            f"{type(state).__name__}; it must return a dict of names to NumPy arrays"
+        )
+    arrays: dict[str, Array] = {}
+    for name, value in state.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise FederatedError(
+                f"site {task.site_id!r}: state_dict()[{name!r}] has dtype {arr.dtype}; "
+                "task state must be numeric NumPy arrays (bool, int or float)"
+            )
+        arrays[str(name)] = Array(np.ascontiguousarray(arr))
+    context.state.array_records[TASK_STATE_KEY] = ArrayRecord(arrays)
+    return True
+
+
+def load_task_state(task: SiteTask, context: Context) -> bool:
+    """Give the state kept in ``context.state`` to ``task.load_state_dict``.
+
+    Returns:
+        Whether state was found and loaded (False on the site's first message of a run, or
+        for a task without ``load_state_dict``).
+    """
+    load = getattr(task, "load_state_dict", None)
+    if not callable(load) or TASK_STATE_KEY not in context.state.array_records:
+        return False
+    record = context.state.array_records[TASK_STATE_KEY]
+    load({name: record[name].numpy() for name in record})
+    return True
+
+
+class SiteClient(NumPyClient):
+    """A Flower ``NumPyClient`` that forwards every call to a SiteTask.
+
+    Args:
+        task: the site's local training and evaluation.
+        context: the node's context; when given, the task's state is stored in it after
+            every ``fit`` and ``evaluate`` (see :func:`save_task_state`).
+    """
+
+    def __init__(self, task: SiteTask, context: Context | None = None) -> None:
+        self.task = task
+        self.node_context = context
+
+    def _keep_state(self) -> None:
+        if self.node_context is not None:
+            save_task_state(self.task, self.node_context)
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        """The task's current parameters (used when the server has no initial model)."""
+        return [np.asarray(p) for p in self.task.get_parameters()]
+
+    def fit(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[list[np.ndarray], int, dict[str, Scalar]]:
+        """Train locally from the global ``parameters`` as the server's ``config`` says."""
+        fit_config = fit_config_from_flower(config)
+        res = self.task.fit([np.asarray(p) for p in parameters], fit_config)
+        self._keep_state()
+        return (
+            [np.asarray(p) for p in res.parameters],
+            int(res.num_examples),
+            _scalar_metrics(res.metrics, self.task.site_id),
+        )
+
+    def evaluate(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        """Evaluate the global ``parameters`` on this site's held-out data."""
+        eval_config = fit_config_from_flower(config) if "server_round" in config else FitConfig(0)
+        res = self.task.evaluate([np.asarray(p) for p in parameters], eval_config)
+        self._keep_state()
+        return (
+            float(res.loss),
+            int(res.num_examples),
+            _scalar_metrics(res.metrics, self.task.site_id),
+        )
+
+
+def build_site_task(context: Context) -> SiteTask:
+    """The SiteTask of this SuperNode for the run in ``context`` (cached per run).
+
+    A freshly built task continues from the state an earlier message of the run left in
+    ``context.state`` (:func:`load_task_state`).
+    """
+    cfg = FlowerRunConfig.from_run_config(context.run_config)
+    node_config = dict(context.node_config)
+    key = (
+        int(context.run_id),
+        cfg.task_factory,
+        json.dumps(node_config, sort_keys=True, default=str),
+    )
+    if key not in _TASKS:
+        factory = load_task_factory(cfg.task_factory)
+        task = factory(node_config, dict(cfg.task_options or {}))
+        if not isinstance(task, SiteTask):
+            raise TypeError(
+                f"task-factory {cfg.task_factory!r} returned {type(task).__name__}, which "
+                "lacks SiteTask's site_id/get_parameters/fit/evaluate"
+            )
+        restored = load_task_state(task, context)
+        _TASKS.clear()  # one run at a time per process: drop the previous run's data
+        _TASKS[key] = task
+        log.info(
+            "site %s: task built for run %s%s",
+            task.site_id,
+            context.run_id,
+            " (state restored)" if restored else "",
+        )
+    return _TASKS[key]
+
+
+def client_fn(context: Context) -> Client:
+    """Flower's entry point: the site's client for this run."""
+    return SiteClient(build_site_task(context), context).to_client()
+
+
+def optional_secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """``secaggplus_mod`` for messages of the SecAgg+ workflow; plain messages pass through.
+
+    One ClientApp thus serves plain FedAvg/DP runs and SecAgg+ runs.
+    """
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, ctxt, call_next)
+    return call_next(msg, ctxt)
+
+
+app = ClientApp(client_fn=client_fn, mods=[optional_secaggplus_mod])
+"""The ClientApp named in the Flower app's ``pyproject.toml`` (``clientapp``)."""
