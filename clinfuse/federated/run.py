@@ -1,0 +1,737 @@
+"""``clinfuse federated``: train the fusion model across sites and write a run folder.
+
+The run folder is what ``clinfuse train`` writes (``clinfuse.load_run`` restores it,
+``clinfuse evaluate`` evaluates it; built in ``RUN.partial`` and renamed when complete) plus:
+
+    federated.json        strategy, rounds, sites, per-round per-site metrics, DP (ε, δ) spent
+    federated_eval.csv    AUROC with 95 % bootstrap CIs of the federated, centralized and
+                          site-alone models on each site's test split and pooled
+
+Pipeline: load and split the cohort as ``train`` does (patient-level split, then every case
+keeps its split inside its site); compute frozen encoders' embeddings; simulate federated
+training of the trainable encoders and heads (:func:`privacy.federated.simulation.simulate`,
+one :func:`~clinfuse.federated.task.fusion_site_task` per site); then fit the late-fusion
+combiner and the calibration on the *pooled validation logits*: each site sends, per
+validation case, only its unimodal logits, presence mask and outcome (never inputs), the
+same held-out data the centralized trainer uses for stage 2 (see docs/federated.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clinfuse import __version__
+from clinfuse.calibration import build_calibrator
+from clinfuse.cohort.manifest import Cohort, Issue
+from clinfuse.cohort.split import split_cohort
+from clinfuse.config import RunConfig
+from clinfuse.data import CaseLoader, check_signal_shapes
+from clinfuse.errors import CohortError, ConfigError
+from clinfuse.evaluation.metrics import metric_with_ci
+from clinfuse.evaluation.summary import summarize_predictions
+from clinfuse.federated.task import fusion_site_task, trainable_view
+from clinfuse.fusion.late import LateFusion
+from clinfuse.io.tabular import TabularEncoder
+from clinfuse.model import FusionModel
+from clinfuse.training.embed import attach_embeddings
+from clinfuse.training.run import (
+    _availability,
+    _json_default,
+    _prepare_folders,
+    _write_json,
+    resolve_modalities,
+)
+from privacy.dp.engine import DPConfig
+from privacy.errors import PrivacyError
+from privacy.federated.partition import make_partition
+from privacy.federated.simulation import History, RoundRecord, simulate
+from privacy.federated.strategies import build_strategy
+from privacy.federated.torch_task import get_parameters, parameter_keys, set_parameters
+
+__all__ = [
+    "FederatedSettings",
+    "Prepared",
+    "Trainer",
+    "federated_run",
+    "prepare",
+    "privacy_utility",
+]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class FederatedSettings:
+    """How to federate (the CLI options; recorded in ``federated.json``).
+
+    Attributes:
+        strategy: fedavg, fedprox, fedadam or fedyogi.
+        rounds: server rounds.
+        local_epochs: local passes over each site's training cases per round.
+        proximal_mu: FedProx μ.
+        clients_per_round: sites sampled per round (None: all).
+        min_fit_clients: fewest sites a round needs.
+        partition: site (the manifest's column), iid, label-skew or quantity-skew.
+        n_sites: sites of a synthetic partition.
+        lr: local learning rate (None: the config's ``training.lr``; FedAdam/FedYogi: eta_l).
+        optimizer: local optimizer (adam, sgd, adamw).
+        server: extra server-optimizer settings (eta, beta_1, ...).
+        seed: seed of sampling, partition and local shuffling.
+        baselines: also train the centralized and the site-alone models for the table.
+    """
+
+    strategy: str = "fedavg"
+    rounds: int = 10
+    local_epochs: int = 1
+    proximal_mu: float = 0.0
+    clients_per_round: int | None = None
+    min_fit_clients: int = 1
+    partition: str = "site"
+    n_sites: int = 3
+    lr: float | None = None
+    optimizer: str = "adam"
+    server: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    baselines: bool = True
+
+    def strategy_kwargs(self, config: RunConfig) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "local_epochs": self.local_epochs,
+            "batch_size": config.training.batch_size,
+            "seed": self.seed,
+            **self.server,
+        }
+        if self.strategy in ("fedadam", "fedyogi"):
+            if self.lr is not None:
+                kw["lr"] = self.lr
+        else:
+            kw["lr"] = self.lr if self.lr is not None else config.training.lr
+        if self.strategy == "fedprox":
+            kw["proximal_mu"] = self.proximal_mu
+        elif self.proximal_mu:
+            raise ConfigError(
+                f"--proximal-mu is a FedProx setting; strategy {self.strategy!r} does not use it",
+                field="proximal_mu",
+                hint="use --strategy fedprox",
+            )
+        return kw
+
+
+@dataclass
+class Prepared:
+    """A cohort loaded once: cases (with frozen embeddings), sites, a fresh model."""
+
+    cohort: Cohort
+    config: RunConfig
+    modalities: list[str]
+    model: FusionModel
+    cases: list[dict[str, Any]]
+    sites: dict[str, list[int]]
+    excluded: list[Issue]
+    tabular: TabularEncoder | None
+    init: list[np.ndarray]
+    keys: list[str]
+
+    def split(self, split: str, site: str | None = None) -> list[dict[str, Any]]:
+        idx = range(len(self.cases)) if site is None else self.sites[site]
+        return [self.cases[i] for i in idx if self.cases[i]["split"] == split]
+
+
+def prepare(
+    cohort_path: str | Path,
+    config: RunConfig,
+    settings: FederatedSettings,
+    *,
+    dp: DPConfig | None = None,
+    log: Log | None = None,
+    only_site: str | None = None,
+) -> Prepared:
+    """Load, split and embed the cohort; assign sites; build the model (seeded).
+
+    Args:
+        cohort_path: the manifest.
+        config: run configuration.
+        settings: federation settings (partition, seed).
+        dp: DP-SGD settings (None: no DP; else BatchNorm becomes GroupNorm).
+        log: progress messages.
+        only_site: load the cases of this site only (one site's process in a real
+            federation). With ``partition="site"`` only that site's manifest rows are
+            loaded; a synthetic partition needs every case's label, so all rows are loaded
+            and the others dropped. The split, the tabular encoder and the initial model
+            are the same as with every site loaded.
+
+    Raises:
+        CohortError: one outcome class only, or a split without both classes, or
+            ``only_site`` names no site of the partition.
+    """
+    say = log or (lambda _m: None)
+    data_cfg = config.data
+    cohort = Cohort.from_manifest(
+        cohort_path,
+        target=data_cfg.target,
+        require_label=True,
+        allow_external_paths=data_cfg.allow_external_paths,
+    )
+    labels = cohort.labels()
+    if len(np.unique(labels[~np.isnan(labels)])) < 2:
+        raise CohortError(
+            "every labelled case has the same outcome; training needs both 0 and 1",
+            field=data_cfg.target,
+            path=cohort.manifest_path,
+        )
+    cohort = split_cohort(cohort, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed)
+    modalities = resolve_modalities(cohort, config)
+    if dp is not None:
+        config = _dp_friendly(config, modalities, say)
+    config = config.model_copy(
+        update={"data": data_cfg.model_copy(update={"modalities": modalities})}
+    )
+    tabular = None
+    if "tabular" in modalities:
+        frame = pd.DataFrame([r.extra for r in cohort.rows if r.split == "train"])
+        tabular = TabularEncoder(data_cfg.tabular_columns).fit(frame)
+    rows = cohort.rows
+    if only_site is not None and settings.partition == "site":
+        rows = [r for r in rows if str(_row_site(r)) == only_site]
+    loaded = CaseLoader(data_cfg, modalities, tabular).load_many(rows)
+    check_signal_shapes(loaded.cases)
+    excluded = list(cohort.excluded) + loaded.excluded
+    in_shapes: dict[str, Any] = {}
+    img = next((c["image"] for c in loaded.cases if c.get("image") is not None), None)
+    if img is not None:
+        in_shapes["image_channels"] = int(img.shape[0])
+    sig = next((c["signal"] for c in loaded.cases if c.get("signal") is not None), None)
+    if sig is not None:
+        in_shapes["signal_leads"] = int(sig.shape[0])
+    if tabular is not None:
+        in_shapes["tabular_features"] = tabular.n_features
+    torch.manual_seed(config.training.seed)
+    model = FusionModel.build(config, modalities, tabular=tabular, in_shapes=in_shapes)
+    cases = loaded.cases
+    if model.frozen_modalities:
+        cases = attach_embeddings(model, cases, model.frozen_modalities)
+    sites = _assign_sites(cases, settings, cohort)
+    if only_site is not None:
+        if only_site not in sites:
+            raise CohortError(
+                f"site {only_site!r} has no usable cases in this cohort; sites: {sorted(sites)}",
+                field="site",
+                path=cohort.manifest_path,
+                hint="start one site process per site name of the manifest's site column",
+            )
+        keep = sites[only_site]
+        cases = [cases[i] for i in keep]
+        sites = {only_site: list(range(len(keep)))}
+    say(
+        f"loaded {len(cases)} cases at {len(sites)} sites "
+        f"({', '.join(f'{k}: {len(v)}' for k, v in sites.items())}); excluded {len(excluded)}"
+    )
+    view = trainable_view(model)
+    keys = parameter_keys(view)
+    return Prepared(
+        cohort,
+        config,
+        modalities,
+        model,
+        cases,
+        sites,
+        excluded,
+        tabular,
+        get_parameters(view, keys),
+        keys,
+    )
+
+
+def _row_site(row: Any) -> Any:
+    """A manifest row's site (a column of the row or of its extra columns)."""
+    site = getattr(row, "site", None)
+    return site if site is not None else row.extra.get("site")
+
+
+def _dp_friendly(config: RunConfig, modalities: Sequence[str], say: Log) -> RunConfig:
+    """GroupNorm instead of BatchNorm in the trainable image/signal encoders (Opacus)."""
+    encoders = {m: dict(s) for m, s in config.encoders.items()}
+    changed = []
+    for m in ("image", "signal"):
+        spec = encoders.get(m, {})
+        if m in modalities and not spec.get("freeze") and spec.get("norm", "batch") == "batch":
+            spec["norm"] = "group"
+            changed.append(m)
+    if changed:
+        say(
+            f"DP-SGD: BatchNorm is not compatible with per-sample clipping; the {', '.join(changed)} "
+            "encoder(s) use GroupNorm (encoders.<m>.norm = group, saved in config.yaml)"
+        )
+    return config.model_copy(update={"encoders": encoders})
+
+
+def _assign_sites(
+    cases: list[dict[str, Any]], settings: FederatedSettings, cohort: Cohort
+) -> dict[str, list[int]]:
+    if settings.partition == "site":
+        values = [c.get("site") for c in cases]
+        if any(v is None or str(v).strip() == "" for v in values):
+            raise CohortError(
+                "partition 'site' needs the manifest's site column filled for every case",
+                field="site",
+                path=cohort.manifest_path,
+                hint="fill it, or use --partition iid|label-skew|quantity-skew",
+            )
+    parts = make_partition(
+        settings.partition,
+        column=[c.get("site") for c in cases] if settings.partition == "site" else None,
+        labels=np.array([c["label"] for c in cases]),
+        n_sites=settings.n_sites,
+        seed=settings.seed,
+    )
+    return {k: v.tolist() for k, v in parts.items()}
+
+
+# -- training ----------------------------------------------------------------------
+def _train(
+    prep: Prepared,
+    site_cases: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+    settings: FederatedSettings,
+    *,
+    dp: DPConfig | None,
+    on_round: Callable[[RoundRecord, list[np.ndarray]], None] | None = None,
+) -> tuple[History, dict[str, Any]]:
+    """Reset the trainable part to its initial weights and federate over ``site_cases``."""
+    view = trainable_view(prep.model, private=dp is not None)
+    set_parameters(view, prep.keys, prep.init)
+    tasks = [
+        fusion_site_task(
+            sid,
+            prep.model,
+            train,
+            val,
+            dp=dp,
+            dp_rounds=settings.rounds,
+            optimizer=settings.optimizer,
+            keys=prep.keys,
+        )
+        for sid, (train, val) in site_cases.items()
+    ]
+    strategy = build_strategy(settings.strategy, **settings.strategy_kwargs(prep.config))
+    history = simulate(
+        tasks,
+        strategy,
+        settings.rounds,
+        initial_parameters=prep.init,
+        clients_per_round=(
+            min(settings.clients_per_round, len(tasks)) if settings.clients_per_round else None
+        ),
+        min_fit_clients=min(settings.min_fit_clients, len(tasks)),
+        seed=settings.seed,
+        on_round=on_round,
+    )
+    set_parameters(view, prep.keys, history.parameters)
+    spent = {t.site_id: t.privacy_spent() for t in tasks} if dp is not None else {}
+    if dp is not None:
+        fusion = prep.model.network.fusion
+        if isinstance(fusion, LateFusion):  # trainable_view froze them for Opacus
+            fusion.weight_raw.requires_grad_(True)
+            fusion.bias.requires_grad_(True)
+    return history, spent
+
+
+def _fit_stage2(prep: Prepared, val_cases: list[dict[str, Any]]) -> None:
+    """Combiner (late fusion) and calibrators on the pooled validation logits."""
+    model = prep.model
+    raw = model.forward_cases(val_cases)
+    y = np.array([c["label"] for c in val_cases], dtype=float)
+    fusion = model.network.fusion
+    if isinstance(fusion, LateFusion):
+        fusion.fit_combiner(
+            torch.from_numpy(raw["unimodal"]), torch.from_numpy(raw["present"]), torch.from_numpy(y)
+        )
+        raw = model.forward_cases(val_cases)
+    method = model.config.calibration.method
+    cal = {"fusion": build_calibrator(method).fit(raw["logit"], y)}
+    for i, m in enumerate(model.modalities):
+        has = raw["present"][:, i]
+        ok = has.sum() >= 2 and len(np.unique(y[has])) == 2
+        cal[m] = build_calibrator(method if ok else "none")
+        if ok:
+            cal[m].fit(raw["unimodal"][has, i], y[has])
+    model.calibrators = cal
+
+
+def _snapshot(prep: Prepared) -> dict[str, Any]:
+    """Everything a trained variant needs to predict: trainable weights, combiner, calibrators."""
+    net = prep.model.network
+    return {
+        "params": get_parameters(trainable_view(prep.model), prep.keys),
+        "fusion": {k: v.detach().clone() for k, v in net.fusion.state_dict().items()},
+        "calibrators": dict(prep.model.calibrators),
+    }
+
+
+def _restore(prep: Prepared, snap: dict[str, Any]) -> None:
+    set_parameters(trainable_view(prep.model), prep.keys, snap["params"])
+    prep.model.network.fusion.load_state_dict(snap["fusion"])
+    prep.model.calibrators = dict(snap["calibrators"])
+
+
+def _variant(
+    prep: Prepared,
+    site_cases: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]],
+    val_cases: list[dict[str, Any]],
+    settings: FederatedSettings,
+    *,
+    dp: DPConfig | None = None,
+    on_round: Callable[[RoundRecord, list[np.ndarray]], None] | None = None,
+) -> tuple[dict[str, Any], History, dict[str, Any]]:
+    history, spent = _train(prep, site_cases, settings, dp=dp, on_round=on_round)
+    _fit_stage2(prep, val_cases)
+    return _snapshot(prep), history, spent
+
+
+Trainer = Callable[
+    [Prepared, dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]], Path],
+    tuple[History, dict[str, Any]],
+]
+"""``trainer(prep, site_cases, run_folder) -> (history, dp spent per site)``: federated
+training by another backend; it leaves the final global parameters in ``prep.model``."""
+
+
+def _external_variant(
+    prep: Prepared,
+    trainer: Trainer,
+    folder: Path,
+    val_cases: list[dict[str, Any]],
+    dp: DPConfig | None,
+) -> tuple[dict[str, Any], History, dict[str, Any]]:
+    history, spent = trainer(prep, _site_cases(prep), folder)
+    view = trainable_view(prep.model)
+    set_parameters(view, prep.keys, history.parameters)
+    if dp is not None:
+        fusion = prep.model.network.fusion
+        if isinstance(fusion, LateFusion):
+            fusion.weight_raw.requires_grad_(True)
+            fusion.bias.requires_grad_(True)
+    _fit_stage2(prep, val_cases)
+    return _snapshot(prep), history, spent
+
+
+def _auroc_rows(prep: Prepared, name: str, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """AUROC (95 % bootstrap CI) of the current model on each site's test split and pooled."""
+    rows = []
+    groups = {**{s: prep.split("test", s) for s in prep.sites}, "pooled": prep.split("test")}
+    for where, cases in groups.items():
+        y = np.array([c["label"] for c in cases], dtype=float)
+        row: dict[str, Any] = {
+            "model": name,
+            "evaluated_on": where,
+            "n_cases": len(y),
+            "n_events": int(y.sum()),
+        }
+        if len(y) >= 2 and len(np.unique(y)) == 2:
+            p = prep.model.probabilities(prep.model.forward_cases(cases))["fusion"]
+            res = metric_with_ci("auroc", y, p, n_boot=n_boot, seed=seed)
+            row.update(auroc=res["value"], ci_low=res["ci_low"], ci_high=res["ci_high"])
+        else:
+            row.update(auroc=np.nan, ci_low=np.nan, ci_high=np.nan)
+        rows.append(row)
+    return rows
+
+
+def _site_cases(
+    prep: Prepared, sites: Sequence[str] | None = None
+) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    return {s: (prep.split("train", s), prep.split("val", s)) for s in (sites or list(prep.sites))}
+
+
+def federated_run(
+    cohort_path: str | Path,
+    out: str | Path,
+    config: RunConfig | None = None,
+    settings: FederatedSettings | None = None,
+    *,
+    dp: DPConfig | None = None,
+    n_boot: int = 1000,
+    overwrite: bool = False,
+    log: Log | None = None,
+    trainer: Trainer | None = None,
+    backend: str = "sim",
+) -> Path:
+    """Federated training of the fusion model across sites; writes a complete run folder.
+
+    Args:
+        cohort_path: the manifest.
+        out: the run folder to create.
+        config: run configuration (defaults when None).
+        settings: federation settings (strategy, rounds, partition, ...).
+        dp: sample-level DP-SGD at every site (None: no DP).
+        n_boot: bootstrap replicates of the evaluation table's CIs.
+        overwrite: replace an existing run folder.
+        log: one-line progress messages (counts and ids only).
+        trainer: federated training by another backend (None: the in-process simulator);
+            the baselines are always trained in process.
+        backend: the backend's name, recorded in ``federated.json``.
+
+    Returns:
+        The run folder.
+
+    Raises:
+        ConfigError, CohortError: bad settings or data (one-line messages in the CLI).
+        privacy.errors.PrivacyError: a site's data unusable, an unreachable ε, too few sites.
+    """
+    t_start = time.perf_counter()
+    say = log or (lambda _m: None)
+    settings = settings or FederatedSettings()
+    config = config or RunConfig()
+    out = Path(out)
+    partial = _prepare_folders(out, resume=False, overwrite=overwrite)
+    try:
+        prep = prepare(cohort_path, config, settings, dp=dp, log=say)
+        prep.config.save(partial / "config.yaml")
+        val_all = prep.split("val")
+        table: list[dict[str, Any]] = []
+        seed = prep.config.training.seed
+        snaps: dict[str, dict[str, Any]] = {}
+        if settings.baselines:
+            central = {"pooled": (prep.split("train"), val_all)}
+            snaps["centralized"], _, _ = _variant(prep, central, val_all, settings, dp=dp)
+            table += _auroc_rows(prep, "centralized", n_boot, seed)
+            for s in prep.sites:
+                alone = {s: (prep.split("train", s), prep.split("val", s))}
+                try:
+                    _variant(prep, alone, prep.split("val", s), settings, dp=dp)
+                except (PrivacyError, ValueError) as e:
+                    say(f"site {s} alone: not trained ({str(e).splitlines()[0]})")
+                    continue
+                table += _auroc_rows(prep, f"site_alone:{s}", n_boot, seed)
+
+        def on_round(record: RoundRecord, _p: list[np.ndarray]) -> None:
+            agg = ", ".join(f"{k} {v:.3f}" for k, v in record.evaluate_aggregated.items())
+            say(f"round {record.server_round}/{settings.rounds}: {agg}")
+
+        if trainer is None:
+            snap, history, spent = _variant(
+                prep, _site_cases(prep), val_all, settings, dp=dp, on_round=on_round
+            )
+        else:
+            snap, history, spent = _external_variant(prep, trainer, partial, val_all, dp)
+        _restore(prep, snap)
+        table = _auroc_rows(prep, "federated", n_boot, seed) + table
+        _write_outputs(prep, partial, history, spent, settings, dp, table, n_boot, t_start, backend)
+    except BaseException:
+        raise
+    if out.exists():
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+    return out
+
+
+def _write_outputs(
+    prep: Prepared,
+    partial: Path,
+    history: History,
+    spent: dict[str, Any],
+    settings: FederatedSettings,
+    dp: DPConfig | None,
+    table: list[dict[str, Any]],
+    n_boot: int,
+    t_start: float,
+    backend: str = "sim",
+) -> None:
+    model = prep.model
+    cases = prep.cases
+    predictions = model.predictions_frame(cases, model.forward_cases(cases))
+    predictions["site"] = [_site_of(prep, i) for i in range(len(cases))]
+    seed = prep.config.training.seed
+    split_metrics = {}
+    for split in ("val", "test"):
+        part = predictions[predictions["split"] == split]
+        if len(part):
+            split_metrics[split] = summarize_predictions(
+                part, prep.modalities, n_boot=n_boot, seed=seed
+            )
+    primary = "test" if "test" in split_metrics else "val"
+    metrics: dict[str, Any] = {
+        "clinfuse_version": __version__,
+        "split": primary,
+        **split_metrics[primary],
+        "splits": split_metrics,
+        "federated": {
+            "strategy": settings.strategy,
+            "rounds": settings.rounds,
+            "dp": None if dp is None else _dp_summary(dp, spent),
+        },
+    }
+    fusion = model.network.fusion
+    if isinstance(fusion, LateFusion):
+        metrics["combiner"] = {
+            "bias": float(fusion.bias.detach()),
+            "weights": dict(zip(prep.modalities, fusion.weights.detach().tolist(), strict=True)),
+            "centers": dict(zip(prep.modalities, fusion.center.tolist(), strict=True)),
+        }
+    metrics["calibration"] = {"fusion": model.calibrators["fusion"].to_dict()}
+    model.info = {
+        "clinfuse_version": __version__,
+        "torch_version": torch.__version__,
+        "trained_on": "cpu",
+        "federated": True,
+        "rounds": settings.rounds,
+    }
+    model.save_pretrained(partial)
+    by_split = {s: prep.split(s) for s in ("train", "val", "test")}
+    report = {
+        "manifest": str(prep.cohort.manifest_path),
+        "target": prep.config.data.target,
+        "modalities": prep.modalities,
+        "frozen_encoders": model.frozen_modalities,
+        "n_used": len(cases),
+        "n_excluded": len({i.case_id for i in prep.excluded}),
+        "excluded": [i.as_dict() for i in prep.excluded],
+        "splits": {
+            s: {
+                "n_cases": len(v),
+                "n_events": int(sum(c["label"] for c in v)),
+                "n_patients": len({c["patient_id"] for c in v}),
+                **_availability(v, prep.modalities),
+            }
+            for s, v in by_split.items()
+        },
+        "availability": _availability(cases, prep.modalities),
+        "sites": {
+            s: {sp: len(prep.split(sp, s)) for sp in ("train", "val", "test")} for s in prep.sites
+        },
+        "tabular_features": None if prep.tabular is None else prep.tabular.feature_names_,
+    }
+    _write_json(partial / "data_report.json", report)
+    _write_json(partial / "metrics.json", metrics)
+    fed = {
+        "clinfuse_version": __version__,
+        "backend": backend,
+        "partition": settings.partition,
+        "settings": {k: v for k, v in settings.__dict__.items()},
+        **history.to_dict(),
+        "dp": None if dp is None else _dp_summary(dp, spent),
+        "evaluation": table,
+        "stage2": "combiner and calibration fitted on pooled validation logits (unimodal "
+        "logits, presence and outcome per validation case; no inputs leave a site)",
+    }
+    _write_json(partial / "federated.json", json.loads(json.dumps(fed, default=_json_default)))
+    tmp = partial / ".federated_eval.csv.tmp"
+    pd.DataFrame(table).to_csv(tmp, index=False)
+    os.replace(tmp, partial / "federated_eval.csv")
+    tmp = partial / ".predictions.csv.tmp"
+    predictions.to_csv(tmp, index=False)
+    os.replace(tmp, partial / "predictions.csv")
+    rows = [
+        {
+            "round": r.server_round,
+            "seconds": r.seconds,
+            **{f"val_{k}": v for k, v in r.evaluate_aggregated.items()},
+        }
+        for r in history.rounds
+    ]
+    pd.DataFrame(rows).to_csv(partial / "train_log.csv", index=False)
+    _write_json(
+        partial / "run.json",
+        {
+            "clinfuse_version": __version__,
+            "seconds": time.perf_counter() - t_start,
+            "device": "cpu",
+            "complete": True,
+            "federated": True,
+        },
+    )
+
+
+def _site_of(prep: Prepared, i: int) -> str:
+    for s, idx in prep.sites.items():
+        if i in idx:
+            return s
+    return ""
+
+
+def _dp_summary(dp: DPConfig, spent: dict[str, Any]) -> dict[str, Any]:
+    eps = [v["epsilon"] for v in spent.values() if v]
+    return {
+        "level": "sample (DP-SGD at each site, Opacus)",
+        "config": dp.to_dict(),
+        "accountant": dp.accountant,
+        "epsilon_max_over_sites": max(eps) if eps else None,
+        "delta": dp.target_delta,
+        "per_site": spent,
+    }
+
+
+def privacy_utility(
+    cohort_path: str | Path,
+    epsilons: Sequence[float],
+    config: RunConfig | None = None,
+    settings: FederatedSettings | None = None,
+    *,
+    delta: float = 1e-5,
+    max_grad_norm: float = 1.0,
+    accountant: str = "rdp",
+    n_boot: int = 1000,
+    log: Log | None = None,
+) -> pd.DataFrame:
+    """Pooled-test AUROC (95 % bootstrap CI) of federated training at several ε (and ε = ∞).
+
+    The cohort is loaded and embedded once; each ε reruns federated training from the same
+    initial weights. Returns one row per ε: ``epsilon`` (inf = no DP), ``epsilon_spent``
+    (max over sites), ``delta``, ``noise_multiplier`` (max over sites), the accountant's
+    inputs of the site that spent the most (``worst_site``, ``worst_site_noise_multiplier``,
+    ``worst_site_sample_rate``, ``worst_site_steps``), ``auroc``, ``ci_low``, ``ci_high``
+    (pooled test split) and ``n_test``.
+    """
+    settings = settings or FederatedSettings()
+    config = config or RunConfig()
+    settings = FederatedSettings(**{**settings.__dict__, "baselines": False})
+    dp_probe = DPConfig(target_epsilon=1.0, target_delta=delta, max_grad_norm=max_grad_norm)
+    prep = prepare(cohort_path, config, settings, dp=dp_probe, log=log)
+    val_all = prep.split("val")
+    rows = []
+    for eps in [float("inf"), *epsilons]:
+        dp = None
+        if np.isfinite(eps):
+            dp = DPConfig(
+                target_epsilon=eps,
+                target_delta=delta,
+                max_grad_norm=max_grad_norm,
+                accountant=accountant,
+            )
+        _, _, spent = _variant(prep, _site_cases(prep), val_all, settings, dp=dp)
+        res = _auroc_rows(prep, "federated", n_boot, prep.config.training.seed)[-1]
+        used = {k: v for k, v in spent.items() if v}
+        worst = max(used, key=lambda k: used[k]["epsilon"]) if used else None
+        rows.append(
+            {
+                "epsilon": eps,
+                "epsilon_spent": used[worst]["epsilon"] if worst else np.inf,
+                "delta": delta if dp else 0.0,
+                "noise_multiplier": max(v["noise_multiplier"] for v in used.values())
+                if used
+                else 0.0,
+                "worst_site": worst or "",
+                "worst_site_noise_multiplier": used[worst]["noise_multiplier"] if worst else 0.0,
+                "worst_site_sample_rate": used[worst]["sample_rate"] if worst else np.nan,
+                "worst_site_steps": used[worst]["steps"] if worst else 0,
+                "auroc": res["auroc"],
+                "ci_low": res["ci_low"],
+                "ci_high": res["ci_high"],
+                "n_test": res["n_cases"],
+            }
+        )
+    return pd.DataFrame(rows)
