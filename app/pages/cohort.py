@@ -1,0 +1,60 @@
+"""Cohort: the evaluation's key figures (ROC, calibration, decision curve, subgroups,
+modality ablation), interactive."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+import ui_common as ui
+
+from clinfuse.errors import ClinFuseError
+from clinfuse.review import charts
+from clinfuse.review.cohort import cohort_curves, load_cohort_results
+
+view, store = ui.context()
+ui.reviewer()
+st.title("Cohort")
+
+try:
+    res = load_cohort_results(view)
+except ClinFuseError as e:
+    st.error(str(e))
+    st.stop()
+st.caption(res.source)
+m1, m2, m3 = st.columns(3)
+m1.metric("cases", res.n_cases)
+m2.metric("events", res.n_events)
+m3.metric("fused AUROC", ui.fmt(res.aurocs.get("fusion")))
+
+models = st.multiselect(
+    "Models", res.models, default=res.models[:1] + [m for m in res.models[1:2]], key="cohort_models"
+)
+curves = cohort_curves(res, models or ["fusion"])
+t1, t2, t3 = st.tabs(["ROC", "Calibration", "Decision curve"])
+with t1:
+    st.vega_lite_chart(charts.roc_spec(curves["roc"], res.aurocs), width="stretch")
+with t2:
+    if curves["calibration"] is None:
+        st.info("Calibration needs both outcomes among the cases.")
+    else:
+        st.vega_lite_chart(charts.calibration_spec(curves["calibration"]), width="stretch")
+        st.caption("Fused risk: binned observed proportions with 95 % CIs, flexible curve in red.")
+with t3:
+    max_t = st.slider("Largest threshold shown", 0.1, 0.99, 0.6, key="dca_max")
+    st.vega_lite_chart(charts.decision_curve_spec(curves["dca"], max_t), width="stretch")
+
+st.subheader("Subgroups")
+if res.subgroups is None:
+    st.info("Run `clinfuse evaluate RUN COHORT --out DIR --subgroups sex,age_band` for subgroups.")
+else:
+    st.dataframe(res.subgroups, hide_index=True, width="stretch")
+st.subheader("Modality ablation")
+if res.ablation is None:
+    st.info("Run `clinfuse evaluate` for the modality ablation.")
+else:
+    st.dataframe(res.ablation, hide_index=True, width="stretch")
+if res.robustness is not None:
+    st.caption("Robustness: AUROC with one modality removed")
+    st.dataframe(res.robustness, hide_index=True, width="stretch")
+if isinstance(res.subgroups, pd.DataFrame) and res.subgroups.empty:
+    st.caption("(no subgroup met the minimum size)")

@@ -1,0 +1,112 @@
+"""Shared Streamlit pieces of the review dashboard: cached resources, login state, errors.
+
+UI only: the logic lives in :mod:`clinfuse.review`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from clinfuse.errors import ClinFuseError
+from clinfuse.review.runview import RunView, open_run_view
+from clinfuse.review.settings import AppSettings
+from clinfuse.review.store import ReviewStore
+
+PAGES = {
+    "login": "pages/login.py",
+    "worklist": "pages/worklist.py",
+    "case": "pages/case_review.py",
+    "cohort": "pages/cohort.py",
+    "export": "pages/export.py",
+}
+
+
+@st.cache_resource(show_spinner="Opening the run…")
+def _run_view(settings: AppSettings) -> RunView:
+    return open_run_view(
+        settings.run,
+        cohort=settings.cohort,
+        evaluation=settings.evaluation,
+        threshold=settings.threshold,
+    )
+
+
+@st.cache_resource
+def _store(path: str) -> ReviewStore:
+    return ReviewStore(path)
+
+
+def settings() -> AppSettings:
+    """The app settings (from the environment ``clinfuse app`` sets)."""
+    return AppSettings.from_env()
+
+
+def open_context() -> tuple[RunView, ReviewStore] | str:
+    """The run and review store, or the message to show when they cannot be opened."""
+    try:
+        s = settings()
+        return _run_view(s), _store(str(s.db))
+    except ClinFuseError as e:
+        return str(e)
+
+
+def context() -> tuple[RunView, ReviewStore]:
+    """The run and store for a page (the entry script has checked that they open)."""
+    ctx = open_context()
+    if isinstance(ctx, str):
+        st.error(ctx)
+        st.stop()
+    assert not isinstance(ctx, str)
+    return ctx
+
+
+def reviewer() -> str:
+    """The logged-in reviewer (pages other than login are shown only after login)."""
+    name = st.session_state.get("reviewer")
+    if not name:
+        st.switch_page(PAGES["login"])
+    return str(name)
+
+
+def oidc_configured() -> bool:
+    """Whether ``st.login`` (OIDC) is configured in the app's secrets (``[auth]``)."""
+    try:
+        return "auth" in st.secrets
+    except (FileNotFoundError, KeyError, ValueError):  # no secrets.toml, or an unreadable one
+        return False
+
+
+def oidc_user() -> dict[str, Any] | None:
+    """The OIDC identity when the user logged in through ``st.login``."""
+    try:
+        user = st.user
+        if bool(user.get("is_logged_in")) and user.get("email"):
+            return {
+                "email": str(user.get("email")),
+                "name": str(user.get("name") or user.get("email")),
+            }
+    except (AttributeError, KeyError):
+        return None
+    return None
+
+
+def deid_banner(view: RunView) -> None:
+    """A warning when the cohort was not produced by ``clinfuse deid``."""
+    if view.deidentified is False:
+        st.warning(
+            "This cohort has no `deid_report.json`: it was not de-identified with "
+            "`clinfuse deid`, so notes may contain identifiers. DICOM header identifiers are "
+            "never shown.",
+            icon="⚠️",
+        )
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number for display ("–" for missing)."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "–"
+    return "–" if v != v else f"{v:.{digits}f}"

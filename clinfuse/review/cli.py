@@ -1,0 +1,176 @@
+"""The ``clinfuse app`` command, as a plain function the main CLI registers.
+
+Register it in :mod:`clinfuse.cli` with::
+
+    from clinfuse.review.cli import APP_EPILOG, app as app_command
+    app.command(name="app", epilog=APP_EPILOG)(app_command)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from clinfuse.errors import ConfigError
+
+__all__ = ["APP_EPILOG", "app", "app_script", "streamlit_command"]
+
+APP_EPILOG = (
+    "Examples:\n\n"
+    "  clinfuse app demo_out/run --add-reviewer alice\n\n"
+    "  clinfuse app demo_out/run\n\n"
+    "  clinfuse app runs/r1 --port 8600 --db /secure/reviews.sqlite --threshold 0.3\n\n"
+    "  clinfuse app runs/r1 --host 0.0.0.0 --cohort site_d/manifest.csv --evaluation eval_site_d"
+)
+
+
+def app_script() -> Path:
+    """The dashboard's entry script (``app/streamlit_app.py`` of the source tree).
+
+    Raises:
+        ConfigError: the app folder is not next to the ``clinfuse`` package.
+    """
+    import clinfuse
+
+    script = Path(clinfuse.__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+    if not script.exists():
+        raise ConfigError(
+            "the dashboard's app/ folder is not next to the installed clinfuse package",
+            path=script,
+            hint="install clinfuse from a source checkout with `pip install -e '.[app]'`",
+        )
+    return script
+
+
+def streamlit_command(script: Path, *, host: str, port: int) -> list[str]:
+    """The ``streamlit run`` command line for the dashboard (headless, no telemetry)."""
+    return [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.headless",
+        "true",
+        "--server.address",
+        host,
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        "--client.toolbarMode",
+        "minimal",
+    ]
+
+
+def _ask_password(username: str) -> str:
+    env = os.environ.get("CLINFUSE_REVIEWER_PASSWORD")
+    if env:
+        return env
+    return str(typer.prompt(f"password for {username}", hide_input=True, confirmation_prompt=True))
+
+
+def app(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 8501,
+    host: Annotated[
+        str,
+        typer.Option("--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    ] = "127.0.0.1",
+    db: Annotated[
+        Path | None,
+        typer.Option("--db", help="Review database (default: RUN.reviews.sqlite beside the run)."),
+    ] = None,
+    cohort: Annotated[
+        Path | None,
+        typer.Option("--cohort", help="Cohort manifest (default: the one the run was trained on)."),
+    ] = None,
+    evaluation: Annotated[
+        Path | None,
+        typer.Option(
+            "--evaluation",
+            help="`clinfuse evaluate` folder for the cohort page (default: RUN/evaluation or "
+            "a sibling evaluation/).",
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold", help="Decision threshold on the calibrated risk (default 0.5)."
+        ),
+    ] = None,
+    add_reviewer: Annotated[
+        str | None,
+        typer.Option(
+            "--add-reviewer",
+            help="Create a local reviewer account (asks for the password, or reads "
+            "CLINFUSE_REVIEWER_PASSWORD) and exit.",
+        ),
+    ] = None,
+    reset_password: Annotated[
+        str | None,
+        typer.Option("--reset-password", help="Set a new password for an account and exit."),
+    ] = None,
+) -> None:
+    """Start the Streamlit review dashboard on a run: worklist, case review with
+    explanations, decisions saved to SQLite with an audit trail, cohort figures, export.
+
+    Reviewers log in with a local account (create one with --add-reviewer) or, when
+    `[auth]` is configured in .streamlit/secrets.toml, through OIDC (st.login).
+    """
+    from rich.console import Console
+
+    from clinfuse.review import auth
+    from clinfuse.review.runview import open_run_view
+    from clinfuse.review.settings import AppSettings
+    from clinfuse.review.store import ReviewStore, default_db_path
+
+    console = Console()
+    settings = AppSettings(
+        run=run.expanduser().resolve(),
+        db=(db or default_db_path(run.expanduser().resolve())).expanduser().resolve(),
+        cohort=None if cohort is None else cohort.expanduser().resolve(),
+        evaluation=None if evaluation is None else evaluation.expanduser().resolve(),
+        threshold=threshold,
+    )
+    view = open_run_view(
+        settings.run,
+        cohort=settings.cohort,
+        evaluation=settings.evaluation,
+        threshold=settings.threshold,
+        n_boot=20,
+    )
+    store = ReviewStore(settings.db)
+    if add_reviewer or reset_password:
+        if add_reviewer:
+            name = auth.add_reviewer(store, add_reviewer, _ask_password(add_reviewer))
+            console.print(f"added reviewer {name!r} to {settings.db}")
+        if reset_password:
+            auth.reset_password(store, reset_password, _ask_password(reset_password))
+            console.print(f"new password set for {reset_password!r}")
+        return
+    script = app_script()
+    if not store.reviewers():
+        console.print(
+            f"no reviewer account yet: add one with `clinfuse app {run} --add-reviewer NAME`"
+        )
+    if view.cohort_error:
+        console.print(f"note: {view.cohort_error}")
+    url_host = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host
+    console.print(
+        f"review dashboard on http://{url_host}:{port} (reviews: {settings.db}); Ctrl+C stops it"
+    )
+    env = {**os.environ, **settings.to_env()}
+    try:
+        code = subprocess.call(streamlit_command(script, host=host, port=port), env=env)
+    except KeyboardInterrupt:
+        code = 0
+    if code not in (0, -2, 130):
+        raise ConfigError(f"streamlit exited with code {code}", hint="see its output above")

@@ -1,0 +1,218 @@
+"""Cohort-level results for the dashboard's cohort page.
+
+Source, in order of preference:
+
+1. a ``clinfuse evaluate`` output folder (``metrics.json`` + ``predictions.csv``):
+   curves are recomputed from its per-case risks, subgroups, ablation and
+   robustness tables are read from its ``metrics.json``;
+2. otherwise the run's own ``predictions.csv``, test split (validation split when
+   the test split lacks an outcome class): curves only.
+
+Curves use :mod:`clinfuse.evaluation` (``calibration_curve``, ``decision_curve``) and
+scikit-learn's ``roc_curve``/``roc_auc_score``, so they match the evaluation report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse.errors import ConfigError
+
+__all__ = ["CohortResults", "cohort_curves", "load_cohort_results"]
+
+
+@dataclass
+class CohortResults:
+    """What the cohort page shows.
+
+    Attributes:
+        source: where the numbers come from (one line for the page).
+        y: (N,) outcomes; scores: {model: (N,) risks, NaN where the modality is missing}.
+        aurocs: {model: AUROC on the cases that model scores}.
+        subgroups, ablation, robustness: tables from the evaluation (None without one).
+    """
+
+    source: str
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+    aurocs: dict[str, float]
+    subgroups: pd.DataFrame | None = None
+    ablation: pd.DataFrame | None = None
+    robustness: pd.DataFrame | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.scores)
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_events(self) -> int:
+        return int(np.sum(self.y))
+
+
+def _auroc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    ok = ~np.isnan(p)
+    if ok.sum() < 2 or len(np.unique(y[ok])) < 2:
+        return float("nan")
+    return float(roc_auc_score(y[ok], p[ok]))
+
+
+def _scores(frame: pd.DataFrame, modalities: list[str]) -> dict[str, np.ndarray]:
+    out = {"fusion": frame["p_fusion"].to_numpy(float)}
+    for m in modalities:
+        if f"p_{m}" in frame.columns:
+            out[m] = frame[f"p_{m}"].to_numpy(float)
+    return out
+
+
+def _ci(d: Any) -> str:
+    if not isinstance(d, dict) or d.get("value") is None:
+        return ""
+    lo, hi = d.get("ci_low"), d.get("ci_high")
+    text = f"{d['value']:.3f}"
+    if lo is not None and hi is not None:
+        text += f" ({lo:.3f}–{hi:.3f})"
+    return text
+
+
+def _subgroup_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
+    groups = metrics.get("subgroups")
+    if not isinstance(groups, dict):
+        return None
+    rows = []
+    for column, block in groups.items():
+        for g in block.get("groups", []):
+            rows.append(
+                {
+                    "variable": column,
+                    "group": g.get("group"),
+                    "n_cases": g.get("n_cases"),
+                    "n_events": g.get("n_events"),
+                    "AUROC (95 % CI)": "suppressed: " + str(g.get("reason", ""))
+                    if g.get("suppressed")
+                    else _ci(g.get("auroc")),
+                    "O/E": "" if g.get("suppressed") else _ci(g.get("oe_ratio")),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _ablation_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
+    block = metrics.get("ablation")
+    if not isinstance(block, dict) or not block.get("rows"):
+        return None
+    return pd.DataFrame(
+        [
+            {
+                "modalities": r.get("name"),
+                "AUROC (95 % CI)": _ci(r.get("auroc")),
+                "AUPRC": _ci(r.get("auprc")),
+                "Δ AUROC vs all": _difference(r.get("vs_all")),
+            }
+            for r in block["rows"]
+        ]
+    )
+
+
+def _difference(d: Any) -> str:
+    if not isinstance(d, dict) or d.get("difference") is None:
+        return ""
+    text = f"{d['difference']:+.3f}"
+    if d.get("p_value") is not None:
+        text += f" (DeLong p={d['p_value']:.2f})"
+    return text
+
+
+def _robustness_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
+    block = metrics.get("robustness")
+    if not isinstance(block, dict) or not block.get("rows"):
+        return None
+    return pd.DataFrame(
+        [
+            {
+                "removed": r.get("removed"),
+                "n_cases": r.get("n_cases"),
+                "AUROC full": _ci(r.get("auroc_full")),
+                "AUROC without": _ci(r.get("auroc_without")),
+            }
+            for r in block["rows"]
+        ]
+    )
+
+
+def load_cohort_results(view: Any) -> CohortResults:
+    """Results for the cohort page of a :class:`~clinfuse.review.runview.RunView`.
+
+    Raises:
+        ConfigError: no labelled cases with both outcomes to show curves for.
+    """
+    ev = view.evaluation
+    if ev is not None and (ev / "metrics.json").exists() and (ev / "predictions.csv").exists():
+        metrics = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
+        frame = pd.read_csv(ev / "predictions.csv", dtype={"case_id": str})
+        frame = frame[frame["label"].notna()]
+        y = frame["label"].to_numpy(float)
+        scores = _scores(frame, view.modalities)
+        return CohortResults(
+            source=f"evaluation: {ev} ({len(frame)} cases)",
+            y=y,
+            scores=scores,
+            aurocs={m: _auroc(y, p) for m, p in scores.items()},
+            subgroups=_subgroup_table(metrics),
+            ablation=_ablation_table(metrics),
+            robustness=_robustness_table(metrics),
+            metrics=metrics,
+        )
+    f = view.predictions
+    if "label" not in f.columns:
+        raise ConfigError("the run's predictions have no outcome labels", path=view.run)
+    for split in ("test", "val"):
+        part = f[(f["split"] == split) & f["label"].notna()]
+        if len(part) >= 2 and part["label"].nunique() == 2:
+            y = part["label"].to_numpy(float)
+            scores = _scores(part, view.modalities)
+            return CohortResults(
+                source=(
+                    f"run predictions, {split} split ({len(part)} cases); for subgroups and "
+                    "the modality ablation run `clinfuse evaluate` and pass --evaluation"
+                ),
+                y=y,
+                scores=scores,
+                aurocs={m: _auroc(y, p) for m, p in scores.items()},
+            )
+    raise ConfigError(
+        "no split of the run has labelled cases with both outcomes",
+        path=view.run / "predictions.csv",
+    )
+
+
+def cohort_curves(res: CohortResults, models: list[str]) -> dict[str, Any]:
+    """ROC points per model, the fused risk's calibration curve, decision curves."""
+    from sklearn.metrics import roc_curve
+
+    from clinfuse.evaluation.calibration import calibration_curve
+    from clinfuse.evaluation.utility import decision_curve
+
+    roc = {}
+    for m in models:
+        p = res.scores[m]
+        ok = ~np.isnan(p)
+        if ok.sum() >= 2 and len(np.unique(res.y[ok])) == 2:
+            fpr, tpr, _ = roc_curve(res.y[ok], p[ok])
+            roc[m] = (fpr, tpr)
+    fused = res.scores["fusion"]
+    calib = calibration_curve(res.y, fused) if len(np.unique(res.y)) == 2 else None
+    complete = np.all([~np.isnan(res.scores[m]) for m in models], axis=0)
+    dca = decision_curve(res.y[complete], {m: res.scores[m][complete] for m in models})
+    return {"roc": roc, "calibration": calib, "dca": dca}

@@ -1,0 +1,88 @@
+"""How the dashboard finds its run: environment variables set by ``clinfuse app``.
+
+``streamlit run app/streamlit_app.py`` works too when these are set:
+
+| variable | meaning |
+| --- | --- |
+| ``CLINFUSE_APP_RUN`` | the run folder (required) |
+| ``CLINFUSE_APP_DB`` | the review database (default ``<RUN>.reviews.sqlite`` beside the run) |
+| ``CLINFUSE_APP_COHORT`` | the cohort manifest (default: the run's training manifest) |
+| ``CLINFUSE_APP_EVALUATION`` | a ``clinfuse evaluate`` folder for the cohort page |
+| ``CLINFUSE_APP_THRESHOLD`` | decision threshold on the calibrated risk (default 0.5) |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from clinfuse.errors import ConfigError
+
+__all__ = ["ENV", "AppSettings"]
+
+ENV = {
+    "run": "CLINFUSE_APP_RUN",
+    "db": "CLINFUSE_APP_DB",
+    "cohort": "CLINFUSE_APP_COHORT",
+    "evaluation": "CLINFUSE_APP_EVALUATION",
+    "threshold": "CLINFUSE_APP_THRESHOLD",
+}
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """The dashboard's settings (hashable: used as a cache key)."""
+
+    run: Path
+    db: Path
+    cohort: Path | None = None
+    evaluation: Path | None = None
+    threshold: float | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
+        """Read the settings from the environment.
+
+        Raises:
+            ConfigError: no run given, or a threshold that is not a number.
+        """
+        from clinfuse.review.store import default_db_path
+
+        env = os.environ if environ is None else environ
+        run = env.get(ENV["run"], "").strip()
+        if not run:
+            raise ConfigError(
+                f"no run folder given: set {ENV['run']}",
+                hint="start the dashboard with `clinfuse app RUN`",
+            )
+        run_path = Path(run).expanduser()
+        db = env.get(ENV["db"], "").strip()
+        threshold = env.get(ENV["threshold"], "").strip()
+        try:
+            t = float(threshold) if threshold else None
+        except ValueError:
+            raise ConfigError(
+                f"threshold must be a number, got {threshold!r}", field=ENV["threshold"]
+            ) from None
+        return cls(
+            run=run_path,
+            db=Path(db).expanduser() if db else default_db_path(run_path),
+            cohort=Path(env[ENV["cohort"]]).expanduser() if env.get(ENV["cohort"]) else None,
+            evaluation=(
+                Path(env[ENV["evaluation"]]).expanduser() if env.get(ENV["evaluation"]) else None
+            ),
+            threshold=t,
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings."""
+        out = {ENV["run"]: str(self.run), ENV["db"]: str(self.db)}
+        if self.cohort is not None:
+            out[ENV["cohort"]] = str(self.cohort)
+        if self.evaluation is not None:
+            out[ENV["evaluation"]] = str(self.evaluation)
+        if self.threshold is not None:
+            out[ENV["threshold"]] = repr(self.threshold)
+        return out
