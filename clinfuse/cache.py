@@ -8,6 +8,12 @@ and the entry is simply not found; nothing stale is ever returned.
 
 Layout: ``<root>/<modality>/<encoder fingerprint[:16]>/<key[:2]>/<key>.npy``,
 written atomically (temp file, then rename), read with ``allow_pickle=False``.
+
+For cohort-scale work (training a fusion head on 100,000 cached cases, Shapley
+values over a cohort) :meth:`EmbeddingCache.pack` streams the entries of a cohort
+into one ``(N, D)`` float32 ``.npy`` file that :class:`PackedEmbeddings` opens
+memory-mapped: batches are read from disk as they are needed, so memory stays flat
+as the cohort grows.
 """
 
 from __future__ import annotations
@@ -15,12 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["EmbeddingCache", "default_cache_dir", "source_identity"]
+__all__ = ["EmbeddingCache", "PackedEmbeddings", "default_cache_dir", "source_identity"]
 
 
 def default_cache_dir() -> Path:
@@ -94,3 +101,101 @@ class EmbeddingCache:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
         np.save(tmp, np.asarray(value, dtype=np.float32), allow_pickle=False)
         os.replace(tmp, path)
+
+    def pack(
+        self, keys: Sequence[str | None], path: str | Path, *, chunk_rows: int = 4096
+    ) -> tuple[PackedEmbeddings, np.ndarray]:
+        """Stream the entries of ``keys`` into one memory-mapped ``(N, D)`` matrix.
+
+        Args:
+            keys: one cache key per row (None for a case without this modality).
+            path: the ``.npy`` file to write (atomically).
+            chunk_rows: rows gathered in memory before each write.
+
+        Returns:
+            ``(packed, found)``: the matrix (zeros where no entry exists) and the
+            ``(N,)`` bool mask of rows that had one.
+
+        Raises:
+            ValueError: entries of different widths (two encoders mixed in one folder).
+        """
+        found = np.zeros(len(keys), dtype=bool)
+        dim = self._first_width(keys)
+
+        def chunks() -> Iterable[np.ndarray]:
+            for start in range(0, len(keys), chunk_rows):
+                block = np.zeros((min(chunk_rows, len(keys) - start), dim), np.float32)
+                for k, key in enumerate(keys[start : start + chunk_rows]):
+                    value = None if key is None else self.get(key)
+                    if value is None:
+                        continue
+                    if value.size != dim:
+                        raise ValueError(
+                            f"cache entry {str(key)[:12]}… has {value.size} values, expected "
+                            f"{dim}: clear {self.folder} and refill it"
+                        )
+                    block[k] = value.reshape(-1)
+                    found[start + k] = True
+                yield block
+
+        return PackedEmbeddings.write(path, len(keys), dim, chunks()), found
+
+    def _first_width(self, keys: Sequence[str | None]) -> int:
+        for key in keys:
+            if key is not None and (value := self.get(key)) is not None:
+                return int(value.shape[-1])
+        return 1
+
+
+class PackedEmbeddings:
+    """An ``(N, D)`` float32 embedding matrix on disk, opened memory-mapped (read-only).
+
+    Rows are read when indexed, so a cohort of any size costs the memory of the
+    batches in use (plus the operating system's page cache, which it can reclaim).
+
+    >>> packed = PackedEmbeddings.write(path, 3, 4, [np.ones((3, 4), np.float32)])  # doctest: +SKIP
+    >>> packed[[0, 2]].shape  # doctest: +SKIP
+    (2, 4)
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.matrix: np.ndarray = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        if self.matrix.ndim != 2 or self.matrix.dtype != np.float32:
+            raise ValueError(
+                f"{self.path} holds a {self.matrix.dtype} array of shape {self.matrix.shape}; "
+                "expected an (N, D) float32 matrix written by PackedEmbeddings.write"
+            )
+
+    @classmethod
+    def write(
+        cls, path: str | Path, n_rows: int, dim: int, chunks: Iterable[np.ndarray]
+    ) -> PackedEmbeddings:
+        """Write ``chunks`` (consecutive row blocks, ``n_rows`` in all) to ``path`` atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
+        done = 0
+        for block in chunks:
+            out[done : done + len(block)] = block
+            done += len(block)
+        if done != n_rows:
+            del out
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"wrote {done} rows, expected {n_rows}")
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        return cls(path)
+
+    def __len__(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        """Rows as an in-memory float32 array (a copy; the file is never written)."""
+        return np.array(self.matrix[index], dtype=np.float32)

@@ -121,6 +121,42 @@ class TrainingConfig(BaseModel):
     embed_batch_size: int = Field(
         16, ge=1, description="Cases per batch when filling the embedding cache."
     )
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="DataLoader worker processes that collate training batches; "
+        "auto = 0 on CPU (the cores compute), min(8, CPUs - 1) on CUDA.",
+    )
+    pin_memory: bool | None = Field(
+        None, description="Page-locked batches for asynchronous copies; None = on CUDA."
+    )
+    channels_last: bool | None = Field(
+        None, description="Channels-last memory layout for 2-D image CNNs; None = on CUDA."
+    )
+    fused_optimizer: bool | None = Field(
+        None, description="Fused AdamW kernel (one launch per step); None = on CUDA."
+    )
+    load_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Processes that read and preprocess the cohort's files; "
+        "auto = 0 on CPU, min(8, CPUs - 1) on CUDA.",
+    )
+    persist_decoded: bool = Field(
+        False,
+        description="Keep decoded, preprocessed images in the cache folder so later runs "
+        "over the same files skip decoding (keyed by file identity and image settings).",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the trainable encoders' backbones (pays on long GPU runs; "
+        "the first steps are slow while it compiles).",
+    )
+
+    @field_validator("num_workers", "load_workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 0:
+            raise ValueError(f"worker counts must be >= 0 or 'auto', got {value}")
+        return value
 
 
 class CalibrationConfig(BaseModel):

@@ -95,8 +95,12 @@ class Collator:
 
     @staticmethod
     def item(case: dict[str, Any], modality: str) -> Any:
+        """What a case gives an encoder's ``collate``: the tabular values and mask, a note's
+        tokens when they were computed once (``note_tokens``), else the loaded value."""
         if modality == "tabular":
             return (case["tabular"], case["tabular_mask"])
+        if modality == "note" and case.get("note_tokens") is not None:
+            return case["note_tokens"]
         return case[modality]
 
     def __call__(self, cases: list[dict[str, Any]]) -> dict[str, Any]:

@@ -105,16 +105,12 @@ class TabularMLPEncoder(Encoder):
                 f"values {tuple(values.shape)} and mask {tuple(mask.shape)} differ",
                 field="tabular",
             )
+        if values.device.type == "cpu":  # on a GPU this read-back would stall the step;
+            _check_finite(values.detach().numpy(), mask.detach().numpy())  # collate checked
         device = self.device
         mask_f = mask.to(device=device, dtype=torch.float32)
         values = values.to(device=device, dtype=torch.float32)
         observed = mask_f > 0
-        if not torch.isfinite(values[observed]).all():
-            raise ConfigError(
-                "non-finite value where the mask says observed",
-                field="tabular",
-                hint="set mask=0 for missing values",
-            )
         values = torch.where(observed, values, torch.zeros_like(values))
         return self.net(torch.cat([values, mask_f], dim=1))
 
@@ -145,9 +141,21 @@ class TabularMLPEncoder(Encoder):
                     f"got {v.shape} and {m.shape}",
                     field="n_features",
                 )
+            _check_finite(v, m, item=k)
             values.append(v)
             masks.append(m)
         return {
             "values": torch.from_numpy(np.stack(values)),
             "mask": torch.from_numpy(np.stack(masks)),
         }
+
+
+def _check_finite(values: np.ndarray, mask: np.ndarray, item: int | None = None) -> None:
+    """Raise if an observed (mask > 0) value is NaN or infinite."""
+    if not np.isfinite(np.asarray(values, dtype=np.float64)[np.asarray(mask) > 0]).all():
+        where = "" if item is None else f"item {item}: "
+        raise ConfigError(
+            f"{where}non-finite value where the mask says observed",
+            field="tabular",
+            hint="set mask=0 for missing values",
+        )

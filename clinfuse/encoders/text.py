@@ -235,21 +235,21 @@ class TransformerNoteEncoder(Encoder):
         """``embed_dim`` if a projection is configured, else the hidden size."""
         return int(self.config.embed_dim) if self.config.embed_dim is not None else self.hidden_size
 
-    def collate(self, items: list[Any]) -> dict[str, Any]:
-        """Tokenize notes into overlapping chunks.
+    def tokenize(self, texts: list[str]) -> list[dict[str, list[list[int]]]]:
+        """Split notes into overlapping token windows, once, without padding.
+
+        The result can be stored with the case (``case["note_tokens"]``) and given to
+        :meth:`collate` in place of the text, so that training tokenizes each note
+        once instead of once per epoch.
 
         Args:
-            items: note texts (``str``), one per case.
+            texts: note texts, one per case.
 
         Returns:
-            dict with ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when
-            the tokenizer makes them), each ``(N_chunks, L)`` int64, right-padded;
-            ``chunk_to_case`` ``(N_chunks,)`` int64 (index of the note of each chunk);
-            ``n_chunks`` ``(B,)`` int64 (chunks per note); ``n_cases`` ``B`` (int).
+            One dict per note: ``input_ids``, ``attention_mask`` (and
+            ``token_type_ids``), each a list of chunks (lists of ints).
         """
-        if not items:
-            raise ConfigError("cannot collate an empty list of notes", field="note")
-        for k, text in enumerate(items):
+        for k, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ConfigError(
                     f"item {k}: expected the note text (str), got {type(text).__name__}",
@@ -257,22 +257,59 @@ class TransformerNoteEncoder(Encoder):
                     hint="load notes with clinfuse.io; a missing note is a presence-mask 0, "
                     "not a None passed to the encoder",
                 )
+        if not texts:
+            return []
         enc = self.tokenizer(
-            list(items),
+            list(texts),
             max_length=self.max_length,
             stride=self.config.stride,
             truncation=True,
             return_overflowing_tokens=True,
-            padding="longest",
-            return_tensors="pt",
+            padding=False,
         )
-        mapping = enc.pop("overflow_to_sample_mapping").to(torch.int64)
-        batch: dict[str, Any] = {
-            k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
-        }
-        batch["chunk_to_case"] = mapping
-        batch["n_chunks"] = torch.bincount(mapping, minlength=len(items))
-        batch["n_cases"] = len(items)
+        fields = [f for f in ("input_ids", "attention_mask", "token_type_ids") if f in enc]
+        out: list[dict[str, list[list[int]]]] = [{f: [] for f in fields} for _ in texts]
+        for row, owner in enumerate(enc["overflow_to_sample_mapping"]):
+            for f in fields:
+                out[int(owner)][f].append(list(enc[f][row]))
+        return out
+
+    def collate(self, items: list[Any]) -> dict[str, Any]:
+        """Tokenize notes into overlapping chunks (or pad chunks tokenized before).
+
+        Args:
+            items: note texts (``str``), one per case, or the per-note dicts of
+                :meth:`tokenize` (the two may be mixed).
+
+        Returns:
+            dict with ``input_ids``, ``attention_mask`` (and ``token_type_ids`` when
+            the tokenizer makes them), each ``(N_chunks, L)`` int64, right-padded;
+            ``chunk_to_case`` ``(N_chunks,)`` int64 (index of the note of each chunk);
+            ``n_chunks`` ``(B,)`` int64 (chunks per note); ``n_cases`` ``B`` (int);
+            ``chunk_lengths`` (list of int, tokens per chunk: lets the forward pass
+            trim padding without reading a device tensor back).
+        """
+        if not items:
+            raise ConfigError("cannot collate an empty list of notes", field="note")
+        texts = {k: t for k, t in enumerate(items) if not isinstance(t, Mapping)}
+        fresh = dict(zip(texts, self.tokenize(list(texts.values())), strict=True))
+        notes = [fresh.get(k, item) for k, item in enumerate(items)]
+        fields = list(notes[0])
+        pad = {"input_ids": int(self.tokenizer.pad_token_id or 0)}
+        lengths = [len(chunk) for note in notes for chunk in note["input_ids"]]
+        width = max(lengths)
+        batch: dict[str, Any] = {}
+        for key in fields:
+            value = pad.get(key, 0)
+            rows = [chunk + [value] * (width - len(chunk)) for note in notes for chunk in note[key]]
+            batch[key] = torch.tensor(rows, dtype=torch.int64)
+        n_chunks = [len(note["input_ids"]) for note in notes]
+        batch["chunk_to_case"] = torch.repeat_interleave(
+            torch.arange(len(notes), dtype=torch.int64), torch.tensor(n_chunks)
+        )
+        batch["n_chunks"] = torch.tensor(n_chunks, dtype=torch.int64)
+        batch["n_cases"] = len(notes)
+        batch["chunk_lengths"] = lengths
         return batch
 
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -307,13 +344,19 @@ class TransformerNoteEncoder(Encoder):
                 field="note",
             )
         device = self.device
+        lengths = inputs.get("chunk_lengths")
+        if lengths is not None and len(lengths) != ids.shape[0]:
+            lengths = None
         need_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.net.parameters())
         outs = []
         with torch.set_grad_enabled(need_grad):
             for start in range(0, ids.shape[0], self.config.chunk_batch_size):
                 sl = slice(start, start + self.config.chunk_batch_size)
                 m = mask[sl]
-                width = max(int(m.sum(1).max()), 1)  # right padding: trim to the longest
+                # right padding: trim to the longest chunk (from the host-side lengths when
+                # collate gave them, so no device tensor is read back inside the step)
+                width = max(lengths[sl]) if lengths is not None else int(m.sum(1).max())
+                width = max(width, 1)
                 kwargs = {
                     "input_ids": ids[sl, :width].to(device),
                     "attention_mask": m[:, :width].to(device),
@@ -343,7 +386,8 @@ class TransformerNoteEncoder(Encoder):
         chunks = self.chunk_embeddings(inputs)
         n_cases = int(inputs["n_cases"])
         c2c = torch.as_tensor(inputs["chunk_to_case"]).to(device=chunks.device, dtype=torch.int64)
-        if c2c.shape != (chunks.shape[0],) or (c2c.numel() and int(c2c.max()) >= n_cases):
+        in_range = c2c.device.type != "cpu" or not c2c.numel() or int(c2c.max()) < n_cases
+        if c2c.shape != (chunks.shape[0],) or not in_range:  # on a GPU index_add checks it
             raise ConfigError(
                 f"chunk_to_case {tuple(c2c.shape)} does not index {n_cases} notes",
                 field="note",

@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from clinfuse import MODALITIES, __version__
+from clinfuse.cache import default_cache_dir
 from clinfuse.calibration import build_calibrator
 from clinfuse.cohort.manifest import Cohort, Issue
 from clinfuse.cohort.split import split_cohort
@@ -42,7 +43,12 @@ from clinfuse.fusion.late import LateFusion
 from clinfuse.io.tabular import TabularEncoder
 from clinfuse.model import FusionModel
 from clinfuse.training.embed import attach_embeddings
-from clinfuse.training.trainer import EpochRecord, fit_network, resolve_device
+from clinfuse.training.trainer import (
+    EpochRecord,
+    fit_network,
+    resolve_device,
+    resolve_load_workers,
+)
 
 __all__ = ["resolve_modalities", "train_run"]
 
@@ -228,10 +234,19 @@ def train_run(
         train_frame = pd.DataFrame([r.extra for r in cohort.rows if r.split == "train"])
         tabular = TabularEncoder(data_cfg.tabular_columns).fit(train_frame)
 
-    loader = CaseLoader(data_cfg, modalities, tabular)
+    train_cfg = config.training
+    loader = CaseLoader(
+        data_cfg,
+        modalities,
+        tabular,
+        persist_dir=(train_cfg.cache_dir or default_cache_dir())
+        if train_cfg.persist_decoded
+        else None,
+    )
     loaded = loader.load_many(
         cohort.rows,
         progress=None if progress is None else (lambda d, t: progress("loading cases", d, t)),
+        workers=resolve_load_workers(train_cfg, resolve_device(train_cfg.device)),
     )
     check_signal_shapes(loaded.cases)
     excluded: list[Issue] = list(cohort.excluded) + loaded.excluded

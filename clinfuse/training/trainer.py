@@ -15,6 +15,7 @@ without code changes (``training.devices``, ``training.num_nodes``,
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import time
@@ -32,7 +33,19 @@ from clinfuse.evaluation.metrics import auroc_batch
 from clinfuse.fusion.base import modality_dropout
 from clinfuse.model import Collator, FusionModel, move_batch
 
-__all__ = ["EpochRecord", "TrainState", "fit_network", "resolve_device"]
+__all__ = [
+    "EpochRecord",
+    "SpeedSettings",
+    "TrainState",
+    "batch_loader",
+    "fit_network",
+    "make_optimizer",
+    "pretokenize_notes",
+    "resolve_device",
+    "resolve_load_workers",
+    "resolve_speed",
+    "speed_up_encoders",
+]
 
 CHECKPOINT_VERSION = 1
 
@@ -60,6 +73,188 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if accelerator == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The throughput settings of ``TrainingConfig`` resolved for one accelerator.
+
+    Attributes:
+        num_workers: DataLoader processes that collate batches (0 = in the loop).
+        pin_memory: page-locked batches, copied to the GPU asynchronously.
+        channels_last: 2-D image CNNs in channels-last layout.
+        fused_optimizer: the fused AdamW kernel.
+        compile: ``torch.compile`` the trainable encoders' backbones.
+    """
+
+    num_workers: int = 0
+    pin_memory: bool = False
+    channels_last: bool = False
+    fused_optimizer: bool = False
+    compile: bool = False
+
+
+def resolve_speed(cfg: Any, accelerator: str) -> SpeedSettings:
+    """Resolve the ``auto``/``None`` speed fields of a ``TrainingConfig``.
+
+    On CUDA: workers = min(8, CPUs - 1), pinned memory, channels-last, fused AdamW.
+    On CPU: everything off (the cores compute; collation in the loop is cheaper than
+    shipping batches between processes), which keeps CPU runs bit-for-bit repeatable.
+    """
+    gpu = accelerator == "cuda"
+    workers = cfg.num_workers
+    if workers == "auto":
+        workers = min(8, max((os.cpu_count() or 1) - 1, 0)) if gpu else 0
+
+    def pick(value: bool | None) -> bool:
+        return gpu if value is None else bool(value)
+
+    return SpeedSettings(
+        num_workers=int(workers),
+        pin_memory=pick(cfg.pin_memory) and torch.cuda.is_available(),
+        channels_last=pick(cfg.channels_last),
+        fused_optimizer=pick(cfg.fused_optimizer),
+        compile=bool(cfg.compile),
+    )
+
+
+def resolve_load_workers(cfg: Any, accelerator: str) -> int:
+    """``TrainingConfig.load_workers`` resolved: auto = 0 on CPU, min(8, CPUs - 1) on CUDA."""
+    if cfg.load_workers != "auto":
+        return int(cfg.load_workers)
+    return min(8, max((os.cpu_count() or 1) - 1, 0)) if accelerator == "cuda" else 0
+
+
+def make_optimizer(
+    groups: list[dict[str, Any]], cfg: Any, *, fused: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over parameter groups; ``fused`` uses the single-kernel implementation."""
+    extra: dict[str, Any] = {"fused": True} if fused else {}
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+
+
+def speed_up_encoders(
+    network: torch.nn.Module, frozen: Sequence[str], speed: SpeedSettings
+) -> Callable[[], None]:
+    """Apply channels-last and ``torch.compile`` to the trainable encoders, in place.
+
+    State-dict keys and values are unchanged (the backbone's forward is compiled in place).
+
+    Returns:
+        A function that undoes both (called when training ends, so that the saved
+        model and later inference see plain modules).
+    """
+    undo: list[Callable[[], None]] = []
+    for name, enc in cast(Any, network).encoders.items():
+        if name in frozen:
+            continue
+        cl_ok = speed.channels_last and hasattr(enc, "use_channels_last")
+        if cl_ok and enc.use_channels_last(True):
+            undo.append(functools.partial(enc.use_channels_last, False))
+        net = getattr(enc, "net", None)
+        # notes are left eager: every batch has another token width, i.e. a recompile
+        if speed.compile and name != "note" and isinstance(net, torch.nn.Module):
+            parts = list(net.values()) if isinstance(net, torch.nn.ModuleDict) else [net]
+            undo.extend(_compile_forward(part) for part in parts)
+
+    def restore() -> None:
+        for fn in undo:
+            fn()
+
+    return restore
+
+
+def _compile_forward(net: torch.nn.Module) -> Callable[[], None]:
+    """``torch.compile`` a module's forward in place; returns the undo.
+
+    The compiled entry point is a function defined here, not ``nn.Module.compile()``:
+    torch 2.13's dynamo skips a top frame inside ``torch.nn`` (``Module._call_impl``),
+    which silently left ``Module.compile()`` uncompiled. Weights and their state-dict
+    names are untouched.
+    """
+    original = net.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return original(*args, **kwargs)
+
+    net.forward = torch.compile(forward)  # type: ignore[method-assign]
+    return functools.partial(net.__dict__.pop, "forward", None)
+
+
+def pretokenize_notes(cases: Sequence[dict[str, Any]], encoder: Any) -> list[dict[str, Any]]:
+    """Copies of ``cases`` with ``note_tokens``: each note tokenized once, not every epoch."""
+    out = [dict(c) for c in cases]
+    todo = [c for c in out if c.get("note") is not None and c.get("note_tokens") is None]
+    for start in range(0, len(todo), 256):
+        part = todo[start : start + 256]
+        for c, tokens in zip(part, encoder.tokenize([c["note"] for c in part]), strict=True):
+            c["note_tokens"] = tokens
+    return out
+
+
+class _EpochBatches:
+    """A batch sampler whose batches are set before each epoch (workers stay alive)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def batch_loader(
+    cases: Sequence[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    speed: SpeedSettings,
+) -> tuple[Callable[[list[list[int]]], Iterator[dict[str, Any]]], Callable[[], None]]:
+    """Collated batches of ``cases`` for given index lists, in order.
+
+    Without workers or pinning this collates in the loop. Otherwise a
+    ``torch.utils.data.DataLoader`` with persistent workers collates ahead of the
+    step (``prefetch_factor`` batches per worker) into page-locked memory, so the
+    host-to-GPU copy overlaps the computation.
+
+    Returns:
+        ``(batches, close)``: ``batches(index_lists)`` yields the collated batches;
+        ``close()`` stops the workers.
+    """
+    if speed.num_workers == 0 and not speed.pin_memory:
+
+        def plain(index_lists: list[list[int]]) -> Iterator[dict[str, Any]]:
+            for idx in index_lists:
+                yield collate([cases[i] for i in idx])
+
+        return plain, lambda: None
+
+    from torch.utils.data import DataLoader
+
+    sampler = _EpochBatches()
+    loader = DataLoader(
+        cast(Any, cases),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=speed.num_workers,
+        pin_memory=speed.pin_memory,
+        persistent_workers=speed.num_workers > 0,
+        prefetch_factor=4 if speed.num_workers > 0 else None,
+        # its own generator: seeding the workers must not draw from the global RNG, which
+        # the training loop reseeds per epoch for dropout (bit-for-bit reruns and resumes)
+        generator=torch.Generator().manual_seed(0),
+    )
+
+    def loaded(index_lists: list[list[int]]) -> Iterator[dict[str, Any]]:
+        sampler.batches = index_lists
+        yield from loader
+
+    def close() -> None:
+        it = getattr(loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+    return loaded, close
 
 
 @dataclass
@@ -205,7 +400,13 @@ def fit_network(
     modalities = model.modalities
     late = model.network.fusion.strategy == "late"
     frozen = model.frozen_modalities
+    speed = resolve_speed(cfg, accelerator)
     collate = Collator(modalities, dict(model.network.encoders), frozen)
+    if "note" in modalities and "note" not in frozen:
+        note_encoder = model.network.encoders["note"]
+        if hasattr(note_encoder, "tokenize"):
+            train_cases = pretokenize_notes(train_cases, note_encoder)
+            val_cases = pretokenize_notes(val_cases, note_encoder)
 
     y_train = np.array([c["label"] for c in train_cases], dtype=float)
     n_pos = float(y_train.sum())
@@ -234,7 +435,8 @@ def fit_network(
         raise ConfigError(
             "nothing to train: every encoder is frozen and there are no heads", field="encoders"
         )
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(groups, cfg, fused=speed.fused_optimizer)
+    restore_encoders = speed_up_encoders(model.network, frozen, speed)
     network, optimizer = fabric.setup(model.network, optimizer)
 
     state = TrainState(global_rank=fabric.global_rank)
@@ -273,13 +475,20 @@ def fit_network(
 
     keys = modalities if late else ["fusion"]
     device = fabric.device
+    pos_weight = pos_weight.to(device)
+    train_batches, close_train = batch_loader(train_cases, collate, speed)
+    val_batches, close_val = batch_loader(val_cases, collate, speed)
+    val_index = [
+        list(range(start, min(start + cfg.batch_size, len(val_cases))))
+        for start in range(0, len(val_cases), cfg.batch_size)
+    ]
 
     def evaluate() -> dict[str, float]:
         network.eval()
         logits, unimodal, present, labels = [], [], [], []
         with torch.no_grad():
-            for start in range(0, len(val_cases), cfg.batch_size):
-                batch = move_batch(collate(list(val_cases[start : start + cfg.batch_size])), device)
+            for cpu_batch in val_batches(val_index):
+                batch = move_batch(cpu_batch, device)
                 out = network(batch)
                 logits.append(out.logit.float().cpu())
                 unimodal.append(out.unimodal.float().cpu())
@@ -293,46 +502,53 @@ def fit_network(
             res[m] = _auroc(np.where(pres[:, i], y, np.nan), z[:, i])
         return res
 
-    with _deterministic(cfg.deterministic and accelerator == "cpu"):
+    def train_epoch(epoch: int) -> float:
+        """One pass over the training cases; the mean loss is read back once, at the end."""
+        network.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_cases), generator=gen).tolist()
+        drop_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
+        # dropout layers draw from the global generator: seed it per epoch so that a
+        # resumed run repeats exactly what an uninterrupted one would have done
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        index_lists = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        count = 0
+        for idx, cpu_batch in zip(index_lists, train_batches(index_lists), strict=True):
+            batch = move_batch(cpu_batch, device)
+            if cfg.augment:
+                batch = augment_batch(batch, drop_gen)
+            shown = None
+            if not late:  # drawn on the host mask: no device read-back inside the step
+                shown = modality_dropout(
+                    cpu_batch["present"], model.config.fusion.modality_dropout, drop_gen
+                ).to(device, non_blocking=True)
+            y = batch["label"]
+            present = batch["present"]
+            if late:
+                out = network(batch)
+                loss = _unimodal_loss(out.unimodal, present, y, pos_weight)
+            else:
+                out = network(batch, present=shown)
+                loss = F.binary_cross_entropy_with_logits(
+                    out.logit.float(), y, pos_weight=pos_weight
+                )
+                if model.config.fusion.aux_weight > 0:
+                    loss = loss + model.config.fusion.aux_weight * _unimodal_loss(
+                        out.unimodal, present, y, pos_weight
+                    )
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            optimizer.step()
+            total += loss.detach().double() * len(idx)
+            count += len(idx)
+        return float(total) / max(count, 1)
+
+    def run_epochs() -> None:
         while state.epoch < cfg.epochs and not state.stopped_early:
             epoch = state.epoch
             t0 = time.perf_counter()
-            network.train()
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            order = torch.randperm(len(train_cases), generator=gen).tolist()
-            drop_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
-            # dropout layers draw from the global generator: seed it per epoch so that a
-            # resumed run repeats exactly what an uninterrupted one would have done
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-            total, count = 0.0, 0
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                batch = collate([train_cases[i] for i in idx])
-                if cfg.augment:
-                    batch = augment_batch(batch, drop_gen)
-                batch = move_batch(batch, device)
-                y = batch["label"]
-                present = batch["present"]
-                if late:
-                    out = network(batch)
-                    loss = _unimodal_loss(out.unimodal, present, y, pos_weight.to(device))
-                else:
-                    shown = modality_dropout(
-                        present, model.config.fusion.modality_dropout, drop_gen
-                    )
-                    out = network(batch, present=shown)
-                    loss = F.binary_cross_entropy_with_logits(
-                        out.logit.float(), y, pos_weight=pos_weight.to(device)
-                    )
-                    if model.config.fusion.aux_weight > 0:
-                        loss = loss + model.config.fusion.aux_weight * _unimodal_loss(
-                            out.unimodal, present, y, pos_weight.to(device)
-                        )
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
+            train_loss = train_epoch(epoch)
             val = evaluate()
             improved = []
             for k in keys:
@@ -345,9 +561,7 @@ def fit_network(
                     best_states[k] = _modality_state(model, k) if late else _trainable_state(model)
             state.stale = 0 if improved else state.stale + 1
             state.epoch = epoch + 1
-            record = EpochRecord(
-                epoch + 1, total / max(count, 1), val, improved, time.perf_counter() - t0
-            )
+            record = EpochRecord(epoch + 1, train_loss, val, improved, time.perf_counter() - t0)
             state.history.append(record)
             if state.stale >= cfg.patience:
                 state.stopped_early = True
@@ -367,6 +581,14 @@ def fit_network(
                 )
             if on_epoch is not None:
                 on_epoch(record, cfg.epochs)
+
+    try:
+        with _deterministic(cfg.deterministic and accelerator == "cpu"):
+            run_epochs()
+    finally:
+        close_train()
+        close_val()
+        restore_encoders()
 
     # Restore the best weights (per modality for late fusion).
     for k in keys:

@@ -1,0 +1,278 @@
+"""The fast paths give the same results as the plain ones (CPU coverage of the GPU settings).
+
+Tokenize-once vs tokenize-per-batch, channels-last vs default layout, DataLoader workers vs
+in-loop collation, parallel vs serial loading, persisted vs fresh decoding, memory-mapped
+packs vs the per-case cache, streamed head training vs a known separable problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+from clinfuse.cache import EmbeddingCache, PackedEmbeddings
+from clinfuse.cohort.manifest import Cohort
+from clinfuse.config import RunConfig, TrainingConfig
+from clinfuse.data import CaseLoader
+from clinfuse.encoders import build_encoder
+from clinfuse.model import Collator
+from clinfuse.training.trainer import (
+    SpeedSettings,
+    batch_loader,
+    resolve_speed,
+    speed_up_encoders,
+)
+
+NOTES = [
+    "Chest pain since 2 h, troponin pending.",
+    " ".join(f"day {i}: stable, afebrile, plan unchanged." for i in range(60)),
+    "Afebrile.",
+]
+
+
+def _loader_config() -> RunConfig:
+    return RunConfig.model_validate(
+        {
+            "data": {
+                "image": {"spatial_size": [32, 32], "window": "ct_soft_tissue"},
+                "signal": {"target_fs": 50.0, "duration_s": 4.0},
+            }
+        }
+    )
+
+
+def test_notes_tokenized_once_collate_exactly_like_tokenizing_in_the_batch() -> None:
+    from transformers import AutoTokenizer
+
+    from clinfuse.encoders.text import default_text_model_path
+
+    enc = build_encoder("note", {"name": "transformer", "max_length": 64, "stride": 8})
+    fresh = enc.collate(NOTES)
+    pre = enc.collate(enc.tokenize(NOTES))  # type: ignore[operator]
+    mixed = enc.collate([enc.tokenize(NOTES[:1])[0], *NOTES[1:]])  # type: ignore[operator]
+    # reference: Hugging Face's own batch tokenization with overflow windows, padded to the longest
+    tok = AutoTokenizer.from_pretrained(default_text_model_path(), local_files_only=True)
+    ref = tok(
+        NOTES,
+        max_length=64,
+        stride=8,
+        truncation=True,
+        return_overflowing_tokens=True,
+        padding="longest",
+        return_tensors="pt",
+    )
+    for batch in (fresh, pre, mixed):
+        for key in ("input_ids", "attention_mask", "token_type_ids"):
+            torch.testing.assert_close(batch[key], ref[key].to(torch.int64), rtol=0, atol=0)
+        assert batch["chunk_to_case"].tolist() == ref["overflow_to_sample_mapping"].tolist()
+        assert batch["chunk_lengths"] == ref["attention_mask"].sum(1).tolist()
+    assert fresh["n_chunks"].tolist()[1] >= 3
+
+
+def test_channels_last_embeds_like_the_default_layout() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("image", {"name": "small_cnn", "embed_dim": 8, "width": 4}).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        before = enc(x)
+        keys = list(enc.state_dict())
+        restore = speed_up_encoders(_Net(enc), [], SpeedSettings(channels_last=True))
+        assert enc.channels_last  # type: ignore[attr-defined]
+        conv = next(m for m in enc.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        during = enc(x)
+        restore()
+        after = enc(x)
+    torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert list(enc.state_dict()) == keys
+    assert not enc.channels_last  # type: ignore[attr-defined]
+    assert conv.weight.is_contiguous()
+
+
+class _Net(torch.nn.Module):
+    def __init__(self, image: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoders = torch.nn.ModuleDict({"image": image})
+
+
+def test_speed_settings_are_off_on_cpu_and_on_for_cuda() -> None:
+    cfg = TrainingConfig()
+    assert resolve_speed(cfg, "cpu") == SpeedSettings()
+    gpu = resolve_speed(cfg, "cuda")
+    assert gpu.channels_last and gpu.fused_optimizer and not gpu.compile
+    assert gpu.pin_memory == torch.cuda.is_available()
+    explicit = resolve_speed(TrainingConfig(num_workers=3, channels_last=False), "cuda")
+    assert explicit.num_workers == 3 and not explicit.channels_last
+    with pytest.raises(ValueError, match="worker counts"):
+        TrainingConfig(num_workers=-1)
+
+
+def test_worker_batches_equal_in_loop_batches(tiny_cohort: Path) -> None:
+    cfg = _loader_config()
+    rows = Cohort.from_manifest(tiny_cohort).rows[:24]
+    cases = CaseLoader(cfg.data, ["image", "signal"]).load_many(rows).cases
+    enc = {
+        "image": build_encoder("image", {"name": "small_cnn"}),
+        "signal": build_encoder("signal", {"name": "resnet1d", "in_leads": 2}),
+    }
+    collate = Collator(["image", "signal"], enc, [])
+    index_lists = [[5, 1, 7], [0, 2], [9, 3, 4, 8]]
+    plain, _ = batch_loader(cases, collate, SpeedSettings())
+    pooled, close = batch_loader(cases, collate, SpeedSettings(num_workers=2))
+    try:
+        for epoch in range(2):  # the workers persist across epochs
+            order = index_lists if epoch == 0 else index_lists[::-1]
+            for a, b in zip(plain(order), pooled(order), strict=True):
+                assert a["case_id"] == b["case_id"]
+                torch.testing.assert_close(a["present"], b["present"])
+                for m in ("image", "signal"):
+                    torch.testing.assert_close(a["inputs"][m][0], b["inputs"][m][0])
+                    torch.testing.assert_close(a["inputs"][m][1], b["inputs"][m][1])
+    finally:
+        close()
+
+
+def test_parallel_and_persisted_loading_equal_a_fresh_serial_load(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    cfg = _loader_config()
+    rows = Cohort.from_manifest(tiny_cohort).rows[:16]
+    serial = CaseLoader(cfg.data, ["image", "signal"]).load_many(rows)
+    persisted = CaseLoader(cfg.data, ["image", "signal"], persist_dir=tmp_path)
+    first = persisted.load_many(rows, workers=2)
+    stored = list((tmp_path / "decoded-image").rglob("*.npy"))
+    assert len(stored) == sum(c["image"] is not None for c in serial.cases) > 0
+    second = persisted.load_many(rows)  # from the store
+    for loaded in (first, second):
+        assert loaded.case_ids == serial.case_ids
+        for a, b in zip(serial.cases, loaded.cases, strict=True):
+            if a["image"] is not None:
+                np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+                assert list(b["image_meta"]["window_applied"]) == list(
+                    a["image_meta"]["window_applied"]
+                )
+            if a["signal"] is not None:
+                np.testing.assert_array_equal(a["signal"], b["signal"])
+    # other image settings never read the stored pixels
+    other = _loader_config().data.model_copy(
+        update={"image": cfg.data.image.model_copy(update={"spatial_size": (16, 16)})}
+    )
+    resized = CaseLoader(other, ["image"], persist_dir=tmp_path).load_many(rows[:2]).cases
+    assert all(c["image"].shape[-2:] == (16, 16) for c in resized if c["image"] is not None)
+
+
+def test_pack_streams_the_cache_into_a_memory_mapped_matrix(tmp_path: Path) -> None:
+    store = EmbeddingCache(tmp_path / "cache", "note", "f" * 64)
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(7, 5)).astype(np.float32)
+    keys: list[str | None] = []
+    for i in range(7):
+        key = store.key(f"c{i}", f"text:{i}")
+        if i != 3:
+            store.put(key, values[i])
+        keys.append(None if i == 5 else key)
+    packed, found = store.pack(keys, tmp_path / "note.npy", chunk_rows=2)
+    assert found.tolist() == [True, True, True, False, True, False, True]
+    assert isinstance(packed.matrix, np.memmap) and packed.matrix.shape == (7, 5)
+    expected = np.where(found[:, None], values, 0.0)
+    np.testing.assert_array_equal(packed[:], expected)
+    np.testing.assert_array_equal(PackedEmbeddings(tmp_path / "note.npy")[[6, 0]], values[[6, 0]])
+
+
+def test_heads_trained_on_streamed_packs_separate_a_separable_cohort(tmp_path: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from clinfuse.fusion.base import FusionConfig, build_fusion
+    from clinfuse.model import FusionNetwork
+    from clinfuse.training.embed import fit_heads_on_packed, packed_batches
+
+    rng = np.random.default_rng(1)
+    n, dims = 600, {"note": 6, "image": 4}
+    y = (rng.random(n) < 0.4).astype(np.float32)
+    packs = {}
+    for m, d in dims.items():
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        x[:, 0] += 3.0 * (y - 0.5)
+        packs[m] = PackedEmbeddings.write(tmp_path / f"{m}.npy", n, d, [x[:250], x[250:]])
+    present = np.ones((n, 2), bool)
+    present[::3, 1] = False
+    torch.manual_seed(0)
+    net = FusionNetwork(list(dims), {}, build_fusion(FusionConfig(), list(dims), dims))
+    losses = fit_heads_on_packed(net, packs, present, y, epochs=4, batch_size=128, lr=1e-2)
+    assert losses[-1] < losses[0]
+    with torch.no_grad():
+        z = torch.cat(
+            [
+                net.fusion(b["embeddings"], b["present"]).unimodal
+                for b in packed_batches(packs, present, None, list(dims), 256)
+            ]
+        ).numpy()
+    assert roc_auc_score(y, z[:, 0]) > 0.9
+    assert roc_auc_score(y[present[:, 1]], z[present[:, 1], 1]) > 0.9
+
+
+def test_fingerprint_memo_follows_every_weight_change() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("signal", {"name": "resnet1d", "in_leads": 2, "depth": 2})
+    torch.manual_seed(1)
+    other = build_encoder("signal", {"name": "resnet1d", "in_leads": 2, "depth": 2})
+    first = enc.fingerprint()
+    assert enc.fingerprint() == first  # memo
+    enc.load_state_dict(other.state_dict())  # in-place copies
+    assert enc.fingerprint() == other.fingerprint() != first
+    conv = next(m for m in enc.modules() if isinstance(m, torch.nn.Conv1d))
+    conv.weight = torch.nn.Parameter(conv.weight.detach() * 2)  # a new tensor
+    assert enc.fingerprint() not in (first, other.fingerprint())
+
+
+@pytest.mark.slow
+def test_compile_really_compiles_and_undoes_cleanly() -> None:
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    enc = build_encoder("signal", {"name": "resnet1d", "in_leads": 2, "depth": 2}).eval()
+    x = torch.randn(2, 2, 64)
+    with torch.no_grad():
+        eager = enc(x)
+        counters.clear()
+        restore = speed_up_encoders(_Net2(enc), [], SpeedSettings(compile=True))
+        compiled = enc(x)
+        # dynamo captured a graph and inductor compiled it (counters stay empty when not)
+        assert any(counters[k] for k in ("inductor", "aot_autograd"))
+        restore()
+        again = enc(x)
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again, eager, rtol=0, atol=0)
+    assert "forward" not in enc.net.__dict__
+
+
+class _Net2(torch.nn.Module):
+    def __init__(self, signal: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoders = torch.nn.ModuleDict({"signal": signal})
+
+
+def test_training_with_workers_and_persisted_images_gives_the_same_model(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    """Loader processes, DataLoader workers and the decoded-image store change speed, not results."""
+    import pandas as pd
+
+    from clinfuse.training import train_run
+
+    cache = str(tmp_path / "cache")  # shared: both runs use the same note embeddings
+    plain = train_run(tiny_cohort, tmp_path / "plain", tiny_config(epochs=1, cache_dir=cache))
+    fast_cfg = tiny_config(
+        epochs=1, num_workers=2, load_workers=2, persist_decoded=True, cache_dir=cache
+    )
+    fast = train_run(tiny_cohort, tmp_path / "fast", fast_cfg)
+    assert list((tmp_path / "cache" / "decoded-image").rglob("*.npy"))
+    a = pd.read_csv(plain / "predictions.csv")
+    b = pd.read_csv(fast / "predictions.csv")
+    np.testing.assert_array_equal(a["case_id"], b["case_id"])
+    np.testing.assert_array_equal(a["p_fusion"].to_numpy(), b["p_fusion"].to_numpy())
