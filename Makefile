@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DEMO_OUT ?= demo_out
 PYTEST_WORKERS ?= 2
 
-.PHONY: install browser demo test test-slow test-gpu lint format typecheck bench docs-cli clean help
+.PHONY: install browser demo test test-slow test-gpu lint format typecheck bench bench-quick bench-gpu bench-dp docs-cli docs-api clean help
 
 help:
 	@echo "make demo       install, then run the whole pipeline on a synthetic cohort"
@@ -19,7 +19,9 @@ help:
 	@echo "make test-slow  the slow tests (full-size demo, notebooks at full size)"
 	@echo "make test-gpu   the GPU tests (needs CUDA)"
 	@echo "make lint       ruff + mypy"
-	@echo "make bench      benchmarks (JSON lines on stdout)"
+	@echo "make bench-quick  every benchmark at small CPU sizes (JSON lines on stdout)"
+	@echo "make bench-gpu    every benchmark at full size on CUDA"
+	@echo "make docs-cli     regenerate docs/cli.md; make docs-api regenerates docs/api.md"
 
 install: $(STAMP)
 
@@ -63,8 +65,19 @@ typecheck: install
 docs-cli: install
 	$(BIN)/typer clinfuse.cli utils docs --name clinfuse --output docs/cli.md
 
-bench: install
-	@for b in benchmarks/bench_*.py; do $(BIN)/python $$b; done
+bench: bench-quick
+
+bench-quick: install
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks --quick --device cpu
+
+bench-gpu: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks --device cuda --out benchmarks/results-gpu.jsonl
+
+bench-dp: install
+	$(BIN)/python benchmarks/bench_dp.py
+
+docs-api: install
+	$(BIN)/python docs/gen_api.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

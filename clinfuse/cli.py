@@ -452,10 +452,15 @@ def _register_feature_commands() -> None:
     from clinfuse.deid_cli import DEID_EPILOG, deid
     from clinfuse.evaluation.cli import EVALUATE_EPILOG, evaluate
     from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
+    from clinfuse.federated.cli import FEDERATED_EPILOG, federated
+    from clinfuse.review.cli import APP_EPILOG
+    from clinfuse.review.cli import app as review_app
 
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
     app.command(epilog=EXPLAIN_EPILOG)(explain)
     app.command(name="deid", epilog=DEID_EPILOG)(deid)
+    app.command(epilog=FEDERATED_EPILOG)(federated)
+    app.command(name="app", epilog=APP_EPILOG)(review_app)
 
 
 _register_feature_commands()
