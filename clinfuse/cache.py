@@ -37,20 +37,27 @@ def default_cache_dir() -> Path:
 
 
 def source_identity(path: str | Path | None = None, text: str | None = None) -> str:
-    """What identifies a modality's input: a file's path/size/mtime, or the text's hash."""
+    """What identifies a modality's input: a file's path/size/mtime, or the text's hash.
+
+    A path that does not exist gets a ``missing:`` identity (never a cache hit), so the
+    loader that opens it next raises its own error naming the case and the field.
+    """
     if text is not None:
         return "text:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
     if path is None:
         raise ValueError("source_identity needs a path or a text")
     p = Path(path).resolve()
     if p.is_dir():
-        parts = []
+        parts: list[str] = []
         for f in sorted(p.iterdir()):
             if f.is_file():
                 st = f.stat()
                 parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
         return f"dir:{p}:" + hashlib.sha256("|".join(parts).encode()).hexdigest()
-    st = p.stat()
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return f"missing:{p}"
     return f"file:{p}:{st.st_size}:{st.st_mtime_ns}"
 
 

@@ -123,7 +123,7 @@ def app(
     explanations, decisions saved to SQLite with an audit trail, cohort figures, export.
 
     Reviewers log in with a local account (create one with --add-reviewer) or, when
-    `[auth]` is configured in .streamlit/secrets.toml, through OIDC (st.login).
+    an auth section is configured in .streamlit/secrets.toml, through OIDC (st.login).
     """
     from rich.console import Console
 

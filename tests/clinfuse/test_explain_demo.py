@@ -33,11 +33,10 @@ def _load(run: Path, manifest: Path):
 
 @pytest.mark.slow
 def test_uninformative_modality_smallest_and_lesion_heatmap(tmp_path: Path) -> None:
-    from conftest import tiny_config
-
     from clinfuse.explain.modality import build_modality_cache, modality_shapley
     from clinfuse.synth import synthesize_cohort
     from clinfuse.training import train_run
+    from tests.conftest import tiny_config
 
     manifest = synthesize_cohort(
         tmp_path / "cohort",

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from clinfuse.cache import EmbeddingCache, PackedEmbeddings
 from clinfuse.cohort.manifest import Cohort
@@ -26,6 +25,7 @@ from clinfuse.training.trainer import (
     resolve_speed,
     speed_up_encoders,
 )
+from tests.conftest import tiny_config
 
 NOTES = [
     "Chest pain since 2 h, troponin pending.",

@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config
 
 from clinfuse.config import load_config
 from clinfuse.errors import ClinFuseError, CohortError, ConfigError
 from clinfuse.model import FusionModel, load_run
 from clinfuse.training import train_run
+from tests.conftest import tiny_config
 
 
 def test_run_folder_is_complete(tiny_run):
