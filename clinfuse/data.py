@@ -45,7 +45,7 @@ from clinfuse.errors import ClinFuseError, ConfigError, ModalityLoadError, unwra
 from clinfuse.io.note import load_note
 from clinfuse.io.tabular import TabularEncoder
 
-__all__ = ["CaseLoader", "DecodedImageStore", "LoadedCases"]
+__all__ = ["CaseLoader", "DecodedImageStore", "LoadedCases", "input_shapes"]
 
 
 class DecodedImageStore:
@@ -350,3 +350,21 @@ def check_signal_shapes(cases: Sequence[dict[str, Any]]) -> None:
             field="signal",
             hint=f"set data.signal.n_leads (e.g. {min(counts)}) or data.signal.lead_names in the config",
         )
+
+
+def input_shapes(cases: Sequence[dict[str, Any]], tabular: Any = None) -> dict[str, int]:
+    """What the encoders' first layers need: image channels, signal leads, tabular features.
+
+    Read from the first case that has each modality (``check_signal_shapes`` has made
+    them agree); ``tabular`` is the fitted :class:`~clinfuse.io.tabular.TabularEncoder`.
+    """
+    shapes: dict[str, int] = {}
+    image = next((c["image"] for c in cases if c.get("image") is not None), None)
+    if image is not None:
+        shapes["image_channels"] = int(image.shape[0])
+    signal = next((c["signal"] for c in cases if c.get("signal") is not None), None)
+    if signal is not None:
+        shapes["signal_leads"] = int(signal.shape[0])
+    if tabular is not None:
+        shapes["tabular_features"] = int(tabular.n_features)
+    return shapes

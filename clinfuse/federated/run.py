@@ -36,7 +36,7 @@ from clinfuse.calibration import build_calibrator
 from clinfuse.cohort.manifest import Cohort, Issue
 from clinfuse.cohort.split import split_cohort
 from clinfuse.config import RunConfig
-from clinfuse.data import CaseLoader, check_signal_shapes
+from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.metrics import metric_with_ci
 from clinfuse.evaluation.summary import summarize_predictions
@@ -207,15 +207,7 @@ def prepare(
     loaded = CaseLoader(data_cfg, modalities, tabular).load_many(rows)
     check_signal_shapes(loaded.cases)
     excluded = list(cohort.excluded) + loaded.excluded
-    in_shapes: dict[str, Any] = {}
-    img = next((c["image"] for c in loaded.cases if c.get("image") is not None), None)
-    if img is not None:
-        in_shapes["image_channels"] = int(img.shape[0])
-    sig = next((c["signal"] for c in loaded.cases if c.get("signal") is not None), None)
-    if sig is not None:
-        in_shapes["signal_leads"] = int(sig.shape[0])
-    if tabular is not None:
-        in_shapes["tabular_features"] = tabular.n_features
+    in_shapes = input_shapes(loaded.cases, tabular)
     torch.manual_seed(config.training.seed)
     model = FusionModel.build(config, modalities, tabular=tabular, in_shapes=in_shapes)
     cases = loaded.cases

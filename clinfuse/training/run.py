@@ -36,7 +36,7 @@ from clinfuse.calibration import build_calibrator
 from clinfuse.cohort.manifest import Cohort, Issue
 from clinfuse.cohort.split import split_cohort
 from clinfuse.config import RunConfig, load_config
-from clinfuse.data import CaseLoader, check_signal_shapes
+from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.summary import summarize_predictions
 from clinfuse.fusion.late import LateFusion
@@ -276,16 +276,7 @@ def train_run(
                 hint=f"drop it from data.modalities or add {m} data to training cases",
             )
 
-    in_shapes: dict[str, Any] = {}
-    first_image = next((c["image"] for c in loaded.cases if c.get("image") is not None), None)
-    if first_image is not None:
-        in_shapes["image_channels"] = int(first_image.shape[0])
-    first_signal = next((c["signal"] for c in loaded.cases if c.get("signal") is not None), None)
-    if first_signal is not None:
-        in_shapes["signal_leads"] = int(first_signal.shape[0])
-    if tabular is not None:
-        in_shapes["tabular_features"] = tabular.n_features
-
+    in_shapes = input_shapes(loaded.cases, tabular)
     torch.manual_seed(config.training.seed)
     model = FusionModel.build(config, modalities, tabular=tabular, in_shapes=in_shapes)
 
