@@ -100,7 +100,7 @@ def save_task_state(task: SiteTask, context: Context) -> bool:
                 f"site {task.site_id!r}: state_dict()[{name!r}] has dtype {arr.dtype}; "
                 "task state must be numeric NumPy arrays (bool, int or float)"
             )
-        arrays[str(name)] = Array(np.ascontiguousarray(arr))
+        arrays[str(name)] = Array(np.asarray(arr, order="C"))
     context.state.array_records[TASK_STATE_KEY] = ArrayRecord(arrays)
     return True
 

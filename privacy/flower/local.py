@@ -18,7 +18,9 @@ What :class:`LocalFederation` does:
   connection (``config.toml``), Flower's state and the processes' logs;
 * starts ``flower-superlink --insecure --disable-runtime-dependency-installation`` and one
   ``flower-supernode --insecure --node-config ...`` per site, each in its own process group
-  (``--insecure`` is for loopback only: use TLS between hosts);
+  (``--insecure`` is for loopback only: use TLS between hosts); with ``tls`` (a
+  :class:`TLSFiles`, e.g. from :func:`loopback_tls`) the SuperLink serves TLS and the
+  SuperNodes and the ``flwr`` CLI verify its certificate, as on real hosts;
 * submits the app (:data:`privacy.flower.APP_DIR`) with ``flwr run``, the settings written to
   a TOML file for ``--run-config``; then waits for the ServerApp's ``federation.json``;
 * stops every process group (SIGTERM, then SIGKILL) on exit, also after an error.
@@ -39,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -49,12 +51,92 @@ from privacy.flower import APP_DIR
 from privacy.flower.config import FlowerRunConfig
 from privacy.flower.results import RESULT_FILE, FlowerRunResult, read_result
 
-__all__ = ["LocalFederation", "free_port", "run_local_federation"]
+__all__ = ["LocalFederation", "TLSFiles", "free_port", "loopback_tls", "run_local_federation"]
 
 _CONNECTION = "privacy-local"
 
 SUPEREXEC_POLL_INTERVAL = 0.2
 """Seconds between the SuperExecs' checks for a message to run (Flower's default: 1)."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a SuperLink that serves TLS.
+
+    Args:
+        ca_cert: the CA certificate the SuperNodes and the ``flwr`` CLI trust.
+        server_cert: the SuperLink's certificate (signed by the CA, naming its host).
+        server_key: the SuperLink's private key.
+    """
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+    def check(self) -> None:
+        """Raise :class:`FederatedError` naming the first file that does not exist."""
+        for name in ("ca_cert", "server_cert", "server_key"):
+            path = Path(getattr(self, name))
+            if not path.is_file():
+                raise FederatedError(f"TLS {name.replace('_', ' ')} file {path} does not exist")
+
+
+def loopback_tls(folder: Path, days: int = 2) -> TLSFiles:
+    """A throwaway CA and a SuperLink certificate for ``localhost``/``127.0.0.1``.
+
+    For trying TLS on one machine (tests, a rehearsal of a real deployment); between real
+    hosts use certificates from your PKI for the SuperLink's DNS name.
+    """
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "privacy-flower loopback CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = TLSFiles(folder / "ca.crt", folder / "server.pem", folder / "server.key")
+    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.server_key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.server_key.chmod(0o600)
+    return files
 
 
 def free_port() -> int:
@@ -140,6 +222,8 @@ class LocalFederation:
         env: extra environment variables for every process (e.g. ``PYTHONPATH`` so the
             SuperNodes can import the task factory's package).
         keep_work_dir: keep the logs after :meth:`stop`.
+        tls: serve TLS with these files (the SuperNodes and ``flwr`` verify the SuperLink's
+            certificate against ``tls.ca_cert``); None: ``--insecure`` (loopback only).
 
     Use as a context manager; several runs may be submitted while it is up.
     """
@@ -152,6 +236,7 @@ class LocalFederation:
         startup_timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
         keep_work_dir: bool = False,
+        tls: TLSFiles | None = None,
     ) -> None:
         if not node_configs:
             raise FederatedError("a federation needs at least one site (node_configs is empty)")
@@ -164,6 +249,12 @@ class LocalFederation:
         self.superlink_port = 0
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
+        if tls is not None:
+            tls.check()
+            tls = TLSFiles(
+                *(Path(f).resolve() for f in (tls.ca_cert, tls.server_cert, tls.server_key))
+            )
+        self.tls = tls
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> LocalFederation:
@@ -246,14 +337,25 @@ class LocalFederation:
         (self.flwr_home / "config.toml").write_text(
             f'[superlink]\ndefault = "{_CONNECTION}"\n\n'
             f"[superlink.{_CONNECTION}]\n"
-            f'address = "127.0.0.1:{self.superlink_port}"\ninsecure = true\n',
+            f'address = "127.0.0.1:{self.superlink_port}"\n'
+            + (
+                f'root-certificates = "{self.tls.ca_cert}"\n'
+                if self.tls is not None
+                else "insecure = true\n"
+            ),
             encoding="utf-8",
         )
+        if self.tls is not None:
+            security = ["--ssl-ca-certfile", str(self.tls.ca_cert)]
+            security += ["--ssl-certfile", str(self.tls.server_cert)]
+            security += ["--ssl-keyfile", str(self.tls.server_key)]
+        else:
+            security = ["--insecure"]
         proc = self._spawn(
             "superlink",
             [
                 _tool("flower-superlink"),
-                "--insecure",
+                *security,
                 "--disable-runtime-dependency-installation",
                 "--host",
                 "127.0.0.1",
@@ -284,7 +386,11 @@ class LocalFederation:
             f"supernode-{index}",
             [
                 _tool("flower-supernode"),
-                "--insecure",
+                *(
+                    ["--root-certificates", str(self.tls.ca_cert)]
+                    if self.tls is not None
+                    else ["--insecure"]
+                ),
                 "--superlink",
                 f"127.0.0.1:{self.superlink_port}",
                 "--port",
@@ -454,6 +560,7 @@ def run_local_federation(
     timeout: float = 600.0,
     env: Mapping[str, str] | None = None,
     check: bool = True,
+    tls: TLSFiles | None = None,
 ) -> FlowerRunResult:
     """Start a loopback federation, run ``cfg`` once, stop everything, return the result.
 
@@ -464,10 +571,11 @@ def run_local_federation(
         timeout: seconds for the whole run (start-up excluded).
         env: extra environment variables for the Flower processes.
         check: raise when the run failed (else return the failed result).
+        tls: serve TLS (see :class:`LocalFederation`).
 
     Raises:
         FederatedError: a process failed to start, the run failed (with ``check``), or a
             timeout passed.
     """
-    with LocalFederation(node_configs, env=env) as fed:
+    with LocalFederation(node_configs, env=env, tls=tls) as fed:
         return fed.run(cfg, Path(out_dir), timeout=timeout, check=check)

@@ -53,11 +53,18 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def save_parameters(path: Path, parameters: list[np.ndarray]) -> None:
-    """Write ``parameters`` (in order) to a ``.safetensors`` file atomically."""
+    """Write ``parameters`` (in order) to a ``.safetensors`` file atomically.
+
+    The shapes are kept in the file's metadata as well: safetensors stores a 0-d array
+    (a scalar parameter or buffer) as shape ``(1,)``, and :func:`load_parameters` gives
+    each array back its own shape.
+    """
     from safetensors.numpy import save
 
-    tensors = {f"param_{i:04d}": np.ascontiguousarray(p) for i, p in enumerate(parameters)}
-    _atomic_write_bytes(Path(path), save(tensors, metadata={"format": "privacy.flower"}))
+    arrays = [np.asarray(p, order="C") for p in parameters]  # (ascontiguousarray makes 0-d 1-d)
+    tensors = {f"param_{i:04d}": a.reshape(a.shape or (1,)) for i, a in enumerate(arrays)}
+    metadata = {"format": "privacy.flower", "shapes": json.dumps([list(a.shape) for a in arrays])}
+    _atomic_write_bytes(Path(path), save(tensors, metadata=metadata))
 
 
 def load_parameters(path: Path) -> list[np.ndarray]:
@@ -66,13 +73,15 @@ def load_parameters(path: Path) -> list[np.ndarray]:
     Raises:
         FederatedError: missing file or unexpected keys.
     """
-    from safetensors.numpy import load_file
+    from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FederatedError(f"parameters file {path} does not exist")
     try:
-        tensors = load_file(str(path))
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
     except Exception as e:  # safetensors raises its own error types
         raise FederatedError(f"cannot read parameters file {path}: {e}") from e
     keys = sorted(tensors)
@@ -80,7 +89,18 @@ def load_parameters(path: Path) -> list[np.ndarray]:
         raise FederatedError(
             f"{path}: expected keys param_0000..param_{len(keys) - 1:04d}, got {keys[:5]}..."
         )
-    return [tensors[k] for k in keys]
+    arrays = [tensors[k] for k in keys]
+    if "shapes" in metadata:  # files from before the shapes were kept have none
+        shapes = [tuple(s) for s in json.loads(metadata["shapes"])]
+        if len(shapes) != len(arrays):
+            raise FederatedError(
+                f"{path}: its metadata lists {len(shapes)} shapes for {len(arrays)} arrays"
+            )
+        arrays = [
+            a.reshape(s) if a.size == int(np.prod(s)) else a
+            for a, s in zip(arrays, shapes, strict=True)
+        ]
+    return arrays
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pytest
 
 from privacy.errors import FederatedError
 from privacy.federated.simulation import simulate
-from privacy.federated.strategies import FedAvg
+from privacy.federated.strategies import FedAdam, FedAvg, FedYogi
 from privacy.federated.task import FitConfig
 from privacy.flower import APP_DIR
 from privacy.flower.client_app import (
@@ -37,7 +37,7 @@ from privacy.flower.config import (
     fit_config_to_flower,
 )
 from privacy.flower.demo import make_task
-from privacy.flower.local import LocalFederation, _descendants
+from privacy.flower.local import LocalFederation, _descendants, loopback_tls
 from privacy.flower.results import load_parameters, save_parameters
 
 N_SITES = 2  # default-suite runs; the slow SecAgg+/dropout tests use 3
@@ -174,10 +174,12 @@ def test_parameters_file_round_trip_without_pickle(tmp_path: Path) -> None:
     params: list[np.ndarray] = [
         np.arange(6, dtype=np.float32).reshape(2, 3),
         np.array([1.5], dtype=np.float64),
+        np.array(0.25, dtype=np.float32),  # a 0-d buffer: safetensors alone returns (1,)
     ]
     save_parameters(tmp_path / "p.safetensors", params)
     back = load_parameters(tmp_path / "p.safetensors")
-    assert [b.dtype for b in back] == [np.float32, np.float64]
+    assert [b.dtype for b in back] == [np.float32, np.float64, np.float32]
+    assert [b.shape for b in back] == [(2, 3), (1,), ()]
     for a, b in zip(params, back, strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -311,6 +313,69 @@ def test_fedavg_over_flower_equals_in_process_simulator(federation, tmp_path: Pa
     assert sorted(r1["fit"]) == ["site-0", "site-1"]
     assert [r1["fit"][f"site-{i}"]["num_examples"] for i in range(2)] == [30, 40]
     assert [r2["fit"][f"site-{i}"]["rounds_fitted"] for i in range(2)] == [2, 2]
+
+
+def test_tls_federation_verifies_the_superlink_certificate(tmp_path: Path) -> None:
+    """TLS as between real hosts: the SuperNodes and `flwr` verify the SuperLink's certificate.
+
+    One round over TLS equals the simulator; on the SuperLink's port (Fleet, Control and
+    Runtime APIs share it) a client trusting the CA completes the handshake for
+    127.0.0.1/localhost, one trusting another CA is refused, and plain HTTP gets no answer.
+    """
+    import socket
+    import ssl
+
+    tls = loopback_tls(tmp_path / "certs")
+    other = loopback_tls(tmp_path / "other")
+    nodes = _nodes(N_SITES)
+    with LocalFederation(nodes, work_dir=tmp_path / "fed", tls=tls) as fed:
+        result = fed.run(_cfg(tmp_path, num_rounds=1), tmp_path / "run", timeout=240)
+        port = fed.superlink_port
+
+        def handshake(ca: Path, host: str) -> dict:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                ctx.wrap_socket(raw, server_hostname=host) as conn,
+            ):
+                return conn.getpeercert()
+
+        assert handshake(tls.ca_cert, "localhost")["subject"] == ((("commonName", "localhost"),),)
+        assert handshake(tls.ca_cert, "127.0.0.1")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(other.ca_cert, "localhost")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            try:
+                answer = raw.recv(64)
+            except (ConnectionResetError, TimeoutError):
+                answer = b""
+        assert not answer.startswith(b"HTTP/1.1 2")
+    assert result.status == "completed" and result.parameters is not None
+    for got, want in zip(result.parameters, _simulated(1), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
+def test_server_optimizers_over_flower_equal_the_simulator(
+    federation, tmp_path: Path, name: str
+) -> None:
+    """FedAdam/FedYogi run by Flower's strategies = the simulator's implementations (2 rounds)."""
+    server = {"server_lr": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}
+    cfg = _cfg(tmp_path, strategy=name, **server)
+    result = federation.run(cfg, tmp_path / "run", timeout=240)
+    assert result.status == "completed" and result.parameters is not None
+    cls = FedAdam if name == "fedadam" else FedYogi
+    strategy = cls(
+        eta=0.05, eta_l=LR, beta_1=0.9, beta_2=0.99, tau=1e-3, lr=LR, batch_size=None, seed=0
+    )
+    init = _tasks()[0].get_parameters()
+    expected = simulate(_tasks(), strategy, 2, initial_parameters=init, evaluate=False).parameters
+    for got, want in zip(result.parameters, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    fedavg = _simulated(2)
+    assert max(np.abs(f - w).max() for f, w in zip(fedavg, expected, strict=True)) > 1e-3
 
 
 @pytest.mark.slow
