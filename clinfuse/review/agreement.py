@@ -98,20 +98,21 @@ def reviewer_pair_agreement(reviews: Sequence[Review]) -> list[dict[str, Any]]:
         shared = sorted(set(by_reviewer[r1]) & set(by_reviewer[r2]))
         a = [by_reviewer[r1][c] for c in shared]
         b = [by_reviewer[r2][c] for c in shared]
-        rows.append(
-            {
-                "rater_a": r1,
-                "rater_b": r2,
-                "n_cases": len(shared),
-                "percent_agreement": (
-                    None
-                    if not shared
-                    else 100.0 * sum(x == y for x, y in zip(a, b, strict=True)) / len(shared)
-                ),
-                "kappa": cohen_kappa(a, b),
-            }
-        )
+        rows.append(_pair_row(r1, r2, a, b))
     return rows
+
+
+def _pair_row(rater_a: str, rater_b: str, a: Sequence[Any], b: Sequence[Any]) -> dict[str, Any]:
+    """One agreement row: cases rated by both, percent agreement, Cohen's kappa."""
+    return {
+        "rater_a": rater_a,
+        "rater_b": rater_b,
+        "n_cases": len(a),
+        "percent_agreement": (
+            None if not a else 100.0 * sum(x == y for x, y in zip(a, b, strict=True)) / len(a)
+        ),
+        "kappa": cohen_kappa(a, b),
+    }
 
 
 def reviewer_model_agreement(reviews: Sequence[Review]) -> list[dict[str, Any]]:
@@ -126,23 +127,10 @@ def reviewer_model_agreement(reviews: Sequence[Review]) -> list[dict[str, Any]]:
             continue
         human.append(label)
         model.append(int(r.risk_shown >= r.threshold))
-    rows = []
-    for who, (human, model, excluded) in sorted(per.items()):
-        rows.append(
-            {
-                "rater_a": who,
-                "rater_b": "model",
-                "n_cases": len(human),
-                "n_excluded": excluded,
-                "percent_agreement": (
-                    None
-                    if not human
-                    else 100.0 * sum(x == y for x, y in zip(human, model, strict=True)) / len(human)
-                ),
-                "kappa": cohen_kappa(human, model),
-            }
-        )
-    return rows
+    return [
+        {**_pair_row(who, "model", human, model), "n_excluded": excluded}
+        for who, (human, model, excluded) in sorted(per.items())
+    ]
 
 
 def agreement_summary(reviews: Sequence[Review]) -> dict[str, list[dict[str, Any]]]:
