@@ -20,7 +20,9 @@ What :class:`LocalFederation` does:
   ``flower-supernode --insecure --node-config ...`` per site, each in its own process group
   (``--insecure`` is for loopback only: use TLS between hosts); with ``tls`` (a
   :class:`TLSFiles`, e.g. from :func:`loopback_tls`) the SuperLink serves TLS and the
-  SuperNodes and the ``flwr`` CLI verify its certificate, as on real hosts;
+  SuperNodes and the ``flwr`` CLI verify its certificate, as on real hosts; with
+  ``supernode_auth`` as well, every SuperNode gets an ECDSA key pair whose public key is
+  registered with ``flwr supernode register`` first, and the SuperLink refuses others;
 * submits the app (:data:`privacy.flower.APP_DIR`) with ``flwr run``, the settings written to
   a TOML file for ``--run-config``; then waits for the ServerApp's ``federation.json``;
 * stops every process group (SIGTERM, then SIGKILL) on exit, also after an error.
@@ -51,7 +53,14 @@ from privacy.flower import APP_DIR
 from privacy.flower.config import FlowerRunConfig
 from privacy.flower.results import RESULT_FILE, FlowerRunResult, read_result
 
-__all__ = ["LocalFederation", "TLSFiles", "free_port", "loopback_tls", "run_local_federation"]
+__all__ = [
+    "LocalFederation",
+    "TLSFiles",
+    "free_port",
+    "loopback_tls",
+    "run_local_federation",
+    "supernode_keypair",
+]
 
 _CONNECTION = "privacy-local"
 
@@ -139,6 +148,36 @@ def loopback_tls(folder: Path, days: int = 2) -> TLSFiles:
     return files
 
 
+def supernode_keypair(stem: Path) -> tuple[Path, Path]:
+    """A SuperNode's authentication key pair: ``STEM.key`` (private) and ``STEM.pub``.
+
+    ECDSA on NIST P-384 in OpenSSH format, what ``flower-supernode
+    --auth-supernode-private-key`` and ``flwr supernode register`` read (the same as
+    ``ssh-keygen -t ecdsa -b 384``).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = stem.with_suffix(".key"), stem.with_suffix(".pub")
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    private.chmod(0o600)
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return private, public
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that the OS reports free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -224,6 +263,9 @@ class LocalFederation:
         keep_work_dir: keep the logs after :meth:`stop`.
         tls: serve TLS with these files (the SuperNodes and ``flwr`` verify the SuperLink's
             certificate against ``tls.ca_cert``); None: ``--insecure`` (loopback only).
+        supernode_auth: start the SuperLink with ``--enable-supernode-auth``; each SuperNode
+            gets a key pair (:func:`supernode_keypair`, under the work dir's ``keys/``) whose
+            public key is registered before it starts (needs ``tls``).
 
     Use as a context manager; several runs may be submitted while it is up.
     """
@@ -237,6 +279,7 @@ class LocalFederation:
         env: Mapping[str, str] | None = None,
         keep_work_dir: bool = False,
         tls: TLSFiles | None = None,
+        supernode_auth: bool = False,
     ) -> None:
         if not node_configs:
             raise FederatedError("a federation needs at least one site (node_configs is empty)")
@@ -255,6 +298,12 @@ class LocalFederation:
                 *(Path(f).resolve() for f in (tls.ca_cert, tls.server_cert, tls.server_key))
             )
         self.tls = tls
+        if supernode_auth and tls is None:
+            raise FederatedError(
+                "SuperNode authentication needs TLS (pass tls=..., e.g. loopback_tls(folder)): "
+                "the keys must not travel over an unencrypted connection"
+            )
+        self.supernode_auth = supernode_auth
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> LocalFederation:
@@ -325,8 +374,8 @@ class LocalFederation:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         try:
             self._start_superlink()
-            for i, node_config in enumerate(self.node_configs):
-                self._start_supernode(i, node_config)
+            for node_config in self.node_configs:
+                self.add_supernode(node_config)
         except BaseException:
             self.stop()
             raise
@@ -351,6 +400,8 @@ class LocalFederation:
             security += ["--ssl-keyfile", str(self.tls.server_key)]
         else:
             security = ["--insecure"]
+        if self.supernode_auth:
+            security.append("--enable-supernode-auth")
         proc = self._spawn(
             "superlink",
             [
@@ -381,9 +432,26 @@ class LocalFederation:
             f"{self.startup_timeout:.0f} s; its log:\n{_tail(self.logs['superlink'])}"
         )
 
-    def _start_supernode(self, index: int, node_config: Mapping[str, Any]) -> None:
+    def add_supernode(self, node_config: Mapping[str, Any], *, register: bool = True) -> str:
+        """Start one more SuperNode (a site joining); returns its process name.
+
+        With ``supernode_auth`` it gets a new key pair, registered with the SuperLink unless
+        ``register`` is False (then the SuperLink refuses it: for rehearsing that case).
+
+        Raises:
+            FederatedError: the federation is not started, or the registration failed.
+        """
+        if "superlink" not in self.procs or self.work_dir is None:
+            raise FederatedError("the federation is not started; call start() first")
+        name = f"supernode-{sum(k.startswith('supernode-') for k in self.procs)}"
+        auth: list[str] = []
+        if self.supernode_auth:
+            private, public = supernode_keypair(self.work_dir / "keys" / name)
+            if register:
+                self._register(public)
+            auth = ["--auth-supernode-private-key", str(private)]
         self._spawn(
-            f"supernode-{index}",
+            name,
             [
                 _tool("flower-supernode"),
                 *(
@@ -397,8 +465,23 @@ class LocalFederation:
                 str(free_port()),
                 "--node-config",
                 _node_config_arg(node_config),
+                *auth,
             ],
         )
+        return name
+
+    def _register(self, public_key: Path) -> None:
+        done = subprocess.run(
+            [_tool("flwr"), "supernode", "register", str(public_key), _CONNECTION],
+            capture_output=True,
+            env=self._env(),
+            cwd=str(self.work_dir),
+            timeout=120,
+            check=False,
+        )
+        if done.returncode != 0:
+            out = (done.stdout + done.stderr).decode("utf-8", errors="replace")
+            raise FederatedError(f"flwr supernode register {public_key} failed:\n{out[-2000:]}")
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop every process group (SIGTERM, then SIGKILL after ``grace`` seconds).
@@ -561,6 +644,7 @@ def run_local_federation(
     env: Mapping[str, str] | None = None,
     check: bool = True,
     tls: TLSFiles | None = None,
+    supernode_auth: bool = False,
 ) -> FlowerRunResult:
     """Start a loopback federation, run ``cfg`` once, stop everything, return the result.
 
@@ -572,10 +656,11 @@ def run_local_federation(
         env: extra environment variables for the Flower processes.
         check: raise when the run failed (else return the failed result).
         tls: serve TLS (see :class:`LocalFederation`).
+        supernode_auth: only registered SuperNodes may join (see :class:`LocalFederation`).
 
     Raises:
         FederatedError: a process failed to start, the run failed (with ``check``), or a
             timeout passed.
     """
-    with LocalFederation(node_configs, env=env, tls=tls) as fed:
+    with LocalFederation(node_configs, env=env, tls=tls, supernode_auth=supernode_auth) as fed:
         return fed.run(cfg, Path(out_dir), timeout=timeout, check=check)

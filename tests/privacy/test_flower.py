@@ -315,12 +315,14 @@ def test_fedavg_over_flower_equals_in_process_simulator(federation, tmp_path: Pa
     assert [r2["fit"][f"site-{i}"]["rounds_fitted"] for i in range(2)] == [2, 2]
 
 
-def test_tls_federation_verifies_the_superlink_certificate(tmp_path: Path) -> None:
-    """TLS as between real hosts: the SuperNodes and `flwr` verify the SuperLink's certificate.
+def test_tls_and_supernode_auth_as_between_real_hosts(tmp_path: Path) -> None:
+    """TLS + SuperNode authentication, the settings docs/federated_deployment.md gives hosts.
 
-    One round over TLS equals the simulator; on the SuperLink's port (Fleet, Control and
-    Runtime APIs share it) a client trusting the CA completes the handshake for
-    127.0.0.1/localhost, one trusting another CA is refused, and plain HTTP gets no answer.
+    The SuperNodes and `flwr` verify the SuperLink's certificate; only SuperNodes whose
+    public keys were registered may join. One round equals the simulator; an unregistered
+    SuperNode is refused and exits; on the SuperLink's port (Fleet, Control and Runtime APIs
+    share it) a client trusting the CA completes the handshake for 127.0.0.1/localhost, one
+    trusting another CA is refused, and plain HTTP gets no answer.
     """
     import socket
     import ssl
@@ -328,9 +330,14 @@ def test_tls_federation_verifies_the_superlink_certificate(tmp_path: Path) -> No
     tls = loopback_tls(tmp_path / "certs")
     other = loopback_tls(tmp_path / "other")
     nodes = _nodes(N_SITES)
-    with LocalFederation(nodes, work_dir=tmp_path / "fed", tls=tls) as fed:
+    with pytest.raises(FederatedError, match="needs TLS"):
+        LocalFederation(nodes, supernode_auth=True)
+    with LocalFederation(nodes, work_dir=tmp_path / "fed", tls=tls, supernode_auth=True) as fed:
+        rogue = fed.add_supernode({"partition-id": 0}, register=False)
         result = fed.run(_cfg(tmp_path, num_rounds=1), tmp_path / "run", timeout=240)
         port = fed.superlink_port
+        assert fed.procs[rogue].wait(timeout=60) != 0
+        assert "Failed to activate SuperNode" in fed.logs[rogue].read_text(errors="replace")
 
         def handshake(ca: Path, host: str) -> dict:
             ctx = ssl.create_default_context(cafile=str(ca))
