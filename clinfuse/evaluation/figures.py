@@ -202,7 +202,8 @@ def subgroup_figure(results: dict[str, dict[str, Any]]) -> Any:
         ax.errorbar(
             v,
             pos,
-            xerr=[v - np.asarray(lows), np.asarray(highs) - v],
+            # a CI that does not cover its estimate (rounding) must not make matplotlib raise
+            xerr=np.clip([v - np.asarray(lows), np.asarray(highs) - v], 0.0, None),
             fmt="o",
             color=COLORS[0],
             capsize=2,

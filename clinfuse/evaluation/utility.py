@@ -31,7 +31,11 @@ def wilson_interval(k: float, n: float, *, level: float = 0.95) -> tuple[float, 
     denom = 1 + z * z / n
     centre = (phat + z * z / (2 * n)) / denom
     half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # at k = 0 or k = n a bound equals p̂ exactly in real arithmetic; rounding can put it a
+    # hair on the wrong side (e.g. 1e-17 above 0), so the interval is made to contain p̂
+    low = min(phat, max(0.0, centre - half))
+    high = max(phat, min(1.0, centre + half))
+    return float(low), float(high)
 
 
 def net_benefit(

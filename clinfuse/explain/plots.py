@@ -86,7 +86,8 @@ def modality_importance_png(path: Path, importance: Mapping[str, Mapping[str, fl
     means = np.array([importance[m]["mean_abs_phi"] for m in names], dtype=float)
     low = np.array([importance[m].get("ci_low", np.nan) for m in names], dtype=float)
     high = np.array([importance[m].get("ci_high", np.nan) for m in names], dtype=float)
-    err = np.vstack([np.nan_to_num(means - low), np.nan_to_num(high - means)])
+    # a percentile bootstrap interval need not cover the estimate; error bars cannot be < 0
+    err = np.clip(np.vstack([np.nan_to_num(means - low), np.nan_to_num(high - means)]), 0.0, None)
     fig = _figure(5.5, 0.5 * len(names) + 1.5)
     ax = fig.add_subplot(1, 1, 1)
     order = np.argsort(means)

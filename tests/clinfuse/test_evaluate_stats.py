@@ -175,6 +175,18 @@ def test_threshold_metrics_and_wilson_equal_statsmodels():
     assert wilson_interval(0, 0) != wilson_interval(0, 0)  # NaN: no denominator
 
 
+def test_wilson_interval_contains_the_proportion_at_the_edges():
+    """At k = 0 and k = n rounding once put a bound a hair past p̂ (a negative error bar)."""
+    prop = importlib.import_module("statsmodels.stats.proportion")
+    for n in range(1, 300):
+        for k in range(n + 1):
+            lo, hi = wilson_interval(k, n)
+            assert lo <= k / n <= hi, (k, n, lo, hi)
+        ref = prop.proportion_confint(0, n, alpha=0.05, method="wilson")
+        assert wilson_interval(0, n) == pytest.approx(ref, abs=1e-12)
+        assert wilson_interval(0, n)[0] == 0.0 and wilson_interval(n, n)[1] == 1.0
+
+
 def test_subgroups_suppress_small_groups_and_find_largest_gap():
     rng = np.random.default_rng(5)
     n = 300
