@@ -50,6 +50,7 @@ from clinfuse.training.run import (
     _json_default,
     _prepare_folders,
     _write_json,
+    load_labelled_cohort,
     resolve_modalities,
 )
 from privacy.dp.engine import DPConfig
@@ -177,19 +178,7 @@ def prepare(
     """
     say = log or (lambda _m: None)
     data_cfg = config.data
-    cohort = Cohort.from_manifest(
-        cohort_path,
-        target=data_cfg.target,
-        require_label=True,
-        allow_external_paths=data_cfg.allow_external_paths,
-    )
-    labels = cohort.labels()
-    if len(np.unique(labels[~np.isnan(labels)])) < 2:
-        raise CohortError(
-            "every labelled case has the same outcome; training needs both 0 and 1",
-            field=data_cfg.target,
-            path=cohort.manifest_path,
-        )
+    cohort = load_labelled_cohort(cohort_path, data_cfg)
     cohort = split_cohort(cohort, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed)
     modalities = resolve_modalities(cohort, config)
     if dp is not None:

@@ -35,7 +35,7 @@ from clinfuse.cache import default_cache_dir
 from clinfuse.calibration import build_calibrator
 from clinfuse.cohort.manifest import Cohort, Issue
 from clinfuse.cohort.split import split_cohort
-from clinfuse.config import RunConfig, load_config
+from clinfuse.config import DataConfig, RunConfig, load_config
 from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.summary import summarize_predictions
@@ -50,9 +50,31 @@ from clinfuse.training.trainer import (
     resolve_load_workers,
 )
 
-__all__ = ["resolve_modalities", "train_run"]
+__all__ = ["load_labelled_cohort", "resolve_modalities", "train_run"]
 
 Progress = Callable[[str, int, int], None]
+
+
+def load_labelled_cohort(cohort_path: str | Path, data_cfg: DataConfig) -> Cohort:
+    """The training manifest: every case labelled, both outcome classes present.
+
+    Raises:
+        CohortError: unreadable manifest, missing labels, or one outcome class only.
+    """
+    cohort = Cohort.from_manifest(
+        cohort_path,
+        target=data_cfg.target,
+        require_label=True,
+        allow_external_paths=data_cfg.allow_external_paths,
+    )
+    labels = cohort.labels()
+    if len(np.unique(labels[~np.isnan(labels)])) < 2:
+        raise CohortError(
+            f"every labelled case has outcome {int(np.nanmax(labels))}; training needs both 0 and 1",
+            field=data_cfg.target,
+            path=cohort.manifest_path,
+        )
+    return cohort
 
 
 def resolve_modalities(cohort: Cohort, config: RunConfig) -> list[str]:
@@ -207,19 +229,7 @@ def train_run(
     config = config or RunConfig()
     data_cfg = config.data
 
-    cohort = Cohort.from_manifest(
-        cohort_path,
-        target=data_cfg.target,
-        require_label=True,
-        allow_external_paths=data_cfg.allow_external_paths,
-    )
-    labels = cohort.labels()
-    if len(np.unique(labels[~np.isnan(labels)])) < 2:
-        raise CohortError(
-            f"every labelled case has outcome {int(np.nanmax(labels))}; training needs both 0 and 1",
-            field=data_cfg.target,
-            path=cohort.manifest_path,
-        )
+    cohort = load_labelled_cohort(cohort_path, data_cfg)
     cohort = split_cohort(cohort, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed)
     modalities = resolve_modalities(cohort, config)
     resolved = config.model_copy(
