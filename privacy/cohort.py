@@ -30,6 +30,7 @@ What happens (:func:`deidentify_cohort`):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -159,11 +160,9 @@ def _present(value: Any) -> bool:
         return False
     if isinstance(value, float) and pd.isna(value):
         return False
-    try:
+    with contextlib.suppress(TypeError, ValueError):  # pd.isna of a list-like is not a bool
         if pd.isna(value):
             return False
-    except (TypeError, ValueError):
-        pass
     return str(value).strip() != ""
 
 

@@ -8,6 +8,7 @@ Register it in :mod:`clinfuse.cli` with::
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -30,21 +31,27 @@ APP_EPILOG = (
 
 
 def app_script() -> Path:
-    """The dashboard's entry script (``app/streamlit_app.py`` of the source tree).
+    """The dashboard's entry script: ``streamlit_app.py`` of the ``clinfuse_app`` package (the
+    source tree's ``app/`` folder, which the wheel ships under that name).
 
     Raises:
-        ConfigError: the app folder is not next to the ``clinfuse`` package.
+        ConfigError: neither the installed ``clinfuse_app`` nor a source tree's ``app/`` has it.
     """
     import clinfuse
 
-    script = Path(clinfuse.__file__).resolve().parent.parent / "app" / "streamlit_app.py"
-    if not script.exists():
-        raise ConfigError(
-            "the dashboard's app/ folder is not next to the installed clinfuse package",
-            path=script,
-            hint="install clinfuse from a source checkout with `pip install -e '.[app]'`",
-        )
-    return script
+    spec = importlib.util.find_spec("clinfuse_app")
+    folders = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    folders.append(Path(clinfuse.__file__).resolve().parent.parent / "app")
+    for folder in folders:
+        script = folder / "streamlit_app.py"
+        if script.is_file():
+            return script.resolve()
+    raise ConfigError(
+        "the review dashboard's files (package clinfuse_app) are not installed",
+        path=folders[-1] / "streamlit_app.py",
+        hint="reinstall clinfuse with the app extra: `pip install 'clinfuse[app]'` "
+        "(or `pip install -e '.[app]'` from a checkout)",
+    )
 
 
 def streamlit_command(script: Path, *, host: str, port: int) -> list[str]:

@@ -33,6 +33,7 @@ Errors name what failed and show the tail of the failing process's log.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -213,14 +214,12 @@ def _node_config_arg(node_config: Mapping[str, Any]) -> str:
 def _children_map() -> dict[int, list[int]]:
     """{parent pid: child pids} of every process this user can see (psutil, else /proc)."""
     children: dict[int, list[int]] = {}
-    try:
+    if importlib.util.find_spec("psutil") is not None:
         import psutil
 
         for p in psutil.process_iter(["pid", "ppid"]):
             children.setdefault(int(p.info["ppid"] or 0), []).append(int(p.info["pid"]))
         return children
-    except ImportError:
-        pass
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields_ = stat.read_text().rsplit(")", 1)[1].split()
