@@ -97,8 +97,8 @@ def deid_banner(view: RunView) -> None:
     if view.deidentified is False:
         st.warning(
             "This cohort has no `deid_report.json`: it was not de-identified with "
-            "`clinfuse deid`, so notes may contain identifiers. DICOM header identifiers are "
-            "never shown.",
+            "`clinfuse deid`. Identifiers found automatically in notes are masked, but "
+            "automatic detection can miss some. DICOM header identifiers are never shown.",
             icon="⚠️",
         )
 

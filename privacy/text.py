@@ -30,7 +30,9 @@ over 89 become ``90+``, other identifiers become ``[TYPE]`` tags) or by tags onl
 
 from __future__ import annotations
 
+import bisect
 import datetime as _dt
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,11 +47,13 @@ __all__ = [
     "PATTERN_TYPES",
     "Detector",
     "PatientContext",
+    "RedactedTokens",
     "Span",
     "TextDeidentifier",
     "TextResult",
     "date_variants",
     "hf_detector",
+    "redact_tokens",
     "spacy_detector",
 ]
 
@@ -239,7 +243,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str], float]] = [
     (
         "IP",
         re.compile(
-            r"(?<![\d.])(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}(?![\d.]|\.\d)"
+            r"(?<![\d.])(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}(?!\d|\.\d)"
         ),
         1.0,
     ),
@@ -916,6 +920,86 @@ class TextDeidentifier:
             pick = pick.upper()
         name_map[low] = pick
         return pick
+
+
+@dataclass
+class RedactedTokens:
+    """Token attributions with the identifiers masked (:func:`redact_tokens`).
+
+    Attributes:
+        tokens: the new tokens; ``"".join(tokens)`` is the text with each identifier
+            replaced by ``[TYPE]``.
+        values: one attribution per new token; a masked group carries the sum of the
+            attributions of the tokens it replaced, so the total is unchanged.
+        counts: entity → number of identifiers masked.
+    """
+
+    tokens: list[str]
+    values: list[float]
+    counts: Counter[str]
+
+
+def redact_tokens(
+    tokens: Sequence[str],
+    values: Sequence[float],
+    deidentifier: TextDeidentifier | None = None,
+    context: PatientContext | None = None,
+) -> RedactedTokens:
+    """Mask the identifiers in a tokenised text that carries one value per token.
+
+    For showing token attributions (SHAP over a note) without the identifiers in it: the
+    tokens, joined, must give the text (as ``shap.maskers.Text`` returns them, whitespace
+    included). The identifiers are detected on the joined text; the tokens each identifier
+    touches become one token: the text before the identifier in its first token, ``[TYPE]``,
+    the text after it in its last token. Tokens touching two identifiers merge both.
+
+    Args:
+        tokens: the token strings.
+        values: one attribution per token.
+        deidentifier: the detector (default: ``TextDeidentifier(mode="tag")``).
+        context: the patient's structured identifiers, if known.
+
+    Raises:
+        ValueError: ``tokens`` and ``values`` differ in length.
+    """
+    if len(tokens) != len(values):
+        raise ValueError(f"{len(tokens)} tokens but {len(values)} values: give one value per token")
+    deid = deidentifier or TextDeidentifier(mode="tag")
+    toks = [str(t) for t in tokens]
+    text = "".join(toks)
+    ends = list(itertools.accumulate(len(t) for t in toks))
+    starts = [e - len(t) for e, t in zip(ends, toks, strict=True)]
+    # group the tokens each span touches; groups sharing a token merge
+    groups: list[tuple[int, int, list[Span]]] = []  # (first token, last token, spans)
+    for span in deid.analyze(text, context):
+        first = bisect.bisect_right(ends, span.start)
+        last = bisect.bisect_left(starts, span.end) - 1
+        if first > last:
+            continue
+        if groups and first <= groups[-1][1]:
+            g_first, g_last, g_spans = groups[-1]
+            groups[-1] = (g_first, max(g_last, last), [*g_spans, span])
+        else:
+            groups.append((first, last, [span]))
+    out_tokens: list[str] = []
+    out_values: list[float] = []
+    counts: Counter[str] = Counter()
+    i = 0
+    for first, last, spans in groups:
+        out_tokens += toks[i:first]
+        out_values += [float(v) for v in values[i:first]]
+        pos, piece = starts[first], []
+        for span in spans:
+            piece += [text[pos : span.start], f"[{span.entity}]"]
+            pos = span.end
+            counts[span.entity] += 1
+        piece.append(text[pos : ends[last]])
+        out_tokens.append("".join(piece))
+        out_values.append(float(sum(float(v) for v in values[first : last + 1])))
+        i = last + 1
+    out_tokens += toks[i:]
+    out_values += [float(v) for v in values[i:]]
+    return RedactedTokens(out_tokens, out_values, counts)
 
 
 def _resolve(spans: list[Span]) -> list[Span]:

@@ -12,6 +12,7 @@ import streamlit as st
 import ui_common as ui
 
 from clinfuse.errors import ClinFuseError
+from clinfuse.redact import mask_note, mask_note_tokens
 from clinfuse.review import charts
 from clinfuse.review.imaging import (
     WINDOW_PRESETS,
@@ -181,12 +182,28 @@ def _auto(img: DisplayImage) -> tuple[float, float]:
     return float(lo + hi) / 2.0, max(float(hi - lo), 1.0)
 
 
+def _masked_caption(counts: dict[str, int]) -> None:
+    found = ", ".join(f"{n} × [{k}]" for k, n in sorted(counts.items())) or "none found"
+    st.caption(
+        "Identifiers found automatically are masked (" + found + "); automatic detection can "
+        "miss names: de-identify the cohort with `clinfuse deid`."
+    )
+
+
 def _note_tab(cv: CaseView) -> None:
+    mask = view.deidentified is not True  # show identifiers only for a de-identified cohort
     within = (cv.explanation or {}).get("within", {})
     if "note" in within:
         e = within["note"]
+        tokens, values = list(e["tokens"]), list(e["values"])
+        masked = e.get("identifiers_masked")
+        if mask and masked is None:  # explained with the identifiers kept: mask them here
+            r = mask_note_tokens(tokens, values)
+            tokens, values, masked = r.tokens, r.values, dict(r.counts)
         st.caption(f"Token attributions ({e['method']}): red raises, blue lowers the note logit.")
-        st.html(charts.note_html(e["tokens"], e["values"]))
+        if masked is not None:
+            _masked_caption(masked)
+        st.html(charts.note_html(tokens, values))
         return
     try:
         text = view.note_text(cv)
@@ -195,9 +212,12 @@ def _note_tab(cv: CaseView) -> None:
         return
     if text is None:
         st.info("No note for this case (missing modality).")
-    else:
-        st.caption("No token attributions cached for this note yet.")
-        st.text(text)
+        return
+    st.caption("No token attributions cached for this note yet.")
+    if mask:
+        text, counts = mask_note(text)
+        _masked_caption(counts)
+    st.text(text)
 
 
 def _signal_tab(cv: CaseView) -> None:

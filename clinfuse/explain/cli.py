@@ -48,6 +48,15 @@ def explain(
         bool,
         typer.Option("--no-run-cache", help="Do not copy the results into RUN/explanations/."),
     ] = False,
+    keep_note_identifiers: Annotated[
+        bool,
+        typer.Option(
+            "--keep-note-identifiers",
+            help="Store the note's tokens as written. By default identifiers found in them "
+            "(names, dates, numbers) become [TYPE] tags unless the cohort was de-identified "
+            "with `clinfuse deid`.",
+        ),
+    ] = False,
 ) -> None:
     """Modality Shapley values and within-modality attributions.
 
@@ -70,6 +79,7 @@ def explain(
         note_max_evals=note_max_evals,
         n_boot=n_boot,
         cache_in_run=not no_run_cache,
+        keep_note_identifiers=keep_note_identifiers,
         log=lambda msg: console.print(msg, highlight=False),
     )
     out_console = Console()

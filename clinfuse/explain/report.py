@@ -74,6 +74,7 @@ def explain_case(
     image_background: np.ndarray | None = None,
     note_max_evals: int = 64,
     signal_segment_seconds: float = 0.5,
+    mask_note_identifiers: bool = True,
 ) -> dict[str, Any]:
     """Within-modality explanations of one case (+ figures when ``out_dir`` is given).
 
@@ -83,6 +84,9 @@ def explain_case(
         base_value, phi: the case's modality Shapley values (from
             :func:`~clinfuse.explain.modality_shapley`).
         out_dir: where to write ``explanation.json`` and the figures.
+        mask_note_identifiers: mask the identifiers found in the note's tokens as ``[TYPE]``
+            (:mod:`clinfuse.redact`) before they are stored or drawn; the masked tokens carry
+            the summed attributions. False for a cohort already de-identified.
 
     Returns:
         The JSON-ready dict (also written to ``out_dir/explanation.json``).
@@ -135,18 +139,26 @@ def explain_case(
         if present.get("note"):
             e = explain_note(model, case, max_evals=note_max_evals)
             tokens = [str(t) for t in e.data]
+            values = [float(v) for v in np.asarray(e.values, dtype=float).reshape(-1)]
+            masked: dict[str, int] | None = None
+            if mask_note_identifiers:
+                from clinfuse.redact import mask_note_tokens
+
+                r = mask_note_tokens(tokens, values)
+                tokens, values, masked = r.tokens, r.values, dict(r.counts)
             within["note"] = {
                 "method": e.method,
                 "target": "note unimodal logit",
                 "base_value": float(np.asarray(e.base_values).reshape(-1)[0]),
                 "tokens": tokens,
-                "values": _round(e.values),
+                "values": _round(values),
+                "identifiers_masked": masked,
             }
             if out_dir is not None:
                 write_text_atomic(
-                    out_dir / "note.html", plots.note_html(tokens, e.values, title=f"case {cid}")
+                    out_dir / "note.html", plots.note_html(tokens, values, title=f"case {cid}")
                 )
-                plots.note_tokens_png(out_dir / "note_tokens.png", tokens, e.values)
+                plots.note_tokens_png(out_dir / "note_tokens.png", tokens, values)
                 result["figures"]["note_html"] = "note.html"
                 result["figures"]["note_tokens"] = "note_tokens.png"
         if present.get("image"):
@@ -260,6 +272,7 @@ def explain_run(
     note_max_evals: int = 64,
     n_boot: int = 1000,
     cache_in_run: bool = True,
+    keep_note_identifiers: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Explain a run on a cohort: modality Shapley values for every case, cohort-level
@@ -273,6 +286,9 @@ def explain_run(
         note_max_evals: cap on note-model calls for token SHAP.
         n_boot: bootstrap replicates for the cohort-level CIs.
         cache_in_run: also copy the results into ``RUN/explanations/``.
+        keep_note_identifiers: store the note's tokens as written. By default the identifiers
+            found in them are masked unless the cohort was de-identified with ``clinfuse deid``
+            (:mod:`clinfuse.redact`).
         log: one-line progress messages.
 
     Returns:
@@ -294,6 +310,7 @@ def explain_run(
         performance_shapley,
     )
     from clinfuse.model import load_run
+    from clinfuse.redact import cohort_is_deidentified
 
     say = log or (lambda _msg: None)
     run, out = Path(run), Path(out)
@@ -366,6 +383,8 @@ def explain_run(
                     out_dir=case_dir,
                     image_background=bg_arr,
                     note_max_evals=note_max_evals,
+                    mask_note_identifiers=not keep_note_identifiers
+                    and not cohort_is_deidentified(co.manifest_path),
                 )
             else:
                 summary["case"] = _unexplainable_case(model, case, co, loaded, table, case_dir)

@@ -297,9 +297,9 @@ class RunView:
     @property
     def deidentified(self) -> bool | None:
         """Whether the cohort folder carries ``clinfuse deid``'s ``deid_report.json``."""
-        if self.cohort_path is None:
-            return None
-        return (self.cohort_path.parent / "deid_report.json").exists()
+        from clinfuse.redact import cohort_is_deidentified
+
+        return cohort_is_deidentified(self.cohort_path)
 
     def model(self) -> Any:
         """The trained model (loaded on first use, then kept)."""

@@ -107,8 +107,8 @@ def test_case_page_shows_everything_and_saves_a_review(app_env, password, review
     assert any("<span" in h for h in html)  # note with token attributions
     tables = [t.value for t in at.table]
     assert any("shap" in t.columns for t in tables)
-    # no DICOM patient attribute is shown (the synthetic cohort is not de-identified, so its
-    # notes keep their mock identifiers: they are shown as written, under a warning)
+    # no DICOM patient attribute is shown (the synthetic cohort is not de-identified: a warning
+    # says so, and the identifiers found in its notes are masked; see the test below)
     assert "was not de-identified" in _texts(at)
     import pydicom
 
@@ -305,3 +305,41 @@ def test_export_page_csv_and_kappa(app_env, password, review_run, review_db):
 
     frame = pd.read_csv(io.BytesIO(reviews_csv(store.reviews())))
     assert len(frame) == 8 and frame["comment"].dropna().str.startswith("'=").all()
+
+
+def test_notes_of_a_cohort_not_deidentified_show_masked_identifiers(
+    app_env, password, review_run, tmp_path, monkeypatch
+):
+    """Planted name, MRN, date and phone never reach the page: neither in a note shown as text
+    nor in token attributions that were explained with the identifiers kept."""
+    from clinfuse.explain import explain_run
+
+    truth = pd.read_csv(Path(review_run["manifest"]).parent / "truth.csv", dtype={"case_id": str})
+    preds = pd.read_csv(Path(review_run["run"]) / "predictions.csv", dtype={"case_id": str})
+    with_note = set(preds["case_id"][preds["present_note"] == 1]) - {review_run["explained_case"]}
+    phi = truth[truth["note_phi"].notna() & truth["case_id"].isin(with_note)]
+    (raw_case, raw_phi), (kept_case, kept_phi) = (
+        (c, v.split("|")) for c, v in zip(phi["case_id"][:2], phi["note_phi"][:2], strict=True)
+    )
+    run = tmp_path / "run"
+    shutil.copytree(review_run["run"], run)
+    explain_run(
+        run,
+        review_run["manifest"],
+        tmp_path / "ex",
+        case=kept_case,
+        note_max_evals=8,
+        n_boot=0,
+        keep_note_identifiers=True,
+    )
+    monkeypatch.setenv("CLINFUSE_APP_RUN", str(run))
+    at = _login(password)
+    for case_id, planted, explained in ((raw_case, raw_phi, False), (kept_case, kept_phi, True)):
+        _open_case(at, case_id)
+        page = _texts(at) + "".join(str(t.value) for t in at.text)
+        page += "".join(h.value for h in at.get("html"))
+        assert ("<span" in page) is explained
+        assert "[NAME]" in page and "[MRN]" in page and "Identifiers found automatically" in page
+        for value in planted:
+            for part in value.split():
+                assert part not in page, (case_id, part)

@@ -218,7 +218,11 @@ def test_explain_cli_writes_contract_and_figures(
     app.command(epilog=EXPLAIN_EPILOG)(explain)
     app.command("noop")(lambda: None)  # keep `explain` a subcommand, as in clinfuse.cli
     pred = pd.read_csv(tiny_run / "predictions.csv", dtype={"case_id": str})
-    case_id = pred["case_id"][(pred.filter(like="present_").sum(axis=1) == 4)].iloc[0]
+    truth = pd.read_csv(tiny_cohort.parent / "truth.csv", dtype={"case_id": str})
+    with_phi = set(truth["case_id"][truth["note_phi"].notna()])  # name, MRN, date in the note
+    complete = pred["case_id"][(pred.filter(like="present_").sum(axis=1) == 4)]
+    case_id = next(c for c in complete if c in with_phi)
+    planted = truth.set_index("case_id").loc[case_id, "note_phi"].split("|")
     out = tmp_path / "ex"
     res = CliRunner().invoke(
         app,
@@ -257,6 +261,14 @@ def test_explain_cli_writes_contract_and_figures(
     ):
         assert (case_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert "<span" in (case_dir / "note.html").read_text()
+    # the cohort is not de-identified: the note's identifiers are masked in what is stored
+    note = info["within"]["note"]
+    joined = "".join(note["tokens"])
+    assert "Patient: [NAME]" in joined and "MRN: [MRN]" in joined, joined[:200]
+    assert note["identifiers_masked"]["NAME"] >= 1 and len(note["tokens"]) == len(note["values"])
+    for value in planted:
+        for part in value.split():
+            assert part not in joined and part not in (case_dir / "note.html").read_text()
     assert (out / "modality_importance.png").exists()
     imp = json.loads((out / "modality_importance.json").read_text())
     assert set(imp["mean_abs_phi"]) == set(phi_c[4:] for phi_c in phi_cols)
@@ -292,3 +304,28 @@ def test_explain_run_caches_in_run_and_base_rate_case(
     frame = load_cached_modality_shapley(run)
     assert frame is not None and len(frame) == len(manifest) - 1
     assert empty not in set(frame["case_id"])
+
+
+def test_explain_keeps_note_tokens_of_a_deidentified_cohort(
+    tiny_run: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
+    """A cohort that came out of `clinfuse deid` (its report next to the manifest) is shown
+    as stored, and `keep_note_identifiers` keeps the tokens of any cohort."""
+    import shutil
+
+    from clinfuse.explain import explain_run
+
+    truth = pd.read_csv(tiny_cohort.parent / "truth.csv", dtype={"case_id": str})
+    pred = pd.read_csv(tiny_run / "predictions.csv", dtype={"case_id": str})
+    with_note = set(pred["case_id"][pred["present_note"] == 1])
+    case_id = next(c for c in truth["case_id"][truth["note_phi"].notna()] if c in with_note)
+    name = truth.set_index("case_id").loc[case_id, "note_phi"].split("|")[0]
+    cohort = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort.parent, cohort)
+    (cohort / "deid_report.json").write_text("{}")
+    kw = {"case": case_id, "note_max_evals": 10, "n_boot": 0, "cache_in_run": False}
+    kept = explain_run(tiny_run, cohort / "manifest.csv", tmp_path / "a", **kw)
+    note = kept["case"]["within"]["note"]
+    assert name in "".join(note["tokens"]) and note["identifiers_masked"] is None
+    kept = explain_run(tiny_run, tiny_cohort, tmp_path / "b", keep_note_identifiers=True, **kw)
+    assert name in "".join(kept["case"]["within"]["note"]["tokens"])
