@@ -118,6 +118,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("privacy.dicom", "DicomDeidentifier", ["deidentify_file", "deidentify_dataset"]),
             ("privacy.dicom", "DicomOptions", []),
             ("privacy.text", "TextDeidentifier", []),
+            ("privacy.text", "redact_tokens", []),
+            ("privacy.edf", "deidentify_edf", []),
             ("privacy.pseudonym", "load_secret", []),
             ("privacy.pseudonym", "Pseudonymizer", []),
             ("privacy.suppression", "suppress_small_cells", []),

@@ -15,8 +15,9 @@ What happens (:func:`deidentify_cohort`):
    pseudonyms; date columns move by the patient's shift; ages over 89 become 90; DICOM files
    get the PS3.15 Basic Profile (:mod:`privacy.dicom`) with ``PatientID`` = the patient
    pseudonym; notes and inline text are scrubbed (:mod:`privacy.text`) with the patient's
-   deny-list and date shift; WFDB headers are renamed and their comments scrubbed; EDF
-   headers are blanked; other files are copied. Files are named after the case pseudonym.
+   deny-list and date shift; WFDB headers are renamed and their comments scrubbed; EDF/BDF
+   headers are blanked and EDF+/BDF+ annotation texts scrubbed (:mod:`privacy.edf`); other
+   files are copied. Files are named after the case pseudonym.
 4. A file that cannot be read (or a DICOM with burned-in annotation) is listed in the report
    and not copied; its manifest cell is emptied, so the modality is missing for that case.
 5. Residual-risk scan: every identifying value from step 2 is searched for (case-insensitive,
@@ -56,6 +57,7 @@ from privacy.dicom import (
     dicom_text_values,
     load_profile_table,
 )
+from privacy.edf import EdfError, annotation_texts, deidentify_edf, header_identifiers
 from privacy.errors import DeidError, NoteEncodingError, OutputFolderError, ResidualRiskError
 from privacy.pseudonym import Pseudonymizer
 from privacy.text import Detector, PatientContext, TextDeidentifier, date_variants
@@ -341,15 +343,18 @@ class _Writer:
         dst = self.tmp / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if suffix in (".edf", ".bdf"):
-            data = bytearray(src.read_bytes())
-            if len(data) < 256:
-                self._problem(case, column, src, "error", "EDF header shorter than 256 bytes")
+            try:
+                edf = deidentify_edf(src.read_bytes(), lambda text: self.scrub(text, ctx)[0])
+            except EdfError as e:
+                self._problem(case, column, src, "error", f"unreadable EDF/BDF file: {e}")
                 return None
-            data[8:88] = b"X X X X".ljust(80)
-            data[88:168] = b"Startdate X X X X".ljust(80)
-            data[168:176] = b"01.01.85"
-            dst.write_bytes(bytes(data))
+            dst.write_bytes(edf.data)
             action = "edf header blanked (patient, recording, start date)"
+            if edf.annotations:
+                action += (
+                    f"; {edf.annotations} annotations scrubbed ({edf.changed} changed, "
+                    f"{edf.replaced_whole} replaced by X for lack of room)"
+                )
         elif suffix in (".csv", ".tsv", ".txt"):
             text = self.read_text(src, column, case)
             if text is None:
@@ -448,7 +453,7 @@ def _collect(
     cols: dict[str, list[str]],
     retained: frozenset[str] = frozenset(),
 ) -> dict[str, list[Identifier]]:
-    """Identifying values per original patient id (from DICOM headers and the manifest).
+    """Identifying values per original patient id (from DICOM and EDF headers and the manifest).
 
     DICOM attributes that the chosen options keep on purpose (``retained``) are left out.
     """
@@ -472,6 +477,11 @@ def _collect(
             if not _present(row[c]):
                 continue
             path = _resolve(root, row[c])
+            if c in cols["files"] and path.suffix.lower() in (".edf", ".bdf") and path.is_file():
+                with path.open("rb") as fh:
+                    header = fh.read(256)
+                found[patient].extend(Identifier(*ident) for ident in header_identifiers(header))
+                continue
             if c in cols["files"] and not (path.is_dir() or _is_dicom(path)):
                 continue
             for f in _dicom_files(path) if path.exists() else []:
@@ -551,7 +561,12 @@ def _file_texts(path: Path) -> list[str] | None:
     if path.suffix.lower() in _TEXT_SUFFIXES:
         return [path.read_text(encoding="utf-8", errors="replace"), path.name]
     if path.suffix.lower() in (".edf", ".bdf"):
-        return [path.read_bytes()[:256].decode("latin-1"), path.name]
+        data = path.read_bytes()
+        try:
+            notes = annotation_texts(data)
+        except EdfError:  # not parseable (deidentify_edf wrote none such): search every byte
+            notes = [data.decode("latin-1")]
+        return [data[:256].decode("latin-1"), *notes, path.name]
     return [path.name]
 
 
