@@ -61,6 +61,7 @@ def deid_cohort(
     retain_patient_characteristics: bool = False,
     retain_device_identity: bool = False,
     retain_institution_identity: bool = False,
+    clean_descriptors: bool = False,
     note_encoding: str = "utf-8",
     progress: Callable[[int, int], None] | None = None,
 ) -> CohortDeidResult:
@@ -122,6 +123,7 @@ def deid_cohort(
         retain_patient_characteristics=retain_patient_characteristics,
         retain_device_identity=retain_device_identity,
         retain_institution_identity=retain_institution_identity,
+        clean_descriptors=clean_descriptors,
     )
     try:
         secret = load_secret(secret_file)
@@ -201,6 +203,14 @@ def deid(
         bool,
         typer.Option("--retain-institution-identity", help="Keep institution names (113112)."),
     ] = False,
+    clean_descriptors: Annotated[
+        bool,
+        typer.Option(
+            "--clean-descriptors",
+            help="Keep series/study descriptions, protocol names and comments with their "
+            "identifiers scrubbed, instead of removing them (113105).",
+        ),
+    ] = False,
     note_encoding: Annotated[
         str, typer.Option("--note-encoding", help="Encoding of the note files.")
     ] = "utf-8",
@@ -239,6 +249,7 @@ def deid(
             retain_patient_characteristics=retain_patient_characteristics,
             retain_device_identity=retain_device_identity,
             retain_institution_identity=retain_institution_identity,
+            clean_descriptors=clean_descriptors,
             note_encoding=note_encoding,
             progress=update,
         )

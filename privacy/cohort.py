@@ -246,7 +246,7 @@ class _Writer:
 
     # -- DICOM ----------------------------------------------------------------
     def dicom_cell(
-        self, src: Path, column: str, case: str, patient: str, pseudo: str
+        self, src: Path, column: str, case: str, patient: str, pseudo: str, ctx: PatientContext
     ) -> str | None:
         files = _dicom_files(src)
         if not files:
@@ -259,7 +259,11 @@ class _Writer:
             rel = f"{rel_base}/{i + 1:04d}.dcm" if series else f"{rel_base}.dcm"
             try:
                 res = self.dicom.deidentify_file(
-                    f, self.tmp / rel, patient_key=patient, patient_pseudonym=pseudo
+                    f,
+                    self.tmp / rel,
+                    patient_key=patient,
+                    patient_pseudonym=pseudo,
+                    clean_text=lambda text: self.scrub(text, ctx)[0],
                 )
             except DeidError as e:
                 self._problem(case, column, f, "error", str(e))
@@ -335,7 +339,7 @@ class _Writer:
         if suffix == ".hea":
             return self._wfdb(src, column, case, patient, ctx)
         if _is_dicom(src):
-            return self.dicom_cell(src, column, case, patient, pseudo)
+            return self.dicom_cell(src, column, case, patient, pseudo, ctx)
         if not src.is_file():
             self._problem(case, column, src, "error", "file not found")
             return None
@@ -807,7 +811,9 @@ def deidentify_cohort(
                     manifest_counts["free_text"] += 1
             for c in cols["dicom"]:
                 if _present(row[c]):
-                    new[c] = writer.dicom_cell(_resolve(root, row[c]), c, case, pat_orig, patient)
+                    new[c] = writer.dicom_cell(
+                        _resolve(root, row[c]), c, case, pat_orig, patient, ctx
+                    )
                     _fix_patient(writer, new, c, case, patient)
             for c in cols["text_files"]:
                 if _present(row[c]):

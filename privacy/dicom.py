@@ -21,7 +21,9 @@ UIDs, and keeps a process-wide UID cache. Here:
   Dates [113107] shifts every date by the patient's keyed shift (birth dates stay empty);
   Retain Patient Characteristics [113108] keeps sex, age (capped at 90Y), size, weight...;
   Retain Device Identity [113109]; Retain Institution Identity [113112]; Retain Safe
-  Private [113111]; Clean Pixel Data [113101] when a pixel-cleaning callable is given. The
+  Private [113111]; Clean Pixel Data [113101] when a pixel-cleaning callable is given;
+  Clean Descriptors [113105] keeps descriptions, comments, labels and protocol names with
+  their text passed through a cleaner (the note de-identifier) instead of removing them. The
   attribute lists of the options follow the option columns of PS3.15 Table E.1-1, which the
   upstream table does not carry; tests check each name is a profile attribute.
 * The output is marked: PatientIdentityRemoved (0012,0062) = ``YES``,
@@ -86,6 +88,7 @@ DEFAULT_TABLE = "dicomfields_2026c"
 OPTION_CODES: dict[str, str] = {
     "113100": "Basic Application Confidentiality Profile",
     "113101": "Clean Pixel Data Option",
+    "113105": "Clean Descriptors Option",
     "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
     "113108": "Retain Patient Characteristics Option",
     "113109": "Retain Device Identity Option",
@@ -128,6 +131,139 @@ DEVICE_IDENTITY_KEYWORDS: frozenset[str] = frozenset(
     }
 )
 """Kept by Retain Device Identity [113109] (PS3.15 Table E.1-1 option column)."""
+
+CLEAN_DESCRIPTOR_KEYWORDS: frozenset[str] = frozenset(
+    {
+        "AcquisitionComments",
+        "AcquisitionDeviceProcessingDescription",
+        "AcquisitionFieldOfViewLabel",
+        "AcquisitionProtocolDescription",
+        "AdditionalPatientHistory",
+        "AdmittingDiagnosesCodeSequence",
+        "AdmittingDiagnosesDescription",
+        "Allergies",
+        "AnnotationGroupDescription",
+        "AnnotationGroupLabel",
+        "BeamDescription",
+        "BolusDescription",
+        "ClinicalTrialSeriesDescription",
+        "ClinicalTrialTimePointDescription",
+        "CommentsOnRadiationDose",
+        "CommentsOnThePerformedProcedureStep",
+        "CompensatorDescription",
+        "ConceptualVolumeCombinationDescription",
+        "ConceptualVolumeDescription",
+        "ContainerDescription",
+        "ContrastBolusAgent",
+        "ContributionDescription",
+        "DecompositionDescription",
+        "DerivationDescription",
+        "DeviceSettingDescription",
+        "DischargeDiagnosisDescription",
+        "DisplacementReferenceLabel",
+        "DoseReferenceDescription",
+        "EntityDescription",
+        "EntityLabel",
+        "EntityLongLabel",
+        "EntityName",
+        "EquipmentFrameOfReferenceDescription",
+        "FilterLookupTableDescription",
+        "FixationDeviceDescription",
+        "FractionGroupDescription",
+        "FractionationNotes",
+        "FrameComments",
+        "IdentifyingComments",
+        "ImageComments",
+        "ImagingServiceRequestComments",
+        "Impressions",
+        "InterlockDescription",
+        "InterlockOriginDescription",
+        "InterpretationDiagnosisDescription",
+        "InterpretationText",
+        "LabelText",
+        "LongDeviceDescription",
+        "MakerNote",
+        "MedicalAlerts",
+        "MultienergyAcquisitionDescription",
+        "Occupation",
+        "PatientComments",
+        "PatientSetupPhotoDescription",
+        "PatientState",
+        "PatientTreatmentPreparationMethodDescription",
+        "PatientTreatmentPreparationProcedureParameterDescription",
+        "PerformedProcedureStepDescription",
+        "PositionAcquisitionTemplateDescription",
+        "PositionAcquisitionTemplateName",
+        "PrescriptionDescription",
+        "PrescriptionNotes",
+        "PrescriptionNotesSequence",
+        "PriorTreatmentDoseDescription",
+        "ProtocolName",
+        "PyramidDescription",
+        "PyramidLabel",
+        "ROIDescription",
+        "ROIGenerationDescription",
+        "ROIName",
+        "ROIObservationDescription",
+        "ROIObservationLabel",
+        "RTPhysicianIntentNarrative",
+        "RTPlanDescription",
+        "RTPlanLabel",
+        "RTPlanName",
+        "RTPrescriptionLabel",
+        "RTToleranceSetLabel",
+        "RTTreatmentApproachLabel",
+        "RadiationDoseIdentificationLabel",
+        "RadiationDoseInVivoMeasurementLabel",
+        "RadiationGenerationModeDescription",
+        "RadiationGenerationModeLabel",
+        "ReasonForOmissionDescription",
+        "ReasonForRequestedProcedureCodeSequence",
+        "ReasonForStudy",
+        "ReasonForSuperseding",
+        "ReasonForTheAttributeModification",
+        "ReasonForTheImagingServiceRequest",
+        "ReasonForTheRequestedProcedure",
+        "ReasonForVisit",
+        "ReasonForVisitCodeSequence",
+        "RequestAttributesSequence",
+        "RequestedContrastAgent",
+        "RequestedProcedureComments",
+        "RequestedProcedureDescription",
+        "RequestedSeriesDescription",
+        "RespiratoryMotionCompensationTechniqueDescription",
+        "ResultsComments",
+        "ScheduledProcedureStepDescription",
+        "SelectorLOValue",
+        "SelectorLTValue",
+        "SelectorSHValue",
+        "SelectorSTValue",
+        "SelectorUTValue",
+        "SeriesDescription",
+        "ServiceEpisodeDescription",
+        "SetupTechniqueDescription",
+        "ShieldingDeviceDescription",
+        "SpecimenDetailedDescription",
+        "SpecimenShortDescription",
+        "StructureSetDescription",
+        "StructureSetLabel",
+        "StructureSetName",
+        "StudyComments",
+        "StudyDescription",
+        "TreatmentPositionGroupLabel",
+        "TreatmentSite",
+        "TreatmentSites",
+        "TreatmentTechniqueNotes",
+        "TreatmentToleranceViolationDescription",
+        "UserContentLabel",
+        "UserContentLongLabel",
+        "VisitComments",
+        "WaveformFilterDescription",
+    }
+)
+"""Cleaned, not removed, by Clean Descriptors [113105]: the attributes with ``C`` in that
+option's column of PS3.15 Table E.1-1 (descriptions, comments, labels, protocol and series
+names; 125 attributes, the 2024 edition of the table)."""
 
 INSTITUTION_IDENTITY_KEYWORDS: frozenset[str] = frozenset(
     {
@@ -257,6 +393,11 @@ class DicomOptions:
             :data:`PATIENT_CHARACTERISTICS_KEYWORDS` (ages ≥ 90 become ``090Y``).
         retain_device_identity: [113109] keep :data:`DEVICE_IDENTITY_KEYWORDS`.
         retain_institution_identity: [113112] keep :data:`INSTITUTION_IDENTITY_KEYWORDS`.
+        clean_descriptors: [113105] keep :data:`CLEAN_DESCRIPTOR_KEYWORDS` (series and study
+            descriptions, protocol names, comments, ...) with their text passed through a
+            cleaner (the note de-identifier; see :meth:`DicomDeidentifier.deidentify_dataset`)
+            instead of removing them; their code sequences keep their items, which the
+            profile processes as usual; binary values are removed.
         safe_private: [113111] private attributes to keep, as ``(creator, element)`` pairs
             where ``element`` is the low byte of the element number (``0x10``–``0xFF``);
             empty = remove every private attribute.
@@ -269,6 +410,7 @@ class DicomOptions:
     retain_patient_characteristics: bool = False
     retain_device_identity: bool = False
     retain_institution_identity: bool = False
+    clean_descriptors: bool = False
     safe_private: frozenset[tuple[str, int]] = frozenset()
     clean_pixel_data: Callable[[Dataset], None] | None = None
     table_version: str = DEFAULT_TABLE
@@ -289,6 +431,8 @@ class DicomOptions:
         codes = ["113100"]
         if self.clean_pixel_data is not None:
             codes.append("113101")
+        if self.clean_descriptors:
+            codes.append("113105")
         if self.retain_longitudinal:
             codes.append("113107")
         if self.retain_patient_characteristics:
@@ -433,6 +577,7 @@ class DicomDeidentifier:
         patient_key: str | None = None,
         patient_pseudonym: str | None = None,
         inplace: bool = False,
+        clean_text: Callable[[str], str] | None = None,
     ) -> tuple[Dataset, DicomResult]:
         """De-identify one dataset.
 
@@ -443,6 +588,9 @@ class DicomDeidentifier:
             patient_pseudonym: written to PatientID and PatientName (so de-identified
                 files of one patient still group); default: both emptied.
             inplace: modify ``ds`` itself instead of a copy.
+            clean_text: with ``clean_descriptors``, text → cleaned text for the descriptor
+                attributes (e.g. the note de-identifier with the patient's deny-list and date
+                shift); default: the note de-identifier in tag mode without patient context.
 
         Returns:
             ``(dataset, result)``. When ``result.status == "quarantined"`` the returned
@@ -465,7 +613,10 @@ class DicomDeidentifier:
         if patient_key is None:
             patient_key = str(ds.get("PatientID", "") or "")
         shift = self.pseudonymizer.date_shift_days(patient_key)
-        self._walk(out, result, shift)
+        clean = None
+        if self.options.clean_descriptors:
+            clean = clean_text or _default_text_cleaner()
+        self._walk(out, result, shift, clean)
         self._file_meta(out)
         if patient_pseudonym is not None:
             out.PatientID = patient_pseudonym
@@ -482,6 +633,7 @@ class DicomDeidentifier:
         *,
         patient_key: str | None = None,
         patient_pseudonym: str | None = None,
+        clean_text: Callable[[str], str] | None = None,
     ) -> DicomResult:
         """Read ``src``, de-identify it, and write ``dst`` (unless quarantined).
 
@@ -490,7 +642,11 @@ class DicomDeidentifier:
         """
         ds = read_dicom(src)
         out, result = self.deidentify_dataset(
-            ds, patient_key=patient_key, patient_pseudonym=patient_pseudonym, inplace=True
+            ds,
+            patient_key=patient_key,
+            patient_pseudonym=patient_pseudonym,
+            inplace=True,
+            clean_text=clean_text,
         )
         if result.status == "deidentified":
             dst = Path(dst)
@@ -502,7 +658,9 @@ class DicomDeidentifier:
         return result
 
     # ----------------------------------------------------------------- internals
-    def _walk(self, ds: Dataset, result: DicomResult, shift: int) -> None:
+    def _walk(
+        self, ds: Dataset, result: DicomResult, shift: int, clean: Callable[[str], str] | None
+    ) -> None:
         private_kept = self._safe_private_tags(ds) if self.options.safe_private else set()
         for tag in list(ds.keys()):
             elem = ds[tag]
@@ -520,14 +678,17 @@ class DicomDeidentifier:
             if elem.tag.element == 0:
                 del ds[tag]  # retired group length: stale once attributes are removed
                 continue
+            if clean is not None and keyword in CLEAN_DESCRIPTOR_KEYWORDS:
+                self._clean_descriptor(ds, elem, result, shift, clean, keyword)
+                continue
             code = self.table.code(int(elem.tag))
             if code is None:
                 if elem.VR == "SQ":
                     for item in elem.value or []:
-                        self._walk(item, result, shift)
+                        self._walk(item, result, shift, clean)
                 continue
             action = self._choose(code, elem, keyword)
-            self._apply(ds, elem, action, result, shift, keyword)
+            self._apply(ds, elem, action, result, shift, keyword, clean)
 
     def _choose(self, code: str, elem: DataElement, keyword: str) -> Action:
         if keyword in self._retained:
@@ -552,6 +713,7 @@ class DicomDeidentifier:
         result: DicomResult,
         shift: int,
         keyword: str,
+        clean: Callable[[str], str] | None,
     ) -> None:
         if action == "X":
             del ds[elem.tag]
@@ -559,7 +721,7 @@ class DicomDeidentifier:
             elem.value = [] if elem.VR == "SQ" else ("" if elem.VR in _TEXT_VRS else None)
         elif action in ("D", "U", "K") and elem.VR == "SQ":
             for item in elem.value or []:
-                self._walk(item, result, shift)
+                self._walk(item, result, shift, clean)
         elif action == "U":
             self._replace_uid(elem)
         elif action == "D":
@@ -576,6 +738,29 @@ class DicomDeidentifier:
         elif action == "K" and keyword == "PatientAge":
             elem.value = _cap_age(str(elem.value or ""))
         self._record(result, keyword, action, elem)
+
+    def _clean_descriptor(
+        self,
+        ds: Dataset,
+        elem: DataElement,
+        result: DicomResult,
+        shift: int,
+        clean: Callable[[str], str],
+        keyword: str,
+    ) -> None:
+        """Clean Descriptors [113105]: text cleaned, sequences walked, binary removed."""
+        if elem.VR == "SQ":
+            for item in elem.value or []:
+                self._walk(item, result, shift, clean)
+        elif elem.VR in _TEXT_VRS and not elem.is_empty:
+            raw = elem.value if isinstance(elem.value, list | MultiValue) else [elem.value]
+            texts = [clean(str(v or "")) if v else "" for v in raw]
+            elem.value = texts if len(texts) > 1 else texts[0]
+        elif not elem.is_empty and elem.VR not in _TEXT_VRS:
+            del ds[elem.tag]
+            self._record(result, keyword, "X", elem)
+            return
+        self._record(result, keyword, "C", elem)
 
     def _record(self, result: DicomResult, keyword: str, action: str, elem: DataElement) -> None:
         result.actions[action] += 1
@@ -668,6 +853,15 @@ class DicomDeidentifier:
         ds.LongitudinalTemporalInformationModified = (
             "MODIFIED" if self.options.retain_longitudinal else "REMOVED"
         )
+
+
+@lru_cache(maxsize=1)
+def _default_text_cleaner() -> Callable[[str], str]:
+    """The note de-identifier in tag mode, without patient context (Clean Descriptors)."""
+    from privacy.text import TextDeidentifier
+
+    deid = TextDeidentifier(mode="tag", use_presidio=False)
+    return lambda text: deid.deidentify(text).text
 
 
 def _cap_age(value: str) -> str:

@@ -275,3 +275,21 @@ def test_retained_attributes_are_not_residual_hits(synth_cohort: Path, tmp_path:
     frame = pd.read_csv(result.manifest_path, dtype=str)
     ds = pydicom.dcmread(result.out_dir / frame["image"].dropna().iloc[0], stop_before_pixels=True)
     assert ds.InstitutionName.startswith("SYNTHETIC")  # kept on purpose, not an error
+
+
+def test_clean_descriptors_keep_the_synthetic_descriptions(
+    synth_cohort: Path, tmp_path: Path
+) -> None:
+    """`clinfuse deid --clean-descriptors`: descriptions kept, residual-risk scan still clean."""
+    from clinfuse.deid_cli import deid_cohort
+
+    key = tmp_path / "site.key"
+    key.write_text(SECRET.decode() + "\n")
+    result = deid_cohort(synth_cohort, tmp_path / "out", secret_file=key, clean_descriptors=True)
+    out = pd.read_csv(result.manifest_path, dtype=str)
+    image = next(p for p in out["image"].dropna())
+    ds = pydicom.dcmread(result.out_dir / image)
+    assert ds.StudyDescription == "CT CHEST W CONTRAST (SYNTHETIC)"
+    assert ds.SeriesDescription == "AXIAL 5MM"
+    assert "113105" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
+    assert result.report["residual_risk"]["ok"] and result.report["residual_risk"]["hits"] == []

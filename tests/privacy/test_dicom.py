@@ -19,6 +19,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from privacy.dicom import (
+    CLEAN_DESCRIPTOR_KEYWORDS,
     DEVICE_IDENTITY_KEYWORDS,
     INSTITUTION_IDENTITY_KEYWORDS,
     PATIENT_CHARACTERISTICS_KEYWORDS,
@@ -251,10 +252,69 @@ def test_retain_options_keep_their_attributes() -> None:
 def test_option_keywords_are_profile_attributes() -> None:
     keywords = load_profile_table().keywords()
     listed = (
-        PATIENT_CHARACTERISTICS_KEYWORDS | DEVICE_IDENTITY_KEYWORDS | INSTITUTION_IDENTITY_KEYWORDS
+        PATIENT_CHARACTERISTICS_KEYWORDS
+        | DEVICE_IDENTITY_KEYWORDS
+        | INSTITUTION_IDENTITY_KEYWORDS
+        | CLEAN_DESCRIPTOR_KEYWORDS
     )
     missing = sorted(k for k in listed if k not in keywords)
     assert not missing, f"option attributes not in the PS3.15 table: {missing}"
+
+
+def test_clean_descriptors_keep_descriptions_with_identifiers_scrubbed() -> None:
+    ds = pydicom.dcmread(pydicom.examples.get_path("ct"))
+    ds.StudyDescription = "CT HEAD W/O CONTRAST"
+    ds.SeriesDescription = "Head 5mm for Dr. Hernandez 03/14/2021"
+    ds.ProtocolName = "Routine Head"
+    ds.ImageComments = "MRN 07300111 repeat scan"
+    ds.AdditionalPatientHistory = "Mateo Testpatient fell at home"
+    reason = Dataset()
+    reason.CodeValue, reason.CodingSchemeDesignator, reason.CodeMeaning = "R51", "I10", "Headache"
+    ds.ReasonForVisitCodeSequence = [reason]
+    p = Pseudonymizer(SECRET)
+    base, _ = DicomDeidentifier(p).deidentify_dataset(ds)
+    for kw in ("StudyDescription", "SeriesDescription", "ProtocolName", "ImageComments"):
+        assert kw not in base or base.get(kw) in ("", None), kw  # the Basic Profile: X or Z
+
+    opts = DicomOptions(clean_descriptors=True)
+    out, result = DicomDeidentifier(p, opts).deidentify_dataset(ds)  # default cleaner: tags
+    assert out.StudyDescription == "CT HEAD W/O CONTRAST" and out.ProtocolName == "Routine Head"
+    assert out.SeriesDescription == "Head 5mm for Dr. [NAME] [DATE]"
+    assert out.ImageComments == "MRN [MRN] repeat scan"
+    assert out.ReasonForVisitCodeSequence[0].CodeMeaning == "Headache"
+    assert result.attributes["SeriesDescription"] == "C"
+    assert "113105" in [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
+    # a patient-specific cleaner (what `clinfuse deid --clean-descriptors` passes): deny-list
+    from privacy.text import PatientContext, TextDeidentifier
+
+    deid = TextDeidentifier(mode="tag", use_presidio=False)
+    ctx = PatientContext(deny={"NAME": ["Mateo Testpatient"]})
+    out, _ = DicomDeidentifier(p, opts).deidentify_dataset(
+        ds, clean_text=lambda t: deid.deidentify(t, ctx).text
+    )
+    assert out.AdditionalPatientHistory == "[NAME] fell at home"
+
+
+def test_clean_descriptors_change_no_real_description_of_pydicoms_files() -> None:
+    """No false positives: the descriptor values of pydicom's test files pass unchanged."""
+    opts = DicomOptions(clean_descriptors=True)
+    deid = DicomDeidentifier(Pseudonymizer(SECRET), opts)
+    seen = 0
+    for path in _pydicom_files():
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        before = {
+            e.keyword: e.value
+            for e in ds
+            if e.keyword in CLEAN_DESCRIPTOR_KEYWORDS and e.VR != "SQ" and not e.is_empty
+        }
+        if not before:
+            continue
+        out, _ = deid.deidentify_dataset(ds)
+        for kw, value in before.items():
+            if out[kw].VR not in ("OB", "UN"):
+                assert out[kw].value == value, (path.name, kw)
+                seen += 1
+    assert seen >= 20
 
 
 def test_table_is_read_from_dicom_anonymizer() -> None:
