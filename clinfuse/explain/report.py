@@ -148,7 +148,7 @@ def explain_case(
                 tokens, values, masked = r.tokens, r.values, dict(r.counts)
             within["note"] = {
                 "method": e.method,
-                "target": "note unimodal logit",
+                "target": e.target,
                 "base_value": float(np.asarray(e.base_values).reshape(-1)[0]),
                 "tokens": tokens,
                 "values": _round(values),
@@ -165,7 +165,7 @@ def explain_case(
             e = explain_image(model, case, background=image_background)
             within["image"] = {
                 "method": e.method,
-                "target": "image unimodal logit",
+                "target": e.target,
                 "base_value": float(e.base_values),
                 "axes": "X (DICOM column), Y (DICOM row)"
                 + (", Z (slice)" if e.heatmap.ndim == 3 else ""),
@@ -181,7 +181,7 @@ def explain_case(
             e = explain_signal(model, case, segment_seconds=signal_segment_seconds)
             within["signal"] = {
                 "method": e.method,
-                "target": "signal unimodal logit",
+                "target": e.target,
                 "base_value": float(e.base_values),
                 "fs": e.fs,
                 "lead_names": e.lead_names,
@@ -203,7 +203,7 @@ def explain_case(
             e = explain_tabular(model, case)
             within["tabular"] = {
                 "method": e.method,
-                "target": "tabular unimodal logit",
+                "target": e.target,
                 "base_value": float(e.base_values),
                 "features": [
                     {"name": n, "value": v, "phi": float(s)}

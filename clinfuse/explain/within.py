@@ -31,6 +31,8 @@ from clinfuse.errors import ConfigError
 from clinfuse.explain._common import ExplainerFallbackWarning, import_captum_attr, import_shap
 
 __all__ = [
+    "FusedLogit",
+    "attribution_target",
     "explain_image",
     "explain_note",
     "explain_signal",
@@ -39,21 +41,78 @@ __all__ = [
 ]
 
 
+class FusedLogit(nn.Module):
+    """One modality's embedding → the case's fused logit, every other modality held at this
+    case's own embedding (and presence): the target of within-modality attributions for early
+    and intermediate fusion, where the fused logit is not a sum of unimodal logits.
+
+    Args:
+        model: a FusionModel.
+        case: the loaded case.
+        modality: the modality whose embedding varies.
+    """
+
+    def __init__(self, model: Any, case: dict[str, Any], modality: str) -> None:
+        super().__init__()
+        from clinfuse.model import Collator, move_batch
+        from clinfuse.training.embed import attach_embeddings
+
+        frozen = model.frozen_modalities
+        cases = attach_embeddings(model, [case], frozen) if frozen else [case]
+        batch = Collator(model.modalities, dict(model.network.encoders), frozen)(cases)
+        batch = move_batch(batch, model.device)
+        was = model.network.training
+        model.network.eval()
+        with torch.no_grad():
+            held = {m: e.detach().float() for m, e in model.network.embed(batch).items()}
+        model.network.train(was)
+        self.fusion = model.network.fusion
+        self.modality = modality
+        self.held = held
+        self.present = batch["present"]
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        n = embedding.shape[0]
+        emb = {
+            m: embedding.float() if m == self.modality else e.expand(n, -1)
+            for m, e in self.held.items()
+        }
+        return self.fusion(emb, self.present.expand(n, -1)).logit.float()[:, None]
+
+
+def attribution_target(model: Any, case: dict[str, Any], modality: str) -> tuple[nn.Module, str]:
+    """What a within-modality explanation attributes, as ``(embedding → (B, 1) logit, name)``.
+
+    Late fusion: the modality's unimodal logit (the fused logit is a weighted sum of those, so
+    this is the modality's contribution up to its weight). Early and intermediate fusion: the
+    fused logit with the other modalities held at this case (:class:`FusedLogit`).
+    """
+    if model.config.fusion.strategy == "late":
+        return model.network.fusion.unimodal_heads[modality], f"{modality} unimodal logit"
+    return FusedLogit(model, case, modality), f"fused logit ({modality} varied, others held)"
+
+
 class UnimodalLogit(nn.Module):
-    """Encoder of one modality followed by its unimodal head: input → (B, 1) logit.
+    """Encoder of one modality followed by a head: input → (B, 1) logit.
 
     Args:
         model: a FusionModel.
         modality: which modality.
         wrap: turns the raw input tensor into what the encoder's ``forward`` takes.
+        head: embedding → (B, 1) logit; default the modality's unimodal head (see
+            :func:`attribution_target` for early and intermediate fusion).
     """
 
     def __init__(
-        self, model: Any, modality: str, wrap: Callable[[torch.Tensor], Any] | None = None
+        self,
+        model: Any,
+        modality: str,
+        wrap: Callable[[torch.Tensor], Any] | None = None,
+        head: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoder = model.network.encoders[modality]
-        self.head = model.network.fusion.unimodal_heads[modality]
+        self.head = head if head is not None else model.network.fusion.unimodal_heads[modality]
         self.wrap = wrap
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -151,7 +210,7 @@ def explain_image(
     n_samples: int = 200,
     seed: int = 0,
 ) -> Any:
-    """Voxel attributions of the image's unimodal logit.
+    """Voxel attributions of the image's unimodal logit (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
 
     Args:
         model: a FusionModel.
@@ -177,7 +236,8 @@ def explain_image(
         bg = torch.zeros_like(x)
     else:
         bg = torch.from_numpy(np.asarray(background, dtype=np.float32))
-    net = UnimodalLogit(model, "image")
+    head, target = attribution_target(model, case, "image")
+    net = UnimodalLogit(model, "image", head=head)
     device = model.device
     with _eval_mode(net):
         with torch.no_grad():
@@ -192,6 +252,7 @@ def explain_image(
         )
     heat = values.sum(axis=0)
     exp = _explanation(values, base, x_np, used)
+    exp.target = target
     exp.heatmap = heat
     if heat.ndim == 3:
         mass = np.abs(heat).sum(axis=(0, 1))
@@ -281,7 +342,7 @@ def explain_signal(
     background: np.ndarray | None = None,
     n_samples: int = 100,
 ) -> Any:
-    """Time-segment attributions of the signal's unimodal logit, per lead.
+    """Time-segment attributions of the signal's unimodal logit, per lead (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
 
     Occlusion: each (lead, segment) is replaced by 0 (the lead mean after
     standardisation) and the drop of the logit is its attribution, spread
@@ -319,7 +380,8 @@ def explain_signal(
     def wrap(t: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"signal": t, "valid_mask": valid_t.to(t.device).expand(t.shape[0], -1)}
 
-    net = UnimodalLogit(model, "signal", wrap)
+    head, target = attribution_target(model, case, "signal")
+    net = UnimodalLogit(model, "signal", wrap, head=head)
     device = model.device
     x = torch.from_numpy(sig)[None].to(device)
 
@@ -355,6 +417,7 @@ def explain_signal(
         axis=1,
     )
     exp = _explanation(values, base, sig, used)
+    exp.target = target
     exp.segments = segments
     exp.segment_values = seg_values
     exp.fs = fs
@@ -366,7 +429,7 @@ def explain_signal(
 def explain_note(
     model: Any, case: dict[str, Any], *, max_evals: int = 200, batch_size: int = 16
 ) -> Any:
-    """Token-level SHAP values of the note's unimodal logit.
+    """Token-level SHAP values of the note's unimodal logit (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
 
     Uses ``shap.maskers.Text`` with the note encoder's own tokenizer (masked
     tokens become ``[MASK]``) and the Partition explainer; ``max_evals`` caps
@@ -383,7 +446,7 @@ def explain_note(
     _require(case, "note", model)
     text = str(case["note"])
     encoder = model.network.encoders["note"]
-    head = model.network.fusion.unimodal_heads["note"]
+    head, target = attribution_target(model, case, "note")
     device = model.device
 
     def f(texts: Any) -> np.ndarray:
@@ -415,6 +478,7 @@ def explain_note(
         explainer = shap.Explainer(f, masker, seed=0)
         exp = explainer([text], max_evals=max_evals, batch_size=batch_size, silent=True)[0]
     exp.method = method
+    exp.target = target
     return exp
 
 
@@ -468,7 +532,7 @@ def _raw_display(tabular: Any, values: np.ndarray, mask: np.ndarray) -> list[Any
 
 
 def explain_tabular(model: Any, case: dict[str, Any], *, max_exact_columns: int = 12) -> Any:
-    """SHAP values of the tabular unimodal logit, one per manifest column.
+    """SHAP values of the tabular unimodal logit, one per manifest column (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
 
     The value of a set of columns is the logit when only those columns are
     observed (the others marked missing, exactly as an empty manifest cell),
@@ -492,7 +556,7 @@ def explain_tabular(model: Any, case: dict[str, Any], *, max_exact_columns: int 
     row = np.where(mask, values, np.nan)
     x = np.arange(len(columns), dtype=np.float64)[None]  # placeholder, see _GroupMasker
     encoder = model.network.encoders["tabular"]
-    head = model.network.fusion.unimodal_heads["tabular"]
+    head, target = attribution_target(model, case, "tabular")
     device = model.device
 
     def f(rows: np.ndarray) -> np.ndarray:
@@ -520,10 +584,12 @@ def explain_tabular(model: Any, case: dict[str, Any], *, max_exact_columns: int 
     observed = np.zeros(len(columns), dtype=bool)
     observed[groups[mask]] = True
     phi[~observed] = 0.0  # a missing column is a null player (drop rounding noise)
-    return _explanation(
+    exp = _explanation(
         phi,
         float(np.asarray(e.base_values).reshape(-1)[0]),
         data,
         method,
         feature_names=columns,
     )
+    exp.target = target
+    return exp

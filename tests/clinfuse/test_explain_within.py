@@ -206,3 +206,56 @@ def test_lesion_mask_maps_dicom_grid_to_model_grid() -> None:
     heat[mask] = 1.0
     inside, area = image_lesion_mass(heat, mask)
     assert inside == 1.0 and area == pytest.approx(mask.mean())
+
+
+@pytest.fixture(scope="module")
+def intermediate(tiny_cohort: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny intermediate-fusion run (attention over modality tokens) and its complete cases."""
+    from clinfuse.cohort.manifest import Cohort
+    from clinfuse.data import CaseLoader
+    from clinfuse.model import load_run
+    from clinfuse.training import train_run
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(epochs=1)
+    cfg.fusion.strategy = "intermediate"
+    cfg.fusion.hidden, cfg.fusion.n_heads, cfg.fusion.n_layers = 16, 2, 1
+    run = train_run(tiny_cohort, tmp_path_factory.mktemp("inter") / "run", cfg)
+    model = load_run(run)
+    rows = Cohort.from_manifest(tiny_cohort, target=model.config.data.target).rows
+    cases = CaseLoader(model.config.data, model.modalities, model.tabular).load_many(rows).cases
+    return model, [c for c in cases if c["present"].all()]
+
+
+def test_intermediate_fusion_attributions_add_up_to_the_fused_logit(intermediate) -> None:
+    """Early/intermediate fusion: the target is the fused logit with the other modalities held
+    at this case, so tabular and note SHAP values add up to the case's fused logit and the
+    image's Integrated Gradients to the fused-logit difference (completeness)."""
+    from clinfuse.explain.within import FusedLogit
+
+    model, full = intermediate
+    case = full[0]
+    fused = float(model.forward_cases([case])["logit"][0])
+    tab = explain_tabular(model, case)
+    assert tab.target.startswith("fused logit")
+    assert tab.base_values + tab.values.sum() == pytest.approx(fused, abs=1e-5)
+    note = explain_note(model, case, max_evals=30)
+    assert float(np.asarray(note.base_values)) + note.values.sum() == pytest.approx(fused, abs=1e-4)
+    assert note.target == "fused logit (note varied, others held)"
+    ig = explain_image(model, case, methods=["integrated_gradients"], n_samples=200)
+    net = UnimodalLogit(model, "image", head=FusedLogit(model, case, "image")).eval()
+    x = torch.from_numpy(case["image"])[None]
+    with torch.no_grad():
+        fx, fref = float(net(x)[0, 0]), float(net(torch.zeros_like(x))[0, 0])
+    assert fx == pytest.approx(fused, abs=1e-5)  # the held-out modalities reproduce the case
+    assert ig.values.sum() == pytest.approx(fx - fref, abs=2e-2 * max(1.0, abs(fx - fref)))
+    # the late-fusion target is unchanged: the unimodal logit
+    assert explain_tabular(*_late_model_and_case(intermediate)).target == "tabular unimodal logit"
+
+
+def _late_model_and_case(intermediate):
+    model, full = intermediate
+    late = copy.copy(model)
+    late.config = model.config.model_copy(deep=True)
+    late.config.fusion.strategy = "late"
+    return late, full[0]
