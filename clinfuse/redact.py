@@ -4,8 +4,10 @@ The review app and the explanation reports show note text (and its token attribu
 When the cohort did not go through ``clinfuse deid`` (its folder has no ``deid_report.json``),
 the identifiers found automatically are masked as ``[TYPE]`` tags before anything is shown
 or written: dates, phone numbers, e-mails, record numbers, names after titles or labels and
-from name dictionaries (:class:`privacy.text.TextDeidentifier` in tag mode). Automatic
-detection misses some names; de-identifying the cohort stays the way to be sure.
+from name dictionaries (:class:`privacy.text.TextDeidentifier` in tag mode), and the patient's
+own name, ids and birth date read from the case's DICOM header wherever they appear
+(:func:`image_header_context`). Automatic detection misses other names; de-identifying the
+cohort stays the way to be sure.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from privacy.text import RedactedTokens, TextDeidentifier
+    from privacy.text import PatientContext, RedactedTokens, TextDeidentifier
 
 DEID_REPORT = "deid_report.json"
 """What ``clinfuse deid`` writes next to the de-identified manifest (``privacy.cohort.REPORT_NAME``)."""
@@ -23,6 +25,7 @@ DEID_REPORT = "deid_report.json"
 __all__ = [
     "DEID_REPORT",
     "cohort_is_deidentified",
+    "image_header_context",
     "mask_note",
     "mask_note_tokens",
     "note_deidentifier",
@@ -50,14 +53,71 @@ def note_deidentifier() -> TextDeidentifier:
     return TextDeidentifier(mode="tag", use_presidio=False)
 
 
-def mask_note(text: str) -> tuple[str, dict[str, int]]:
-    """``text`` with its identifiers replaced by ``[TYPE]``, and how many of each type."""
-    result = note_deidentifier().deidentify(text)
+_HEADER_IDENTITY = {
+    "PatientName": "NAME",
+    "OtherPatientNames": "NAME",
+    "PatientBirthName": "NAME",
+    "PatientMotherBirthName": "NAME",
+    "PatientID": "MRN",
+    "OtherPatientIDs": "MRN",
+    "AccessionNumber": "MRN",
+    "PatientBirthDate": "DATE",
+    "PatientAddress": "ADDRESS",
+    "PatientTelephoneNumbers": "PHONE",
+}
+"""DICOM patient attributes whose values are masked wherever they appear in the case's note."""
+
+
+def image_header_context(image: str | Path | None) -> PatientContext | None:
+    """The patient's identifiers from the case's DICOM header, as a deny-list for its note.
+
+    ``image`` is a DICOM file or a series folder (its first file is read, without pixels);
+    anything else (NIfTI, PNG, an unreadable file) gives ``None``. Nothing read here is shown.
+    """
+    if image is None:
+        return None
+    import pydicom
+    from pydicom.misc import is_dicom
+    from pydicom.multival import MultiValue
+
+    from privacy.text import PatientContext
+
+    path = Path(image)
+    if path.is_dir():
+        path = next((f for f in sorted(path.iterdir()) if f.is_file() and is_dicom(f)), path)
+    if not path.is_file() or not is_dicom(path):
+        return None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_IDENTITY))
+    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+        return None  # the image tab reports an unreadable image; the note is masked as usual
+    deny: dict[str, list[str]] = {}
+    for keyword, entity in _HEADER_IDENTITY.items():
+        value = ds.get(keyword)
+        values = list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+        for v in values:
+            text = str(v or "").strip()
+            if text:
+                deny.setdefault(entity, []).append(text)
+    return PatientContext(deny=deny) if deny else None
+
+
+def mask_note(text: str, context: PatientContext | None = None) -> tuple[str, dict[str, int]]:
+    """``text`` with its identifiers replaced by ``[TYPE]``, and how many of each type.
+
+    Args:
+        text: the note.
+        context: the patient's known identifiers (:func:`image_header_context`), masked
+            wherever they appear, with or without a cue.
+    """
+    result = note_deidentifier().deidentify(text, context)
     return result.text, dict(result.counts)
 
 
-def mask_note_tokens(tokens: list[str], values: list[float]) -> RedactedTokens:
+def mask_note_tokens(
+    tokens: list[str], values: list[float], context: PatientContext | None = None
+) -> RedactedTokens:
     """Token attributions with the identifiers masked (see :func:`privacy.text.redact_tokens`)."""
     from privacy.text import redact_tokens
 
-    return redact_tokens(tokens, values, note_deidentifier())
+    return redact_tokens(tokens, values, note_deidentifier(), context)

@@ -12,7 +12,7 @@ import streamlit as st
 import ui_common as ui
 
 from clinfuse.errors import ClinFuseError
-from clinfuse.redact import mask_note, mask_note_tokens
+from clinfuse.redact import image_header_context, mask_note, mask_note_tokens
 from clinfuse.review import charts
 from clinfuse.review.imaging import (
     WINDOW_PRESETS,
@@ -192,13 +192,15 @@ def _masked_caption(counts: dict[str, int]) -> None:
 
 def _note_tab(cv: CaseView) -> None:
     mask = view.deidentified is not True  # show identifiers only for a de-identified cohort
+    row = cv.manifest
+    context = image_header_context(row.image if row is not None else None) if mask else None
     within = (cv.explanation or {}).get("within", {})
     if "note" in within:
         e = within["note"]
         tokens, values = list(e["tokens"]), list(e["values"])
         masked = e.get("identifiers_masked")
         if mask and masked is None:  # explained with the identifiers kept: mask them here
-            r = mask_note_tokens(tokens, values)
+            r = mask_note_tokens(tokens, values, context)
             tokens, values, masked = r.tokens, r.values, dict(r.counts)
         st.caption(f"Token attributions ({e['method']}): red raises, blue lowers the note logit.")
         if masked is not None:
@@ -215,7 +217,7 @@ def _note_tab(cv: CaseView) -> None:
         return
     st.caption("No token attributions cached for this note yet.")
     if mask:
-        text, counts = mask_note(text)
+        text, counts = mask_note(text, context)
         _masked_caption(counts)
     st.text(text)
 

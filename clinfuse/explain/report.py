@@ -75,6 +75,7 @@ def explain_case(
     note_max_evals: int = 64,
     signal_segment_seconds: float = 0.5,
     mask_note_identifiers: bool = True,
+    note_context: Any = None,
 ) -> dict[str, Any]:
     """Within-modality explanations of one case (+ figures when ``out_dir`` is given).
 
@@ -87,6 +88,9 @@ def explain_case(
         mask_note_identifiers: mask the identifiers found in the note's tokens as ``[TYPE]``
             (:mod:`clinfuse.redact`) before they are stored or drawn; the masked tokens carry
             the summed attributions. False for a cohort already de-identified.
+        note_context: the patient's known identifiers for that masking
+            (``privacy.text.PatientContext``, e.g. from
+            :func:`clinfuse.redact.image_header_context`), masked wherever they appear.
 
     Returns:
         The JSON-ready dict (also written to ``out_dir/explanation.json``).
@@ -144,7 +148,7 @@ def explain_case(
             if mask_note_identifiers:
                 from clinfuse.redact import mask_note_tokens
 
-                r = mask_note_tokens(tokens, values)
+                r = mask_note_tokens(tokens, values, note_context)
                 tokens, values, masked = r.tokens, r.values, dict(r.counts)
             within["note"] = {
                 "method": e.method,
@@ -310,7 +314,7 @@ def explain_run(
         performance_shapley,
     )
     from clinfuse.model import load_run
-    from clinfuse.redact import cohort_is_deidentified
+    from clinfuse.redact import cohort_is_deidentified, image_header_context
 
     say = log or (lambda _msg: None)
     run, out = Path(run), Path(out)
@@ -368,6 +372,8 @@ def explain_run(
             case_dir = stage / "cases" / safe_name(case)
             if case in cache.case_ids:
                 i = cache.index_of(case)
+                mask = not keep_note_identifiers and not cohort_is_deidentified(co.manifest_path)
+                row = next((r for r in co.rows if r.case_id == case), None)
                 phi = {m: float(exp.values[i, j]) for j, m in enumerate(cache.modalities)}
                 bg = [
                     c["image"]
@@ -383,8 +389,8 @@ def explain_run(
                     out_dir=case_dir,
                     image_background=bg_arr,
                     note_max_evals=note_max_evals,
-                    mask_note_identifiers=not keep_note_identifiers
-                    and not cohort_is_deidentified(co.manifest_path),
+                    mask_note_identifiers=mask,
+                    note_context=image_header_context(row.image) if mask and row else None,
                 )
             else:
                 summary["case"] = _unexplainable_case(model, case, co, loaded, table, case_dir)

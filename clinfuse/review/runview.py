@@ -485,13 +485,16 @@ class RunView:
         from clinfuse.explain._common import NoModalityWarning, safe_name
         from clinfuse.explain.modality import build_modality_cache, modality_shapley
         from clinfuse.explain.report import RUN_SUBDIR, explain_case
+        from clinfuse.redact import image_header_context
 
         cid = self.resolve_case(case_id)
         if self.cohort is None:
             raise ConfigError(self.cohort_error or "no cohort", case_id=cid)
         model = self.model()
         loader = CaseLoader(model.config.data, model.modalities, model.tabular)
-        case = loader.load(self.cohort[cid])
+        row = self.cohort[cid]
+        case = loader.load(row)
+        mask = self.deidentified is not True  # as the page shows notes: see clinfuse.redact
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoModalityWarning)
             exp = modality_shapley(model, build_modality_cache(model, [case]))
@@ -510,6 +513,8 @@ class RunView:
                 out_dir=stage,
                 image_background=background,
                 note_max_evals=note_max_evals,
+                mask_note_identifiers=mask,
+                note_context=image_header_context(row.image) if mask else None,
             )
             old = final.with_name(f".{final.name}.old-{time.time_ns()}")
             if final.exists():

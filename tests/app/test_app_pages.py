@@ -343,3 +343,31 @@ def test_notes_of_a_cohort_not_deidentified_show_masked_identifiers(
         for value in planted:
             for part in value.split():
                 assert part not in page, (case_id, part)
+
+
+def test_the_patients_dicom_name_and_id_are_masked_in_an_uncued_note(
+    app_env, password, review_run, tmp_path, monkeypatch
+):
+    import pydicom
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(Path(review_run["manifest"]).parent, cohort)
+    m = pd.read_csv(cohort / "manifest.csv", dtype={"case_id": str}).set_index("case_id")
+    cid = next(
+        c
+        for c in m.index
+        if c != review_run["explained_case"]
+        and isinstance(m.loc[c, "image"], str)
+        and isinstance(m.loc[c, "note"], str)
+    )
+    ds = pydicom.dcmread(cohort / m.loc[cid, "image"], stop_before_pixels=True)
+    family, given = str(ds.PatientName).split("^")[:2]
+    (cohort / m.loc[cid, "note"]).write_text(
+        f"{given.lower()} {family.lower()} arrived by car, chart {ds.PatientID}. Chest pain.\n"
+    )
+    monkeypatch.setenv("CLINFUSE_APP_COHORT", str(cohort / "manifest.csv"))
+    at = _open_case(_login(password), cid)
+    page = _texts(at) + "".join(str(t.value) for t in at.text)
+    assert "[NAME] arrived by car, chart [MRN]. Chest pain." in page
+    for secret in (given, family, str(ds.PatientID)):
+        assert secret.lower() not in page.lower()
