@@ -29,6 +29,7 @@ __all__ = [
     "mask_note",
     "mask_note_tokens",
     "note_deidentifier",
+    "note_masking",
 ]
 
 
@@ -100,6 +101,19 @@ def image_header_context(image: str | Path | None) -> PatientContext | None:
             if text:
                 deny.setdefault(entity, []).append(text)
     return PatientContext(deny=deny) if deny else None
+
+
+def note_masking(
+    manifest: str | Path | None, image: str | Path | None
+) -> tuple[bool, PatientContext | None]:
+    """The one rule for notes shown to people: ``(mask?, the patient's known identifiers)``.
+
+    A cohort that came out of ``clinfuse deid`` is shown as stored; any other (or an unknown
+    one) is masked, with the patient's identity from the case's DICOM header as a deny-list.
+    """
+    if cohort_is_deidentified(manifest):
+        return False, None
+    return True, image_header_context(image)
 
 
 def mask_note(text: str, context: PatientContext | None = None) -> tuple[str, dict[str, int]]:

@@ -756,7 +756,7 @@ class DicomDeidentifier:
             raw = elem.value if isinstance(elem.value, list | MultiValue) else [elem.value]
             texts = [clean(str(v or "")) if v else "" for v in raw]
             elem.value = texts if len(texts) > 1 else texts[0]
-        elif not elem.is_empty and elem.VR not in _TEXT_VRS:
+        elif not elem.is_empty:  # binary (OB): cannot be cleaned, so removed
             del ds[elem.tag]
             self._record(result, keyword, "X", elem)
             return

@@ -199,9 +199,13 @@ def _pack(tals: list[tuple[bytes, bytes, list[str]]]) -> bytes:
     )
 
 
-def annotation_texts(data: bytes, layout: EdfLayout | None = None) -> list[str]:
-    """Every annotation text of an EDF+/BDF+ file (none for plain EDF)."""
-    layout = layout or parse_layout(data)
+def annotation_texts(data: bytes) -> list[str]:
+    """Every annotation text of an EDF+/BDF+ file (none for plain EDF).
+
+    Raises:
+        EdfError: the file cannot be parsed.
+    """
+    layout = parse_layout(data)
     return [
         text
         for signal in layout.annotation_signals
@@ -241,19 +245,18 @@ def deidentify_edf(data: bytes, scrub: Callable[[str], str]) -> EdfDeidResult:
     """
     layout = parse_layout(data)
     out = bytearray(data)
-    out[8:88] = b"X X X X".ljust(80)  # patient: code, sex, birthdate, name
-    out[88:168] = b"Startdate X X X X".ljust(
-        80
-    )  # recording: date, admin code, technician, equipment
+    # patient: code, sex, birthdate, name; recording: start date, admin code, technician, equipment
+    out[8:88] = b"X X X X".ljust(80)
+    out[88:168] = b"Startdate X X X X".ljust(80)
     out[168:176] = ANONYMOUS_START_DATE
-    result = EdfDeidResult(b"")
+    seen = n_changed = replaced_whole = 0
     for signal in layout.annotation_signals:
         for start, end in layout.slots(signal):
             new_tals: list[tuple[bytes, bytes, list[str]]] = []
             changed: list[tuple[int, int]] = []  # (TAL, text) positions
             for onset, duration, texts in _tals(data[start:end], start):
                 new = [scrub(t) if t else t for t in texts]
-                result.annotations += sum(1 for t in texts if t)
+                seen += sum(1 for t in texts if t)
                 changed += [
                     (len(new_tals), i)
                     for i, (a, b) in enumerate(zip(texts, new, strict=True))
@@ -266,14 +269,13 @@ def deidentify_edf(data: bytes, scrub: Callable[[str], str]) -> EdfDeidResult:
             if len(packed) > end - start:  # the tags are longer than what they replace
                 for k, i in changed:
                     new_tals[k][2][i] = "X"
-                result.replaced_whole += len(changed)
+                replaced_whole += len(changed)
                 packed = _pack(new_tals)
             if len(packed) > end - start:
                 raise EdfError(
                     f"the annotations of the record at byte {start} do not fit their slot "
                     "even with every changed text replaced by 'X'"
                 )
-            result.changed += len(changed)
+            n_changed += len(changed)
             out[start:end] = packed.ljust(end - start, b"\x00")
-    result.data = bytes(out)
-    return result
+    return EdfDeidResult(bytes(out), seen, n_changed, replaced_whole)

@@ -12,7 +12,7 @@ import streamlit as st
 import ui_common as ui
 
 from clinfuse.errors import ClinFuseError
-from clinfuse.redact import image_header_context, mask_note, mask_note_tokens
+from clinfuse.redact import mask_note, mask_note_tokens, note_masking
 from clinfuse.review import charts
 from clinfuse.review.imaging import (
     WINDOW_PRESETS,
@@ -33,6 +33,11 @@ me = ui.reviewer()
 @st.cache_resource(max_entries=64, show_spinner=False)
 def _image(path: str, case_id: str, mtime: float) -> DisplayImage:
     return load_display_image(path, case_id=case_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _note_masking(manifest: str | None, image: str | None, mtime: float) -> tuple[bool, Any]:
+    return note_masking(manifest, image)  # cached: the page reruns on every widget change
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -191,9 +196,11 @@ def _masked_caption(counts: dict[str, int]) -> None:
 
 
 def _note_tab(cv: CaseView) -> None:
-    mask = view.deidentified is not True  # show identifiers only for a de-identified cohort
     row = cv.manifest
-    context = image_header_context(row.image if row is not None else None) if mask else None
+    image = row.image if row is not None else None
+    mtime = image.stat().st_mtime if image is not None and image.exists() else 0.0
+    manifest = str(view.cohort_path) if view.cohort_path is not None else None
+    mask, context = _note_masking(manifest, str(image) if image else None, mtime)
     within = (cv.explanation or {}).get("within", {})
     if "note" in within:
         e = within["note"]

@@ -17,7 +17,8 @@ EXPLAIN_EPILOG = (
     "Examples:\n\n"
     "  clinfuse explain runs/demo demo_cohort/manifest.csv --out explain_out\n\n"
     "  clinfuse explain runs/demo demo_cohort/manifest.csv --case case0007 --out explain_out\n\n"
-    "  clinfuse explain runs/demo cohort.csv --case c12 --note-max-evals 100 --n-boot 200 --out ex"
+    "  clinfuse explain runs/demo cohort.csv --case c12 --note-max-evals 100 --n-boot 200 --out ex\n\n"
+    "  clinfuse explain runs/demo deid/manifest.csv --case c12 --keep-note-identifiers --out ex"
 )
 
 

@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from clinfuse.explain._common import (
     write_json_atomic,
     write_text_atomic,
 )
+
+if TYPE_CHECKING:
+    from privacy.text import PatientContext
 
 __all__ = [
     "RUN_SUBDIR",
@@ -75,7 +78,7 @@ def explain_case(
     note_max_evals: int = 64,
     signal_segment_seconds: float = 0.5,
     mask_note_identifiers: bool = True,
-    note_context: Any = None,
+    note_context: PatientContext | None = None,
 ) -> dict[str, Any]:
     """Within-modality explanations of one case (+ figures when ``out_dir`` is given).
 
@@ -88,9 +91,8 @@ def explain_case(
         mask_note_identifiers: mask the identifiers found in the note's tokens as ``[TYPE]``
             (:mod:`clinfuse.redact`) before they are stored or drawn; the masked tokens carry
             the summed attributions. False for a cohort already de-identified.
-        note_context: the patient's known identifiers for that masking
-            (``privacy.text.PatientContext``, e.g. from
-            :func:`clinfuse.redact.image_header_context`), masked wherever they appear.
+        note_context: the patient's known identifiers for that masking (e.g. from
+            :func:`clinfuse.redact.note_masking`), masked wherever they appear.
 
     Returns:
         The JSON-ready dict (also written to ``out_dir/explanation.json``).
@@ -314,7 +316,7 @@ def explain_run(
         performance_shapley,
     )
     from clinfuse.model import load_run
-    from clinfuse.redact import cohort_is_deidentified, image_header_context
+    from clinfuse.redact import note_masking
 
     say = log or (lambda _msg: None)
     run, out = Path(run), Path(out)
@@ -372,8 +374,12 @@ def explain_run(
             case_dir = stage / "cases" / safe_name(case)
             if case in cache.case_ids:
                 i = cache.index_of(case)
-                mask = not keep_note_identifiers and not cohort_is_deidentified(co.manifest_path)
-                row = next((r for r in co.rows if r.case_id == case), None)
+                row = next(r for r in co.rows if r.case_id == case)
+                mask, note_context = (
+                    (False, None)
+                    if keep_note_identifiers
+                    else note_masking(co.manifest_path, row.image)
+                )
                 phi = {m: float(exp.values[i, j]) for j, m in enumerate(cache.modalities)}
                 bg = [
                     c["image"]
@@ -390,7 +396,7 @@ def explain_run(
                     image_background=bg_arr,
                     note_max_evals=note_max_evals,
                     mask_note_identifiers=mask,
-                    note_context=image_header_context(row.image) if mask and row else None,
+                    note_context=note_context,
                 )
             else:
                 summary["case"] = _unexplainable_case(model, case, co, loaded, table, case_dir)

@@ -210,7 +210,7 @@ def explain_image(
     n_samples: int = 200,
     seed: int = 0,
 ) -> Any:
-    """Voxel attributions of the image's unimodal logit (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
+    """Voxel attributions of the image's logit (the target of :func:`attribution_target`).
 
     Args:
         model: a FusionModel.
@@ -342,7 +342,7 @@ def explain_signal(
     background: np.ndarray | None = None,
     n_samples: int = 100,
 ) -> Any:
-    """Time-segment attributions of the signal's unimodal logit, per lead (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
+    """Time-segment attributions of the signal's logit, per lead (see :func:`attribution_target`).
 
     Occlusion: each (lead, segment) is replaced by 0 (the lead mean after
     standardisation) and the drop of the logit is its attribution, spread
@@ -429,7 +429,7 @@ def explain_signal(
 def explain_note(
     model: Any, case: dict[str, Any], *, max_evals: int = 200, batch_size: int = 16
 ) -> Any:
-    """Token-level SHAP values of the note's unimodal logit (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
+    """Token-level SHAP values of the note's logit (the target of :func:`attribution_target`).
 
     Uses ``shap.maskers.Text`` with the note encoder's own tokenizer (masked
     tokens become ``[MASK]``) and the Partition explainer; ``max_evals`` caps
@@ -532,7 +532,7 @@ def _raw_display(tabular: Any, values: np.ndarray, mask: np.ndarray) -> list[Any
 
 
 def explain_tabular(model: Any, case: dict[str, Any], *, max_exact_columns: int = 12) -> Any:
-    """SHAP values of the tabular unimodal logit, one per manifest column (late fusion; the fused logit for early and intermediate fusion, see :func:`attribution_target`).
+    """SHAP values of the tabular logit, one per manifest column (see :func:`attribution_target`).
 
     The value of a set of columns is the logit when only those columns are
     observed (the others marked missing, exactly as an empty manifest cell),

@@ -485,7 +485,7 @@ class RunView:
         from clinfuse.explain._common import NoModalityWarning, safe_name
         from clinfuse.explain.modality import build_modality_cache, modality_shapley
         from clinfuse.explain.report import RUN_SUBDIR, explain_case
-        from clinfuse.redact import image_header_context
+        from clinfuse.redact import note_masking
 
         cid = self.resolve_case(case_id)
         if self.cohort is None:
@@ -494,7 +494,7 @@ class RunView:
         loader = CaseLoader(model.config.data, model.modalities, model.tabular)
         row = self.cohort[cid]
         case = loader.load(row)
-        mask = self.deidentified is not True  # as the page shows notes: see clinfuse.redact
+        mask, note_context = note_masking(self.cohort_path, row.image)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoModalityWarning)
             exp = modality_shapley(model, build_modality_cache(model, [case]))
@@ -514,7 +514,7 @@ class RunView:
                 image_background=background,
                 note_max_evals=note_max_evals,
                 mask_note_identifiers=mask,
-                note_context=image_header_context(row.image) if mask else None,
+                note_context=note_context,
             )
             old = final.with_name(f".{final.name}.old-{time.time_ns()}")
             if final.exists():

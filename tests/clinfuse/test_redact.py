@@ -10,6 +10,7 @@ from clinfuse.redact import (
     image_header_context,
     mask_note,
     mask_note_tokens,
+    note_masking,
 )
 
 
@@ -56,6 +57,13 @@ def test_the_dicom_headers_patient_identity_is_masked_without_any_cue(tmp_path: 
         assert masked == "[NAME] walked in; chart [MRN]; born [DATE]; chest pain."
         tokens = [note[i : i + 3] for i in range(0, len(note), 3)]
         assert "".join(mask_note_tokens(tokens, [0.0] * len(tokens), context).tokens) == masked
+    # the one rule: masked with this context unless the cohort came out of `clinfuse deid`
+    manifest = tmp_path / "manifest.csv"
+    mask, context = note_masking(manifest, series)
+    assert mask and context is not None and context.deny["MRN"] == ["07300111"]
+    assert note_masking(None, None) == (True, None)
+    (tmp_path / DEID_REPORT).write_text("{}")
+    assert note_masking(manifest, series) == (False, None)
     (tmp_path / "x.nii").write_bytes(b"\x00" * 400)
     assert image_header_context(tmp_path / "x.nii") is None
     assert image_header_context(None) is None
