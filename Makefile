@@ -35,11 +35,13 @@ $(STAMP): pyproject.toml
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/clinfuse demo --out $(DEMO_OUT)
 
-# Debian's Chromium for the headless-browser tests (Playwright cannot download its own here).
+# System tools the tests use: Debian's Chromium for the headless-browser tests (Playwright
+# cannot download its own here) and the Tesseract OCR engine for `clinfuse deid --clean-pixels`.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@command -v chromium >/dev/null 2>&1 && command -v tesseract >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO apt-get install -y -qq chromium tesseract-ocr >/dev/null; }
 
 test: install browser
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -q

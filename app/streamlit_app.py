@@ -14,6 +14,8 @@ if str(_HERE) not in sys.path:
 
 import ui_common as ui  # noqa: E402 - needs the folder on sys.path first
 
+from clinfuse.errors import ConfigError  # noqa: E402
+
 st.set_page_config(page_title="clinfuse review", page_icon=":material/stethoscope:", layout="wide")
 
 
@@ -35,9 +37,13 @@ if isinstance(ctx, str):
 view, store = ctx
 oidc = ui.oidc_user()
 if oidc and not st.session_state.get("reviewer"):
-    store.ensure_oidc_reviewer(oidc["email"], oidc["name"])
-    store.log_event(oidc["email"], "login", method="oidc")
-    st.session_state["reviewer"] = oidc["email"]
+    try:
+        store.ensure_oidc_reviewer(oidc["email"], oidc["name"])
+    except ConfigError as e:  # a local or deactivated account's name: refuse, say why
+        st.session_state["sso_refused"] = str(e)
+    else:
+        store.log_event(oidc["email"], "login", method="oidc")
+        st.session_state["reviewer"] = oidc["email"]
 
 reviewer = st.session_state.get("reviewer")
 pages = {

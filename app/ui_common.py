@@ -82,6 +82,8 @@ def oidc_user() -> dict[str, Any] | None:
     """The OIDC identity when the user logged in through ``st.login``."""
     try:
         user = st.user
+        if user.get("email_verified") is False:  # an unverified e-mail is not an identity
+            return None
         if bool(user.get("is_logged_in")) and user.get("email"):
             return {
                 "email": str(user.get("email")),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -36,6 +36,8 @@ DEID_EPILOG = (
     "--date-columns admit_date --id-columns encounter_id --overwrite\n\n"
     "  clinfuse deid cohort.csv --out deid --secret-file ~/site.key --tags "
     "--retain-patient-characteristics --clean-descriptors\n\n"
+    "  clinfuse deid cohort.csv --out deid --secret-file ~/site.key --clean-pixels all-text "
+    "--pixel-rules us_layouts.toml\n\n"
     "The secret never leaves the site and is never written to the output; keep it to "
     "re-create the same pseudonyms later (same secret → same ids, UIDs and date shifts)."
 )
@@ -62,13 +64,20 @@ def deid_cohort(
     retain_device_identity: bool = False,
     retain_institution_identity: bool = False,
     clean_descriptors: bool = False,
+    clean_pixels: str | None = None,
+    pixel_rules: str | Path | None = None,
     note_encoding: str = "utf-8",
     progress: Callable[[int, int], None] | None = None,
 ) -> CohortDeidResult:
     """Library form of ``clinfuse deid``; returns :class:`privacy.cohort.CohortDeidResult`.
 
+    ``clean_pixels`` (``all-text`` or ``identifiers``) and ``pixel_rules`` (a region-rules
+    file) turn on Clean Pixel Data (113101, :class:`privacy.pixels.PixelCleaner`); rules alone
+    mask fixed regions without OCR.
+
     Raises:
-        ConfigError: missing/empty secret, unsafe output folder, missing privacy extra.
+        ConfigError: missing/empty secret, unsafe output folder, missing privacy extra,
+            bad pixel-cleaning options (unknown mode, bad rules file, no OCR engine).
         CohortError: unreadable manifest, or original identifiers left in the output.
     """
     from clinfuse.cohort import read_manifest
@@ -119,6 +128,7 @@ def deid_cohort(
                 hint="check the spelling",
             )
     options = DicomOptions(
+        clean_pixel_data=_pixel_cleaner(clean_pixels, pixel_rules),
         retain_longitudinal=retain_dates,
         retain_patient_characteristics=retain_patient_characteristics,
         retain_device_identity=retain_device_identity,
@@ -148,6 +158,23 @@ def deid_cohort(
         raise CohortError(str(e), path=manifest_path) from e
     except PrivacyError as e:
         raise CohortError(str(e), path=manifest_path) from e
+
+
+def _pixel_cleaner(mode: str | None, rules_file: str | Path | None) -> Any:
+    """The Clean Pixel Data step asked for on the command line, or ``None``."""
+    if mode is None and rules_file is None:
+        return None
+    from privacy.pixels import PIXEL_MODES, PixelCleaner, PixelCleaningError, load_region_rules
+
+    if mode is not None and mode not in PIXEL_MODES:
+        raise ConfigError(
+            f"--clean-pixels {mode!r} is not a mode", hint=f"use one of {', '.join(PIXEL_MODES)}"
+        )
+    try:
+        rules = load_region_rules(rules_file) if rules_file is not None else []
+        return PixelCleaner(mode or "regions", rules=rules)  # type: ignore[arg-type]
+    except PixelCleaningError as e:
+        raise ConfigError(str(e)) from e
 
 
 def deid(
@@ -211,6 +238,25 @@ def deid(
             "identifiers scrubbed, instead of removing them (113105).",
         ),
     ] = False,
+    clean_pixels: Annotated[
+        str | None,
+        typer.Option(
+            "--clean-pixels",
+            help="Remove text burned into the pixels (113101) of flagged files and of "
+            "ultrasound/secondary-capture/photo/document images, found by OCR (Tesseract): "
+            "'all-text' masks every word read, 'identifiers' only names, ids, dates, ...",
+            metavar="all-text|identifiers",
+        ),
+    ] = None,
+    pixel_rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--pixel-rules",
+            help="TOML/JSON file of fixed regions to mask per device layout (matched on "
+            "Modality, Manufacturer, model, Rows, Columns); alone, no OCR is used and files "
+            "no rule matches are quarantined.",
+        ),
+    ] = None,
     note_encoding: Annotated[
         str, typer.Option("--note-encoding", help="Encoding of the note files.")
     ] = "utf-8",
@@ -250,6 +296,8 @@ def deid(
             retain_device_identity=retain_device_identity,
             retain_institution_identity=retain_institution_identity,
             clean_descriptors=clean_descriptors,
+            clean_pixels=clean_pixels,
+            pixel_rules=pixel_rules,
             note_encoding=note_encoding,
             progress=update,
         )

@@ -117,6 +117,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("privacy.cohort", "deidentify_cohort", []),
             ("privacy.dicom", "DicomDeidentifier", ["deidentify_file", "deidentify_dataset"]),
             ("privacy.dicom", "DicomOptions", []),
+            ("privacy.pixels", "PixelCleaner", []),
+            ("privacy.pixels", "load_region_rules", []),
             ("privacy.text", "TextDeidentifier", []),
             ("privacy.text", "redact_tokens", []),
             ("privacy.edf", "deidentify_edf", []),

@@ -277,6 +277,8 @@ class _Writer:
                     shutil.rmtree(self.tmp / rel_base, ignore_errors=True)
                 return None
             self.dicom_counts.update(res.categories)
+            if res.pixels:
+                self.dicom_counts["pixels_cleaned"] += 1
             written.append(
                 (rel, {"case": case, "column": column, "kind": "dicom", **res.to_dict()})
             )

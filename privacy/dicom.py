@@ -29,8 +29,11 @@ UIDs, and keeps a process-wide UID cache. Here:
 * The output is marked: PatientIdentityRemoved (0012,0062) = ``YES``,
   DeidentificationMethod (0012,0063), DeidentificationMethodCodeSequence (0012,0064) with
   113100 plus the option codes, LongitudinalTemporalInformationModified (0028,0303).
-* Pixel data is never touched. A file with BurnedInAnnotation = ``YES`` is quarantined (not
-  written) unless a pixel-cleaning callable is given.
+* Pixel data is not touched unless a pixel-cleaning step is given (Clean Pixel Data
+  [113101], :mod:`privacy.pixels`): then it runs on files flagged BurnedInAnnotation = ``YES``
+  and on the modalities that usually carry burned-in text (ultrasound, secondary capture,
+  photographs, documents); a file it cannot clean is quarantined. Without it, a file with
+  BurnedInAnnotation = ``YES`` is quarantined (not written).
 
 >>> from privacy.pseudonym import Pseudonymizer
 >>> deid = DicomDeidentifier(Pseudonymizer(b"0123456789abcdef0123456789abcdef"))
@@ -382,6 +385,10 @@ def load_profile_table(version: str = DEFAULT_TABLE) -> ProfileTable:
     return ProfileTable(version=version, exact=exact, masked=tuple(masked))
 
 
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+"""SOP Class UID prefix of the Secondary Capture images (single- and multi-frame)."""
+
+
 @dataclass(frozen=True)
 class DicomOptions:
     """Profile options (PS3.15 Annex E); the default is the Basic Profile alone.
@@ -402,7 +409,12 @@ class DicomOptions:
             where ``element`` is the low byte of the element number (``0x10``–``0xFF``);
             empty = remove every private attribute.
         clean_pixel_data: [113101] a callable that removes burned-in text from a dataset in
-            place; without it, files with BurnedInAnnotation = YES are quarantined.
+            place (e.g. :class:`privacy.pixels.PixelCleaner`); it may return a report with a
+            ``to_dict()`` and raise :class:`privacy.pixels.PixelCleaningError` to quarantine
+            the file. Without it, files with BurnedInAnnotation = YES are quarantined.
+        pixel_modalities: with ``clean_pixel_data``, files of these modalities (and every
+            Secondary Capture) are cleaned whatever their BurnedInAnnotation says — the
+            attribute is optional and often absent where text is burned in.
         table_version: the dicom-anonymizer rule table.
     """
 
@@ -412,7 +424,8 @@ class DicomOptions:
     retain_institution_identity: bool = False
     clean_descriptors: bool = False
     safe_private: frozenset[tuple[str, int]] = frozenset()
-    clean_pixel_data: Callable[[Dataset], None] | None = None
+    clean_pixel_data: Callable[[Dataset], object] | None = None
+    pixel_modalities: tuple[str, ...] = ("US", "OT", "XC", "ES", "GM", "DOC")
     table_version: str = DEFAULT_TABLE
 
     def retained_keywords(self) -> frozenset[str]:
@@ -425,6 +438,16 @@ class DicomOptions:
         if self.retain_institution_identity:
             keep |= INSTITUTION_IDENTITY_KEYWORDS
         return frozenset(keep)
+
+    def needs_pixel_cleaning(self, ds: Dataset) -> bool:
+        """Whether the pixel-cleaning step applies to ``ds`` (see ``pixel_modalities``)."""
+        if self.clean_pixel_data is None or "PixelData" not in ds:
+            return False
+        if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+            return True
+        if str(ds.get("Modality", "") or "").strip().upper() in self.pixel_modalities:
+            return True
+        return str(ds.get("SOPClassUID", "")).startswith(_SECONDARY_CAPTURE)
 
     def codes(self) -> list[str]:
         """The DCM codes for DeidentificationMethodCodeSequence: 113100 plus the options."""
@@ -475,6 +498,7 @@ class DicomResult:
         categories: identifier type (``name``, ``id``, ``date``, ``uid``, ``place``,
             ``private``, ``other``) → number of attributes removed, emptied or replaced.
         identifiers: identifying values found in the original (for the residual-risk scan).
+        pixels: what the pixel-cleaning step reported (empty when it did not run).
     """
 
     status: Literal["deidentified", "quarantined"] = "deidentified"
@@ -483,6 +507,7 @@ class DicomResult:
     attributes: dict[str, str] = field(default_factory=dict)
     categories: Counter[str] = field(default_factory=Counter)
     identifiers: list[Identifier] = field(default_factory=list)
+    pixels: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no original values)."""
@@ -492,6 +517,7 @@ class DicomResult:
             "actions": dict(sorted(self.actions.items())),
             "categories": dict(sorted(self.categories.items())),
             "attributes": dict(sorted(self.attributes.items())),
+            **({"pixels": self.pixels} if self.pixels else {}),
         }
 
 
@@ -607,9 +633,18 @@ class DicomDeidentifier:
             )
             return ds, result
         out = ds if inplace else copy.deepcopy(ds)
-        if burned == "YES" and self.options.clean_pixel_data is not None:
-            self.options.clean_pixel_data(out)
+        if self.options.clean_pixel_data is not None and self.options.needs_pixel_cleaning(out):
+            from privacy.pixels import PixelCleaningError
+
+            try:
+                report = self.options.clean_pixel_data(out)
+            except PixelCleaningError as e:
+                result.status = "quarantined"
+                result.reason = f"pixel cleaning failed: {e}; not copied"
+                return ds, result
             result.actions["clean_pixel_data"] += 1
+            to_dict = getattr(report, "to_dict", None)
+            result.pixels = to_dict() if callable(to_dict) else {}
         if patient_key is None:
             patient_key = str(ds.get("PatientID", "") or "")
         shift = self.pseudonymizer.date_shift_days(patient_key)

@@ -16,7 +16,12 @@ if st.session_state.get("reviewer"):
 ui.deid_banner(view)
 
 if ui.oidc_configured():
-    if st.button("Log in with single sign-on", key="login_oidc", type="primary"):
+    refused = st.session_state.pop("sso_refused", None)
+    if refused:
+        st.error(f"Single sign-on refused: {refused}")
+        if st.button("Log out of single sign-on", key="logout_oidc"):
+            st.logout()
+    elif st.button("Log in with single sign-on", key="login_oidc", type="primary"):
         st.login()
     st.caption("or with a local reviewer account:")
 

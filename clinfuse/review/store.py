@@ -358,11 +358,27 @@ class ReviewStore:
         return [dict(r) for r in rows]
 
     def ensure_oidc_reviewer(self, username: str, display_name: str) -> None:
-        """Register an OIDC identity (by e-mail) on its first login; no-op afterwards."""
+        """Register an OIDC identity (by e-mail) on its first login; no-op afterwards.
+
+        Raises:
+            ConfigError: the e-mail is the name of a local (password) account — single
+                sign-on never logs in as one — or of a deactivated account.
+        """
         with self._write() as con:
             row = con.execute(
-                "SELECT auth FROM reviewers WHERE username = ?", (username,)
+                "SELECT auth, active FROM reviewers WHERE username = ?", (username,)
             ).fetchone()
+            if row is not None and row["auth"] != "oidc":
+                raise ConfigError(
+                    f"{username!r} is a local account of this review database; single sign-on "
+                    "cannot log in as it",
+                    hint="log in with that account's password, or rename the local account",
+                )
+            if row is not None and not row["active"]:
+                raise ConfigError(
+                    f"the account {username!r} is deactivated",
+                    hint="ask the study coordinator to reactivate it",
+                )
             if row is None:
                 con.execute(
                     "INSERT INTO reviewers (username, display_name, auth, password_hash, created_at)"

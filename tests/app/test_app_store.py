@@ -189,3 +189,21 @@ def test_reviewer_accounts_are_unique(review_db):
         add_reviewer(store, "alice", "another password")
     assert [r["username"] for r in store.reviewers()] == ["alice", "bob"]
     assert all("password_hash" not in r for r in store.reviewers())
+
+
+def test_single_sign_on_identities(review_db):
+    """An OIDC e-mail becomes an 'oidc' account once; it never logs in as a local (password)
+    account of the same name, nor as a deactivated account."""
+    store = ReviewStore(review_db)
+    store.ensure_oidc_reviewer("carol@example.org", "Carol")
+    store.ensure_oidc_reviewer("carol@example.org", "Carol")
+    carol = [r for r in store.reviewers() if r["username"] == "carol@example.org"]
+    assert [(r["auth"], r["display_name"]) for r in carol] == [("oidc", "Carol")]
+    with pytest.raises(ConfigError, match="'alice' is a local account"):
+        store.ensure_oidc_reviewer("alice", "Alice via SSO")
+    con = sqlite3.connect(review_db)
+    with con:
+        con.execute("UPDATE reviewers SET active = 0 WHERE username = ?", ("carol@example.org",))
+    con.close()
+    with pytest.raises(ConfigError, match="deactivated"):
+        store.ensure_oidc_reviewer("carol@example.org", "Carol")
