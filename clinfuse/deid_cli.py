@@ -64,6 +64,7 @@ def deid_cohort(
     retain_device_identity: bool = False,
     retain_institution_identity: bool = False,
     clean_descriptors: bool = False,
+    clean_structured_content: bool = False,
     clean_pixels: str | None = None,
     pixel_rules: str | Path | None = None,
     note_encoding: str = "utf-8",
@@ -134,6 +135,7 @@ def deid_cohort(
         retain_device_identity=retain_device_identity,
         retain_institution_identity=retain_institution_identity,
         clean_descriptors=clean_descriptors,
+        clean_structured_content=clean_structured_content,
     )
     try:
         secret = load_secret(secret_file)
@@ -238,6 +240,15 @@ def deid(
             "identifiers scrubbed, instead of removing them (113105).",
         ),
     ] = False,
+    clean_structured_content: Annotated[
+        bool,
+        typer.Option(
+            "--clean-structured-content",
+            help="Keep the free text of structured reports (SR content items) and the "
+            "acquisition context with their identifiers scrubbed, instead of replacing it "
+            "(113104).",
+        ),
+    ] = False,
     clean_pixels: Annotated[
         str | None,
         typer.Option(
@@ -296,6 +307,7 @@ def deid(
             retain_device_identity=retain_device_identity,
             retain_institution_identity=retain_institution_identity,
             clean_descriptors=clean_descriptors,
+            clean_structured_content=clean_structured_content,
             clean_pixels=clean_pixels,
             pixel_rules=pixel_rules,
             note_encoding=note_encoding,

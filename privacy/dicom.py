@@ -13,6 +13,9 @@ UIDs, and keeps a process-wide UID cache. Here:
   studies and references still link), ``K`` keeps it. Combined codes take the most
   protective choice that keeps the IOD valid: ``X/Z``, ``Z/D`` and ``X/Z/D`` → ``Z``;
   ``X/D`` → ``X``; ``X/Z/U*`` → ``U`` for UIDs and sequences, else ``Z``.
+* Free text inside structured content (an SR TEXT item's TextValue), which the table does not
+  list because it covers the Content Sequence as a whole (``D``), is replaced by a dummy
+  (or cleaned with 113104) — never kept verbatim.
 * Rules apply at every nesting level (inside sequence items too). A sequence with ``X`` is
   removed, with ``Z`` emptied, with ``D``/``U``/``K`` (or not in the table) cleaned item by
   item.
@@ -23,7 +26,9 @@ UIDs, and keeps a process-wide UID cache. Here:
   Retain Device Identity [113109]; Retain Institution Identity [113112]; Retain Safe
   Private [113111]; Clean Pixel Data [113101] when a pixel-cleaning callable is given;
   Clean Descriptors [113105] keeps descriptions, comments, labels and protocol names with
-  their text passed through a cleaner (the note de-identifier) instead of removing them. The
+  their text passed through a cleaner (the note de-identifier) instead of removing them;
+  Clean Structured Content [113104] keeps the free text of SR content items and the
+  acquisition context, cleaned the same way. The
   attribute lists of the options follow the option columns of PS3.15 Table E.1-1, which the
   upstream table does not carry; tests check each name is a profile attribute.
 * The output is marked: PatientIdentityRemoved (0012,0062) = ``YES``,
@@ -73,6 +78,7 @@ __all__ = [
     "INSTITUTION_IDENTITY_KEYWORDS",
     "OPTION_CODES",
     "PATIENT_CHARACTERISTICS_KEYWORDS",
+    "STRUCTURED_CONTENT_KEYWORDS",
     "DicomDeidentifier",
     "DicomOptions",
     "DicomResult",
@@ -91,6 +97,7 @@ DEFAULT_TABLE = "dicomfields_2026c"
 OPTION_CODES: dict[str, str] = {
     "113100": "Basic Application Confidentiality Profile",
     "113101": "Clean Pixel Data Option",
+    "113104": "Clean Structured Content Option",
     "113105": "Clean Descriptors Option",
     "113107": "Retain Longitudinal Temporal Information Modified Dates Option",
     "113108": "Retain Patient Characteristics Option",
@@ -292,6 +299,15 @@ _CATEGORY_CODE = {
     "X_Z_D_TAGS": "X/Z/D",
     "X_Z_U_STAR_TAGS": "X/Z/U*",
 }
+_FREE_TEXT_VRS = ("UT", "LT", "ST")
+"""Value representations of free text (inside structured content: never kept verbatim)."""
+
+STRUCTURED_CONTENT_KEYWORDS: frozenset[str] = frozenset(
+    {"ContentSequence", "AcquisitionContextSequence"}
+)
+"""Sequences of structured content (SR content items, acquisition context): their free text
+is replaced by a dummy under the Basic Profile, cleaned under Clean Structured Content."""
+
 _TEXT_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT", "AS", "UR", "DA", "DT", "TM"}
 _BULK_KEYWORDS = {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "WaveformData"}
 _META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
@@ -405,6 +421,11 @@ class DicomOptions:
             cleaner (the note de-identifier; see :meth:`DicomDeidentifier.deidentify_dataset`)
             instead of removing them; their code sequences keep their items, which the
             profile processes as usual; binary values are removed.
+        clean_structured_content: [113104] keep the structured content (SR content items,
+            :data:`STRUCTURED_CONTENT_KEYWORDS`) with the free text of its items (an SR TEXT
+            item's TextValue) passed through the text cleaner, and keep the acquisition context
+            (emptied otherwise); names, dates and UIDs in the items follow the profile as
+            everywhere. Without it, that free text is replaced by a dummy.
         safe_private: [113111] private attributes to keep, as ``(creator, element)`` pairs
             where ``element`` is the low byte of the element number (``0x10``–``0xFF``);
             empty = remove every private attribute.
@@ -423,6 +444,7 @@ class DicomOptions:
     retain_device_identity: bool = False
     retain_institution_identity: bool = False
     clean_descriptors: bool = False
+    clean_structured_content: bool = False
     safe_private: frozenset[tuple[str, int]] = frozenset()
     clean_pixel_data: Callable[[Dataset], object] | None = None
     pixel_modalities: tuple[str, ...] = ("US", "OT", "XC", "ES", "GM", "DOC")
@@ -454,6 +476,8 @@ class DicomOptions:
         codes = ["113100"]
         if self.clean_pixel_data is not None:
             codes.append("113101")
+        if self.clean_structured_content:
+            codes.append("113104")
         if self.clean_descriptors:
             codes.append("113105")
         if self.retain_longitudinal:
@@ -649,7 +673,7 @@ class DicomDeidentifier:
             patient_key = str(ds.get("PatientID", "") or "")
         shift = self.pseudonymizer.date_shift_days(patient_key)
         clean = None
-        if self.options.clean_descriptors:
+        if self.options.clean_descriptors or self.options.clean_structured_content:
             clean = clean_text or _default_text_cleaner()
         self._walk(out, result, shift, clean)
         self._file_meta(out)
@@ -694,8 +718,16 @@ class DicomDeidentifier:
 
     # ----------------------------------------------------------------- internals
     def _walk(
-        self, ds: Dataset, result: DicomResult, shift: int, clean: Callable[[str], str] | None
+        self,
+        ds: Dataset,
+        result: DicomResult,
+        shift: int,
+        clean: Callable[[str], str] | None,
+        structured: bool = False,
     ) -> None:
+        """Apply the profile to ``ds``; ``structured``: ``ds`` is an item of structured
+        content (SR content items, acquisition context), whose free text the table does not
+        list attribute by attribute."""
         private_kept = self._safe_private_tags(ds) if self.options.safe_private else set()
         for tag in list(ds.keys()):
             elem = ds[tag]
@@ -713,17 +745,51 @@ class DicomDeidentifier:
             if elem.tag.element == 0:
                 del ds[tag]  # retired group length: stale once attributes are removed
                 continue
-            if clean is not None and keyword in CLEAN_DESCRIPTOR_KEYWORDS:
-                self._clean_descriptor(ds, elem, result, shift, clean, keyword)
+            if (
+                clean is not None
+                and self.options.clean_descriptors
+                and keyword in CLEAN_DESCRIPTOR_KEYWORDS
+            ):
+                self._clean_descriptor(ds, elem, result, shift, clean, keyword, structured)
                 continue
             code = self.table.code(int(elem.tag))
-            if code is None:
-                if elem.VR == "SQ":
+            if keyword in STRUCTURED_CONTENT_KEYWORDS and elem.VR == "SQ":
+                if self.options.clean_structured_content:
                     for item in elem.value or []:
-                        self._walk(item, result, shift, clean)
+                        self._walk(item, result, shift, clean, structured=True)
+                    self._record(result, keyword, "C", elem)
+                    continue
+                if code is not None and resolve_action(code, "SQ") in ("D", "U", "K"):
+                    for item in elem.value or []:
+                        self._walk(item, result, shift, clean, structured=True)
+                    self._record(result, keyword, "D", elem)
+                    continue
+            if code is None:
+                if structured and elem.VR in _FREE_TEXT_VRS and not elem.is_empty:
+                    self._structured_text(elem, result, shift, clean, keyword)
+                elif elem.VR == "SQ":
+                    for item in elem.value or []:
+                        self._walk(item, result, shift, clean, structured)
                 continue
             action = self._choose(code, elem, keyword)
-            self._apply(ds, elem, action, result, shift, keyword, clean)
+            self._apply(ds, elem, action, result, shift, keyword, clean, structured)
+
+    def _structured_text(
+        self,
+        elem: DataElement,
+        result: DicomResult,
+        shift: int,
+        clean: Callable[[str], str] | None,
+        keyword: str,
+    ) -> None:
+        """Free text of structured content (e.g. an SR TEXT item's TextValue): cleaned with
+        Clean Structured Content [113104], else replaced by a dummy (the content tree is D)."""
+        if self.options.clean_structured_content and clean is not None:
+            elem.value = clean(str(elem.value))
+            self._record(result, keyword, "C", elem)
+        else:
+            elem.value = self._dummy(elem)
+            self._record(result, keyword, "D", elem)
 
     def _choose(self, code: str, elem: DataElement, keyword: str) -> Action:
         if keyword in self._retained:
@@ -749,6 +815,7 @@ class DicomDeidentifier:
         shift: int,
         keyword: str,
         clean: Callable[[str], str] | None,
+        structured: bool = False,
     ) -> None:
         if action == "X":
             del ds[elem.tag]
@@ -756,7 +823,7 @@ class DicomDeidentifier:
             elem.value = [] if elem.VR == "SQ" else ("" if elem.VR in _TEXT_VRS else None)
         elif action in ("D", "U", "K") and elem.VR == "SQ":
             for item in elem.value or []:
-                self._walk(item, result, shift, clean)
+                self._walk(item, result, shift, clean, structured)
         elif action == "U":
             self._replace_uid(elem)
         elif action == "D":
@@ -782,11 +849,12 @@ class DicomDeidentifier:
         shift: int,
         clean: Callable[[str], str],
         keyword: str,
+        structured: bool = False,
     ) -> None:
         """Clean Descriptors [113105]: text cleaned, sequences walked, binary removed."""
         if elem.VR == "SQ":
             for item in elem.value or []:
-                self._walk(item, result, shift, clean)
+                self._walk(item, result, shift, clean, structured)
         elif elem.VR in _TEXT_VRS and not elem.is_empty:
             raw = elem.value if isinstance(elem.value, list | MultiValue) else [elem.value]
             texts = [clean(str(v or "")) if v else "" for v in raw]
