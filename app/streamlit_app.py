@@ -36,6 +36,8 @@ if isinstance(ctx, str):
 
 view, store = ctx
 oidc = ui.oidc_user()
+if oidc is None and not st.session_state.get("reviewer") and (problem := ui.oidc_problem()):
+    st.session_state["sso_refused"] = problem
 if oidc and not st.session_state.get("reviewer"):
     try:
         store.ensure_oidc_reviewer(oidc["email"], oidc["name"])

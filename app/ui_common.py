@@ -78,6 +78,24 @@ def oidc_configured() -> bool:
         return False
 
 
+def oidc_problem() -> str | None:
+    """Why a single sign-on that Streamlit accepted gives no reviewer identity, if it does not."""
+    try:
+        user = st.user
+        if not bool(user.get("is_logged_in")):
+            return None
+        if user.get("email_verified") is False:
+            return "the identity provider says this e-mail address is not verified"
+        if not user.get("email"):
+            return (
+                "the identity provider sent no e-mail address (ask for the 'email' scope, or "
+                "add an e-mail claim at the provider)"
+            )
+    except (AttributeError, KeyError):
+        return None
+    return None
+
+
 def oidc_user() -> dict[str, Any] | None:
     """The OIDC identity when the user logged in through ``st.login``."""
     try:

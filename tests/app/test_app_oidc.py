@@ -40,6 +40,18 @@ EMAIL = "reviewer@example.org"
 NAME = "Dr Reviewer"
 
 
+def _put_user(provider: str, sub: str, claims: dict[str, object]) -> None:
+    """Set the claims of a subject typed on the authorization page (default: only its e-mail)."""
+    request = urllib.request.Request(
+        f"{provider}/users/{sub}",
+        data=json.dumps(claims).encode(),
+        headers={"Content-Type": "application/json"},
+        method="PUT",
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 204
+
+
 @pytest.fixture(scope="module")
 def provider() -> Iterator[str]:
     """The provider's address (``http://127.0.0.1:PORT``); it knows ``EMAIL`` with a name."""
@@ -48,15 +60,7 @@ def provider() -> Iterator[str]:
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"
     try:
-        # claims of a subject typed on the authorization page (default: only its e-mail)
-        request = urllib.request.Request(
-            f"{url}/users/{EMAIL}",
-            data=json.dumps({"email": EMAIL, "name": NAME}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="PUT",
-        )
-        with urllib.request.urlopen(request, timeout=10) as r:
-            assert r.status == 204
+        _put_user(url, EMAIL, {"email": EMAIL, "name": NAME})
         yield url
     finally:
         server.shutdown()
@@ -211,3 +215,31 @@ def test_single_sign_on_never_logs_in_as_a_local_account(sso_app, provider, page
     expect(page.get_by_role("heading", name="Worklist")).to_have_count(0)
     assert _rows(db, "SELECT auth FROM reviewers WHERE username = ?", clash) == [("password",)]
     assert "login" not in [a for a, _ in _events(db, clash)]
+
+
+@pytest.mark.parametrize(
+    ("sub", "claims", "reason"),
+    [
+        ("no-mail", {"name": "No Mail"}, "sent no e-mail address"),
+        ("unverified", {"email": "u@example.org", "email_verified": False}, "not verified"),
+    ],
+)
+def test_single_sign_on_without_a_usable_email_is_refused(
+    sso_app, provider, page, sub, claims, reason
+):
+    """An identity with no e-mail claim, or one the provider marks unverified, is refused with
+    the reason on the login page; no account is created."""
+    db = sso_app["db"]
+    reviewers = _rows(db, "SELECT username FROM reviewers ORDER BY username")
+    _put_user(provider, sub, claims)
+    page.goto(sso_app["url"])
+    _on_login_page(page)
+    page.get_by_role("button", name="Log in with single sign-on").click()
+    expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
+    page.locator("input[name=sub]").fill(sub)
+    page.get_by_role("button", name="Authorize").click()
+
+    expect(page.get_by_text("Single sign-on refused")).to_be_visible()
+    expect(page.get_by_text(reason)).to_be_visible()
+    expect(page.get_by_role("heading", name="Worklist")).to_have_count(0)
+    assert _rows(db, "SELECT username FROM reviewers ORDER BY username") == reviewers
