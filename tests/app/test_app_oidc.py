@@ -197,18 +197,23 @@ def test_denied_single_sign_on_stays_logged_out(sso_app, provider, page):
     assert "access_denied" in Path(sso_app["log"]).read_text()
 
 
+def _sign_in_as(page, url: str, sub: str) -> None:
+    """Open the app, choose single sign-on and authorize ``sub`` at the provider."""
+    page.goto(url)
+    _on_login_page(page)
+    page.get_by_role("button", name="Log in with single sign-on").click()
+    expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
+    page.locator("input[name=sub]").fill(sub)
+    page.get_by_role("button", name="Authorize").click()
+
+
 def test_single_sign_on_never_logs_in_as_a_local_account(sso_app, provider, page):
     """An identity whose e-mail is the name of a password account is refused, with the reason
     on the login page; the local account is not touched and nobody is logged in."""
     db = sso_app["db"]
     clash = "clash@example.org"
     add_reviewer(ReviewStore(db), clash, "its own password")
-    page.goto(sso_app["url"])
-    _on_login_page(page)
-    page.get_by_role("button", name="Log in with single sign-on").click()
-    expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
-    page.locator("input[name=sub]").fill(clash)
-    page.get_by_role("button", name="Authorize").click()
+    _sign_in_as(page, sso_app["url"], clash)
 
     expect(page.get_by_text("Single sign-on refused")).to_be_visible()
     expect(page.get_by_text("is a local account")).to_be_visible()
@@ -232,12 +237,7 @@ def test_single_sign_on_without_a_usable_email_is_refused(
     db = sso_app["db"]
     reviewers = _rows(db, "SELECT username FROM reviewers ORDER BY username")
     _put_user(provider, sub, claims)
-    page.goto(sso_app["url"])
-    _on_login_page(page)
-    page.get_by_role("button", name="Log in with single sign-on").click()
-    expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
-    page.locator("input[name=sub]").fill(sub)
-    page.get_by_role("button", name="Authorize").click()
+    _sign_in_as(page, sso_app["url"], sub)
 
     expect(page.get_by_text("Single sign-on refused")).to_be_visible()
     expect(page.get_by_text(reason)).to_be_visible()

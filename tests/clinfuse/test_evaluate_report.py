@@ -100,21 +100,13 @@ def test_outputs_and_figures_written_atomically(evaluation):
 def test_report_opens_in_headless_chromium_with_no_missing_images(evaluation):
     from playwright import sync_api
 
-    chromium = Path("/usr/bin/chromium")
-    assert chromium.exists(), "needs Debian's chromium (`make browser` or apt-get install chromium)"
+    from tests.app.browser_support import CHROMIUM_FLAGS, chromium
+
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
-            executable_path=str(chromium),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
+            executable_path=chromium(),
+            args=["--headless", *CHROMIUM_FLAGS],
         )
         try:
             page = browser.new_page()
