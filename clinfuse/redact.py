@@ -72,25 +72,19 @@ _HEADER_IDENTITY = {
 def image_header_context(image: str | Path | None) -> PatientContext | None:
     """The patient's identifiers from the case's DICOM header, as a deny-list for its note.
 
-    ``image`` is a DICOM file or a series folder (its first file is read, without pixels);
+    ``image`` is a DICOM file, a series folder or a zip of one (its first file is read,
+    without pixels);
     anything else (NIfTI, PNG, an unreadable file) gives ``None``. Nothing read here is shown.
     """
     if image is None:
         return None
-    import pydicom
-    from pydicom.misc import is_dicom
     from pydicom.multival import MultiValue
 
+    from clinfuse.io.image import first_dicom_header
     from privacy.text import PatientContext
 
-    path = Path(image)
-    if path.is_dir():
-        path = next((f for f in sorted(path.iterdir()) if f.is_file() and is_dicom(f)), path)
-    if not path.is_file() or not is_dicom(path):
-        return None
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_IDENTITY))
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+    ds = first_dicom_header(image, specific_tags=list(_HEADER_IDENTITY))
+    if ds is None:
         return None  # the image tab reports an unreadable image; the note is masked as usual
     deny: dict[str, list[str]] = {}
     for keyword, entity in _HEADER_IDENTITY.items():

@@ -12,7 +12,12 @@ Modules:
   secret is refused.
 * :mod:`privacy.dicom` — DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile
   with options (rule table from the ``dicom-anonymizer`` package), recursive into sequences,
-  consistent UIDs, marking attributes, quarantine of burned-in annotation.
+  consistent UIDs, marking attributes, quarantine of burned-in annotation; structured
+  content (SR text) never kept verbatim.
+* :mod:`privacy.pixels` — Clean Pixel Data: burned-in text masked by OCR (Tesseract) and
+  region rules, verified by reading the pixels again.
+* :mod:`privacy.archive` — DICOM inside zip archives, listed and unpacked safely.
+* :mod:`privacy.edf` — EDF+/BDF+ annotation texts de-identified in place.
 * :mod:`privacy.text` — HIPAA Safe Harbor identifiers in free text: presidio-analyzer's
   offline recognizers, our own patterns, name dictionaries and context rules, deny-lists from
   structured data; consistent surrogates or ``[TYPE]`` tags.

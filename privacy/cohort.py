@@ -40,7 +40,7 @@ import shutil
 import tempfile
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -48,7 +48,9 @@ from typing import Any
 
 import pandas as pd
 import pydicom
+from pydicom.dataset import Dataset
 
+from privacy.archive import extract_dicom_zip, is_zip, open_dicom_members
 from privacy.dicom import (
     DicomDeidentifier,
     DicomOptions,
@@ -58,7 +60,13 @@ from privacy.dicom import (
     load_profile_table,
 )
 from privacy.edf import EdfError, annotation_texts, deidentify_edf, header_identifiers
-from privacy.errors import DeidError, NoteEncodingError, OutputFolderError, ResidualRiskError
+from privacy.errors import (
+    ArchiveError,
+    DeidError,
+    NoteEncodingError,
+    OutputFolderError,
+    ResidualRiskError,
+)
 from privacy.pseudonym import Pseudonymizer
 from privacy.text import Detector, PatientContext, TextDeidentifier, date_variants
 
@@ -190,6 +198,41 @@ def _dicom_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _dicom_headers(path: Path) -> Iterator[Dataset]:
+    """Headers (no pixels) of the DICOM files of a cell: a file, a folder, or a zip (read
+    without unpacking). Unreadable files are skipped here: they are reported once, when the
+    file itself is processed."""
+    if is_zip(path):
+        try:
+            with open_dicom_members(path) as members:
+                streams = [fh for _, fh in members]
+                yield from filter(None, (_header(fh) for fh in streams))
+        except ArchiveError:
+            return
+        return
+    for f in _dicom_files(path) if path.exists() else []:
+        ds = _header(f)
+        if ds is not None:
+            yield ds
+
+
+def _header(source: Any) -> Dataset | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(source, stop_before_pixels=True, force=True)
+    except (
+        pydicom.errors.InvalidDicomError,
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ):
+        return None
+
+
 def _shift_iso(value: Any, days: int) -> str | None:
     try:
         ts = pd.Timestamp(str(value))
@@ -248,11 +291,35 @@ class _Writer:
     def dicom_cell(
         self, src: Path, column: str, case: str, patient: str, pseudo: str, ctx: PatientContext
     ) -> str | None:
+        if is_zip(src):  # unpacked to a private temporary folder, written as a series folder
+            with tempfile.TemporaryDirectory(prefix="clinfuse-deid-unzip-") as unzipped:
+                try:
+                    files = extract_dicom_zip(src, unzipped)
+                except ArchiveError as e:
+                    self._problem(case, column, src, "error", str(e))
+                    return None
+                if not files:
+                    self._problem(case, column, src, "error", "zip archive holds no DICOM file")
+                    return None
+                return self._write_dicom(files, True, src, column, case, patient, pseudo, ctx)
         files = _dicom_files(src)
         if not files:
             self._problem(case, column, src, "error", "folder holds no files")
             return None
-        series = src.is_dir()
+        return self._write_dicom(files, src.is_dir(), src, column, case, patient, pseudo, ctx)
+
+    def _write_dicom(
+        self,
+        files: list[Path],
+        series: bool,
+        src: Path,
+        column: str,
+        case: str,
+        patient: str,
+        pseudo: str,
+        ctx: PatientContext,
+    ) -> str | None:
+        """De-identify the files of one DICOM cell; a series folder is written whole or not."""
         rel_base = f"{column}/{case}"
         written: list[tuple[str, dict[str, Any]]] = []
         for i, f in enumerate(files):
@@ -490,22 +557,8 @@ def _collect(
                 continue
             if c in cols["files"] and not (path.is_dir() or _is_dicom(path)):
                 continue
-            for f in _dicom_files(path) if path.exists() else []:
-                try:
-                    with warnings.catch_warnings():  # bad files are reported later, once
-                        warnings.simplefilter("ignore")
-                        ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-                        found[patient].extend(dicom_identifiers(ds, table, retained))
-                except (
-                    pydicom.errors.InvalidDicomError,
-                    OSError,
-                    EOFError,
-                    ValueError,
-                    KeyError,
-                    TypeError,
-                    AttributeError,
-                ):
-                    continue  # reported when the file itself is processed
+            for ds in _dicom_headers(path):
+                found[patient].extend(dicom_identifiers(ds, table, retained))
     return found
 
 
@@ -559,11 +612,17 @@ def _value_regex(ident: Identifier) -> _Needle:
     return _Needle(ident)
 
 
+_SLICE_NAME = re.compile(r"\d+\.dcm")
+"""Names the writer gives the files of a series folder (``0001.dcm``, ...): sequence numbers,
+not searched (a study id such as ``0001`` would match them by chance)."""
+
+
 def _file_texts(path: Path) -> list[str] | None:
     """Searchable text of an output file; ``None`` for numeric data files."""
     if path.suffix.lower() == ".dcm" or _is_dicom(path):
         ds = pydicom.dcmread(path, force=True)
-        return [*dicom_text_values(ds), path.name]
+        name = "" if _SLICE_NAME.fullmatch(path.name) else path.name
+        return [*dicom_text_values(ds), name]
     if path.suffix.lower() in _TEXT_SUFFIXES:
         return [path.read_text(encoding="utf-8", errors="replace"), path.name]
     if path.suffix.lower() in (".edf", ".bdf"):

@@ -11,6 +11,7 @@ Messages name the file or field, say what was expected and what came, and what t
 from __future__ import annotations
 
 __all__ = [
+    "ArchiveError",
     "DPError",
     "DeidError",
     "DicomDeidError",
@@ -46,6 +47,10 @@ class OutputFolderError(DeidError):
 
 class DicomDeidError(DeidError):
     """A DICOM file cannot be read or de-identified."""
+
+
+class ArchiveError(DeidError):
+    """A zip archive of DICOM files cannot be used (corrupt, encrypted, too large)."""
 
 
 class NoteEncodingError(DeidError, UnicodeError):

@@ -1,7 +1,7 @@
 """Load one case's medical image into a float32, channel-first array.
 
-:func:`load_image` reads DICOM (a single file, a multi-frame file, or a folder
-holding one series), NIfTI (``.nii``/``.nii.gz``) and PNG/JPEG through MONAI's
+:func:`load_image` reads DICOM (a single file, a multi-frame file, a folder
+holding one series, or a zip archive of one series as PACS exports often come), NIfTI (``.nii``/``.nii.gz``) and PNG/JPEG through MONAI's
 ``LoadImage`` with the matching reader (``PydicomReader``, ``NibabelReader``,
 ``PILReader``). It returns the array and a small metadata dict that holds no
 protected health information.
@@ -39,9 +39,9 @@ from clinfuse.io._common import ErrorContext, has_dicm_preamble
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-__all__ = ["IMAGE_FORMATS", "load_image"]
+__all__ = ["IMAGE_FORMATS", "first_dicom_header", "load_image"]
 
-IMAGE_FORMATS: tuple[str, ...] = ("dicom", "dicom_series", "nifti", "png", "jpeg")
+IMAGE_FORMATS: tuple[str, ...] = ("dicom", "dicom_series", "dicom_zip", "nifti", "png", "jpeg")
 """Values of ``meta["format"]``."""
 
 _SUFFIX_FORMAT: dict[str, str] = {
@@ -52,10 +52,11 @@ _SUFFIX_FORMAT: dict[str, str] = {
     ".png": "png",
     ".jpg": "jpeg",
     ".jpeg": "jpeg",
+    ".zip": "dicom_zip",
 }
 _SUPPORTED_TEXT = (
     "a DICOM file (with or without extension), a folder holding one DICOM series, "
-    "NIfTI (.nii, .nii.gz), PNG or JPEG"
+    "a .zip of one DICOM series, NIfTI (.nii, .nii.gz), PNG or JPEG"
 )
 # PIL modes kept as they are; others are converted (alpha dropped, palettes expanded).
 _PIL_KEEP_MODES = {"L", "RGB", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -73,6 +74,9 @@ def load_image(
             preamble; multi-frame files give a volume), a folder holding the
             files of one DICOM series (sorted by ImagePositionPatient projected
             on the slice normal, else by InstanceNumber, else by file name), a
+            ``.zip`` archive of one DICOM series or file (unpacked to a private
+            temporary folder that is removed after reading; non-DICOM members
+            such as DICOMDIR are skipped), a
             NIfTI file (``.nii``/``.nii.gz``; 2-D or 3-D, a 4-D file is refused),
             or a PNG/JPEG (grayscale → 1 channel, colour → 3 channels; alpha is
             dropped and palettes expanded).
@@ -115,7 +119,9 @@ def load_image(
         )
     fmt = _detect_format(p, where)
     try:
-        if fmt == "dicom_series":
+        if fmt == "dicom_zip":
+            array, meta = _load_dicom_zip(p, where)
+        elif fmt == "dicom_series":
             array, meta = _load_dicom_series(p, where)
         elif fmt == "dicom":
             array, meta = _load_dicom_file(p, where)
@@ -352,6 +358,58 @@ def _load_dicom_file(p: Path, where: ErrorContext) -> tuple[np.ndarray, dict[str
     spacing = _inplane_spacing(ds)
     meta["spacing"] = (*spacing, _slice_spacing(ds)) if array.ndim == 4 else spacing
     return array, meta
+
+
+def _load_dicom_zip(p: Path, where: ErrorContext) -> tuple[np.ndarray, dict[str, Any]]:
+    """A zip of one series (or one file): unpacked to a private temporary folder (mode 0700,
+    removed afterwards, so no copy of the files stays behind) and read as a series."""
+    import tempfile
+
+    from privacy.archive import extract_dicom_zip
+    from privacy.errors import ArchiveError
+
+    with tempfile.TemporaryDirectory(prefix="clinfuse-unzip-") as tmp:
+        try:
+            files = extract_dicom_zip(p, tmp)
+        except ArchiveError as e:
+            raise where.error(str(e).removeprefix(f"{p}: "), "re-create the archive") from e
+        if not files:
+            raise where.error(
+                "the zip archive holds no DICOM file (no member has the DICM preamble)",
+                "zip the DICOM files of one series, or point at the images themselves",
+            )
+        if len(files) == 1:
+            array, meta = _load_dicom_file(files[0], where)
+        else:
+            array, meta = _load_dicom_series(Path(tmp), where)
+    meta["format"] = "dicom_zip"
+    return array, meta
+
+
+def first_dicom_header(path: str | Path, **dcmread_kwargs: Any) -> Dataset | None:
+    """The header of the first DICOM file of an image cell: the file itself, the first file of
+    a series folder, or the first DICOM member of a zip (read without unpacking); ``None``
+    when there is none or it cannot be read. ``dcmread_kwargs`` go to ``pydicom.dcmread``
+    (default ``stop_before_pixels=True``)."""
+    import pydicom
+
+    from privacy.archive import is_zip, open_dicom_members
+    from privacy.errors import ArchiveError
+
+    kwargs = {"stop_before_pixels": True, **dcmread_kwargs}
+    p = Path(path)
+    try:
+        if is_zip(p):
+            with open_dicom_members(p) as members:
+                return pydicom.dcmread(members[0][1], **kwargs) if members else None
+        if p.is_dir():
+            files = [f for f in sorted(p.iterdir()) if f.is_file() and has_dicm_preamble(f)]
+            p = files[0] if files else p
+        if not p.is_file() or not has_dicm_preamble(p):
+            return None
+        return pydicom.dcmread(p, **kwargs)
+    except (ArchiveError, pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError):
+        return None
 
 
 def _series_label(files: list[tuple[Path, Dataset]]) -> str:

@@ -98,7 +98,8 @@ class DisplayImage:
     Attributes:
         slices: ``(Z, rows, cols)`` float64 in modality units, or
             ``(Z, rows, cols, 3)`` for colour images.
-        source: ``"dicom"``, ``"dicom_series"``, ``"nifti"``, ``"png"`` or ``"jpeg"``.
+        source: ``"dicom"``, ``"dicom_series"``, ``"dicom_zip"``, ``"nifti"``, ``"png"`` or
+            ``"jpeg"``.
         has_file_voi: the file carries its own VOI LUT or window.
         default_window: (center, width) to start with.
         info: de-identified facts (only :data:`SAFE_TAGS` and array facts).
@@ -214,7 +215,7 @@ def _from_loader(path: Path, case_id: str | None) -> DisplayImage:
         "PhotometricInterpretation": meta.get("photometric"),
     }
     ds = None
-    if meta["format"] == "dicom_series":
+    if meta["format"] in ("dicom_series", "dicom_zip"):
         ds = _first_series_header(path)
         if ds is not None:
             info.update(_safe_info(ds))
@@ -237,15 +238,9 @@ def _from_loader(path: Path, case_id: str | None) -> DisplayImage:
 
 
 def _first_series_header(folder: Path) -> Any:
-    import pydicom
+    from clinfuse.io.image import first_dicom_header
 
-    for p in sorted(folder.iterdir()):
-        if p.is_file():
-            try:
-                return pydicom.dcmread(p, stop_before_pixels=True)
-            except Exception:  # noqa: BLE001 - not a DICOM file; try the next one
-                continue
-    return None
+    return first_dicom_header(folder)
 
 
 def load_display_image(path: str | Path, *, case_id: str | None = None) -> DisplayImage:

@@ -293,3 +293,47 @@ def test_clean_descriptors_keep_the_synthetic_descriptions(
     assert ds.SeriesDescription == "AXIAL 5MM"
     assert "113105" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
     assert result.report["residual_risk"]["ok"] and result.report["residual_risk"]["hits"] == []
+
+
+def test_zipped_series_is_deidentified_into_a_folder(synth_cohort: Path, tmp_path: Path) -> None:
+    """An image cell holding a zip (a PACS export): its DICOM files come out de-identified as a
+    series folder, and its header's identifiers reach the note's deny-list (a cue-less,
+    dictionary-less name of the patient is masked); a corrupt zip is listed, not copied."""
+    import zipfile
+
+    cohort = tmp_path / "cohort"
+    shutil.copytree(synth_cohort, cohort)
+    manifest = pd.read_csv(cohort / "manifest.csv", dtype=str)
+    first, second = manifest.index[:2]
+    src = cohort / manifest.loc[first, "image"]
+    ds = pydicom.dcmread(src)
+    ds.PatientName = "Blorvanth^Xqzzyl"
+    ds.save_as(tmp_path / "IM0001", enforce_file_format=True)
+    with zipfile.ZipFile(cohort / "images" / "export.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(tmp_path / "IM0001", "EXPORT/SER1/IM0001")
+        zf.writestr("EXPORT/README.TXT", "PACS export")
+    manifest.loc[first, "image"] = "images/export.zip"
+    note = cohort / manifest.loc[first, "note"]
+    note.write_text(note.read_text() + "\nseen today with xqzzyl blorvanth at the bedside.\n")
+    (cohort / "images" / "broken.zip").write_bytes(b"PK\x03\x04 truncated")
+    manifest.loc[second, "image"] = "images/broken.zip"
+    manifest.to_csv(cohort / "manifest.csv", index=False)
+
+    result = _run(cohort, tmp_path / "out")
+    out = result.out_dir
+    frame = pd.read_csv(result.manifest_path, dtype=str)
+    cell = frame.loc[first, "image"]
+    files = sorted((out / cell).iterdir())
+    assert (out / cell).is_dir() and len(files) == 1
+    written = pydicom.dcmread(files[0])
+    assert (
+        str(written.PatientName) != "Blorvanth^Xqzzyl" and written.PatientIdentityRemoved == "YES"
+    )
+    assert written.pixel_array.tobytes() == ds.pixel_array.tobytes()
+    notes = (out / frame.loc[first, "note"]).read_text().lower()
+    assert "blorvanth" not in notes and "xqzzyl" not in notes and "bedside" in notes
+    assert pd.isna(frame.loc[second, "image"])
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert [e["status"] for e in report["not_copied"]] == ["error"]
+    assert "not a readable zip" in report["not_copied"][0]["reason"]
+    assert "broken.zip" not in json.dumps(report["not_copied"])  # paths stay on the console
