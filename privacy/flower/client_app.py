@@ -8,7 +8,10 @@ SuperNode's node config and the run's ``task-options``
 
 Only parameters, example counts and aggregate metrics leave the site. With SecAgg+ the
 ``secaggplus_mod`` masks the parameters before they leave (the server sees only the sum);
-it acts only on runs whose server uses the SecAgg+ workflow, plain runs pass through.
+it acts only on runs whose server uses the SecAgg+ workflow, plain runs pass through. With
+client-level DP under SecAgg+ the site clips its own update first (``fixedclipping_mod``,
+when the server's round config carries ``clipping_norm``) and reports one example, so the
+masked sum is the unweighted sum the DP noise is calibrated to.
 
 Flower 1.42 runs every message in a fresh ClientApp process, so a task's in-memory state
 (a DP-SGD accountant, an optimizer's moments, step counters) would be lost between rounds.
@@ -31,11 +34,14 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
-from flwr.client.mod import secaggplus_mod
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import Scalar
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common import recorddict_compat as compat
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from privacy.errors import FederatedError
 from privacy.federated.task import FitConfig, SiteTask
@@ -51,6 +57,7 @@ __all__ = [
     "app",
     "build_site_task",
     "load_task_state",
+    "optional_clipping_mod",
     "optional_secaggplus_mod",
     "save_task_state",
 ]
@@ -216,5 +223,24 @@ def optional_secaggplus_mod(msg: Message, ctxt: Context, call_next: ClientAppCal
     return call_next(msg, ctxt)
 
 
-app = ClientApp(client_fn=client_fn, mods=[optional_secaggplus_mod])
+def optional_clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Client-side clipping for client-level DP under SecAgg+ (the server's round config holds
+    ``clipping_norm``): Flower's ``fixedclipping_mod`` clips the update, and the reported
+    example count becomes 1 (equal weights). Other messages pass through."""
+    if not (msg.has_content() and msg.metadata.message_type == MessageType.TRAIN):
+        return call_next(msg, ctxt)
+    config = compat.recorddict_to_fitins(msg.content, keep_input=True).config
+    if KEY_CLIPPING_NORM not in config:
+        return call_next(msg, ctxt)
+    out = fixedclipping_mod(msg, ctxt, call_next)
+    if out.has_error():
+        return out
+    fit_res = compat.recorddict_to_fitres(out.content, keep_input=True)
+    fit_res.num_examples = 1
+    out.content = compat.fitres_to_recorddict(fit_res, keep_input=True)
+    return out
+
+
+# outermost first: SecAgg+ masks what the clipping mod returns
+app = ClientApp(client_fn=client_fn, mods=[optional_secaggplus_mod, optional_clipping_mod])
 """The ClientApp named in the Flower app's ``pyproject.toml`` (``clientapp``)."""

@@ -76,9 +76,12 @@ class FlowerRunConfig:
         beta_1: FedAdam/FedYogi first-moment decay.
         beta_2: FedAdam/FedYogi second-moment decay.
         tau: FedAdam/FedYogi adaptivity.
-        dp: client-level differential privacy (Flower's
-            ``DifferentialPrivacyServerSideFixedClipping``: each site's update is clipped
-            to ``dp_clipping_norm`` and Gaussian noise is added to the unweighted mean).
+        dp: client-level differential privacy: each site's update is clipped to
+            ``dp_clipping_norm`` and Gaussian noise is added to the unweighted mean. The
+            server clips (Flower's ``DifferentialPrivacyServerSideFixedClipping``), or, with
+            ``secagg`` (the server never sees one site's update), each site clips its own
+            before masking (``DifferentialPrivacyClientSideFixedClipping`` and
+            ``fixedclipping_mod``; the server then trusts the sites' ClientApp to clip).
         dp_noise_multiplier: noise standard deviation in units of the clipping norm.
         dp_clipping_norm: L2 bound of one site's update.
         dp_delta: the δ at which ε is reported.
@@ -158,11 +161,6 @@ class FlowerRunConfig:
             )
         if self.dp and not 0 < self.dp_delta < 1:
             raise FederatedError(f"dp_delta must be in (0, 1), got {self.dp_delta}")
-        if self.dp and self.secagg:
-            raise FederatedError(
-                "server-side DP clips each site's update, which SecAgg+ hides from the "
-                "server; choose dp or secagg, not both"
-            )
         if self.secagg and self.min_available_clients < 2:
             raise FederatedError("SecAgg+ needs at least 2 sites (min_available_clients >= 2)")
         if self.round_timeout <= 0 or self.connect_timeout <= 0:

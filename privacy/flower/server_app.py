@@ -8,7 +8,10 @@ Flower's SecAgg+ needs:
   proximal term), ``FedAdam``, ``FedYogi``; what each site must do in a round travels as a
   :class:`~privacy.federated.task.FitConfig` (:func:`~privacy.flower.config.fit_config_to_flower`);
 * client-level DP: Flower's ``DifferentialPrivacyServerSideFixedClipping`` around FedAvg or
-  FedProx. Each site's update is clipped to ``dp-clipping-norm``; sites are weighted equally
+  FedProx (with SecAgg+, which hides single updates from the server, the sites clip instead:
+  ``DifferentialPrivacyClientSideFixedClipping`` here and ``fixedclipping_mod`` in the
+  ClientApp, which also reports one example so the masked sum is unweighted). Each site's
+  update is clipped to ``dp-clipping-norm``; sites are weighted equally
   (weighting by example counts would raise a large site's sensitivity above the clip);
   Gaussian noise of standard deviation ``σ·C/n`` is added to the mean. The spent ε at
   ``dp-delta`` is computed with Opacus' RDP accountant with sampling rate 1 (every sampled
@@ -52,6 +55,7 @@ from flwr.server import LegacyContext, ServerConfig
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
@@ -152,7 +156,12 @@ def build_strategy(cfg: FlowerRunConfig, initial: list[np.ndarray]) -> Strategy:
                 f"client-level DP is supported with fedavg or fedprox, not {cfg.strategy}: "
                 "the noise is calibrated to the mean of the clipped updates"
             )
-        strategy = DifferentialPrivacyServerSideFixedClipping(
+        wrapper = (
+            DifferentialPrivacyClientSideFixedClipping
+            if cfg.secagg
+            else DifferentialPrivacyServerSideFixedClipping
+        )
+        strategy = wrapper(
             strategy,
             noise_multiplier=cfg.dp_noise_multiplier,
             clipping_norm=cfg.dp_clipping_norm,

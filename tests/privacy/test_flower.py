@@ -162,12 +162,61 @@ def test_fit_config_round_trip_and_run_config_round_trip() -> None:
 
 
 def test_bad_settings_are_refused_before_any_process_starts() -> None:
-    with pytest.raises(FederatedError, match="choose dp or secagg"):
-        FlowerRunConfig(dp=True, secagg=True)
     with pytest.raises(FederatedError, match="strategy='fedsgd'"):
         FlowerRunConfig(strategy="fedsgd")
     with pytest.raises(FederatedError, match="min_fit_clients"):
         FlowerRunConfig(min_fit_clients=3, min_available_clients=2)
+
+
+def test_client_side_clipping_mod_clips_and_reports_one_example(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Client-level DP under SecAgg+: the site's update is clipped to the server's
+    ``clipping_norm`` (Flower's fixedclipping_mod) and its weight becomes 1; messages without
+    ``clipping_norm`` pass through untouched."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.app.message_type import MessageType
+    from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters
+    from flwr.common import parameters_to_ndarrays as to_arrays
+    from flwr.compat.common import recorddict_compat as compat
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from privacy.flower.client_app import optional_clipping_mod
+
+    for name, value in (("_task_id", 1), ("_run_id", 7), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value, raising=False)
+    rng = np.random.default_rng(0)
+    global_model = [
+        rng.normal(size=3).astype(np.float32),
+        rng.normal(size=(2, 2)).astype(np.float32),
+    ]
+    local = [g + 1.0 for g in global_model]  # update norm sqrt(7) > clip
+
+    def site(msg: Message, ctxt: Context) -> Message:
+        res = FitRes(Status(Code.OK, "ok"), ndarrays_to_parameters(local), 40, {"auc": 0.7})
+        return Message(compat.fitres_to_recorddict(res, keep_input=True), reply_to=msg)
+
+    def run(config: dict) -> FitRes:
+        ins = FitIns(ndarrays_to_parameters(global_model), config)
+        msg = Message(
+            compat.fitins_to_recorddict(ins, keep_input=True),
+            dst_node_id=1,
+            message_type=MessageType.TRAIN,
+        )
+        out = optional_clipping_mod(msg, Context(7, 1, {}, RecordDict(), {}), site)
+        return compat.recorddict_to_fitres(out.content, keep_input=True)
+
+    clipped = run({"clipping_norm": 0.5, "lr": 0.1})
+    update = [p - g for p, g in zip(to_arrays(clipped.parameters), global_model, strict=True)]
+    norm = math.sqrt(sum(float((u**2).sum()) for u in update))
+    assert norm == pytest.approx(0.5, rel=1e-5)
+    direction = np.concatenate([u.ravel() for u in update]) / norm
+    np.testing.assert_allclose(direction, np.full(7, 1 / math.sqrt(7)), rtol=1e-5)
+    assert clipped.num_examples == 1 and clipped.metrics == {"auc": 0.7}
+    plain = run({"lr": 0.1})
+    assert plain.num_examples == 40
+    for got, want in zip(to_arrays(plain.parameters), local, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_parameters_file_round_trip_without_pickle(tmp_path: Path) -> None:
@@ -491,3 +540,48 @@ def test_site_disconnecting_mid_round_drops_out_when_minimum_is_met(tmp_path: Pa
     fail_opts = {**OPTIONS, "fail_site": "site-0", "fail_round": 2}
     for got, want in zip(result.parameters, _simulated(2, fail_opts, n=3), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_client_level_dp_with_secagg_plus_clips_at_the_sites(tmp_path: Path) -> None:
+    """Client-level DP and SecAgg+ together: each site clips its own update before masking,
+    the server adds noise to the unweighted mean it can only see as a sum. With a negligible
+    noise multiplier the model equals the mean of the clipped updates, computed here from the
+    sites' tasks, within SecAgg+'s quantization; ε is accounted as without SecAgg+."""
+    sigma, clip, delta, n = 1e-6, 0.05, 1e-5, 3
+    step = 2 * 8.0 / 4194304
+    quant_tol = 3 * step / (n / 1000.0) * 2  # weights of 1 per site, 2 rounds
+    cfg = _cfg(
+        tmp_path,
+        n,
+        secagg=True,
+        dp=True,
+        dp_noise_multiplier=sigma,
+        dp_clipping_norm=clip,
+        dp_delta=delta,
+        round_timeout=180.0,
+    )
+    with LocalFederation(_nodes(n), work_dir=tmp_path / "flower") as fed:
+        result = fed.run(cfg, tmp_path / "run", timeout=500, check=False)
+    assert result.status == "completed", result.error
+
+    tasks = _tasks(OPTIONS, n)
+    model = _tasks()[0].get_parameters()
+    clipped_norms = []
+    for rnd in (1, 2):
+        fit = FitConfig(server_round=rnd, local_epochs=1, lr=LR, batch_size=None, seed=0)
+        updates = []
+        for task in tasks:
+            local = task.fit([p.copy() for p in model], fit).parameters
+            u = [lp - gp for lp, gp in zip(local, model, strict=True)]
+            norm = math.sqrt(sum(float((x**2).sum()) for x in u))
+            clipped_norms.append(norm)
+            updates.append([x * min(1.0, clip / norm) for x in u])
+        model = [gp + sum(us) / n for gp, *us in zip(model, *updates, strict=True)]
+    assert min(clipped_norms) > clip  # clipping binds: the test sees it
+    assert result.parameters is not None
+    for got, want in zip(result.parameters, model, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=quant_tol)
+    from privacy.dp.accountant import compute_epsilon
+
+    assert result.dp_epsilon == pytest.approx(compute_epsilon(sigma, 1.0, 2, delta), rel=1e-9)
