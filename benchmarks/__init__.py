@@ -26,6 +26,7 @@ _MODULES: dict[str, str] = {
     "demo": "benchmarks.demo",
     "scaling": "benchmarks.scaling",
     "train_step": "benchmarks.train_step",
+    "deid": "benchmarks.deid",
 }
 
 
@@ -55,6 +56,8 @@ _SUMMARIES: dict[str, str] = {
     "demo": "`clinfuse demo`: wall time and peak memory (incl. children)",
     "scaling": "cached path (pack + stream-train heads + Shapley) vs cohort size: time, memory",
     "train_step": "fusion-network training step on synthetic tensors, fp32 vs bf16 (GPU)",
+    "deid": "DICOM profile (files/s) vs dicom-anonymizer, whole-cohort deid (cases/s), "
+    "burned-in text removal (s/image, parallel vs sequential OCR)",
 }
 
 

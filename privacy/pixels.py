@@ -132,6 +132,7 @@ class TesseractOCR:
         psm: Tesseract page segmentation mode (11 = sparse text: overlays are scattered
             words, not a page).
         lang: Tesseract language(s).
+        workers: Tesseract processes run at once (default: one per CPU core).
 
     Raises:
         PixelCleaningError: pytesseract or the Tesseract executable is missing.
@@ -144,6 +145,7 @@ class TesseractOCR:
         scales: Sequence[int] | None = None,
         psm: int = 11,
         lang: str = "eng",
+        workers: int | None = None,
     ) -> None:
         try:
             import pytesseract
@@ -162,26 +164,40 @@ class TesseractOCR:
         self._tesseract = pytesseract
         self.cmd = found
         self.scales = tuple(scales) if scales else None
+        self.workers = workers
         self.psm = psm
         self.lang = lang
 
     def __call__(self, image: np.ndarray) -> list[OCRWord]:
         """Words in a 2-D uint8 image, in the image's own pixel coordinates."""
+        return self.read_many([image])[0]
+
+    def read_many(self, images: Sequence[np.ndarray]) -> list[list[OCRWord]]:
+        """The words of each image; every (image, scale) reading runs in its own Tesseract
+        process, ``workers`` at a time."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from PIL import Image, ImageOps
 
-        rows, columns = image.shape
-        scales = self.scales or ((3, 4) if max(rows, columns) <= 512 else (2, 3))
-        base = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
-        if float(image.mean()) < 128:  # bright text on a dark image: Tesseract reads dark on light
-            base = ImageOps.invert(base)
         self._tesseract.pytesseract.tesseract_cmd = self.cmd
-        words = []
-        for scale in scales:
-            pil = base
-            if scale != 1:
-                pil = base.resize((columns * scale, rows * scale), Image.Resampling.LANCZOS)
-            words += self._read(pil, scale)
-        return words
+        jobs: list[tuple[int, Any, int]] = []
+        for i, image in enumerate(images):
+            rows, columns = image.shape
+            base = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+            if float(image.mean()) < 128:  # bright text on dark: Tesseract reads dark on light
+                base = ImageOps.invert(base)
+            for scale in self.scales or ((3, 4) if max(rows, columns) <= 512 else (2, 3)):
+                pil = base
+                if scale != 1:
+                    pil = base.resize((columns * scale, rows * scale), Image.Resampling.LANCZOS)
+                jobs.append((i, pil, scale))
+        workers = max(1, min(len(jobs), self.workers or os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            readings = list(pool.map(lambda job: self._read(job[1], job[2]), jobs))
+        out: list[list[OCRWord]] = [[] for _ in images]
+        for (i, _, _), words in zip(jobs, readings, strict=True):
+            out[i] += words
+        return out
 
     def _read(self, pil: Any, scale: int) -> list[OCRWord]:
         try:
@@ -528,9 +544,12 @@ class PixelCleaner:
         self, arr: np.ndarray, deny: Mapping[str, Sequence[str]], *, final: bool
     ) -> list[Box]:
         assert self.ocr is not None
+        views = self._views(arr)
+        read_many = getattr(self.ocr, "read_many", None)
+        images = [view for view, _ in views]
+        readings = read_many(images) if read_many else [self.ocr(v) for v in images]
         boxes: list[Box] = []
-        for view, bright in self._views(arr):
-            words = self.ocr(view)
+        for (view, bright), words in zip(views, readings, strict=True):
             max_height = max(_MIN_TEXT_HEIGHT, _TEXT_HEIGHT * view.shape[0])
             words = [w for w in words if w.box.height <= max_height]
             if self.mode == "all-text":
