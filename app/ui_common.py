@@ -63,8 +63,19 @@ def context() -> tuple[RunView, ReviewStore]:
 
 
 def reviewer() -> str:
-    """The logged-in reviewer (pages other than login are shown only after login)."""
+    """The logged-in reviewer (pages other than login are shown only after login).
+
+    An account deactivated while its session is open (``clinfuse app RUN
+    --deactivate-reviewer NAME``) is logged out on its next interaction.
+    """
     name = st.session_state.get("reviewer")
+    if name:
+        _, store = context()
+        account = store.reviewer(str(name))
+        if account is None or not account["active"]:
+            st.session_state.pop("reviewer", None)
+            st.session_state["logged_out_because"] = f"the account {name!r} is deactivated"
+            name = None
     if not name:
         st.switch_page(PAGES["login"])
     return str(name)

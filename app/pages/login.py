@@ -14,6 +14,8 @@ if st.session_state.get("reviewer"):
     st.page_link(ui.PAGES["worklist"], label="Go to the worklist", icon=":material/checklist:")
     st.stop()
 ui.deid_banner(view)
+if reason := st.session_state.pop("logged_out_because", None):
+    st.error(f"Logged out: {reason}.")
 
 if ui.oidc_configured():
     refused = st.session_state.pop("sso_refused", None)

@@ -125,6 +125,22 @@ def app(
         str | None,
         typer.Option("--reset-password", help="Set a new password for an account and exit."),
     ] = None,
+    deactivate_reviewer: Annotated[
+        str | None,
+        typer.Option(
+            "--deactivate-reviewer",
+            help="Stop an account (local or single sign-on) from logging in and saving "
+            "decisions; its past decisions stay. Exits.",
+        ),
+    ] = None,
+    reactivate_reviewer: Annotated[
+        str | None,
+        typer.Option("--reactivate-reviewer", help="Let a deactivated account back in and exit."),
+    ] = None,
+    list_reviewers: Annotated[
+        bool,
+        typer.Option("--list-reviewers", help="List the accounts (no password hashes) and exit."),
+    ] = False,
 ) -> None:
     """Start the Streamlit review dashboard on a run: worklist, case review with
     explanations, decisions saved to SQLite with an audit trail, cohort figures, export.
@@ -155,13 +171,24 @@ def app(
         n_boot=20,
     )
     store = ReviewStore(settings.db)
-    if add_reviewer or reset_password:
+    admin = (add_reviewer, reset_password, deactivate_reviewer, reactivate_reviewer)
+    if any(admin) or list_reviewers:
         if add_reviewer:
             name = auth.add_reviewer(store, add_reviewer, _ask_password(add_reviewer))
             console.print(f"added reviewer {name!r} to {settings.db}")
         if reset_password:
             auth.reset_password(store, reset_password, _ask_password(reset_password))
             console.print(f"new password set for {reset_password!r}")
+        if deactivate_reviewer:
+            store.set_active(deactivate_reviewer, False, actor="cli")
+            console.print(f"deactivated {deactivate_reviewer!r} (past decisions kept)")
+        if reactivate_reviewer:
+            store.set_active(reactivate_reviewer, True, actor="cli")
+            console.print(f"reactivated {reactivate_reviewer!r}")
+        if list_reviewers:
+            for r in store.reviewers():
+                state = "active" if r["active"] else "deactivated"
+                console.print(f"{r['username']}\t{r['auth']}\t{state}\tsince {r['created_at']}")
         return
     script = app_script()
     if not store.reviewers():

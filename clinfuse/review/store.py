@@ -338,6 +338,22 @@ class ReviewStore:
                 raise ConfigError(f"no password account named {username!r}", path=self.path)
             self._audit(con, actor, "password_changed", detail={"username": username})
 
+    def set_active(self, username: str, active: bool, *, actor: str) -> None:
+        """Deactivate an account (it can no longer log in or save decisions; its past
+        decisions stay) or reactivate it (audited).
+
+        Raises:
+            ConfigError: no such account.
+        """
+        with self._write() as con:
+            cur = con.execute(
+                "UPDATE reviewers SET active = ? WHERE username = ?", (int(active), username)
+            )
+            if cur.rowcount != 1:
+                raise ConfigError(f"no reviewer account named {username!r}", path=self.path)
+            event = "reviewer_reactivated" if active else "reviewer_deactivated"
+            self._audit(con, actor, event, detail={"username": username})
+
     def reviewer(self, username: str) -> dict[str, Any] | None:
         """The account row of ``username`` (None when unknown)."""
         with self._read() as con:
@@ -428,12 +444,19 @@ class ReviewStore:
                 field="comment",
             )
         with self._write() as con:
-            if (
-                con.execute("SELECT 1 FROM reviewers WHERE username = ?", (reviewer,)).fetchone()
-                is None
-            ):
+            account = con.execute(
+                "SELECT active FROM reviewers WHERE username = ?", (reviewer,)
+            ).fetchone()
+            if account is None:
                 raise ConfigError(
                     f"unknown reviewer {reviewer!r}", field="reviewer", path=self.path
+                )
+            if not account["active"]:
+                raise ConfigError(
+                    f"the account {reviewer!r} is deactivated; its decisions are no longer "
+                    "accepted",
+                    field="reviewer",
+                    path=self.path,
                 )
             prev = con.execute(
                 "SELECT MAX(review_id) FROM reviews WHERE case_id = ? AND reviewer = ?",

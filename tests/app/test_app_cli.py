@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
+from clinfuse.errors import ConfigError
 from clinfuse.review import cli as review_cli
 from clinfuse.review.auth import authenticate
 from clinfuse.review.store import ReviewStore, default_db_path
@@ -66,3 +69,42 @@ def test_streamlit_is_started_headless_on_the_app(review_run, tmp_path, monkeypa
     assert env["CLINFUSE_APP_DB"] == str(default_db_path(Path(review_run["run"]).resolve()))
     assert float(env["CLINFUSE_APP_THRESHOLD"]) == 0.3
     assert "no reviewer account yet" in result.output
+
+
+def test_deactivate_list_and_reactivate_reviewers(review_run, tmp_path, monkeypatch):
+    """A coordinator stops an account (it can no longer log in or save decisions; its past
+    decisions stay), lists the accounts, and lets it back in — each step audited."""
+    db = tmp_path / "r.sqlite"
+    monkeypatch.setenv("CLINFUSE_REVIEWER_PASSWORD", "a long password")
+    base = ["app", review_run["run"], "--db", str(db)]
+    assert CliRunner().invoke(_cli(), [*base, "--add-reviewer", "dave"]).exit_code == 0
+    store = ReviewStore(db)
+    store.add_review(
+        case_id="case0001",
+        reviewer="dave",
+        decision="agree",
+        risk_shown=0.4,
+        threshold=0.5,
+        model_version="m1",
+    )
+    out = CliRunner().invoke(_cli(), [*base, "--deactivate-reviewer", "dave", "--list-reviewers"])
+    assert out.exit_code == 0, out.output
+    assert "deactivated 'dave'" in out.output
+    assert re.search(r"dave\s+password\s+deactivated", out.output)
+    assert authenticate(store, "dave", "a long password") is None
+    with pytest.raises(ConfigError, match="deactivated"):
+        store.add_review(
+            case_id="case0002",
+            reviewer="dave",
+            decision="agree",
+            risk_shown=0.4,
+            threshold=0.5,
+            model_version="m1",
+        )
+    assert len(store.reviews(reviewer="dave")) == 1  # the past decision stays
+    back = CliRunner().invoke(_cli(), [*base, "--reactivate-reviewer", "dave"])
+    assert back.exit_code == 0 and authenticate(store, "dave", "a long password") == "dave"
+    events = [e["action"] for e in reversed(store.audit_log())]  # oldest first
+    assert events.index("reviewer_deactivated") < events.index("reviewer_reactivated")
+    unknown = CliRunner().invoke(_cli(), [*base, "--deactivate-reviewer", "nobody"])
+    assert unknown.exit_code != 0 and "no reviewer account named 'nobody'" in str(unknown.exception)

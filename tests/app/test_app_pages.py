@@ -67,6 +67,18 @@ def test_login_page_refuses_a_wrong_password_then_logs_in(app_env, password, rev
     assert actions[:2] == ["login", "login_failed"]
 
 
+def test_a_deactivated_account_is_logged_out_at_once(app_env, password, review_db):
+    at = _login(password)
+    assert at.title[0].value == "Worklist"
+    ReviewStore(review_db).set_active("alice", False, actor="coordinator")
+    at.run()
+    _no_exception(at)
+    assert at.title[0].value.startswith("clinfuse review: log in")
+    assert "Logged out: the account 'alice' is deactivated." in _texts(at)
+    assert "reviewer" not in at.session_state
+    ReviewStore(review_db).set_active("alice", True, actor="coordinator")
+
+
 def test_worklist_filters_sort_and_progress(app_env, password, review_run):
     at = _login(password)
     for key in ("sort_by", "filter_status", "open_case_select"):
