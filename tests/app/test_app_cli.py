@@ -79,28 +79,25 @@ def test_deactivate_list_and_reactivate_reviewers(review_run, tmp_path, monkeypa
     base = ["app", review_run["run"], "--db", str(db)]
     assert CliRunner().invoke(_cli(), [*base, "--add-reviewer", "dave"]).exit_code == 0
     store = ReviewStore(db)
-    store.add_review(
-        case_id="case0001",
-        reviewer="dave",
-        decision="agree",
-        risk_shown=0.4,
-        threshold=0.5,
-        model_version="m1",
-    )
-    out = CliRunner().invoke(_cli(), [*base, "--deactivate-reviewer", "dave", "--list-reviewers"])
-    assert out.exit_code == 0, out.output
-    assert "deactivated 'dave'" in out.output
-    assert re.search(r"dave\s+password\s+deactivated", out.output)
-    assert authenticate(store, "dave", "a long password") is None
-    with pytest.raises(ConfigError, match="deactivated"):
+
+    def save(case_id: str) -> None:
         store.add_review(
-            case_id="case0002",
+            case_id=case_id,
             reviewer="dave",
             decision="agree",
             risk_shown=0.4,
             threshold=0.5,
             model_version="m1",
         )
+
+    save("case0001")
+    out = CliRunner().invoke(_cli(), [*base, "--deactivate-reviewer", "dave", "--list-reviewers"])
+    assert out.exit_code == 0, out.output
+    assert "deactivated 'dave'" in out.output
+    assert re.search(r"dave\s+password\s+deactivated", out.output)
+    assert authenticate(store, "dave", "a long password") is None
+    with pytest.raises(ConfigError, match="deactivated"):
+        save("case0002")
     assert len(store.reviews(reviewer="dave")) == 1  # the past decision stays
     back = CliRunner().invoke(_cli(), [*base, "--reactivate-reviewer", "dave"])
     assert back.exit_code == 0 and authenticate(store, "dave", "a long password") == "dave"
