@@ -35,9 +35,9 @@ if isinstance(ctx, str):
     st.stop()
 
 view, store = ctx
-oidc = ui.oidc_user()
-if oidc is None and not st.session_state.get("reviewer") and (problem := ui.oidc_problem()):
-    st.session_state["sso_refused"] = problem
+oidc, oidc_problem = ui.oidc_identity()
+if oidc_problem and not st.session_state.get("reviewer"):
+    st.session_state["sso_refused"] = oidc_problem
 if oidc and not st.session_state.get("reviewer"):
     try:
         store.ensure_oidc_reviewer(oidc["email"], oidc["name"])

@@ -89,38 +89,28 @@ def oidc_configured() -> bool:
         return False
 
 
-def oidc_problem() -> str | None:
-    """Why a single sign-on that Streamlit accepted gives no reviewer identity, if it does not."""
+def oidc_identity() -> tuple[dict[str, str] | None, str | None]:
+    """``(identity, problem)`` of a single sign-on through ``st.login``.
+
+    ``identity`` (``email``, ``name``) when Streamlit holds a login with a usable e-mail;
+    ``problem`` says why a login Streamlit accepted gives no reviewer (an e-mail the provider
+    marks unverified, or none); ``(None, None)`` when nobody logged in through OIDC.
+    """
     try:
         user = st.user
         if not bool(user.get("is_logged_in")):
-            return None
-        if user.get("email_verified") is False:
-            return "the identity provider says this e-mail address is not verified"
-        if not user.get("email"):
-            return (
+            return None, None
+        if user.get("email_verified") is False:  # an unverified e-mail is not an identity
+            return None, "the identity provider says this e-mail address is not verified"
+        email = user.get("email")
+        if not email:
+            return None, (
                 "the identity provider sent no e-mail address (ask for the 'email' scope, or "
                 "add an e-mail claim at the provider)"
             )
+        return {"email": str(email), "name": str(user.get("name") or email)}, None
     except (AttributeError, KeyError):
-        return None
-    return None
-
-
-def oidc_user() -> dict[str, Any] | None:
-    """The OIDC identity when the user logged in through ``st.login``."""
-    try:
-        user = st.user
-        if user.get("email_verified") is False:  # an unverified e-mail is not an identity
-            return None
-        if bool(user.get("is_logged_in")) and user.get("email"):
-            return {
-                "email": str(user.get("email")),
-                "name": str(user.get("name") or user.get("email")),
-            }
-    except (AttributeError, KeyError):
-        return None
-    return None
+        return None, None
 
 
 def deid_banner(view: RunView) -> None:

@@ -35,7 +35,7 @@ DEID_EPILOG = (
     "  CLINFUSE_DEID_SECRET=$(cat ~/site.key) clinfuse deid cohort.csv --out deid "
     "--date-columns admit_date --id-columns encounter_id --overwrite\n\n"
     "  clinfuse deid cohort.csv --out deid --secret-file ~/site.key --tags "
-    "--retain-patient-characteristics --clean-descriptors\n\n"
+    "--retain-patient-characteristics --clean-descriptors --clean-structured-content\n\n"
     "  clinfuse deid cohort.csv --out deid --secret-file ~/site.key --clean-pixels all-text "
     "--pixel-rules us_layouts.toml\n\n"
     "The secret never leaves the site and is never written to the output; keep it to "

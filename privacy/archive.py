@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -30,7 +30,7 @@ __all__ = [
     "dicom_members",
     "extract_dicom_zip",
     "is_zip",
-    "open_dicom_members",
+    "iter_dicom_members",
 ]
 
 MAX_UNZIPPED_BYTES = int(os.environ.get("CLINFUSE_MAX_UNZIPPED_BYTES", 16 * 2**30))
@@ -94,18 +94,15 @@ def dicom_members(zf: zipfile.ZipFile, src: Path) -> list[zipfile.ZipInfo]:
     return found
 
 
-@contextmanager
-def open_dicom_members(src: str | Path) -> Iterator[list[tuple[str, IO[bytes]]]]:
-    """``(member name, open binary stream)`` of every DICOM member, for reading headers
-    without extracting (``pydicom.dcmread(stream, stop_before_pixels=True)``)."""
+def iter_dicom_members(src: str | Path) -> Generator[IO[bytes], None, None]:
+    """An open binary stream of each DICOM member in turn (closed when the next is asked
+    for), for reading headers without extracting
+    (``pydicom.dcmread(stream, stop_before_pixels=True)``)."""
     src = Path(src)
     with _open(src) as zf:
-        streams = [(info.filename, zf.open(info)) for info in dicom_members(zf, src)]
-        try:
-            yield streams
-        finally:
-            for _, fh in streams:
-                fh.close()
+        for info in dicom_members(zf, src):
+            with zf.open(info) as fh:
+                yield fh
 
 
 def extract_dicom_zip(

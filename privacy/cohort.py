@@ -50,11 +50,12 @@ import pandas as pd
 import pydicom
 from pydicom.dataset import Dataset
 
-from privacy.archive import extract_dicom_zip, is_zip, open_dicom_members
+from privacy.archive import extract_dicom_zip, is_zip, iter_dicom_members
 from privacy.dicom import (
     DicomDeidentifier,
     DicomOptions,
     Identifier,
+    deny_list,
     dicom_identifiers,
     dicom_text_values,
     load_profile_table,
@@ -202,18 +203,18 @@ def _dicom_headers(path: Path) -> Iterator[Dataset]:
     """Headers (no pixels) of the DICOM files of a cell: a file, a folder, or a zip (read
     without unpacking). Unreadable files are skipped here: they are reported once, when the
     file itself is processed."""
+    sources: Iterable[Any] = []
     if is_zip(path):
-        try:
-            with open_dicom_members(path) as members:
-                streams = [fh for _, fh in members]
-                yield from filter(None, (_header(fh) for fh in streams))
-        except ArchiveError:
-            return
-        return
-    for f in _dicom_files(path) if path.exists() else []:
-        ds = _header(f)
-        if ds is not None:
-            yield ds
+        sources = iter_dicom_members(path)
+    elif path.exists():
+        sources = _dicom_files(path)
+    try:
+        for source in sources:
+            ds = _header(source)
+            if ds is not None:
+                yield ds
+    except ArchiveError:
+        return  # a corrupt archive is reported when the cell is written
 
 
 def _header(source: Any) -> Dataset | None:
@@ -562,21 +563,6 @@ def _collect(
     return found
 
 
-def _deny(idents: Iterable[Identifier]) -> dict[str, list[str]]:
-    deny: dict[str, list[str]] = defaultdict(list)
-    kind_to_entity = {
-        "name": "NAME",
-        "name_part": "NAME",
-        "id": "MRN",
-        "date": "DATE",
-        "place": "LOCATION",
-        "phone": "PHONE",
-    }
-    for ident in idents:
-        deny[kind_to_entity[ident.kind]].append(ident.value)
-    return {k: sorted(set(v)) for k, v in deny.items()}
-
-
 class _Needle:
     """The search for one identifier: a set lookup first, the regex (compiled lazily) second.
 
@@ -842,7 +828,7 @@ def deidentify_cohort(
             ctx = PatientContext(
                 key=patient,
                 shift_days=shift if keep_dates else None,
-                deny=_deny(identifiers.get(pat_orig, [])),
+                deny=deny_list(identifiers.get(pat_orig, [])),
             )
             new = {c: row[c] for c in frame.columns if c not in spec.drop_columns}
             new[spec.case_column] = case

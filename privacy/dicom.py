@@ -84,6 +84,7 @@ __all__ = [
     "DicomResult",
     "Identifier",
     "ProfileTable",
+    "deny_list",
     "dicom_identifiers",
     "dicom_text_values",
     "load_profile_table",
@@ -753,26 +754,18 @@ class DicomDeidentifier:
                 self._clean_descriptor(ds, elem, result, shift, clean, keyword, structured)
                 continue
             code = self.table.code(int(elem.tag))
-            if keyword in STRUCTURED_CONTENT_KEYWORDS and elem.VR == "SQ":
-                if self.options.clean_structured_content:
-                    for item in elem.value or []:
-                        self._walk(item, result, shift, clean, structured=True)
-                    self._record(result, keyword, "C", elem)
-                    continue
-                if code is not None and resolve_action(code, "SQ") in ("D", "U", "K"):
-                    for item in elem.value or []:
-                        self._walk(item, result, shift, clean, structured=True)
-                    self._record(result, keyword, "D", elem)
-                    continue
+            inner = structured or keyword in STRUCTURED_CONTENT_KEYWORDS  # for its items
+            if inner and elem.VR == "SQ" and self.options.clean_structured_content:
+                code = "C"  # kept and walked, whatever the table says (e.g. X/Z)
             if code is None:
                 if structured and elem.VR in _FREE_TEXT_VRS and not elem.is_empty:
                     self._structured_text(elem, result, shift, clean, keyword)
                 elif elem.VR == "SQ":
                     for item in elem.value or []:
-                        self._walk(item, result, shift, clean, structured)
+                        self._walk(item, result, shift, clean, inner)
                 continue
             action = self._choose(code, elem, keyword)
-            self._apply(ds, elem, action, result, shift, keyword, clean, structured)
+            self._apply(ds, elem, action, result, shift, keyword, clean, inner)
 
     def _structured_text(
         self,
@@ -821,7 +814,7 @@ class DicomDeidentifier:
             del ds[elem.tag]
         elif action == "Z":
             elem.value = [] if elem.VR == "SQ" else ("" if elem.VR in _TEXT_VRS else None)
-        elif action in ("D", "U", "K") and elem.VR == "SQ":
+        elif action in ("D", "U", "K", "C") and elem.VR == "SQ":
             for item in elem.value or []:
                 self._walk(item, result, shift, clean, structured)
         elif action == "U":
@@ -998,6 +991,17 @@ def read_dicom(path: str | Path) -> Dataset:
             "it is listed in the report and not copied: re-export it from the archive"
         ) from e
     return ds
+
+
+def deny_list(identifiers: Iterable[Identifier]) -> dict[str, list[str]]:
+    """Identifiers as a text de-identifier deny-list: entity (``NAME``, ``MRN``, ``DATE``,
+    ``LOCATION``, ``PHONE``) → the distinct values (see :class:`privacy.text.PatientContext`)."""
+    entity = {"name": "NAME", "name_part": "NAME", "id": "MRN", "date": "DATE"}
+    entity |= {"place": "LOCATION", "phone": "PHONE"}
+    deny: dict[str, set[str]] = {}
+    for ident in identifiers:
+        deny.setdefault(entity[ident.kind], set()).add(ident.value)
+    return {k: sorted(v) for k, v in deny.items()}
 
 
 def dicom_identifiers(

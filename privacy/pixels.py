@@ -43,7 +43,6 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 import shutil
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -54,6 +53,7 @@ from typing import Any, Literal
 import numpy as np
 from pydicom.dataset import Dataset
 
+from privacy.dicom import deny_list, dicom_identifiers
 from privacy.errors import DicomDeidError
 
 __all__ = [
@@ -460,7 +460,6 @@ class PixelCleaner:
     def __call__(self, ds: Dataset) -> PixelCleaningReport:
         report = PixelCleaningReport(mode=self.mode)
         arr, photometric = read_frames(ds)
-        arr = np.array(arr)  # writable, and not a view of the dataset's buffer
         rows, columns = arr.shape[1], arr.shape[2]
         mask = np.zeros((rows, columns), dtype=bool)
 
@@ -478,7 +477,7 @@ class PixelCleaner:
             mask[box.padded(self.margin, rows, columns)] = True
 
         if self.ocr is not None:
-            deny = self._deny_list(ds) if self.mode == "identifiers" else {}
+            deny = deny_list(dicom_identifiers(ds)) if self.mode == "identifiers" else {}
             for n in range(1, self.max_passes + 2):  # the last pass only verifies
                 report.passes = n
                 found = self._text_boxes(self._masked(arr, mask, photometric), deny, final=n > 1)
@@ -564,16 +563,6 @@ class PixelCleaner:
                 boxes += self._identifier_boxes(words, deny)
         return boxes
 
-    def _deny_list(self, ds: Dataset) -> dict[str, list[str]]:
-        from privacy.dicom import dicom_identifiers
-
-        kinds = {"name": "NAME", "name_part": "NAME", "id": "ID", "date": "DATE"}
-        kinds |= {"place": "ADDRESS", "phone": "PHONE"}
-        deny: dict[str, list[str]] = {}
-        for ident in dicom_identifiers(ds):
-            deny.setdefault(kinds.get(ident.kind, "ID"), []).append(ident.value)
-        return deny
-
     def _identifier_boxes(
         self, words: Iterable[OCRWord], deny: Mapping[str, Sequence[str]]
     ) -> list[Box]:
@@ -592,7 +581,7 @@ class PixelCleaner:
             spans = self.text_deidentifier.analyze(text, context)
             for w, start in zip(line_words, starts, strict=True):
                 end = start + len(w.text)
-                if any(s.start < end and start < s.end for s in spans) or _is_deny(w.text, deny):
+                if any(s.start < end and start < s.end for s in spans):
                     boxes.append(w.box)
         return boxes
 
@@ -619,16 +608,3 @@ _PALETTE_KEYWORDS = (
     "SegmentedBluePaletteColorLookupTableData",
     "PaletteColorLookupTableUID",
 )
-
-
-def _is_deny(word: str, deny: Mapping[str, Sequence[str]]) -> bool:
-    """Whether an OCR word is (a component of) a known identifying value."""
-    token = re.sub(r"[^0-9a-z]", "", word.lower())
-    if len(token) < 3:
-        return False
-    for values in deny.values():
-        for value in values:
-            parts = {re.sub(r"[^0-9a-z]", "", p) for p in re.split(r"[\s^,]+", value.lower())}
-            if token in parts or token == re.sub(r"[^0-9a-z]", "", value.lower()):
-                return True
-    return False

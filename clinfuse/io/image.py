@@ -391,20 +391,23 @@ def first_dicom_header(path: str | Path, **dcmread_kwargs: Any) -> Dataset | Non
     a series folder, or the first DICOM member of a zip (read without unpacking); ``None``
     when there is none or it cannot be read. ``dcmread_kwargs`` go to ``pydicom.dcmread``
     (default ``stop_before_pixels=True``)."""
+    from contextlib import closing
+
     import pydicom
 
-    from privacy.archive import is_zip, open_dicom_members
+    from privacy.archive import is_zip, iter_dicom_members
     from privacy.errors import ArchiveError
 
     kwargs = {"stop_before_pixels": True, **dcmread_kwargs}
     p = Path(path)
     try:
         if is_zip(p):
-            with open_dicom_members(p) as members:
-                return pydicom.dcmread(members[0][1], **kwargs) if members else None
+            with closing(iter_dicom_members(p)) as members:
+                first = next(members, None)
+                return None if first is None else pydicom.dcmread(first, **kwargs)
         if p.is_dir():
-            files = [f for f in sorted(p.iterdir()) if f.is_file() and has_dicm_preamble(f)]
-            p = files[0] if files else p
+            files = (f for f in sorted(p.iterdir()) if f.is_file() and has_dicm_preamble(f))
+            p = next(files, p)
         if not p.is_file() or not has_dicm_preamble(p):
             return None
         return pydicom.dcmread(p, **kwargs)

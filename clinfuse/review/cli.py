@@ -24,6 +24,7 @@ __all__ = ["APP_EPILOG", "app", "app_script", "streamlit_command"]
 APP_EPILOG = (
     "Examples:\n\n"
     "  clinfuse app demo_out/run --add-reviewer alice\n\n"
+    "  clinfuse app demo_out/run --deactivate-reviewer bob --list-reviewers\n\n"
     "  clinfuse app demo_out/run\n\n"
     "  clinfuse app runs/r1 --port 8600 --db /secure/reviews.sqlite --threshold 0.3\n\n"
     "  clinfuse app runs/r1 --host 0.0.0.0 --cohort site_d/manifest.csv --evaluation eval_site_d"

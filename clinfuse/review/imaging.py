@@ -202,7 +202,7 @@ def _from_dicom_file(path: Path, case_id: str | None) -> DisplayImage:
 
 
 def _from_loader(path: Path, case_id: str | None) -> DisplayImage:
-    from clinfuse.io.image import load_image
+    from clinfuse.io.image import first_dicom_header, load_image
 
     arr, meta = load_image(path, case_id=case_id)  # (C, X, Y[, Z]) in modality units
     if arr.ndim == 3:
@@ -216,7 +216,7 @@ def _from_loader(path: Path, case_id: str | None) -> DisplayImage:
     }
     ds = None
     if meta["format"] in ("dicom_series", "dicom_zip"):
-        ds = _first_series_header(path)
+        ds = first_dicom_header(path)
         if ds is not None:
             info.update(_safe_info(ds))
     if slices.shape[-1] == 3:
@@ -235,12 +235,6 @@ def _from_loader(path: Path, case_id: str | None) -> DisplayImage:
         voi.BitsStored, voi.PixelRepresentation = 16, 1
         has_voi = has_voi or "VOILUTSequence" in voi
     return DisplayImage(slices, meta["format"], has_voi, window, info, voi)
-
-
-def _first_series_header(folder: Path) -> Any:
-    from clinfuse.io.image import first_dicom_header
-
-    return first_dicom_header(folder)
 
 
 def load_display_image(path: str | Path, *, case_id: str | None = None) -> DisplayImage:
