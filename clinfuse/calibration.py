@@ -7,6 +7,12 @@ Three calibrators with one interface (``fit(logits, y)``, ``predict_proba(logits
 - ``platt``: p = σ(a·z + b) — also corrects a shifted intercept (e.g. from class weights);
 - ``isotonic``: a monotone step function (scikit-learn ``IsotonicRegression``); needs more
   validation cases, may tie risks.
+
+Model updating at a new site (``clinfuse recalibrate``) puts a second map on top of the
+fitted one without touching it: :class:`Updated` holds the run's calibrator (``base``) and an
+``update`` applied to the logit of its risk — :class:`Intercept` (recalibration in the large,
+p = σ(z + a)), ``platt`` (logistic recalibration) or ``isotonic``. Updates nest, so a model
+recalibrated twice keeps its whole history in the run folder.
 """
 
 from __future__ import annotations
@@ -19,7 +25,73 @@ from scipy.special import expit
 
 from clinfuse.errors import ConfigError
 
-__all__ = ["CALIBRATORS", "Calibrator", "build_calibrator", "calibrator_from_dict"]
+__all__ = [
+    "CALIBRATORS",
+    "UPDATE_METHODS",
+    "Calibrator",
+    "Intercept",
+    "Updated",
+    "build_calibrator",
+    "calibrator_from_dict",
+    "fit_logistic",
+    "fit_update",
+]
+
+
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None, *, max_iter: int = 100
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Maximum-likelihood logistic regression by Newton–Raphson (no penalty).
+
+    Args:
+        x: (N, K) design matrix (include a column of ones for an intercept).
+        y: (N,) 0/1 outcomes.
+        offset: (N,) fixed term added to the linear predictor.
+
+    Returns:
+        ``(coef (K,), covariance (K, K))`` or ``None`` when the fit does not
+        converge (one class only, or complete separation).
+    """
+    y = np.asarray(y, dtype=float)
+    off = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=float)
+    beta = np.zeros(x.shape[1])
+    if len(np.unique(y)) < 2:
+        return None
+
+    def loglik(b: np.ndarray) -> float:
+        eta = x @ b + off
+        return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+    current = loglik(beta)
+    for _ in range(max_iter):
+        mu = expit(x @ beta + off)
+        w = mu * (1 - mu)
+        info = x.T @ (x * w[:, None])
+        grad = x.T @ (y - mu)
+        try:
+            step = np.linalg.solve(info, grad)
+        except np.linalg.LinAlgError:
+            return None
+        t = 1.0
+        while t > 1e-8:  # step halving keeps the likelihood increasing
+            new = loglik(beta + t * step)
+            if new >= current - 1e-12:
+                break
+            t /= 2
+        beta = beta + t * step
+        converged = abs(new - current) < 1e-10 and np.max(np.abs(t * step)) < 1e-8
+        current = new
+        if converged:
+            break
+    if np.any(np.abs(beta) > 50):  # separation: the MLE runs off to infinity
+        return None
+    mu = expit(x @ beta + off)
+    info = x.T @ (x * (mu * (1 - mu))[:, None])
+    try:
+        cov = np.linalg.inv(info)
+    except np.linalg.LinAlgError:
+        return None
+    return beta, cov
 
 
 def _nll(p: np.ndarray, y: np.ndarray) -> float:
@@ -158,14 +230,86 @@ class Isotonic(Calibrator):
         return obj
 
 
+class Intercept(Calibrator):
+    """p = σ(z + a): the intercept alone, by maximum likelihood with z as an offset.
+
+    The fitted model predicts as many events as the fitting cases had (Σ p = Σ y).
+    """
+
+    method = "intercept"
+
+    def fit(self, logits: np.ndarray, y: np.ndarray) -> Intercept:
+        z, t = self._check(logits, y)
+        fit = fit_logistic(np.ones((len(z), 1)), t, offset=z)
+        if fit is None:
+            raise ConfigError(
+                "the intercept cannot be estimated: the risks separate the outcomes perfectly",
+                field="calibration",
+            )
+        self.intercept_ = float(fit[0][0])
+        return self
+
+    def predict_proba(self, logits: np.ndarray) -> np.ndarray:
+        return expit(np.asarray(logits, dtype=float) + self.intercept_)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "intercept": self.intercept_}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Intercept:
+        obj = cls()
+        obj.intercept_ = float(state["intercept"])
+        return obj
+
+
+UPDATE_EPS = 1e-6
+"""Risks are clipped to [ε, 1 − ε] before the update takes their logit (isotonic gives 0 and 1)."""
+
+
+class Updated(Calibrator):
+    """A fitted calibrator followed by an update on the logit of its risk.
+
+    ``p = update(logit(clip(base(z))))``. It is built from fitted parts, not fitted
+    itself (see :mod:`clinfuse.evaluation.recalibrate`).
+    """
+
+    method = "updated"
+
+    def __init__(self, base: Calibrator, update: Calibrator) -> None:
+        self.base = base
+        self.update = update
+
+    def fit(self, logits: np.ndarray, y: np.ndarray) -> Updated:
+        raise TypeError("an Updated calibrator is assembled from fitted parts, not fitted")
+
+    def base_logit(self, logits: np.ndarray) -> np.ndarray:
+        """The logit of the base calibrator's risk: what the update sees."""
+        q = np.clip(self.base.predict_proba(logits), UPDATE_EPS, 1 - UPDATE_EPS)
+        return np.log(q) - np.log1p(-q)
+
+    def predict_proba(self, logits: np.ndarray) -> np.ndarray:
+        return self.update.predict_proba(self.base_logit(logits))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "base": self.base.to_dict(), "update": self.update.to_dict()}
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Updated:
+        return cls(calibrator_from_dict(state["base"]), calibrator_from_dict(state["update"]))
+
+
 CALIBRATORS: dict[str, type[Calibrator]] = {
     c.method: c for c in (Identity, Temperature, Platt, Isotonic)
 }
+"""The calibrators training fits on the validation split (``calibration.method``)."""
+
+_STORED: dict[str, type[Calibrator]] = {**CALIBRATORS, "intercept": Intercept, "updated": Updated}
 
 
 def build_calibrator(method: str) -> Calibrator:
+    """An unfitted calibrator: one of :data:`CALIBRATORS`, or ``intercept`` (an update)."""
     try:
-        return CALIBRATORS[method]()
+        return {**CALIBRATORS, "intercept": Intercept}[method]()
     except KeyError:
         raise ConfigError(
             f"unknown calibration method {method!r}; available: {sorted(CALIBRATORS)}",
@@ -173,5 +317,46 @@ def build_calibrator(method: str) -> Calibrator:
         ) from None
 
 
+UPDATE_METHODS: tuple[str, ...] = ("intercept", "logistic", "isotonic")
+"""Updates ``clinfuse recalibrate`` fits on the logit of the run's risk."""
+
+
+def fit_update(method: str, z: np.ndarray, y: np.ndarray) -> Calibrator:
+    """Fit an update of the risk's logit ``z`` to outcomes ``y`` by maximum likelihood.
+
+    ``intercept``: σ(z + a); ``logistic``: σ(a + b·z) (stored as ``platt``, fitted by
+    Newton–Raphson: the exact maximum); ``isotonic``: a monotone step function.
+
+    Raises:
+        ConfigError: an unknown method, one outcome class only, or risks that
+            separate the outcomes perfectly (no finite maximum).
+    """
+    if method == "logistic":
+        zz, t = Calibrator._check(z, y)
+        fit = fit_logistic(np.column_stack([np.ones(len(zz)), zz]), t)
+        if fit is None:
+            raise ConfigError(
+                "the logistic update cannot be estimated: the risks separate the outcomes "
+                "perfectly",
+                field="calibration",
+                hint="use --method intercept",
+            )
+        return Platt.from_dict({"intercept": float(fit[0][0]), "slope": float(fit[0][1])})
+    if method in ("intercept", "isotonic"):
+        return build_calibrator(method).fit(z, y)
+    raise ConfigError(
+        f"unknown recalibration method {method!r}; use one of {', '.join(UPDATE_METHODS)}",
+        field="method",
+    )
+
+
 def calibrator_from_dict(state: dict[str, Any]) -> Calibrator:
-    return CALIBRATORS[state["method"]].from_dict(state)
+    """Rebuild a calibrator from its ``to_dict`` form (as stored in ``model/model.json``)."""
+    method = state.get("method")
+    if method not in _STORED:
+        raise ConfigError(
+            f"unknown calibrator {method!r} in the run's model.json; known: {sorted(_STORED)}",
+            field="calibrators",
+            hint="the run was written by a newer clinfuse; upgrade clinfuse",
+        )
+    return _STORED[method].from_dict(state)

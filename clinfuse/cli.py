@@ -286,6 +286,7 @@ def train(
     metrics.json and predictions.csv. It appears only when complete.
     """
     from clinfuse.config import load_config
+    from clinfuse.training.run import launched_worker
 
     overrides: dict[str, object] = {}
     if device is not None:
@@ -300,14 +301,18 @@ def train(
         overrides["data.tabular_columns"] = [c.strip() for c in tabular.split(",") if c.strip()]
     cfg = None if (resume and config is None and not overrides) else load_config(config, overrides)
     run = _train_with_progress(cohort, out, cfg, resume=resume, overwrite=overwrite)
-    _print_run_summary(run)
+    if not launched_worker():  # DDP: the extra processes rerun this command silently
+        _print_run_summary(run)
 
 
 def _train_with_progress(
     cohort: Path, out: Path, cfg: object, *, resume: bool, overwrite: bool
 ) -> Path:
     from clinfuse.training import train_run
+    from clinfuse.training.run import launched_worker
 
+    if launched_worker():  # a DDP worker: rank 0 reports progress and results
+        return train_run(cohort, out, cfg, resume=resume, overwrite=overwrite)  # type: ignore[arg-type]
     with _progress("preparing") as update:
 
         def stage(name: str, done: int, total: int) -> None:
@@ -450,13 +455,14 @@ def demo(
 # ---------------------------------------------------------------------------
 def _register_feature_commands() -> None:
     from clinfuse.deid_cli import DEID_EPILOG, deid
-    from clinfuse.evaluation.cli import EVALUATE_EPILOG, evaluate
+    from clinfuse.evaluation.cli import EVALUATE_EPILOG, RECALIBRATE_EPILOG, evaluate, recalibrate
     from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
     from clinfuse.federated.cli import FEDERATED_EPILOG, federated
     from clinfuse.review.cli import APP_EPILOG
     from clinfuse.review.cli import app as review_app
 
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
+    app.command(epilog=RECALIBRATE_EPILOG)(recalibrate)
     app.command(epilog=EXPLAIN_EPILOG)(explain)
     app.command(name="deid", epilog=DEID_EPILOG)(deid)
     app.command(epilog=FEDERATED_EPILOG)(federated)

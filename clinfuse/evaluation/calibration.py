@@ -28,12 +28,14 @@ import numpy as np
 from scipy.special import expit, logit
 from scipy.stats import norm
 
+from clinfuse.calibration import fit_logistic
 from clinfuse.evaluation.utility import wilson_interval
 
 __all__ = [
     "calibration_curve",
     "calibration_summary",
     "expected_calibration_error",
+    "fit_logistic",
     "logistic_recalibration",
     "observed_expected",
     "scaled_brier",
@@ -44,62 +46,6 @@ EPS = 1e-6
 
 def _logit(p: np.ndarray) -> np.ndarray:
     return np.asarray(logit(np.clip(np.asarray(p, dtype=float), EPS, 1 - EPS)))
-
-
-def fit_logistic(
-    x: np.ndarray, y: np.ndarray, offset: np.ndarray | None = None, *, max_iter: int = 100
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Maximum-likelihood logistic regression by Newton–Raphson (no penalty).
-
-    Args:
-        x: (N, K) design matrix (include a column of ones for an intercept).
-        y: (N,) 0/1 outcomes.
-        offset: (N,) fixed term added to the linear predictor.
-
-    Returns:
-        ``(coef (K,), covariance (K, K))`` or ``None`` when the fit does not
-        converge (one class only, or complete separation).
-    """
-    y = np.asarray(y, dtype=float)
-    off = np.zeros(len(y)) if offset is None else np.asarray(offset, dtype=float)
-    beta = np.zeros(x.shape[1])
-    if len(np.unique(y)) < 2:
-        return None
-
-    def loglik(b: np.ndarray) -> float:
-        eta = x @ b + off
-        return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
-
-    current = loglik(beta)
-    for _ in range(max_iter):
-        mu = expit(x @ beta + off)
-        w = mu * (1 - mu)
-        info = x.T @ (x * w[:, None])
-        grad = x.T @ (y - mu)
-        try:
-            step = np.linalg.solve(info, grad)
-        except np.linalg.LinAlgError:
-            return None
-        t = 1.0
-        while t > 1e-8:  # step halving keeps the likelihood increasing
-            new = loglik(beta + t * step)
-            if new >= current - 1e-12:
-                break
-            t /= 2
-        beta = beta + t * step
-        converged = abs(new - current) < 1e-10 and np.max(np.abs(t * step)) < 1e-8
-        current = new
-        if converged:
-            break
-    if np.any(np.abs(beta) > 50):  # separation: the MLE runs off to infinity
-        return None
-    mu = expit(x @ beta + off)
-    info = x.T @ (x * (mu * (1 - mu))[:, None])
-    try:
-        cov = np.linalg.inv(info)
-    except np.linalg.LinAlgError:
-        return None
-    return beta, cov
 
 
 def logistic_recalibration(y: np.ndarray, p: np.ndarray, *, level: float = 0.95) -> dict[str, Any]:

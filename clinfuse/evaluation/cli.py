@@ -1,9 +1,11 @@
-"""The ``clinfuse evaluate`` command, as a plain function the main CLI registers.
+"""The ``clinfuse evaluate`` and ``clinfuse recalibrate`` commands, as plain functions
+the main CLI registers.
 
-Register it in :mod:`clinfuse.cli` with::
+Register them in :mod:`clinfuse.cli` with::
 
-    from clinfuse.evaluation.cli import EVALUATE_EPILOG, evaluate
+    from clinfuse.evaluation.cli import EVALUATE_EPILOG, RECALIBRATE_EPILOG, evaluate, recalibrate
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
+    app.command(epilog=RECALIBRATE_EPILOG)(recalibrate)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["EVALUATE_EPILOG", "evaluate"]
+__all__ = ["EVALUATE_EPILOG", "RECALIBRATE_EPILOG", "evaluate", "recalibrate"]
 
 EVALUATE_EPILOG = (
     "Examples:\n\n"
@@ -103,3 +105,99 @@ def evaluate(
             f"{m['participants']['n_excluded']} cases excluded; reasons in {out / 'excluded.csv'}"
         )
     console.print(f"report: {result.report}")
+
+
+RECALIBRATE_EPILOG = (
+    "Examples:\n\n"
+    "  clinfuse recalibrate runs/demo site_d/manifest.csv --out runs/demo_site_d\n\n"
+    "  clinfuse recalibrate runs/demo site_d/manifest.csv --out runs/demo_site_d "
+    "--split train --method logistic\n\n"
+    "  clinfuse evaluate runs/demo_site_d site_d/manifest.csv --split test --out eval_site_d"
+)
+
+
+def _fmt(stat: dict | None) -> str:
+    if not stat or stat.get("value") is None:
+        return "—"
+    return f"{stat['value']:.2f} [{stat['ci_low']:.2f}, {stat['ci_high']:.2f}]"
+
+
+def recalibrate(
+    run: Annotated[Path, typer.Argument(help="Run folder to update (it is not modified).")],
+    cohort: Annotated[Path, typer.Argument(help="Manifest of the site's labelled cases.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the recalibrated run.")],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="auto (closed testing: keep, intercept or logistic), intercept, logistic or "
+            "isotonic.",
+        ),
+    ] = "auto",
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="Significance level of the closed test (auto).")
+    ] = 0.05,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="Use only this split of the cohort (train, val, test)."),
+    ] = None,
+    allow_missing_modalities: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-modalities",
+            help="Accept a cohort lacking a column for a run modality.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output folder.")
+    ] = False,
+) -> None:
+    """Update a run's calibration on a new site's labelled cases; write a new run folder.
+
+    The fused risk and each modality's risk get the site's event rate (intercept) and,
+    where the data ask for it, spread (slope); the ranking of cases is unchanged. The new
+    folder works with predict, evaluate, explain and app; recalibration.json records what
+    was fitted. Evaluate it on cases not used here (e.g. --split train here, --split test
+    in evaluate).
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from clinfuse.evaluation.recalibrate import recalibrate_run
+
+    result = recalibrate_run(
+        run,
+        cohort,
+        out,
+        method=method,
+        alpha=alpha,
+        split=split,
+        allow_missing_modalities=allow_missing_modalities,
+        overwrite=overwrite,
+    )
+    rep = result.report
+    console = Console()
+    console.print(
+        f"recalibrated on {rep['n_cases']} cases ({rep['n_events']} events)"
+        + (f", {rep['n_excluded']} excluded" if rep["n_excluded"] else "")
+    )
+    table = Table("output", "cases", "update", "intercept before", "slope before", "O/E before")
+    table.caption = "before: the source run on these cases, with 95 % CIs"
+    for name, entry in rep["outputs"].items():
+        before = entry.get("before", {})
+        oe = before.get("oe_ratio", {}).get("value")
+        table.add_row(
+            name,
+            str(entry["n_cases"]),
+            entry["method"],
+            _fmt(before.get("intercept")),
+            _fmt(before.get("slope")),
+            "—" if oe is None else f"{oe:.2f}",
+        )
+    console.print(table)
+    for warning in rep["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"new run: {result.out} (details in recalibration.json)")
+    console.print(
+        f"check it on cases not used here: clinfuse evaluate {result.out} COHORT --out DIR"
+    )

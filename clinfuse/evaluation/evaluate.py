@@ -34,8 +34,11 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "EvaluationResult",
     "Evaluator",
+    "check_split",
     "evaluate_run",
+    "labelled_cohort",
     "parse_thresholds",
+    "score_cohort",
 ]
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3)
@@ -125,6 +128,108 @@ def _availability(present: np.ndarray, modalities: Sequence[str]) -> dict[str, A
     }
 
 
+def check_split(split: str | None) -> None:
+    """``split`` is None or one of train, val, test."""
+    if split is not None and split not in ("train", "val", "test"):
+        raise ConfigError(f"split is {split!r}; use train, val or test", field="split")
+
+
+def labelled_cohort(
+    model: Any,
+    cohort: Any,
+    *,
+    split: str | None = None,
+    subgroups: Sequence[str] = (),
+    allow_missing_modalities: bool = False,
+) -> Any:
+    """The cohort a run is evaluated (or recalibrated) on, checked against the run.
+
+    Args:
+        model: the loaded :class:`~clinfuse.model.FusionModel`.
+        cohort: manifest path or :class:`~clinfuse.cohort.Cohort`; needs the run's outcome.
+        split: keep one split; cases without a split get the one training gave them.
+        subgroups: manifest columns that must exist.
+        allow_missing_modalities: accept a cohort without a column for a run modality.
+
+    Raises:
+        CohortError: no outcome column, an unknown subgroup column, columns not
+            matching the run, or no case in ``split``.
+    """
+    from clinfuse.cohort.manifest import Cohort
+
+    check_split(split)
+    cfg = model.config.data
+    if not isinstance(cohort, Cohort):
+        cohort = Cohort.from_manifest(
+            cohort,
+            target=cfg.target,
+            require_label=True,
+            allow_external_paths=cfg.allow_external_paths,
+        )
+    if cohort.target not in cohort.columns:
+        raise CohortError(
+            f"outcome column {cohort.target!r} is missing; evaluation and recalibration "
+            "need a 0/1 outcome for every case",
+            field=cohort.target,
+            path=cohort.manifest_path,
+            hint="add the outcome column, or use `clinfuse predict` for unlabelled cases",
+        )
+    for col in subgroups:
+        if col not in cohort.columns:
+            raise CohortError(
+                f"subgroup column {col!r} is not in the manifest "
+                f"(columns: {', '.join(cohort.columns)})",
+                field=col,
+                path=cohort.manifest_path,
+                hint="check --subgroups against the manifest's header",
+            )
+    model.check_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
+    if split is not None:
+        from clinfuse.cohort.split import split_cohort
+
+        # cases without a split get the one training gave them (same rows, same seed)
+        data = model.config.data
+        cohort = split_cohort(cohort, fractions=data.split_fractions, seed=data.split_seed)
+        keep = [r.case_id for r in cohort.rows if r.split == split]
+        if not keep:
+            raise CohortError(
+                f"no case in split {split!r}",
+                field="split",
+                path=cohort.manifest_path,
+                hint="use train, val or test",
+            )
+        cohort = cohort.subset(keep)
+    return cohort
+
+
+def score_cohort(
+    model: Any, cohort: Any, *, progress: Callable[[int, int], None] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], pd.DataFrame, list[Any]]:
+    """Load a checked cohort's cases and run the model on them.
+
+    Returns:
+        ``(cases, raw outputs, predictions frame, excluded issues)``.
+
+    Raises:
+        CohortError: no case could be loaded.
+    """
+    from clinfuse.data import CaseLoader
+    from clinfuse.training.embed import attach_embeddings
+
+    loader = CaseLoader(model.config.data, list(model.modalities), model.tabular)
+    loaded = loader.load_many(cohort.rows, progress=progress)
+    excluded = list(cohort.excluded) + list(loaded.excluded)
+    if not loaded.cases:
+        raise CohortError(
+            f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
+            path=cohort.manifest_path,
+            hint="run `clinfuse validate` on the manifest",
+        )
+    cases = attach_embeddings(model, loaded.cases, model.frozen_modalities)
+    raw = model.forward_cases(cases)
+    return cases, raw, model.predictions_frame(cases, raw), excluded
+
+
 class Evaluator:
     """Evaluates one trained model on cohorts (settings held here; maths in the sibling modules).
 
@@ -167,8 +272,7 @@ class Evaluator:
             )
         if min_group_size < 1:
             raise ConfigError("min_group_size must be at least 1", field="min_group_size")
-        if split is not None and split not in ("train", "val", "test"):
-            raise ConfigError(f"split is {split!r}; use train, val or test", field="split")
+        check_split(split)
         self.n_boot = n_boot
         self.seed = seed
         self.level = level
@@ -179,50 +283,13 @@ class Evaluator:
 
     # -- input -------------------------------------------------------------------
     def _cohort(self, cohort: Any) -> Any:
-        from clinfuse.cohort.manifest import Cohort
-
-        cfg = self.model.config.data
-        if not isinstance(cohort, Cohort):
-            cohort = Cohort.from_manifest(
-                cohort,
-                target=cfg.target,
-                require_label=True,
-                allow_external_paths=cfg.allow_external_paths,
-            )
-        if cohort.target not in cohort.columns:
-            raise CohortError(
-                f"outcome column {cohort.target!r} is missing; evaluation needs a 0/1 outcome "
-                "for every case",
-                field=cohort.target,
-                path=cohort.manifest_path,
-                hint="add the outcome column, or use `clinfuse predict` for unlabelled cases",
-            )
-        for col in self.subgroups:
-            if col not in cohort.columns:
-                raise CohortError(
-                    f"subgroup column {col!r} is not in the manifest "
-                    f"(columns: {', '.join(cohort.columns)})",
-                    field=col,
-                    path=cohort.manifest_path,
-                    hint="check --subgroups against the manifest's header",
-                )
-        self.model.check_cohort(cohort, allow_missing_modalities=self.allow_missing_modalities)
-        if self.split is not None:
-            from clinfuse.cohort.split import split_cohort
-
-            # cases without a split get the one training gave them (same rows, same seed)
-            data = self.model.config.data
-            cohort = split_cohort(cohort, fractions=data.split_fractions, seed=data.split_seed)
-            keep = [r.case_id for r in cohort.rows if r.split == self.split]
-            if not keep:
-                raise CohortError(
-                    f"no case in split {self.split!r}",
-                    field="split",
-                    path=cohort.manifest_path,
-                    hint="use train, val or test",
-                )
-            cohort = cohort.subset(keep)
-        return cohort
+        return labelled_cohort(
+            self.model,
+            cohort,
+            split=self.split,
+            subgroups=self.subgroups,
+            allow_missing_modalities=self.allow_missing_modalities,
+        )
 
     @staticmethod
     def _group_value(row: Any, column: str) -> Any:
@@ -246,10 +313,8 @@ class Evaluator:
                 column, no usable case.
             ConfigError: ``out`` exists and is not empty (without ``overwrite``).
         """
-        from clinfuse.data import CaseLoader
         from clinfuse.evaluation import ablation, calibration, delong, subgroups, utility
         from clinfuse.evaluation.summary import summarize_predictions
-        from clinfuse.training.embed import attach_embeddings
 
         out = Path(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -261,18 +326,7 @@ class Evaluator:
         model = self.model
         mods = list(model.modalities)
         cohort = self._cohort(cohort)
-        loader = CaseLoader(model.config.data, mods, model.tabular)
-        loaded = loader.load_many(cohort.rows, progress=progress)
-        excluded = list(cohort.excluded) + list(loaded.excluded)
-        if not loaded.cases:
-            raise CohortError(
-                f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
-                path=cohort.manifest_path,
-                hint="run `clinfuse validate` on the manifest",
-            )
-        cases = attach_embeddings(model, loaded.cases, model.frozen_modalities)
-        raw = model.forward_cases(cases)
-        frame = model.predictions_frame(cases, raw)
+        cases, raw, frame, excluded = score_cohort(model, cohort, progress=progress)
         rows_by_id = {r.case_id: r for r in cohort.rows}
         for col in self.subgroups:
             frame[col] = [self._group_value(rows_by_id[c], col) for c in frame["case_id"]]
@@ -434,7 +488,16 @@ class Evaluator:
         if slope is not None and not 0.8 <= slope <= 1.2:
             limitations.append(
                 f"Calibration slope {slope:.2f}: risks are "
-                f"{'too extreme' if slope < 1 else 'too moderate'}; consider recalibration."
+                f"{'too extreme' if slope < 1 else 'too moderate'}; consider recalibrating on "
+                "this site's cases (`clinfuse recalibrate`)."
+            )
+        citl = metrics["calibration"]["fusion"]["intercept"]
+        if citl["value"] is not None and (citl["ci_low"] > 0 or citl["ci_high"] < 0):
+            limitations.append(
+                f"Calibration intercept {citl['value']:.2f} (95 % CI {citl['ci_low']:.2f} to "
+                f"{citl['ci_high']:.2f}): risks are systematically too "
+                f"{'low' if citl['value'] > 0 else 'high'} for this cohort; consider recalibrating "
+                "on this site's cases (`clinfuse recalibrate`)."
             )
         return {
             "model": {
@@ -445,6 +508,9 @@ class Evaluator:
                 "target": cfg.data.target,
                 "encoders": {m: dict(cfg.encoders[m]).get("name") for m in model.modalities},
                 "calibrators": sorted(model.calibrators),
+                "recalibrated": {
+                    k: c.update.method for k, c in model.calibrators.items() if hasattr(c, "update")
+                },
                 "info": model.info,
             },
             "intended_use": (

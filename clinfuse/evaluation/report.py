@@ -154,7 +154,8 @@ def _methods(m: dict[str, Any], thresholds: Sequence[float]) -> str:
         "logistic recalibration; O/E with a Poisson interval; Brier and scaled Brier; flexible "
         "calibration curve (restricted cubic spline logistic regression, pointwise Wald band); "
         "ECE (10 equal-width bins) as a secondary measure. No recalibration was applied to the "
-        "evaluated risks beyond the run's own calibrator.</li>"
+        "evaluated risks beyond the run's own calibrator (and its site update, for a run written "
+        "by <code>clinfuse recalibrate</code>).</li>"
         "<li>Clinical utility: net benefit over thresholds 0.01–0.99 against treat-all and "
         "treat-none; sensitivity, specificity, PPV, NPV with Wilson CIs at thresholds "
         f"{', '.join(f'{t:g}' for t in thresholds)} (a case is flagged when its risk ≥ "
@@ -407,6 +408,13 @@ def _model_card(m: dict[str, Any]) -> str:
         ["encoders", _e(", ".join(f"{k}: {v}" for k, v in model["encoders"].items()))],
         ["outcome", _e(model["target"])],
         ["calibrators", _e(", ".join(model["calibrators"]) or "none")],
+        [
+            "site update",
+            _e(
+                ", ".join(f"{k}: {v}" for k, v in model.get("recalibrated", {}).items())
+                or "none (as trained)"
+            ),
+        ],
         ["software", _e(", ".join(f"{k}={v}" for k, v in model["info"].items()))],
     ]
     perf = card["performance"]

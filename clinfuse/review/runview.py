@@ -23,6 +23,11 @@ validation cases happened to be drawn: it is wide when the validation split is
 small, and it does not cover encoder training variability (that would need an
 ensemble of runs). With ``calibration.method: none`` there is nothing to refit
 and the band collapses to the point.
+
+A run written by ``clinfuse recalibrate`` shows the band of the site's update
+instead: its fitting cases (``recalibration_cases.csv``: outcome and the logit of
+the source run's risk) are resampled and the update (intercept, logistic or
+isotonic) refitted on each resample.
 """
 
 from __future__ import annotations
@@ -93,7 +98,8 @@ def calibration_band(
     Args:
         val_logits, val_y: (V,) fused logits and 0/1 outcomes of the validation split.
         logits: (N,) fused logits to map.
-        method: the run's calibration method (``platt``, ``temperature``, ``isotonic``, ``none``).
+        method: the run's calibration method (``platt``, ``temperature``, ``isotonic``, ``none``),
+            or a recalibration update's (``intercept``, ``platt``, ``isotonic``).
         n_boot: resamples; resamples holding one outcome only are skipped.
 
     Returns:
@@ -206,6 +212,7 @@ class RunView:
         self.modalities: list[str] = [m for m in meta.get("modalities", []) if m in MODALITIES]
         self.threshold = float(threshold)
         self.fingerprint = run_fingerprint(run)
+        self._fusion_calibrator = meta.get("calibrators", {}).get("fusion")
         self.cohort_path = cohort
         self.evaluation = evaluation
         self.predictions = self._read_predictions()
@@ -243,14 +250,20 @@ class RunView:
 
     def _add_band(self, n_boot: int) -> None:
         f = self.predictions
-        val = f[(f["split"] == "val") & f.get("label", pd.Series(np.nan, index=f.index)).notna()]
-        low, high = calibration_band(
-            val["logit_fusion"].to_numpy(float),
-            val["label"].to_numpy(float) if len(val) else np.zeros(0),
-            f["logit_fusion"].to_numpy(float),
-            method=self.config.calibration.method,
-            n_boot=n_boot,
-        )
+        recal = self._recalibration_band(n_boot)
+        if recal is not None:
+            low, high = recal
+        else:
+            val = f[
+                (f["split"] == "val") & f.get("label", pd.Series(np.nan, index=f.index)).notna()
+            ]
+            low, high = calibration_band(
+                val["logit_fusion"].to_numpy(float),
+                val["label"].to_numpy(float) if len(val) else np.zeros(0),
+                f["logit_fusion"].to_numpy(float),
+                method=self.config.calibration.method,
+                n_boot=n_boot,
+            )
         p = f["p_fusion"].to_numpy(float)
         f["risk_low"] = np.minimum(low, p)
         f["risk_high"] = np.maximum(high, p)
@@ -258,6 +271,30 @@ class RunView:
         t = self.threshold
         f["vs_threshold"] = np.where(
             f["risk_low"] >= t, "above", np.where(f["risk_high"] < t, "below", "straddles")
+        )
+
+    def _recalibration_band(self, n_boot: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """For a recalibrated run: the band of the site's update, refitted on bootstrap
+        resamples of ``recalibration_cases.csv`` (the cases it was fitted on)."""
+        state = self._fusion_calibrator
+        path = self.run / "recalibration_cases.csv"
+        if not state or state.get("method") != "updated" or not path.exists():
+            return None
+        from clinfuse.calibration import Updated, calibrator_from_dict
+
+        try:
+            seen = pd.read_csv(path, usecols=["label", "logit_base"])
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read recalibration_cases.csv: {e}", path=path) from e
+        cal = calibrator_from_dict(state)
+        assert isinstance(cal, Updated)
+        z = cal.base_logit(self.predictions["logit_fusion"].to_numpy(float))
+        return calibration_band(
+            seen["logit_base"].to_numpy(float),
+            seen["label"].to_numpy(float),
+            z,
+            method=state["update"]["method"],
+            n_boot=n_boot,
         )
 
     @property

@@ -45,12 +45,13 @@ from clinfuse.model import FusionModel
 from clinfuse.training.embed import attach_embeddings
 from clinfuse.training.trainer import (
     EpochRecord,
+    check_strategy,
     fit_network,
     resolve_device,
     resolve_load_workers,
 )
 
-__all__ = ["load_labelled_cohort", "resolve_modalities", "train_run"]
+__all__ = ["launched_worker", "load_labelled_cohort", "resolve_modalities", "train_run"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -146,14 +147,21 @@ def _relative(path: str | None, root: Path) -> str | None:
         return str(path)
 
 
-def _launched_worker() -> bool:
+def launched_worker() -> bool:
     """True in the extra processes Lightning starts for multi-GPU DDP (they rerun the command)."""
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
+def _embedding_device(device: str) -> str:
+    """Where this process computes frozen-encoder embeddings: a DDP worker on a GPU uses its
+    own device (``cuda:<LOCAL_RANK>``), not everyone on GPU 0."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return f"cuda:{local_rank}" if device == "cuda" and local_rank > 0 else device
+
+
 def _prepare_folders(out: Path, *, resume: bool, overwrite: bool) -> Path:
     partial = out.with_name(out.name + ".partial")
-    if _launched_worker():
+    if launched_worker():
         return partial  # rank 0 made (and owns) the folder
     if out.exists() and not overwrite:
         if (out / "model" / "model.json").exists():
@@ -216,6 +224,8 @@ def train_run(
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
     out = Path(out)
+    if config is not None:
+        check_strategy(config.training)  # before the run folder is made
     partial = _prepare_folders(out, resume=resume, overwrite=overwrite)
     if resume:
         stored = load_config(partial / "config.yaml")
@@ -235,7 +245,7 @@ def train_run(
     resolved = config.model_copy(
         update={"data": data_cfg.model_copy(update={"modalities": modalities})}
     )
-    if not resume and not _launched_worker():
+    if not resume and not launched_worker():
         resolved.save(partial / "config.yaml")
     config = resolved
 
@@ -293,7 +303,7 @@ def train_run(
     frozen = model.frozen_modalities
     cases = loaded.cases
     if frozen:
-        device = resolve_device(config.training.device)
+        device = _embedding_device(resolve_device(config.training.device))
         model.network.to(device)
         t0 = time.perf_counter()
         cases = attach_embeddings(model, cases, frozen)
@@ -312,7 +322,11 @@ def train_run(
         on_epoch=on_epoch,
     )
     if state.global_rank != 0:
-        return out  # DDP workers stop here; rank 0 fits the combiner and writes the run
+        # DDP workers stop training here and return once rank 0 has fitted the combiner and
+        # written the run folder: the command they rerun may go on to read it (and a worker
+        # that exits with an error makes Lightning kill rank 0)
+        state.barrier()
+        return out
 
     # Stage 2: late-fusion combiner on held-out (validation) unimodal logits.
     val_raw = model.forward_cases(by_split["val"])
@@ -426,4 +440,5 @@ def train_run(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(partial, out)
+    state.barrier()  # releases the DDP workers (no-op in one process)
     return out

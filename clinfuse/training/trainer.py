@@ -9,7 +9,11 @@ calibrators on the validation split.
 
 Fabric gives bf16 autocast on CUDA, fp32 on CPU, and DDP across GPUs and nodes
 without code changes (``training.devices``, ``training.num_nodes``,
-``training.strategy``).
+``training.strategy``). Under DDP every rank holds every case; each optimiser step
+takes ``batch_size x world_size`` cases in the shuffled order and rank ``r`` trains
+on every ``world_size``-th of them, its loss weighted so that the averaged gradient
+is the gradient of the whole step's loss (as one process with the larger batch).
+Early stopping follows rank 0's validation scores on every rank.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "SpeedSettings",
     "TrainState",
     "batch_loader",
+    "check_strategy",
     "fit_network",
     "make_optimizer",
     "pretokenize_notes",
@@ -48,6 +53,25 @@ __all__ = [
 ]
 
 CHECKPOINT_VERSION = 1
+
+#: ``training.strategy`` values the loop drives: one process, or DDP with one process per
+#: device started by re-running the command (``auto`` with several devices means ``ddp``).
+STRATEGIES = ("auto", "ddp")
+
+
+def check_strategy(cfg: Any) -> None:
+    """Refuse a ``TrainingConfig.strategy`` the training loop does not drive.
+
+    Raises:
+        ConfigError: anything but ``auto`` or ``ddp`` (e.g. ``ddp_spawn``, ``fsdp``).
+    """
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"strategy {cfg.strategy!r} is not supported; use 'auto' (one process) or 'ddp' "
+            "(one process per device)",
+            field="training.strategy",
+            hint="several GPUs or nodes: strategy: ddp with training.devices / training.num_nodes",
+        )
 
 
 def resolve_device(device: str) -> str:
@@ -276,6 +300,9 @@ class TrainState:
     history: list[EpochRecord] = field(default_factory=list)
     stopped_early: bool = False
     global_rank: int = 0
+    world_size: int = 1
+    #: waits for every DDP process (a no-op in one process); not part of the checkpoint
+    barrier: Callable[[], None] = field(default=lambda: None, repr=False, compare=False)
 
 
 def _auroc(y: np.ndarray, s: np.ndarray) -> float:
@@ -378,27 +405,35 @@ def fit_network(
         The training state; the model holds the best weights found.
     """
     from lightning.fabric import Fabric
+    from lightning.fabric.strategies import DDPStrategy
 
     cfg = model.config.training
+    check_strategy(cfg)
     accelerator = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, accelerator)
-    strategy: Any = cfg.strategy
-    if strategy == "ddp":
-        from lightning.fabric.strategies import DDPStrategy
 
-        strategy = DDPStrategy(find_unused_parameters=True)
-    fabric = Fabric(
-        accelerator=accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        precision=cast(Any, precision),
-        strategy=strategy,  # type: ignore[arg-type]
+    def make_fabric(strategy: Any) -> Fabric:
+        return Fabric(
+            accelerator=accelerator,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            precision=cast(Any, precision),
+            strategy=strategy,
+        )
+
+    # unused parameters allowed: a batch can lack a modality (its encoder is not run)
+    fabric = make_fabric(
+        DDPStrategy(find_unused_parameters=True) if cfg.strategy == "ddp" else "auto"
     )
+    if cfg.strategy == "auto" and fabric.world_size > 1:  # Lightning's own choice: plain ddp
+        fabric = make_fabric(DDPStrategy(find_unused_parameters=True))
     fabric.launch()
     torch.manual_seed(cfg.seed)
+    world, rank = fabric.world_size, fabric.global_rank
 
     modalities = model.modalities
     late = model.network.fusion.strategy == "late"
+    aux_weight = model.config.fusion.aux_weight
     frozen = model.frozen_modalities
     speed = resolve_speed(cfg, accelerator)
     collate = Collator(modalities, dict(model.network.encoders), frozen)
@@ -418,14 +453,21 @@ def fit_network(
     )
 
     # Optimiser: heads and from-scratch encoders at lr; pretrained fine-tuned text at encoder_lr.
+    # Parameters the loss never reaches are switched off for stage 1 (DDP would wait for
+    # their gradients): the late-fusion combiner (fitted in stage 2 on held-out logits), and
+    # the unimodal heads of early/intermediate fusion without auxiliary losses.
     groups: list[dict[str, Any]] = []
     slow: list[torch.nn.Parameter] = []
     fast: list[torch.nn.Parameter] = []
+    idle: list[torch.nn.Parameter] = []
     for name, p in model.network.named_parameters():
         if not p.requires_grad:
             continue
-        if late and name in ("fusion.weight_raw", "fusion.bias"):
-            continue  # fitted in stage 2 on held-out logits
+        if (late and name in ("fusion.weight_raw", "fusion.bias")) or (
+            not late and aux_weight == 0 and name.startswith("fusion.unimodal_heads.")
+        ):
+            idle.append(p)
+            continue
         (slow if name.startswith("encoders.note.") else fast).append(p)
     if fast:
         groups.append({"params": fast, "lr": cfg.lr})
@@ -436,10 +478,12 @@ def fit_network(
             "nothing to train: every encoder is frozen and there are no heads", field="encoders"
         )
     optimizer = make_optimizer(groups, cfg, fused=speed.fused_optimizer)
+    for p in idle:
+        p.requires_grad_(False)
     restore_encoders = speed_up_encoders(model.network, frozen, speed)
     network, optimizer = fabric.setup(model.network, optimizer)
 
-    state = TrainState(global_rank=fabric.global_rank)
+    state = TrainState(global_rank=rank, world_size=world, barrier=fabric.barrier)
     best_states: dict[str, dict[str, torch.Tensor]] = {}
     if resume:
         if checkpoint is None or not checkpoint.exists():
@@ -482,6 +526,8 @@ def fit_network(
         list(range(start, min(start + cfg.batch_size, len(val_cases))))
         for start in range(0, len(val_cases), cfg.batch_size)
     ]
+    # DDP: per-modality present cases of the training cases (each step's loss normaliser)
+    train_present = np.stack([np.asarray(c["present"], dtype=np.float32) for c in train_cases])
 
     def evaluate() -> dict[str, float]:
         network.eval()
@@ -503,18 +549,31 @@ def fit_network(
         return res
 
     def train_epoch(epoch: int) -> float:
-        """One pass over the training cases; the mean loss is read back once, at the end."""
+        """One pass over the training cases; the mean loss is read back once, at the end.
+
+        Under DDP a step is ``batch_size x world`` cases of the shared shuffled order and
+        this rank takes every ``world``-th of them (a rank left without a case repeats one
+        with weight 0: every rank must take part in the gradient averaging).
+        """
         network.train()
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(train_cases), generator=gen).tolist()
-        drop_gen = torch.Generator().manual_seed(cfg.seed * 7_919 + epoch)
+        # augmentation, modality dropout and dropout draw independently on each rank
+        drop_gen = torch.Generator().manual_seed((cfg.seed * 7_919 + epoch) * world + rank)
         # dropout layers draw from the global generator: seed it per epoch so that a
         # resumed run repeats exactly what an uninterrupted one would have done
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        index_lists = [order[i : i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+        torch.manual_seed((cfg.seed * 1_000_003 + epoch) * world + rank)
+        step = cfg.batch_size * world
+        steps = [order[i : i + step] for i in range(0, len(order), step)]
+        index_lists = [s[rank::world] or s[:1] for s in steps]
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = 0
-        for idx, cpu_batch in zip(index_lists, train_batches(index_lists), strict=True):
+        for whole, idx, cpu_batch in zip(
+            steps, index_lists, train_batches(index_lists), strict=True
+        ):
+            counts = None
+            if world > 1:
+                counts = torch.from_numpy(train_present[whole].sum(axis=0)).to(device)
             batch = move_batch(cpu_batch, device)
             if cfg.augment:
                 batch = augment_batch(batch, drop_gen)
@@ -527,21 +586,27 @@ def fit_network(
             present = batch["present"]
             if late:
                 out = network(batch)
-                loss = _unimodal_loss(out.unimodal, present, y, pos_weight)
+                loss = _unimodal_loss(out.unimodal, present, y, pos_weight, counts)
             else:
                 out = network(batch, present=shown)
                 loss = F.binary_cross_entropy_with_logits(
                     out.logit.float(), y, pos_weight=pos_weight
                 )
-                if model.config.fusion.aux_weight > 0:
-                    loss = loss + model.config.fusion.aux_weight * _unimodal_loss(
-                        out.unimodal, present, y, pos_weight
+                if world > 1:
+                    loss = loss * (len(idx) / len(whole))  # this shard's share of the mean
+                if aux_weight > 0:
+                    loss = loss + aux_weight * _unimodal_loss(
+                        out.unimodal, present, y, pos_weight, counts
                     )
+            if world > 1:  # DDP averages the ranks' gradients: the sum of the shares, x world
+                loss = loss * (float(world) if whole[rank::world] else 0.0)
             optimizer.zero_grad(set_to_none=True)
             fabric.backward(loss)
             optimizer.step()
-            total += loss.detach().double() * len(idx)
-            count += len(idx)
+            total += loss.detach().double() * (len(whole) / world)
+            count += len(whole)
+        if world > 1:
+            total = cast(torch.Tensor, fabric.all_reduce(total, reduce_op="sum"))
         return float(total) / max(count, 1)
 
     def run_epochs() -> None:
@@ -550,6 +615,8 @@ def fit_network(
             t0 = time.perf_counter()
             train_loss = train_epoch(epoch)
             val = evaluate()
+            if world > 1:  # the same early-stopping decisions on every rank (no deadlock)
+                val = fabric.broadcast(val, src=0)
             improved = []
             for k in keys:
                 score = val.get(k, float("nan"))
@@ -565,7 +632,7 @@ def fit_network(
             state.history.append(record)
             if state.stale >= cfg.patience:
                 state.stopped_early = True
-            if checkpoint is not None and fabric.global_rank == 0:
+            if checkpoint is not None and rank == 0:
                 _save_checkpoint(
                     checkpoint,
                     {
@@ -589,6 +656,8 @@ def fit_network(
         close_train()
         close_val()
         restore_encoders()
+        for p in idle:
+            p.requires_grad_(True)
 
     # Restore the best weights (per modality for late fusion).
     for k in keys:
@@ -629,13 +698,24 @@ def augment_batch(batch: dict[str, Any], generator: torch.Generator) -> dict[str
 
 
 def _unimodal_loss(
-    unimodal: torch.Tensor, present: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor
+    unimodal: torch.Tensor,
+    present: torch.Tensor,
+    y: torch.Tensor,
+    pos_weight: torch.Tensor,
+    counts: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean over modalities of each modality's BCE on the cases where it is present."""
+    """Mean over modalities of each modality's BCE on the cases where it is present.
+
+    ``counts``: per-modality present cases of the whole step when these cases are one
+    DDP rank's shard of it (default: this batch's own counts); the shards' results then
+    add up to the whole step's loss.
+    """
     z = unimodal.float()
     target = y[:, None].expand_as(z)
     per = F.binary_cross_entropy_with_logits(z, target, pos_weight=pos_weight, reduction="none")
     mask = present.float()
-    per_modality = (per * mask).sum(dim=0) / mask.sum(dim=0).clamp(min=1.0)
-    has = (mask.sum(dim=0) > 0).float()
+    if counts is None:
+        counts = mask.sum(dim=0)
+    per_modality = (per * mask).sum(dim=0) / counts.clamp(min=1.0)
+    has = (counts > 0).float()
     return (per_modality * has).sum() / has.sum().clamp(min=1.0)

@@ -1,0 +1,494 @@
+"""Model updating at a new site: ``clinfuse recalibrate``.
+
+A model taken to another hospital usually keeps its ranking of cases but not its
+calibration: the event rate differs (the calibration intercept is off) and risks
+come out too extreme or too moderate (the slope is off). ``clinfuse evaluate``
+measures both; this module fixes them on the site's own labelled cases and writes
+a *new* run folder, leaving the source run untouched.
+
+Methods, in increasing order of what they change (Steyerberg, *Clinical Prediction
+Models*, 2nd ed., ch. 20; Van Calster et al., BMC Med 2019):
+
+- ``intercept`` — recalibration in the large: ``logit p' = a + logit p``; the site's
+  event rate, same ranking, same spread;
+- ``logistic`` — logistic recalibration: ``logit p' = a + b · logit p``; also the
+  spread (b < 1 shrinks extreme risks); ranking unchanged (b > 0 is required: a
+  fused risk with b ≤ 0 is refused, a modality's risk falls back to ``intercept``);
+- ``isotonic`` — a monotone step function of ``logit p``; needs many cases, ties risks;
+- ``auto`` — the closed testing procedure of Vergouwe et al. (Stat Med 2017): the
+  logistic update is tested against the unchanged model (likelihood ratio, 2 df); if
+  it is not significant at ``alpha`` the model is kept as it is; otherwise the
+  logistic update is tested against the intercept update (1 df) and the simpler one
+  is kept unless the slope is needed.
+
+Every output the review app shows is updated — the fused risk and each modality's
+risk (on the cases that have the modality) — with the same method (``auto`` decides
+per output). An update is stored as :class:`clinfuse.calibration.Updated` around the
+run's calibrator in ``model/model.json``; a run can be recalibrated again.
+
+The new run folder is a copy of the source with: the updated ``model/model.json``;
+``predictions.csv`` and ``metrics.json`` recomputed for the development cases the
+source run holds (the same model, updated, on the same cases: discrimination is
+unchanged, calibration there moves to the new site); ``recalibration.json`` (what
+was fitted on which cases, the tests, coefficients with 95 % CIs, calibration before
+and after on the recalibration cases — apparent, i.e. on the cases used for fitting);
+``recalibration_cases.csv`` (case id, outcome and the logit the update saw, for the
+review app's uncertainty band); ``run.json`` with ``recalibrated_from``. It is
+written to a temporary sibling folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import chi2, norm
+
+from clinfuse.calibration import (
+    UPDATE_EPS,
+    UPDATE_METHODS,
+    Calibrator,
+    Identity,
+    Updated,
+    fit_logistic,
+    fit_update,
+)
+from clinfuse.errors import CohortError, ConfigError
+
+__all__ = [
+    "METHODS",
+    "RecalibrationResult",
+    "closed_test",
+    "recalibrate_run",
+]
+
+METHODS: tuple[str, ...] = ("auto", *UPDATE_METHODS)
+"""What ``--method`` accepts."""
+
+MIN_EVENTS = 100
+"""Fewer events (or non-events) than this draw a warning: calibration estimates are
+imprecise (Van Calster et al. 2016 and Riley et al. 2021 ask for at least 100 of each)."""
+
+MIN_ISOTONIC = 1000
+"""Fewer cases than this draw a warning for the isotonic update (it overfits)."""
+
+
+@dataclass
+class RecalibrationResult:
+    """What :func:`recalibrate_run` wrote."""
+
+    out: Path
+    """The new run folder."""
+    report: dict[str, Any]
+    """The content of ``recalibration.json``."""
+
+    def method(self, output: str = "fusion") -> str:
+        """The update chosen for ``output`` (``none`` when the model was kept)."""
+        return str(self.report["outputs"][output]["method"])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(np.asarray(p, dtype=float), UPDATE_EPS, 1 - UPDATE_EPS)
+    return np.asarray(np.log(q) - np.log1p(-q))
+
+
+def _deviance(y: np.ndarray, eta: np.ndarray) -> float:
+    """−2 log likelihood of outcomes ``y`` under linear predictor ``eta``."""
+    return float(-2.0 * np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+
+def closed_test(z: np.ndarray, y: np.ndarray, *, alpha: float = 0.05) -> dict[str, Any]:
+    """The closed testing procedure between no update, intercept and logistic update.
+
+    Args:
+        z: (N,) logits of the model's current risks.
+        y: (N,) 0/1 outcomes.
+        alpha: significance level of both likelihood-ratio tests.
+
+    Returns:
+        ``{"deviance": {none, intercept, logistic}, "tests": [...], "alpha",
+        "selected"}``; each test has ``compare``, ``statistic``, ``df``, ``p_value``.
+        A fit that does not exist (perfect separation) has deviance ``None`` and
+        cannot be selected.
+    """
+    z = np.asarray(z, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ones = np.ones((len(z), 1))
+    dev: dict[str, float | None] = {"none": _deviance(y, z)}
+    fit_a = fit_logistic(ones, y, offset=z)
+    dev["intercept"] = None if fit_a is None else _deviance(y, z + fit_a[0][0])
+    fit_ab = fit_logistic(np.column_stack([ones, z]), y)
+    dev["logistic"] = None if fit_ab is None else _deviance(y, fit_ab[0][0] + fit_ab[0][1] * z)
+
+    def lr(big: str, small: str, df: int) -> dict[str, Any]:
+        d_big, d_small = dev[big], dev[small]
+        if d_big is None or d_small is None:
+            return {"compare": f"{big} vs {small}", "statistic": None, "df": df, "p_value": None}
+        stat = max(d_small - d_big, 0.0)
+        return {
+            "compare": f"{big} vs {small}",
+            "statistic": stat,
+            "df": df,
+            "p_value": float(chi2.sf(stat, df)),
+        }
+
+    tests = [lr("logistic", "none", 2)]
+    first = tests[0]["p_value"]
+    if first is None:  # no logistic fit: fall back to the intercept test alone
+        tests.append(lr("intercept", "none", 1))
+        second = tests[1]["p_value"]
+        selected = "intercept" if second is not None and second < alpha else "none"
+    elif first >= alpha:
+        selected = "none"
+    else:
+        tests.append(lr("logistic", "intercept", 1))
+        second = tests[1]["p_value"]
+        selected = "logistic" if second is None or second < alpha else "intercept"
+    return {"deviance": dev, "tests": tests, "alpha": alpha, "selected": selected}
+
+
+def _coefficients(update: Calibrator, z: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """The update's intercept (and slope) with Wald 95 % CIs; empty for isotonic."""
+    zc = float(norm.ppf(0.975))
+    ones = np.ones((len(z), 1))
+    out: dict[str, Any] = {}
+    if update.method == "intercept":
+        fit = fit_logistic(ones, y, offset=z)
+        names = ["intercept"]
+    elif update.method == "platt":
+        fit = fit_logistic(np.column_stack([ones, z]), y)
+        names = ["intercept", "slope"]
+    else:
+        return out
+    if fit is None:
+        return out
+    beta, cov = fit
+    for i, name in enumerate(names):
+        se = float(np.sqrt(cov[i, i]))
+        value = float(beta[i])
+        out[name] = {"value": value, "ci_low": value - zc * se, "ci_high": value + zc * se}
+    return out
+
+
+def _update_output(
+    name: str,
+    base: Calibrator,
+    q: np.ndarray,
+    y: np.ndarray,
+    *,
+    method: str,
+    alpha: float,
+) -> tuple[Calibrator, dict[str, Any]]:
+    """Fit the update of one output (``fusion`` or a modality) from its current risks ``q``."""
+    from clinfuse.evaluation.calibration import calibration_summary
+
+    n, events = len(y), int(np.sum(y))
+    entry: dict[str, Any] = {"n_cases": n, "n_events": events, "requested": method}
+    if n == 0 or events in (0, n):
+        entry.update(
+            method="none",
+            reason=f"the cases with this output have {'no' if n == 0 else 'one'} outcome class; "
+            "kept unchanged",
+        )
+        return base, entry
+    z = _logit(q)
+    test = closed_test(z, y, alpha=alpha)
+    chosen = test["selected"] if method == "auto" else method
+    entry["closed_test"] = test
+    entry["method"] = chosen
+    entry["before"] = calibration_summary(y, q)
+    if chosen == "none":
+        entry["after"] = entry["before"]
+        return base, entry
+    update = fit_update(chosen, z, y)
+    coef = _coefficients(update, z, y)
+    if chosen == "logistic" and coef["slope"]["value"] <= 0:
+        slope = coef["slope"]
+        what = (
+            f"the {name} risk's calibration slope here is {slope['value']:.3f} "
+            f"(95 % CI {slope['ci_low']:.2f} to {slope['ci_high']:.2f}, ≤ 0)"
+        )
+        if name == "fusion":
+            raise CohortError(
+                f"{what}: the fused risk does not rank this cohort's cases (or ranks them the "
+                "wrong way round), which recalibration cannot fix",
+                field=name,
+                hint="do not use this model at this site; check the outcome coding, or retrain",
+            )
+        # a modality with no discrimination here: its risk gets the site's event rate only
+        chosen = "intercept"
+        entry["method"] = chosen
+        entry["warning"] = (
+            f"{what}: it does not rank this site's cases, so it was recalibrated in the large "
+            "only; do not rely on it here"
+        )
+        update = fit_update(chosen, z, y)
+        coef = _coefficients(update, z, y)
+    entry["update"] = update.to_dict()
+    entry["coefficients"] = coef
+    entry["after"] = calibration_summary(y, update.predict_proba(z))
+    return Updated(base, update), entry
+
+
+def _warnings(outputs: dict[str, dict[str, Any]]) -> list[str]:
+    out = [entry["warning"] for entry in outputs.values() if "warning" in entry]
+    fusion = outputs["fusion"]
+    n, events = fusion["n_cases"], fusion["n_events"]
+    if min(events, n - events) < MIN_EVENTS:
+        out.append(
+            f"{events} events and {n - events} non-events: fewer than {MIN_EVENTS} of each, so "
+            "the updated intercept and slope are imprecise (see their CIs); collect more cases "
+            "before relying on the update"
+        )
+    if fusion.get("method") == "isotonic" and n < MIN_ISOTONIC:
+        out.append(
+            f"isotonic update on {n} cases (< {MIN_ISOTONIC}): a step function this flexible "
+            "overfits; prefer --method logistic"
+        )
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_folders(source: Path, out: Path, *, overwrite: bool) -> None:
+    if not (source / "model" / "model.json").exists():
+        raise ConfigError(
+            "not a finished run folder (no model/model.json)",
+            path=source,
+            hint="give the folder `clinfuse train` or `clinfuse federated` wrote",
+        )
+    if out.resolve() == source.resolve():
+        raise ConfigError(
+            "--out is the source run; recalibration writes a new run and keeps the source",
+            path=out,
+            hint="choose another --out",
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(
+            "output folder exists and is not empty",
+            path=out,
+            hint="choose another --out or pass --overwrite",
+        )
+
+
+def _rewrite_predictions(
+    tmp: Path, modalities: list[str], updates: dict[str, Calibrator], seed: int
+) -> dict[str, Any] | None:
+    """Apply the updates to the copied ``predictions.csv``; recompute the run's metrics."""
+    from clinfuse.evaluation.summary import summarize_predictions
+
+    path = tmp / "predictions.csv"
+    if not path.exists():
+        return None
+    frame = pd.read_csv(path, dtype={"case_id": str})
+    for name, update in updates.items():
+        col = f"p_{name}"
+        if col not in frame.columns:
+            continue
+        p = frame[col].to_numpy(dtype=float)
+        has = ~np.isnan(p)
+        new = p.copy()
+        new[has] = update.predict_proba(_logit(p[has]))
+        frame[col] = new
+    staged = tmp / ".predictions.csv.tmp"
+    frame.to_csv(staged, index=False)
+    os.replace(staged, path)
+    splits = {}
+    for split in ("val", "test"):
+        part = frame[(frame["split"] == split) & frame["label"].notna()]
+        if len(part):
+            splits[split] = summarize_predictions(part, modalities, seed=seed)
+    if not splits:
+        return None
+    primary = "test" if "test" in splits else "val"
+    return {"split": primary, **splits[primary], "splits": splits}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=_json_default), encoding="utf-8")
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def recalibrate_run(
+    run: str | Path,
+    cohort: str | Path | Any,
+    out: str | Path,
+    *,
+    method: str = "auto",
+    alpha: float = 0.05,
+    split: str | None = None,
+    allow_missing_modalities: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> RecalibrationResult:
+    """Update a run's calibration on a site's labelled cohort; write a new run folder.
+
+    Args:
+        run: the source run folder (``clinfuse train`` / ``federated``); not modified.
+        cohort: manifest path (or :class:`~clinfuse.cohort.Cohort`) with the run's outcome.
+        out: the new run folder (must be new or empty unless ``overwrite``).
+        method: ``auto`` (closed testing), ``intercept``, ``logistic`` or ``isotonic``.
+        alpha: significance level of the closed test (``auto``).
+        split: use one split of the cohort only (e.g. ``train``, keeping ``test`` for
+            ``clinfuse evaluate`` afterwards).
+        allow_missing_modalities: accept a cohort without a column for a run modality.
+        overwrite: replace an existing output folder.
+        progress: ``callback(done, total)`` while cases load.
+
+    Returns:
+        :class:`RecalibrationResult`.
+
+    Raises:
+        ConfigError: an unknown method, ``alpha`` outside (0, 1), ``out`` in the way,
+            or a source that is not a finished run.
+        CohortError: no outcome column, one outcome class only, no loadable case,
+            or a fused risk whose calibration slope is ≤ 0 (it does not rank the
+            site's cases; no recalibration can fix that). A modality's risk with a
+            slope ≤ 0 is recalibrated in the large instead, with a warning.
+    """
+    from clinfuse import __version__
+    from clinfuse.evaluation.evaluate import labelled_cohort, score_cohort
+    from clinfuse.model import load_run
+
+    if method not in METHODS:
+        raise ConfigError(
+            f"unknown recalibration method {method!r}; use one of {', '.join(METHODS)}",
+            field="method",
+        )
+    if not 0.0 < alpha < 1.0:
+        raise ConfigError(f"alpha is {alpha}; use a level in (0, 1), e.g. 0.05", field="alpha")
+    source, out = Path(run), Path(out)
+    _check_folders(source, out, overwrite=overwrite)
+    model = load_run(source)
+    cohort = labelled_cohort(
+        model, cohort, split=split, allow_missing_modalities=allow_missing_modalities
+    )
+    _cases, raw, frame, excluded = score_cohort(model, cohort, progress=progress)
+    y = frame["label"].to_numpy(dtype=float)
+    if len(np.unique(y)) < 2:
+        raise CohortError(
+            f"all {len(y)} usable cases have outcome {int(y[0])}; recalibration needs events "
+            "and non-events",
+            field=cohort.target,
+            path=cohort.manifest_path,
+            hint="use a cohort (or --split) with both outcomes",
+        )
+
+    calibrators = dict(model.calibrators)
+    outputs: dict[str, dict[str, Any]] = {}
+    updates: dict[str, Calibrator] = {}
+    for name in ["fusion", *model.modalities]:
+        p = frame[f"p_{name}"].to_numpy(dtype=float)
+        has = ~np.isnan(p)
+        base = calibrators.get(name) or Identity()
+        new, entry = _update_output(name, base, p[has], y[has], method=method, alpha=alpha)
+        outputs[name] = entry
+        if new is not base:
+            calibrators[name] = new
+            updates[name] = new.update if isinstance(new, Updated) else new
+
+    report: dict[str, Any] = {
+        "schema": "clinfuse.recalibration.v1",
+        "clinfuse_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source_run": str(source.resolve()),
+        "source_model_sha256": _sha256(source / "model" / "model.json"),
+        "manifest": str(cohort.manifest_path),
+        "split": split,
+        "method": method,
+        "alpha": alpha,
+        "n_cases": len(y),
+        "n_events": int(y.sum()),
+        "n_excluded": len({i.case_id for i in excluded}),
+        "excluded": [i.as_dict() for i in excluded],
+        "outputs": outputs,
+        "note": "before/after are apparent: measured on the cases the update was fitted on; "
+        "evaluate the new run on other cases of the site",
+    }
+    report["warnings"] = _warnings(outputs)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(source, tmp)
+        meta_path = tmp / "model" / "model.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta["calibrators"] = {k: c.to_dict() for k, c in calibrators.items()}
+        _write_json(meta_path, meta)
+
+        metrics_path = tmp / "metrics.json"
+        metrics = (
+            json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+        )
+        recomputed = _rewrite_predictions(
+            tmp, list(model.modalities), updates, seed=model.config.training.seed
+        )
+        if recomputed is not None:
+            for key in ("split", "n_cases", "n_events", "models", "paired", "splits"):
+                metrics.pop(key, None)
+            metrics.update(recomputed)
+        metrics["calibration"] = {"fusion": calibrators["fusion"].to_dict()}
+        metrics["recalibration"] = {
+            "method": {k: v["method"] for k, v in outputs.items()},
+            "n_cases": len(y),
+            "n_events": int(y.sum()),
+            "manifest": str(cohort.manifest_path),
+            "details": "recalibration.json",
+        }
+        _write_json(metrics_path, metrics)
+        _write_json(tmp / "recalibration.json", report)
+
+        fusion_base = calibrators["fusion"]
+        seen = fusion_base.base_logit(raw["logit"]) if isinstance(fusion_base, Updated) else None
+        pd.DataFrame(
+            {
+                "case_id": frame["case_id"],
+                "label": y.astype(int),
+                "logit_base": seen if seen is not None else _logit(frame["p_fusion"]),
+            }
+        ).to_csv(tmp / "recalibration_cases.csv", index=False)
+
+        run_json = tmp / "run.json"
+        info = json.loads(run_json.read_text(encoding="utf-8")) if run_json.exists() else {}
+        info.update(
+            complete=True,
+            recalibrated_from=str(source.resolve()),
+            recalibrated_at=report["created"],
+        )
+        _write_json(run_json, info)
+        load_run(tmp)  # the new folder must load before it takes the name
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return RecalibrationResult(out=out, report=report)
