@@ -85,6 +85,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation", "evaluate_run", []),
             ("clinfuse.evaluation", "Evaluator", ["evaluate"]),
             ("clinfuse.evaluation", "EvaluationResult", []),
+            ("clinfuse.evaluation.casemix", "case_mix", []),
             ("clinfuse.evaluation.recalibrate", "recalibrate_run", []),
             ("clinfuse.evaluation.recalibrate", "closed_test", []),
             ("clinfuse.evaluation.recalibrate", "RecalibrationResult", ["method"]),

@@ -21,6 +21,8 @@ except ClinFuseError as e:
     st.error(str(e))
     st.stop()
 st.caption(res.source)
+if view.recalibration:
+    st.info(view.recalibration)
 m1, m2, m3 = st.columns(3)
 m1.metric("cases", res.n_cases)
 m2.metric("events", res.n_events)
@@ -56,5 +58,11 @@ else:
 if res.robustness is not None:
     st.caption("Robustness: AUROC with one modality removed")
     st.dataframe(res.robustness, hide_index=True, width="stretch")
+st.subheader("Case mix vs development data")
+if res.case_mix is None:
+    st.info("Run `clinfuse evaluate RUN COHORT --out DIR` on the run folder for the comparison.")
+else:
+    st.write(res.case_mix_text)
+    st.dataframe(res.case_mix, hide_index=True, width="stretch")
 if isinstance(res.subgroups, pd.DataFrame) and res.subgroups.empty:
     st.caption("(no subgroup met the minimum size)")

@@ -11,6 +11,8 @@ view, store = ui.context()
 me = ui.reviewer()
 st.title("Worklist")
 ui.deid_banner(view)
+if view.recalibration:
+    st.info(view.recalibration)
 
 table = view.worklist(store.review_status(), reviewer=me)
 n_total = len(table)

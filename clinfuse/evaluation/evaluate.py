@@ -245,6 +245,10 @@ class Evaluator:
         min_group_events: fewest events and non-events of a reported group.
         split: evaluate only the cases of this split (``train``/``val``/``test``).
         allow_missing_modalities: accept a cohort lacking a column for a run modality.
+        development: the run's development cases (``predictions.csv`` rows of the
+            train and val splits) for the case-mix comparison; None skips it.
+        development_manifest: the manifest the run was trained on (``data_report.json``);
+            evaluating on it, a case id in both samples is the same case.
     """
 
     def __init__(
@@ -260,8 +264,12 @@ class Evaluator:
         min_group_events: int = 5,
         split: str | None = None,
         allow_missing_modalities: bool = False,
+        development: pd.DataFrame | None = None,
+        development_manifest: str | Path | None = None,
     ) -> None:
         self.model = model
+        self.development = development
+        self.development_manifest = development_manifest
         self.subgroups = [s.strip() for s in subgroups if s.strip()]
         self.thresholds = parse_thresholds(thresholds)
         if n_boot < 0:
@@ -440,6 +448,31 @@ class Evaluator:
                 y, present, mods, scorer, level=self.level
             )
 
+        # case mix against the development data (TRIPOD+AI 20c)
+        if self.development is not None and len(self.development):
+            from clinfuse.evaluation.casemix import case_mix
+
+            tab_values = None
+            if model.tabular is not None:
+                tab_values = pd.DataFrame(
+                    [
+                        {c: rows_by_id[cid].extra.get(c) for c in model.tabular.columns}
+                        for cid in frame["case_id"]
+                    ],
+                    columns=model.tabular.columns,
+                )
+            same = self.development_manifest is not None and (
+                Path(self.development_manifest).resolve() == Path(cohort.manifest_path).resolve()
+            )
+            metrics["case_mix"] = case_mix(
+                self.development,
+                frame,
+                mods,
+                tabular=model.tabular,
+                tabular_values=tab_values,
+                same_manifest=same,
+            )
+
         # participants and model card
         excluded_frame = pd.DataFrame(
             [i.as_dict() for i in excluded],
@@ -498,6 +531,12 @@ class Evaluator:
                 f"{citl['ci_high']:.2f}): risks are systematically too "
                 f"{'low' if citl['value'] > 0 else 'high'} for this cohort; consider recalibrating "
                 "on this site's cases (`clinfuse recalibrate`)."
+            )
+        membership = (metrics.get("case_mix") or {}).get("membership")
+        if membership and membership["c_statistic"] >= 0.8:
+            limitations.append(
+                f"The case mix differs strongly from the development data (membership model "
+                f"c = {membership['c_statistic']:.2f}): this evaluation tests transportability."
             )
         return {
             "model": {
@@ -641,9 +680,18 @@ def evaluate_run(
     Returns:
         :class:`EvaluationResult`.
     """
+    from clinfuse.evaluation.casemix import development_cases
     from clinfuse.model import FusionModel, load_run
 
     model = run if isinstance(run, FusionModel) else load_run(run)
+    development, development_manifest = None, None
+    if not isinstance(run, FusionModel) and (Path(run) / "predictions.csv").exists():
+        development = development_cases(
+            pd.read_csv(Path(run) / "predictions.csv", dtype={"case_id": str})
+        )
+        report = Path(run) / "data_report.json"
+        if report.exists():
+            development_manifest = json.loads(report.read_text(encoding="utf-8")).get("manifest")
     evaluator = Evaluator(
         model,
         subgroups=subgroups,
@@ -655,5 +703,7 @@ def evaluate_run(
         min_group_events=min_group_events,
         split=split,
         allow_missing_modalities=allow_missing_modalities,
+        development=development,
+        development_manifest=development_manifest,
     )
     return evaluator.evaluate(cohort, out, overwrite=overwrite, progress=progress)

@@ -17,6 +17,7 @@ __all__ = ["TRIPOD_ITEMS", "render_report"]
 TRIPOD_ITEMS: dict[str, list[str]] = {
     "participants": ["20a", "20b", "21"],
     "missing": ["11", "20b", "27a"],
+    "case_mix": ["20c"],
     "methods": ["12e", "12g", "15"],
     "discrimination": ["12e", "23a"],
     "calibration": ["12e", "12f", "23a"],
@@ -118,6 +119,64 @@ def _participants(m: dict[str, Any]) -> str:
     body += f", split {_e(part['split'])}</p>" if part["split"] else "</p>"
     body += _table(["", "n"], rows)
     body += "<p>Exclusions are listed case by case, with reasons, in <code>excluded.csv</code>.</p>"
+    return body
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _case_mix(m: dict[str, Any]) -> str:
+    cm = m["case_mix"]
+    dev, ev = cm["development"], cm["evaluated"]
+    rows = [
+        ["cases", dev["n_cases"], ev["n_cases"]],
+        ["outcome rate", _pct(dev["outcome_rate"]), _pct(ev["outcome_rate"])],
+        ["fused logit, mean", _num(dev["logit_mean"], 2), _num(ev["logit_mean"], 2)],
+        ["fused logit, SD", _num(dev["logit_sd"], 2), _num(ev["logit_sd"], 2)],
+    ]
+    rows += [
+        [f"with {_e(k)}", _pct(dev["availability"].get(k)), _pct(v)]
+        for k, v in ev["availability"].items()
+    ]
+    body = f"<p>{_e(cm['interpretation'])}</p>"
+    body += _table(["", "development (train + val)", "this cohort"], rows)
+    if cm["n_overlap"]:
+        body += (
+            f"<p>{cm['n_overlap']} evaluated cases are also development cases; they are left out "
+            "of the development side.</p>"
+        )
+    mem = cm["membership"]
+    if mem and mem["coefficients"]:
+        body += (
+            "<p>Membership model (L2 logistic regression on standardised inputs; positive: more "
+            f"typical of this cohort), apparent c = {mem['c_statistic']:.3f}:</p>"
+        )
+        body += _table(
+            ["input", "coefficient"], [[_e(k), f"{v:+.2f}"] for k, v in mem["coefficients"].items()]
+        )
+    numeric = [r for r in cm["tabular"] if r["kind"] == "numeric"]
+    if numeric:
+        body += "<p>Tabular inputs against the training split (|SMD| > 0.1 in bold):</p>"
+        body += _table(
+            ["input", "development mean (SD)", "this cohort mean (SD)", "missing", "SMD"],
+            [
+                [
+                    _e(r["column"]),
+                    f"{_num(r['development_mean'], 2)} ({_num(r['development_sd'], 2)})",
+                    f"{_num(r['mean'], 2)} ({_num(r['sd'], 2)})",
+                    _pct(r["missing_fraction"]),
+                    f"<b>{_num(r['smd'], 2)}</b>" if r["flagged"] else _num(r["smd"], 2),
+                ]
+                for r in numeric
+            ],
+        )
+    unseen = [r for r in cm["tabular"] if r["kind"] == "categorical" and r["unseen_levels"]]
+    for r in unseen:
+        body += (
+            f"<p>Levels of <code>{_e(r['column'])}</code> never seen in development (the model "
+            f"treats them as missing): {_e(', '.join(r['unseen_levels']))}.</p>"
+        )
     return body
 
 
@@ -450,6 +509,12 @@ def render_report(
         notes,
         _section("Participants", "participants", _participants(metrics)),
         _section("Missing data and modality availability", "missing", _missing(metrics)),
+    ]
+    if metrics.get("case_mix"):
+        parts.append(
+            _section("Case mix compared with the development data", "case_mix", _case_mix(metrics))
+        )
+    parts += [
         _section("Methods of evaluation", "methods", _methods(metrics, thresholds)),
         _section("Discrimination", "discrimination", _discrimination(metrics, png)),
         _section("Calibration", "calibration", _calibration(metrics, png)),

@@ -35,6 +35,7 @@ class CohortResults:
         y: (N,) outcomes; scores: {model: (N,) risks, NaN where the modality is missing}.
         aurocs: {model: AUROC on the cases that model scores}.
         subgroups, ablation, robustness: tables from the evaluation (None without one).
+        case_mix, case_mix_text: the evaluation's comparison with the development data.
     """
 
     source: str
@@ -44,6 +45,8 @@ class CohortResults:
     subgroups: pd.DataFrame | None = None
     ablation: pd.DataFrame | None = None
     robustness: pd.DataFrame | None = None
+    case_mix: pd.DataFrame | None = None
+    case_mix_text: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -151,6 +154,41 @@ def _robustness_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
     )
 
 
+def _case_mix_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    cm = metrics.get("case_mix")
+    if not isinstance(cm, dict):
+        return None, None
+    dev, ev = cm.get("development", {}), cm.get("evaluated", {})
+
+    def pct(x: Any) -> str:
+        return "" if x is None else f"{100 * x:.1f} %"
+
+    def num(x: Any) -> str:
+        return "" if x is None else f"{x:.2f}"
+
+    rows = [
+        ("cases", str(dev.get("n_cases", "")), str(ev.get("n_cases", ""))),
+        ("outcome rate", pct(dev.get("outcome_rate")), pct(ev.get("outcome_rate"))),
+        ("fused logit, mean", num(dev.get("logit_mean")), num(ev.get("logit_mean"))),
+        ("fused logit, SD", num(dev.get("logit_sd")), num(ev.get("logit_sd"))),
+    ]
+    for m, v in ev.get("availability", {}).items():
+        rows.append((f"with {m}", pct(dev.get("availability", {}).get(m)), pct(v)))
+    for r in cm.get("tabular", []):
+        if r.get("kind") == "numeric" and r.get("flagged"):
+            rows.append(
+                (
+                    f"{r['column']} mean (SMD {r['smd']:+.2f})",
+                    num(r.get("development_mean")),
+                    num(r.get("mean")),
+                )
+            )
+        elif r.get("unseen_levels"):
+            rows.append((f"{r['column']}: levels not seen", "", ", ".join(r["unseen_levels"])))
+    table = pd.DataFrame(rows, columns=["", "development", "this cohort"])
+    return table, cm.get("interpretation")
+
+
 def load_cohort_results(view: Any) -> CohortResults:
     """Results for the cohort page of a :class:`~clinfuse.review.runview.RunView`.
 
@@ -164,6 +202,7 @@ def load_cohort_results(view: Any) -> CohortResults:
         frame = frame[frame["label"].notna()]
         y = frame["label"].to_numpy(float)
         scores = _scores(frame, view.modalities)
+        case_mix, case_mix_text = _case_mix_table(metrics)
         return CohortResults(
             source=f"evaluation: {ev} ({len(frame)} cases)",
             y=y,
@@ -172,6 +211,8 @@ def load_cohort_results(view: Any) -> CohortResults:
             subgroups=_subgroup_table(metrics),
             ablation=_ablation_table(metrics),
             robustness=_robustness_table(metrics),
+            case_mix=case_mix,
+            case_mix_text=case_mix_text,
             metrics=metrics,
         )
     f = view.predictions

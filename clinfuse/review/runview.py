@@ -54,6 +54,7 @@ __all__ = [
     "UnknownCaseError",
     "calibration_band",
     "open_run_view",
+    "recalibration_summary",
     "run_fingerprint",
 ]
 
@@ -213,6 +214,7 @@ class RunView:
         self.threshold = float(threshold)
         self.fingerprint = run_fingerprint(run)
         self._fusion_calibrator = meta.get("calibrators", {}).get("fusion")
+        self.recalibration = recalibration_summary(run)
         self.cohort_path = cohort
         self.evaluation = evaluation
         self.predictions = self._read_predictions()
@@ -599,6 +601,25 @@ def _check_run_folder(run: Path) -> None:
             path=run,
             hint="is this a run folder written by `clinfuse train`? retrain if it was damaged",
         )
+
+
+def recalibration_summary(run: Path) -> str | None:
+    """One line for the dashboard when the run was written by ``clinfuse recalibrate``."""
+    path = run / "recalibration.json"
+    if not path.exists():
+        return None
+    try:
+        rep = json.loads(path.read_text(encoding="utf-8"))
+        fusion = rep["outputs"]["fusion"]
+        method = fusion["method"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot read recalibration.json: {e}", path=path) from e
+    what = "kept unchanged" if method == "none" else f"{method} update"
+    return (
+        f"Recalibrated for a site: fused risk {what}, fitted on {rep.get('n_cases')} cases "
+        f"({rep.get('n_events')} events) of {Path(str(rep.get('manifest', ''))).name} on "
+        f"{str(rep.get('created', ''))[:10]}; source run {Path(str(rep.get('source_run', ''))).name}."
+    )
 
 
 def _default_cohort(run: Path) -> Path | None:

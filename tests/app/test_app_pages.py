@@ -259,6 +259,11 @@ def test_cohort_page_reads_the_evaluation(app_env, password, review_run):
     frames = [d.value for d in at.dataframe]
     assert any("group" in f.columns for f in frames)  # subgroups
     assert any("modalities" in f.columns for f in frames)  # ablation
+    # case mix: the demo evaluation covers the whole development manifest
+    assert "Case mix vs development data" in [h.value for h in at.subheader]
+    assert "Every development case is also in the evaluated cohort" in _texts(at)
+    mix = next(f for f in frames if "this cohort" in f.columns)
+    assert mix.iloc[0].tolist() == ["cases", "0", "64"]
     at.multiselect(key="cohort_models").set_value(["fusion", "note", "tabular"]).run()
     _no_exception(at)
 

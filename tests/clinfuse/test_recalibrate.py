@@ -265,6 +265,10 @@ def test_review_app_band_comes_from_the_site_update(recalibrated):
         f["p_fusion"] <= f["risk_high"] + 1e-12
     ).all()
     assert f["uncertainty"].median() > 0
+    assert view.recalibration.startswith(
+        "Recalibrated for a site: fused risk intercept update, fitted on "
+        f"{result.report['n_cases']} cases"
+    )
     seen = pd.read_csv(result.out / "recalibration_cases.csv")
     assert len(seen) == result.report["n_cases"] and set(seen["label"]) == {0, 1}
 

@@ -1,0 +1,239 @@
+"""How the evaluated cohort's case mix compares with the data the model was developed on.
+
+An external validation is only interpretable next to this comparison (TRIPOD+AI item
+20c): a model evaluated on cases like its development cases tests *reproducibility*; on
+different cases, *transportability* (Debray et al., J Clin Epidemiol 2015;68:279–89).
+Following Debray's framework, with the model's own per-modality outputs standing in for
+predictors that are images, notes and waveforms:
+
+- outcome rate, modality availability and the distribution (mean, SD) of the fused
+  linear predictor (logit) in both samples — a wider spread in the evaluated cohort
+  means a more heterogeneous case mix, which by itself raises the AUROC;
+- a *membership model*: a logistic regression (L2, standardised inputs) telling the
+  evaluated cases from the development cases by the fused logit, the outcome, each
+  modality's presence and each modality's logit; its apparent c-statistic is near 0.5
+  when the samples are alike and near 1 when they differ, and its coefficients say
+  what differs;
+- for numeric tabular inputs, the standardised mean difference against the training
+  split's mean and SD stored in the run (|SMD| > 0.1 flagged, Austin 2009), and
+  category levels the model never saw.
+
+The development sample is the run's ``predictions.csv`` cases of the ``train`` and
+``val`` splits (those that fitted the model and its calibration). When the evaluated
+cohort is the development manifest itself, cases in both samples (same case id) are
+left out of the development side; in another manifest equal ids are other cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import logit
+
+__all__ = ["SMD_FLAG", "case_mix", "development_cases"]
+
+SMD_FLAG = 0.1
+"""|standardised mean difference| above which a tabular input is flagged."""
+
+_EPS = 1e-6
+
+
+def development_cases(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The development sample in a run's ``predictions.csv``: its train and val cases."""
+    if "split" not in predictions.columns:
+        return predictions.iloc[0:0]
+    return predictions[predictions["split"].isin(["train", "val"])].reset_index(drop=True)
+
+
+def _features(frame: pd.DataFrame, modalities: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    cols: list[np.ndarray] = [frame["logit_fusion"].to_numpy(float)]
+    names = ["fused logit"]
+    if "label" in frame.columns:
+        cols.append(frame["label"].to_numpy(float))
+        names.append("outcome")
+    for m in modalities:
+        present = frame.get(f"present_{m}")
+        p = frame.get(f"p_{m}")
+        if present is None or p is None:
+            continue
+        has = present.to_numpy(float)
+        z = logit(np.clip(p.to_numpy(float), _EPS, 1 - _EPS))
+        cols += [has, np.where(has > 0, np.nan_to_num(z), 0.0)]
+        names += [f"{m} present", f"{m} logit"]
+    return np.column_stack(cols), names
+
+
+def _membership(
+    dev: pd.DataFrame, ev: pd.DataFrame, modalities: Sequence[str]
+) -> dict[str, Any] | None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    x_dev, names = _features(dev, modalities)
+    x_ev, names_ev = _features(ev, modalities)
+    if names != names_ev or len(dev) < 2 or len(ev) < 2:
+        return None
+    x = np.vstack([x_dev, x_ev])
+    member = np.r_[np.zeros(len(dev)), np.ones(len(ev))]
+    sd = x.std(axis=0)
+    keep = sd > 0  # a column constant in both samples says nothing
+    if not keep.any():
+        return {
+            "c_statistic": 0.5,
+            "n_development": len(dev),
+            "n_evaluated": len(ev),
+            "coefficients": {},
+        }
+    xs = (x[:, keep] - x[:, keep].mean(axis=0)) / sd[keep]
+    fit = LogisticRegression(C=1.0, max_iter=1000).fit(xs, member)
+    c = float(roc_auc_score(member, fit.decision_function(xs)))
+    kept = [n for n, k in zip(names, keep, strict=True) if k]
+    coef = dict(zip(kept, (float(v) for v in fit.coef_[0]), strict=True))
+    return {
+        "c_statistic": c,
+        "n_development": len(dev),
+        "n_evaluated": len(ev),
+        "coefficients": dict(sorted(coef.items(), key=lambda kv: -abs(kv[1]))),
+    }
+
+
+def _describe(frame: pd.DataFrame, modalities: Sequence[str]) -> dict[str, Any]:
+    z = frame["logit_fusion"].to_numpy(float)
+    out: dict[str, Any] = {
+        "n_cases": len(frame),
+        "outcome_rate": float(frame["label"].mean()) if "label" in frame and len(frame) else None,
+        "logit_mean": float(z.mean()) if len(z) else None,
+        "logit_sd": float(z.std(ddof=1)) if len(z) > 1 else None,
+        "availability": {},
+    }
+    for m in modalities:
+        col = frame.get(f"present_{m}")
+        if col is not None and len(frame):
+            out["availability"][m] = float(col.mean())
+    return out
+
+
+def _tabular(tabular: Any, values: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """SMD of each numeric input against the training split; unseen category levels."""
+    if tabular is None or values is None or not len(values):
+        return []
+    from clinfuse.io.tabular import _as_float, _is_empty
+
+    rows: list[dict[str, Any]] = []
+    for col in tabular.columns:
+        kind = tabular.kinds_.get(col)
+        series = values[col] if col in values.columns else pd.Series([None] * len(values))
+        if kind == "numeric":
+            # the evaluated cases loaded, so their numeric cells parse
+            parsed = (_as_float(v) for v in series)
+            arr = np.asarray([f for f in parsed if f is not None], dtype=float)
+            mean_d, sd_d = tabular.means_[col], tabular.stds_[col]
+            row: dict[str, Any] = {
+                "column": col,
+                "kind": "numeric",
+                "development_mean": mean_d,
+                "development_sd": sd_d,
+                "mean": float(arr.mean()) if len(arr) else None,
+                "sd": float(arr.std(ddof=1)) if len(arr) > 1 else None,
+                "missing_fraction": 1 - len(arr) / len(series),
+            }
+            if row["sd"] is not None:
+                pooled = np.sqrt((sd_d**2 + row["sd"] ** 2) / 2)
+                row["smd"] = float((row["mean"] - mean_d) / pooled) if pooled > 0 else 0.0
+                row["flagged"] = abs(row["smd"]) > SMD_FLAG
+            else:
+                row["smd"], row["flagged"] = None, False
+            rows.append(row)
+        else:
+            seen = {str(c) for c in tabular.categories_.get(col, [])}
+            levels = {str(v).strip() for v in series if not _is_empty(v)}
+            unseen = sorted(levels - seen)
+            rows.append(
+                {
+                    "column": col,
+                    "kind": "categorical",
+                    "unseen_levels": unseen,
+                    "flagged": bool(unseen),
+                }
+            )
+    return rows
+
+
+def case_mix(
+    development: pd.DataFrame,
+    evaluated: pd.DataFrame,
+    modalities: Sequence[str],
+    *,
+    tabular: Any = None,
+    tabular_values: pd.DataFrame | None = None,
+    same_manifest: bool = False,
+) -> dict[str, Any]:
+    """Compare the evaluated cases with the development cases.
+
+    Args:
+        development: the run's development cases (:func:`development_cases`).
+        evaluated: the evaluation's predictions (``case_id``, ``label``,
+            ``logit_fusion``, ``p_<m>``, ``present_<m>``).
+        modalities: the run's modalities.
+        tabular: the run's fitted :class:`~clinfuse.io.tabular.TabularEncoder` (or None).
+        tabular_values: the evaluated cases' raw tabular columns, rows in
+            ``evaluated``'s order.
+        same_manifest: the evaluated cohort is the development manifest: a case id
+            in both samples is the same case (left out of the development side).
+
+    Returns:
+        ``{"development", "evaluated", "n_overlap", "membership", "tabular", "interpretation"}``.
+    """
+    overlap: set[str] = set()
+    if same_manifest:
+        overlap = set(development["case_id"].astype(str)) & set(evaluated["case_id"].astype(str))
+    dev = development[~development["case_id"].astype(str).isin(overlap)].reset_index(drop=True)
+    membership = _membership(dev, evaluated, modalities) if len(dev) else None
+    out: dict[str, Any] = {
+        "development": _describe(dev, modalities),
+        "evaluated": _describe(evaluated, modalities),
+        "n_overlap": len(overlap),
+        "membership": membership,
+        "tabular": _tabular(tabular, tabular_values),
+    }
+    out["interpretation"] = _interpret(out)
+    return out
+
+
+def _interpret(res: dict[str, Any]) -> str:
+    mem = res["membership"]
+    if mem is None:
+        if res["n_overlap"] and not res["development"]["n_cases"]:
+            return (
+                "Every development case is also in the evaluated cohort: no comparison (evaluate "
+                "with --split test, or on another cohort)."
+            )
+        return "Too few cases to compare with the development data."
+    c = mem["c_statistic"]
+    if c < 0.6:
+        kind = "similar to the development data: this evaluation mainly tests reproducibility"
+    elif c < 0.8:
+        kind = "moderately different from the development data"
+    else:
+        kind = "very different from the development data: this evaluation tests transportability"
+    text = f"Membership model c = {c:.2f}: the case mix is {kind}."
+    sd_d, sd_e = res["development"]["logit_sd"], res["evaluated"]["logit_sd"]
+    if sd_d and sd_e:
+        ratio = sd_e / sd_d
+        if ratio > 1.1:
+            text += (
+                f" The fused logit is more spread out here (SD ratio {ratio:.2f}), which by itself "
+                "raises discrimination."
+            )
+        elif ratio < 0.9:
+            text += (
+                f" The fused logit is less spread out here (SD ratio {ratio:.2f}): a more "
+                "homogeneous case mix, which by itself lowers discrimination."
+            )
+    if mem["coefficients"]:
+        top = next(iter(mem["coefficients"]))
+        text += f" The largest difference: {top}."
+    return text
