@@ -120,6 +120,7 @@ def test_expected_notebooks_exist() -> None:
         "03_explanations.ipynb",
         "04_privacy.ipynb",
         "05_bring_your_own_cohort.ipynb",
+        "06_external_validation.ipynb",
     }
     assert wanted <= set(ALL), f"missing notebooks: {sorted(wanted - set(ALL))}"
 
