@@ -32,8 +32,8 @@ source run holds (the same model, updated, on the same cases: discrimination is
 unchanged, calibration there moves to the new site); ``recalibration.json`` (what
 was fitted on which cases, the tests, coefficients with 95 % CIs, calibration before
 and after on the recalibration cases — apparent, i.e. on the cases used for fitting);
-``recalibration_cases.csv`` (case id, outcome and the logit the update saw, for the
-review app's uncertainty band); ``run.json`` with ``recalibrated_from``. It is
+``recalibration_cases.csv`` (case id, outcome and the logit the fused update saw, for
+the review app's uncertainty band; written when the fused risk is updated); ``run.json`` with ``recalibrated_from``. It is
 written to a temporary sibling folder and renamed into place.
 """
 
@@ -463,15 +463,17 @@ def recalibrate_run(
         _write_json(metrics_path, metrics)
         _write_json(tmp / "recalibration.json", report)
 
-        fusion_base = calibrators["fusion"]
-        seen = fusion_base.base_logit(raw["logit"]) if isinstance(fusion_base, Updated) else None
-        pd.DataFrame(
-            {
-                "case_id": frame["case_id"],
-                "label": y.astype(int),
-                "logit_base": seen if seen is not None else _logit(frame["p_fusion"]),
-            }
-        ).to_csv(tmp / "recalibration_cases.csv", index=False)
+        fusion_cal = calibrators["fusion"]
+        if "fusion" in updates and isinstance(fusion_cal, Updated):
+            # the cases the outermost fused update was fitted on (the app's band); when the
+            # fused risk is kept, the copied file of an earlier update stays with it
+            pd.DataFrame(
+                {
+                    "case_id": frame["case_id"],
+                    "label": y.astype(int),
+                    "logit_base": fusion_cal.base_logit(raw["logit"]),
+                }
+            ).to_csv(tmp / "recalibration_cases.csv", index=False)
 
         run_json = tmp / "run.json"
         info = json.loads(run_json.read_text(encoding="utf-8")) if run_json.exists() else {}

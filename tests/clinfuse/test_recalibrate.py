@@ -253,6 +253,10 @@ def test_recalibrating_again_nests_and_finds_nothing_left_to_fix(
     assert auto.method() == "none"  # calibrated in the large already; no evidence for a slope
     meta = json.loads((tmp_path / "auto" / "model" / "model.json").read_text())
     assert meta["calibrators"]["fusion"]["base"]["method"] != "updated"  # kept as it was
+    # the band's cases stay those of the (still outermost) first update
+    assert (tmp_path / "auto" / "recalibration_cases.csv").read_bytes() == (
+        result.out / "recalibration_cases.csv"
+    ).read_bytes()
 
 
 def test_review_app_band_comes_from_the_site_update(recalibrated):
