@@ -8,6 +8,7 @@ A loaded case is a dict with fixed keys (STYLE 1)::
       "note": str | None,                  "note_meta": {...},
       "signal": (L, T) float32 | None,     "signal_meta": {...},
       "tabular": (F,) float32 | None,      "tabular_mask": (F,) float32 | None,
+      "input_warnings": [str, ...],        # tabular inputs outside the training data
       "present": (M,) bool                 # in the run's modality order, 1 = present and loaded
     }
 
@@ -227,6 +228,7 @@ class CaseLoader:
                 assert self.tabular is not None
                 values, mask = self.tabular.transform_row(row.extra, case_id=row.case_id)
                 case["tabular"], case["tabular_mask"] = values, mask
+                case["input_warnings"] = self.tabular.check_row(row.extra)
                 present[i] = bool(mask.any())
                 sources["tabular"] = (
                     "values:" + hashlib.sha256(values.tobytes() + mask.tobytes()).hexdigest()

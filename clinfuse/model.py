@@ -390,6 +390,7 @@ class FusionModel:
             frame[f"p_{m}"] = probs[m]
         for i, m in enumerate(self.modalities):
             frame[f"present_{m}"] = raw["present"][:, i].astype(int)
+        frame["input_warnings"] = ["; ".join(c.get("input_warnings") or []) for c in cases]
         return frame
 
     def check_cohort(self, cohort: Any, *, allow_missing_modalities: bool = False) -> None:
@@ -435,8 +436,9 @@ class FusionModel:
 
         Returns:
             A table with ``case_id``, ``split``, ``label``, ``p_fusion``,
-            ``logit_fusion``, ``p_<modality>`` (NaN where missing) and
-            ``present_<modality>``; with ``return_excluded`` a pair
+            ``logit_fusion``, ``p_<modality>`` (NaN where missing),
+            ``present_<modality>`` and ``input_warnings`` (tabular inputs outside
+            the training data, ``; ``-separated; empty when none); with ``return_excluded`` a pair
             ``(table, excluded issues)``.
         """
         from clinfuse.cohort.manifest import Cohort

@@ -90,7 +90,15 @@ def _header(cv: CaseView) -> None:
     st.caption(
         "Band: bootstrap refits of the run's calibration on its validation split "
         "(how much the calibrated risk depends on the validation cases drawn)."
+        if not view.recalibration
+        else "Band: bootstrap refits of the site's recalibration on the cases it was fitted on."
     )
+    warnings = p.get("input_warnings")
+    if isinstance(warnings, str) and warnings:
+        st.warning(
+            "Inputs outside the training data — the model extrapolates here: "
+            + warnings.replace("; ", " · ")
+        )
 
 
 def _contributions(cv: CaseView) -> None:

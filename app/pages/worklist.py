@@ -67,6 +67,10 @@ event = st.dataframe(
         "risk_low": st.column_config.NumberColumn("band low", format="%.3f"),
         "risk_high": st.column_config.NumberColumn("band high", format="%.3f"),
         "uncertainty": st.column_config.NumberColumn("band width", format="%.3f"),
+        "input_warnings": st.column_config.NumberColumn(
+            "out of range",
+            help="inputs outside the training data (details on the case page)",
+        ),
     },
 )
 rows = event.selection.rows if event is not None and hasattr(event, "selection") else []

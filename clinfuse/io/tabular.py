@@ -27,7 +27,11 @@ import pandas as pd
 
 from clinfuse.errors import CohortError, ModalityLoadError
 
-__all__ = ["TabularEncoder"]
+__all__ = ["EXTREME_Z", "TabularEncoder"]
+
+EXTREME_Z = 4.0
+"""A numeric value this many training SDs from the training mean is outside the data the
+model learnt from (:meth:`TabularEncoder.check_row`)."""
 
 
 def _as_float(value: Any) -> float | None:
@@ -167,6 +171,35 @@ class TabularEncoder:
                     # an unseen level is treated as missing (mask stays 0)
                 j += len(levels)
         return values, mask
+
+    def check_row(self, row: Mapping[str, Any]) -> list[str]:
+        """What in one case lies outside the training data: numeric values more than
+        :data:`EXTREME_Z` training SDs from the training mean, and category levels never
+        seen in training (which :meth:`transform_row` treats as missing). The level itself
+        is not repeated (a stray free-text cell should not be copied into outputs)."""
+        self._check_fitted()
+        out: list[str] = []
+        for col in self.columns:
+            raw = row.get(col)
+            if _is_empty(raw):
+                continue
+            if self.kinds_[col] == "numeric":
+                try:
+                    v = _as_float(raw)
+                except (TypeError, ValueError):
+                    continue  # transform_row reports it
+                if v is None or not math.isfinite(v):
+                    continue
+                mean, std = self.means_[col], self.stds_[col]
+                z = (v - mean) / std
+                if abs(z) > EXTREME_Z:
+                    out.append(
+                        f"{col} {v:g} is {abs(z):.1f} SD {'above' if z > 0 else 'below'} the "
+                        f"training mean ({mean:.3g} ± {std:.3g})"
+                    )
+            elif str(raw).strip() not in self.categories_[col]:
+                out.append(f"{col} has a level never seen in training (treated as missing)")
+        return out
 
     def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Encode every row of ``frame``: ``values`` and ``mask``, both (N, F) float32."""

@@ -376,7 +376,8 @@ class RunView:
         self, status: dict[str, dict[str, Any]] | None = None, reviewer: str | None = None
     ) -> pd.DataFrame:
         """One row per case: risk, band, position against the threshold, modalities,
-        site, review progress (``n_reviewers``, ``my_decision``). No outcome labels."""
+        site, the number of inputs outside the training data (``input_warnings``), review
+        progress (``n_reviewers``, ``my_decision``). No outcome labels."""
         f = self.predictions
         out = pd.DataFrame(
             {
@@ -395,6 +396,8 @@ class RunView:
         out.insert(1, "site", [sites.get(c) or "" for c in out["case_id"]])
         for m in self.modalities:
             out[m] = f[f"present_{m}"].astype(bool)
+        warnings = f.get("input_warnings", pd.Series("", index=f.index)).fillna("").astype(str)
+        out["input_warnings"] = [len(w.split("; ")) if w else 0 for w in warnings]
         status = status or {}
         out["n_reviewers"] = [int(status.get(c, {}).get("n_reviewers", 0)) for c in out["case_id"]]
         out["my_decision"] = [

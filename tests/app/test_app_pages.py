@@ -281,6 +281,29 @@ def test_cohort_page_without_evaluation_uses_run_predictions(
     assert "Run `clinfuse evaluate" in _texts(at)
 
 
+def test_inputs_outside_the_training_data_are_flagged_on_worklist_and_case_page(
+    app_env, password, review_run, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    shutil.copytree(review_run["run"], run)
+    preds = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    case = str(preds["case_id"].iloc[3])
+    preds["input_warnings"] = ""
+    preds.loc[3, "input_warnings"] = (
+        "crp 412 is 6.2 SD above the training mean (48 ± 59); sex has a level never seen in "
+        "training (treated as missing)"
+    )
+    preds.to_csv(run / "predictions.csv", index=False)
+    monkeypatch.setenv("CLINFUSE_APP_RUN", str(run))
+    at = _login(password)
+    table = at.dataframe[0].value.set_index("case_id")
+    assert table.loc[case, "input_warnings"] == 2
+    assert (table.drop(index=case)["input_warnings"] == 0).all()
+    at = _open_case(at, case)
+    [warning] = [w.value for w in at.warning if "outside the training data" in w.value]
+    assert "crp 412 is 6.2 SD above" in warning and "sex has a level never seen" in warning
+
+
 def test_export_page_csv_and_kappa(app_env, password, review_run, review_db):
     import io
 

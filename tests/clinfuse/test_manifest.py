@@ -230,6 +230,23 @@ def test_tabular_standardises_against_numpy_and_masks_missing():
     np.testing.assert_array_equal(restored.transform(frame)[0], values)
 
 
+def test_tabular_check_row_flags_values_outside_the_training_data():
+    train = pd.DataFrame({"crp": [10.0, 20.0, 30.0, 40.0], "sex": ["F", "M", "F", "M"]})
+    enc = TabularEncoder(["crp", "sex"]).fit(train)
+    mean, sd = 25.0, float(np.std([10.0, 20.0, 30.0, 40.0]))
+    inside = 25.0 + 3.9 * sd
+    outside = 25.0 + 4.1 * sd
+    assert enc.check_row({"crp": inside, "sex": "F"}) == []
+    assert enc.check_row({"crp": "", "sex": None}) == []  # missing is not out of range
+    [msg] = enc.check_row({"crp": outside, "sex": " M "})
+    assert msg == f"crp {outside:g} is 4.1 SD above the training mean ({mean:.3g} ± {sd:.3g})"
+    [low] = enc.check_row({"crp": 25.0 - 5 * sd})
+    assert "5.0 SD below" in low
+    [level] = enc.check_row({"crp": 25.0, "sex": "Mrs Smith"})
+    assert level == "sex has a level never seen in training (treated as missing)"
+    assert "Smith" not in level  # the cell itself is not copied into outputs
+
+
 def test_tabular_bad_values_name_the_case_and_column():
     enc = TabularEncoder(["crp"]).fit(pd.DataFrame({"crp": [1.0, 2.0]}))
     with pytest.raises(ModalityLoadError, match="not a number") as exc:

@@ -53,6 +53,7 @@ def test_predictions_have_the_contract_columns(tiny_run):
     expected = ["case_id", "split", "label", "p_fusion", "logit_fusion"]
     expected += [f"p_{m}" for m in ("image", "note", "signal", "tabular")]
     expected += [f"present_{m}" for m in ("image", "note", "signal", "tabular")]
+    expected += ["input_warnings"]
     assert list(frame.columns) == expected
     for m in ("image", "note", "signal"):
         missing = frame[f"present_{m}"] == 0
@@ -68,6 +69,27 @@ def test_reloaded_run_predicts_bit_for_bit(tiny_run, tiny_cohort):
     np.testing.assert_array_equal(again["p_fusion"].to_numpy(), saved["p_fusion"].to_numpy())
     np.testing.assert_array_equal(
         again["logit_fusion"].to_numpy(), saved["logit_fusion"].to_numpy()
+    )
+
+
+def test_predictions_name_inputs_outside_the_training_data(tiny_run, tiny_cohort, tmp_path):
+    model = load_run(tiny_run)
+    root = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort.parent, root)
+    manifest = pd.read_csv(root / tiny_cohort.name, dtype=str)
+    target = manifest["case_id"].iloc[0]
+    mean, sd = model.tabular.means_["crp"], model.tabular.stds_["crp"]
+    manifest.loc[0, "crp"] = str(mean + 10 * sd)
+    manifest.loc[0, "sex"] = "unknown-level"
+    manifest.to_csv(root / tiny_cohort.name, index=False)
+    frame = model.predict(root / tiny_cohort.name).set_index("case_id")
+    before = pd.read_csv(tiny_run / "predictions.csv", dtype={"case_id": str}).set_index("case_id")
+    warned = frame.loc[target, "input_warnings"]
+    assert f"crp {mean + 10 * sd:g} is 10.0 SD above the training mean" in warned
+    assert "sex has a level never seen in training" in warned
+    others = frame.index[frame.index != target]
+    assert frame.loc[others, "input_warnings"].tolist() == (
+        before.loc[others, "input_warnings"].fillna("").tolist()
     )
 
 
