@@ -26,7 +26,8 @@ risk (on the cases that have the modality) — with the same method (``auto`` de
 per output). An update is stored as :class:`clinfuse.calibration.Updated` around the
 run's calibrator in ``model/model.json``; a run can be recalibrated again.
 
-The new run folder is a copy of the source with: the updated ``model/model.json``;
+The new run folder is a copy of the source (without its ``explanations/`` and
+``evaluation/`` folders, which show the source's risks) with: the updated ``model/model.json``;
 ``predictions.csv`` and ``metrics.json`` recomputed for the development cases the
 source run holds (the same model, updated, on the same cases: discrimination is
 unchanged, calibration there moves to the new site); ``recalibration.json`` (what
@@ -287,6 +288,17 @@ def _check_folders(source: Path, out: Path, *, overwrite: bool) -> None:
         )
 
 
+STALE = ("explanations", "evaluation")
+"""Folders of a run that describe its risks as they were: not copied into the updated run."""
+
+
+def _stale(source: Path) -> Callable[[str, list[str]], list[str]]:
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if n in STALE] if Path(folder) == source else []
+
+    return ignore
+
+
 def _rewrite_predictions(
     tmp: Path, modalities: list[str], updates: dict[str, Calibrator], seed: int
 ) -> dict[str, Any] | None:
@@ -435,7 +447,7 @@ def recalibrate_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        shutil.copytree(source, tmp)
+        shutil.copytree(source, tmp, ignore=_stale(source))
         meta_path = tmp / "model" / "model.json"
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         meta["calibrators"] = {k: c.to_dict() for k, c in calibrators.items()}

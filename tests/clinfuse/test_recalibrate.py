@@ -177,16 +177,20 @@ def site_cohort(tiny_cohort, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def recalibrated(tiny_run, site_cohort, tmp_path_factory):
-    before = _digest(Path(tiny_run))
+    source = tmp_path_factory.mktemp("source") / "run"
+    shutil.copytree(tiny_run, source)
+    (source / "explanations").mkdir()  # what explain caches in a run: the source's risks
+    (source / "explanations" / "summary.json").write_text("{}")
+    before = _digest(source)
     out = tmp_path_factory.mktemp("recal") / "site_run"
-    result = recalibrate_run(tiny_run, site_cohort, out, method="intercept")
-    return result, before
+    result = recalibrate_run(source, site_cohort, out, method="intercept")
+    return result, before, source
 
 
 def test_intercept_update_gives_the_site_its_event_rate(recalibrated, tiny_run, site_cohort):
     from clinfuse.model import load_run
 
-    result, _ = recalibrated
+    result, _, _ = recalibrated
     source = load_run(tiny_run).predict(site_cohort)
     new = load_run(result.out).predict(site_cohort)
     y = source["label"].to_numpy(float)
@@ -209,13 +213,14 @@ def test_intercept_update_gives_the_site_its_event_rate(recalibrated, tiny_run, 
             assert new.loc[has, f"p_{m}"].sum() == pytest.approx(y[has].sum(), rel=1e-8), m
 
 
-def test_source_run_is_untouched_and_the_new_run_is_complete(recalibrated, tiny_run):
-    result, before = recalibrated
-    assert _digest(Path(tiny_run)) == before
+def test_source_run_is_untouched_and_the_new_run_is_complete(recalibrated):
+    result, before, source = recalibrated
+    assert _digest(source) == before
     out = result.out
+    assert not (out / "explanations").exists()  # stale: it shows the source's risks
     assert not list(out.parent.glob(".*tmp-*"))
     info = json.loads((out / "run.json").read_text())
-    assert info["complete"] and info["recalibrated_from"] == str(Path(tiny_run).resolve())
+    assert info["complete"] and info["recalibrated_from"] == str(source.resolve())
     stored = json.loads((out / "recalibration.json").read_text())
     assert stored["schema"] == "clinfuse.recalibration.v1"
     assert stored["n_cases"] == result.report["n_cases"]
@@ -232,7 +237,7 @@ def test_source_run_is_untouched_and_the_new_run_is_complete(recalibrated, tiny_
     for name in ("fusion", *meta["modalities"]):
         for metric in ("auroc", "auprc", "brier"):
             assert {"value", "ci_low", "ci_high"} <= set(metrics["models"][name][metric])
-    old = json.loads((Path(tiny_run) / "metrics.json").read_text())
+    old = json.loads((source / "metrics.json").read_text())
     assert (
         metrics["models"]["fusion"]["auroc"]["value"] == old["models"]["fusion"]["auroc"]["value"]
     )
@@ -242,7 +247,7 @@ def test_source_run_is_untouched_and_the_new_run_is_complete(recalibrated, tiny_
 def test_recalibrating_again_nests_and_finds_nothing_left_to_fix(
     recalibrated, site_cohort, tmp_path
 ):
-    result, _ = recalibrated
+    result, _, _ = recalibrated
     again = recalibrate_run(result.out, site_cohort, tmp_path / "again", method="intercept")
     assert again.report["outputs"]["fusion"]["coefficients"]["intercept"]["value"] == pytest.approx(
         0.0, abs=1e-6
@@ -262,7 +267,7 @@ def test_recalibrating_again_nests_and_finds_nothing_left_to_fix(
 def test_review_app_band_comes_from_the_site_update(recalibrated):
     from clinfuse.review.runview import open_run_view
 
-    result, _ = recalibrated
+    result, _, _ = recalibrated
     view = open_run_view(result.out, n_boot=100)
     f = view.predictions
     assert (f["risk_low"] <= f["p_fusion"] + 1e-12).all() and (
@@ -280,7 +285,7 @@ def test_review_app_band_comes_from_the_site_update(recalibrated):
 def test_evaluate_names_the_update_in_the_model_card(recalibrated, site_cohort, tmp_path):
     from clinfuse.evaluation.evaluate import evaluate_run
 
-    result, _ = recalibrated
+    result, _, _ = recalibrated
     res = evaluate_run(result.out, site_cohort, tmp_path / "ev", n_boot=20, min_group_size=5)
     assert res.metrics["model_card"]["model"]["recalibrated"]["fusion"] == "intercept"
     assert res.metrics["calibration"]["fusion"]["intercept"]["value"] == pytest.approx(0, abs=1e-6)
