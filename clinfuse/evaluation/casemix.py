@@ -15,8 +15,9 @@ predictors that are images, notes and waveforms:
   when the samples are alike and near 1 when they differ, and its coefficients say
   what differs;
 - for numeric tabular inputs, the standardised mean difference against the training
-  split's mean and SD stored in the run (|SMD| > 0.1 flagged, Austin 2009), and
-  category levels the model never saw.
+  split's mean and SD stored in the run (|SMD| > 0.1 flagged, Austin 2009), and how
+  many category levels (and cases) the model never saw — counted, not listed, so a
+  stray free-text cell does not reach the report.
 
 The development sample is the run's ``predictions.csv`` cases of the ``train`` and
 ``val`` splits (those that fitted the model and its calibration). When the evaluated
@@ -148,14 +149,16 @@ def _tabular(tabular: Any, values: pd.DataFrame | None) -> list[dict[str, Any]]:
                 row["smd"], row["flagged"] = None, False
             rows.append(row)
         else:
+            # counted, not listed: a stray free-text cell must not reach a report
             seen = {str(c) for c in tabular.categories_.get(col, [])}
-            levels = {str(v).strip() for v in series if not _is_empty(v)}
-            unseen = sorted(levels - seen)
+            cells = [str(v).strip() for v in series if not _is_empty(v)]
+            unseen = [c for c in cells if c not in seen]
             rows.append(
                 {
                     "column": col,
                     "kind": "categorical",
-                    "unseen_levels": unseen,
+                    "n_unseen_levels": len(set(unseen)),
+                    "n_cases_unseen": len(unseen),
                     "flagged": bool(unseen),
                 }
             )

@@ -171,11 +171,12 @@ def _case_mix(m: dict[str, Any]) -> str:
                 for r in numeric
             ],
         )
-    unseen = [r for r in cm["tabular"] if r["kind"] == "categorical" and r["unseen_levels"]]
+    unseen = [r for r in cm["tabular"] if r["kind"] == "categorical" and r["n_unseen_levels"]]
     for r in unseen:
         body += (
-            f"<p>Levels of <code>{_e(r['column'])}</code> never seen in development (the model "
-            f"treats them as missing): {_e(', '.join(r['unseen_levels']))}.</p>"
+            f"<p><code>{_e(r['column'])}</code>: {r['n_cases_unseen']} cases hold one of "
+            f"{r['n_unseen_levels']} levels never seen in development (the model treats them as "
+            "missing; the levels are not listed here).</p>"
         )
     return body
 

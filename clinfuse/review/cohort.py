@@ -183,8 +183,14 @@ def _case_mix_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str |
                     num(r.get("mean")),
                 )
             )
-        elif r.get("unseen_levels"):
-            rows.append((f"{r['column']}: levels not seen", "", ", ".join(r["unseen_levels"])))
+        elif r.get("n_unseen_levels"):
+            rows.append(
+                (
+                    f"{r['column']}: cases with a level never seen",
+                    "",
+                    f"{r['n_cases_unseen']} ({r['n_unseen_levels']} levels)",
+                )
+            )
     table = pd.DataFrame(rows, columns=["", "development", "this cohort"])
     return table, cm.get("interpretation")
 

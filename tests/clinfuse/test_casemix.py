@@ -82,7 +82,8 @@ def test_standardised_mean_differences_match_a_hand_computation():
     assert age["smd"] == pytest.approx(expected, rel=1e-12)
     assert age["flagged"] and age["missing_fraction"] == pytest.approx(1 / 200)
     sex = next(r for r in res["tabular"] if r["column"] == "sex")
-    assert sex["unseen_levels"] == ["X"] and sex["flagged"]
+    assert sex["n_unseen_levels"] == 1 and sex["n_cases_unseen"] == 5 and sex["flagged"]
+    assert "X" not in json.dumps(res)  # counted, never listed
 
 
 def test_overlapping_ids_are_the_same_cases_only_in_the_development_manifest():
