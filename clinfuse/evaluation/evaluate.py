@@ -14,6 +14,7 @@ place, so an interrupted evaluation never leaves a half-written report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -249,6 +250,8 @@ class Evaluator:
             train and val splits) for the case-mix comparison; None skips it.
         development_manifest: the manifest the run was trained on (``data_report.json``);
             evaluating on it, a case id in both samples is the same case.
+        run_info: recorded as ``metrics["run"]`` (the run folder and the SHA-256 of its
+            ``model/model.json``: which model version the report describes).
     """
 
     def __init__(
@@ -266,8 +269,10 @@ class Evaluator:
         allow_missing_modalities: bool = False,
         development: pd.DataFrame | None = None,
         development_manifest: str | Path | None = None,
+        run_info: dict[str, str] | None = None,
     ) -> None:
         self.model = model
+        self.run_info = run_info
         self.development = development
         self.development_manifest = development_manifest
         self.subgroups = [s.strip() for s in subgroups if s.strip()]
@@ -355,6 +360,8 @@ class Evaluator:
         metrics["level"] = self.level
         metrics["n_boot"] = self.n_boot
         metrics["seed"] = self.seed
+        if self.run_info:
+            metrics["run"] = self.run_info
         metrics["notes"] = notes
         scored = {"fusion": (y, p)}
         for m in mods:
@@ -684,7 +691,14 @@ def evaluate_run(
     from clinfuse.model import FusionModel, load_run
 
     model = run if isinstance(run, FusionModel) else load_run(run)
-    development, development_manifest = None, None
+    development, development_manifest, run_info = None, None, None
+    if not isinstance(run, FusionModel):
+        run_info = {
+            "path": str(Path(run).resolve()),
+            "model_sha256": hashlib.sha256(
+                (Path(run) / "model" / "model.json").read_bytes()
+            ).hexdigest(),
+        }
     if not isinstance(run, FusionModel) and (Path(run) / "predictions.csv").exists():
         development = development_cases(
             pd.read_csv(Path(run) / "predictions.csv", dtype={"case_id": str})
@@ -705,5 +719,6 @@ def evaluate_run(
         allow_missing_modalities=allow_missing_modalities,
         development=development,
         development_manifest=development_manifest,
+        run_info=run_info,
     )
     return evaluator.evaluate(cohort, out, overwrite=overwrite, progress=progress)

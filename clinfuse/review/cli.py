@@ -105,7 +105,7 @@ def app(
         typer.Option(
             "--evaluation",
             help="`clinfuse evaluate` folder for the cohort page (default: RUN/evaluation or "
-            "a sibling evaluation/).",
+            "a sibling evaluation/ made for this model version).",
         ),
     ] = None,
     threshold: Annotated[

@@ -635,9 +635,21 @@ def _default_cohort(run: Path) -> Path | None:
 
 
 def _default_evaluation(run: Path) -> Path | None:
+    """``RUN/evaluation`` or a sibling ``evaluation`` folder — unless its ``metrics.json``
+    records another model version (e.g. the source of a recalibrated run)."""
+    model = run / "model" / "model.json"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest() if model.exists() else None
     for candidate in (run / "evaluation", run.parent / "evaluation"):
-        if (candidate / "metrics.json").exists():
-            return candidate
+        path = candidate / "metrics.json"
+        if not path.exists():
+            continue
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8")).get("run", {})
+        except (OSError, ValueError):
+            continue
+        if recorded.get("model_sha256") not in (None, digest):
+            continue
+        return candidate
     return None
 
 

@@ -290,6 +290,23 @@ def test_evaluate_names_the_update_in_the_model_card(recalibrated, site_cohort, 
     assert res.metrics["model_card"]["model"]["recalibrated"]["fusion"] == "intercept"
     assert res.metrics["calibration"]["fusion"]["intercept"]["value"] == pytest.approx(0, abs=1e-6)
     assert "site update" in res.report.read_text()
+    digest = hashlib.sha256((result.out / "model" / "model.json").read_bytes()).hexdigest()
+    assert res.metrics["run"]["model_sha256"] == digest
+
+
+def test_the_app_does_not_take_the_source_runs_evaluation_for_the_recalibrated_one(recalibrated):
+    from clinfuse.review.runview import open_run_view
+
+    result, _, source = recalibrated
+    sibling = result.out.parent / "evaluation"
+    sibling.mkdir(exist_ok=True)
+    source_digest = hashlib.sha256((source / "model" / "model.json").read_bytes()).hexdigest()
+    (sibling / "metrics.json").write_text(json.dumps({"run": {"model_sha256": source_digest}}))
+    assert open_run_view(result.out, n_boot=10).evaluation is None
+    own = hashlib.sha256((result.out / "model" / "model.json").read_bytes()).hexdigest()
+    (sibling / "metrics.json").write_text(json.dumps({"run": {"model_sha256": own}}))
+    assert open_run_view(result.out, n_boot=10).evaluation == sibling
+    shutil.rmtree(sibling)
 
 
 # -- bad input -----------------------------------------------------------------------
