@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,8 @@ def _exact_config(batch_size: int, **training) -> RunConfig:
     shards. 37 training cases: with ``batch_size`` 6 the last step has one case, so rank 1's
     shard is empty (padding, weighted 0); with 8 it has 5 (shards of 3 and 2).
     """
-    cfg = tiny_config(
-        epochs=3, patience=5, batch_size=batch_size, augment=False, device="cpu", **training
-    )
+    settings = {"epochs": 3, "patience": 5, **training}
+    cfg = tiny_config(batch_size=batch_size, augment=False, device="cpu", **settings)
     cfg.data.modalities = ["signal", "tabular"]
     cfg.data.split_fractions = (0.6, 0.2, 0.2)
     cfg.encoders["signal"].update(norm="group", dropout=0.0)
@@ -159,3 +159,53 @@ def test_unsupported_strategy_is_refused_before_anything_is_written(tiny_cohort,
             train_run(tiny_cohort, tmp_path / strategy, cfg)
         assert "ddp" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_ddp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(
+    tiny_cohort, tmp_path
+):
+    """Both DDP processes are killed (SIGKILL, as a preempted job) once rank 0 has written an
+    epoch checkpoint; ``clinfuse train --resume`` with two processes finishes the run, and its
+    weights equal those of an uninterrupted two-process run (relative 1e-6)."""
+    epochs = 12
+    cfg = _exact_config(8, devices=2, strategy="ddp", epochs=epochs, patience=epochs)
+    whole = tmp_path / "whole"
+    _cli_train(tiny_cohort, whole, cfg)
+
+    out = tmp_path / "killed"
+    cfg_path = out.with_name(out.name + ".yaml")
+    cfg.save(cfg_path)
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    base = [sys.executable, "-m", "clinfuse", "train", str(tiny_cohort), "--out", str(out)]
+    base += ["--config", str(cfg_path), "--device", "cpu"]
+    proc = subprocess.Popen(
+        base,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    ckpt = out.with_name(out.name + ".partial") / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the deadline"
+    stopped_at = int(torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"])
+    assert 1 <= stopped_at < epochs, stopped_at  # killed mid-run, not after it
+    assert not out.exists()  # nothing looks complete
+
+    proc = subprocess.run(
+        [*base, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    log = pd.read_csv(out / "train_log.csv")
+    assert log["epoch"].tolist() == list(range(1, epochs + 1))
+    assert _rel_diff(_weights(out), _weights(whole)) < 1e-6
+    np.testing.assert_allclose(
+        log["train_loss"], pd.read_csv(whole / "train_log.csv")["train_loss"], rtol=1e-6
+    )
