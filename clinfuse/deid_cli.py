@@ -37,7 +37,7 @@ DEID_EPILOG = (
     "  clinfuse deid cohort.csv --out deid --secret-file ~/site.key --tags "
     "--retain-patient-characteristics --clean-descriptors --clean-structured-content\n\n"
     "  clinfuse deid cohort.csv --out deid --secret-file ~/site.key --clean-pixels all-text "
-    "--pixel-rules us_layouts.toml\n\n"
+    "--pixel-rules us_layouts.toml --workers auto\n\n"
     "The secret never leaves the site and is never written to the output; keep it to "
     "re-create the same pseudonyms later (same secret → same ids, UIDs and date shifts)."
 )
@@ -69,6 +69,7 @@ def deid_cohort(
     pixel_rules: str | Path | None = None,
     note_encoding: str = "utf-8",
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> CohortDeidResult:
     """Library form of ``clinfuse deid``; returns :class:`privacy.cohort.CohortDeidResult`.
 
@@ -76,9 +77,14 @@ def deid_cohort(
     file) turn on Clean Pixel Data (113101, :class:`privacy.pixels.PixelCleaner`); rules alone
     mask fixed regions without OCR.
 
+    ``workers`` cases are de-identified at once, each in its own process (``0``: one per CPU
+    core, at most 8); the output is identical to ``workers=1`` (see
+    :func:`privacy.cohort.deidentify_cohort`).
+
     Raises:
         ConfigError: missing/empty secret, unsafe output folder, missing privacy extra,
-            bad pixel-cleaning options (unknown mode, bad rules file, no OCR engine).
+            bad pixel-cleaning options (unknown mode, bad rules file, no OCR engine),
+            negative ``workers``.
         CohortError: unreadable manifest, or original identifiers left in the output.
     """
     from clinfuse.cohort import read_manifest
@@ -99,6 +105,11 @@ def deid_cohort(
             hint="pip install 'clinfuse[privacy]'",
         ) from e
 
+    if workers < 0:
+        raise ConfigError(
+            f"--workers {workers} is negative",
+            hint="give a number of processes (1: one case at a time), or 0/auto for one per core",
+        )
     cohort = Path(cohort)
     manifest_path = cohort
     if cohort.is_dir():
@@ -153,6 +164,7 @@ def deid_cohort(
             if manifest_path.suffix.lower() in (".parquet", ".pq")
             else "manifest.csv",
             progress=progress,
+            workers=workers,
         )
     except (SecretKeyError, OutputFolderError) as e:
         raise ConfigError(str(e)) from e
@@ -160,6 +172,26 @@ def deid_cohort(
         raise CohortError(str(e), path=manifest_path) from e
     except PrivacyError as e:
         raise CohortError(str(e), path=manifest_path) from e
+
+
+def _parse_workers(value: str) -> int:
+    """``--workers``: a whole number of processes, or ``auto`` (0: one per CPU core)."""
+    text = value.strip().lower()
+    if text == "auto":
+        return 0
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(
+            f"--workers {value!r} is not a number",
+            hint="give a number of processes (1: one case at a time), or auto for one per core",
+        ) from None
+    if n < 0:
+        raise ConfigError(
+            f"--workers {value} is negative",
+            hint="give a number of processes (1: one case at a time), or auto for one per core",
+        )
+    return n
 
 
 def _pixel_cleaner(mode: str | None, rules_file: str | Path | None) -> Any:
@@ -271,6 +303,15 @@ def deid(
     note_encoding: Annotated[
         str, typer.Option("--note-encoding", help="Encoding of the note files.")
     ] = "utf-8",
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            help="Cases de-identified at once, each in its own process; auto (or 0): one "
+            "per CPU core, at most 8. The output is identical to a run with 1.",
+            metavar="N|auto",
+        ),
+    ] = "1",
 ) -> None:
     """Write a de-identified copy of a cohort (images, notes, signals, manifest).
 
@@ -282,15 +323,19 @@ def deid(
     """
     from rich.console import Console
 
+    n_workers = _parse_workers(workers)
     console = Console(stderr=True)
     disable = not console.is_terminal and os.environ.get("CLINFUSE_PROGRESS") != "1"
     from rich.progress import Progress
 
-    with Progress(console=console, disable=disable) as bar:
+    # with workers, no refresh thread: worker processes are forked from this one, and a
+    # thread that holds a lock at that moment could leave the lock held in the workers
+    auto_refresh = n_workers == 1
+    with Progress(console=console, disable=disable, auto_refresh=auto_refresh) as bar:
         task = bar.add_task("de-identifying cases", total=None)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total, refresh=not auto_refresh)
 
         result = deid_cohort(
             cohort,
@@ -312,6 +357,7 @@ def deid(
             pixel_rules=pixel_rules,
             note_encoding=note_encoding,
             progress=update,
+            workers=n_workers,
         )
     report = result.report
     problems = result.problems

@@ -17,7 +17,9 @@ What happens (:func:`deidentify_cohort`):
    pseudonym; notes and inline text are scrubbed (:mod:`privacy.text`) with the patient's
    deny-list and date shift; WFDB headers are renamed and their comments scrubbed; EDF/BDF
    headers are blanked and EDF+/BDF+ annotation texts scrubbed (:mod:`privacy.edf`); other
-   files are copied. Files are named after the case pseudonym.
+   files are copied. Files are named after the case pseudonym. With ``workers`` > 1 the
+   rows are shared out to worker processes in chunks and their results put back in row
+   order: the output is byte for byte that of the serial loop.
 4. A file that cannot be read (or a DICOM with burned-in annotation) is listed in the report
    and not copied; its manifest cell is emptied, so the modality is missing for that case.
 5. Residual-risk scan: every identifying value from step 2 is searched for (case-insensitive,
@@ -33,14 +35,27 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib
+import io
 import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.context
 import os
+import pickle
 import re
 import shutil
+import signal
+import sys
 import tempfile
+import threading
+import time
+import types
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -276,6 +291,27 @@ class _Writer:
         self.text_counts: Counter[str] = Counter()
         self.dicom_counts: Counter[str] = Counter()
         self.file_patient: dict[str, str] = {}
+        self.cell_files: dict[tuple[Any, Any], list[str]] = defaultdict(list)
+        """(case, column) → the relative paths recorded for it (for :func:`_fix_patient`)."""
+
+    def merge(self, other: _Writer) -> None:
+        """Add what ``other`` (the writer of later rows) recorded, as if this one had."""
+        self.files.update(other.files)
+        self.file_patient.update(other.file_patient)
+        for cell, rels in other.cell_files.items():
+            self.cell_files[cell].extend(rels)
+        self.problems.extend(other.problems)
+        self.errors.extend(other.errors)
+        self.text_counts.update(other.text_counts)
+        self.dicom_counts.update(other.dicom_counts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a worker sends its records back, not its de-identifiers (presidio, OCR engines)
+        return {**self.__dict__, "dicom": None, "text": None, "cell_files": dict(self.cell_files)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.cell_files = defaultdict(list, state["cell_files"])
 
     def _problem(self, case: str, column: str, src: Path, status: str, reason: str) -> None:
         safe = reason.replace(str(src), "<input file>").replace(str(self.root), "<cohort>")
@@ -287,6 +323,7 @@ class _Writer:
     def _record(self, rel: str, patient: str, entry: dict[str, Any]) -> None:
         self.files[rel] = entry
         self.file_patient[rel] = patient
+        self.cell_files[entry.get("case"), entry.get("column")].append(rel)
 
     # -- DICOM ----------------------------------------------------------------
     def dicom_cell(
@@ -722,6 +759,335 @@ def residual_risk_scan(
     }
 
 
+@dataclass
+class _RunContext:
+    """What every row needs: the settings, the patients' identifying values and the
+    de-identifiers. Built once; worker processes inherit it (``fork``) or unpickle it."""
+
+    root: Path
+    tmp: Path
+    spec: CohortSpec
+    cols: dict[str, list[str]]
+    columns: list[Any]
+    keep_dates: bool
+    identifiers: dict[str, list[Identifier]]
+    pseudonymizer: Pseudonymizer
+    text: TextDeidentifier
+    dicom: DicomDeidentifier
+
+
+def _deidentify_row(
+    run: _RunContext, writer: _Writer, row: pd.Series, manifest_counts: Counter[str]
+) -> tuple[dict[str, Any], str]:
+    """De-identify one manifest row: the new row and the original patient id."""
+    spec, cols, p = run.spec, run.cols, run.pseudonymizer
+    case_orig = str(row[spec.case_column]).strip()
+    pat_orig = str(row[cols["patient"][0]]).strip() if cols["patient"] else case_orig
+    if cols["patient"] and not _present(row[cols["patient"][0]]):
+        pat_orig = case_orig
+    case = _pseudo_case(p, case_orig)
+    patient = _pseudo_patient(p, pat_orig)
+    shift = p.date_shift_days(pat_orig)
+    ctx = PatientContext(
+        key=patient,
+        shift_days=shift if run.keep_dates else None,
+        deny=deny_list(run.identifiers.get(pat_orig, [])),
+    )
+    new = {c: row[c] for c in run.columns if c not in spec.drop_columns}
+    new[spec.case_column] = case
+    manifest_counts["case_id"] += 1
+    if cols["patient"]:
+        new[cols["patient"][0]] = patient
+        manifest_counts["patient_id"] += 1
+    for c in cols["ids"]:
+        if _present(row[c]):
+            new[c] = p.pseudonym(str(row[c]).strip(), c, length=12)
+            manifest_counts["id"] += 1
+    for c in cols["dates"]:
+        if _present(row[c]):
+            new[c] = _shift_iso(row[c], shift) if run.keep_dates else None
+            manifest_counts["date_shifted" if run.keep_dates else "date_removed"] += 1
+    for c in cols["ages"]:
+        if _present(row[c]):
+            try:
+                if float(row[c]) > 89:
+                    new[c] = 90
+                    manifest_counts["age_over_89"] += 1
+            except (TypeError, ValueError):
+                new[c] = None
+    for c in cols["text"]:
+        if _present(row[c]):
+            new[c], _ = writer.scrub(str(row[c]), ctx)
+            manifest_counts["free_text"] += 1
+    for c in cols["dicom"]:
+        if _present(row[c]):
+            new[c] = writer.dicom_cell(_resolve(run.root, row[c]), c, case, pat_orig, patient, ctx)
+            _fix_patient(writer, new, c, case, patient)
+    for c in cols["text_files"]:
+        if _present(row[c]):
+            new[c] = writer.text_cell(_resolve(run.root, row[c]), c, case, pat_orig, ctx)
+    for c in cols["files"]:
+        if _present(row[c]):
+            new[c] = writer.file_cell(_resolve(run.root, row[c]), c, case, pat_orig, patient, ctx)
+            _fix_patient(writer, new, c, case, patient)
+    return new, pat_orig
+
+
+# -- case-level parallelism ----------------------------------------------------------------
+#
+# Rows are cut into contiguous chunks; each worker process de-identifies a chunk with its
+# own _Writer into the shared temporary folder (files are named by column and case
+# pseudonym, so chunks never write the same path) and sends back the new rows and what its
+# writer recorded. The parent merges the chunks in row order, so the manifest, the report
+# and every counter are those of the serial loop.
+
+_MAX_AUTO_WORKERS = 8
+_MAX_CHUNK = 16
+_STOP_TIMEOUT_S = 30.0
+
+
+@dataclass
+class _ChunkResult:
+    rows: list[dict[str, Any]]
+    row_patients: list[str]
+    manifest_counts: Counter[str]
+    writer: _Writer
+
+
+@dataclass
+class _ParallelPlan:
+    workers: int
+    chunk_size: int
+    context: multiprocessing.context.BaseContext
+    payload: _RunContext | bytes
+    ocr_workers: int
+
+
+_WORKER_RUN: _RunContext | None = None
+"""The run context of this worker process (set by :func:`_worker_init`)."""
+
+
+def _cpu_count() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _resolve_workers(workers: int | None) -> int:
+    if workers is None or workers == 0:
+        return min(_cpu_count(), _MAX_AUTO_WORKERS)
+    if workers < 0:
+        raise DeidError(
+            f"workers must be 0 (one per CPU core, at most {_MAX_AUTO_WORKERS}) or more, "
+            f"got {workers}"
+        )
+    return int(workers)
+
+
+def _choose_start_method(requested: str | None) -> str:
+    methods = multiprocessing.get_all_start_methods()
+    if requested is not None:
+        if requested not in methods:
+            raise DeidError(
+                f"start method {requested!r} is not available here; use one of {', '.join(methods)}"
+            )
+        return requested
+    # fork copies the parent as it is: safe while no other thread may hold a lock (a
+    # progress-bar refresher, a logging handler); native pools of numpy/jemalloc are
+    # fork-aware. macOS: fork is unsafe (system frameworks), Python defaults to spawn there.
+    if sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+class _RunPickler(pickle.Pickler):
+    """Pickles module references by name (an OCR engine keeps its ``pytesseract`` module)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.ModuleType):
+            return importlib.import_module, (obj.__name__,)
+        return NotImplemented
+
+
+def _parallel_plan(
+    frame: pd.DataFrame,
+    spec: CohortSpec,
+    workers: int,
+    run: _RunContext,
+    start_method: str | None,
+) -> _ParallelPlan | None:
+    """How to run the rows in worker processes, or ``None`` to run them here, one by one."""
+    if workers <= 1:
+        return None
+    method = _choose_start_method(start_method)
+    n = len(frame)
+    if n < 2 * workers:
+        return None  # starting processes would cost more than it saves
+    if frame[spec.case_column].map(lambda v: str(v).strip()).duplicated().any():
+        return None  # two rows of one case write the same files: keep their serial order
+    chunk_size = max(1, min(_MAX_CHUNK, math.ceil(n / (workers * 8))))
+    workers = min(workers, math.ceil(n / chunk_size))
+    context = multiprocessing.get_context(method)
+    payload: _RunContext | bytes = run
+    if method == "fork":
+        _warm_up(run)  # loaded once here, shared by every worker
+    else:
+        buf = io.BytesIO()
+        try:
+            _RunPickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(run)
+        except (pickle.PicklingError, TypeError, AttributeError) as e:
+            warnings.warn(
+                f"workers={workers}: the de-identification options cannot be sent to "
+                f"{method!r} worker processes ({e}); de-identifying one case at a time",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        payload = buf.getvalue()
+        if method == "forkserver":  # no effect once this process's fork server runs
+            preload = ["__main__", "privacy.cohort"]
+            if run.text.use_presidio:
+                preload.append("presidio_analyzer")
+            context.set_forkserver_preload(preload)
+    return _ParallelPlan(
+        workers=workers,
+        chunk_size=chunk_size,
+        context=context,
+        payload=payload,
+        ocr_workers=max(1, _cpu_count() // workers),
+    )
+
+
+def _warm_up(run: _RunContext) -> None:
+    """Build the lazily loaded detectors before forking, so workers do not each load them."""
+    from privacy.text import _name_dictionaries, _presidio_analyzer
+
+    if run.text.use_presidio:
+        _presidio_analyzer()
+    if run.text.use_dictionaries:
+        _name_dictionaries()
+
+
+class _Stop(BaseException):
+    """Raised in a worker the parent stops (SIGTERM): unwinds the case being written, so
+    its temporary files (an unzipped series, the OCR engine's images) are removed."""
+
+
+_IN_CHUNK = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    if _IN_CHUNK:
+        raise _Stop
+    os._exit(1)  # between chunks: nothing to clean up
+
+
+def _worker_init(payload: _RunContext | bytes, ocr_workers: int) -> None:
+    global _WORKER_RUN
+    # Ctrl-C is the parent's to handle: it stops the workers and removes the partial output
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    run = pickle.loads(payload) if isinstance(payload, bytes) else payload
+    ocr = getattr(run.dicom.options.clean_pixel_data, "ocr", None)
+    if ocr is not None and getattr(ocr, "workers", 0) is None:
+        ocr.workers = ocr_workers  # Tesseract processes per worker: the cores are shared
+    _WORKER_RUN = run
+
+
+def _worker_chunk(chunk: pd.DataFrame) -> _ChunkResult:
+    global _IN_CHUNK
+    run = _WORKER_RUN
+    if run is None:  # pragma: no cover - the pool's initializer sets it
+        raise RuntimeError("worker process not initialised")
+    writer = _Writer(run.root, run.tmp, run.dicom, run.text, run.spec)
+    result = _ChunkResult([], [], Counter(), writer)
+    _IN_CHUNK = True
+    try:
+        for _, row in chunk.iterrows():
+            new, pat_orig = _deidentify_row(run, writer, row, result.manifest_counts)
+            result.rows.append(new)
+            result.row_patients.append(pat_orig)
+    except _Stop:
+        os._exit(1)  # cleaned up on the way here; the parent discards the run
+    finally:
+        _IN_CHUNK = False
+    return result
+
+
+def _deidentify_in_workers(
+    frame: pd.DataFrame, plan: _ParallelPlan, progress: Callable[[int, int], None] | None
+) -> list[_ChunkResult]:
+    """De-identify the rows in worker processes; the chunks' results in row order.
+
+    A failing chunk fails the run with the exception of the first failing row, as in the
+    serial loop: the chunks before it are awaited (they run already: chunks start in
+    order), the others are cancelled and their workers terminated.
+    """
+    n = len(frame)
+    bounds = [(a, min(a + plan.chunk_size, n)) for a in range(0, n, plan.chunk_size)]
+    results: list[_ChunkResult | None] = [None] * len(bounds)
+    pool = ProcessPoolExecutor(
+        max_workers=plan.workers,
+        mp_context=plan.context,
+        initializer=_worker_init,
+        initargs=(plan.payload, plan.ocr_workers),
+    )
+    finished_cleanly = False
+    try:
+        index = {pool.submit(_worker_chunk, frame.iloc[a:b]): i for i, (a, b) in enumerate(bounds)}
+        pending = set(index)
+        failed: int | None = None
+        done_rows = 0
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = index[future]
+                if future.cancelled():
+                    continue
+                if future.exception() is not None:
+                    failed = i if failed is None else min(failed, i)
+                    continue
+                results[i] = future.result()
+                done_rows += bounds[i][1] - bounds[i][0]
+                if progress is not None and failed is None:
+                    progress(done_rows, n)
+            if failed is not None:
+                for future in pending:
+                    if index[future] > failed:
+                        future.cancel()
+                pending = {f for f in pending if index[f] < failed}
+        if failed is not None:
+            error = next(f for f, i in index.items() if i == failed).exception()
+            assert error is not None
+            raise error
+        finished_cleanly = True
+    finally:
+        _shut_down(pool, terminate=not finished_cleanly)
+    return [r for r in results if r is not None]
+
+
+def _shut_down(pool: ProcessPoolExecutor, *, terminate: bool) -> None:
+    """Stop the pool and reap its processes; ``terminate``: without waiting for the chunks
+    still running (the run failed or was interrupted; its output is thrown away). A stopped
+    worker removes the temporary files of the case it was writing first; one that has not
+    ended after :data:`_STOP_TIMEOUT_S` is killed."""
+    if terminate:
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                proc.terminate()
+        # wait on the exit sentinels, not by joining: the pool's own thread reaps them
+        with contextlib.suppress(OSError, ValueError):
+            left = {proc.sentinel: proc for proc in procs}
+            deadline = time.monotonic() + _STOP_TIMEOUT_S
+            while left and (remaining := deadline - time.monotonic()) > 0:
+                for ready in multiprocessing.connection.wait(list(left), remaining):
+                    left.pop(ready)
+            for proc in left.values():
+                proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def deidentify_cohort(
     manifest: pd.DataFrame,
     root: str | Path,
@@ -736,6 +1102,8 @@ def deidentify_cohort(
     overwrite: bool = False,
     manifest_name: str = "manifest.csv",
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
+    start_method: str | None = None,
 ) -> CohortDeidResult:
     """Write a de-identified copy of a cohort and its ``deid_report.json``.
 
@@ -754,14 +1122,26 @@ def deidentify_cohort(
         use_presidio: use presidio-analyzer's offline recognizers for notes.
         overwrite: replace the content of a non-empty output folder.
         manifest_name: file name of the output manifest (``.csv`` or ``.parquet``).
-        progress: called as ``progress(done, total)`` after each case.
+        progress: called as ``progress(done, total)`` after each case (with ``workers``,
+            after each chunk of cases).
+        workers: cases de-identified at once, each in its own process (``0``: one per CPU
+            core, at most 8). The output is byte for byte the one of ``workers=1``. Runs
+            serially anyway when the cohort has fewer than ``2 * workers`` cases, or
+            repeated case ids (they would write the same files), or when the options cannot
+            be sent to a worker process (a warning says so; only with ``spawn`` or
+            ``forkserver``).
+        start_method: how worker processes start (:mod:`multiprocessing`): ``"fork"``,
+            ``"forkserver"`` or ``"spawn"``. Default: ``fork`` on Linux when the calling
+            process runs no other Python thread (fast: the workers inherit the loaded
+            presidio and rule table), else ``forkserver`` where available, else ``spawn``.
 
     Returns:
         The result; ``result.problems`` lists files not copied with their original paths.
 
     Raises:
         OutputFolderError: unsafe output folder.
-        DeidError: a column named in ``spec`` is missing where required.
+        DeidError: a column named in ``spec`` is missing where required; negative
+            ``workers``; unknown ``start_method``.
         ResidualRiskError: an original identifying value was found in the output; nothing
             but ``deid_report.json`` is written.
     """
@@ -810,71 +1190,40 @@ def deidentify_cohort(
     )
     dicom_deid = DicomDeidentifier(pseudonymizer, dicom_options)
 
+    workers = _resolve_workers(workers)
     out_r.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_r.name}.partial-", dir=out_r.parent))
     try:
+        run = _RunContext(
+            root=root,
+            tmp=tmp,
+            spec=spec,
+            cols=cols,
+            columns=list(frame.columns),
+            keep_dates=keep_dates,
+            identifiers=identifiers,
+            pseudonymizer=pseudonymizer,
+            text=text_deid,
+            dicom=dicom_deid,
+        )
         writer = _Writer(root, tmp, dicom_deid, text_deid, spec)
         rows: list[dict[str, Any]] = []
         row_patients: list[str] = []
         manifest_counts: Counter[str] = Counter()
-        for n, (_, row) in enumerate(frame.iterrows()):
-            case_orig = str(row[spec.case_column]).strip()
-            pat_orig = str(row[cols["patient"][0]]).strip() if cols["patient"] else case_orig
-            if cols["patient"] and not _present(row[cols["patient"][0]]):
-                pat_orig = case_orig
-            case = _pseudo_case(pseudonymizer, case_orig)
-            patient = _pseudo_patient(pseudonymizer, pat_orig)
-            shift = pseudonymizer.date_shift_days(pat_orig)
-            ctx = PatientContext(
-                key=patient,
-                shift_days=shift if keep_dates else None,
-                deny=deny_list(identifiers.get(pat_orig, [])),
-            )
-            new = {c: row[c] for c in frame.columns if c not in spec.drop_columns}
-            new[spec.case_column] = case
-            manifest_counts["case_id"] += 1
-            if cols["patient"]:
-                new[cols["patient"][0]] = patient
-                manifest_counts["patient_id"] += 1
-            for c in cols["ids"]:
-                if _present(row[c]):
-                    new[c] = pseudonymizer.pseudonym(str(row[c]).strip(), c, length=12)
-                    manifest_counts["id"] += 1
-            for c in cols["dates"]:
-                if _present(row[c]):
-                    new[c] = _shift_iso(row[c], shift) if keep_dates else None
-                    manifest_counts["date_shifted" if keep_dates else "date_removed"] += 1
-            for c in cols["ages"]:
-                if _present(row[c]):
-                    try:
-                        if float(row[c]) > 89:
-                            new[c] = 90
-                            manifest_counts["age_over_89"] += 1
-                    except (TypeError, ValueError):
-                        new[c] = None
-            for c in cols["text"]:
-                if _present(row[c]):
-                    new[c], _ = writer.scrub(str(row[c]), ctx)
-                    manifest_counts["free_text"] += 1
-            for c in cols["dicom"]:
-                if _present(row[c]):
-                    new[c] = writer.dicom_cell(
-                        _resolve(root, row[c]), c, case, pat_orig, patient, ctx
-                    )
-                    _fix_patient(writer, new, c, case, patient)
-            for c in cols["text_files"]:
-                if _present(row[c]):
-                    new[c] = writer.text_cell(_resolve(root, row[c]), c, case, pat_orig, ctx)
-            for c in cols["files"]:
-                if _present(row[c]):
-                    new[c] = writer.file_cell(
-                        _resolve(root, row[c]), c, case, pat_orig, patient, ctx
-                    )
-                    _fix_patient(writer, new, c, case, patient)
-            rows.append(new)
-            row_patients.append(pat_orig)
-            if progress is not None:
-                progress(n + 1, len(frame))
+        parallel = _parallel_plan(frame, spec, workers, run, start_method)
+        if parallel is None:
+            for _, row in frame.iterrows():
+                new, pat_orig = _deidentify_row(run, writer, row, manifest_counts)
+                rows.append(new)
+                row_patients.append(pat_orig)
+                if progress is not None:
+                    progress(len(rows), len(frame))
+        else:
+            for chunk in _deidentify_in_workers(frame, parallel, progress):
+                rows.extend(chunk.rows)
+                row_patients.extend(chunk.row_patients)
+                manifest_counts.update(chunk.manifest_counts)
+                writer.merge(chunk.writer)
 
         out_frame = pd.DataFrame(
             rows, columns=[c for c in frame.columns if c not in spec.drop_columns]
@@ -944,7 +1293,8 @@ def _fix_patient(
     writer: _Writer, new: dict[str, Any], column: str, case: str, patient: str
 ) -> None:
     """Record the pseudonymous patient on the file entries just written for this case."""
-    for entry in writer.files.values():
+    for rel in writer.cell_files.get((case, column), ()):
+        entry = writer.files[rel]
         if entry.get("case") == case and entry.get("column") == column:
             entry["patient"] = patient
 
