@@ -255,6 +255,9 @@ def test_stopped_worker_removes_its_unzipped_series(
             cohort,
             tmp_path / "out",
             workers=2,
+            # forked workers inherit the patched temp folder; a fork server started earlier in
+            # this process (another thread alive, e.g. tqdm's monitor, selects it) would not
+            start_method="fork",
             progress=interrupt,
             detectors=[SlowDetector()],
             dicom_options=DicomOptions(retain_longitudinal=True, clean_descriptors=True),
