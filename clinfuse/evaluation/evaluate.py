@@ -38,6 +38,7 @@ __all__ = [
     "check_split",
     "evaluate_run",
     "labelled_cohort",
+    "model_sha256",
     "parse_thresholds",
     "score_cohort",
 ]
@@ -127,6 +128,12 @@ def _availability(present: np.ndarray, modalities: Sequence[str]) -> dict[str, A
             for k, v in sorted(patterns.items(), key=lambda kv: -kv[1])
         ],
     }
+
+
+def model_sha256(run: str | Path) -> str:
+    """SHA-256 of a run's ``model/model.json`` (every weight fingerprint and calibrator):
+    the model version an evaluation or a recalibration records."""
+    return hashlib.sha256((Path(run) / "model" / "model.json").read_bytes()).hexdigest()
 
 
 def check_split(split: str | None) -> None:
@@ -695,9 +702,7 @@ def evaluate_run(
     if not isinstance(run, FusionModel):
         run_info = {
             "path": str(Path(run).resolve()),
-            "model_sha256": hashlib.sha256(
-                (Path(run) / "model" / "model.json").read_bytes()
-            ).hexdigest(),
+            "model_sha256": model_sha256(run),
         }
     if not isinstance(run, FusionModel) and (Path(run) / "predictions.csv").exists():
         development = development_cases(

@@ -41,7 +41,6 @@ written to a temporary sibling folder and renamed into place.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -259,14 +258,6 @@ def _warnings(outputs: dict[str, dict[str, Any]]) -> list[str]:
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_folders(source: Path, out: Path, *, overwrite: bool) -> None:
     if not (source / "model" / "model.json").exists():
         raise ConfigError(
@@ -384,7 +375,7 @@ def recalibrate_run(
             slope ≤ 0 is recalibrated in the large instead, with a warning.
     """
     from clinfuse import __version__
-    from clinfuse.evaluation.evaluate import labelled_cohort, score_cohort
+    from clinfuse.evaluation.evaluate import labelled_cohort, model_sha256, score_cohort
     from clinfuse.model import load_run
 
     if method not in METHODS:
@@ -429,7 +420,7 @@ def recalibrate_run(
         "clinfuse_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source_run": str(source.resolve()),
-        "source_model_sha256": _sha256(source / "model" / "model.json"),
+        "source_model_sha256": model_sha256(source),
         "manifest": str(cohort.manifest_path),
         "split": split,
         "method": method,

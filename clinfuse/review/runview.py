@@ -637,8 +637,9 @@ def _default_cohort(run: Path) -> Path | None:
 def _default_evaluation(run: Path) -> Path | None:
     """``RUN/evaluation`` or a sibling ``evaluation`` folder — unless its ``metrics.json``
     records another model version (e.g. the source of a recalibrated run)."""
-    model = run / "model" / "model.json"
-    digest = hashlib.sha256(model.read_bytes()).hexdigest() if model.exists() else None
+    from clinfuse.evaluation.evaluate import model_sha256
+
+    digest = model_sha256(run) if (run / "model" / "model.json").exists() else None
     for candidate in (run / "evaluation", run.parent / "evaluation"):
         path = candidate / "metrics.json"
         if not path.exists():

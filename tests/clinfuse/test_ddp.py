@@ -49,12 +49,18 @@ def _exact_config(batch_size: int, **training) -> RunConfig:
     return cfg
 
 
+def _env() -> dict[str, str]:
+    """The test's environment without rank variables, offline, one thread per process."""
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return env
+
+
 def _cli_train(cohort: Path, out: Path, cfg: RunConfig, timeout: float = 600.0) -> str:
     """``clinfuse train`` in a subprocess (its own session: a hung worker is killed with it)."""
     cfg_path = out.with_name(out.name + ".yaml")
     cfg.save(cfg_path)
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = _env()
     cmd = [sys.executable, "-m", "clinfuse", "train", str(cohort), "--out", str(out)]
     cmd += ["--config", str(cfg_path), "--device", "cpu"]
     proc = subprocess.Popen(
@@ -176,8 +182,7 @@ def test_ddp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(
     out = tmp_path / "killed"
     cfg_path = out.with_name(out.name + ".yaml")
     cfg.save(cfg_path)
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_VARS}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = _env()
     base = [sys.executable, "-m", "clinfuse", "train", str(tiny_cohort), "--out", str(out)]
     base += ["--config", str(cfg_path), "--device", "cpu"]
     proc = subprocess.Popen(
