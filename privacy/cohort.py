@@ -56,6 +56,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -1059,6 +1060,22 @@ def _deidentify_in_workers(
         if failed is not None:
             error = next(f for f, i in index.items() if i == failed).exception()
             assert error is not None
+            if isinstance(error, BrokenProcessPool):
+                # every chunk in flight fails with the pool: name the span they cover
+                lost = [
+                    i
+                    for f, i in index.items()
+                    if f.done()
+                    and not f.cancelled()
+                    and isinstance(f.exception(), BrokenProcessPool)
+                ]
+                a, b = bounds[min(lost)][0], bounds[max(lost)][1]
+                raise DeidError(
+                    f"a worker process ended abruptly on a case in manifest data rows "
+                    f"{a + 1}-{b} (killed, out of memory, or it could not start); nothing "
+                    "was written. Rerun with fewer workers, or with --workers 1 to see the "
+                    "failing case's own error"
+                ) from error
             raise error
         finished_cleanly = True
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Put back ``sys.modules["__main__"]`` after each test.
+
+    Streamlit's script runner (``AppTest``) installs the app script as ``__main__`` and
+    leaves it there; a later test in the same worker that starts ``forkserver``/``spawn``
+    processes would then re-run the app script in every child (multiprocessing
+    re-imports ``__main__`` from its ``__file__``) and the children die.
+    """
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
 
 
 @pytest.fixture

@@ -198,13 +198,20 @@ class KillingDetector:
 def test_killed_worker_ends_the_run(synth_cohort: Path, tmp_path: Path, parallel_calls) -> None:
     from concurrent.futures.process import BrokenProcessPool
 
+    from privacy.cohort import DeidError
+
     cohort = tmp_path / "cohort"
     shutil.copytree(synth_cohort, cohort)
     m = pd.read_csv(cohort / "manifest.csv", dtype=str)
     note = cohort / m.loc[5, "note"]
     note.write_text(note.read_text() + "\nKILL-ME\n")
-    with pytest.raises(BrokenProcessPool):
+    with pytest.raises(
+        DeidError, match=r"ended abruptly on a case in manifest data rows \d+-\d+ .*--workers 1"
+    ) as err:
         _run(cohort, tmp_path / "out", workers=2, detectors=[KillingDetector()])
+    assert isinstance(err.value.__cause__, BrokenProcessPool)
+    first, last = map(int, re.search(r"data rows (\d+)-(\d+)", str(err.value)).groups())
+    assert first <= 6 <= last  # the marked note is on the sixth data row
     assert parallel_calls == [2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]  # no partial output
 
