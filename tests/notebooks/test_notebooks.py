@@ -66,14 +66,21 @@ def run_notebook(
     }
     work = tmp / "cwd"
     work.mkdir()
+    km = _kernel_manager(tmp, env)
     client = NotebookClient(
         nb,
-        km=_kernel_manager(tmp, env),
+        km=km,
         timeout=timeout,
         resources={"metadata": {"path": str(work)}},
         allow_errors=False,
     )
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        # nbclient shuts down only kernels it made itself: this one (and whatever processes
+        # the notebook started) would otherwise live on in this test worker
+        if km.has_kernel:
+            km.shutdown_kernel(now=True)
     return nb
 
 

@@ -62,14 +62,16 @@ def parallel_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.fixture(autouse=True)
 def no_process_left():
     """Every test ends with no worker process alive and none left unreaped (the helpers
-    multiprocessing keeps for the whole session, fork server and resource tracker, aside)."""
+    multiprocessing keeps for the whole session, fork server and resource tracker, aside;
+    processes an earlier test in this worker left, e.g. a notebook's kernel, too)."""
+    psutil = pytest.importorskip("psutil")
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     yield
     assert multiprocessing.active_children() == []
-    psutil = pytest.importorskip("psutil")
     left = [
         (c.pid, c.status(), c.cmdline())
         for c in psutil.Process().children(recursive=True)
-        if "from multiprocessing." not in " ".join(c.cmdline())
+        if c.pid not in before and "from multiprocessing." not in " ".join(c.cmdline())
     ]
     assert left == []
 
