@@ -285,8 +285,26 @@ def train(
     The run folder holds config.yaml, model weights (safetensors), data_report.json,
     metrics.json and predictions.csv. It appears only when complete.
     """
-    from clinfuse.config import load_config
     from clinfuse.training.run import launched_worker
+
+    cfg = _run_config(config, device, epochs, fusion, seed, tabular, resume=resume)
+    run = _train_with_progress(cohort, out, cfg, resume=resume, overwrite=overwrite)
+    if not launched_worker():  # DDP: the extra processes rerun this command silently
+        _print_run_summary(run)
+
+
+def _run_config(
+    config: Path | None,
+    device: str | None,
+    epochs: int | None,
+    fusion: str | None,
+    seed: int | None,
+    tabular: str | None,
+    *,
+    resume: bool,
+) -> object:
+    """The run config from --config and the training options (None: resume the stored one)."""
+    from clinfuse.config import load_config
 
     overrides: dict[str, object] = {}
     if device is not None:
@@ -299,10 +317,108 @@ def train(
         overrides["training.seed"] = seed
     if tabular is not None:
         overrides["data.tabular_columns"] = [c.strip() for c in tabular.split(",") if c.strip()]
-    cfg = None if (resume and config is None and not overrides) else load_config(config, overrides)
-    run = _train_with_progress(cohort, out, cfg, resume=resume, overwrite=overwrite)
-    if not launched_worker():  # DDP: the extra processes rerun this command silently
-        _print_run_summary(run)
+    return None if (resume and config is None and not overrides) else load_config(config, overrides)
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  clinfuse crossval demo_cohort/manifest.csv --out runs/demo_cv\n\n"
+        "  clinfuse crossval cohort.csv --out runs/cv10 --folds 10 --config my.yaml "
+        "--subgroups sex\n\n"
+        "  clinfuse crossval cohort.csv --out runs/cv10 --folds 10 --resume   "
+        "(continue after an interruption)"
+    )
+)
+def crossval(
+    cohort: Annotated[Path, typer.Argument(help="The manifest of labelled cases.")],
+    out: Annotated[Path, typer.Option("--out", help="Cross-validation folder to create.")],
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Number of folds.")] = 5,
+    fold_seed: Annotated[
+        int, typer.Option("--fold-seed", help="Seed of the patient-to-fold assignment.")
+    ] = 0,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML run config (see docs/configuration.md).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
+    fusion: Annotated[
+        str | None, typer.Option("--fusion", help="late (default), early or intermediate.")
+    ] = None,
+    tabular: Annotated[
+        str | None, typer.Option("--tabular", help="Comma-separated tabular columns.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Training seed.")] = None,
+    subgroups: Annotated[
+        str,
+        typer.Option("--subgroups", help="Comma-separated manifest columns for the report."),
+    ] = "",
+    thresholds: Annotated[
+        str,
+        typer.Option("--thresholds", help="Risk thresholds for the report (default 0.1,0.2,0.3)."),
+    ] = "",
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", min=0, help="Bootstrap replicates for the 95 % CIs.")
+    ] = 2000,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted cross-validation.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing folder.")
+    ] = False,
+) -> None:
+    """Internal validation: train one run per fold, pool the out-of-fold predictions and
+    write the evaluation report of the training procedure.
+
+    Every patient is held out once (patient-level folds, stratified by outcome and
+    site). Writes crossval.json, per_fold.csv, assignment.csv, folds/fold_k/ (complete
+    runs) and evaluation/ (report.html, metrics.json, out-of-fold predictions.csv).
+    The folder appears only when complete.
+    """
+    from clinfuse.evaluation.crossval import cross_validate
+
+    cfg = _run_config(config, device, epochs, fusion, seed, tabular, resume=resume)
+    with _progress("preparing") as update:
+        result = cross_validate(
+            cohort,
+            out,
+            cfg,
+            folds=folds,
+            fold_seed=fold_seed,
+            resume=resume,
+            overwrite=overwrite,
+            subgroups=[s for s in subgroups.split(",") if s.strip()],
+            thresholds=thresholds or None,
+            n_boot=n_boot,
+            progress=lambda _stage, done, total: update(done, total),
+            on_epoch=_epoch_printer(),
+            log=lambda msg: err_console.print(msg, highlight=False),
+        )
+    s = result.summary
+    table = Table(title=f"{s['folds']}-fold cross-validation", header_style="bold")
+    for col in ("fold", "cases", "events", "AUROC", "cal. slope", "Brier"):
+        table.add_column(col, justify="right")
+
+    def num(v: float | None, digits: int = 3) -> str:
+        return "n/a" if v is None else f"{v:.{digits}f}"
+
+    for r in s["per_fold"]:
+        table.add_row(
+            str(r["fold"]),
+            str(r["n_cases"]),
+            str(r["n_events"]),
+            num(r["auroc"]),
+            num(r["calibration_slope"], 2),
+            num(r["brier"]),
+        )
+    console.print(table)
+    auc = s["pooled"]["auroc"]
+    spread = s["across_folds"]["auroc"]
+    console.print(
+        f"pooled out-of-fold AUROC {num(auc['value'])} ({num(auc['ci_low'])}-"
+        f"{num(auc['ci_high'])}); fold mean {num(spread['mean'])} ± {num(spread['sd'])}"
+    )
+    console.print(f"report: {result.report}")
 
 
 def _train_with_progress(

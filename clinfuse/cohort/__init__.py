@@ -1,7 +1,7 @@
 """The cohort manifest contract: reading, checking, splitting and validating cohorts."""
 
 from clinfuse.cohort.manifest import CaseRow, Cohort, Issue, check_manifest, read_manifest
-from clinfuse.cohort.split import assign_splits, split_cohort
+from clinfuse.cohort.split import assign_folds, assign_splits, split_cohort
 from clinfuse.cohort.validate import ValidationReport, validate_cohort
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Cohort",
     "Issue",
     "ValidationReport",
+    "assign_folds",
     "assign_splits",
     "check_manifest",
     "read_manifest",

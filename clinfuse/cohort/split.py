@@ -20,7 +20,7 @@ import numpy as np
 from clinfuse.cohort.manifest import SPLITS, CaseRow, Cohort
 from clinfuse.errors import ConfigError
 
-__all__ = ["assign_splits", "split_cohort"]
+__all__ = ["assign_folds", "assign_splits", "split_cohort"]
 
 
 def assign_splits(
@@ -54,25 +54,9 @@ def assign_splits(
     if len(labels) != len(patient_ids) or (strata is not None and len(strata) != len(patient_ids)):
         raise ValueError("patient_ids, labels and strata must have the same length")
 
-    # One stratum key per patient: (any-positive label, extra stratum of the first case).
-    patient_label: dict[str, int] = {}
-    patient_stratum: dict[str, str | None] = {}
-    for i, pid in enumerate(patient_ids):
-        lab = labels[i]
-        known = lab is not None and not (isinstance(lab, float) and np.isnan(lab))
-        cur = patient_label.get(pid, -1)
-        patient_label[pid] = max(cur, int(lab)) if known else cur  # type: ignore[arg-type]
-        if pid not in patient_stratum:
-            patient_stratum[pid] = None if strata is None else strata[i]
-
-    groups: dict[tuple[int, str | None], list[str]] = defaultdict(list)
-    for pid in sorted(patient_label):
-        groups[(patient_label[pid], patient_stratum[pid])].append(pid)
-
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
-    for key in sorted(groups, key=lambda k: (k[0], "" if k[1] is None else str(k[1]))):
-        members = groups[key]
+    for members in _patient_strata(patient_ids, labels, strata).values():
         order = rng.permutation(len(members))
         n = len(members)
         n_test = round(n * fractions[2])
@@ -86,6 +70,76 @@ def assign_splits(
             else:
                 split = "train"
             assignment[members[idx]] = split
+    return [assignment[pid] for pid in patient_ids]
+
+
+def _patient_strata(
+    patient_ids: Sequence[str],
+    labels: Sequence[float | None],
+    strata: Sequence[str | None] | None,
+) -> dict[tuple[int, str | None], list[str]]:
+    """Patients grouped by (any-positive label, extra stratum of their first case), sorted."""
+    patient_label: dict[str, int] = {}
+    patient_stratum: dict[str, str | None] = {}
+    for i, pid in enumerate(patient_ids):
+        lab = labels[i]
+        known = lab is not None and not (isinstance(lab, float) and np.isnan(lab))
+        cur = patient_label.get(pid, -1)
+        patient_label[pid] = max(cur, int(lab)) if known else cur  # type: ignore[arg-type]
+        if pid not in patient_stratum:
+            patient_stratum[pid] = None if strata is None else strata[i]
+    groups: dict[tuple[int, str | None], list[str]] = defaultdict(list)
+    for pid in sorted(patient_label):
+        groups[(patient_label[pid], patient_stratum[pid])].append(pid)
+    return {
+        key: groups[key]
+        for key in sorted(groups, key=lambda k: (k[0], "" if k[1] is None else str(k[1])))
+    }
+
+
+def assign_folds(
+    patient_ids: Sequence[str],
+    labels: Sequence[float | None],
+    *,
+    k: int,
+    seed: int = 0,
+    strata: Sequence[str | None] | None = None,
+) -> list[int]:
+    """Assign cases to ``k`` cross-validation folds (1..k), patient-level and stratified.
+
+    Every case of a patient gets the patient's fold. Within each stratum (outcome, and
+    ``strata`` when given) patients are shuffled and dealt to the folds in turn, the
+    dealing carrying on from one stratum to the next, so fold sizes differ by at most
+    one patient and each fold keeps the cohort's prevalence.
+
+    Args:
+        patient_ids: (N,) patient of each case.
+        labels: (N,) outcome of each case (0/1, or None/NaN if unknown).
+        k: number of folds, at least 2 and at most the number of patients.
+        seed: random seed; the same inputs and seed give the same folds.
+        strata: (N,) optional extra stratification key per case (e.g. site).
+
+    Returns:
+        (N,) fold number per case.
+
+    >>> assign_folds(["a", "a", "b", "c", "d"], [1, 1, 0, 1, 0], k=2, seed=0)
+    [1, 1, 1, 2, 2]
+    """
+    if len(labels) != len(patient_ids) or (strata is not None and len(strata) != len(patient_ids)):
+        raise ValueError("patient_ids, labels and strata must have the same length")
+    n_patients = len(set(patient_ids))
+    if not 2 <= k <= n_patients:
+        raise ConfigError(
+            f"{k} folds for {n_patients} patients; use between 2 and the number of patients",
+            field="folds",
+        )
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, int] = {}
+    dealt = 0
+    for members in _patient_strata(patient_ids, labels, strata).values():
+        for idx in rng.permutation(len(members)):
+            assignment[members[idx]] = dealt % k + 1
+            dealt += 1
     return [assignment[pid] for pid in patient_ids]
 
 

@@ -130,6 +130,15 @@ def _availability(present: np.ndarray, modalities: Sequence[str]) -> dict[str, A
     }
 
 
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(
+            "output folder exists and is not empty",
+            path=out,
+            hint="choose another --out or pass --overwrite",
+        )
+
+
 def model_sha256(run: str | Path) -> str:
     """SHA-256 of a run's ``model/model.json`` (every weight fingerprint and calibrator):
     the model version an evaluation or a recalibration records."""
@@ -333,27 +342,62 @@ class Evaluator:
                 column, no usable case.
             ConfigError: ``out`` exists and is not empty (without ``overwrite``).
         """
+        from clinfuse.evaluation import ablation
+
+        out = Path(out)
+        _check_out(out, overwrite)
+        cohort = self._cohort(cohort)
+        cases, raw, frame, excluded = score_cohort(self.model, cohort, progress=progress)
+        scorer = (
+            ablation.masked_fusion_probabilities(self.model, cases)
+            if len(self.model.modalities) > 1
+            else None
+        )
+        return self.evaluate_scored(
+            cohort, frame, raw["present"], excluded, out, scorer=scorer, overwrite=overwrite
+        )
+
+    def evaluate_scored(
+        self,
+        cohort: Any,
+        frame: pd.DataFrame,
+        present: np.ndarray,
+        excluded: Sequence[Any],
+        out: str | Path,
+        *,
+        scorer: Any = None,
+        overwrite: bool = False,
+        crossval: dict[str, Any] | None = None,
+    ) -> EvaluationResult:
+        """Evaluate predictions already made (``frame`` as from :func:`score_cohort`).
+
+        Args:
+            cohort: the checked cohort the predictions are for (subgroup values, sites).
+            frame: predictions, one row per scored case.
+            present: (N, M) modality availability of the frame's cases.
+            excluded: the cases that could not be scored (issues).
+            out: the output folder.
+            scorer: an :data:`~clinfuse.evaluation.ablation.Scorer` over the frame's
+                cases for the ablation and robustness tables (None skips them).
+            crossval: the cross-validation summary when the frame pools the
+                out-of-fold predictions of several fold models (see
+                :func:`clinfuse.evaluation.crossval.cross_validate`).
+        """
         from clinfuse.evaluation import ablation, calibration, delong, subgroups, utility
         from clinfuse.evaluation.summary import summarize_predictions
 
         out = Path(out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise ConfigError(
-                "output folder exists and is not empty",
-                path=out,
-                hint="choose another --out or pass --overwrite",
-            )
+        _check_out(out, overwrite)
         model = self.model
         mods = list(model.modalities)
-        cohort = self._cohort(cohort)
-        cases, raw, frame, excluded = score_cohort(model, cohort, progress=progress)
+        frame = frame.copy()
         rows_by_id = {r.case_id: r for r in cohort.rows}
         for col in self.subgroups:
             frame[col] = [self._group_value(rows_by_id[c], col) for c in frame["case_id"]]
         frame["site"] = [rows_by_id[c].site for c in frame["case_id"]]
         y = frame["label"].to_numpy(dtype=float)
         p = frame["p_fusion"].to_numpy(dtype=float)
-        present = raw["present"].astype(bool)
+        present = np.asarray(present).astype(bool)
         single_class = len(np.unique(y)) < 2
         notes: list[str] = []
         if single_class:
@@ -369,6 +413,8 @@ class Evaluator:
         metrics["seed"] = self.seed
         if self.run_info:
             metrics["run"] = self.run_info
+        if crossval:
+            metrics["crossval"] = crossval
         metrics["notes"] = notes
         scored = {"fusion": (y, p)}
         for m in mods:
@@ -453,8 +499,7 @@ class Evaluator:
         }
 
         # fusion analysis
-        if len(mods) > 1:
-            scorer = ablation.masked_fusion_probabilities(model, cases)
+        if len(mods) > 1 and scorer is not None:
             metrics["ablation"] = ablation.ablation_table(
                 y, present, mods, scorer, n_boot=self.n_boot, seed=self.seed, level=self.level
             )
@@ -514,8 +559,17 @@ class Evaluator:
         model = self.model
         cfg = model.config
         fusion = metrics["models"]["fusion"]
+        cv = metrics.get("crossval")
         limitations = [
-            "Evaluated retrospectively on the cohort given; performance in another setting "
+            (
+                f"Internal validation by {cv['folds']}-fold cross-validation: the figures "
+                "estimate how the training procedure performs on new patients of the same "
+                "population; the model to use is trained on all cases (`clinfuse train`), "
+                "and its performance in another setting (site, period, case mix) must be "
+                "checked before use."
+            )
+            if cv
+            else "Evaluated retrospectively on the cohort given; performance in another setting "
             "(site, period, case mix) must be checked before use.",
             "The ablation and robustness tables mask inputs of the trained model; they do not "
             "show what models trained on fewer modalities would achieve.",
@@ -532,14 +586,20 @@ class Evaluator:
         if suppressed:
             limitations.append(f"{suppressed} subgroup(s) were too small to report.")
         slope = metrics["calibration"]["fusion"]["slope"]["value"]
-        if slope is not None and not 0.8 <= slope <= 1.2:
+        if cv and slope is not None and not 0.8 <= slope <= 1.2:
+            limitations.append(
+                f"Calibration slope {slope:.2f} across the held-out folds: the fold models' "
+                f"risks are {'too extreme (overfitting)' if slope < 1 else 'too moderate'}; "
+                "a model trained the same way on all cases will likely behave alike."
+            )
+        elif slope is not None and not 0.8 <= slope <= 1.2:
             limitations.append(
                 f"Calibration slope {slope:.2f}: risks are "
                 f"{'too extreme' if slope < 1 else 'too moderate'}; consider recalibrating on "
                 "this site's cases (`clinfuse recalibrate`)."
             )
         citl = metrics["calibration"]["fusion"]["intercept"]
-        if citl["value"] is not None and (citl["ci_low"] > 0 or citl["ci_high"] < 0):
+        if not cv and citl["value"] is not None and (citl["ci_low"] > 0 or citl["ci_high"] < 0):
             limitations.append(
                 f"Calibration intercept {citl['value']:.2f} (95 % CI {citl['ci_low']:.2f} to "
                 f"{citl['ci_high']:.2f}): risks are systematically too "
@@ -564,7 +624,7 @@ class Evaluator:
                 "recalibrated": {
                     k: c.update.method for k, c in model.calibrators.items() if hasattr(c, "update")
                 },
-                "info": model.info,
+                "info": {"cross_validation": cv["fold_models"]} if cv else model.info,
             },
             "intended_use": (
                 "Decision support: a calibrated risk of the outcome "

@@ -19,6 +19,7 @@ TRIPOD_ITEMS: dict[str, list[str]] = {
     "missing": ["11", "20b", "27a"],
     "case_mix": ["20c"],
     "methods": ["12e", "12g", "15"],
+    "crossval": ["12a", "12c", "23a"],
     "discrimination": ["12e", "23a"],
     "calibration": ["12e", "12f", "23a"],
     "utility": ["12e", "15", "23a"],
@@ -222,9 +223,74 @@ def _methods(m: dict[str, Any], thresholds: Sequence[float]) -> str:
         "threshold; thresholds chosen by the user).</li>"
         "<li>Model output: calibrated probability of the outcome "
         "(<code>p_fusion</code> in <code>predictions.csv</code>), computed with "
-        "<code>clinfuse.load_run(run).predict</code>.</li>"
-        "</ul>"
+        "<code>clinfuse.load_run(run).predict</code>"
+        + (
+            "; out-of-fold: each case scored by the fold model that did not see its patient "
+            "(<code>fold</code> column)"
+            if m.get("crossval")
+            else ""
+        )
+        + ".</li></ul>"
     )
+
+
+def _crossval(m: dict[str, Any]) -> str:
+    cv = m["crossval"]
+    k = cv["folds"]
+    body = (
+        f"<p>Every patient was held out once: {cv['n_patients']} patients ({cv['n_cases']} "
+        f"cases) dealt to {k} folds, stratified by {' and '.join(cv['stratified_by'])} (fold "
+        f"seed {cv['fold_seed']}). For each fold a complete run was trained on the other "
+        f"folds (their patients split into training and validation, "
+        f"{100 * cv['inner_validation_share']:.0f} % validation for early stopping, the "
+        "fusion combiner and calibration) and predicted the held-out fold. The sections "
+        "below evaluate the pooled out-of-fold predictions of the fold models; the table "
+        "gives each fold alone. The figures describe the training procedure on new patients "
+        "of the same population; the model to use is trained on all cases.</p>"
+    )
+    rows = [
+        [
+            r["fold"],
+            r["n_cases"],
+            r["n_events"],
+            _ci({"value": r["auroc"], "ci_low": r["auroc_ci_low"], "ci_high": r["auroc_ci_high"]}),
+            _num(r["calibration_intercept"], 2),
+            _num(r["calibration_slope"], 2),
+            _num(r["brier"]),
+        ]
+        for r in cv["per_fold"]
+    ]
+    across = cv["across_folds"]
+
+    def spread(key: str, digits: int) -> str:
+        a = across[key]
+        if a["mean"] is None:
+            return "—"
+        sd = "" if a["sd"] is None else f" ± {_num(a['sd'], digits)}"
+        return f"{_num(a['mean'], digits)}{sd}"
+
+    rows.append(
+        [
+            "mean ± SD",
+            "",
+            "",
+            spread("auroc", 3),
+            spread("calibration_intercept", 2),
+            spread("calibration_slope", 2),
+            spread("brier", 3),
+        ]
+    )
+    body += _table(
+        ["fold", "cases", "events", "AUROC (DeLong CI)", "cal. intercept", "cal. slope", "Brier"],
+        rows,
+    )
+    models = ", ".join(f"fold {f['fold']}: {f['epochs_run']} epochs" for f in cv["fold_models"])
+    body += (
+        f"<p>Fold models (<code>folds/fold_k</code>): {_e(models)}. Pooled and fold-by-fold "
+        "figures answer different questions: the pooled AUROC ranks cases scored by different "
+        "models; the fold mean and SD show how much one split's figure varies.</p>"
+    )
+    return body
 
 
 def _discrimination(m: dict[str, Any], png: dict[str, bytes]) -> str:
@@ -500,11 +566,12 @@ def render_report(
     """The report page from ``metrics.json`` content and the figures' PNG bytes."""
     notes = "".join(f'<p class="note">{_e(n)}</p>' for n in metrics.get("notes", []))
     subgroup_cols = [c for c in metrics["subgroups"] if c != "site"]
+    kind = "cross-validation" if metrics.get("crossval") else "evaluation"
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>clinfuse evaluation report</title>",
+        f"<title>clinfuse {kind} report</title>",
         f"<style>{CSS}</style></head><body>",
-        "<h1>clinfuse evaluation report</h1>",
+        f"<h1>clinfuse {kind} report</h1>",
         f"<p>{metrics['n_cases']} cases, {metrics['n_events']} events. Section tags name the "
         "TRIPOD+AI items (Collins et al., BMJ 2024;385:e078378) each section answers.</p>",
         notes,
@@ -517,6 +584,16 @@ def render_report(
         )
     parts += [
         _section("Methods of evaluation", "methods", _methods(metrics, thresholds)),
+    ]
+    if metrics.get("crossval"):
+        parts.append(
+            _section(
+                f"Internal validation: {metrics['crossval']['folds']}-fold cross-validation",
+                "crossval",
+                _crossval(metrics),
+            )
+        )
+    parts += [
         _section("Discrimination", "discrimination", _discrimination(metrics, png)),
         _section("Calibration", "calibration", _calibration(metrics, png)),
         _section("Clinical utility", "utility", _utility(metrics, png)),

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import torch
 from clinfuse import MODALITIES, __version__
 from clinfuse.cache import default_cache_dir
 from clinfuse.calibration import build_calibrator
-from clinfuse.cohort.manifest import Cohort, Issue
+from clinfuse.cohort.manifest import SPLITS, Cohort, Issue
 from clinfuse.cohort.split import split_cohort
 from clinfuse.config import DataConfig, RunConfig, load_config
 from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
@@ -159,12 +159,37 @@ def _embedding_device(device: str) -> str:
     return f"cuda:{local_rank}" if device == "cuda" and local_rank > 0 else device
 
 
-def _prepare_folders(out: Path, *, resume: bool, overwrite: bool) -> Path:
+def _with_splits(cohort: Cohort, splits: Mapping[str, str]) -> Cohort:
+    missing = [r.case_id for r in cohort.rows if r.case_id not in splits]
+    if missing:
+        raise ValueError(f"no split given for {len(missing)} case(s), e.g. {missing[0]!r}")
+    bad = sorted({v for v in splits.values()} - set(SPLITS))
+    if bad:
+        raise ValueError(f"unknown split(s) {bad}; use train, val or test")
+    return cohort.with_rows([r.model_copy(update={"split": splits[r.case_id]}) for r in cohort.rows])
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Move the finished ``partial`` folder to ``out``, replacing what was there."""
+    if out.exists():
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+
+
+def _prepare_folders(
+    out: Path, *, resume: bool, overwrite: bool, finished: str = "model/model.json"
+) -> Path:
+    """Check ``out`` and make (or, resuming, find) its ``.partial`` sibling; ``finished``:
+    the file whose presence in ``out`` marks a finished run."""
     partial = out.with_name(out.name + ".partial")
     if launched_worker():
         return partial  # rank 0 made (and owns) the folder
     if out.exists() and not overwrite:
-        if (out / "model" / "model.json").exists():
+        if (out / finished).exists():
             raise ConfigError(
                 "the run folder already holds a finished run",
                 path=out,
@@ -204,6 +229,7 @@ def train_run(
     progress: Progress | None = None,
     on_epoch: Callable[[EpochRecord, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    splits: Mapping[str, str] | None = None,
 ) -> Path:
     """Train a fusion model on a cohort and write a complete run folder.
 
@@ -217,6 +243,8 @@ def train_run(
         progress: ``progress(stage, done, total)`` while loading cases.
         on_epoch: called after every epoch.
         log: one-line messages (no PHI: counts and ids only).
+        splits: case id → ``train``/``val``/``test`` for every labelled case, replacing the
+            manifest's splits and the seeded split (cross-validation folds use this).
 
     Returns:
         The run folder.
@@ -240,6 +268,8 @@ def train_run(
     data_cfg = config.data
 
     cohort = load_labelled_cohort(cohort_path, data_cfg)
+    if splits is not None:
+        cohort = _with_splits(cohort, splits)
     cohort = split_cohort(cohort, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed)
     modalities = resolve_modalities(cohort, config)
     resolved = config.model_copy(
@@ -433,12 +463,6 @@ def train_run(
         },
     )
 
-    if out.exists():
-        old = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
+    _publish(partial, out)
     state.barrier()  # releases the DDP workers (no-op in one process)
     return out

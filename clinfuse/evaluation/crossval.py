@@ -1,0 +1,451 @@
+"""Internal validation by k-fold cross-validation (TRIPOD+AI 12a, 12c).
+
+A single train/val/test split of a few hundred cases gives a performance figure
+that depends on which patients landed in test. Cross-validation holds every
+patient out once: the cohort's patients are dealt to ``k`` folds (stratified by
+outcome and site, :func:`~clinfuse.cohort.assign_folds`); for each fold a
+complete run is trained on the other folds (their own patient-level train/val
+split inside, as ``clinfuse train`` does) and predicts the held-out fold. The
+out-of-fold predictions of all fold models are pooled and evaluated with the
+same report as ``clinfuse evaluate``; the fold-by-fold figures (mean, SD,
+range) are reported next to the pooled ones.
+
+The figures describe the *training procedure* on new patients of the same
+population. The model to use is trained on all cases with ``clinfuse train``;
+the fold models stay in ``folds/`` for inspection.
+
+The cross-validation folder::
+
+    CV/
+      crossval.json        plan and per-fold summary (written last: marks it finished)
+      config.yaml          the run config every fold was trained with
+      assignment.csv       case_id, patient_id, fold
+      per_fold.csv         one row per fold: cases, events, AUROC, calibration, Brier
+      folds/fold_1/ ...    a complete run folder per fold (loadable with clinfuse.load_run)
+      evaluation/          report.html, metrics.json (with "crossval"), predictions.csv
+                           (out-of-fold, with a fold column), figures/, excluded.csv
+
+It is written as ``CV.partial`` and renamed when complete; an interrupted
+cross-validation continues with ``resume=True`` (finished folds are kept, the
+interrupted fold continues from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse import __version__
+from clinfuse.errors import CohortError, ConfigError
+
+__all__ = ["SCHEMA", "CrossValResult", "cross_validate", "fold_splits"]
+
+SCHEMA = "clinfuse.crossval.v1"
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CrossValResult:
+    """What :func:`cross_validate` wrote.
+
+    Attributes:
+        out: the cross-validation folder.
+        summary: ``crossval.json`` (plan, fold models, per-fold and across-fold figures).
+        metrics: the pooled evaluation (``evaluation/metrics.json``).
+        per_fold: one row per fold (``per_fold.csv``).
+        predictions: the out-of-fold predictions (``evaluation/predictions.csv``).
+    """
+
+    out: Path
+    summary: dict[str, Any]
+    metrics: dict[str, Any]
+    per_fold: pd.DataFrame
+    predictions: pd.DataFrame
+
+    @property
+    def report(self) -> Path:
+        return self.out / "evaluation" / "report.html"
+
+
+def fold_splits(
+    cohort: Any, folds: Sequence[int], k: int, *, fractions: Sequence[float], seed: int
+) -> dict[str, str]:
+    """Case id → ``train``/``val``/``test`` for fold ``k``: its cases are ``test``; the other
+    folds' patients are split into train and val in the config's train:val proportion
+    (patient-level, stratified by outcome and site)."""
+    from clinfuse.cohort.split import assign_splits
+
+    rows = cohort.rows
+    rest = [r for r, f in zip(rows, folds, strict=True) if f != k]
+    train_share, val_share = fractions[0], fractions[1]
+    val = val_share / (train_share + val_share)
+    inner = assign_splits(
+        [r.patient_id for r in rest],
+        [r.label for r in rest],
+        fractions=(1.0 - val, val, 0.0),
+        seed=seed,
+        strata=[r.site for r in rest],
+    )
+    splits = {r.case_id: s for r, s in zip(rest, inner, strict=True)}
+    splits.update({r.case_id: "test" for r, f in zip(rows, folds, strict=True) if f == k})
+    return splits
+
+
+def _config_sha(config: Any) -> str:
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_single_process(config: Any) -> None:
+    import torch
+
+    t = config.training
+    several = (isinstance(t.devices, int) and t.devices > 1) or (
+        t.devices == "auto" and torch.cuda.device_count() > 1
+    )
+    if t.strategy != "auto" or several or t.num_nodes > 1:
+        raise ConfigError(
+            "cross-validation trains its folds one after another in one process; "
+            f"training.strategy is {t.strategy!r}, devices {t.devices!r}, nodes {t.num_nodes}",
+            field="training.strategy",
+            hint="set training.strategy: auto and training.devices: 1, or train each fold "
+            "with `clinfuse train` on several GPUs",
+        )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _spread(values: Sequence[float | None]) -> dict[str, Any]:
+    v = np.array([x for x in values if x is not None], dtype=float)
+    if not len(v):
+        return {"mean": None, "sd": None, "min": None, "max": None, "n_folds": 0}
+    return {
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n_folds": len(v),
+    }
+
+
+def _fold_row(fold: int, frame: pd.DataFrame, level: float) -> dict[str, Any]:
+    from clinfuse.evaluation.calibration import calibration_summary
+    from clinfuse.evaluation.delong import delong_ci
+
+    y = frame["label"].to_numpy(dtype=float)
+    p = frame["p_fusion"].to_numpy(dtype=float)
+    auc = (
+        delong_ci(y, p, level=level)
+        if len(np.unique(y)) == 2
+        else {"value": None, "ci_low": None, "ci_high": None}
+    )
+    cal = calibration_summary(y, p, level=level)
+    return {
+        "fold": fold,
+        "n_cases": len(y),
+        "n_events": int(y.sum()),
+        "auroc": auc["value"],
+        "auroc_ci_low": auc["ci_low"],
+        "auroc_ci_high": auc["ci_high"],
+        "calibration_intercept": cal["intercept"]["value"],
+        "calibration_slope": cal["slope"]["value"],
+        "oe_ratio": cal["oe_ratio"]["value"],
+        "brier": cal["brier"],
+    }
+
+
+def cross_validate(
+    cohort_path: str | Path,
+    out: str | Path,
+    config: Any = None,
+    *,
+    folds: int = 5,
+    fold_seed: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    subgroups: Sequence[str] = (),
+    thresholds: Sequence[float] | str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    min_group_size: int = 30,
+    progress: Progress | None = None,
+    on_epoch: Callable[[Any, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CrossValResult:
+    """Cross-validate the training procedure on a labelled cohort.
+
+    Args:
+        cohort_path: the manifest (every labelled case is held out once; a ``split``
+            column is ignored).
+        out: the cross-validation folder to create.
+        config: run configuration for every fold (defaults when None; with ``resume``
+            the stored one is used and a different one is an error).
+        folds: number of folds (2 to the number of patients; 5 or 10 are usual).
+        fold_seed: seed of the fold assignment (the inner train/val split uses
+            ``data.split_seed``, training ``training.seed``).
+        resume: continue an interrupted cross-validation.
+        overwrite: replace an existing folder.
+        subgroups, thresholds, n_boot, seed, level, min_group_size: as for
+            :func:`~clinfuse.evaluation.evaluate.evaluate_run`, on the pooled
+            out-of-fold predictions.
+        progress: ``progress(stage, done, total)`` while cases load.
+        on_epoch: called after every epoch of every fold.
+        log: one-line messages (counts and ids only).
+
+    Returns:
+        :class:`CrossValResult`.
+
+    Raises:
+        ConfigError: bad ``folds``, a multi-process training config, a busy ``out``,
+            or a resumed run whose config, folds or manifest changed.
+        CohortError: an unknown subgroup column, or a fold whose training part lacks
+            an outcome class.
+    """
+    from clinfuse.cohort.split import assign_folds
+    from clinfuse.config import RunConfig, load_config
+    from clinfuse.evaluation.ablation import masked_fusion_probabilities
+    from clinfuse.evaluation.evaluate import Evaluator, model_sha256, score_cohort
+    from clinfuse.model import load_run
+    from clinfuse.training.run import (
+        _prepare_folders,
+        _publish,
+        load_labelled_cohort,
+        resolve_modalities,
+        train_run,
+    )
+
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds is {folds!r}; use 2 or more (5 or 10 are usual)", field="folds")
+    if config is not None:
+        _check_single_process(config)
+    evaluator_args: dict[str, Any] = dict(
+        subgroups=subgroups,
+        thresholds=thresholds,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+        min_group_size=min_group_size,
+    )
+    Evaluator(None, **evaluator_args)  # bad evaluation settings fail before any training
+    given = config
+    if resume:  # the stored config decides how the cohort is read
+        partial = _prepare_folders(out, resume=True, overwrite=overwrite, finished="crossval.json")
+        config = load_config(partial / "config.yaml")
+    config = config or RunConfig()
+    _check_single_process(config)
+    data_cfg = config.data
+
+    cohort = load_labelled_cohort(cohort_path, data_cfg)
+    for col in subgroups:
+        if col.strip() and col.strip() not in cohort.columns:
+            raise CohortError(
+                f"subgroup column {col.strip()!r} is not in the manifest "
+                f"(columns: {', '.join(cohort.columns)})",
+                field=col.strip(),
+                path=cohort.manifest_path,
+                hint="check --subgroups against the manifest's header",
+            )
+
+    def resolved(cfg: Any) -> Any:
+        mods = resolve_modalities(cohort, cfg)
+        return cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": mods})})
+
+    config = resolved(config)
+    modalities = list(config.data.modalities)
+    if resume and given is not None and _config_sha(resolved(given)) != _config_sha(config):
+        raise ConfigError(
+            "the config differs from the one the interrupted cross-validation started with",
+            path=partial / "config.yaml",
+            hint="resume without --config, or start afresh with --overwrite",
+        )
+    if any(r.split is not None for r in cohort.rows):
+        say("the manifest's split column is ignored: every case is held out once")
+    sites = [r.site for r in cohort.rows]
+    assignment = assign_folds(
+        [r.patient_id for r in cohort.rows],
+        [r.label for r in cohort.rows],
+        k=folds,
+        seed=fold_seed,
+        strata=sites if any(s is not None for s in sites) else None,
+    )
+    table = pd.DataFrame(
+        {
+            "case_id": [r.case_id for r in cohort.rows],
+            "patient_id": [r.patient_id for r in cohort.rows],
+            "fold": assignment,
+        }
+    )
+    plan = {"folds": folds, "fold_seed": fold_seed}
+    if resume:
+        old_plan = json.loads((partial / "plan.json").read_text(encoding="utf-8"))
+        old_table = pd.read_csv(
+            partial / "assignment.csv", dtype={"case_id": str, "patient_id": str}
+        )
+        if old_plan != plan:
+            raise ConfigError(
+                f"the interrupted cross-validation used {old_plan}; this call asks for {plan}",
+                path=partial / "plan.json",
+                hint="resume with the same --folds and --fold-seed, or use --overwrite",
+            )
+        if not old_table.equals(table):
+            raise ConfigError(
+                "the manifest's cases changed since the cross-validation started "
+                "(the fold assignment differs)",
+                path=partial / "assignment.csv",
+                hint="start afresh with --overwrite",
+            )
+    else:  # everything checked: only now is the folder made
+        partial = _prepare_folders(out, resume=False, overwrite=overwrite, finished="crossval.json")
+        config.save(partial / "config.yaml")
+        _write_atomic(partial / "plan.json", json.dumps(plan))
+        _write_atomic(partial / "assignment.csv", table.to_csv(index=False))
+
+    # one complete run per fold; finished folds stay in the .partial folder if anything
+    # below fails (--resume goes on from there)
+    (partial / "folds").mkdir(exist_ok=True)
+    for k in range(1, folds + 1):
+        fold_out = partial / "folds" / f"fold_{k}"
+        if (fold_out / "model" / "model.json").exists():
+            say(f"fold {k}/{folds}: finished earlier, kept")
+            continue
+        unfinished = (fold_out.with_name(fold_out.name + ".partial") / "config.yaml").exists()
+        n_test = int((table["fold"] == k).sum())
+        say(f"fold {k}/{folds}: training on {len(table) - n_test} cases, holding out {n_test}")
+
+        def fold_log(msg: str, k: int = k) -> None:
+            say(f"fold {k}/{folds}: {msg}")
+
+        train_run(
+            cohort_path,
+            fold_out,
+            config,
+            resume=unfinished,
+            overwrite=not unfinished,  # a fold stopped before it saved its config starts over
+            progress=progress,
+            on_epoch=on_epoch,
+            log=fold_log,
+            splits=fold_splits(
+                cohort,
+                assignment,
+                k,
+                fractions=data_cfg.split_fractions,
+                seed=data_cfg.split_seed,
+            ),
+        )
+
+    # pooled out-of-fold predictions
+    frames, presents, scorers, fold_models, rows = [], [], [], [], []
+    excluded = list(cohort.excluded)
+    seen = {tuple(sorted(i.as_dict().items())) for i in excluded}
+    model = None
+    for k in range(1, folds + 1):
+        fold_out = partial / "folds" / f"fold_{k}"
+        model = load_run(fold_out)
+        held = cohort.subset(table.loc[table["fold"] == k, "case_id"].tolist())
+        held = held.with_rows([r.model_copy(update={"split": "test"}) for r in held.rows])
+        cases, raw, frame, issues = score_cohort(
+            model,
+            held,
+            progress=None if progress is None else (lambda d, t: progress("scoring", d, t)),
+        )
+        for issue in issues:
+            key = tuple(sorted(issue.as_dict().items()))
+            if key not in seen:
+                seen.add(key)
+                excluded.append(issue)
+        frame.insert(1, "fold", k)
+        frames.append(frame)
+        presents.append(raw["present"])
+        if len(modalities) > 1:
+            scorers.append(masked_fusion_probabilities(model, cases))
+        rows.append(_fold_row(k, frame, level))
+        fold_models.append(
+            {
+                "fold": k,
+                "path": f"folds/fold_{k}",
+                "model_sha256": model_sha256(fold_out),
+                "epochs_run": model.info.get("epochs_run"),
+                "stopped_early": model.info.get("stopped_early"),
+                "trained_on": model.info.get("trained_on"),
+            }
+        )
+    assert model is not None
+    pooled = pd.concat(frames, ignore_index=True)
+    present = np.concatenate(presents)
+
+    def scorer(keep: Sequence[str]) -> np.ndarray:
+        return np.concatenate([s(keep) for s in scorers])
+
+    per_fold = pd.DataFrame(rows)
+    summary: dict[str, Any] = {
+        "schema": SCHEMA,
+        "clinfuse_version": __version__,
+        "manifest": str(cohort.manifest_path),
+        "folds": folds,
+        "fold_seed": fold_seed,
+        "stratified_by": ["outcome"] + (["site"] if any(s is not None for s in sites) else []),
+        "patient_level": True,
+        "inner_validation_share": data_cfg.split_fractions[1]
+        / (data_cfg.split_fractions[0] + data_cfg.split_fractions[1]),
+        "config_sha256": _config_sha(config),
+        "n_cases": len(table),
+        "n_patients": int(table["patient_id"].nunique()),
+        "n_scored": len(pooled),
+        "fold_models": fold_models,
+        "per_fold": rows,
+        "across_folds": {
+            key: _spread(per_fold[key].tolist())
+            for key in ("auroc", "calibration_intercept", "calibration_slope", "brier")
+        },
+    }
+    summary = json.loads(json.dumps(summary, default=_json_default))
+    evaluator = Evaluator(model, **evaluator_args)
+    result = evaluator.evaluate_scored(
+        cohort,
+        pooled,
+        present,
+        excluded,
+        partial / "evaluation",
+        scorer=scorer if scorers else None,
+        overwrite=True,
+        crossval=summary,
+    )
+    summary["pooled"] = {
+        "auroc": result.metrics["models"]["fusion"]["auroc"],
+        "calibration_intercept": result.metrics["calibration"]["fusion"]["intercept"],
+        "calibration_slope": result.metrics["calibration"]["fusion"]["slope"],
+        "brier": result.metrics["models"]["fusion"]["brier"],
+    }
+    _write_atomic(partial / "per_fold.csv", per_fold.to_csv(index=False))
+    (partial / "plan.json").unlink()
+    _write_atomic(partial / "crossval.json", json.dumps(summary, indent=2))
+    _publish(partial, out)
+    return CrossValResult(
+        out=out,
+        summary=summary,
+        metrics=result.metrics,
+        per_fold=per_fold,
+        predictions=pd.read_csv(out / "evaluation" / "predictions.csv", dtype={"case_id": str}),
+    )
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
