@@ -166,7 +166,9 @@ def _with_splits(cohort: Cohort, splits: Mapping[str, str]) -> Cohort:
     bad = sorted({v for v in splits.values()} - set(SPLITS))
     if bad:
         raise ValueError(f"unknown split(s) {bad}; use train, val or test")
-    return cohort.with_rows([r.model_copy(update={"split": splits[r.case_id]}) for r in cohort.rows])
+    return cohort.with_rows(
+        [r.model_copy(update={"split": splits[r.case_id]}) for r in cohort.rows]
+    )
 
 
 def _publish(partial: Path, out: Path) -> None:
