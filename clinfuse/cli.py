@@ -571,7 +571,14 @@ def demo(
 # ---------------------------------------------------------------------------
 def _register_feature_commands() -> None:
     from clinfuse.deid_cli import DEID_EPILOG, deid
-    from clinfuse.evaluation.cli import EVALUATE_EPILOG, RECALIBRATE_EPILOG, evaluate, recalibrate
+    from clinfuse.evaluation.cli import (
+        COMPARE_EPILOG,
+        EVALUATE_EPILOG,
+        RECALIBRATE_EPILOG,
+        compare,
+        evaluate,
+        recalibrate,
+    )
     from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
     from clinfuse.federated.cli import FEDERATED_EPILOG, federated
     from clinfuse.review.cli import APP_EPILOG
@@ -579,6 +586,7 @@ def _register_feature_commands() -> None:
 
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
     app.command(epilog=RECALIBRATE_EPILOG)(recalibrate)
+    app.command(epilog=COMPARE_EPILOG)(compare)
     app.command(epilog=EXPLAIN_EPILOG)(explain)
     app.command(name="deid", epilog=DEID_EPILOG)(deid)
     app.command(epilog=FEDERATED_EPILOG)(federated)

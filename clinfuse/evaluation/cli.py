@@ -15,7 +15,14 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["EVALUATE_EPILOG", "RECALIBRATE_EPILOG", "evaluate", "recalibrate"]
+__all__ = [
+    "COMPARE_EPILOG",
+    "EVALUATE_EPILOG",
+    "RECALIBRATE_EPILOG",
+    "compare",
+    "evaluate",
+    "recalibrate",
+]
 
 EVALUATE_EPILOG = (
     "Examples:\n\n"
@@ -116,10 +123,12 @@ RECALIBRATE_EPILOG = (
 )
 
 
-def _fmt(stat: dict | None) -> str:
+def _fmt(stat: dict | None, digits: int = 2) -> str:
     if not stat or stat.get("value") is None:
         return "—"
-    return f"{stat['value']:.2f} [{stat['ci_low']:.2f}, {stat['ci_high']:.2f}]"
+    if stat.get("ci_low") is None:
+        return f"{stat['value']:.{digits}f}"
+    return f"{stat['value']:.{digits}f} [{stat['ci_low']:.{digits}f}, {stat['ci_high']:.{digits}f}]"
 
 
 def recalibrate(
@@ -201,3 +210,93 @@ def recalibrate(
     console.print(
         f"check it on cases not used here: clinfuse evaluate {result.out} COHORT --out DIR"
     )
+
+
+COMPARE_EPILOG = (
+    "Examples:\n\n"
+    "  clinfuse compare eval_baseline eval_fused --out cmp\n\n"
+    "  clinfuse compare eval_late eval_early eval_intermediate --out cmp "
+    "--name late --name early --name intermediate --thresholds 0.1,0.3\n\n"
+    "  clinfuse compare runs/cv_tabular runs/cv_fused --out cmp_cv   "
+    "(cross-validation folders: their out-of-fold predictions)"
+)
+
+
+def compare(
+    folders: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Evaluation folders (clinfuse evaluate) or cross-validation folders "
+            "(clinfuse crossval); the first is the reference."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the comparison.")],
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="A label per folder, in order (default: folder names)."),
+    ] = None,
+    thresholds: Annotated[
+        str,
+        typer.Option(
+            "--thresholds", help="Risk thresholds for Δnet benefit (default 0.1,0.2,0.3)."
+        ),
+    ] = "",
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", min=0, help="Paired bootstrap replicates.")
+    ] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    allow_other_cohorts: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-cohorts",
+            help="Compare evaluations of different manifests (copies of one cohort).",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output folder.")
+    ] = False,
+) -> None:
+    """Compare models on the same cases: paired ΔAUROC (DeLong, Holm-adjusted), ΔBrier and
+    Δnet benefit (paired bootstrap), calibration, overlaid curves.
+
+    Writes comparison.json, models.csv, pairs.csv, report.html and figures/ into --out.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from clinfuse.evaluation.compare import compare_evaluations
+
+    result = compare_evaluations(
+        folders,
+        out,
+        names=name or None,
+        thresholds=thresholds or None,
+        n_boot=n_boot,
+        seed=seed,
+        allow_other_cohorts=allow_other_cohorts,
+        overwrite=overwrite,
+    )
+    c = result.comparison
+    table = Table(
+        title=f"{c['n_common_cases']} common cases, {c['n_events']} events; "
+        f"reference {c['reference']}",
+        header_style="bold",
+    )
+    for col in ("model", "AUROC", "ΔAUROC (95 % CI)", "Holm p", "ΔBrier (95 % CI)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    auroc = {m["model"]: m["auroc"] for m in c["models"]}
+    table.add_row(c["reference"], f"{auroc[c['reference']]:.3f}", "", "", "")
+    for r in c["pairs"]:
+        table.add_row(
+            r["model"],
+            f"{auroc[r['model']]:.3f}",
+            _fmt(_block(r, "delta_auroc"), 3),
+            "—" if r["delong_p_holm"] is None else f"{r['delong_p_holm']:.3g}",
+            _fmt(_block(r, "delta_brier"), 4),
+        )
+    Console().print(table)
+    Console().print(f"report: {result.report}")
+
+
+def _block(row: dict, key: str) -> dict:
+    return {"value": row[key], "ci_low": row[f"{key}_ci_low"], "ci_high": row[f"{key}_ci_high"]}

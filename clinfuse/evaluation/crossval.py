@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse import __version__
+from clinfuse._files import publish
 from clinfuse.errors import CohortError, ConfigError
 
 __all__ = ["SCHEMA", "CrossValResult", "cross_validate", "fold_splits"]
@@ -222,7 +223,6 @@ def cross_validate(
     from clinfuse.model import load_run
     from clinfuse.training.run import (
         _prepare_folders,
-        _publish,
         load_labelled_cohort,
         resolve_modalities,
         train_run,
@@ -435,7 +435,7 @@ def cross_validate(
     _write_atomic(partial / "per_fold.csv", per_fold.to_csv(index=False))
     (partial / "plan.json").unlink()
     _write_atomic(partial / "crossval.json", json.dumps(summary, indent=2))
-    _publish(partial, out)
+    publish(partial, out)
     return CrossValResult(
         out=out,
         summary=summary,

@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -656,14 +653,12 @@ class Evaluator:
         ece_table: dict[str, np.ndarray],
         overwrite: bool,
     ) -> EvaluationResult:
+        from clinfuse._files import atomic_folder
         from clinfuse.evaluation import figures
         from clinfuse.evaluation.report import render_report
         from clinfuse.evaluation.subgroups import subgroup_table
 
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with atomic_folder(out) as tmp:
             y = frame["label"].to_numpy(dtype=float)
             p = frame["p_fusion"].to_numpy(dtype=float)
             fig_dir = tmp / "figures"
@@ -696,16 +691,6 @@ class Evaluator:
             (tmp / "report.html").write_text(
                 render_report(metrics, png, thresholds=self.thresholds), encoding="utf-8"
             )
-            if out.exists():
-                old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return EvaluationResult(
             out=out,
             metrics=metrics,

@@ -112,6 +112,26 @@ def calibration_figure(curve: dict[str, Any], p: np.ndarray) -> Any:
     return fig
 
 
+def calibration_overlay_figure(curves: dict[str, dict[str, Any]]) -> Any:
+    """Flexible calibration curves of several models on the same cases (no bands)."""
+    fig = _figure(5.5, 5.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="ideal")
+    for k, (name, curve) in enumerate(curves.items()):
+        if curve.get("curve") is not None:
+            color = COLORS[k % len(COLORS)]
+            ax.plot(curve["grid"], curve["curve"], color=color, lw=2 if k == 0 else 1.2, label=name)
+    ax.set(
+        xlabel="predicted risk",
+        ylabel="observed proportion",
+        title="Calibration (flexible curves)",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:
     """Equal-width reliability diagram behind the ECE (secondary)."""
     fig = _figure(5.0, 4.0)
@@ -136,8 +156,10 @@ def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:
     return fig
 
 
-def decision_curve_figure(dca: dict[str, Any], prevalence: float) -> Any:
-    """Net benefit against threshold, with treat-all and treat-none."""
+def decision_curve_figure(
+    dca: dict[str, Any], prevalence: float, *, highlight: str = "fusion"
+) -> Any:
+    """Net benefit against threshold, with treat-all and treat-none (``highlight`` drawn bold)."""
     fig = _figure()
     ax = fig.add_subplot()
     t = np.asarray(dca["thresholds"])
@@ -147,7 +169,7 @@ def decision_curve_figure(dca: dict[str, Any], prevalence: float) -> Any:
         label, color, ls = styles.get(name, (name, COLORS[k % len(COLORS)], "-"))
         if name not in styles:
             k += 1
-        ax.plot(t, nb, color=color, ls=ls, lw=2 if name == "fusion" else 1.2, label=label)
+        ax.plot(t, nb, color=color, ls=ls, lw=2 if name == highlight else 1.2, label=label)
     top = max(prevalence, 0.02) * 1.15
     ax.set(
         xlabel="risk threshold",

@@ -44,7 +44,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +53,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import chi2, norm
 
+from clinfuse._files import publish, temp_sibling
 from clinfuse.calibration import (
     UPDATE_EPS,
     UPDATE_METHODS,
@@ -436,7 +436,7 @@ def recalibrate_run(
     report["warnings"] = _warnings(outputs)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temp_sibling(out)
     try:
         shutil.copytree(source, tmp, ignore=_stale(source))
         meta_path = tmp / "model" / "model.json"
@@ -487,13 +487,7 @@ def recalibrate_run(
         )
         _write_json(run_json, info)
         load_run(tmp)  # the new folder must load before it takes the name
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return RecalibrationResult(out=out, report=report)

@@ -12,7 +12,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["TRIPOD_ITEMS", "render_report"]
+__all__ = ["TRIPOD_ITEMS", "render_comparison", "render_report"]
 
 TRIPOD_ITEMS: dict[str, list[str]] = {
     "participants": ["20a", "20b", "21"],
@@ -616,3 +616,107 @@ def render_report(
         "</body></html>",
     ]
     return "".join(parts)
+
+
+def render_comparison(c: dict[str, Any], png: dict[str, bytes]) -> str:
+    """The ``report.html`` of ``clinfuse compare`` from ``comparison.json`` content."""
+    ts = c["thresholds"]
+    pct = int(100 * c["level"])
+    dropped = [m for m in c["models"] if m["n_dropped"]]
+    body = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>clinfuse model comparison</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>clinfuse model comparison</h1>",
+        f"<p>{c['n_common_cases']} cases scored by every model ({c['n_events']} events); "
+        f"reference: <b>{_e(c['reference'])}</b>. Differences are <i>model − reference</i>: "
+        "ΔAUROC &gt; 0, ΔBrier &lt; 0 and Δnet benefit &gt; 0 favour the model.</p>",
+    ]
+    if dropped:
+        body.append(
+            '<p class="note">Compared on the common cases only: '
+            + "; ".join(f"{_e(m['model'])} had {m['n_dropped']} more" for m in dropped)
+            + ".</p>"
+        )
+    body.append("<h2>Models</h2>")
+    body.append(
+        _table(
+            [
+                "model",
+                "cases",
+                f"AUROC (DeLong {pct} % CI)",
+                "Brier",
+                "cal. intercept",
+                "cal. slope",
+                "O/E",
+                *(f"net benefit at {t:g}" for t in ts),
+            ],
+            [
+                [
+                    _e(m["model"]),
+                    m["n_cases"],
+                    _ci(
+                        {
+                            "value": m["auroc"],
+                            "ci_low": m["auroc_ci_low"],
+                            "ci_high": m["auroc_ci_high"],
+                        }
+                    ),
+                    _num(m["brier"]),
+                    _num(m["calibration_intercept"], 2),
+                    _num(m["calibration_slope"], 2),
+                    _num(m["oe_ratio"], 2),
+                    *(_num(m[f"net_benefit_{t:g}"]) for t in ts),
+                ]
+                for m in c["models"]
+            ],
+        )
+    )
+    body.append("<h2>Paired differences against the reference</h2>")
+
+    def diff(r: dict[str, Any], key: str) -> str:
+        return _ci({"value": r[key], "ci_low": r[f"{key}_ci_low"], "ci_high": r[f"{key}_ci_high"]})
+
+    body.append(
+        _table(
+            [
+                "model",
+                f"ΔAUROC ({pct} % CI)",
+                "DeLong p",
+                "Holm p",
+                f"ΔBrier ({pct} % CI)",
+                *(f"Δnet benefit at {t:g}" for t in ts),
+            ],
+            [
+                [
+                    _e(r["model"]),
+                    diff(r, "delta_auroc"),
+                    _pval(r["delong_p"]),
+                    _pval(r["delong_p_holm"]),
+                    diff(r, "delta_brier"),
+                    *(diff(r, f"delta_net_benefit_{t:g}") for t in ts),
+                ]
+                for r in c["pairs"]
+            ],
+        )
+    )
+    body.append(
+        '<div class="figs">'
+        + _figure(png, "roc", "ROC curves on the common cases")
+        + _figure(png, "calibration", "Flexible calibration curves")
+        + _figure(png, "decision_curve", "Decision curves")
+        + "</div>"
+    )
+    body.append(
+        "<h2>Methods</h2><ul>"
+        "<li>ΔAUROC: paired DeLong test (Sun &amp; Xu fast algorithm) with a Wald interval; "
+        "p-values Holm-adjusted over the comparisons with the reference.</li>"
+        f"<li>ΔBrier and Δnet benefit: paired percentile bootstrap ({c['n_boot']} replicates, "
+        f"seed {c['seed']}): each replicate resamples the cases once and scores every model "
+        "on them.</li>"
+        "<li>Calibration: logistic recalibration intercept and slope, O/E, flexible "
+        "(restricted cubic spline) curves, each model on the common cases.</li>"
+        "<li>Cases are matched by <code>case_id</code>; an outcome that differs between "
+        "folders stops the comparison.</li></ul></body></html>"
+    )
+    return "".join(body)

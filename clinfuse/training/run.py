@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from clinfuse import MODALITIES, __version__
+from clinfuse._files import publish
 from clinfuse.cache import default_cache_dir
 from clinfuse.calibration import build_calibrator
 from clinfuse.cohort.manifest import SPLITS, Cohort, Issue
@@ -169,17 +170,6 @@ def _with_splits(cohort: Cohort, splits: Mapping[str, str]) -> Cohort:
     return cohort.with_rows(
         [r.model_copy(update={"split": splits[r.case_id]}) for r in cohort.rows]
     )
-
-
-def _publish(partial: Path, out: Path) -> None:
-    """Move the finished ``partial`` folder to ``out``, replacing what was there."""
-    if out.exists():
-        old = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
 
 
 def _prepare_folders(
@@ -465,6 +455,6 @@ def train_run(
         },
     )
 
-    _publish(partial, out)
+    publish(partial, out)
     state.barrier()  # releases the DDP workers (no-op in one process)
     return out

@@ -269,3 +269,21 @@ def test_bad_input_is_refused_before_anything_is_written(
     shutil.copytree(cv, busy)
     with pytest.raises(ConfigError, match="already holds a finished run"):
         cross_validate(manifest, busy, _config(), folds=2)
+
+
+def test_a_cross_validation_compares_with_an_evaluation(
+    cv: Path, tiny_run: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
+    """`clinfuse compare` reads a cross-validation folder's out-of-fold predictions."""
+    from clinfuse.evaluation.compare import compare_evaluations
+    from clinfuse.evaluation.evaluate import evaluate_run
+
+    evaluation = evaluate_run(tiny_run, tiny_cohort, tmp_path / "eval", split="test", n_boot=20)
+    res = compare_evaluations([evaluation.out, cv], tmp_path / "cmp", n_boot=20)
+    test_ids = set(evaluation.predictions["case_id"])
+    assert res.comparison["n_common_cases"] == len(test_ids)
+    assert [m["model"] for m in res.comparison["models"]] == ["eval", "cv"]
+    oof = pd.read_csv(cv / "evaluation" / "predictions.csv", dtype={"case_id": str})
+    oof = oof[oof["case_id"].isin(test_ids)]
+    auc = roc_auc_score(oof["label"], oof["p_fusion"])
+    assert res.comparison["models"][1]["auroc"] == pytest.approx(auc, abs=1e-12)

@@ -1,0 +1,44 @@
+"""Output folders that appear only when complete: written under a hidden temporary name
+next to the target, then renamed (a rename within one file system is atomic)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_folder", "publish", "temp_sibling"]
+
+
+def temp_sibling(out: Path, tag: str = "tmp") -> Path:
+    """A hidden, unique path next to ``out`` (same file system, so renames are atomic)."""
+    return out.parent / f".{out.name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` to ``out``, replacing what was there."""
+    if out.exists():
+        old = temp_sibling(out, "old")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+@contextmanager
+def atomic_folder(out: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; published as ``out`` when the block ends
+    normally, removed when it raises."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out)
+    tmp.mkdir()
+    try:
+        yield tmp
+        publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

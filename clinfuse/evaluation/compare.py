@@ -1,0 +1,400 @@
+"""Compare models on the same cases: paired differences with intervals and tests.
+
+"Does the fused model beat the baseline?" is a paired question: both models scored
+the same patients, so their errors are correlated and two separate confidence
+intervals that overlap say little. :func:`compare_evaluations` takes evaluation
+folders written by ``clinfuse evaluate`` (or cross-validation folders written by
+``clinfuse crossval``: their pooled out-of-fold predictions), matches the cases by
+``case_id`` and reports, against a reference model (the first):
+
+- ΔAUROC by the paired DeLong test (CI, z, p), Holm-adjusted over the comparisons;
+- ΔBrier and Δnet benefit at each threshold with paired percentile bootstrap CIs
+  (the same resampled cases for both models in every replicate);
+- each model's AUROC (DeLong CI), Brier, calibration intercept and slope, and O/E
+  on the common cases; overlaid ROC, calibration and decision curves.
+
+Each difference is *other − reference*: a positive ΔAUROC or Δnet benefit, or a
+negative ΔBrier, favours the other model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse import __version__
+from clinfuse.errors import CohortError, ConfigError
+
+__all__ = ["ComparisonResult", "compare_evaluations", "holm", "paired_bootstrap"]
+
+SCHEMA = "clinfuse.comparison.v1"
+
+
+@dataclass
+class ComparisonResult:
+    """What :func:`compare_evaluations` wrote.
+
+    Attributes:
+        out: the comparison folder.
+        comparison: ``comparison.json``.
+        models: one row per model (``models.csv``).
+        pairs: one row per comparison with the reference (``pairs.csv``).
+    """
+
+    out: Path
+    comparison: dict[str, Any]
+    models: pd.DataFrame
+    pairs: pd.DataFrame
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of p-values (``None`` entries are left out).
+
+    >>> holm([0.01, 0.04, 0.03])
+    [0.03, 0.06, 0.06]
+    """
+    idx = [i for i, p in enumerate(p_values) if p is not None]
+    ps = np.array([p_values[i] for i in idx], dtype=float)
+    order = np.argsort(ps, kind="stable")
+    m = len(ps)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, j in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * ps[j]))
+        adjusted[j] = running
+    out: list[float | None] = [None] * len(p_values)
+    for k, i in enumerate(idx):
+        out[i] = float(round(adjusted[k], 15))
+    return out
+
+
+def paired_bootstrap(
+    y: np.ndarray,
+    p_ref: np.ndarray,
+    p_other: np.ndarray,
+    statistic: Any,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk: int = 256,
+) -> dict[str, Any]:
+    """Percentile bootstrap CI of ``statistic(y, p_other) − statistic(y, p_ref)``.
+
+    Each replicate resamples the cases once and scores both models on them.
+    Replicate ``b`` uses ``default_rng(seed).integers(0, N, size=(n_boot, N))[b]``
+    (drawn in chunks, which does not change the stream).
+
+    Args:
+        statistic: ``(y (B, N), p (B, N)) -> (B,)`` or ``(B, T)`` for T values at once.
+
+    Returns:
+        ``{"value", "ci_low", "ci_high"}`` (lists when the statistic has T values).
+    """
+    y = np.asarray(y, dtype=float)
+    p_ref = np.asarray(p_ref, dtype=float)
+    p_other = np.asarray(p_other, dtype=float)
+    value = np.asarray(statistic(y[None], p_other[None]) - statistic(y[None], p_ref[None]))[0]
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    reps = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        yy = y[idx]
+        reps.append(statistic(yy, p_other[idx]) - statistic(yy, p_ref[idx]))
+
+    def plain(x: Any) -> Any:
+        x = np.asarray(x, dtype=float)
+        return x.tolist() if x.ndim else float(x)
+
+    if not reps:  # n_boot = 0
+        none = [None] * len(value) if np.ndim(value) else None
+        return {"value": plain(value), "ci_low": none, "ci_high": none}
+    alpha = (1 - level) / 2
+    low, high = np.quantile(np.concatenate(reps, axis=0), [alpha, 1 - alpha], axis=0)
+    return {"value": plain(value), "ci_low": plain(low), "ci_high": plain(high)}
+
+
+def _brier(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return np.asarray(np.mean((p - y) ** 2, axis=-1))
+
+
+def _net_benefit(thresholds: Sequence[float]) -> Any:
+    t = np.asarray(thresholds, dtype=float)
+
+    def nb(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+        flagged = p[..., None] >= t  # (B, N, T)
+        ev = y[..., None] == 1
+        n = y.shape[-1]
+        tp = (flagged & ev).sum(axis=-2)
+        fp = (flagged & ~ev).sum(axis=-2)
+        return np.asarray(tp / n - fp / n * t / (1 - t))
+
+    return nb
+
+
+@dataclass
+class _Source:
+    name: str
+    folder: Path
+    predictions: pd.DataFrame
+    metrics: dict[str, Any]
+
+
+def _read_source(path: Path, name: str | None) -> _Source:
+    folder = Path(path)
+    if (folder / "crossval.json").exists():
+        label = name or folder.name
+        folder = folder / "evaluation"
+    else:
+        label = name or folder.name
+    preds, metrics_file = folder / "predictions.csv", folder / "metrics.json"
+    if (Path(path) / "model" / "model.json").exists():
+        raise ConfigError(
+            "this is a run folder (its predictions.csv mixes the training splits); compare "
+            "takes evaluations of the models on one cohort",
+            path=path,
+            hint="run `clinfuse evaluate RUN COHORT --out EVAL` first and compare the EVAL folders",
+        )
+    if not preds.exists() or not metrics_file.exists():
+        raise ConfigError(
+            "not an evaluation folder (no predictions.csv and metrics.json)",
+            path=path,
+            hint="give folders written by `clinfuse evaluate` or `clinfuse crossval`",
+        )
+    frame = pd.read_csv(preds, dtype={"case_id": str})
+    missing = [c for c in ("case_id", "label", "p_fusion") if c not in frame.columns]
+    if missing:
+        raise ConfigError(
+            f"predictions.csv lacks column(s) {', '.join(missing)}",
+            path=preds,
+            hint="give folders written by `clinfuse evaluate` or `clinfuse crossval`",
+        )
+    if frame["case_id"].duplicated().any():
+        dup = frame.loc[frame["case_id"].duplicated(), "case_id"].iloc[0]
+        raise CohortError(
+            f"case {dup!r} appears twice in predictions.csv", path=preds, field="case_id"
+        )
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    return _Source(label, folder, frame, metrics)
+
+
+def compare_evaluations(
+    folders: Sequence[str | Path],
+    out: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    thresholds: Sequence[float] | str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    allow_other_cohorts: bool = False,
+    overwrite: bool = False,
+) -> ComparisonResult:
+    """Compare two or more evaluated models on their common cases.
+
+    Args:
+        folders: evaluation folders (``clinfuse evaluate``) or cross-validation folders
+            (``clinfuse crossval``); the first is the reference.
+        out: the comparison folder to create.
+        names: a label per folder (default: the folder names).
+        thresholds: risk thresholds for Δnet benefit (default 0.1, 0.2, 0.3).
+        n_boot: paired bootstrap replicates.
+        seed: bootstrap seed.
+        level: confidence level.
+        allow_other_cohorts: compare evaluations of different manifests (their case ids
+            are matched all the same: only sensible for copies of one cohort).
+        overwrite: replace an existing folder.
+
+    Raises:
+        ConfigError: fewer than two folders, a folder that is not an evaluation,
+            names not matching the folders, a busy ``out``, evaluations of different
+            manifests.
+        CohortError: a case with different outcomes in two folders, or fewer than
+            two common cases with both outcomes.
+    """
+    from clinfuse.evaluation.calibration import calibration_summary
+    from clinfuse.evaluation.delong import delong_ci, delong_test
+    from clinfuse.evaluation.evaluate import _check_out, parse_thresholds
+
+    if len(folders) < 2:
+        raise ConfigError("compare needs at least two evaluation folders", field="folders")
+    if names is not None and len(names) != len(folders):
+        raise ConfigError(
+            f"{len(names)} name(s) for {len(folders)} folders; give one per folder",
+            field="names",
+        )
+    if n_boot < 0:
+        raise ConfigError(f"n_boot is {n_boot}; use 0 (no bootstrap) or more", field="n_boot")
+    ts = parse_thresholds(thresholds)
+    out = Path(out)
+    _check_out(out, overwrite)
+    sources = [
+        _read_source(Path(f), None if names is None else names[i]) for i, f in enumerate(folders)
+    ]
+    labels = [s.name for s in sources]
+    if len(set(labels)) < len(labels):
+        raise ConfigError(
+            f"two models are called the same ({', '.join(labels)})",
+            field="names",
+            hint="name them with --name, once per folder",
+        )
+    manifests = {s.name: (s.metrics.get("participants") or {}).get("manifest") for s in sources}
+    known = {str(Path(m).resolve()) for m in manifests.values() if m}
+    if len(known) > 1 and not allow_other_cohorts:
+        raise ConfigError(
+            "the evaluations are of different manifests: "
+            + "; ".join(f"{k}: {v}" for k, v in manifests.items()),
+            field="folders",
+            hint="evaluate every model on the same cohort (a paired comparison needs the same "
+            "cases), or pass --allow-other-cohorts for copies of one cohort",
+        )
+
+    # the common cases, outcomes checked
+    ids = set(sources[0].predictions["case_id"])
+    for s in sources[1:]:
+        ids &= set(s.predictions["case_id"])
+    common = sorted(ids)
+    frames = [s.predictions.set_index("case_id").loc[common] for s in sources]
+    y = frames[0]["label"].to_numpy(dtype=float)
+    for s, f in zip(sources[1:], frames[1:], strict=True):
+        differ = f["label"].to_numpy(dtype=float) != y
+        if differ.any():
+            case = common[int(np.flatnonzero(differ)[0])]
+            raise CohortError(
+                f"case {case!r} has outcome {int(y[common.index(case)])} in "
+                f"{sources[0].name} but {int(f['label'].loc[case])} in {s.name}",
+                field="label",
+                path=s.folder / "predictions.csv",
+                hint="compare evaluations of the same labelled cohort",
+            )
+    if len(common) < 2 or len(np.unique(y)) < 2:
+        raise CohortError(
+            f"{len(common)} case(s) are common to all folders"
+            + ("" if len(common) < 2 else ", all with the same outcome")
+            + "; a comparison needs events and non-events scored by every model",
+            field="case_id",
+            hint="evaluate every model on the same cohort",
+        )
+    dropped = {s.name: int(len(s.predictions) - len(common)) for s in sources}
+    risks = {
+        s.name: f["p_fusion"].to_numpy(dtype=float) for s, f in zip(sources, frames, strict=True)
+    }
+
+    models = []
+    for s in sources:
+        p = risks[s.name]
+        cal = calibration_summary(y, p, level=level)
+        auc = delong_ci(y, p, level=level)
+        models.append(
+            {
+                "model": s.name,
+                "folder": str(s.folder),
+                "n_cases": len(y),
+                "n_dropped": dropped[s.name],
+                "auroc": auc["value"],
+                "auroc_ci_low": auc["ci_low"],
+                "auroc_ci_high": auc["ci_high"],
+                "brier": cal["brier"],
+                "calibration_intercept": cal["intercept"]["value"],
+                "calibration_slope": cal["slope"]["value"],
+                "oe_ratio": cal["oe_ratio"]["value"],
+                **{
+                    f"net_benefit_{t:g}": float(v)
+                    for t, v in zip(ts, _net_benefit(ts)(y[None], p[None])[0], strict=True)
+                },
+            }
+        )
+
+    ref = sources[0].name
+    pairs = []
+    for s in sources[1:]:
+        d = delong_test(y, risks[ref], risks[s.name], level=level)
+        brier = paired_bootstrap(
+            y, risks[ref], risks[s.name], _brier, n_boot=n_boot, seed=seed, level=level
+        )
+        nb = paired_bootstrap(
+            y, risks[ref], risks[s.name], _net_benefit(ts), n_boot=n_boot, seed=seed, level=level
+        )
+        row: dict[str, Any] = {
+            "reference": ref,
+            "model": s.name,
+            "n_cases": len(y),
+            "n_events": int(y.sum()),
+            "delta_auroc": d["difference"],
+            "delta_auroc_ci_low": d["ci_low"],
+            "delta_auroc_ci_high": d["ci_high"],
+            "delong_z": d["z"],
+            "delong_p": d["p_value"],
+            "delta_brier": brier["value"],
+            "delta_brier_ci_low": brier["ci_low"],
+            "delta_brier_ci_high": brier["ci_high"],
+        }
+        for k, t in enumerate(ts):
+            row[f"delta_net_benefit_{t:g}"] = nb["value"][k]
+            row[f"delta_net_benefit_{t:g}_ci_low"] = nb["ci_low"][k]
+            row[f"delta_net_benefit_{t:g}_ci_high"] = nb["ci_high"][k]
+        pairs.append(row)
+    for row, adj in zip(pairs, holm([r["delong_p"] for r in pairs]), strict=True):
+        row["delong_p_holm"] = adj
+
+    comparison = {
+        "schema": SCHEMA,
+        "clinfuse_version": __version__,
+        "reference": ref,
+        "models": models,
+        "pairs": pairs,
+        "n_common_cases": len(common),
+        "n_events": int(y.sum()),
+        "manifests": manifests,
+        "thresholds": ts,
+        "n_boot": n_boot,
+        "seed": seed,
+        "level": level,
+        "sign": "differences are model − reference: ΔAUROC > 0, ΔBrier < 0 and "
+        "Δnet benefit > 0 favour the model",
+    }
+    return _write(out, comparison, y, risks, overwrite)
+
+
+def _write(
+    out: Path,
+    comparison: dict[str, Any],
+    y: np.ndarray,
+    risks: dict[str, np.ndarray],
+    overwrite: bool,  # checked by the caller; an existing folder is replaced
+) -> ComparisonResult:
+    from clinfuse._files import atomic_folder
+    from clinfuse.evaluation import figures
+    from clinfuse.evaluation.calibration import calibration_curve
+    from clinfuse.evaluation.report import render_comparison
+    from clinfuse.evaluation.utility import decision_curve
+
+    with atomic_folder(out) as tmp:
+        level = comparison["level"]
+        curves = {name: calibration_curve(y, p, level=level) for name, p in risks.items()}
+        figs = {
+            "roc": figures.roc_figure(y, {name: (y, p) for name, p in risks.items()}),
+            "calibration": figures.calibration_overlay_figure(curves),
+            "decision_curve": figures.decision_curve_figure(
+                decision_curve(y, risks), float(y.mean()), highlight=comparison["reference"]
+            ),
+        }
+        png = {name: figures.save_figure(fig, tmp / "figures", name) for name, fig in figs.items()}
+        models = pd.DataFrame(comparison["models"])
+        pairs = pd.DataFrame(comparison["pairs"])
+        models.to_csv(tmp / "models.csv", index=False)
+        pairs.to_csv(tmp / "pairs.csv", index=False)
+        (tmp / "comparison.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")
+        (tmp / "report.html").write_text(render_comparison(comparison, png), encoding="utf-8")
+    return ComparisonResult(out=out, comparison=comparison, models=models, pairs=pairs)
