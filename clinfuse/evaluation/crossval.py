@@ -291,6 +291,24 @@ def cross_validate(
             "fold": assignment,
         }
     )
+    fold_plans = {
+        k: fold_splits(
+            cohort, assignment, k, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed
+        )
+        for k in range(1, folds + 1)
+    }
+    label_of = {r.case_id: r.label for r in cohort.rows}
+    for k, splits in fold_plans.items():  # every fold must train: checked before any does
+        for part in ("train", "val"):
+            ys = [int(label_of[c] or 0) for c, s in splits.items() if s == part]
+            if len(set(ys)) < 2:
+                raise CohortError(
+                    f"fold {k} of {folds}: its {part} part has {len(ys)} case(s) with outcomes "
+                    f"{sorted(set(ys))}; it needs both 0 and 1",
+                    field="folds",
+                    path=cohort.manifest_path,
+                    hint="use fewer folds, a larger cohort, or change data.split_fractions",
+                )
     plan = {"folds": folds, "fold_seed": fold_seed}
     if resume:
         old_plan = json.loads((partial / "plan.json").read_text(encoding="utf-8"))
@@ -340,13 +358,7 @@ def cross_validate(
             progress=progress,
             on_epoch=on_epoch,
             log=fold_log,
-            splits=fold_splits(
-                cohort,
-                assignment,
-                k,
-                fractions=data_cfg.split_fractions,
-                seed=data_cfg.split_seed,
-            ),
+            splits=fold_plans[k],
         )
 
     # pooled out-of-fold predictions

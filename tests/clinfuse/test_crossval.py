@@ -264,6 +264,12 @@ def test_bad_input_is_refused_before_anything_is_written(
         cross_validate(manifest, out, _config(), folds=2, thresholds="0,2")
     with pytest.raises(ConfigError, match="nothing to resume"):
         cross_validate(manifest, out, folds=2, resume=True)
+    small = tmp_path / "small"
+    shutil.copytree(tiny_cohort.parent, small)
+    pd.read_csv(small / "manifest.csv").head(12).to_csv(small / "first12.csv", index=False)
+    with pytest.raises(CohortError, match=r"fold \d of 4: its (train|val) part has"):
+        cross_validate(small / "first12.csv", out, _config(), folds=4)
+    shutil.rmtree(small)
     assert list(tmp_path.iterdir()) == []  # no folder, no .partial
     busy = tmp_path / "busy"
     shutil.copytree(cv, busy)
