@@ -130,6 +130,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("privacy.pixels", "load_region_rules", []),
             ("privacy.text", "TextDeidentifier", []),
             ("privacy.text", "redact_tokens", []),
+            ("privacy.text", "international_first_names", []),
             ("privacy.edf", "deidentify_edf", []),
             ("privacy.pseudonym", "load_secret", []),
             ("privacy.pseudonym", "Pseudonymizer", []),

@@ -961,12 +961,13 @@ def _parallel_plan(
 
 def _warm_up(run: _RunContext) -> None:
     """Build the lazily loaded detectors before forking, so workers do not each load them."""
-    from privacy.text import _name_dictionaries, _presidio_analyzer
+    from privacy.text import _name_dictionaries, _presidio_analyzer, international_first_names
 
     if run.text.use_presidio:
         _presidio_analyzer()
     if run.text.use_dictionaries:
         _name_dictionaries()
+        international_first_names()
 
 
 class _Stop(BaseException):

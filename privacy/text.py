@@ -53,6 +53,7 @@ __all__ = [
     "TextResult",
     "date_variants",
     "hf_detector",
+    "international_first_names",
     "redact_tokens",
     "spacy_detector",
 ]
@@ -631,6 +632,126 @@ def _name_dictionaries() -> tuple[frozenset[str], frozenset[str], tuple[str, ...
     )
 
 
+# Capitalized words that are first names in some language but in notes far more often
+# eponyms, places or calendar words ("Graves disease", "Murphy sign", "General Hospital").
+_EPONYMS = frozenset(
+    [
+        "addison",
+        "alzheimer",
+        "apgar",
+        "babinski",
+        "barrett",
+        "bell",
+        "brudzinski",
+        "chvostek",
+        "crohn",
+        "cushing",
+        "doppler",
+        "down",
+        "easter",
+        "foley",
+        "general",
+        "glasgow",
+        "graves",
+        "hashimoto",
+        "hodgkin",
+        "holter",
+        "horner",
+        "kaposi",
+        "kawasaki",
+        "kernig",
+        "marfan",
+        "mercy",
+        "murphy",
+        "parkinson",
+        "phalen",
+        "raynaud",
+        "reiter",
+        "romberg",
+        "saint",
+        "sunday",
+        "swan",
+        "tinel",
+        "trousseau",
+        "turner",
+        "virchow",
+        "whipple",
+        "wilson",
+    ]
+)
+
+# Words that end an eponym, a place or an institution rather than a person's name.
+_NOT_SURNAMES = frozenset(
+    [
+        "disease",
+        "syndrome",
+        "sign",
+        "signs",
+        "palsy",
+        "test",
+        "score",
+        "scale",
+        "criteria",
+        "maneuver",
+        "manoeuvre",
+        "reflex",
+        "phenomenon",
+        "procedure",
+        "catheter",
+        "tube",
+        "lymphoma",
+        "sarcoma",
+        "hospital",
+        "clinic",
+        "center",
+        "centre",
+        "department",
+        "unit",
+        "ward",
+        "street",
+        "road",
+        "avenue",
+        "institute",
+        "university",
+        "county",
+        "college",
+    ]
+)
+
+_LATIN_NAME = re.compile(rf"[{_UP}][{_LO}'’-]+")
+
+
+@lru_cache(maxsize=4)
+def international_first_names(exclude: tuple[str, ...] = ()) -> frozenset[str]:
+    """Lower-case first names in Latin script from every locale Faker ships (about 20,000,
+    from some 60 languages), less names that are mostly clinical or calendar words.
+
+    They find a name with no cue around it (``neighbour Jüri Tamm``) when followed by a
+    capitalized word: see :meth:`TextDeidentifier.analyze`.
+
+    Args:
+        exclude: locale prefixes to leave out (``("de", "fr")``), e.g. to measure how
+            names of languages missing from the lists are found.
+    """
+    import importlib
+    import pkgutil
+
+    try:
+        import faker.providers.person as person
+    except ImportError:  # pragma: no cover - faker is a dependency of the privacy extra
+        return frozenset()
+    names: set[str] = set()
+    for module in pkgutil.iter_modules(person.__path__):
+        if any(module.name == e or module.name.startswith(f"{e}_") for e in exclude):
+            continue
+        provider = importlib.import_module(f"{person.__name__}.{module.name}").Provider
+        for attr in ("first_names", "first_names_female", "first_names_male"):
+            values = provider.__dict__.get(attr, ())
+            if isinstance(values, (dict, tuple, list, set, frozenset)):
+                names.update(n.lower() for n in values if _LATIN_NAME.fullmatch(n))
+    return frozenset(names - _EPONYMS - _NAME_STOPWORDS)
+
+
 @lru_cache(maxsize=1)
 def _presidio_analyzer() -> Any:
     """A presidio ``AnalyzerEngine`` with the no-op NLP engine and offline recognizers only."""
@@ -823,11 +944,29 @@ class TextDeidentifier:
 
     def _dictionary_spans(self, text: str) -> list[Span]:
         first, last, _, _ = _name_dictionaries()
+        world = international_first_names()
         out = []
         tokens = list(re.finditer(rf"[{_UP}][{_LO}][{_UP}{_LO}'’-]*", text))
         for i, tok in enumerate(tokens):
             word = tok.group(0).lower()
-            if word in _NAME_STOPWORDS or word not in first:
+            if word in _NAME_STOPWORDS:
+                continue
+            if word not in first:
+                # a first name of another language (or a hyphenated pair of them): only with
+                # capitalized words after it (a second first name, the surname)
+                if all(part in world or part in first for part in word.split("-")):
+                    end = tok.end()
+                    for nxt in tokens[i + 1 : i + 3]:
+                        nword = nxt.group(0).lower()
+                        if (
+                            not re.fullmatch(r"[ \t]+", text[end : nxt.start()])
+                            or nword in _NAME_STOPWORDS
+                            or nword in _NOT_SURNAMES
+                        ):
+                            break
+                        end = nxt.end()
+                    if end > tok.end():
+                        out.append(Span(tok.start(), end, "NAME", 0.7, "dictionary"))
                 continue
             end = tok.end()
             if i + 1 < len(tokens):

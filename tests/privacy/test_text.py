@@ -5,8 +5,10 @@ labs, doses) and plants identifiers of every type at known offsets. Recall is th
 planted identifiers whose every character is replaced; precision is the share of replaced
 characters that belonged to a planted identifier. Pattern types must reach 100 % recall;
 names and addresses are measured and must reach the floors below (see the printed table,
-``pytest -s``). ``NAME_UNCUED`` (a non-US name with no title or label around it) shows the
-limit of dictionaries and context rules without an NER model.
+``pytest -s``). ``NAME_UNCUED`` is a German, Italian, French, Spanish or Polish name with no
+title or label around it: the international first-name list finds it when its language is in
+the list (it is), and :func:`test_uncued_names_of_languages_missing_from_the_lists` measures it
+with those five languages left out of the list.
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ def test_recall_of_ids_names_and_addresses(measured) -> None:
     for kind in ("ACCOUNT", "HEALTH_PLAN", "LICENSE", "VEHICLE", "DEVICE", "ZIP"):
         assert recall[kind] == 1.0, (kind, [m for m in misses if m[0] == kind])
     assert recall["NAME"] >= 0.95, [m for m in misses if m[0] == "NAME"]
-    assert recall["NAME_UNCUED"] >= 0.1  # measured 0.17: the known limit without NER
+    assert recall["NAME_UNCUED"] >= 0.95  # languages in the list; 0.17 before it existed
     assert recall["ADDRESS"] >= 0.95, [m for m in misses if m[0] == "ADDRESS"]
     assert precision >= 0.85
 
@@ -441,3 +443,29 @@ def test_redact_tokens_on_the_note_encoders_shap_tokens() -> None:
     assert out.values[i] == values[j] + values[j + 1]
     with pytest.raises(ValueError, match="one value per token"):
         redact_tokens(tokens, values[:-1])
+
+
+def test_uncued_names_of_languages_missing_from_the_lists(monkeypatch) -> None:
+    """Names with no cue, from five languages left out of the international first-name list:
+    found when another language shares the first name (measured 0.67 on these 60 notes, 0.56
+    on 400; 0.15 with the US lists alone), with no loss of precision."""
+    import privacy.text as text
+
+    held_out = text.international_first_names(exclude=("de", "it", "fr", "es", "pl"))
+    assert not held_out >= text.international_first_names()  # the five languages' own names
+    monkeypatch.setattr(text, "international_first_names", lambda exclude=(): held_out)
+    recall, precision, misses = measure(TextDeidentifier(mode="tag", use_presidio=False))
+    print("\nuncued names, languages held out:", round(recall["NAME_UNCUED"], 3), precision)
+    assert recall["NAME_UNCUED"] >= 0.5, [m for m in misses if m[0] == "NAME_UNCUED"]
+    assert recall["NAME"] >= 0.95 and precision >= 0.85
+
+
+def test_eponyms_and_places_are_not_names() -> None:
+    deid = TextDeidentifier(mode="tag", use_presidio=False)
+    text = (
+        "History of Graves disease and Wilson Disease; positive Murphy sign, Bell palsy. "
+        "Seen on Sunday; Easter Monday follow-up. Down Syndrome screen negative. "
+        "Referred by neighbour Jüri Tamm and friend Giulia Esposito."
+    )
+    names = [text[s.start : s.end] for s in deid.analyze(text) if s.entity == "NAME"]
+    assert names == ["Jüri Tamm", "Giulia Esposito"]
