@@ -326,6 +326,8 @@ def _run_config(
         "  clinfuse crossval demo_cohort/manifest.csv --out runs/demo_cv\n\n"
         "  clinfuse crossval cohort.csv --out runs/cv10 --folds 10 --config my.yaml "
         "--subgroups sex\n\n"
+        "  clinfuse crossval cohort.csv --out runs/by_site --group-by site   "
+        "(leave one site out)\n\n"
         "  clinfuse crossval cohort.csv --out runs/cv10 --folds 10 --resume   "
         "(continue after an interruption)"
     )
@@ -333,7 +335,16 @@ def _run_config(
 def crossval(
     cohort: Annotated[Path, typer.Argument(help="The manifest of labelled cases.")],
     out: Annotated[Path, typer.Option("--out", help="Cross-validation folder to create.")],
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Number of folds.")] = 5,
+    folds: Annotated[
+        int | None, typer.Option("--folds", min=2, help="Number of folds (default 5).")
+    ] = None,
+    group_by: Annotated[
+        str | None,
+        typer.Option(
+            "--group-by",
+            help="Leave one group out: a manifest column (e.g. site); one fold per value.",
+        ),
+    ] = None,
     fold_seed: Annotated[
         int, typer.Option("--fold-seed", help="Seed of the patient-to-fold assignment.")
     ] = 0,
@@ -385,6 +396,7 @@ def crossval(
             cfg,
             folds=folds,
             fold_seed=fold_seed,
+            group_by=group_by,
             resume=resume,
             overwrite=overwrite,
             subgroups=[s for s in subgroups.split(",") if s.strip()],
@@ -395,7 +407,12 @@ def crossval(
             log=lambda msg: err_console.print(msg, highlight=False),
         )
     s = result.summary
-    table = Table(title=f"{s['folds']}-fold cross-validation", header_style="bold")
+    title = (
+        f"leave one {s['group_by']} out ({s['folds']} folds)"
+        if s.get("group_by")
+        else f"{s['folds']}-fold cross-validation"
+    )
+    table = Table(title=title, header_style="bold")
     for col in ("fold", "cases", "events", "AUROC", "cal. slope", "Brier"):
         table.add_column(col, justify="right")
 
@@ -404,7 +421,7 @@ def crossval(
 
     for r in s["per_fold"]:
         table.add_row(
-            str(r["fold"]),
+            f"{r['fold']}: {r['group']}" if "group" in r else str(r["fold"]),
             str(r["n_cases"]),
             str(r["n_events"]),
             num(r["auroc"]),
@@ -418,6 +435,17 @@ def crossval(
         f"pooled out-of-fold AUROC {num(auc['value'])} ({num(auc['ci_low'])}-"
         f"{num(auc['ci_high'])}); fold mean {num(spread['mean'])} ± {num(spread['sd'])}"
     )
+    meta = (s.get("meta_analysis") or {}).get("auroc")
+    if meta:
+        pi = (
+            ""
+            if meta["pi_low"] is None
+            else f"; prediction interval {num(meta['pi_low'])}-{num(meta['pi_high'])}"
+        )
+        console.print(
+            f"random-effects AUROC over {meta['k']} {s['group_by']} groups {num(meta['estimate'])} "
+            f"({num(meta['ci_low'])}-{num(meta['ci_high'])}){pi}; I² {100 * meta['i2']:.0f} %"
+        )
     console.print(f"report: {result.report}")
 
 

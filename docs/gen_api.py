@@ -89,6 +89,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.casemix", "case_mix", []),
             ("clinfuse.evaluation.crossval", "cross_validate", []),
             ("clinfuse.evaluation.crossval", "CrossValResult", []),
+            ("clinfuse.evaluation.meta", "random_effects", []),
+            ("clinfuse.evaluation.meta", "auroc_meta_analysis", []),
             ("clinfuse.evaluation.compare", "compare_evaluations", []),
             ("clinfuse.evaluation.compare", "ComparisonResult", []),
             ("clinfuse.evaluation.recalibrate", "recalibrate_run", []),

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import norm
 
 from clinfuse import __version__
 from clinfuse._files import publish
@@ -101,6 +102,59 @@ def fold_splits(
     return splits
 
 
+def _group_folds(cohort: Any, column: str) -> tuple[list[str], list[int]]:
+    """One fold per value of ``column`` (sorted); every case needs a value."""
+    if column != "site" and column not in cohort.columns:
+        raise CohortError(
+            f"group column {column!r} is not in the manifest (columns: {', '.join(cohort.columns)})",
+            field=column,
+            path=cohort.manifest_path,
+            hint="check --group-by against the manifest's header",
+        )
+    values = [r.site if column == "site" else r.extra.get(column) for r in cohort.rows]
+    missing = [r.case_id for r, v in zip(cohort.rows, values, strict=True) if v is None or v != v]
+    if missing:
+        raise CohortError(
+            f"{len(missing)} case(s) have no {column!r}, e.g. {missing[0]!r}",
+            field=column,
+            path=cohort.manifest_path,
+            hint=f"fill in {column} for every case, or leave those cases out of the manifest",
+        )
+    labels = [str(v) for v in values]
+    groups = sorted(set(labels))
+    if len(groups) < 2:
+        raise CohortError(
+            f"{column!r} has {len(groups)} value(s); leaving one group out needs at least two",
+            field=column,
+            path=cohort.manifest_path,
+            hint="group by a column with several values, or use --folds",
+        )
+    index = {g: i + 1 for i, g in enumerate(groups)}
+    return groups, [index[v] for v in labels]
+
+
+def _meta_analysis(rows: Sequence[dict[str, Any]], level: float) -> dict[str, Any]:
+    """Random-effects summaries of the groups' AUROC and calibration slope."""
+    from clinfuse.evaluation.meta import auroc_meta_analysis, random_effects
+
+    out: dict[str, Any] = {}
+    usable = [r for r in rows if r["auroc"] is not None and 0 < r["auroc"] < 1 and r["auroc_se"]]
+    if len(usable) >= 2:
+        out["auroc"] = auroc_meta_analysis(
+            [r["auroc"] for r in usable], [r["auroc_se"] for r in usable], level=level
+        )
+        out["auroc"]["groups"] = [r["group"] for r in usable]
+    slopes = [r for r in rows if r["calibration_slope"] is not None and r["calibration_slope_se"]]
+    if len(slopes) >= 2:
+        out["calibration_slope"] = random_effects(
+            [r["calibration_slope"] for r in slopes],
+            [r["calibration_slope_se"] ** 2 for r in slopes],
+            level=level,
+        )
+        out["calibration_slope"]["groups"] = [r["group"] for r in slopes]
+    return out
+
+
 def _config_sha(config: Any) -> str:
     text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -142,7 +196,9 @@ def _spread(values: Sequence[float | None]) -> dict[str, Any]:
     }
 
 
-def _fold_row(fold: int, frame: pd.DataFrame, level: float) -> dict[str, Any]:
+def _fold_row(
+    fold: int, frame: pd.DataFrame, level: float, *, group: str | None = None
+) -> dict[str, Any]:
     from clinfuse.evaluation.calibration import calibration_summary
     from clinfuse.evaluation.delong import delong_ci
 
@@ -151,18 +207,25 @@ def _fold_row(fold: int, frame: pd.DataFrame, level: float) -> dict[str, Any]:
     auc = (
         delong_ci(y, p, level=level)
         if len(np.unique(y)) == 2
-        else {"value": None, "ci_low": None, "ci_high": None}
+        else {"value": None, "se": None, "ci_low": None, "ci_high": None}
     )
     cal = calibration_summary(y, p, level=level)
+    slope = cal["slope"]
+    z = float(norm.ppf(1 - (1 - level) / 2))
     return {
         "fold": fold,
+        **({} if group is None else {"group": group}),
         "n_cases": len(y),
         "n_events": int(y.sum()),
         "auroc": auc["value"],
         "auroc_ci_low": auc["ci_low"],
         "auroc_ci_high": auc["ci_high"],
+        "auroc_se": auc["se"],
         "calibration_intercept": cal["intercept"]["value"],
-        "calibration_slope": cal["slope"]["value"],
+        "calibration_slope": slope["value"],
+        "calibration_slope_se": None
+        if slope["value"] is None
+        else (slope["ci_high"] - slope["ci_low"]) / (2 * z),
         "oe_ratio": cal["oe_ratio"]["value"],
         "brier": cal["brier"],
     }
@@ -173,8 +236,9 @@ def cross_validate(
     out: str | Path,
     config: Any = None,
     *,
-    folds: int = 5,
+    folds: int | None = None,
     fold_seed: int = 0,
+    group_by: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
     subgroups: Sequence[str] = (),
@@ -195,9 +259,13 @@ def cross_validate(
         out: the cross-validation folder to create.
         config: run configuration for every fold (defaults when None; with ``resume``
             the stored one is used and a different one is an error).
-        folds: number of folds (2 to the number of patients; 5 or 10 are usual).
+        folds: number of folds (2 to the number of patients; 5 or 10 are usual; default 5).
         fold_seed: seed of the fold assignment (the inner train/val split uses
             ``data.split_seed``, training ``training.seed``).
+        group_by: a manifest column (``site``, a period, ...): one fold per value, each
+            group held out in turn — internal–external cross-validation; the report
+            adds a random-effects meta-analysis of the groups' AUROC and calibration
+            slope with a prediction interval for a new group. Excludes ``folds``.
         resume: continue an interrupted cross-validation.
         overwrite: replace an existing folder.
         subgroups, thresholds, n_boot, seed, level, min_group_size: as for
@@ -230,8 +298,17 @@ def cross_validate(
 
     say = log or (lambda _msg: None)
     out = Path(out)
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise ConfigError(f"folds is {folds!r}; use 2 or more (5 or 10 are usual)", field="folds")
+    if group_by is not None and folds is not None:
+        raise ConfigError(
+            "give folds or group_by, not both: with group_by every group is one fold",
+            field="folds",
+        )
+    if group_by is None:
+        folds = 5 if folds is None else folds
+        if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+            raise ConfigError(
+                f"folds is {folds!r}; use 2 or more (5 or 10 are usual)", field="folds"
+            )
     if config is not None:
         _check_single_process(config)
     evaluator_args: dict[str, Any] = dict(
@@ -277,13 +354,19 @@ def cross_validate(
     if any(r.split is not None for r in cohort.rows):
         say("the manifest's split column is ignored: every case is held out once")
     sites = [r.site for r in cohort.rows]
-    assignment = assign_folds(
-        [r.patient_id for r in cohort.rows],
-        [r.label for r in cohort.rows],
-        k=folds,
-        seed=fold_seed,
-        strata=sites if any(s is not None for s in sites) else None,
-    )
+    groups: list[str] = []
+    if group_by is not None:
+        groups, assignment = _group_folds(cohort, group_by)
+        folds = len(groups)
+    else:
+        assert folds is not None
+        assignment = assign_folds(
+            [r.patient_id for r in cohort.rows],
+            [r.label for r in cohort.rows],
+            k=folds,
+            seed=fold_seed,
+            strata=sites if any(s is not None for s in sites) else None,
+        )
     table = pd.DataFrame(
         {
             "case_id": [r.case_id for r in cohort.rows],
@@ -309,7 +392,7 @@ def cross_validate(
                     path=cohort.manifest_path,
                     hint="use fewer folds, a larger cohort, or change data.split_fractions",
                 )
-    plan = {"folds": folds, "fold_seed": fold_seed}
+    plan = {"folds": folds, "fold_seed": fold_seed, "group_by": group_by}
     if resume:
         old_plan = json.loads((partial / "plan.json").read_text(encoding="utf-8"))
         old_table = pd.read_csv(
@@ -319,7 +402,7 @@ def cross_validate(
             raise ConfigError(
                 f"the interrupted cross-validation used {old_plan}; this call asks for {plan}",
                 path=partial / "plan.json",
-                hint="resume with the same --folds and --fold-seed, or use --overwrite",
+                hint="resume with the same --folds, --fold-seed and --group-by, or use --overwrite",
             )
         if not old_table.equals(table):
             raise ConfigError(
@@ -386,7 +469,7 @@ def cross_validate(
         presents.append(raw["present"])
         if len(modalities) > 1:
             scorers.append(masked_fusion_probabilities(model, cases))
-        rows.append(_fold_row(k, frame, level))
+        rows.append(_fold_row(k, frame, level, group=groups[k - 1] if groups else None))
         fold_models.append(
             {
                 "fold": k,
@@ -411,7 +494,11 @@ def cross_validate(
         "manifest": str(cohort.manifest_path),
         "folds": folds,
         "fold_seed": fold_seed,
-        "stratified_by": ["outcome"] + (["site"] if any(s is not None for s in sites) else []),
+        "design": "leave-one-group-out" if group_by else "k-fold",
+        "group_by": group_by,
+        "stratified_by": []
+        if group_by
+        else ["outcome"] + (["site"] if any(s is not None for s in sites) else []),
         "patient_level": True,
         "inner_validation_share": data_cfg.split_fractions[1]
         / (data_cfg.split_fractions[0] + data_cfg.split_fractions[1]),
@@ -426,6 +513,8 @@ def cross_validate(
             for key in ("auroc", "calibration_intercept", "calibration_slope", "brier")
         },
     }
+    if group_by:
+        summary["meta_analysis"] = _meta_analysis(rows, level)
     summary = json.loads(json.dumps(summary, default=_json_default))
     evaluator = Evaluator(model, **evaluator_args)
     result = evaluator.evaluate_scored(

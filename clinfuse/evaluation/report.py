@@ -237,10 +237,17 @@ def _methods(m: dict[str, Any], thresholds: Sequence[float]) -> str:
 def _crossval(m: dict[str, Any]) -> str:
     cv = m["crossval"]
     k = cv["folds"]
+    grouped = cv.get("design") == "leave-one-group-out"
+    dealt = (
+        f"{cv['n_patients']} patients ({cv['n_cases']} cases) grouped by "
+        f"<code>{_e(cv['group_by'])}</code> into {k} folds, one per value (internal–external "
+        "cross-validation: each group is predicted by a model that never saw it)"
+        if grouped
+        else f"{cv['n_patients']} patients ({cv['n_cases']} cases) dealt to {k} folds, "
+        f"stratified by {' and '.join(cv['stratified_by'])} (fold seed {cv['fold_seed']})"
+    )
     body = (
-        f"<p>Every patient was held out once: {cv['n_patients']} patients ({cv['n_cases']} "
-        f"cases) dealt to {k} folds, stratified by {' and '.join(cv['stratified_by'])} (fold "
-        f"seed {cv['fold_seed']}). For each fold a complete run was trained on the other "
+        f"<p>Every patient was held out once: {dealt}. For each fold a complete run was trained on the other "
         f"folds (their patients split into training and validation, "
         f"{100 * cv['inner_validation_share']:.0f} % validation for early stopping, the "
         "fusion combiner and calibration) and predicted the held-out fold. The sections "
@@ -250,7 +257,7 @@ def _crossval(m: dict[str, Any]) -> str:
     )
     rows = [
         [
-            r["fold"],
+            f"{r['fold']}: {_e(r['group'])}" if grouped else r["fold"],
             r["n_cases"],
             r["n_events"],
             _ci({"value": r["auroc"], "ci_low": r["auroc_ci_low"], "ci_high": r["auroc_ci_high"]}),
@@ -285,6 +292,34 @@ def _crossval(m: dict[str, Any]) -> str:
         rows,
     )
     models = ", ".join(f"fold {f['fold']}: {f['epochs_run']} epochs" for f in cv["fold_models"])
+    meta = cv.get("meta_analysis") or {}
+    if "auroc" in meta:
+        a = meta["auroc"]
+        pi = (
+            f"; 95 % prediction interval for a new {_e(cv['group_by'])} "
+            f"{_num(a['pi_low'])}–{_num(a['pi_high'])}"
+            if a["pi_low"] is not None
+            else " (a prediction interval needs at least 3 groups)"
+        )
+        body += (
+            f"<p><b>Random-effects meta-analysis</b> over the {a['k']} groups (DerSimonian–Laird, "
+            f"logit scale): summary AUROC {_num(a['estimate'])} (95 % CI {_num(a['ci_low'])}–"
+            f"{_num(a['ci_high'])}){pi}; τ² {_num(a['tau2'], 4)}, I² {100 * a['i2']:.0f} %, "
+            f"heterogeneity p {_pval(a['q_p_value'])}."
+        )
+        if "calibration_slope" in meta:
+            c = meta["calibration_slope"]
+            body += (
+                f" Calibration slope {_num(c['estimate'], 2)} (95 % CI {_num(c['ci_low'], 2)}–"
+                f"{_num(c['ci_high'], 2)}"
+                + (
+                    f"; prediction interval {_num(c['pi_low'], 2)}–{_num(c['pi_high'], 2)}"
+                    if c["pi_low"] is not None
+                    else ""
+                )
+                + f"), I² {100 * c['i2']:.0f} %."
+            )
+        body += "</p>"
     body += (
         f"<p>Fold models (<code>folds/fold_k</code>): {_e(models)}. Pooled and fold-by-fold "
         "figures answer different questions: the pooled AUROC ranks cases scored by different "
@@ -588,7 +623,9 @@ def render_report(
     if metrics.get("crossval"):
         parts.append(
             _section(
-                f"Internal validation: {metrics['crossval']['folds']}-fold cross-validation",
+                f"Internal–external validation: leave one {metrics['crossval']['group_by']} out"
+                if metrics["crossval"].get("design") == "leave-one-group-out"
+                else f"Internal validation: {metrics['crossval']['folds']}-fold cross-validation",
                 "crossval",
                 _crossval(metrics),
             )

@@ -293,3 +293,54 @@ def test_a_cross_validation_compares_with_an_evaluation(
     oof = oof[oof["case_id"].isin(test_ids)]
     auc = roc_auc_score(oof["label"], oof["p_fusion"])
     assert res.comparison["models"][1]["auroc"] == pytest.approx(auc, abs=1e-12)
+
+
+# -- leave one group out (internal-external cross-validation) -------------------------------
+def test_leave_one_site_out_with_a_meta_analysis(tiny_cohort: Path, tmp_path: Path) -> None:
+    from clinfuse.evaluation.crossval import cross_validate
+    from clinfuse.evaluation.meta import auroc_meta_analysis
+
+    cfg = tiny_config(epochs=1)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": ["tabular"]})})
+    res = cross_validate(tiny_cohort, tmp_path / "loso", cfg, group_by="site", n_boot=20)
+    manifest = pd.read_csv(tiny_cohort, dtype=str)
+    sites = sorted(manifest["site"].unique())
+    s = res.summary
+    assert s["design"] == "leave-one-group-out" and s["folds"] == len(sites)
+    assert [r["group"] for r in s["per_fold"]] == sites
+    assignment = pd.read_csv(res.out / "assignment.csv", dtype=str)
+    site_of = dict(zip(manifest["case_id"], manifest["site"], strict=True))
+    for k, site in enumerate(sites, start=1):  # each fold holds out exactly one site
+        held = assignment.loc[assignment["fold"] == str(k), "case_id"]
+        assert {site_of[c] for c in held} == {site}
+        run = pd.read_csv(res.out / "folds" / f"fold_{k}" / "predictions.csv", dtype=str)
+        trained = run.loc[run["split"].isin(["train", "val"]), "case_id"]
+        assert site not in {site_of[c] for c in trained}
+    rows = [r for r in s["per_fold"] if r["auroc"] is not None and 0 < r["auroc"] < 1]
+    expected = auroc_meta_analysis([r["auroc"] for r in rows], [r["auroc_se"] for r in rows])
+    meta = s["meta_analysis"]["auroc"]
+    assert meta["estimate"] == pytest.approx(expected["estimate"], abs=1e-12)
+    assert meta["groups"] == [r["group"] for r in rows]
+    page = res.report.read_text()
+    assert "Internal–external validation: leave one site out" in page
+    assert "Random-effects meta-analysis" in page
+
+
+def test_grouping_errors(tiny_cohort: Path, tmp_path: Path) -> None:
+    from clinfuse.evaluation.crossval import cross_validate
+
+    out = tmp_path / "cv"
+    with pytest.raises(ConfigError, match="not both"):
+        cross_validate(tiny_cohort, out, _config(), folds=3, group_by="site")
+    with pytest.raises(CohortError, match="group column 'hospital'"):
+        cross_validate(tiny_cohort, out, _config(), group_by="hospital")
+    small = tmp_path / "small"
+    shutil.copytree(tiny_cohort.parent, small)
+    m = pd.read_csv(small / "manifest.csv", dtype=str)
+    m.assign(ward="A").to_csv(small / "one_ward.csv", index=False)
+    with pytest.raises(CohortError, match="'ward' has 1 value"):
+        cross_validate(small / "one_ward.csv", out, _config(), group_by="ward")
+    m.assign(ward=["A", None] * (len(m) // 2)).to_csv(small / "gaps.csv", index=False)
+    with pytest.raises(CohortError, match=r"32 case\(s\) have no 'ward'"):
+        cross_validate(small / "gaps.csv", out, _config(), group_by="ward")
+    assert not out.exists() and not (tmp_path / "cv.partial").exists()
