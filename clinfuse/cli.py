@@ -346,8 +346,9 @@ def crossval(
         ),
     ] = None,
     fold_seed: Annotated[
-        int, typer.Option("--fold-seed", help="Seed of the patient-to-fold assignment.")
-    ] = 0,
+        int | None,
+        typer.Option("--fold-seed", help="Seed of the patient-to-fold assignment (default 0)."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML run config (see docs/configuration.md).")
     ] = None,

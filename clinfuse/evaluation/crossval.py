@@ -3,7 +3,9 @@
 A single train/val/test split of a few hundred cases gives a performance figure
 that depends on which patients landed in test. Cross-validation holds every
 patient out once: the cohort's patients are dealt to ``k`` folds (stratified by
-outcome and site, :func:`~clinfuse.cohort.assign_folds`); for each fold a
+outcome and site, :func:`~clinfuse.cohort.assign_folds`), or grouped by a column
+such as the site, one fold per group (internal–external cross-validation, with a
+random-effects meta-analysis over the groups: :mod:`clinfuse.evaluation.meta`); for each fold a
 complete run is trained on the other folds (their own patient-level train/val
 split inside, as ``clinfuse train`` does) and predicts the held-out fold. The
 out-of-fold predictions of all fold models are pooled and evaluated with the
@@ -237,7 +239,7 @@ def cross_validate(
     config: Any = None,
     *,
     folds: int | None = None,
-    fold_seed: int = 0,
+    fold_seed: int | None = None,
     group_by: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
@@ -260,13 +262,14 @@ def cross_validate(
         config: run configuration for every fold (defaults when None; with ``resume``
             the stored one is used and a different one is an error).
         folds: number of folds (2 to the number of patients; 5 or 10 are usual; default 5).
-        fold_seed: seed of the fold assignment (the inner train/val split uses
+        fold_seed: seed of the fold assignment (default 0; the inner train/val split uses
             ``data.split_seed``, training ``training.seed``).
         group_by: a manifest column (``site``, a period, ...): one fold per value, each
             group held out in turn — internal–external cross-validation; the report
             adds a random-effects meta-analysis of the groups' AUROC and calibration
             slope with a prediction interval for a new group. Excludes ``folds``.
-        resume: continue an interrupted cross-validation.
+        resume: continue an interrupted cross-validation (``folds``, ``fold_seed`` and
+            ``group_by`` left unset take the interrupted one's).
         overwrite: replace an existing folder.
         subgroups, thresholds, n_boot, seed, level, min_group_size: as for
             :func:`~clinfuse.evaluation.evaluate.evaluate_run`, on the pooled
@@ -298,6 +301,15 @@ def cross_validate(
 
     say = log or (lambda _msg: None)
     out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    if resume and (partial / "plan.json").exists():
+        stored_plan = json.loads((partial / "plan.json").read_text(encoding="utf-8"))
+        if folds is None and group_by is None:
+            group_by = stored_plan.get("group_by")
+            folds = None if group_by else stored_plan.get("folds")
+        if fold_seed is None:
+            fold_seed = stored_plan.get("fold_seed", 0)
+    fold_seed = 0 if fold_seed is None else fold_seed
     if group_by is not None and folds is not None:
         raise ConfigError(
             "give folds or group_by, not both: with group_by every group is one fold",

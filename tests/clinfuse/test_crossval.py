@@ -221,14 +221,15 @@ def test_an_interrupted_cross_validation_resumes_to_the_same_result(
 
     with pytest.raises(ConfigError, match="this call asks for"):
         cross_validate(tiny_cohort, out, folds=3, resume=True)
+    with pytest.raises(ConfigError, match="this call asks for"):
+        cross_validate(tiny_cohort, out, fold_seed=1, resume=True)
     with pytest.raises(ConfigError, match="config differs"):
         cross_validate(tiny_cohort, out, _config(batch_size=8), folds=2, resume=True)
     logs: list[str] = []
-    result = cross_validate(
+    result = cross_validate(  # folds and fold seed: the interrupted run's
         tiny_cohort,
         out,
         _config(),  # the same config again
-        folds=2,
         subgroups=["sex"],
         n_boot=50,
         resume=True,
