@@ -559,11 +559,18 @@ class Evaluator:
         cv = metrics.get("crossval")
         limitations = [
             (
-                f"Internal validation by {cv['folds']}-fold cross-validation: the figures "
-                "estimate how the training procedure performs on new patients of the same "
-                "population; the model to use is trained on all cases (`clinfuse train`), "
-                "and its performance in another setting (site, period, case mix) must be "
-                "checked before use."
+                (
+                    f"Internal–external validation, leaving one {cv['group_by']} out: the "
+                    f"figures estimate how the training procedure performs at a new "
+                    f"{cv['group_by']} like these; "
+                    if cv.get("group_by")
+                    else f"Internal validation by {cv['folds']}-fold cross-validation: the "
+                    "figures estimate how the training procedure performs on new patients of "
+                    "the same population; "
+                )
+                + "the model to use is trained on all cases (`clinfuse train`), and its "
+                "performance in another setting (site, period, case mix) must be checked "
+                "before use."
             )
             if cv
             else "Evaluated retrospectively on the cohort given; performance in another setting "

@@ -325,6 +325,8 @@ def test_leave_one_site_out_with_a_meta_analysis(tiny_cohort: Path, tmp_path: Pa
     page = res.report.read_text()
     assert "Internal–external validation: leave one site out" in page
     assert "Random-effects meta-analysis" in page
+    card = res.metrics["model_card"]
+    assert card["limitations"][0].startswith("Internal–external validation, leaving one site out")
 
 
 def test_grouping_errors(tiny_cohort: Path, tmp_path: Path) -> None:
