@@ -152,12 +152,9 @@ class _Source:
 
 
 def _read_source(path: Path, name: str | None) -> _Source:
-    folder = Path(path)
-    if (folder / "crossval.json").exists():
-        label = name or folder.name
-        folder = folder / "evaluation"
-    else:
-        label = name or folder.name
+    label = name or Path(path).name
+    # a cross-validation folder: its pooled out-of-fold evaluation
+    folder = Path(path) / "evaluation" if (Path(path) / "crossval.json").exists() else Path(path)
     preds, metrics_file = folder / "predictions.csv", folder / "metrics.json"
     if (Path(path) / "model" / "model.json").exists():
         raise ConfigError(
