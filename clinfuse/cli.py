@@ -272,6 +272,14 @@ def train(
     tabular: Annotated[
         str | None, typer.Option("--tabular", help="Comma-separated tabular columns.")
     ] = None,
+    modalities: Annotated[
+        str | None,
+        typer.Option(
+            "--modalities",
+            help="Comma-separated modalities to use (default: every one the manifest has), "
+            "e.g. tabular for a baseline.",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Training seed.")] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
@@ -287,7 +295,7 @@ def train(
     """
     from clinfuse.training.run import launched_worker
 
-    cfg = _run_config(config, device, epochs, fusion, seed, tabular, resume=resume)
+    cfg = _run_config(config, device, epochs, fusion, seed, tabular, modalities, resume=resume)
     run = _train_with_progress(cohort, out, cfg, resume=resume, overwrite=overwrite)
     if not launched_worker():  # DDP: the extra processes rerun this command silently
         _print_run_summary(run)
@@ -300,6 +308,7 @@ def _run_config(
     fusion: str | None,
     seed: int | None,
     tabular: str | None,
+    modalities: str | None,
     *,
     resume: bool,
 ) -> object:
@@ -317,6 +326,8 @@ def _run_config(
         overrides["training.seed"] = seed
     if tabular is not None:
         overrides["data.tabular_columns"] = [c.strip() for c in tabular.split(",") if c.strip()]
+    if modalities is not None:
+        overrides["data.modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
     return None if (resume and config is None and not overrides) else load_config(config, overrides)
 
 
@@ -360,6 +371,14 @@ def crossval(
     tabular: Annotated[
         str | None, typer.Option("--tabular", help="Comma-separated tabular columns.")
     ] = None,
+    modalities: Annotated[
+        str | None,
+        typer.Option(
+            "--modalities",
+            help="Comma-separated modalities to use (default: every one the manifest has), "
+            "e.g. tabular for a baseline.",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Training seed.")] = None,
     subgroups: Annotated[
         str,
@@ -389,7 +408,7 @@ def crossval(
     """
     from clinfuse.evaluation.crossval import cross_validate
 
-    cfg = _run_config(config, device, epochs, fusion, seed, tabular, resume=resume)
+    cfg = _run_config(config, device, epochs, fusion, seed, tabular, modalities, resume=resume)
     with _progress("preparing") as update:
         result = cross_validate(
             cohort,

@@ -78,7 +78,7 @@ def cv(tiny_cohort: Path, tmp_path_factory) -> Path:
     from clinfuse.cli import app
 
     root = tmp_path_factory.mktemp("cv")
-    _config().save(root / "config.yaml")
+    tiny_config(epochs=1).save(root / "config.yaml")  # modalities: from --modalities
     res = CliRunner().invoke(
         app,
         [
@@ -90,6 +90,8 @@ def cv(tiny_cohort: Path, tmp_path_factory) -> Path:
             "2",
             "--config",
             str(root / "config.yaml"),
+            "--modalities",
+            ",".join(MODALITIES),
             "--subgroups",
             "sex",
             "--n-boot",
