@@ -685,6 +685,8 @@ class Evaluator:
             }
             if metrics["subgroups"]:
                 figs["subgroups"] = figures.subgroup_figure(metrics["subgroups"])
+            if metrics.get("crossval"):
+                figs["folds"] = figures.forest_figure(metrics["crossval"])
             png = {name: figures.save_figure(fig, fig_dir, name) for name, fig in figs.items()}
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
             frame.to_csv(tmp / "predictions.csv", index=False)

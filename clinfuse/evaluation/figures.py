@@ -132,6 +132,48 @@ def calibration_overlay_figure(curves: dict[str, dict[str, Any]]) -> Any:
     return fig
 
 
+def forest_figure(crossval: dict[str, Any]) -> Any:
+    """Each fold's (or group's) AUROC with its DeLong CI; below, the fold mean or, for
+    groups, the random-effects summary with its CI (diamond) and prediction interval."""
+    rows = [r for r in crossval["per_fold"] if r["auroc"] is not None]
+    labels = [f"{r['fold']}: {r['group']}" if "group" in r else f"fold {r['fold']}" for r in rows]
+    meta = (crossval.get("meta_analysis") or {}).get("auroc")
+    fig = _figure(5.5, 1.2 + 0.35 * (len(rows) + 2))
+    ax = fig.add_subplot()
+    for i, r in enumerate(rows):
+        y = len(rows) - i
+        ax.plot([r["auroc_ci_low"], r["auroc_ci_high"]], [y, y], color=COLORS[0], lw=1.5)
+        size = 4 + 6 * np.sqrt(r["n_cases"] / max(x["n_cases"] for x in rows))
+        ax.plot(r["auroc"], y, "s", color=COLORS[0], ms=size)
+    ticks = [len(rows) - i for i in range(len(rows))]
+    if meta:
+        est, lo, hi = meta["estimate"], meta["ci_low"], meta["ci_high"]
+        ax.fill([lo, est, hi, est], [0, 0.25, 0, -0.25], color=COLORS[1], label="summary (95 % CI)")
+        if meta["pi_low"] is not None:
+            ax.plot(
+                [meta["pi_low"], meta["pi_high"]],
+                [-0.6, -0.6],
+                color=COLORS[1],
+                lw=1,
+                ls="--",
+                label="prediction interval",
+            )
+        labels.append("random effects")
+        ticks.append(0)
+        ax.axvline(est, color=COLORS[1], lw=0.8, ls=":")
+    elif crossval["across_folds"]["auroc"]["mean"] is not None:
+        mean = crossval["across_folds"]["auroc"]["mean"]
+        ax.axvline(mean, color=COLORS[1], lw=1, ls=":", label=f"fold mean {mean:.3f}")
+    ax.axvline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_yticks(ticks, labels)
+    lows = [r["auroc_ci_low"] for r in rows] + ([meta["pi_low"]] if meta and meta["pi_low"] else [])
+    left = max(0.0, min([0.3, *lows]) - 0.02)
+    ax.set(xlabel="AUROC (DeLong 95 % CI)", title="AUROC by held-out fold", xlim=(left, 1.0))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:
     """Equal-width reliability diagram behind the ECE (secondary)."""
     fig = _figure(5.0, 4.0)

@@ -234,7 +234,7 @@ def _methods(m: dict[str, Any], thresholds: Sequence[float]) -> str:
     )
 
 
-def _crossval(m: dict[str, Any]) -> str:
+def _crossval(m: dict[str, Any], png: dict[str, bytes]) -> str:
     cv = m["crossval"]
     k = cv["folds"]
     grouped = cv.get("design") == "leave-one-group-out"
@@ -325,6 +325,7 @@ def _crossval(m: dict[str, Any]) -> str:
         "figures answer different questions: the pooled AUROC ranks cases scored by different "
         "models; the fold mean and SD show how much one split's figure varies.</p>"
     )
+    body += f'<div class="figs">{_figure(png, "folds", "AUROC by held-out fold")}</div>'
     return body
 
 
@@ -627,7 +628,7 @@ def render_report(
                 if metrics["crossval"].get("design") == "leave-one-group-out"
                 else f"Internal validation: {metrics['crossval']['folds']}-fold cross-validation",
                 "crossval",
-                _crossval(metrics),
+                _crossval(metrics, png),
             )
         )
     parts += [

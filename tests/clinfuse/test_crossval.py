@@ -176,6 +176,7 @@ def test_report_has_the_cross_validation_section(cv: Path) -> None:
     assert "TRIPOD+AI 12a, 12c, 23a" in page
     assert "out-of-fold" in page
     assert "Subgroups" in page  # --subgroups sex reached the pooled evaluation
+    assert (cv / "evaluation" / "figures" / "folds.png").exists() and "figures/folds.png" in page
     card = json.loads((cv / "evaluation" / "metrics.json").read_text())["model_card"]
     assert card["model"]["info"]["cross_validation"][0]["path"] == "folds/fold_1"
     assert card["limitations"][0].startswith("Internal validation by 2-fold cross-validation")
