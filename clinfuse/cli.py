@@ -249,6 +249,29 @@ def _metrics_table(metrics: dict, title: str) -> Table:
     return table
 
 
+# Options `train` and `crossval` share: one declaration, the same flags and help.
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", help="YAML run config (see docs/configuration.md).")
+]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")]
+EpochsOption = Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")]
+FusionOption = Annotated[
+    str | None, typer.Option("--fusion", help="late (default), early or intermediate.")
+]
+TabularOption = Annotated[
+    str | None, typer.Option("--tabular", help="Comma-separated tabular columns.")
+]
+ModalitiesOption = Annotated[
+    str | None,
+    typer.Option(
+        "--modalities",
+        help="Comma-separated modalities to use (default: every one the manifest has), "
+        "e.g. tabular for a baseline.",
+    ),
+]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Training seed.")]
+
+
 @app.command(
     epilog=(
         "Examples:\n\n"
@@ -261,26 +284,13 @@ def _metrics_table(metrics: dict, title: str) -> Table:
 def train(
     cohort: Annotated[Path, typer.Argument(help="The manifest (CSV/TSV/Parquet).")],
     out: Annotated[Path, typer.Option("--out", help="Run folder to create.")],
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML run config (see docs/configuration.md).")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
-    fusion: Annotated[
-        str | None, typer.Option("--fusion", help="late (default), early or intermediate.")
-    ] = None,
-    tabular: Annotated[
-        str | None, typer.Option("--tabular", help="Comma-separated tabular columns.")
-    ] = None,
-    modalities: Annotated[
-        str | None,
-        typer.Option(
-            "--modalities",
-            help="Comma-separated modalities to use (default: every one the manifest has), "
-            "e.g. tabular for a baseline.",
-        ),
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Training seed.")] = None,
+    config: ConfigOption = None,
+    device: DeviceOption = None,
+    epochs: EpochsOption = None,
+    fusion: FusionOption = None,
+    tabular: TabularOption = None,
+    modalities: ModalitiesOption = None,
+    seed: SeedOption = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last checkpoint.")
     ] = False,
@@ -360,26 +370,13 @@ def crossval(
         int | None,
         typer.Option("--fold-seed", help="Seed of the patient-to-fold assignment (default 0)."),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML run config (see docs/configuration.md).")
-    ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Maximum epochs.")] = None,
-    fusion: Annotated[
-        str | None, typer.Option("--fusion", help="late (default), early or intermediate.")
-    ] = None,
-    tabular: Annotated[
-        str | None, typer.Option("--tabular", help="Comma-separated tabular columns.")
-    ] = None,
-    modalities: Annotated[
-        str | None,
-        typer.Option(
-            "--modalities",
-            help="Comma-separated modalities to use (default: every one the manifest has), "
-            "e.g. tabular for a baseline.",
-        ),
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Training seed.")] = None,
+    config: ConfigOption = None,
+    device: DeviceOption = None,
+    epochs: EpochsOption = None,
+    fusion: FusionOption = None,
+    tabular: TabularOption = None,
+    modalities: ModalitiesOption = None,
+    seed: SeedOption = None,
     subgroups: Annotated[
         str,
         typer.Option("--subgroups", help="Comma-separated manifest columns for the report."),

@@ -87,58 +87,50 @@ def paired_bootstrap(
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
-    chunk: int = 256,
 ) -> dict[str, Any]:
     """Percentile bootstrap CI of ``statistic(y, p_other) − statistic(y, p_ref)``.
 
-    Each replicate resamples the cases once and scores both models on them.
-    Replicate ``b`` uses ``default_rng(seed).integers(0, N, size=(n_boot, N))[b]``
-    (drawn in chunks, which does not change the stream).
+    Each replicate resamples the cases once and scores both models on them (through
+    :func:`~clinfuse.evaluation.metrics.bootstrap_ci`: replicate ``b`` uses
+    ``default_rng(seed).integers(0, N, size=(n_boot, N))[b]``).
 
     Args:
-        statistic: ``(y (B, N), p (B, N)) -> (B,)`` or ``(B, T)`` for T values at once.
+        statistic: ``(y (B, N), p (B, N)) -> (B,)``.
 
     Returns:
-        ``{"value", "ci_low", "ci_high"}`` (lists when the statistic has T values).
+        ``{"value", "ci_low", "ci_high"}`` (CI ``None`` when ``n_boot`` is 0).
     """
+    from clinfuse.evaluation.metrics import bootstrap_ci
+
     y = np.asarray(y, dtype=float)
-    p_ref = np.asarray(p_ref, dtype=float)
-    p_other = np.asarray(p_other, dtype=float)
-    value = np.asarray(statistic(y[None], p_other[None]) - statistic(y[None], p_ref[None]))[0]
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    reps = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        yy = y[idx]
-        reps.append(statistic(yy, p_other[idx]) - statistic(yy, p_ref[idx]))
+    both = np.column_stack([p_ref, p_other]).astype(float)
 
-    def plain(x: Any) -> Any:
-        x = np.asarray(x, dtype=float)
-        return x.tolist() if x.ndim else float(x)
+    def difference(yy: np.ndarray, pp: np.ndarray) -> np.ndarray:
+        return np.asarray(statistic(yy, pp[..., 1]) - statistic(yy, pp[..., 0]))
 
-    if not reps:  # n_boot = 0
-        none = [None] * len(value) if np.ndim(value) else None
-        return {"value": plain(value), "ci_low": none, "ci_high": none}
-    alpha = (1 - level) / 2
-    low, high = np.quantile(np.concatenate(reps, axis=0), [alpha, 1 - alpha], axis=0)
-    return {"value": plain(value), "ci_low": plain(low), "ci_high": plain(high)}
+    value = float(difference(y[None], both[None])[0])
+    if n_boot == 0:
+        return {"value": value, "ci_low": None, "ci_high": None}
+    low, high, _ = bootstrap_ci(
+        y, both, difference, n_boot=n_boot, seed=seed, level=level, method="resample"
+    )
+    return {"value": value, "ci_low": low, "ci_high": high}
 
 
 def _brier(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.asarray(np.mean((p - y) ** 2, axis=-1))
 
 
-def _net_benefit(thresholds: Sequence[float]) -> Any:
-    t = np.asarray(thresholds, dtype=float)
+def _net_benefit_at(t: float) -> Any:
+    """Net benefit at threshold ``t`` of a batch: ``(B, N), (B, N) -> (B,)``."""
 
     def nb(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-        flagged = p[..., None] >= t  # (B, N, T)
-        ev = y[..., None] == 1
+        flagged = p >= t
         n = y.shape[-1]
-        tp = (flagged & ev).sum(axis=-2)
-        fp = (flagged & ~ev).sum(axis=-2)
-        return np.asarray(tp / n - fp / n * t / (1 - t))
+        return np.asarray(
+            (flagged & (y == 1)).sum(axis=-1) / n
+            - (flagged & (y == 0)).sum(axis=-1) / n * t / (1 - t)
+        )
 
     return nb
 
@@ -223,6 +215,7 @@ def compare_evaluations(
     from clinfuse.evaluation.calibration import calibration_summary
     from clinfuse.evaluation.delong import delong_ci, delong_test
     from clinfuse.evaluation.evaluate import _check_out, parse_thresholds
+    from clinfuse.evaluation.utility import net_benefit
 
     if len(folders) < 2:
         raise ConfigError("compare needs at least two evaluation folders", field="folders")
@@ -308,7 +301,7 @@ def compare_evaluations(
                 "oe_ratio": cal["oe_ratio"]["value"],
                 **{
                     f"net_benefit_{t:g}": float(v)
-                    for t, v in zip(ts, _net_benefit(ts)(y[None], p[None])[0], strict=True)
+                    for t, v in zip(ts, net_benefit(y, p, ts), strict=True)
                 },
             }
         )
@@ -320,9 +313,18 @@ def compare_evaluations(
         brier = paired_bootstrap(
             y, risks[ref], risks[s.name], _brier, n_boot=n_boot, seed=seed, level=level
         )
-        nb = paired_bootstrap(
-            y, risks[ref], risks[s.name], _net_benefit(ts), n_boot=n_boot, seed=seed, level=level
-        )
+        nb = [
+            paired_bootstrap(
+                y,
+                risks[ref],
+                risks[s.name],
+                _net_benefit_at(t),
+                n_boot=n_boot,
+                seed=seed,
+                level=level,
+            )
+            for t in ts
+        ]
         row: dict[str, Any] = {
             "reference": ref,
             "model": s.name,
@@ -338,9 +340,9 @@ def compare_evaluations(
             "delta_brier_ci_high": brier["ci_high"],
         }
         for k, t in enumerate(ts):
-            row[f"delta_net_benefit_{t:g}"] = nb["value"][k]
-            row[f"delta_net_benefit_{t:g}_ci_low"] = nb["ci_low"][k]
-            row[f"delta_net_benefit_{t:g}_ci_high"] = nb["ci_high"][k]
+            row[f"delta_net_benefit_{t:g}"] = nb[k]["value"]
+            row[f"delta_net_benefit_{t:g}_ci_low"] = nb[k]["ci_low"]
+            row[f"delta_net_benefit_{t:g}_ci_high"] = nb[k]["ci_high"]
         pairs.append(row)
     for row, adj in zip(pairs, holm([r["delong_p"] for r in pairs]), strict=True):
         row["delong_p_holm"] = adj
@@ -361,7 +363,7 @@ def compare_evaluations(
         "sign": "differences are model − reference: ΔAUROC > 0, ΔBrier < 0 and "
         "Δnet benefit > 0 favour the model",
     }
-    return _write(out, comparison, y, risks, overwrite)
+    return _write(out, comparison, y, risks)
 
 
 def _write(
@@ -369,8 +371,8 @@ def _write(
     comparison: dict[str, Any],
     y: np.ndarray,
     risks: dict[str, np.ndarray],
-    overwrite: bool,  # checked by the caller; an existing folder is replaced
 ) -> ComparisonResult:
+    """Write the comparison folder atomically (``out`` was checked by the caller)."""
     from clinfuse._files import atomic_folder
     from clinfuse.evaluation import figures
     from clinfuse.evaluation.calibration import calibration_curve

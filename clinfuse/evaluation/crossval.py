@@ -321,8 +321,6 @@ def cross_validate(
             raise ConfigError(
                 f"folds is {folds!r}; use 2 or more (5 or 10 are usual)", field="folds"
             )
-    if config is not None:
-        _check_single_process(config)
     evaluator_args: dict[str, Any] = dict(
         subgroups=subgroups,
         thresholds=thresholds,
