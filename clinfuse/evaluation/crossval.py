@@ -136,8 +136,8 @@ def _group_folds(cohort: Any, column: str) -> tuple[list[str], list[int]]:
 
 
 def _meta_analysis(rows: Sequence[dict[str, Any]], level: float) -> dict[str, Any]:
-    """Random-effects summaries of the groups' AUROC and calibration slope."""
-    from clinfuse.evaluation.meta import auroc_meta_analysis, random_effects
+    """Random-effects summaries of the groups' AUROC, O/E ratio and calibration slope."""
+    from clinfuse.evaluation.meta import auroc_meta_analysis, oe_meta_analysis, random_effects
 
     out: dict[str, Any] = {}
     usable = [r for r in rows if r["auroc"] is not None and 0 < r["auroc"] < 1 and r["auroc_se"]]
@@ -154,6 +154,12 @@ def _meta_analysis(rows: Sequence[dict[str, Any]], level: float) -> dict[str, An
             level=level,
         )
         out["calibration_slope"]["groups"] = [r["group"] for r in slopes]
+    counts = [r for r in rows if r["n_events"] >= 1 and r["expected_events"] > 0]
+    if len(counts) >= 2:
+        out["oe_ratio"] = oe_meta_analysis(
+            [r["n_events"] for r in counts], [r["expected_events"] for r in counts], level=level
+        )
+        out["oe_ratio"]["groups"] = [r["group"] for r in counts]
     return out
 
 
@@ -229,6 +235,7 @@ def _fold_row(
         if slope["value"] is None
         else (slope["ci_high"] - slope["ci_low"]) / (2 * z),
         "oe_ratio": cal["oe_ratio"]["value"],
+        "expected_events": cal["oe_ratio"]["expected"],
         "brier": cal["brier"],
     }
 
@@ -266,8 +273,8 @@ def cross_validate(
             ``data.split_seed``, training ``training.seed``).
         group_by: a manifest column (``site``, a period, ...): one fold per value, each
             group held out in turn — internal–external cross-validation; the report
-            adds a random-effects meta-analysis of the groups' AUROC and calibration
-            slope with a prediction interval for a new group. Excludes ``folds``.
+            adds a random-effects meta-analysis of the groups' AUROC, O/E ratio and
+            calibration slope with a prediction interval for a new group. Excludes ``folds``.
         resume: continue an interrupted cross-validation (``folds``, ``fold_seed`` and
             ``group_by`` left unset take the interrupted one's).
         overwrite: replace an existing folder.

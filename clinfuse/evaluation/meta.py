@@ -3,7 +3,8 @@
 When a model is validated in several clusters, its performance varies between them
 beyond chance; one pooled figure hides that. Following Debray et al. (BMJ 2017;356:i6460)
 and Riley et al. (BMJ 2016;353:i3140), each cluster's estimate is combined on a scale
-where it is roughly normal (the logit of the AUROC, the calibration slope as it is) with
+where it is roughly normal (the logit of the AUROC, the log of the O/E ratio, the
+calibration slope as it is; Snell et al., Stat Methods Med Res 2018) with
 the DerSimonian–Laird between-cluster variance τ², and the 95 % *prediction interval*
 says where the performance in a new cluster of the same kind is expected to fall.
 """
@@ -17,7 +18,7 @@ import numpy as np
 from scipy.stats import chi2, norm
 from scipy.stats import t as student_t
 
-__all__ = ["auroc_meta_analysis", "random_effects"]
+__all__ = ["auroc_meta_analysis", "oe_meta_analysis", "random_effects"]
 
 
 def random_effects(
@@ -104,4 +105,39 @@ def auroc_meta_analysis(
         "pi_high": _expit(res["pi_high"]),
         "logit_estimate": res["estimate"],
         "logit_se": res["se"],
+    }
+
+
+def oe_meta_analysis(
+    observed: Sequence[float], expected: Sequence[float], *, level: float = 0.95
+) -> dict[str, Any]:
+    """Random-effects summary O/E ratio of clusters, pooled on the log scale.
+
+    ``Var(ln O/E) ≈ 1 / O`` (observed events treated as Poisson, the same approximation as
+    :func:`clinfuse.evaluation.calibration.observed_expected`'s interval; Debray et al.
+    2017). The estimate and both intervals are transformed back to the ratio scale.
+
+    Args:
+        observed: (K,) observed events per cluster, each ≥ 1.
+        expected: (K,) expected events per cluster (the sum of predicted risks), each > 0.
+    """
+    o = np.asarray(observed, dtype=float)
+    e = np.asarray(expected, dtype=float)
+    if np.any(o < 1) or np.any(e <= 0):
+        raise ValueError("every cluster needs at least one observed and a positive expected event count")
+    res = random_effects(np.log(o / e), 1 / o, level=level)
+
+    def back(x: float | None) -> float | None:
+        return None if x is None else float(np.exp(x))
+
+    return {
+        "scale": "log",
+        **res,
+        "estimate": back(res["estimate"]),
+        "ci_low": back(res["ci_low"]),
+        "ci_high": back(res["ci_high"]),
+        "pi_low": back(res["pi_low"]),
+        "pi_high": back(res["pi_high"]),
+        "log_estimate": res["estimate"],
+        "log_se": res["se"],
     }

@@ -319,6 +319,18 @@ def _crossval(m: dict[str, Any], png: dict[str, bytes]) -> str:
                 )
                 + f"), I² {100 * c['i2']:.0f} %."
             )
+        if "oe_ratio" in meta:
+            o = meta["oe_ratio"]
+            body += (
+                f" O/E ratio {_num(o['estimate'], 2)} (95 % CI {_num(o['ci_low'], 2)}–"
+                f"{_num(o['ci_high'], 2)}"
+                + (
+                    f"; prediction interval {_num(o['pi_low'], 2)}–{_num(o['pi_high'], 2)}"
+                    if o["pi_low"] is not None
+                    else ""
+                )
+                + f"; log scale), I² {100 * o['i2']:.0f} %."
+            )
         body += "</p>"
     body += (
         f"<p>Fold models (<code>folds/fold_k</code>): {_e(models)}. Pooled and fold-by-fold "

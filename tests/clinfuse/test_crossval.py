@@ -302,7 +302,7 @@ def test_a_cross_validation_compares_with_an_evaluation(
 # -- leave one group out (internal-external cross-validation) -------------------------------
 def test_leave_one_site_out_with_a_meta_analysis(tiny_cohort: Path, tmp_path: Path) -> None:
     from clinfuse.evaluation.crossval import cross_validate
-    from clinfuse.evaluation.meta import auroc_meta_analysis
+    from clinfuse.evaluation.meta import auroc_meta_analysis, oe_meta_analysis
 
     cfg = tiny_config(epochs=1)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": ["tabular"]})})
@@ -325,7 +325,16 @@ def test_leave_one_site_out_with_a_meta_analysis(tiny_cohort: Path, tmp_path: Pa
     meta = s["meta_analysis"]["auroc"]
     assert meta["estimate"] == pytest.approx(expected["estimate"], abs=1e-12)
     assert meta["groups"] == [r["group"] for r in rows]
+    oe = oe_meta_analysis(
+        [r["n_events"] for r in s["per_fold"]], [r["expected_events"] for r in s["per_fold"]]
+    )
+    assert s["meta_analysis"]["oe_ratio"]["estimate"] == pytest.approx(oe["estimate"], abs=1e-12)
+    for k, r in enumerate(s["per_fold"], start=1):  # expected events = Σ risks of the held-out site
+        run = pd.read_csv(res.out / "folds" / f"fold_{k}" / "predictions.csv", dtype={"case_id": str})
+        held = run[(run["split"] == "test") & run["label"].notna()]
+        assert r["expected_events"] == pytest.approx(held["p_fusion"].sum(), abs=1e-9)
     page = res.report.read_text()
+    assert "O/E ratio" in page
     assert "Internal–external validation: leave one site out" in page
     assert "Random-effects meta-analysis" in page
     card = res.metrics["model_card"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from clinfuse.evaluation.meta import auroc_meta_analysis, random_effects
+from clinfuse.evaluation.meta import auroc_meta_analysis, oe_meta_analysis, random_effects
 
 
 def test_dersimonian_laird_matches_statsmodels() -> None:
@@ -48,6 +48,27 @@ def test_auroc_is_pooled_on_the_logit_scale() -> None:
     assert res["pi_low"] == pytest.approx(expit(logit["pi_low"]), abs=1e-12)
     assert res["ci_low"] < res["estimate"] < res["ci_high"]
     assert res["tau2"] == pytest.approx(logit["tau2"]) and res["scale"] == "logit"
+
+
+def test_oe_ratio_is_pooled_on_the_log_scale_with_poisson_variance() -> None:
+    from statsmodels.stats.meta_analysis import combine_effects
+
+    from clinfuse.evaluation.calibration import observed_expected
+
+    o = np.array([30.0, 55.0, 12.0])
+    e = np.array([25.0, 61.5, 18.2])
+    res = oe_meta_analysis(o, e)
+    ref = combine_effects(np.log(o / e), 1 / o, method_re="dl")
+    assert res["estimate"] == pytest.approx(np.exp(ref.mean_effect_re), abs=1e-12)
+    low, high = ref.conf_int()[1]
+    assert (res["ci_low"], res["ci_high"]) == pytest.approx((np.exp(low), np.exp(high)), abs=1e-12)
+    assert res["scale"] == "log" and res["tau2"] == pytest.approx(ref.tau2, abs=1e-12)
+    # one cluster's log-scale variance is the one behind observed_expected's interval
+    y = np.r_[np.ones(30), np.zeros(70)]
+    one = observed_expected(y, np.full(100, 0.25))
+    assert np.log(one["ci_high"] / one["value"]) == pytest.approx(1.959964 / np.sqrt(30), abs=1e-6)
+    with pytest.raises(ValueError, match="observed"):
+        oe_meta_analysis([0, 4], [2.0, 3.0])
 
 
 @pytest.mark.parametrize(
