@@ -124,7 +124,9 @@ def oe_meta_analysis(
     o = np.asarray(observed, dtype=float)
     e = np.asarray(expected, dtype=float)
     if np.any(o < 1) or np.any(e <= 0):
-        raise ValueError("every cluster needs at least one observed and a positive expected event count")
+        raise ValueError(
+            "every cluster needs at least one observed and a positive expected event count"
+        )
     res = random_effects(np.log(o / e), 1 / o, level=level)
 
     def back(x: float | None) -> float | None:

@@ -330,7 +330,9 @@ def test_leave_one_site_out_with_a_meta_analysis(tiny_cohort: Path, tmp_path: Pa
     )
     assert s["meta_analysis"]["oe_ratio"]["estimate"] == pytest.approx(oe["estimate"], abs=1e-12)
     for k, r in enumerate(s["per_fold"], start=1):  # expected events = Σ risks of the held-out site
-        run = pd.read_csv(res.out / "folds" / f"fold_{k}" / "predictions.csv", dtype={"case_id": str})
+        run = pd.read_csv(
+            res.out / "folds" / f"fold_{k}" / "predictions.csv", dtype={"case_id": str}
+        )
         held = run[(run["split"] == "test") & run["label"].notna()]
         assert r["expected_events"] == pytest.approx(held["p_fusion"].sum(), abs=1e-9)
     page = res.report.read_text()
