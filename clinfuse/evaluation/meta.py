@@ -127,7 +127,7 @@ def oe_meta_analysis(
         raise ValueError(
             "every cluster needs at least one observed and a positive expected event count"
         )
-    res = random_effects(np.log(o / e), 1 / o, level=level)
+    res = random_effects(np.log(o / e), (1 / o).tolist(), level=level)
 
     def back(x: float | None) -> float | None:
         return None if x is None else float(np.exp(x))
