@@ -21,6 +21,8 @@ MODALITIES: tuple[str, ...] = ("image", "note", "signal", "tabular")
 
 _LAZY = {
     "load_run": ("clinfuse.model", "load_run"),
+    "load_ensemble": ("clinfuse.ensemble", "load_ensemble"),
+    "FoldEnsemble": ("clinfuse.ensemble", "FoldEnsemble"),
     "FusionModel": ("clinfuse.model", "FusionModel"),
     "Cohort": ("clinfuse.cohort.manifest", "Cohort"),
     "RunConfig": ("clinfuse.config", "RunConfig"),
@@ -49,10 +51,12 @@ __all__ = [
     "CohortError",
     "ConfigError",
     "DataFileNotFoundError",
+    "FoldEnsemble",
     "FusionModel",
     "ModalityLoadError",
     "RunConfig",
     "__version__",
+    "load_ensemble",
     "load_run",
     "synthesize_cohort",
     "train_run",

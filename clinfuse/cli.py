@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -506,11 +506,18 @@ def _print_run_summary(run: Path) -> None:
     epilog=(
         "Examples:\n\n"
         "  clinfuse predict runs/demo new_cohort/manifest.csv --out predictions.csv\n\n"
-        "  clinfuse predict runs/demo notes_only.csv --out p.csv --allow-missing-modalities"
+        "  clinfuse predict runs/demo notes_only.csv --out p.csv --allow-missing-modalities\n\n"
+        "  clinfuse predict runs/demo_cv new_cohort/manifest.csv --out p.csv   # fold ensemble"
     )
 )
 def predict(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder written by `clinfuse train`, or a `clinfuse crossval` folder "
+            "(its fold models averaged; adds p_fusion_sd/min/max)."
+        ),
+    ],
     cohort: Annotated[Path, typer.Argument(help="Manifest of the cases to score.")],
     out: Annotated[Path, typer.Option("--out", help="CSV file to write.")],
     allow_missing_modalities: Annotated[
@@ -522,9 +529,10 @@ def predict(
     ] = False,
 ) -> None:
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly)."""
+    from clinfuse.ensemble import is_crossval_folder, load_ensemble
     from clinfuse.model import load_run
 
-    model = load_run(run)
+    model: Any = load_ensemble(run) if is_crossval_folder(run) else load_run(run)
     with _progress("scoring cases") as update:
         frame, excluded = model.predict(
             cohort,

@@ -225,21 +225,35 @@ class CaseLoader:
                     sources["signal"] = source_identity(row.signal) + f":fs={row.signal_fs}"
                     present[i] = True
             elif m == "tabular":
-                assert self.tabular is not None
-                values, mask = self.tabular.transform_row(row.extra, case_id=row.case_id)
-                case["tabular"], case["tabular_mask"] = values, mask
-                case["input_warnings"] = self.tabular.check_row(row.extra)
-                present[i] = bool(mask.any())
-                sources["tabular"] = (
-                    "values:" + hashlib.sha256(values.tobytes() + mask.tobytes()).hexdigest()
-                )
-                if not present[i]:
-                    case["tabular"], case["tabular_mask"] = None, None
+                fields, present[i], sources["tabular"] = self.tabular_fields(row)
+                case.update(fields)
             else:  # pragma: no cover - guarded by DataConfig validation
                 raise ConfigError(f"unknown modality {m!r}", field="modalities")
         case["present"] = present
         case["sources"] = sources
         return case
+
+    def tabular_fields(self, row: CaseRow) -> tuple[dict[str, Any], bool, str]:
+        """A row's tabular values through this loader's encoder.
+
+        Returns:
+            ``(fields, present, source)``: ``fields`` holds ``tabular`` and
+            ``tabular_mask`` (None when no value is known) and ``input_warnings``;
+            ``source`` is the values' identity for the embedding cache.
+
+        Raises:
+            ClinFuseError: a value cannot be read as a number.
+        """
+        assert self.tabular is not None
+        values, mask = self.tabular.transform_row(row.extra, case_id=row.case_id)
+        present = bool(mask.any())
+        fields: dict[str, Any] = {
+            "tabular": values if present else None,
+            "tabular_mask": mask if present else None,
+            "input_warnings": self.tabular.check_row(row.extra),
+        }
+        source = "values:" + hashlib.sha256(values.tobytes() + mask.tobytes()).hexdigest()
+        return fields, present, source
 
     def _image(self, row: CaseRow, source: str) -> tuple[np.ndarray, dict[str, Any] | None]:
         """The decoded, preprocessed image: from the store when it has it, else decoded."""

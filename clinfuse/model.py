@@ -274,6 +274,11 @@ class FusionModel:
             hint = "is this a run folder written by `clinfuse train`?"
             if Path(str(directory) + ".partial").exists():
                 hint = "training did not finish; rerun `clinfuse train ... --resume`"
+            elif (directory / "crossval.json").exists():
+                hint = (
+                    "this is a cross-validation folder: load its fold models together with "
+                    "clinfuse.load_ensemble(folder), or one of them from folds/fold_k"
+                )
             raise ConfigError("no model/model.json in this folder", path=directory, hint=hint)
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != MODEL_FORMAT:

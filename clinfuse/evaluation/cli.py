@@ -29,12 +29,19 @@ EVALUATE_EPILOG = (
     "  clinfuse evaluate runs/demo site_d/manifest.csv --out eval_site_d\n\n"
     "  clinfuse evaluate runs/demo demo/manifest.csv --out eval_test --split test "
     "--subgroups sex,age_band --thresholds 0.1,0.2\n\n"
-    "  clinfuse evaluate runs/demo new.csv --out eval --n-boot 500 --min-group-size 50 --overwrite"
+    "  clinfuse evaluate runs/demo new.csv --out eval --n-boot 500 --min-group-size 50 --overwrite\n\n"
+    "  clinfuse evaluate runs/demo_cv site_d/manifest.csv --out eval_ensemble   # fold ensemble"
 )
 
 
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder written by `clinfuse train`, or a `clinfuse crossval` folder "
+            "(its fold models scored together)."
+        ),
+    ],
     cohort: Annotated[Path, typer.Argument(help="Manifest of labelled cases to evaluate on.")],
     out: Annotated[
         Path, typer.Option("--out", help="Folder for metrics.json, report.html, figures.")

@@ -282,7 +282,7 @@ class Evaluator:
         allow_missing_modalities: bool = False,
         development: pd.DataFrame | None = None,
         development_manifest: str | Path | None = None,
-        run_info: dict[str, str] | None = None,
+        run_info: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.run_info = run_info
@@ -339,11 +339,23 @@ class Evaluator:
                 column, no usable case.
             ConfigError: ``out`` exists and is not empty (without ``overwrite``).
         """
+        from clinfuse.ensemble import FoldEnsemble
         from clinfuse.evaluation import ablation
 
         out = Path(out)
         _check_out(out, overwrite)
         cohort = self._cohort(cohort)
+        if isinstance(self.model, FoldEnsemble):
+            scores = self.model.score(cohort, progress=progress)
+            return self.evaluate_scored(
+                cohort,
+                scores.frame,
+                scores.present,
+                scores.excluded,
+                out,
+                scorer=scores.scorer,
+                overwrite=overwrite,
+            )
         cases, raw, frame, excluded = score_cohort(self.model, cohort, progress=progress)
         scorer = (
             ablation.masked_fusion_probabilities(self.model, cases)
@@ -578,6 +590,19 @@ class Evaluator:
             "The ablation and robustness tables mask inputs of the trained model; they do not "
             "show what models trained on fewer modalities would achieve.",
         ]
+        if isinstance(model.info, dict) and "ensemble" in model.info:
+            overlap = (metrics.get("case_mix") or {}).get("n_overlap", 0)
+            limitations.append(
+                f"The model is a fold ensemble ({model.info['ensemble']}); its calibration "
+                "was not fitted as a whole — read the calibration section before using its risks."
+                + (
+                    f" {overlap} evaluated cases belong to the cross-validation that trained the "
+                    "fold models (each was in the training data of all but one): these figures "
+                    "are optimistic; evaluate on cases no fold model saw."
+                    if overlap
+                    else ""
+                )
+            )
         if metrics["n_cases"] < 200 or metrics["n_events"] < 100:
             limitations.append(
                 f"Small evaluation sample ({metrics['n_cases']} cases, {metrics['n_events']} "
@@ -729,7 +754,9 @@ def evaluate_run(
     """Evaluate a trained run on a labelled cohort and write the report folder.
 
     Args:
-        run: run folder written by ``clinfuse train`` (or a loaded ``FusionModel``).
+        run: run folder written by ``clinfuse train`` (or a loaded ``FusionModel``), or a
+            ``clinfuse crossval`` folder (or a loaded
+            :class:`~clinfuse.ensemble.FoldEnsemble`): its fold models scored together.
         cohort: manifest path (or :class:`~clinfuse.cohort.Cohort`) with a 0/1 outcome.
         out: output folder (created; must be new or empty unless ``overwrite``).
         subgroups: manifest columns to break results down by (e.g. ``["sex", "age_band"]``).
@@ -748,17 +775,33 @@ def evaluate_run(
     Returns:
         :class:`EvaluationResult`.
     """
+    from clinfuse.ensemble import FoldEnsemble, is_crossval_folder, load_ensemble
     from clinfuse.evaluation.casemix import development_cases
     from clinfuse.model import FusionModel, load_run
 
-    model = run if isinstance(run, FusionModel) else load_run(run)
-    development, development_manifest, run_info = None, None, None
-    if not isinstance(run, FusionModel):
+    development, development_manifest = None, None
+    run_info: dict[str, Any] | None = None
+    model: Any
+    if isinstance(run, FusionModel | FoldEnsemble):
+        model = run
+    elif is_crossval_folder(run):
+        model = load_ensemble(run)
+        summary = json.loads((Path(run) / "crossval.json").read_text(encoding="utf-8"))
+        run_info = {
+            "path": str(Path(run).resolve()),
+            "fold_ensemble": [f["model_sha256"] for f in summary["fold_models"]],
+        }
+        pooled = Path(run) / "evaluation" / "predictions.csv"
+        if pooled.exists():  # every case of the cross-validation trained K - 1 of the models
+            development = pd.read_csv(pooled, dtype={"case_id": str}).assign(split="train")
+        development_manifest = summary.get("manifest")
+    else:
+        model = load_run(run)
         run_info = {
             "path": str(Path(run).resolve()),
             "model_sha256": model_sha256(run),
         }
-    if not isinstance(run, FusionModel) and (Path(run) / "predictions.csv").exists():
+    if isinstance(model, FusionModel) and run_info and (Path(run) / "predictions.csv").exists():
         development = development_cases(
             pd.read_csv(Path(run) / "predictions.csv", dtype={"case_id": str})
         )

@@ -1,0 +1,298 @@
+"""The fold models of a cross-validation folder used together (a fold ensemble).
+
+``clinfuse crossval`` trains one complete model per fold. Besides validating the
+training procedure, those K models can score new cases together: each case's risk is
+the **mean of the K models' calibrated risks** (each model calibrated on its own
+validation split), and the spread between them (SD, min, max) says how much the
+prediction depends on which patients a model was trained on — a per-case measure of
+model uncertainty that one model cannot give.
+
+What the cross-validation report measured is the performance of *single* fold models on
+patients they never saw; the ensemble's own performance on new patients is that of
+``clinfuse evaluate CV_FOLDER NEW_COHORT`` (external or temporal validation), not the
+cross-validation figure. On the cross-validation's own manifest every case was seen by
+K − 1 of the models, so that evaluation is optimistic and is flagged as such.
+
+Cases are loaded once: the fold models share the data configuration, so images,
+signals and notes are read and preprocessed one time, and only the tabular values go
+through each fold's own fitted encoder (scaling learnt on that fold's training cases).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse.errors import CohortError, ConfigError
+
+__all__ = ["EnsembleScores", "FoldEnsemble", "is_crossval_folder", "load_ensemble"]
+
+
+def is_crossval_folder(path: str | Path) -> bool:
+    """True when ``path`` is a finished ``clinfuse crossval`` folder."""
+    return (Path(path) / "crossval.json").is_file()
+
+
+@dataclass
+class EnsembleScores:
+    """What :meth:`FoldEnsemble.score` returns.
+
+    Attributes:
+        frame: one row per scored case (see :meth:`FoldEnsemble.predict`).
+        present: (N, M) modality availability of the frame's cases.
+        excluded: the cases that could not be scored (issues).
+        fold_risks: (K, N) each fold model's calibrated fused risk.
+        scorer: an :data:`~clinfuse.evaluation.ablation.Scorer` — the mean over the fold
+            models of the fused risk with modalities masked out (None for one modality).
+    """
+
+    frame: pd.DataFrame
+    present: np.ndarray
+    excluded: list[Any]
+    fold_risks: np.ndarray
+    scorer: Callable[[Sequence[str]], np.ndarray] | None
+
+
+class FoldEnsemble:
+    """K trained fold models scoring cases together (mean of their calibrated risks).
+
+    Args:
+        models: the fold models (:class:`~clinfuse.model.FusionModel`), at least two,
+            with the same modalities, data configuration and tabular columns.
+        path: the cross-validation folder they come from (recorded in ``info``).
+
+    Attributes mirror :class:`~clinfuse.model.FusionModel`'s where the evaluation needs
+    them: ``config``, ``modalities``, ``tabular`` and ``calibrators`` are the first fold
+    model's (the configuration and tabular columns are checked to be the same in all).
+
+    Raises:
+        ConfigError: fewer than two models, or models that differ in modalities, data
+            configuration or tabular columns.
+    """
+
+    def __init__(self, models: Sequence[Any], *, path: str | Path | None = None) -> None:
+        self.models = list(models)
+        self.path = None if path is None else Path(path)
+        where = self.path
+        if len(self.models) < 2:
+            raise ConfigError(
+                f"a fold ensemble needs at least two models, got {len(self.models)}", path=where
+            )
+        first = self.models[0]
+        for k, m in enumerate(self.models[1:], start=2):
+            what = None
+            if list(m.modalities) != list(first.modalities):
+                what = f"modalities {m.modalities} vs {first.modalities}"
+            elif m.config.data.model_dump(mode="json") != first.config.data.model_dump(mode="json"):
+                what = "data configuration"
+            elif (m.tabular is None) != (first.tabular is None) or (
+                m.tabular is not None and list(m.tabular.columns) != list(first.tabular.columns)
+            ):
+                what = "tabular columns"
+            if what:
+                raise ConfigError(
+                    f"fold model {k} differs from fold model 1 in its {what}",
+                    path=where,
+                    hint="the models of an ensemble must come from one cross-validation",
+                )
+        self.config = first.config
+        self.modalities = list(first.modalities)
+        self.tabular = first.tabular
+        self.calibrators = first.calibrators
+        self.info: dict[str, Any] = {
+            "ensemble": f"mean of {len(self.models)} fold models' calibrated risks",
+            **({} if self.path is None else {"crossval": str(self.path.resolve())}),
+        }
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    # -- loading ---------------------------------------------------------------
+    @classmethod
+    def from_crossval(cls, path: str | Path, *, device: str = "cpu") -> FoldEnsemble:
+        """The fold models of a finished ``clinfuse crossval`` folder.
+
+        Each fold model's ``model/model.json`` is checked against the SHA-256 that
+        ``crossval.json`` recorded, so a fold replaced after the cross-validation is refused.
+
+        Raises:
+            ConfigError: not a finished cross-validation folder, or a fold model missing
+                or changed.
+        """
+        from clinfuse.evaluation.evaluate import model_sha256
+        from clinfuse.model import load_run
+
+        path = Path(path)
+        if not is_crossval_folder(path):
+            hint = "give the folder written by `clinfuse crossval`"
+            if Path(f"{path}.partial").exists():
+                hint = "the cross-validation did not finish; rerun `clinfuse crossval ... --resume`"
+            raise ConfigError("no crossval.json in this folder", path=path, hint=hint)
+        summary = json.loads((path / "crossval.json").read_text(encoding="utf-8"))
+        models = []
+        for fold in summary["fold_models"]:
+            run = path / fold["path"]
+            if not (run / "model" / "model.json").exists():
+                raise ConfigError(
+                    f"fold {fold['fold']}'s model is missing",
+                    path=run,
+                    hint="the cross-validation folder is incomplete; restore it or run "
+                    "`clinfuse crossval` again",
+                )
+            if model_sha256(run) != fold["model_sha256"]:
+                raise ConfigError(
+                    f"fold {fold['fold']}'s model differs from the one the cross-validation "
+                    "recorded",
+                    path=run / "model" / "model.json",
+                    hint="the folder was modified after the cross-validation; restore it",
+                )
+            models.append(load_run(run, device=device))
+        return cls(models, path=path)
+
+    # -- scoring ---------------------------------------------------------------
+    @property
+    def frozen_modalities(self) -> list[str]:
+        return self.models[0].frozen_modalities
+
+    def check_cohort(self, cohort: Any, *, allow_missing_modalities: bool = False) -> None:
+        """See :meth:`clinfuse.model.FusionModel.check_cohort`."""
+        self.models[0].check_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
+
+    def _fold_cases(
+        self, k: int, cases: list[dict[str, Any]], rows: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """``cases`` (loaded for fold model 1) with fold ``k``'s tabular values."""
+        from clinfuse.data import CaseLoader
+
+        model = self.models[k]
+        if k == 0 or model.tabular is None:
+            return cases
+        loader = CaseLoader(self.config.data, ["tabular"], model.tabular)
+        i = self.modalities.index("tabular")
+        out = []
+        for case in cases:
+            fields, present, source = loader.tabular_fields(rows[case["case_id"]])
+            new = {**case, **fields}
+            new["present"] = case["present"].copy()
+            new["present"][i] = present
+            new["sources"] = {**case["sources"], "tabular": source}
+            out.append(new)
+        return out
+
+    def score(
+        self, cohort: Any, *, progress: Callable[[int, int], None] | None = None
+    ) -> EnsembleScores:
+        """Load a checked cohort's cases once and run every fold model on them.
+
+        Raises:
+            CohortError: no case could be loaded.
+        """
+        from clinfuse.data import CaseLoader
+        from clinfuse.evaluation.ablation import masked_fusion_probabilities
+        from clinfuse.training.embed import attach_embeddings
+
+        loader = CaseLoader(self.config.data, self.modalities, self.models[0].tabular)
+        loaded = loader.load_many(cohort.rows, progress=progress)
+        excluded = list(cohort.excluded) + list(loaded.excluded)
+        if not loaded.cases:
+            raise CohortError(
+                f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
+                path=cohort.manifest_path,
+                hint="run `clinfuse validate` on the manifest",
+            )
+        rows = {r.case_id: r for r in cohort.rows}
+        fused, logits, unimodal, warnings = [], [], [], []
+        present: np.ndarray | None = None
+        scorers = []
+        for k, model in enumerate(self.models):
+            cases = self._fold_cases(k, loaded.cases, rows)
+            cases = attach_embeddings(model, cases, model.frozen_modalities)
+            raw = model.forward_cases(cases)
+            probs = model.probabilities(raw)
+            if present is None:
+                present = raw["present"]
+            elif not np.array_equal(present, raw["present"]):  # pragma: no cover - same columns
+                raise ConfigError(
+                    f"fold model {k + 1} sees other modalities present than fold model 1",
+                    path=self.path,
+                )
+            fused.append(probs["fusion"])
+            logits.append(raw["logit"])
+            unimodal.append(np.stack([probs[m] for m in self.modalities], axis=1))
+            warnings.append([c.get("input_warnings") or [] for c in cases])
+            if len(self.modalities) > 1:
+                scorers.append(masked_fusion_probabilities(model, cases))
+        assert present is not None
+        risks = np.stack(fused)
+        frame = pd.DataFrame(
+            {
+                "case_id": [c["case_id"] for c in loaded.cases],
+                "split": [c.get("split") for c in loaded.cases],
+                "label": [c.get("label") for c in loaded.cases],
+                "p_fusion": risks.mean(axis=0),
+                "logit_fusion": np.stack(logits).mean(axis=0),
+                "p_fusion_sd": risks.std(axis=0, ddof=1),
+                "p_fusion_min": risks.min(axis=0),
+                "p_fusion_max": risks.max(axis=0),
+            }
+        )
+        per_modality = np.stack(unimodal).mean(axis=0)  # NaN where the modality is missing
+        for i, m in enumerate(self.modalities):
+            frame[f"p_{m}"] = per_modality[:, i]
+        for i, m in enumerate(self.modalities):
+            frame[f"present_{m}"] = present[:, i].astype(int)
+        frame["input_warnings"] = [
+            "; ".join(dict.fromkeys(w for fold in case for w in fold))
+            for case in zip(*warnings, strict=True)
+        ]
+
+        def scorer(keep: Sequence[str]) -> np.ndarray:
+            return np.mean([s(keep) for s in scorers], axis=0)
+
+        return EnsembleScores(frame, present, excluded, risks, scorer if scorers else None)
+
+    def predict(
+        self,
+        cohort: Any,
+        *,
+        allow_missing_modalities: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        return_excluded: bool = False,
+    ) -> Any:
+        """Fused and per-modality risks for every case, averaged over the fold models.
+
+        Args:
+            cohort: a :class:`~clinfuse.cohort.Cohort` or a manifest path.
+            allow_missing_modalities: accept a cohort without a column for one of the
+                models' modalities (treated as missing for every case).
+            return_excluded: also return the cases that could not be loaded.
+
+        Returns:
+            The columns of :meth:`clinfuse.model.FusionModel.predict` — ``p_fusion`` and
+            ``p_<modality>`` being means over the fold models, ``logit_fusion`` the mean
+            uncalibrated logit — plus ``p_fusion_sd`` (between-model SD of the fused risk),
+            ``p_fusion_min`` and ``p_fusion_max``; with ``return_excluded`` a pair
+            ``(table, excluded issues)``.
+        """
+        from clinfuse.cohort.manifest import Cohort
+
+        if not isinstance(cohort, Cohort):
+            cohort = Cohort.from_manifest(
+                cohort,
+                target=self.config.data.target,
+                allow_external_paths=self.config.data.allow_external_paths,
+            )
+        self.check_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
+        scores = self.score(cohort, progress=progress)
+        return (scores.frame, scores.excluded) if return_excluded else scores.frame
+
+
+def load_ensemble(path: str | Path, *, device: str = "cpu") -> FoldEnsemble:
+    """The fold ensemble of a ``clinfuse crossval`` folder (see :class:`FoldEnsemble`)."""
+    return FoldEnsemble.from_crossval(path, device=device)

@@ -1,0 +1,138 @@
+"""Fold ensemble of a cross-validation folder: risks against each fold model's own
+predictions, evaluation numbers against scikit-learn, and a changed folder refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from clinfuse.errors import ConfigError
+from tests.conftest import tiny_config
+
+MODALITIES = ["image", "signal", "tabular"]  # trainable encoders: each fold model differs
+
+
+@pytest.fixture(scope="module")
+def cv(tiny_cohort: Path, tmp_path_factory) -> Path:
+    from clinfuse.evaluation.crossval import cross_validate
+
+    cfg = tiny_config(epochs=1)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": MODALITIES})})
+    out = tmp_path_factory.mktemp("ens") / "cv"
+    cross_validate(tiny_cohort, out, cfg, folds=3, n_boot=20)
+    return out
+
+
+@pytest.fixture(scope="module")
+def new_cohort(tmp_path_factory) -> Path:
+    """Cases no fold model saw (another seed of the synthetic generator)."""
+    from clinfuse.synth import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("new")
+    return synthesize_cohort(
+        root / "cohort", n_cases=48, seed=11, image_size=32, signal_fs=50, signal_seconds=4.0
+    )
+
+
+def test_ensemble_risk_is_the_mean_of_the_fold_models_own_predictions(
+    cv: Path, new_cohort: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+    from clinfuse.model import load_run
+
+    out = tmp_path / "p.csv"
+    res = CliRunner().invoke(app, ["predict", str(cv), str(new_cohort), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    ens = pd.read_csv(out, dtype={"case_id": str}).set_index("case_id")
+    # reference: every fold model loads and scores the cohort by itself (its own tabular
+    # encoder, its own loader) — the ensemble loads once and re-encodes only the tabular values
+    folds = [
+        load_run(cv / "folds" / f"fold_{k}").predict(new_cohort).set_index("case_id")
+        for k in (1, 2, 3)
+    ]
+    assert sorted(ens.index) == sorted(folds[0].index)
+    risks = np.stack([f.loc[ens.index, "p_fusion"].to_numpy() for f in folds])
+    assert not np.allclose(risks[0], risks[1])  # the fold models do differ
+    np.testing.assert_allclose(ens["p_fusion"], risks.mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(ens["p_fusion_sd"], risks.std(axis=0, ddof=1), atol=1e-9)
+    np.testing.assert_allclose(ens["p_fusion_min"], risks.min(axis=0), atol=1e-9)
+    np.testing.assert_allclose(ens["p_fusion_max"], risks.max(axis=0), atol=1e-9)
+    logits = np.stack([f.loc[ens.index, "logit_fusion"].to_numpy() for f in folds])
+    np.testing.assert_allclose(ens["logit_fusion"], logits.mean(axis=0), atol=1e-9)
+    for m in MODALITIES:
+        per = np.stack([f.loc[ens.index, f"p_{m}"].to_numpy() for f in folds])
+        np.testing.assert_allclose(ens[f"p_{m}"], per.mean(axis=0), atol=1e-9)  # NaN = NaN
+        assert (ens[f"present_{m}"] == folds[0].loc[ens.index, f"present_{m}"]).all()
+
+
+def test_evaluating_the_ensemble_on_new_cases(cv: Path, new_cohort: Path, tmp_path: Path) -> None:
+    from clinfuse.ensemble import load_ensemble
+    from clinfuse.evaluation.evaluate import evaluate_run, model_sha256
+
+    res = evaluate_run(cv, new_cohort, tmp_path / "ev", n_boot=20)
+    frame = pd.read_csv(tmp_path / "ev" / "predictions.csv", dtype={"case_id": str})
+    auc = res.metrics["models"]["fusion"]["auroc"]["value"]
+    assert auc == pytest.approx(roc_auc_score(frame["label"], frame["p_fusion"]), abs=1e-12)
+    direct = load_ensemble(cv).predict(new_cohort).set_index("case_id")
+    np.testing.assert_allclose(
+        frame.set_index("case_id").loc[direct.index, "p_fusion"], direct["p_fusion"], atol=1e-12
+    )
+    assert res.metrics["run"]["fold_ensemble"] == [
+        model_sha256(cv / "folds" / f"fold_{k}") for k in (1, 2, 3)
+    ]
+    # the ablation goes through all fold models: keeping every modality is the ensemble risk
+    rows = {r["name"]: r for r in res.metrics["ablation"]["rows"]}
+    assert set(rows) >= {"image only", "without signal", "all modalities"}
+    card = res.metrics["model_card"]
+    assert card["model"]["info"]["ensemble"] == "mean of 3 fold models' calibrated risks"
+    ensemble_notes = [
+        t for t in card["limitations"] if t.startswith("The model is a fold ensemble")
+    ]
+    assert len(ensemble_notes) == 1 and "optimistic" not in ensemble_notes[0]
+    assert res.metrics["case_mix"]["n_overlap"] == 0
+
+
+def test_evaluating_on_the_cross_validation_cohort_is_flagged_optimistic(
+    cv: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
+    from clinfuse.evaluation.evaluate import evaluate_run
+
+    res = evaluate_run(cv, tiny_cohort, tmp_path / "ev", n_boot=0)
+    assert res.metrics["case_mix"]["n_overlap"] == res.metrics["n_cases"]
+    note = next(t for t in res.metrics["model_card"]["limitations"] if "fold ensemble" in t)
+    assert "optimistic" in note
+
+
+def test_a_changed_or_unfinished_folder_is_refused(cv: Path, tmp_path: Path) -> None:
+    from clinfuse.ensemble import FoldEnsemble, load_ensemble
+    from clinfuse.model import load_run
+
+    with pytest.raises(ConfigError, match="cross-validation folder") as e:
+        load_run(cv)
+    assert "load_ensemble" in (e.value.hint or "")
+    copy = tmp_path / "cv"
+    shutil.copytree(cv, copy)
+    meta = copy / "folds" / "fold_2" / "model" / "model.json"
+    data = json.loads(meta.read_text())
+    data["info"]["epochs_run"] = 99
+    meta.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="fold 2's model differs"):
+        load_ensemble(copy)
+    shutil.rmtree(copy / "folds" / "fold_3")
+    with pytest.raises(ConfigError, match=r"fold 2's model differs|fold 3's model is missing"):
+        load_ensemble(copy)
+    partial = tmp_path / "half"
+    Path(f"{partial}.partial").mkdir()
+    with pytest.raises(ConfigError) as e:
+        load_ensemble(partial)
+    assert "--resume" in (e.value.hint or "")
+    with pytest.raises(ConfigError, match="at least two"):
+        FoldEnsemble([load_run(cv / "folds" / "fold_1")])
