@@ -43,22 +43,47 @@ def modality_subsets(modalities: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def masked_fusion_probabilities(model: Any, cases: Sequence[dict[str, Any]]) -> Scorer:
-    """A :data:`Scorer` that re-runs ``model`` on ``cases`` with modalities masked out.
+    """A :data:`Scorer` that re-runs ``model``'s fusion head on ``cases`` with modalities masked out.
+
+    Every encoder runs once, here (:func:`~clinfuse.explain.modality.build_modality_cache`);
+    each call then runs only the fusion head and the calibrator. A masked modality gets
+    presence 0 — exactly what a missing one gets (the heads ignore absent embeddings).
 
     Args:
         model: a :class:`~clinfuse.model.FusionModel`.
-        cases: loaded cases (frozen embeddings attached once, so each call
-            only re-runs the fusion head and the trainable encoders).
+        cases: loaded cases.
     """
-    modalities = list(model.modalities)
-    base = np.stack([np.asarray(c["present"], dtype=bool) for c in cases])
+    import torch
+    from scipy.special import expit
 
+    from clinfuse.explain.modality import build_modality_cache
+
+    modalities = list(model.modalities)
+    cache = build_modality_cache(model, cases)
+    fusion = model.network.fusion
+    device = model.device
+    calibrator = model.calibrators.get("fusion")
+    step = max(1, int(model.config.training.batch_size) * 16)
+
+    @torch.no_grad()
     def score(keep: Sequence[str]) -> np.ndarray:
         mask = np.array([m in keep for m in modalities])
-        present = base & mask[None, :]
-        edited = [dict(c, present=present[i]) for i, c in enumerate(cases)]
-        raw = model.forward_cases(edited)
-        p = model.probabilities(raw)["fusion"]
+        present = cache.present & mask[None, :]
+        was_training = fusion.training
+        fusion.eval()
+        logits = []
+        try:
+            for start in range(0, len(present), step):
+                emb = {
+                    m: torch.from_numpy(cache.embeddings[m][start : start + step]).to(device)
+                    for m in modalities
+                }
+                rows = torch.from_numpy(present[start : start + step]).to(device)
+                logits.append(fusion(emb, rows).logit.float().cpu().numpy())
+        finally:
+            fusion.train(was_training)
+        z = np.concatenate(logits).astype(np.float64) if logits else np.zeros(0)
+        p = calibrator.predict_proba(z) if calibrator else expit(z)
         return np.where(present.any(axis=1), p, np.nan)
 
     return score
