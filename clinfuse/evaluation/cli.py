@@ -245,7 +245,9 @@ def compare(
     thresholds: Annotated[
         str,
         typer.Option(
-            "--thresholds", help="Risk thresholds for Δnet benefit (default 0.1,0.2,0.3)."
+            "--thresholds",
+            help="Risk thresholds for Δnet benefit and the NRI's risk categories "
+            "(default 0.1,0.2,0.3).",
         ),
     ] = "",
     n_boot: Annotated[
@@ -263,8 +265,9 @@ def compare(
         bool, typer.Option("--overwrite", help="Replace an existing output folder.")
     ] = False,
 ) -> None:
-    """Compare models on the same cases: paired ΔAUROC (DeLong, Holm-adjusted), ΔBrier and
-    Δnet benefit (paired bootstrap), calibration, overlaid curves.
+    """Compare models on the same cases: paired ΔAUROC (DeLong, Holm-adjusted), ΔBrier,
+    Δnet benefit, IDI and the event/non-event NRI (paired bootstrap), calibration, overlaid
+    curves.
 
     Writes comparison.json, models.csv, pairs.csv, report.html and figures/ into --out.
     """

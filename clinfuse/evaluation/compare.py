@@ -10,6 +10,12 @@ folders written by ``clinfuse evaluate`` (or cross-validation folders written by
 - ΔAUROC by the paired DeLong test (CI, z, p), Holm-adjusted over the comparisons;
 - ΔBrier and Δnet benefit at each threshold with paired percentile bootstrap CIs
   (the same resampled cases for both models in every replicate);
+- the integrated discrimination improvement (IDI: the difference of the discrimination
+  slopes, mean risk of events − mean risk of non-events; Pencina et al. 2008) and the
+  categorical net reclassification improvement over the risk categories the thresholds
+  make, its event and non-event parts reported separately (as Kerr et al., 2014 and
+  Pepe et al., 2015 advise: their sum weighs the two groups equally whatever the
+  prevalence, and a worse-calibrated model can gain NRI), paired bootstrap CIs;
 - each model's AUROC (DeLong CI), Brier, calibration intercept and slope, and O/E
   on the common cases; overlaid ROC, calibration and decision curves.
 
@@ -31,7 +37,14 @@ import pandas as pd
 from clinfuse import __version__
 from clinfuse.errors import CohortError, ConfigError
 
-__all__ = ["ComparisonResult", "compare_evaluations", "holm", "paired_bootstrap"]
+__all__ = [
+    "ComparisonResult",
+    "compare_evaluations",
+    "discrimination_slope",
+    "holm",
+    "paired_bootstrap",
+    "reclassification",
+]
 
 SCHEMA = "clinfuse.comparison.v1"
 
@@ -121,6 +134,66 @@ def _brier(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return np.asarray(np.mean((p - y) ** 2, axis=-1))
 
 
+def discrimination_slope(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Mean risk of the events minus mean risk of the non-events, batched:
+    ``(B, N), (B, N) -> (B,)`` (NaN for a replicate with one class)."""
+    y = np.asarray(y, dtype=float)
+    n1 = y.sum(axis=-1)
+    n0 = y.shape[-1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray((p * y).sum(axis=-1) / n1 - (p * (1 - y)).sum(axis=-1) / n0)
+
+
+def reclassification(
+    y: np.ndarray, p_ref: np.ndarray, p_other: np.ndarray, thresholds: Sequence[float]
+) -> dict[str, Any]:
+    """Categorical net reclassification from ``p_ref`` to ``p_other``.
+
+    The thresholds cut risk into ``len(thresholds) + 1`` categories (a risk equal to a
+    threshold belongs to the upper one, as ``p ≥ t`` flags it elsewhere).
+
+    Returns:
+        ``{"nri_events", "nri_nonevents", "nri", "table"}``: the event part
+        P(up | event) − P(down | event), the non-event part
+        P(down | non-event) − P(up | non-event), their sum, and the
+        reclassification table (rows: the reference's category, columns: the
+        other's; one table for events, one for non-events).
+    """
+    y = np.asarray(y, dtype=int)
+    cuts = np.sort(np.asarray(thresholds, dtype=float))
+    a = np.searchsorted(cuts, p_ref, side="right")
+    b = np.searchsorted(cuts, p_other, side="right")
+    k = len(cuts) + 1
+    out: dict[str, Any] = {}
+    for name, cls in (("events", 1), ("nonevents", 0)):
+        sel = y == cls
+        up = float(np.mean(b[sel] > a[sel])) if sel.any() else float("nan")
+        down = float(np.mean(b[sel] < a[sel])) if sel.any() else float("nan")
+        out[f"nri_{name}"] = up - down if cls == 1 else down - up
+        table = np.zeros((k, k), dtype=int)
+        np.add.at(table, (a[sel], b[sel]), 1)
+        out.setdefault("table", {})[name] = table.tolist()
+    out["nri"] = out["nri_events"] + out["nri_nonevents"]
+    return out
+
+
+def _nri_part(thresholds: Sequence[float], part: str) -> Any:
+    """One part of the NRI for a batch of paired replicates: ``(B, N), (B, N, 2) -> (B,)``."""
+    cuts = np.sort(np.asarray(thresholds, dtype=float))
+
+    def stat(y: np.ndarray, pp: np.ndarray) -> np.ndarray:
+        a = np.searchsorted(cuts, pp[..., 0], side="right")
+        b = np.searchsorted(cuts, pp[..., 1], side="right")
+        move = np.sign(b - a)  # +1 up, -1 down
+        y = np.asarray(y, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ev = (move * y).sum(axis=-1) / y.sum(axis=-1)
+            nonev = -(move * (1 - y)).sum(axis=-1) / (1 - y).sum(axis=-1)
+        return np.asarray({"events": ev, "nonevents": nonev, "nri": ev + nonev}[part])
+
+    return stat
+
+
 def _net_benefit_at(t: float) -> Any:
     """Net benefit at threshold ``t`` of a batch: ``(B, N), (B, N) -> (B,)``."""
 
@@ -197,7 +270,8 @@ def compare_evaluations(
             (``clinfuse crossval``); the first is the reference.
         out: the comparison folder to create.
         names: a label per folder (default: the folder names).
-        thresholds: risk thresholds for Δnet benefit (default 0.1, 0.2, 0.3).
+        thresholds: risk thresholds for Δnet benefit and the reclassification
+            categories (default 0.1, 0.2, 0.3).
         n_boot: paired bootstrap replicates.
         seed: bootstrap seed.
         level: confidence level.
@@ -215,6 +289,7 @@ def compare_evaluations(
     from clinfuse.evaluation.calibration import calibration_summary
     from clinfuse.evaluation.delong import delong_ci, delong_test
     from clinfuse.evaluation.evaluate import _check_out, parse_thresholds
+    from clinfuse.evaluation.metrics import bootstrap_ci
     from clinfuse.evaluation.utility import net_benefit
 
     if len(folders) < 2:
@@ -325,6 +400,32 @@ def compare_evaluations(
             )
             for t in ts
         ]
+        idi = paired_bootstrap(
+            y,
+            risks[ref],
+            risks[s.name],
+            discrimination_slope,
+            n_boot=n_boot,
+            seed=seed,
+            level=level,
+        )
+        reclass = reclassification(y, risks[ref], risks[s.name], ts)
+        both = np.column_stack([risks[ref], risks[s.name]])
+        nri_ci: dict[str, tuple[float | None, float | None]] = {}
+        for part in ("events", "nonevents", "nri"):
+            if n_boot:
+                low, high, _ = bootstrap_ci(
+                    y,
+                    both,
+                    _nri_part(ts, part),
+                    n_boot=n_boot,
+                    seed=seed,
+                    level=level,
+                    method="resample",
+                )
+                nri_ci[part] = (low, high)
+            else:
+                nri_ci[part] = (None, None)
         row: dict[str, Any] = {
             "reference": ref,
             "model": s.name,
@@ -339,6 +440,12 @@ def compare_evaluations(
             "delta_brier_ci_low": brier["ci_low"],
             "delta_brier_ci_high": brier["ci_high"],
         }
+        row["idi"] = idi["value"]
+        row["idi_ci_low"], row["idi_ci_high"] = idi["ci_low"], idi["ci_high"]
+        for part, key in (("events", "nri_events"), ("nonevents", "nri_nonevents"), ("nri", "nri")):
+            row[key] = reclass[key]
+            row[f"{key}_ci_low"], row[f"{key}_ci_high"] = nri_ci[part]
+        row["reclassification"] = reclass["table"]
         for k, t in enumerate(ts):
             row[f"delta_net_benefit_{t:g}"] = nb[k]["value"]
             row[f"delta_net_benefit_{t:g}_ci_low"] = nb[k]["ci_low"]
@@ -360,8 +467,8 @@ def compare_evaluations(
         "n_boot": n_boot,
         "seed": seed,
         "level": level,
-        "sign": "differences are model − reference: ΔAUROC > 0, ΔBrier < 0 and "
-        "Δnet benefit > 0 favour the model",
+        "sign": "differences are model − reference: ΔAUROC > 0, ΔBrier < 0, "
+        "Δnet benefit > 0, IDI > 0 and NRI parts > 0 favour the model",
     }
     return _write(out, comparison, y, risks)
 
@@ -391,7 +498,7 @@ def _write(
         }
         png = {name: figures.save_figure(fig, tmp / "figures", name) for name, fig in figs.items()}
         models = pd.DataFrame(comparison["models"])
-        pairs = pd.DataFrame(comparison["pairs"])
+        pairs = pd.DataFrame(comparison["pairs"]).drop(columns="reclassification")
         models.to_csv(tmp / "models.csv", index=False)
         pairs.to_csv(tmp / "pairs.csv", index=False)
         (tmp / "comparison.json").write_text(json.dumps(comparison, indent=2), encoding="utf-8")

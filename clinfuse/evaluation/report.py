@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -668,6 +669,57 @@ def render_report(
     return "".join(parts)
 
 
+def _reclassification(c: dict[str, Any], pct: int) -> str:
+    """IDI and the two parts of the categorical NRI, then each reclassification table."""
+    ts = sorted(c["thresholds"])
+    cats = (
+        [f"< {ts[0]:g}"] + [f"{a:g}–{b:g}" for a, b in itertools.pairwise(ts)] + [f"≥ {ts[-1]:g}"]
+    )
+
+    def ci(r: dict[str, Any], key: str, digits: int = 3) -> str:
+        return _ci(
+            {"value": r[key], "ci_low": r[f"{key}_ci_low"], "ci_high": r[f"{key}_ci_high"]},
+            digits,
+        )
+
+    html = "<h2>Reclassification</h2>" + _table(
+        [
+            "model",
+            f"IDI ({pct} % CI)",
+            f"NRI, events ({pct} % CI)",
+            f"NRI, non-events ({pct} % CI)",
+            "NRI sum",
+        ],
+        [
+            [
+                _e(r["model"]),
+                ci(r, "idi"),
+                ci(r, "nri_events"),
+                ci(r, "nri_nonevents"),
+                _num(r["nri"]),
+            ]
+            for r in c["pairs"]
+        ],
+    )
+    html += (
+        '<p class="note">IDI: the change in mean risk of events minus mean risk of non-events '
+        "(discrimination slope). NRI over the risk categories "
+        + ", ".join(_e(x) for x in cats)
+        + ": events moved up minus moved down, and non-events moved down minus moved up, "
+        "as shares of each group. Read the two parts separately — their sum weighs events and "
+        "non-events equally whatever the prevalence, depends on the categories chosen, and can "
+        "favour a worse-calibrated model; the net benefit above weighs them by the threshold.</p>"
+    )
+    for r in c["pairs"]:
+        for group, label in (("events", "events"), ("nonevents", "non-events")):
+            table = r["reclassification"][group]
+            rows = [[_e(f"{c['reference']}: {cats[i]}"), *row] for i, row in enumerate(table)]
+            html += f"<p><b>{_e(r['model'])}</b> vs {_e(c['reference'])}, {label}</p>" + _table(
+                ["", *(f"{r['model']}: {x}" for x in cats)], rows
+            )
+    return html
+
+
 def render_comparison(c: dict[str, Any], png: dict[str, bytes]) -> str:
     """The ``report.html`` of ``clinfuse compare`` from ``comparison.json`` content."""
     ts = c["thresholds"]
@@ -750,6 +802,7 @@ def render_comparison(c: dict[str, Any], png: dict[str, bytes]) -> str:
             ],
         )
     )
+    body.append(_reclassification(c, pct))
     body.append(
         '<div class="figs">'
         + _figure(png, "roc", "ROC curves on the common cases")

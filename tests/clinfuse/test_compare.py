@@ -12,7 +12,12 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from clinfuse.errors import CohortError, ConfigError
-from clinfuse.evaluation.compare import compare_evaluations, holm, paired_bootstrap
+from clinfuse.evaluation.compare import (
+    compare_evaluations,
+    holm,
+    paired_bootstrap,
+    reclassification,
+)
 from clinfuse.evaluation.delong import delong_test
 
 
@@ -106,8 +111,41 @@ def test_comparison_numbers_match_the_references(tmp_path: Path) -> None:
     assert pair["delta_net_benefit_0.3"] == pytest.approx(nb(y, strong) - nb(y, weak), abs=1e-12)
     assert pair["delta_net_benefit_0.3_ci_low"] == pytest.approx(np.quantile(diffs, 0.025))
     assert pair["delta_net_benefit_0.3_ci_high"] == pytest.approx(np.quantile(diffs, 0.975))
+
+    # IDI: the difference of the discrimination slopes, with the same explicit loop
+    def slope(yy, pp):
+        return pp[yy == 1].mean() - pp[yy == 0].mean()
+
+    assert pair["idi"] == pytest.approx(slope(y, strong) - slope(y, weak), abs=1e-12)
+    idis = [slope(y[i], strong[i]) - slope(y[i], weak[i]) for i in idx]
+    assert pair["idi_ci_low"] == pytest.approx(np.quantile(idis, 0.025), abs=1e-12)
+    assert pair["idi_ci_high"] == pytest.approx(np.quantile(idis, 0.975), abs=1e-12)
+
+    # categorical NRI over < 0.1, 0.1-0.3, >= 0.3, counted case by case
+    def category(p):
+        return 0 if p < 0.1 else (1 if p < 0.3 else 2)
+
+    def nri(yy, pa, pb):
+        moves = np.array([np.sign(category(b) - category(a)) for a, b in zip(pa, pb, strict=True)])
+        return moves[yy == 1].mean(), -moves[yy == 0].mean()
+
+    ev, nonev = nri(y, weak, strong)
+    assert (pair["nri_events"], pair["nri_nonevents"]) == pytest.approx((ev, nonev), abs=1e-12)
+    assert pair["nri"] == pytest.approx(ev + nonev, abs=1e-12)
+    parts = np.array([nri(y[i], weak[i], strong[i]) for i in idx])
+    assert pair["nri_events_ci_low"] == pytest.approx(np.quantile(parts[:, 0], 0.025), abs=1e-12)
+    assert pair["nri_nonevents_ci_high"] == pytest.approx(
+        np.quantile(parts[:, 1], 0.975), abs=1e-12
+    )
+    table = np.array(pair["reclassification"]["events"])
+    assert table.sum() == y.sum() and table.shape == (3, 3)
+    assert table[0, 2] == sum(
+        category(a) == 0 and category(b) == 2
+        for a, b in zip(weak[y == 1], strong[y == 1], strict=True)
+    )
     for name in ("comparison.json", "models.csv", "pairs.csv", "report.html"):
         assert (res.out / name).exists()
+    assert "reclassification" not in pd.read_csv(res.out / "pairs.csv").columns
     assert {p.name for p in (res.out / "figures").glob("*.png")} == {
         "roc.png",
         "calibration.png",
@@ -115,6 +153,22 @@ def test_comparison_numbers_match_the_references(tmp_path: Path) -> None:
     }
     page = res.report.read_text()
     assert "Paired differences against the reference" in page and "25 more" in page
+    assert "Reclassification" in page and "NRI, non-events" in page and "&lt; 0.1" in page
+
+
+def test_reclassification_by_hand() -> None:
+    # 3 events, 3 non-events; categories < 0.2, 0.2-0.5, >= 0.5
+    y = np.array([1, 1, 1, 0, 0, 0])
+    ref = np.array([0.10, 0.30, 0.60, 0.10, 0.30, 0.60])
+    new = np.array(
+        [0.25, 0.30, 0.40, 0.10, 0.10, 0.50]
+    )  # ev: up, same, down; non-ev: same, down, same
+    r = reclassification(y, ref, new, [0.5, 0.2])  # any order
+    assert r["nri_events"] == pytest.approx(0.0)  # 1/3 up - 1/3 down
+    assert r["nri_nonevents"] == pytest.approx(1 / 3)  # 1/3 down - 0 up
+    assert r["nri"] == pytest.approx(1 / 3)
+    assert r["table"]["events"] == [[0, 1, 0], [0, 1, 0], [0, 1, 0]]
+    assert r["table"]["nonevents"] == [[1, 0, 0], [1, 0, 0], [0, 0, 1]]  # 0.5 is in the top one
 
 
 def test_several_models_get_holm_adjusted_p_values(tmp_path: Path) -> None:
