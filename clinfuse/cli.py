@@ -628,9 +628,11 @@ def _register_feature_commands() -> None:
         COMPARE_EPILOG,
         EVALUATE_EPILOG,
         RECALIBRATE_EPILOG,
+        SAMPLESIZE_EPILOG,
         compare,
         evaluate,
         recalibrate,
+        samplesize,
     )
     from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
     from clinfuse.federated.cli import FEDERATED_EPILOG, federated
@@ -640,6 +642,7 @@ def _register_feature_commands() -> None:
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
     app.command(epilog=RECALIBRATE_EPILOG)(recalibrate)
     app.command(epilog=COMPARE_EPILOG)(compare)
+    app.command(epilog=SAMPLESIZE_EPILOG)(samplesize)
     app.command(epilog=EXPLAIN_EPILOG)(explain)
     app.command(name="deid", epilog=DEID_EPILOG)(deid)
     app.command(epilog=FEDERATED_EPILOG)(federated)

@@ -11,7 +11,7 @@ Register them in :mod:`clinfuse.cli` with::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -310,3 +310,141 @@ def compare(
 
 def _block(row: dict, key: str) -> dict:
     return {"value": row[key], "ci_low": row[f"{key}_ci_low"], "ci_high": row[f"{key}_ci_high"]}
+
+
+SAMPLESIZE_EPILOG = (
+    "Examples:\n\n"
+    "  clinfuse samplesize --from eval_site_a --threshold 0.2   "
+    "(prevalence, C-statistic and risk distribution of an evaluation)\n\n"
+    "  clinfuse samplesize --prevalence 0.018 --c-statistic 0.8 --lp-normal -5,2.5 "
+    "--oe-ci-width 1"
+)
+
+
+def _pair(value: str | None, option: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        a, b = (float(x) for x in value.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"give two numbers separated by a comma, e.g. {option} -5,2.5"
+        ) from None
+    return a, b
+
+
+def samplesize(
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Evaluation or cross-validation folder: prevalence, C-statistic and the "
+            "distribution of the model's risks are taken from its predictions.",
+        ),
+    ] = None,
+    prevalence: Annotated[
+        float | None, typer.Option("--prevalence", help="Anticipated outcome proportion.")
+    ] = None,
+    c_statistic: Annotated[
+        float | None, typer.Option("--c-statistic", help="Anticipated C-statistic (AUROC).")
+    ] = None,
+    lp_normal: Annotated[
+        str | None,
+        typer.Option("--lp-normal", help="MEAN,SD of a normal linear predictor (logit risk)."),
+    ] = None,
+    lp_beta: Annotated[
+        str | None, typer.Option("--lp-beta", help="A,B of beta-distributed predicted risks.")
+    ] = None,
+    oe: Annotated[float, typer.Option("--oe", help="Anticipated O/E.")] = 1.0,
+    oe_ci_width: Annotated[
+        float, typer.Option("--oe-ci-width", help="Target 95 % CI width of O/E.")
+    ] = 0.2,
+    slope_ci_width: Annotated[
+        float,
+        typer.Option("--slope-ci-width", help="Target 95 % CI width of the calibration slope."),
+    ] = 0.2,
+    c_ci_width: Annotated[
+        float, typer.Option("--c-ci-width", help="Target 95 % CI width of the C-statistic.")
+    ] = 0.1,
+    threshold: Annotated[
+        float | None,
+        typer.Option("--threshold", help="Risk threshold for the net-benefit criterion."),
+    ] = None,
+    sensitivity: Annotated[
+        float | None, typer.Option("--sensitivity", help="Anticipated at --threshold.")
+    ] = None,
+    specificity: Annotated[
+        float | None, typer.Option("--specificity", help="Anticipated at --threshold.")
+    ] = None,
+    nb_ci_width: Annotated[
+        float,
+        typer.Option("--nb-ci-width", help="Target 95 % CI width of the standardised net benefit."),
+    ] = 0.2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Minimum number of cases to validate a risk model at a new site (Riley et al. 2021):
+    precise O/E, calibration slope, C-statistic and, at a threshold, net benefit."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from clinfuse.evaluation.samplesize import from_evaluation, validation_sample_size
+
+    targets: dict[str, Any] = {
+        "oe": oe,
+        "oe_ci_width": oe_ci_width,
+        "slope_ci_width": slope_ci_width,
+        "c_ci_width": c_ci_width,
+        "threshold": threshold,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "nb_ci_width": nb_ci_width,
+    }
+    if prevalence is not None:
+        targets["prevalence"] = prevalence
+    if c_statistic is not None:
+        targets["c_statistic"] = c_statistic
+    if source is not None:
+        if lp_normal or lp_beta:
+            raise typer.BadParameter(
+                "--from takes the risk distribution from the evaluation; "
+                "leave out --lp-normal and --lp-beta"
+            )
+        result = from_evaluation(source, **targets)
+    else:
+        missing = [
+            o
+            for o, v in (("--prevalence", prevalence), ("--c-statistic", c_statistic))
+            if v is None
+        ]
+        if missing:
+            raise typer.BadParameter(
+                f"give {' and '.join(missing)}, or --from an evaluation folder"
+            )
+        result = validation_sample_size(
+            lp_normal=_pair(lp_normal, "--lp-normal"),
+            lp_beta=_pair(lp_beta, "--lp-beta"),
+            **targets,
+        )
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    table = Table(title=f"Minimum validation sample size (prevalence {result.prevalence:.3f})")
+    for col in ("criterion", "anticipated", "SE", "CI width", "cases", "events"):
+        table.add_column(col, justify="left" if col == "criterion" else "right")
+    for row in result.criteria:
+        table.add_row(
+            row["criterion"],
+            f"{row['anticipated']:.3f}",
+            f"{row['se']:.4f}",
+            f"{row['ci_width']:g}",
+            f"{row['n']:,}",
+            f"{row['events']:.0f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"at least {result.n:,} cases ({result.events:.0f} events); "
+        f"linear predictor: {', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in result.lp.items())}"
+    )

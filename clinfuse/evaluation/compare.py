@@ -216,15 +216,21 @@ class _Source:
     metrics: dict[str, Any]
 
 
-def _read_source(path: Path, name: str | None) -> _Source:
+def read_evaluation(path: Path, name: str | None = None) -> _Source:
+    """An evaluation folder's (or a cross-validation folder's pooled) predictions and metrics.
+
+    Raises:
+        ConfigError: a run folder, or not an evaluation folder.
+        CohortError: a case listed twice.
+    """
     label = name or Path(path).name
     # a cross-validation folder: its pooled out-of-fold evaluation
     folder = Path(path) / "evaluation" if (Path(path) / "crossval.json").exists() else Path(path)
     preds, metrics_file = folder / "predictions.csv", folder / "metrics.json"
     if (Path(path) / "model" / "model.json").exists():
         raise ConfigError(
-            "this is a run folder (its predictions.csv mixes the training splits); compare "
-            "takes evaluations of the models on one cohort",
+            "this is a run folder (its predictions.csv mixes the training splits); an "
+            "evaluation of the model on a cohort is needed",
             path=path,
             hint="run `clinfuse evaluate RUN COHORT --out EVAL` first and compare the EVAL folders",
         )
@@ -305,7 +311,7 @@ def compare_evaluations(
     out = Path(out)
     _check_out(out, overwrite)
     sources = [
-        _read_source(Path(f), None if names is None else names[i]) for i, f in enumerate(folders)
+        read_evaluation(Path(f), None if names is None else names[i]) for i, f in enumerate(folders)
     ]
     labels = [s.name for s in sources]
     if len(set(labels)) < len(labels):

@@ -136,6 +136,30 @@ def _check_out(out: Path, overwrite: bool) -> None:
         )
 
 
+def _sample_size_needed(y: np.ndarray, p: np.ndarray) -> dict[str, Any] | None:
+    """Riley et al.'s minimum validation sample size at this evaluation's prevalence,
+    C-statistic and risk distribution (default precision targets); None when undefined."""
+    from sklearn.metrics import roc_auc_score
+
+    from clinfuse.evaluation.samplesize import validation_sample_size
+
+    if len(np.unique(y)) < 2 or len(y) < 10:
+        return None
+    c = float(roc_auc_score(y, p))
+    if c <= 0.5:
+        return None
+    q = np.clip(p, 1e-12, 1 - 1e-12)
+    try:
+        res = validation_sample_size(
+            prevalence=float(y.mean()), c_statistic=c, lp_values=np.log(q / (1 - q))
+        )
+    except ConfigError:  # e.g. every case has the same risk
+        return None
+    out = res.as_dict()
+    out["n_available"] = len(y)
+    return out
+
+
 def model_sha256(run: str | Path) -> str:
     """SHA-256 of a run's ``model/model.json`` (every weight fingerprint and calibrator):
     the model version an evaluation or a recalibration records."""
@@ -560,6 +584,7 @@ class Evaluator:
             "sites": {str(k): int(v) for k, v in frame["site"].value_counts(dropna=False).items()},
             "availability": _availability(present, mods),
         }
+        metrics["sample_size"] = _sample_size_needed(y, p)
         metrics["model_card"] = self._model_card(metrics)
         metrics = _jsonable(metrics)
         return self._write(out, metrics, frame, excluded_frame, curve, ece, ece_table, overwrite)
@@ -603,7 +628,22 @@ class Evaluator:
                     else ""
                 )
             )
-        if metrics["n_cases"] < 200 or metrics["n_events"] < 100:
+        needed = metrics.get("sample_size")
+        if needed and metrics["n_cases"] < needed["n"]:
+            short = [
+                f"{r['criterion']} {r['n']:,}"
+                for r in needed["criteria"]
+                if metrics["n_cases"] < r["n"]
+            ]
+            limitations.append(
+                f"Small evaluation sample ({metrics['n_cases']} cases, {metrics['n_events']} "
+                "events): for 95 % CI widths of 0.2 (O/E, calibration slope) and 0.1 "
+                "(C-statistic) at this prevalence, C-statistic and risk distribution, Riley et "
+                f"al.'s criteria (Stat Med 2021) ask for {needed['n']:,} cases — "
+                + "; ".join(short)
+                + " (`clinfuse samplesize`). The intervals here are correspondingly wide."
+            )
+        elif metrics["n_cases"] < 200 or metrics["n_events"] < 100:
             limitations.append(
                 f"Small evaluation sample ({metrics['n_cases']} cases, {metrics['n_events']} "
                 "events): intervals are wide; at least 100 events are recommended for "

@@ -243,3 +243,21 @@ def test_ablation_scorer_equals_rerunning_the_model_with_modalities_missing(
             p = model.probabilities(model.forward_cases(edited))["fusion"]
             expected = np.where(present.any(axis=1), p, np.nan)
             np.testing.assert_allclose(scorer(list(keep)), expected, atol=1e-6, rtol=0)
+
+
+def test_sample_size_needed_is_computed_from_the_evaluated_predictions(evaluation):
+    """TRIPOD+AI 9: the report says how many cases Riley et al.'s criteria ask for here."""
+    from sklearn.metrics import roc_auc_score
+
+    from clinfuse.evaluation.samplesize import validation_sample_size
+
+    m = evaluation.metrics
+    pred = evaluation.predictions
+    y, p = pred["label"].to_numpy(float), pred["p_fusion"].to_numpy(float)
+    expected = validation_sample_size(
+        prevalence=y.mean(), c_statistic=roc_auc_score(y, p), lp_values=np.log(p / (1 - p))
+    )
+    assert m["sample_size"]["n"] == expected.n and m["sample_size"]["n_available"] == len(y)
+    assert len(y) < expected.n  # the tiny cohort is far too small, and the card says so
+    note = next(t for t in m["model_card"]["limitations"] if t.startswith("Small evaluation"))
+    assert f"{expected.n:,} cases" in note and "clinfuse samplesize" in note
