@@ -232,7 +232,7 @@ def read_evaluation(path: Path, name: str | None = None) -> _Source:
             "this is a run folder (its predictions.csv mixes the training splits); an "
             "evaluation of the model on a cohort is needed",
             path=path,
-            hint="run `clinfuse evaluate RUN COHORT --out EVAL` first and compare the EVAL folders",
+            hint="run `clinfuse evaluate RUN COHORT --out EVAL` first and give the EVAL folder",
         )
     if not preds.exists() or not metrics_file.exists():
         raise ConfigError(

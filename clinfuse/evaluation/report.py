@@ -16,7 +16,7 @@ from typing import Any
 __all__ = ["TRIPOD_ITEMS", "render_comparison", "render_report"]
 
 TRIPOD_ITEMS: dict[str, list[str]] = {
-    "participants": ["20a", "20b", "21"],
+    "participants": ["9", "20a", "20b", "21"],
     "missing": ["11", "20b", "27a"],
     "case_mix": ["20c"],
     "methods": ["12e", "12g", "15"],
@@ -121,6 +121,20 @@ def _participants(m: dict[str, Any]) -> str:
     body += f", split {_e(part['split'])}</p>" if part["split"] else "</p>"
     body += _table(["", "n"], rows)
     body += "<p>Exclusions are listed case by case, with reasons, in <code>excluded.csv</code>.</p>"
+    need = m.get("sample_size")
+    if need:
+        parts = "; ".join(f"{_e(r['criterion'])} {r['n']:,}" for r in need["criteria"])
+        verdict = (
+            "this cohort meets them"
+            if part["n_evaluated"] >= need["n"]
+            else f"this cohort has {part['n_evaluated']:,}: the intervals below are wider"
+        )
+        body += (
+            "<p><b>Sample size.</b> For 95 % CI widths of 0.2 (O/E, calibration slope) and 0.1 "
+            "(C-statistic) at this cohort's prevalence, C-statistic and risk distribution, "
+            f"Riley et al.'s criteria (Stat Med 2021) ask for {need['n']:,} cases ({parts}); "
+            f"{verdict}. Plan a validation with <code>clinfuse samplesize</code>.</p>"
+        )
     return body
 
 

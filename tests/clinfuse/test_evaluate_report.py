@@ -92,7 +92,7 @@ def test_outputs_and_figures_written_atomically(evaluation):
         assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:500]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
     html = (out / "report.html").read_text()
-    for item in ("TRIPOD+AI 20a", "TRIPOD+AI 14, 23a", "TRIPOD+AI 12d, 23b", "TRIPOD+AI 11, 27a"):
+    for item in ("TRIPOD+AI 9, 20a", "TRIPOD+AI 14, 23a", "TRIPOD+AI 12d, 23b", "TRIPOD+AI 11, 27a"):
         assert item in html
     assert 'src="http' not in html and "<script" not in html
 
@@ -261,3 +261,5 @@ def test_sample_size_needed_is_computed_from_the_evaluated_predictions(evaluatio
     assert len(y) < expected.n  # the tiny cohort is far too small, and the card says so
     note = next(t for t in m["model_card"]["limitations"] if t.startswith("Small evaluation"))
     assert f"{expected.n:,} cases" in note and "clinfuse samplesize" in note
+    page = (evaluation.out / "report.html").read_text()
+    assert "<b>Sample size.</b>" in page and f"ask for {expected.n:,} cases" in page
