@@ -92,7 +92,12 @@ def test_outputs_and_figures_written_atomically(evaluation):
         assert b"<svg" in (out / "figures" / f"{name}.svg").read_bytes()[:500]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
     html = (out / "report.html").read_text()
-    for item in ("TRIPOD+AI 9, 20a", "TRIPOD+AI 14, 23a", "TRIPOD+AI 12d, 23b", "TRIPOD+AI 11, 27a"):
+    for item in (
+        "TRIPOD+AI 9, 20a",
+        "TRIPOD+AI 14, 23a",
+        "TRIPOD+AI 12d, 23b",
+        "TRIPOD+AI 11, 27a",
+    ):
         assert item in html
     assert 'src="http' not in html and "<script" not in html
 
