@@ -1,23 +1,34 @@
-"""Cohort evaluation: metrics with confidence intervals."""
+"""Cohort evaluation: metrics with confidence intervals.
 
-from clinfuse.evaluation.evaluate import EvaluationResult, Evaluator, evaluate_run
-from clinfuse.evaluation.metrics import (
-    METRICS,
-    auprc_batch,
-    auroc_batch,
-    bootstrap_ci,
-    brier_batch,
-    metric_with_ci,
-)
+The names below load their module (scipy, scikit-learn, torch) on first use, so importing
+:mod:`clinfuse.evaluation` — as the CLI does to register its commands — stays cheap.
+"""
 
-__all__ = [
-    "METRICS",
-    "EvaluationResult",
-    "Evaluator",
-    "auprc_batch",
-    "auroc_batch",
-    "bootstrap_ci",
-    "brier_batch",
-    "evaluate_run",
-    "metric_with_ci",
-]
+from __future__ import annotations
+
+from typing import Any
+
+_LAZY = {
+    "EvaluationResult": "clinfuse.evaluation.evaluate",
+    "Evaluator": "clinfuse.evaluation.evaluate",
+    "evaluate_run": "clinfuse.evaluation.evaluate",
+    "METRICS": "clinfuse.evaluation.metrics",
+    "auprc_batch": "clinfuse.evaluation.metrics",
+    "auroc_batch": "clinfuse.evaluation.metrics",
+    "bootstrap_ci": "clinfuse.evaluation.metrics",
+    "brier_batch": "clinfuse.evaluation.metrics",
+    "metric_with_ci": "clinfuse.evaluation.metrics",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clinfuse.evaluation' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

@@ -4,9 +4,31 @@
   ``federated.json`` and the centralized / federated / site-alone evaluation table.
 * :func:`privacy_utility` — AUROC with CIs at several ε.
 * :func:`fusion_site_task` — one site's :class:`~privacy.federated.task.SiteTask`.
+
+Flower, MONAI and torch load when one of these is first used, not on ``import
+clinfuse.federated`` (the CLI imports this package to register its command).
 """
 
-from clinfuse.federated.run import FederatedSettings, federated_run, privacy_utility
-from clinfuse.federated.task import fusion_site_task
+from __future__ import annotations
 
-__all__ = ["FederatedSettings", "federated_run", "fusion_site_task", "privacy_utility"]
+from typing import Any
+
+_LAZY = {
+    "FederatedSettings": "clinfuse.federated.run",
+    "federated_run": "clinfuse.federated.run",
+    "privacy_utility": "clinfuse.federated.run",
+    "fusion_site_task": "clinfuse.federated.task",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'clinfuse.federated' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY)

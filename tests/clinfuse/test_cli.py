@@ -220,3 +220,17 @@ def test_cli_reference_is_up_to_date(tmp_path):
     )
     committed = Path(__file__).parents[2] / "docs" / "cli.md"
     assert out.read_text() == committed.read_text(), "run `make docs-cli` and commit docs/cli.md"
+
+
+def test_the_cli_starts_without_loading_the_heavy_libraries() -> None:
+    """`clinfuse --help` and every command's start import only what registers the commands:
+    torch, MONAI, Flower, transformers and scipy load inside the command that needs them."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "monai", "flwr", "transformers", "scipy", "sklearn", "shap", "streamlit")
+    code = f"import sys, clinfuse.cli\nprint(','.join(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.strip() == ""
