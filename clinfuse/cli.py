@@ -527,12 +527,19 @@ def predict(
             help="Accept a cohort lacking a column for a run modality.",
         ),
     ] = False,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu (default), cuda or auto: where the model runs.")
+    ] = "cpu",
 ) -> None:
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly)."""
     from clinfuse.ensemble import is_crossval_folder, load_ensemble
     from clinfuse.model import load_run
+    from clinfuse.training.trainer import resolve_device
 
-    model: Any = load_ensemble(run) if is_crossval_folder(run) else load_run(run)
+    where = resolve_device(device)
+    model: Any = (
+        load_ensemble(run, device=where) if is_crossval_folder(run) else load_run(run, device=where)
+    )
     with _progress("scoring cases") as update:
         frame, excluded = model.predict(
             cohort,

@@ -79,6 +79,9 @@ def evaluate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output folder.")
     ] = False,
+    device: Annotated[
+        str, typer.Option("--device", help="cpu (default), cuda or auto: where the model runs.")
+    ] = "cpu",
 ) -> None:
     """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
     clinical utility, subgroups, sites and a modality ablation.
@@ -102,6 +105,7 @@ def evaluate(
         split=split,
         allow_missing_modalities=allow_missing_modalities,
         overwrite=overwrite,
+        device=device,
     )
     m = result.metrics
     auc = m["models"]["fusion"]["auroc"]

@@ -790,6 +790,7 @@ def evaluate_run(
     allow_missing_modalities: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    device: str = "cpu",
 ) -> EvaluationResult:
     """Evaluate a trained run on a labelled cohort and write the report folder.
 
@@ -811,6 +812,7 @@ def evaluate_run(
         allow_missing_modalities: accept a cohort without a column for a run modality.
         overwrite: replace an existing output folder.
         progress: ``callback(done, total)`` while cases load.
+        device: where a model loaded from a folder runs (``cpu``, ``cuda`` or ``auto``).
 
     Returns:
         :class:`EvaluationResult`.
@@ -818,6 +820,7 @@ def evaluate_run(
     from clinfuse.ensemble import FoldEnsemble, is_crossval_folder, load_ensemble
     from clinfuse.evaluation.casemix import development_cases
     from clinfuse.model import FusionModel, load_run
+    from clinfuse.training.trainer import resolve_device
 
     development, development_manifest = None, None
     run_info: dict[str, Any] | None = None
@@ -825,7 +828,7 @@ def evaluate_run(
     if isinstance(run, FusionModel | FoldEnsemble):
         model = run
     elif is_crossval_folder(run):
-        model = load_ensemble(run)
+        model = load_ensemble(run, device=resolve_device(device))
         summary = json.loads((Path(run) / "crossval.json").read_text(encoding="utf-8"))
         run_info = {
             "path": str(Path(run).resolve()),
@@ -836,7 +839,7 @@ def evaluate_run(
             development = pd.read_csv(pooled, dtype={"case_id": str}).assign(split="train")
         development_manifest = summary.get("manifest")
     else:
-        model = load_run(run)
+        model = load_run(run, device=resolve_device(device))
         run_info = {
             "path": str(Path(run).resolve()),
             "model_sha256": model_sha256(run),

@@ -234,3 +234,20 @@ def test_the_cli_starts_without_loading_the_heavy_libraries() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_predict_and_evaluate_refuse_cuda_without_a_gpu(tiny_run, tiny_cohort, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+
+    for args in (
+        ["predict", str(tiny_run), str(tiny_cohort), "--out", str(tmp_path / "p.csv")],
+        ["evaluate", str(tiny_run), str(tiny_cohort), "--out", str(tmp_path / "ev")],
+    ):
+        res = CliRunner().invoke(app, [*args, "--device", "cuda"])
+        assert res.exit_code != 0 and "no CUDA GPU is visible" in res.output + str(res.exception)
+        assert not (tmp_path / "p.csv").exists() and not (tmp_path / "ev").exists()

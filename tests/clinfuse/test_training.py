@@ -306,6 +306,20 @@ def test_cuda_training_and_prediction(tiny_cohort, tmp_path):
 
 
 @pytest.mark.gpu
+def test_cuda_evaluation_matches_cpu(tiny_run, tiny_cohort, tmp_path):
+    from clinfuse.evaluation.evaluate import evaluate_run
+
+    kw = {"n_boot": 20, "min_group_size": 10, "min_group_events": 2}
+    gpu = evaluate_run(tiny_run, tiny_cohort, tmp_path / "gpu", device="cuda", **kw).metrics
+    cpu = evaluate_run(tiny_run, tiny_cohort, tmp_path / "cpu", device="cpu", **kw).metrics
+    assert gpu["models"]["fusion"]["auroc"]["value"] == pytest.approx(
+        cpu["models"]["fusion"]["auroc"]["value"], abs=1e-3
+    )
+    for a, b in zip(gpu["ablation"]["rows"], cpu["ablation"]["rows"], strict=True):
+        assert a["auroc"]["value"] == pytest.approx(b["auroc"]["value"], abs=1e-3)
+
+
+@pytest.mark.gpu
 def test_cuda_intermediate_fusion_bf16(tiny_cohort, tmp_path):
     cfg = tiny_config(device="cuda", epochs=1)
     cfg.fusion.strategy = "intermediate"
