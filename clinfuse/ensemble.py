@@ -185,16 +185,20 @@ class FoldEnsemble:
             out.append(new)
         return out
 
-    def score(
+    def load_cases(
         self, cohort: Any, *, progress: Callable[[int, int], None] | None = None
-    ) -> EnsembleScores:
-        """Load a checked cohort's cases once and run every fold model on them.
+    ) -> tuple[list[list[dict[str, Any]]], list[Any]]:
+        """A checked cohort's cases, loaded once, prepared for each fold model.
+
+        Returns:
+            ``(per_fold, excluded)``: ``per_fold[k]`` holds the loaded cases with fold
+            ``k``'s tabular values and its frozen encoders' embeddings attached (same
+            order in every fold); ``excluded`` the cases that could not be loaded.
 
         Raises:
             CohortError: no case could be loaded.
         """
         from clinfuse.data import CaseLoader
-        from clinfuse.evaluation.ablation import masked_fusion_probabilities
         from clinfuse.training.embed import attach_embeddings
 
         loader = CaseLoader(self.config.data, self.modalities, self.models[0].tabular)
@@ -207,12 +211,30 @@ class FoldEnsemble:
                 hint="run `clinfuse validate` on the manifest",
             )
         rows = {r.case_id: r for r in cohort.rows}
+        per_fold = [
+            attach_embeddings(
+                model, self._fold_cases(k, loaded.cases, rows), model.frozen_modalities
+            )
+            for k, model in enumerate(self.models)
+        ]
+        return per_fold, excluded
+
+    def score(
+        self, cohort: Any, *, progress: Callable[[int, int], None] | None = None
+    ) -> EnsembleScores:
+        """Load a checked cohort's cases once and run every fold model on them.
+
+        Raises:
+            CohortError: no case could be loaded.
+        """
+        from clinfuse.evaluation.ablation import masked_fusion_probabilities
+
+        per_fold, excluded = self.load_cases(cohort, progress=progress)
+        first = per_fold[0]
         fused, logits, unimodal, warnings = [], [], [], []
         present: np.ndarray | None = None
         scorers = []
-        for k, model in enumerate(self.models):
-            cases = self._fold_cases(k, loaded.cases, rows)
-            cases = attach_embeddings(model, cases, model.frozen_modalities)
+        for k, (model, cases) in enumerate(zip(self.models, per_fold, strict=True)):
             raw = model.forward_cases(cases)
             probs = model.probabilities(raw)
             if present is None:
@@ -232,9 +254,9 @@ class FoldEnsemble:
         risks = np.stack(fused)
         frame = pd.DataFrame(
             {
-                "case_id": [c["case_id"] for c in loaded.cases],
-                "split": [c.get("split") for c in loaded.cases],
-                "label": [c.get("label") for c in loaded.cases],
+                "case_id": [c["case_id"] for c in first],
+                "split": [c.get("split") for c in first],
+                "label": [c.get("label") for c in first],
                 "p_fusion": risks.mean(axis=0),
                 "logit_fusion": np.stack(logits).mean(axis=0),
                 "p_fusion_sd": risks.std(axis=0, ddof=1),

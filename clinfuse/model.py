@@ -276,8 +276,8 @@ class FusionModel:
                 hint = "training did not finish; rerun `clinfuse train ... --resume`"
             elif (directory / "crossval.json").exists():
                 hint = (
-                    "this is a cross-validation folder: `clinfuse predict` and `clinfuse "
-                    "evaluate` use its fold models together (clinfuse.load_ensemble in "
+                    "this is a cross-validation folder: `clinfuse predict`, `evaluate` and "
+                    "`explain` use its fold models together (clinfuse.load_ensemble in "
                     "Python); other commands take one fold's run, folds/fold_k"
                 )
             raise ConfigError("no model/model.json in this folder", path=directory, hint=hint)

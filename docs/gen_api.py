@@ -114,6 +114,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
         " (or a plain dict for cohort summaries).",
         [
             ("clinfuse.explain", "explain_run", []),
+            ("clinfuse.explain", "explain_ensemble", []),
             ("clinfuse.explain", "build_modality_cache", []),
             ("clinfuse.explain", "ModalityCache", []),
             ("clinfuse.explain", "modality_shapley", []),

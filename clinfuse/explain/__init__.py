@@ -35,6 +35,7 @@ _LAZY = {
     "image_lesion_mass": "clinfuse.explain.within",
     "lesion_mask": "clinfuse.explain.within",
     "explain_case": "clinfuse.explain.report",
+    "explain_ensemble": "clinfuse.explain.report",
     "explain_run": "clinfuse.explain.report",
     "load_cached_case": "clinfuse.explain.report",
     "load_cached_modality_shapley": "clinfuse.explain.report",

@@ -18,12 +18,19 @@ EXPLAIN_EPILOG = (
     "  clinfuse explain runs/demo demo_cohort/manifest.csv --out explain_out\n\n"
     "  clinfuse explain runs/demo demo_cohort/manifest.csv --case case0007 --out explain_out\n\n"
     "  clinfuse explain runs/demo cohort.csv --case c12 --note-max-evals 100 --n-boot 200 --out ex\n\n"
-    "  clinfuse explain runs/demo deid/manifest.csv --case c12 --keep-note-identifiers --out ex"
+    "  clinfuse explain runs/demo deid/manifest.csv --case c12 --keep-note-identifiers --out ex\n\n"
+    "  clinfuse explain runs/demo_cv new_cohort/manifest.csv --out ex_cv   # fold ensemble"
 )
 
 
 def explain(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder written by `clinfuse train`, or a `clinfuse crossval` folder "
+            "(modality Shapley values averaged over its fold models)."
+        ),
+    ],
     cohort: Annotated[Path, typer.Argument(help="Manifest of the cases to explain.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the explanations and figures.")],
     case: Annotated[
@@ -69,9 +76,24 @@ def explain(
     """
     from rich.console import Console
 
-    from clinfuse.explain.report import explain_run
+    from clinfuse.ensemble import is_crossval_folder
+    from clinfuse.explain.report import explain_ensemble, explain_run
 
     console = Console(stderr=True)
+    if is_crossval_folder(run):
+        if case is not None:
+            raise typer.BadParameter(
+                "--case explains one model's words, image regions and segments: give a fold's "
+                f"run ({run / 'folds' / 'fold_1'}); a cross-validation folder gets the averaged "
+                "modality Shapley values"
+            )
+        result = explain_ensemble(run, cohort, out, n_boot=n_boot, log=console.print)
+        console.print(
+            f"modality Shapley values of {result['n_cases']} cases averaged over "
+            f"{result['n_models']} fold models: {out / 'modality_shapley.csv'}"
+        )
+        return
+
     summary = explain_run(
         run,
         cohort,

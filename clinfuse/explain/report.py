@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RUN_SUBDIR",
     "explain_case",
+    "explain_ensemble",
     "explain_run",
     "load_cached_case",
     "load_cached_modality_shapley",
@@ -424,6 +425,120 @@ def explain_run(
             _copy_into(out, run / RUN_SUBDIR)
         except OSError as e:
             warnings.warn(f"could not cache explanations in {run / RUN_SUBDIR}: {e}", stacklevel=2)
+    return summary
+
+
+def explain_ensemble(
+    crossval: str | Path,
+    cohort: str | Path,
+    out: str | Path,
+    *,
+    n_boot: int = 1000,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Modality Shapley values of a fold ensemble (``clinfuse explain CV COHORT``).
+
+    Each fold model's exact modality Shapley values on its fused logit are averaged over
+    the models (Shapley values are linear in the model, so the means are the Shapley
+    values of the mean fused logit — the ensemble's ``logit_fusion`` — and stay additive:
+    ``base_value + Σ φ = logit_fusion``). ``phi_<m>_sd`` is the SD over the models: how
+    much the models disagree on what a modality contributes to a case.
+
+    Writes ``modality_shapley.csv`` (the DESIGN columns plus ``phi_<m>_sd``),
+    ``modality_importance.json`` (mean |φ| with bootstrap CIs), ``modality_importance.png``
+    and ``index.json``; the folder appears complete or not at all. Within-modality
+    attributions (``--case``) explain one model: give a fold's run (``CV/folds/fold_k``).
+
+    Raises:
+        ConfigError: not a finished cross-validation folder, ``out`` not empty, or no
+            case could be loaded.
+    """
+    import shap
+
+    from clinfuse.cohort.manifest import Cohort
+    from clinfuse.ensemble import load_ensemble
+    from clinfuse.explain import plots
+    from clinfuse.explain.modality import (
+        build_modality_cache,
+        modality_importance,
+        modality_shapley,
+        modality_shapley_frame,
+    )
+
+    say = log or (lambda _msg: None)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(
+            "the output folder exists and is not empty", path=out, hint="give a new --out folder"
+        )
+    ensemble = load_ensemble(crossval)
+    co = Cohort.from_manifest(
+        cohort,
+        target=ensemble.config.data.target,
+        allow_external_paths=ensemble.config.data.allow_external_paths,
+    )
+    ensemble.check_cohort(co, allow_missing_modalities=True)
+    per_fold, excluded = ensemble.load_cases(co)
+    say(f"loaded {len(per_fold[0])} cases ({len(excluded)} excluded)")
+    values, bases = [], []
+    cache = None
+    for model, cases in zip(ensemble.models, per_fold, strict=True):
+        cache = build_modality_cache(model, cases)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoModalityWarning)  # loaded cases always have one
+            exp = modality_shapley(model, cache)
+        values.append(np.asarray(exp.values, dtype=float))
+        bases.append(np.asarray(exp.base_values, dtype=float))
+    assert cache is not None
+    stack = np.stack(values)  # (K, N, M)
+    mean = shap.Explanation(
+        values=stack.mean(axis=0),
+        base_values=np.stack(bases).mean(axis=0),
+        data=cache.present.astype(float),
+        feature_names=list(cache.modalities),
+    )
+    frame = modality_shapley_frame(mean, cache)
+    for j, m in enumerate(cache.modalities):
+        frame[f"phi_{m}_sd"] = stack[:, :, j].std(axis=0, ddof=1)
+    importance = modality_importance(mean, n_boot=n_boot)
+    say(f"modality Shapley values of {len(cache)} cases, averaged over {len(ensemble)} models")
+    summary = {
+        "n_cases": len(cache),
+        "n_excluded": len(excluded),
+        "n_models": len(ensemble),
+        "importance": importance,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = out.with_name(f".{out.name}.partial-{time.time_ns()}")
+    stage.mkdir()
+    try:
+        frame.to_csv(stage / "modality_shapley.csv", index=False)
+        write_json_atomic(
+            stage / "modality_importance.json",
+            {
+                "mean_abs_phi": importance,
+                "performance_shapley": None,
+                "n_cases": len(cache),
+                "ensemble": ensemble.info,
+            },
+        )
+        plots.modality_importance_png(stage / "modality_importance.png", importance)
+        write_json_atomic(
+            stage / "index.json",
+            {
+                "crossval": str(Path(crossval)),
+                "cohort": str(co.manifest_path),
+                "n_cases": len(cache),
+                "n_models": len(ensemble),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        stage.rename(out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return summary
 
 

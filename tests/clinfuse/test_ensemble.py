@@ -136,3 +136,59 @@ def test_a_changed_or_unfinished_folder_is_refused(cv: Path, tmp_path: Path) -> 
     assert "--resume" in (e.value.hint or "")
     with pytest.raises(ConfigError, match="at least two"):
         FoldEnsemble([load_run(cv / "folds" / "fold_1")])
+
+
+def test_ensemble_modality_shapley_is_the_mean_of_the_fold_models(
+    cv: Path, new_cohort: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+    from clinfuse.cohort.manifest import Cohort
+    from clinfuse.data import CaseLoader
+    from clinfuse.ensemble import load_ensemble
+    from clinfuse.explain.modality import build_modality_cache, modality_shapley
+    from clinfuse.model import load_run
+
+    out = tmp_path / "ex"
+    res = CliRunner().invoke(app, ["explain", str(cv), str(new_cohort), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    frame = pd.read_csv(out / "modality_shapley.csv", dtype={"case_id": str}).set_index("case_id")
+    # reference: each fold model explained on its own (its own loader and tabular encoder)
+    phis, bases = [], []
+    for k in (1, 2, 3):
+        model = load_run(cv / "folds" / f"fold_{k}")
+        cohort = Cohort.from_manifest(new_cohort, target=model.config.data.target)
+        cases = CaseLoader(model.config.data, model.modalities, model.tabular).load_many(
+            cohort.rows
+        )
+        cache = build_modality_cache(model, cases.cases)
+        exp = modality_shapley(model, cache)
+        order = [cache.index_of(c) for c in frame.index]
+        phis.append(np.asarray(exp.values)[order])
+        bases.append(np.asarray(exp.base_values)[order])
+    phis = np.stack(phis)
+    for j, m in enumerate(MODALITIES):
+        np.testing.assert_allclose(frame[f"phi_{m}"], phis[:, :, j].mean(axis=0), atol=1e-6)
+        np.testing.assert_allclose(
+            frame[f"phi_{m}_sd"], phis[:, :, j].std(axis=0, ddof=1), atol=1e-6
+        )
+    np.testing.assert_allclose(frame["base_value"], np.mean(bases, axis=0), atol=1e-6)
+    # additive: base + Σφ is the ensemble's mean fused logit
+    pred = load_ensemble(cv).predict(new_cohort).set_index("case_id").loc[frame.index]
+    np.testing.assert_allclose(frame["logit_fusion"], pred["logit_fusion"], atol=1e-4)
+    importance = json.loads((out / "modality_importance.json").read_text())
+    assert set(importance["mean_abs_phi"]) == set(MODALITIES)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "index.json",
+        "modality_importance.json",
+        "modality_importance.png",
+        "modality_shapley.csv",
+    ]
+    # --case explains one model: refused, naming a fold run; a used --out is refused too
+    res = CliRunner().invoke(
+        app, ["explain", str(cv), str(new_cohort), "--out", str(tmp_path / "ex2"), "--case", "x"]
+    )
+    assert res.exit_code != 0 and "fold_1" in res.output
+    res = CliRunner().invoke(app, ["explain", str(cv), str(new_cohort), "--out", str(out)])
+    assert res.exit_code != 0 and not (tmp_path / "ex2").exists()
