@@ -22,11 +22,16 @@ and a loader given ``persist_dir`` keeps every decoded, preprocessed image on di
 (``.npy`` + JSON metadata, keyed by the file's identity and the transform
 settings), so the next run over the same files skips DICOM decoding and resizing.
 Like MONAI's ``PersistentDataset``, but without pickle: a cache folder is data,
-never code.
+never code. Inside :func:`shared_decoding` (``clinfuse crossval`` wraps its folds in it)
+every loader of the process reuses, from memory, the images and signals another loader
+already decoded and preprocessed with the same settings.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import copy
 import hashlib
 import json
 import multiprocessing
@@ -46,7 +51,42 @@ from clinfuse.errors import ClinFuseError, ConfigError, ModalityLoadError, unwra
 from clinfuse.io.note import load_note
 from clinfuse.io.tabular import TabularEncoder
 
-__all__ = ["CaseLoader", "DecodedImageStore", "LoadedCases", "input_shapes"]
+__all__ = ["CaseLoader", "DecodedImageStore", "LoadedCases", "input_shapes", "shared_decoding"]
+
+_DECODED: contextvars.ContextVar[dict[tuple[str, str, str], Any] | None] = contextvars.ContextVar(
+    "clinfuse_decoded", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_decoding() -> Iterator[None]:
+    """Within the block, loaders reuse decoded, preprocessed images and signals from memory.
+
+    Several loaders over the same files with the same settings — one per fold of a
+    cross-validation — then read and preprocess each file once. Each loader gets its own
+    copy of the arrays (a run may change its cases), keyed by the file's identity and
+    the modality's settings; signals cropped at random positions are not shared. The
+    memory holds one copy of every decoded input until the block ends.
+    """
+    token = _DECODED.set({})
+    try:
+        yield
+    finally:
+        _DECODED.reset(token)
+
+
+def _shared(key: tuple[str, str, str]) -> tuple[Any, Any] | None:
+    memo = _DECODED.get()
+    if memo is None or key not in memo:
+        return None
+    value, meta = memo[key]
+    return np.array(value, copy=True), copy.deepcopy(meta)
+
+
+def _share(key: tuple[str, str, str], value: Any, meta: Any) -> None:
+    memo = _DECODED.get()
+    if memo is not None:
+        memo[key] = (np.array(value, copy=True), copy.deepcopy(meta))
 
 
 class DecodedImageStore:
@@ -160,6 +200,10 @@ class CaseLoader:
             else DecodedImageStore(persist_dir, config.image.model_dump(mode="json"))
         )
         self.modalities = list(modalities)
+        self._settings = {
+            name: json.dumps(getattr(config, name).model_dump(mode="json"), sort_keys=True)
+            for name in ("image", "signal")
+        }
         if "tabular" in self.modalities and tabular is None:
             raise ConfigError(
                 "tabular modality needs a fitted TabularEncoder", field="tabular_columns"
@@ -213,16 +257,8 @@ class CaseLoader:
             elif m == "signal":
                 case["signal"], case["signal_meta"] = None, None
                 if row.signal is not None:
-                    assert self._signal_tf is not None
-                    out = self._signal_tf(
-                        {
-                            "case_id": row.case_id,
-                            "signal": str(row.signal),
-                            "signal_fs": row.signal_fs,
-                        }
-                    )
-                    case["signal"], case["signal_meta"] = out["signal"], out.get("signal_meta")
                     sources["signal"] = source_identity(row.signal) + f":fs={row.signal_fs}"
+                    case["signal"], case["signal_meta"] = self._signal(row, sources["signal"])
                     present[i] = True
             elif m == "tabular":
                 fields, present[i], sources["tabular"] = self.tabular_fields(row)
@@ -256,15 +292,37 @@ class CaseLoader:
         return fields, present, source
 
     def _image(self, row: CaseRow, source: str) -> tuple[np.ndarray, dict[str, Any] | None]:
-        """The decoded, preprocessed image: from the store when it has it, else decoded."""
+        """The decoded, preprocessed image: from memory (:func:`shared_decoding`) or the
+        store when they have it, else decoded."""
+        key = ("image", self._settings["image"], source)
+        if (shared := _shared(key)) is not None:
+            return shared
         if self.images is not None and (hit := self.images.get(source)) is not None:
+            _share(key, *hit)
             return hit
         assert self._image_tf is not None
         out = self._image_tf({"case_id": row.case_id, "image": str(row.image)})
         image, meta = out["image"], out.get("image_meta")
         if self.images is not None:
             self.images.put(source, np.asarray(image), meta)
+        _share(key, image, meta)
         return image, meta
+
+    def _signal(self, row: CaseRow, source: str) -> tuple[Any, Any]:
+        """The read, preprocessed signal (from memory inside :func:`shared_decoding`,
+        unless it is cropped at a random position)."""
+        key = ("signal", self._settings["signal"], source)
+        random_crop = self.config.signal.crop == "random"
+        if not random_crop and (shared := _shared(key)) is not None:
+            return shared
+        assert self._signal_tf is not None
+        out = self._signal_tf(
+            {"case_id": row.case_id, "signal": str(row.signal), "signal_fs": row.signal_fs}
+        )
+        signal, meta = out["signal"], out.get("signal_meta")
+        if not random_crop:
+            _share(key, signal, meta)
+        return signal, meta
 
     def try_load(self, row: CaseRow) -> tuple[dict[str, Any] | None, Issue | None]:
         """``(case, None)``, or ``(None, issue)`` when the case must be excluded."""

@@ -296,6 +296,7 @@ def cross_validate(
     """
     from clinfuse.cohort.split import assign_folds
     from clinfuse.config import RunConfig, load_config
+    from clinfuse.data import shared_decoding
     from clinfuse.evaluation.ablation import masked_fusion_probabilities
     from clinfuse.evaluation.evaluate import Evaluator, model_sha256, score_cohort
     from clinfuse.model import load_run
@@ -437,67 +438,68 @@ def cross_validate(
     # one complete run per fold; finished folds stay in the .partial folder if anything
     # below fails (--resume goes on from there)
     (partial / "folds").mkdir(exist_ok=True)
-    for k in range(1, folds + 1):
-        fold_out = partial / "folds" / f"fold_{k}"
-        if (fold_out / "model" / "model.json").exists():
-            say(f"fold {k}/{folds}: finished earlier, kept")
-            continue
-        unfinished = (fold_out.with_name(fold_out.name + ".partial") / "config.yaml").exists()
-        n_test = int((table["fold"] == k).sum())
-        say(f"fold {k}/{folds}: training on {len(table) - n_test} cases, holding out {n_test}")
+    with shared_decoding():  # each file is read and preprocessed once for all folds
+        for k in range(1, folds + 1):
+            fold_out = partial / "folds" / f"fold_{k}"
+            if (fold_out / "model" / "model.json").exists():
+                say(f"fold {k}/{folds}: finished earlier, kept")
+                continue
+            unfinished = (fold_out.with_name(fold_out.name + ".partial") / "config.yaml").exists()
+            n_test = int((table["fold"] == k).sum())
+            say(f"fold {k}/{folds}: training on {len(table) - n_test} cases, holding out {n_test}")
 
-        def fold_log(msg: str, k: int = k) -> None:
-            say(f"fold {k}/{folds}: {msg}")
+            def fold_log(msg: str, k: int = k) -> None:
+                say(f"fold {k}/{folds}: {msg}")
 
-        train_run(
-            cohort_path,
-            fold_out,
-            config,
-            resume=unfinished,
-            overwrite=not unfinished,  # a fold stopped before it saved its config starts over
-            progress=progress,
-            on_epoch=on_epoch,
-            log=fold_log,
-            splits=fold_plans[k],
-        )
+            train_run(
+                cohort_path,
+                fold_out,
+                config,
+                resume=unfinished,
+                overwrite=not unfinished,  # a fold stopped before it saved its config starts over
+                progress=progress,
+                on_epoch=on_epoch,
+                log=fold_log,
+                splits=fold_plans[k],
+            )
 
-    # pooled out-of-fold predictions
-    frames, presents, scorers, fold_models, rows = [], [], [], [], []
-    excluded = list(cohort.excluded)
-    seen = {tuple(sorted(i.as_dict().items())) for i in excluded}
-    model = None
-    for k in range(1, folds + 1):
-        fold_out = partial / "folds" / f"fold_{k}"
-        model = load_run(fold_out)
-        held = cohort.subset(table.loc[table["fold"] == k, "case_id"].tolist())
-        held = held.with_rows([r.model_copy(update={"split": "test"}) for r in held.rows])
-        cases, raw, frame, issues = score_cohort(
-            model,
-            held,
-            progress=None if progress is None else (lambda d, t: progress("scoring", d, t)),
-        )
-        for issue in issues:
-            key = tuple(sorted(issue.as_dict().items()))
-            if key not in seen:
-                seen.add(key)
-                excluded.append(issue)
-        frame.insert(1, "fold", k)
-        frames.append(frame)
-        presents.append(raw["present"])
-        if len(modalities) > 1:
-            scorers.append(masked_fusion_probabilities(model, cases))
-        rows.append(_fold_row(k, frame, level, group=groups[k - 1] if groups else None))
-        fold_models.append(
-            {
-                "fold": k,
-                "path": f"folds/fold_{k}",
-                "model_sha256": model_sha256(fold_out),
-                "epochs_run": model.info.get("epochs_run"),
-                "stopped_early": model.info.get("stopped_early"),
-                "trained_on": model.info.get("trained_on"),
-            }
-        )
-    assert model is not None
+        # pooled out-of-fold predictions
+        frames, presents, scorers, fold_models, rows = [], [], [], [], []
+        excluded = list(cohort.excluded)
+        seen = {tuple(sorted(i.as_dict().items())) for i in excluded}
+        model = None
+        for k in range(1, folds + 1):
+            fold_out = partial / "folds" / f"fold_{k}"
+            model = load_run(fold_out)
+            held = cohort.subset(table.loc[table["fold"] == k, "case_id"].tolist())
+            held = held.with_rows([r.model_copy(update={"split": "test"}) for r in held.rows])
+            cases, raw, frame, issues = score_cohort(
+                model,
+                held,
+                progress=None if progress is None else (lambda d, t: progress("scoring", d, t)),
+            )
+            for issue in issues:
+                key = tuple(sorted(issue.as_dict().items()))
+                if key not in seen:
+                    seen.add(key)
+                    excluded.append(issue)
+            frame.insert(1, "fold", k)
+            frames.append(frame)
+            presents.append(raw["present"])
+            if len(modalities) > 1:
+                scorers.append(masked_fusion_probabilities(model, cases))
+            rows.append(_fold_row(k, frame, level, group=groups[k - 1] if groups else None))
+            fold_models.append(
+                {
+                    "fold": k,
+                    "path": f"folds/fold_{k}",
+                    "model_sha256": model_sha256(fold_out),
+                    "epochs_run": model.info.get("epochs_run"),
+                    "stopped_early": model.info.get("stopped_early"),
+                    "trained_on": model.info.get("trained_on"),
+                }
+            )
+        assert model is not None
     pooled = pd.concat(frames, ignore_index=True)
     present = np.concatenate(presents)
 

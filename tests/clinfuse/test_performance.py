@@ -166,6 +166,47 @@ def test_parallel_and_persisted_loading_equal_a_fresh_serial_load(
     assert all(c["image"].shape[-2:] == (16, 16) for c in resized if c["image"] is not None)
 
 
+def test_shared_decoding_reads_each_file_once_and_gives_the_same_cases(tiny_cohort: Path) -> None:
+    """Inside `shared_decoding` (cross-validation folds) a second loader takes the images
+    and signals from memory: identical arrays, independent copies, no second decode."""
+    from clinfuse.data import shared_decoding
+
+    cfg = _loader_config()
+    rows = Cohort.from_manifest(tiny_cohort).rows[:16]
+    fresh = CaseLoader(cfg.data, ["image", "signal"]).load_many(rows)
+    with shared_decoding():
+        first = CaseLoader(cfg.data, ["image", "signal"]).load_many(rows)
+        second_loader = CaseLoader(cfg.data, ["image", "signal"])
+        calls = {"image": 0, "signal": 0}
+        for m in calls:
+            inner = getattr(second_loader, f"_{m}_tf")
+
+            def counted(d, inner=inner, m=m):
+                calls[m] += 1
+                return inner(d)
+
+            setattr(second_loader, f"_{m}_tf", counted)
+        first.cases[0]["image"] *= 0  # a run changing its copy changes nobody else's
+        second = second_loader.load_many(rows)
+    assert calls == {"image": 0, "signal": 0}
+    for a, b in zip(fresh.cases, second.cases, strict=True):
+        for m in ("image", "signal"):
+            if a[m] is None:
+                assert b[m] is None
+                continue
+            assert type(a[m]) is type(b[m]) and a[m].dtype == b[m].dtype
+            np.testing.assert_array_equal(np.asarray(a[m]), np.asarray(b[m]))
+            meta_a, meta_b = a[f"{m}_meta"] or {}, b[f"{m}_meta"] or {}
+            assert meta_a.keys() == meta_b.keys()
+            for key in meta_a:
+                assert np.array_equal(np.asarray(meta_a[key]), np.asarray(meta_b[key])), key
+    # outside the block nothing is shared
+    third = CaseLoader(cfg.data, ["image", "signal"])
+    third._image_tf = lambda d: (_ for _ in ()).throw(AssertionError("decoded"))  # type: ignore[assignment]
+    with pytest.raises(AssertionError, match="decoded"):
+        third.load_many(rows[:1])
+
+
 def test_pack_streams_the_cache_into_a_memory_mapped_matrix(tmp_path: Path) -> None:
     store = EmbeddingCache(tmp_path / "cache", "note", "f" * 64)
     rng = np.random.default_rng(0)
