@@ -6,6 +6,7 @@ wfdb, SHAP, Streamlit) load only when the feature that needs them is used.
 
 from __future__ import annotations
 
+from clinfuse._lazy import lazy_exports
 from clinfuse.errors import (
     ClinFuseError,
     CohortError,
@@ -20,28 +21,19 @@ MODALITIES: tuple[str, ...] = ("image", "note", "signal", "tabular")
 """The modalities clinfuse knows, in their canonical order."""
 
 _LAZY = {
-    "load_run": ("clinfuse.model", "load_run"),
-    "load_ensemble": ("clinfuse.ensemble", "load_ensemble"),
-    "FoldEnsemble": ("clinfuse.ensemble", "FoldEnsemble"),
-    "FusionModel": ("clinfuse.model", "FusionModel"),
-    "Cohort": ("clinfuse.cohort.manifest", "Cohort"),
-    "RunConfig": ("clinfuse.config", "RunConfig"),
-    "train_run": ("clinfuse.training.run", "train_run"),
-    "synthesize_cohort": ("clinfuse.synth", "synthesize_cohort"),
-    "validate_cohort": ("clinfuse.cohort.validate", "validate_cohort"),
+    "load_run": "clinfuse.model",
+    "load_ensemble": "clinfuse.ensemble",
+    "FoldEnsemble": "clinfuse.ensemble",
+    "FusionModel": "clinfuse.model",
+    "Cohort": "clinfuse.cohort.manifest",
+    "RunConfig": "clinfuse.config",
+    "train_run": "clinfuse.training.run",
+    "synthesize_cohort": "clinfuse.synth",
+    "validate_cohort": "clinfuse.cohort.validate",
 }
 
-
-def __getattr__(name: str) -> object:
-    """Heavy parts of the API load on first use, so ``import clinfuse`` stays fast."""
-    if name in _LAZY:
-        import importlib
-
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(module), attr)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clinfuse' has no attribute {name!r}")
+# heavy parts of the API load on first use, so ``import clinfuse`` stays fast
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = [

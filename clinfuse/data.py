@@ -51,7 +51,14 @@ from clinfuse.errors import ClinFuseError, ConfigError, ModalityLoadError, unwra
 from clinfuse.io.note import load_note
 from clinfuse.io.tabular import TabularEncoder
 
-__all__ = ["CaseLoader", "DecodedImageStore", "LoadedCases", "input_shapes", "shared_decoding"]
+__all__ = [
+    "CaseLoader",
+    "DecodedImageStore",
+    "LoadedCases",
+    "input_shapes",
+    "load_scorable",
+    "shared_decoding",
+]
 
 _DECODED: contextvars.ContextVar[dict[tuple[str, str, str], Any] | None] = contextvars.ContextVar(
     "clinfuse_decoded", default=None
@@ -401,6 +408,31 @@ class CaseLoader:
                 assert issue is not None
                 out.excluded.append(issue)
         return out
+
+
+def load_scorable(
+    loader: CaseLoader, cohort: Any, progress: Callable[[int, int], None] | None = None
+) -> tuple[list[dict[str, Any]], list[Issue]]:
+    """Load a checked cohort's cases for scoring.
+
+    Returns:
+        ``(cases, excluded)``: the loaded cases and every excluded case (the manifest's
+        own exclusions, then those that failed to load).
+
+    Raises:
+        CohortError: no case could be loaded.
+    """
+    from clinfuse.errors import CohortError
+
+    loaded = loader.load_many(cohort.rows, progress=progress)
+    excluded = list(cohort.excluded) + list(loaded.excluded)
+    if not loaded.cases:
+        raise CohortError(
+            f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
+            path=cohort.manifest_path,
+            hint="run `clinfuse validate` on the manifest",
+        )
+    return loaded.cases, excluded
 
 
 def check_signal_shapes(cases: Sequence[dict[str, Any]]) -> None:

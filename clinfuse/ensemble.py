@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clinfuse.errors import CohortError, ConfigError
+from clinfuse.errors import ConfigError
 
 __all__ = ["EnsembleScores", "FoldEnsemble", "is_crossval_folder", "load_ensemble"]
 
@@ -47,7 +47,6 @@ class EnsembleScores:
         frame: one row per scored case (see :meth:`FoldEnsemble.predict`).
         present: (N, M) modality availability of the frame's cases.
         excluded: the cases that could not be scored (issues).
-        fold_risks: (K, N) each fold model's calibrated fused risk.
         scorer: an :data:`~clinfuse.evaluation.ablation.Scorer` — the mean over the fold
             models of the fused risk with modalities masked out (None for one modality).
     """
@@ -55,7 +54,6 @@ class EnsembleScores:
     frame: pd.DataFrame
     present: np.ndarray
     excluded: list[Any]
-    fold_risks: np.ndarray
     scorer: Callable[[Sequence[str]], np.ndarray] | None
 
 
@@ -198,23 +196,14 @@ class FoldEnsemble:
         Raises:
             CohortError: no case could be loaded.
         """
-        from clinfuse.data import CaseLoader
+        from clinfuse.data import CaseLoader, load_scorable
         from clinfuse.training.embed import attach_embeddings
 
         loader = CaseLoader(self.config.data, self.modalities, self.models[0].tabular)
-        loaded = loader.load_many(cohort.rows, progress=progress)
-        excluded = list(cohort.excluded) + list(loaded.excluded)
-        if not loaded.cases:
-            raise CohortError(
-                f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
-                path=cohort.manifest_path,
-                hint="run `clinfuse validate` on the manifest",
-            )
+        cases, excluded = load_scorable(loader, cohort, progress)
         rows = {r.case_id: r for r in cohort.rows}
         per_fold = [
-            attach_embeddings(
-                model, self._fold_cases(k, loaded.cases, rows), model.frozen_modalities
-            )
+            attach_embeddings(model, self._fold_cases(k, cases, rows), model.frozen_modalities)
             for k, model in enumerate(self.models)
         ]
         return per_fold, excluded
@@ -277,7 +266,7 @@ class FoldEnsemble:
         def scorer(keep: Sequence[str]) -> np.ndarray:
             return np.mean([s(keep) for s in scorers], axis=0)
 
-        return EnsembleScores(frame, present, excluded, risks, scorer if scorers else None)
+        return EnsembleScores(frame, present, excluded, scorer if scorers else None)
 
     def predict(
         self,
@@ -302,15 +291,9 @@ class FoldEnsemble:
             ``p_fusion_min`` and ``p_fusion_max``; with ``return_excluded`` a pair
             ``(table, excluded issues)``.
         """
-        from clinfuse.cohort.manifest import Cohort
-
-        if not isinstance(cohort, Cohort):
-            cohort = Cohort.from_manifest(
-                cohort,
-                target=self.config.data.target,
-                allow_external_paths=self.config.data.allow_external_paths,
-            )
-        self.check_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
+        cohort = self.models[0].checked_cohort(
+            cohort, allow_missing_modalities=allow_missing_modalities
+        )
         scores = self.score(cohort, progress=progress)
         return (scores.frame, scores.excluded) if return_excluded else scores.frame
 

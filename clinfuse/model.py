@@ -424,6 +424,20 @@ class FusionModel:
                     hint="add them (empty cells for unknown values)",
                 )
 
+    def checked_cohort(self, cohort: Any, *, allow_missing_modalities: bool = False) -> Any:
+        """``cohort`` as a :class:`~clinfuse.cohort.Cohort` (a manifest path is read with the
+        run's data settings), checked by :meth:`check_cohort`."""
+        from clinfuse.cohort.manifest import Cohort
+
+        if not isinstance(cohort, Cohort):
+            cohort = Cohort.from_manifest(
+                cohort,
+                target=self.config.data.target,
+                allow_external_paths=self.config.data.allow_external_paths,
+            )
+        self.check_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
+        return cohort
+
     def predict(
         self,
         cohort: Any,
@@ -447,16 +461,9 @@ class FusionModel:
             the training data, ``; ``-separated; empty when none); with ``return_excluded`` a pair
             ``(table, excluded issues)``.
         """
-        from clinfuse.cohort.manifest import Cohort
         from clinfuse.data import CaseLoader
 
-        if not isinstance(cohort, Cohort):
-            cohort = Cohort.from_manifest(
-                cohort,
-                target=self.config.data.target,
-                allow_external_paths=self.config.data.allow_external_paths,
-            )
-        self.check_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
+        cohort = self.checked_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
         loader = CaseLoader(self.config.data, self.modalities, self.tabular)
         loaded = loader.load_many(cohort.rows, progress=progress)
         raw = self.forward_cases(loaded.cases)

@@ -6,7 +6,7 @@ The names below load their module (scipy, scikit-learn, torch) on first use, so 
 
 from __future__ import annotations
 
-from typing import Any
+from clinfuse._lazy import lazy_exports
 
 _LAZY = {
     "EvaluationResult": "clinfuse.evaluation.evaluate",
@@ -21,14 +21,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clinfuse.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

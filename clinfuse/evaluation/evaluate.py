@@ -251,19 +251,12 @@ def score_cohort(
     Raises:
         CohortError: no case could be loaded.
     """
-    from clinfuse.data import CaseLoader
+    from clinfuse.data import CaseLoader, load_scorable
     from clinfuse.training.embed import attach_embeddings
 
     loader = CaseLoader(model.config.data, list(model.modalities), model.tabular)
-    loaded = loader.load_many(cohort.rows, progress=progress)
-    excluded = list(cohort.excluded) + list(loaded.excluded)
-    if not loaded.cases:
-        raise CohortError(
-            f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
-            path=cohort.manifest_path,
-            hint="run `clinfuse validate` on the manifest",
-        )
-    cases = attach_embeddings(model, loaded.cases, model.frozen_modalities)
+    cases, excluded = load_scorable(loader, cohort, progress)
+    cases = attach_embeddings(model, cases, model.frozen_modalities)
     raw = model.forward_cases(cases)
     return cases, raw, model.predictions_frame(cases, raw), excluded
 

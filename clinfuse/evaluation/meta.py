@@ -11,7 +11,7 @@ says where the performance in a new cluster of the same kind is expected to fall
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -73,8 +73,15 @@ def random_effects(
     return out
 
 
-def _expit(x: float | None) -> float | None:
-    return None if x is None else float(1 / (1 + np.exp(-x)))
+def _back_transformed(
+    res: dict[str, Any], scale: str, inverse: Callable[[float], float]
+) -> dict[str, Any]:
+    """A pooled result on a transformed ``scale`` with the estimate and both intervals
+    mapped back by ``inverse``; the scale's own estimate and SE kept as ``<scale>_...``."""
+    out = {"scale": scale, **res, f"{scale}_estimate": res["estimate"], f"{scale}_se": res["se"]}
+    for key in ("estimate", "ci_low", "ci_high", "pi_low", "pi_high"):
+        out[key] = None if res[key] is None else float(inverse(res[key]))
+    return out
 
 
 def auroc_meta_analysis(
@@ -95,17 +102,7 @@ def auroc_meta_analysis(
     if np.any((a <= 0) | (a >= 1)):
         raise ValueError("every AUROC must lie strictly between 0 and 1 to be pooled")
     res = random_effects(np.log(a / (1 - a)), (s / (a * (1 - a))) ** 2, level=level)
-    return {
-        "scale": "logit",
-        **res,
-        "estimate": _expit(res["estimate"]),
-        "ci_low": _expit(res["ci_low"]),
-        "ci_high": _expit(res["ci_high"]),
-        "pi_low": _expit(res["pi_low"]),
-        "pi_high": _expit(res["pi_high"]),
-        "logit_estimate": res["estimate"],
-        "logit_se": res["se"],
-    }
+    return _back_transformed(res, "logit", lambda x: 1 / (1 + np.exp(-x)))
 
 
 def oe_meta_analysis(
@@ -128,18 +125,4 @@ def oe_meta_analysis(
             "every cluster needs at least one observed and a positive expected event count"
         )
     res = random_effects(np.log(o / e), (1 / o).tolist(), level=level)
-
-    def back(x: float | None) -> float | None:
-        return None if x is None else float(np.exp(x))
-
-    return {
-        "scale": "log",
-        **res,
-        "estimate": back(res["estimate"]),
-        "ci_low": back(res["ci_low"]),
-        "ci_high": back(res["ci_high"]),
-        "pi_low": back(res["pi_low"]),
-        "pi_high": back(res["pi_high"]),
-        "log_estimate": res["estimate"],
-        "log_se": res["se"],
-    }
+    return _back_transformed(res, "log", np.exp)

@@ -50,7 +50,6 @@ class SampleSize:
 
     Attributes:
         n: the minimum number of cases (the largest criterion).
-        events: ``n · prevalence``.
         prevalence: the anticipated outcome proportion.
         criteria: one dict per criterion: ``criterion``, ``anticipated``, ``se``,
             ``ci_width``, ``n``, ``events`` (and the sensitivity/specificity used
@@ -59,10 +58,14 @@ class SampleSize:
     """
 
     n: int
-    events: float
     prevalence: float
     criteria: list[dict[str, Any]]
     lp: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def events(self) -> float:
+        """Expected events among the ``n`` cases (``n · prevalence``)."""
+        return self.n * self.prevalence
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -334,7 +337,7 @@ def validation_sample_size(
         described.update(
             n=len(lp["values"]), mean=float(lp["values"].mean()), sd=float(lp["values"].std())
         )
-    return SampleSize(n=n, events=n * phi, prevalence=phi, criteria=criteria, lp=described)
+    return SampleSize(n=n, prevalence=phi, criteria=criteria, lp=described)
 
 
 def from_evaluation(folder: str | Path, **targets: Any) -> SampleSize:

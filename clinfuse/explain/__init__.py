@@ -16,8 +16,7 @@ Within a modality (:mod:`clinfuse.explain.within`): :func:`explain_note`,
 
 from __future__ import annotations
 
-from typing import Any
-
+from clinfuse._lazy import lazy_exports
 from clinfuse.explain._common import ExplainerFallbackWarning, NoModalityWarning
 
 _LAZY = {
@@ -42,14 +41,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clinfuse.explain' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = ["ExplainerFallbackWarning", "NoModalityWarning", *sorted(_LAZY)]

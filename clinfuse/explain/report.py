@@ -455,7 +455,6 @@ def explain_ensemble(
     """
     import shap
 
-    from clinfuse.cohort.manifest import Cohort
     from clinfuse.ensemble import load_ensemble
     from clinfuse.explain import plots
     from clinfuse.explain.modality import (
@@ -472,12 +471,7 @@ def explain_ensemble(
             "the output folder exists and is not empty", path=out, hint="give a new --out folder"
         )
     ensemble = load_ensemble(crossval)
-    co = Cohort.from_manifest(
-        cohort,
-        target=ensemble.config.data.target,
-        allow_external_paths=ensemble.config.data.allow_external_paths,
-    )
-    ensemble.check_cohort(co, allow_missing_modalities=True)
+    co = ensemble.models[0].checked_cohort(cohort, allow_missing_modalities=True)
     per_fold, excluded = ensemble.load_cases(co)
     say(f"loaded {len(per_fold[0])} cases ({len(excluded)} excluded)")
     values, bases = [], []

@@ -11,7 +11,7 @@ clinfuse.federated`` (the CLI imports this package to register its command).
 
 from __future__ import annotations
 
-from typing import Any
+from clinfuse._lazy import lazy_exports
 
 _LAZY = {
     "FederatedSettings": "clinfuse.federated.run",
@@ -21,14 +21,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clinfuse.federated' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)

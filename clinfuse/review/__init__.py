@@ -16,7 +16,7 @@ imports Streamlit.
 
 from __future__ import annotations
 
-from typing import Any
+from clinfuse._lazy import lazy_exports
 
 _LAZY = {
     "ReviewStore": "clinfuse.review.store",
@@ -34,14 +34,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'clinfuse.review' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _LAZY)
 
 
 __all__ = sorted(_LAZY)
