@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from clinfuse import __version__
-from clinfuse._files import publish
+from clinfuse._files import publish, write_text_atomic
 from clinfuse.errors import CohortError, ConfigError
 
 __all__ = ["SCHEMA", "CrossValResult", "cross_validate", "fold_splits"]
@@ -183,12 +182,6 @@ def _check_single_process(config: Any) -> None:
             hint="set training.strategy: auto and training.devices: 1, or train each fold "
             "with `clinfuse train` on several GPUs",
         )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _spread(values: Sequence[float | None]) -> dict[str, Any]:
@@ -432,8 +425,8 @@ def cross_validate(
     else:  # everything checked: only now is the folder made
         partial = _prepare_folders(out, resume=False, overwrite=overwrite, finished="crossval.json")
         config.save(partial / "config.yaml")
-        _write_atomic(partial / "plan.json", json.dumps(plan))
-        _write_atomic(partial / "assignment.csv", table.to_csv(index=False))
+        write_text_atomic(partial / "plan.json", json.dumps(plan))
+        write_text_atomic(partial / "assignment.csv", table.to_csv(index=False))
 
     # one complete run per fold; finished folds stay in the .partial folder if anything
     # below fails (--resume goes on from there)
@@ -552,9 +545,9 @@ def cross_validate(
         "calibration_slope": result.metrics["calibration"]["fusion"]["slope"],
         "brier": result.metrics["models"]["fusion"]["brier"],
     }
-    _write_atomic(partial / "per_fold.csv", per_fold.to_csv(index=False))
+    write_text_atomic(partial / "per_fold.csv", per_fold.to_csv(index=False))
     (partial / "plan.json").unlink()
-    _write_atomic(partial / "crossval.json", json.dumps(summary, indent=2))
+    write_text_atomic(partial / "crossval.json", json.dumps(summary, indent=2))
     publish(partial, out)
     return CrossValResult(
         out=out,

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clinfuse._files import write_text_atomic
 from clinfuse.errors import ClinFuseError, ConfigError
 from clinfuse.explain._common import (
     NoModalityWarning,
     safe_name,
     unknown_case_error,
     write_json_atomic,
-    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -455,6 +455,7 @@ def explain_ensemble(
     """
     import shap
 
+    from clinfuse._files import atomic_folder
     from clinfuse.ensemble import load_ensemble
     from clinfuse.explain import plots
     from clinfuse.explain.modality import (
@@ -502,10 +503,7 @@ def explain_ensemble(
         "n_models": len(ensemble),
         "importance": importance,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = out.with_name(f".{out.name}.partial-{time.time_ns()}")
-    stage.mkdir()
-    try:
+    with atomic_folder(out) as stage:
         frame.to_csv(stage / "modality_shapley.csv", index=False)
         write_json_atomic(
             stage / "modality_importance.json",
@@ -527,12 +525,6 @@ def explain_ensemble(
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        stage.rename(out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
     return summary
 
 
