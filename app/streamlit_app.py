@@ -89,7 +89,10 @@ if reviewer:
             store.log_event(str(reviewer), "logout")
             st.session_state.pop("reviewer", None)
             if oidc:
+                # the browser goes to the provider's end-session page and back to the login
+                # page; a rerun now (switch_page) could overtake that redirect
                 st.logout()
+                st.stop()
             st.switch_page(ui.PAGES["login"])
 else:
     # every page stays registered (so links and switch_page resolve); pages need a login
