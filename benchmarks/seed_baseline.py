@@ -259,7 +259,7 @@ def run_clinfuse(
     t0 = time.perf_counter()
     rows = Cohort.from_manifest(manifest, target="label").rows
     loader = CaseLoader(cfg.data, modalities, persist_dir=persist)
-    cases = loader.load_many(rows, workers=resolve_load_workers(tcfg, ctx.device)).cases
+    cases = loader.load_many(rows, workers=resolve_load_workers(tcfg, len(rows))).cases
     load_s = time.perf_counter() - t0
     torch.manual_seed(0)
     model = FusionModel.build(

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clinfuse._options import LoadWorkers
 from clinfuse.errors import ClinFuseError
 
 app = typer.Typer(
@@ -530,6 +531,7 @@ def predict(
     device: Annotated[
         str, typer.Option("--device", help="cpu (default), cuda or auto: where the model runs.")
     ] = "cpu",
+    workers: LoadWorkers = "auto",
 ) -> None:
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly)."""
     from clinfuse.ensemble import is_crossval_folder, load_ensemble
@@ -546,6 +548,7 @@ def predict(
             allow_missing_modalities=allow_missing_modalities,
             progress=update,
             return_excluded=True,
+            workers=workers,
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

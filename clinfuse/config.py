@@ -138,7 +138,7 @@ class TrainingConfig(BaseModel):
     load_workers: int | Literal["auto"] = Field(
         "auto",
         description="Processes that read and preprocess the cohort's files; "
-        "auto = 0 on CPU, min(8, CPUs - 1) on CUDA.",
+        "auto = one per CPU (at most 8) for cohorts of 128 cases or more, else 0.",
     )
     persist_decoded: bool = Field(
         False,

@@ -57,6 +57,7 @@ __all__ = [
     "LoadedCases",
     "input_shapes",
     "load_scorable",
+    "scoring_workers",
     "shared_decoding",
 ]
 
@@ -410,10 +411,53 @@ class CaseLoader:
         return out
 
 
+PARALLEL_LOAD_MIN_ROWS = 128
+"""Fewer rows than this load in the calling process when workers are ``"auto"``."""
+
+
+def scoring_workers(workers: int | str, n_rows: int) -> int:
+    """Processes that load a cohort for scoring (predict, evaluate, explain).
+
+    ``"auto"``: one per CPU this process may use (at most 8) when the cohort has at least
+    :data:`PARALLEL_LOAD_MIN_ROWS` rows, the platform can fork, and no
+    :func:`shared_decoding` block is open (its memory lives in this process); otherwise 0.
+    Nothing else computes while a cohort loads, so every core reads and preprocesses.
+
+    Raises:
+        ConfigError: ``workers`` is neither ``"auto"`` nor a count >= 0.
+    """
+    if workers == "auto":
+        if (
+            n_rows < PARALLEL_LOAD_MIN_ROWS
+            or _DECODED.get() is not None
+            or "fork" not in multiprocessing.get_all_start_methods()
+        ):
+            return 0
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return min(8, cpus or 1) if (cpus or 1) > 1 else 0
+    if isinstance(workers, str) and workers.strip().isdigit():
+        workers = int(workers)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(
+            f"workers is {workers!r}",
+            field="workers",
+            hint="give 'auto' or a number of processes (0 = load in this process)",
+        )
+    return workers
+
+
 def load_scorable(
-    loader: CaseLoader, cohort: Any, progress: Callable[[int, int], None] | None = None
+    loader: CaseLoader,
+    cohort: Any,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    workers: int | str = "auto",
 ) -> tuple[list[dict[str, Any]], list[Issue]]:
     """Load a checked cohort's cases for scoring.
+
+    Args:
+        workers: loading processes (see :func:`scoring_workers`); the cases are the same
+            whatever the count.
 
     Returns:
         ``(cases, excluded)``: the loaded cases and every excluded case (the manifest's
@@ -424,7 +468,9 @@ def load_scorable(
     """
     from clinfuse.errors import CohortError
 
-    loaded = loader.load_many(cohort.rows, progress=progress)
+    loaded = loader.load_many(
+        cohort.rows, progress=progress, workers=scoring_workers(workers, len(cohort.rows))
+    )
     excluded = list(cohort.excluded) + list(loaded.excluded)
     if not loaded.cases:
         raise CohortError(

@@ -184,9 +184,16 @@ class FoldEnsemble:
         return out
 
     def load_cases(
-        self, cohort: Any, *, progress: Callable[[int, int], None] | None = None
+        self,
+        cohort: Any,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        workers: int | str = "auto",
     ) -> tuple[list[list[dict[str, Any]]], list[Any]]:
         """A checked cohort's cases, loaded once, prepared for each fold model.
+
+        Args:
+            workers: processes that read the files (:func:`clinfuse.data.scoring_workers`).
 
         Returns:
             ``(per_fold, excluded)``: ``per_fold[k]`` holds the loaded cases with fold
@@ -200,7 +207,7 @@ class FoldEnsemble:
         from clinfuse.training.embed import attach_embeddings
 
         loader = CaseLoader(self.config.data, self.modalities, self.models[0].tabular)
-        cases, excluded = load_scorable(loader, cohort, progress)
+        cases, excluded = load_scorable(loader, cohort, progress, workers=workers)
         rows = {r.case_id: r for r in cohort.rows}
         per_fold = [
             attach_embeddings(model, self._fold_cases(k, cases, rows), model.frozen_modalities)
@@ -209,22 +216,28 @@ class FoldEnsemble:
         return per_fold, excluded
 
     def score(
-        self, cohort: Any, *, progress: Callable[[int, int], None] | None = None
+        self,
+        cohort: Any,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        workers: int | str = "auto",
     ) -> EnsembleScores:
-        """Load a checked cohort's cases once and run every fold model on them.
+        """Load a checked cohort's cases once and run every fold model's encoders once on them.
 
         Raises:
             CohortError: no case could be loaded.
         """
         from clinfuse.evaluation.ablation import masked_fusion_probabilities
+        from clinfuse.explain.modality import build_modality_cache
 
-        per_fold, excluded = self.load_cases(cohort, progress=progress)
+        per_fold, excluded = self.load_cases(cohort, progress=progress, workers=workers)
         first = per_fold[0]
         fused, logits, unimodal, warnings = [], [], [], []
         present: np.ndarray | None = None
         scorers = []
         for k, (model, cases) in enumerate(zip(self.models, per_fold, strict=True)):
-            raw = model.forward_cases(cases)
+            cache = build_modality_cache(model, cases)
+            raw = model.forward_cache(cache)
             probs = model.probabilities(raw)
             if present is None:
                 present = raw["present"]
@@ -238,7 +251,7 @@ class FoldEnsemble:
             unimodal.append(np.stack([probs[m] for m in self.modalities], axis=1))
             warnings.append([c.get("input_warnings") or [] for c in cases])
             if len(self.modalities) > 1:
-                scorers.append(masked_fusion_probabilities(model, cases))
+                scorers.append(masked_fusion_probabilities(model, cache))
         assert present is not None
         risks = np.stack(fused)
         frame = pd.DataFrame(
@@ -275,6 +288,7 @@ class FoldEnsemble:
         allow_missing_modalities: bool = False,
         progress: Callable[[int, int], None] | None = None,
         return_excluded: bool = False,
+        workers: int | str = "auto",
     ) -> Any:
         """Fused and per-modality risks for every case, averaged over the fold models.
 
@@ -283,6 +297,7 @@ class FoldEnsemble:
             allow_missing_modalities: accept a cohort without a column for one of the
                 models' modalities (treated as missing for every case).
             return_excluded: also return the cases that could not be loaded.
+            workers: processes that read the files (:func:`clinfuse.data.scoring_workers`).
 
         Returns:
             The columns of :meth:`clinfuse.model.FusionModel.predict` — ``p_fusion`` and
@@ -291,10 +306,13 @@ class FoldEnsemble:
             ``p_fusion_min`` and ``p_fusion_max``; with ``return_excluded`` a pair
             ``(table, excluded issues)``.
         """
+        from clinfuse.data import scoring_workers
+
+        scoring_workers(workers, 0)  # a bad count fails before any file is read
         cohort = self.models[0].checked_cohort(
             cohort, allow_missing_modalities=allow_missing_modalities
         )
-        scores = self.score(cohort, progress=progress)
+        scores = self.score(cohort, progress=progress, workers=workers)
         return (scores.frame, scores.excluded) if return_excluded else scores.frame
 
 

@@ -367,6 +367,47 @@ class FusionModel:
             "present": torch.cat(present).numpy(),
         }
 
+    @torch.no_grad()
+    def forward_cache(
+        self, cache: Any, *, present: np.ndarray | None = None, batch_size: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """:meth:`forward_cases` outputs from embeddings already computed: only the fusion head runs.
+
+        Args:
+            cache: a :class:`~clinfuse.explain.modality.ModalityCache` of this model
+                (:func:`~clinfuse.explain.modality.build_modality_cache`).
+            present: (N, M) presence to use instead of the cache's; a modality set to
+                False reaches the head exactly as a missing one does.
+            batch_size: cases per forward pass (default 16 × the run's batch size).
+        """
+        present = cache.present if present is None else np.asarray(present, dtype=bool)
+        fusion = self.network.fusion
+        step = batch_size or max(1, int(self.config.training.batch_size) * 16)
+        device = self.device
+        was_training = fusion.training
+        fusion.eval()
+        logits, unimodal = [], []
+        try:
+            for start in range(0, len(present), step):
+                emb = {
+                    m: torch.from_numpy(cache.embeddings[m][start : start + step]).to(device)
+                    for m in self.modalities
+                }
+                rows = torch.from_numpy(present[start : start + step]).to(device)
+                out = fusion(emb, rows)
+                logits.append(out.logit.float().cpu().numpy())
+                unimodal.append(out.unimodal.float().cpu().numpy())
+        finally:
+            fusion.train(was_training)
+        n_mod = len(self.modalities)
+        return {
+            "logit": np.concatenate(logits).astype(np.float64) if logits else np.zeros(0),
+            "unimodal": np.concatenate(unimodal).astype(np.float64)
+            if unimodal
+            else np.zeros((0, n_mod)),
+            "present": present.copy(),
+        }
+
     def probabilities(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Calibrated probabilities from :meth:`forward_cases` outputs (NaN where a modality is missing)."""
         out: dict[str, np.ndarray] = {}
@@ -445,6 +486,7 @@ class FusionModel:
         allow_missing_modalities: bool = False,
         progress: Any = None,
         return_excluded: bool = False,
+        workers: int | str = "auto",
     ) -> Any:
         """Fused and per-modality risks for every case of a cohort.
 
@@ -453,6 +495,9 @@ class FusionModel:
             allow_missing_modalities: accept a cohort without a column for one
                 of the run's modalities (treated as missing for every case).
             return_excluded: also return the cases that could not be loaded.
+            workers: processes that read the files: ``"auto"`` (one per CPU, at most 8,
+                for cohorts of 128 cases or more) or a count (0 = in this process); the
+                risks do not depend on it (:func:`clinfuse.data.scoring_workers`).
 
         Returns:
             A table with ``case_id``, ``split``, ``label``, ``p_fusion``,
@@ -461,11 +506,14 @@ class FusionModel:
             the training data, ``; ``-separated; empty when none); with ``return_excluded`` a pair
             ``(table, excluded issues)``.
         """
-        from clinfuse.data import CaseLoader
+        from clinfuse.data import CaseLoader, scoring_workers
 
+        count = scoring_workers(workers, 0)  # a bad count fails before any file is read
         cohort = self.checked_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
+        if workers == "auto":
+            count = scoring_workers(workers, len(cohort.rows))
         loader = CaseLoader(self.config.data, self.modalities, self.tabular)
-        loaded = loader.load_many(cohort.rows, progress=progress)
+        loaded = loader.load_many(cohort.rows, progress=progress, workers=count)
         raw = self.forward_cases(loaded.cases)
         frame = self.predictions_frame(loaded.cases, raw)
         excluded = list(cohort.excluded) + loaded.excluded

@@ -42,48 +42,28 @@ def modality_subsets(modalities: Sequence[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def masked_fusion_probabilities(model: Any, cases: Sequence[dict[str, Any]]) -> Scorer:
+def masked_fusion_probabilities(model: Any, cases: Sequence[dict[str, Any]] | Any) -> Scorer:
     """A :data:`Scorer` that re-runs ``model``'s fusion head on ``cases`` with modalities masked out.
 
-    Every encoder runs once, here (:func:`~clinfuse.explain.modality.build_modality_cache`);
-    each call then runs only the fusion head and the calibrator. A masked modality gets
-    presence 0 — exactly what a missing one gets (the heads ignore absent embeddings).
+    Every encoder runs once, here (:func:`~clinfuse.explain.modality.build_modality_cache`),
+    or never when ``cases`` already is that cache; each call then runs only the fusion
+    head (:meth:`~clinfuse.model.FusionModel.forward_cache`) and the calibrator. A masked
+    modality gets presence 0 — exactly what a missing one gets (the heads ignore absent
+    embeddings).
 
     Args:
         model: a :class:`~clinfuse.model.FusionModel`.
-        cases: loaded cases.
+        cases: loaded cases, or their :class:`~clinfuse.explain.modality.ModalityCache`.
     """
-    import torch
-    from scipy.special import expit
-
-    from clinfuse.explain.modality import build_modality_cache
+    from clinfuse.explain.modality import ModalityCache, build_modality_cache
 
     modalities = list(model.modalities)
-    cache = build_modality_cache(model, cases)
-    fusion = model.network.fusion
-    device = model.device
-    calibrator = model.calibrators.get("fusion")
-    step = max(1, int(model.config.training.batch_size) * 16)
+    cache = cases if isinstance(cases, ModalityCache) else build_modality_cache(model, cases)
 
-    @torch.no_grad()
     def score(keep: Sequence[str]) -> np.ndarray:
         mask = np.array([m in keep for m in modalities])
         present = cache.present & mask[None, :]
-        was_training = fusion.training
-        fusion.eval()
-        logits = []
-        try:
-            for start in range(0, len(present), step):
-                emb = {
-                    m: torch.from_numpy(cache.embeddings[m][start : start + step]).to(device)
-                    for m in modalities
-                }
-                rows = torch.from_numpy(present[start : start + step]).to(device)
-                logits.append(fusion(emb, rows).logit.float().cpu().numpy())
-        finally:
-            fusion.train(was_training)
-        z = np.concatenate(logits).astype(np.float64) if logits else np.zeros(0)
-        p = calibrator.predict_proba(z) if calibrator else expit(z)
+        p = model.probabilities(model.forward_cache(cache, present=present))["fusion"]
         return np.where(present.any(axis=1), p, np.nan)
 
     return score

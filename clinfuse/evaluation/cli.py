@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
+from clinfuse._options import LoadWorkers
+
 __all__ = [
     "COMPARE_EPILOG",
     "EVALUATE_EPILOG",
@@ -82,6 +84,7 @@ def evaluate(
     device: Annotated[
         str, typer.Option("--device", help="cpu (default), cuda or auto: where the model runs.")
     ] = "cpu",
+    workers: LoadWorkers = "auto",
 ) -> None:
     """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
     clinical utility, subgroups, sites and a modality ablation.
@@ -106,6 +109,7 @@ def evaluate(
         allow_missing_modalities=allow_missing_modalities,
         overwrite=overwrite,
         device=device,
+        workers=workers,
     )
     m = result.metrics
     auc = m["models"]["fusion"]["auroc"]
@@ -171,6 +175,7 @@ def recalibrate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output folder.")
     ] = False,
+    workers: LoadWorkers = "auto",
 ) -> None:
     """Update a run's calibration on a new site's labelled cases; write a new run folder.
 
@@ -194,6 +199,7 @@ def recalibrate(
         split=split,
         allow_missing_modalities=allow_missing_modalities,
         overwrite=overwrite,
+        workers=workers,
     )
     rep = result.report
     console = Console()

@@ -466,11 +466,12 @@ def cross_validate(
             model = load_run(fold_out)
             held = cohort.subset(table.loc[table["fold"] == k, "case_id"].tolist())
             held = held.with_rows([r.model_copy(update={"split": "test"}) for r in held.rows])
-            cases, raw, frame, issues = score_cohort(
+            scored = score_cohort(
                 model,
                 held,
                 progress=None if progress is None else (lambda d, t: progress("scoring", d, t)),
             )
+            frame, issues = scored.frame, scored.excluded
             for issue in issues:
                 key = tuple(sorted(issue.as_dict().items()))
                 if key not in seen:
@@ -478,9 +479,9 @@ def cross_validate(
                     excluded.append(issue)
             frame.insert(1, "fold", k)
             frames.append(frame)
-            presents.append(raw["present"])
+            presents.append(scored.raw["present"])
             if len(modalities) > 1:
-                scorers.append(masked_fusion_probabilities(model, cases))
+                scorers.append(masked_fusion_probabilities(model, scored.cache))
             rows.append(_fold_row(k, frame, level, group=groups[k - 1] if groups else None))
             fold_models.append(
                 {

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "EvaluationResult",
     "Evaluator",
+    "ScoredCohort",
     "check_split",
     "evaluate_run",
     "labelled_cohort",
@@ -240,25 +241,47 @@ def labelled_cohort(
     return cohort
 
 
-def score_cohort(
-    model: Any, cohort: Any, *, progress: Callable[[int, int], None] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], pd.DataFrame, list[Any]]:
-    """Load a checked cohort's cases and run the model on them.
+class ScoredCohort(NamedTuple):
+    """What :func:`score_cohort` returns."""
 
-    Returns:
-        ``(cases, raw outputs, predictions frame, excluded issues)``.
+    cases: list[dict[str, Any]]
+    """The loaded cases (frozen encoders' embeddings attached)."""
+    raw: dict[str, np.ndarray]
+    """:meth:`~clinfuse.model.FusionModel.forward_cases` outputs."""
+    frame: pd.DataFrame
+    """The predictions, one row per loaded case."""
+    excluded: list[Any]
+    """The manifest's exclusions, then the cases that failed to load."""
+    cache: Any
+    """Every case's embeddings (:class:`~clinfuse.explain.modality.ModalityCache`): the
+    ablation re-runs only the fusion head on it."""
+
+
+def score_cohort(
+    model: Any,
+    cohort: Any,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    workers: int | str = "auto",
+) -> ScoredCohort:
+    """Load a checked cohort's cases and run the model on them; every encoder runs once.
+
+    Args:
+        workers: processes that load the files (:func:`clinfuse.data.scoring_workers`).
 
     Raises:
         CohortError: no case could be loaded.
     """
     from clinfuse.data import CaseLoader, load_scorable
+    from clinfuse.explain.modality import build_modality_cache
     from clinfuse.training.embed import attach_embeddings
 
     loader = CaseLoader(model.config.data, list(model.modalities), model.tabular)
-    cases, excluded = load_scorable(loader, cohort, progress)
+    cases, excluded = load_scorable(loader, cohort, progress, workers=workers)
     cases = attach_embeddings(model, cases, model.frozen_modalities)
-    raw = model.forward_cases(cases)
-    return cases, raw, model.predictions_frame(cases, raw), excluded
+    cache = build_modality_cache(model, cases)
+    raw = model.forward_cache(cache)
+    return ScoredCohort(cases, raw, model.predictions_frame(cases, raw), excluded, cache)
 
 
 class Evaluator:
@@ -282,6 +305,8 @@ class Evaluator:
             evaluating on it, a case id in both samples is the same case.
         run_info: recorded as ``metrics["run"]`` (the run folder and the SHA-256 of its
             ``model/model.json``: which model version the report describes).
+        workers: processes that load the cohort's files
+            (:func:`clinfuse.data.scoring_workers`; the figures do not depend on it).
     """
 
     def __init__(
@@ -300,6 +325,7 @@ class Evaluator:
         development: pd.DataFrame | None = None,
         development_manifest: str | Path | None = None,
         run_info: dict[str, Any] | None = None,
+        workers: int | str = "auto",
     ) -> None:
         self.model = model
         self.run_info = run_info
@@ -315,6 +341,8 @@ class Evaluator:
             )
         if min_group_size < 1:
             raise ConfigError("min_group_size must be at least 1", field="min_group_size")
+        from clinfuse.data import scoring_workers
+
         check_split(split)
         self.n_boot = n_boot
         self.seed = seed
@@ -323,6 +351,8 @@ class Evaluator:
         self.min_group_events = min_group_events
         self.split = split
         self.allow_missing_modalities = allow_missing_modalities
+        scoring_workers(workers, 0)  # a bad count fails before any file is read
+        self.workers = workers
 
     # -- input -------------------------------------------------------------------
     def _cohort(self, cohort: Any) -> Any:
@@ -363,7 +393,7 @@ class Evaluator:
         _check_out(out, overwrite)
         cohort = self._cohort(cohort)
         if isinstance(self.model, FoldEnsemble):
-            scores = self.model.score(cohort, progress=progress)
+            scores = self.model.score(cohort, progress=progress, workers=self.workers)
             return self.evaluate_scored(
                 cohort,
                 scores.frame,
@@ -373,14 +403,20 @@ class Evaluator:
                 scorer=scores.scorer,
                 overwrite=overwrite,
             )
-        cases, raw, frame, excluded = score_cohort(self.model, cohort, progress=progress)
+        scored = score_cohort(self.model, cohort, progress=progress, workers=self.workers)
         scorer = (
-            ablation.masked_fusion_probabilities(self.model, cases)
+            ablation.masked_fusion_probabilities(self.model, scored.cache)
             if len(self.model.modalities) > 1
             else None
         )
         return self.evaluate_scored(
-            cohort, frame, raw["present"], excluded, out, scorer=scorer, overwrite=overwrite
+            cohort,
+            scored.frame,
+            scored.raw["present"],
+            scored.excluded,
+            out,
+            scorer=scorer,
+            overwrite=overwrite,
         )
 
     def evaluate_scored(
@@ -784,6 +820,7 @@ def evaluate_run(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     device: str = "cpu",
+    workers: int | str = "auto",
 ) -> EvaluationResult:
     """Evaluate a trained run on a labelled cohort and write the report folder.
 
@@ -806,6 +843,8 @@ def evaluate_run(
         overwrite: replace an existing output folder.
         progress: ``callback(done, total)`` while cases load.
         device: where a model loaded from a folder runs (``cpu``, ``cuda`` or ``auto``).
+        workers: processes that read the cohort's files: ``"auto"`` (one per CPU, at most
+            8, for cohorts of 128 cases or more) or a count (0 = in this process).
 
     Returns:
         :class:`EvaluationResult`.
@@ -858,5 +897,6 @@ def evaluate_run(
         development=development,
         development_manifest=development_manifest,
         run_info=run_info,
+        workers=workers,
     )
     return evaluator.evaluate(cohort, out, overwrite=overwrite, progress=progress)

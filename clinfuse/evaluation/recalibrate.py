@@ -348,6 +348,7 @@ def recalibrate_run(
     allow_missing_modalities: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    workers: int | str = "auto",
 ) -> RecalibrationResult:
     """Update a run's calibration on a site's labelled cohort; write a new run folder.
 
@@ -362,6 +363,8 @@ def recalibrate_run(
         allow_missing_modalities: accept a cohort without a column for a run modality.
         overwrite: replace an existing output folder.
         progress: ``callback(done, total)`` while cases load.
+        workers: processes that read the cohort's files
+            (:func:`clinfuse.data.scoring_workers`).
 
     Returns:
         :class:`RecalibrationResult`.
@@ -391,7 +394,8 @@ def recalibrate_run(
     cohort = labelled_cohort(
         model, cohort, split=split, allow_missing_modalities=allow_missing_modalities
     )
-    _cases, raw, frame, excluded = score_cohort(model, cohort, progress=progress)
+    scored = score_cohort(model, cohort, progress=progress, workers=workers)
+    raw, frame, excluded = scored.raw, scored.frame, scored.excluded
     y = frame["label"].to_numpy(dtype=float)
     if len(np.unique(y)) < 2:
         raise CohortError(

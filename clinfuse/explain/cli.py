@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from clinfuse._options import LoadWorkers
+
 __all__ = ["EXPLAIN_EPILOG", "explain"]
 
 EXPLAIN_EPILOG = (
@@ -65,6 +67,7 @@ def explain(
             "with `clinfuse deid`.",
         ),
     ] = False,
+    workers: LoadWorkers = "auto",
 ) -> None:
     """Modality Shapley values and within-modality attributions.
 
@@ -87,7 +90,9 @@ def explain(
                 f"run ({run / 'folds' / 'fold_1'}); a cross-validation folder gets the averaged "
                 "modality Shapley values"
             )
-        result = explain_ensemble(run, cohort, out, n_boot=n_boot, log=console.print)
+        result = explain_ensemble(
+            run, cohort, out, n_boot=n_boot, log=console.print, workers=workers
+        )
         console.print(
             f"modality Shapley values of {result['n_cases']} cases averaged over "
             f"{result['n_models']} fold models: {out / 'modality_shapley.csv'}"
@@ -104,6 +109,7 @@ def explain(
         cache_in_run=not no_run_cache,
         keep_note_identifiers=keep_note_identifiers,
         log=lambda msg: console.print(msg, highlight=False),
+        workers=workers,
     )
     out_console = Console()
     out_console.print(

@@ -281,6 +281,7 @@ def explain_run(
     cache_in_run: bool = True,
     keep_note_identifiers: bool = False,
     log: Callable[[str], None] | None = None,
+    workers: int | str = "auto",
 ) -> dict[str, Any]:
     """Explain a run on a cohort: modality Shapley values for every case, cohort-level
     importance, and (for ``case``) within-modality attributions with figures.
@@ -297,6 +298,7 @@ def explain_run(
             found in them are masked unless the cohort was de-identified with ``clinfuse deid``
             (:mod:`clinfuse.redact`).
         log: one-line progress messages.
+        workers: processes that read the cohort's files (:func:`clinfuse.data.scoring_workers`).
 
     Returns:
         A summary: ``n_cases``, ``importance``, ``performance`` and ``case``
@@ -306,7 +308,7 @@ def explain_run(
         CohortError: ``case`` is not in the cohort.
     """
     from clinfuse.cohort.manifest import Cohort
-    from clinfuse.data import CaseLoader
+    from clinfuse.data import CaseLoader, scoring_workers
     from clinfuse.explain import plots
     from clinfuse.explain.modality import (
         build_modality_cache,
@@ -321,6 +323,7 @@ def explain_run(
 
     say = log or (lambda _msg: None)
     run, out = Path(run), Path(out)
+    scoring_workers(workers, 0)  # a bad count fails before any file is read
     model = load_run(run)
     co = Cohort.from_manifest(
         cohort,
@@ -331,7 +334,9 @@ def explain_run(
     if case is not None and case not in known:
         raise unknown_case_error(case, list(dict.fromkeys(known)), path=co.manifest_path)
     model.check_cohort(co, allow_missing_modalities=True)
-    loaded = CaseLoader(model.config.data, model.modalities, model.tabular).load_many(co.rows)
+    loaded = CaseLoader(model.config.data, model.modalities, model.tabular).load_many(
+        co.rows, workers=scoring_workers(workers, len(co.rows))
+    )
     say(f"loaded {len(loaded)} cases ({len(loaded.excluded)} excluded)")
     if not len(loaded):
         raise ConfigError(
@@ -435,6 +440,7 @@ def explain_ensemble(
     *,
     n_boot: int = 1000,
     log: Callable[[str], None] | None = None,
+    workers: int | str = "auto",
 ) -> dict[str, Any]:
     """Modality Shapley values of a fold ensemble (``clinfuse explain CV COHORT``).
 
@@ -448,6 +454,7 @@ def explain_ensemble(
     ``modality_importance.json`` (mean |φ| with bootstrap CIs), ``modality_importance.png``
     and ``index.json``; the folder appears complete or not at all. Within-modality
     attributions (``--case``) explain one model: give a fold's run (``CV/folds/fold_k``).
+    ``workers`` processes read the cohort's files (:func:`clinfuse.data.scoring_workers`).
 
     Raises:
         ConfigError: not a finished cross-validation folder, ``out`` not empty, or no
@@ -473,7 +480,7 @@ def explain_ensemble(
         )
     ensemble = load_ensemble(crossval)
     co = ensemble.models[0].checked_cohort(cohort, allow_missing_modalities=True)
-    per_fold, excluded = ensemble.load_cases(co)
+    per_fold, excluded = ensemble.load_cases(co, workers=workers)
     say(f"loaded {len(per_fold[0])} cases ({len(excluded)} excluded)")
     values, bases = [], []
     cache = None

@@ -288,7 +288,7 @@ def train_run(
     loaded = loader.load_many(
         cohort.rows,
         progress=None if progress is None else (lambda d, t: progress("loading cases", d, t)),
-        workers=resolve_load_workers(train_cfg, resolve_device(train_cfg.device)),
+        workers=resolve_load_workers(train_cfg, len(cohort.rows)),
     )
     check_signal_shapes(loaded.cases)
     excluded: list[Issue] = list(cohort.excluded) + loaded.excluded

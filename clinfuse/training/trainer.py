@@ -142,11 +142,15 @@ def resolve_speed(cfg: Any, accelerator: str) -> SpeedSettings:
     )
 
 
-def resolve_load_workers(cfg: Any, accelerator: str) -> int:
-    """``TrainingConfig.load_workers`` resolved: auto = 0 on CPU, min(8, CPUs - 1) on CUDA."""
-    if cfg.load_workers != "auto":
-        return int(cfg.load_workers)
-    return min(8, max((os.cpu_count() or 1) - 1, 0)) if accelerator == "cuda" else 0
+def resolve_load_workers(cfg: Any, n_rows: int) -> int:
+    """``TrainingConfig.load_workers`` resolved for a cohort of ``n_rows``.
+
+    auto = :func:`clinfuse.data.scoring_workers`: one process per CPU (at most 8) from
+    128 cases on, on CPU and CUDA alike — nothing else computes while the cohort loads.
+    """
+    from clinfuse.data import scoring_workers
+
+    return scoring_workers(cfg.load_workers, n_rows)
 
 
 def make_optimizer(

@@ -317,3 +317,53 @@ def test_training_with_workers_and_persisted_images_gives_the_same_model(
     b = pd.read_csv(fast / "predictions.csv")
     np.testing.assert_array_equal(a["case_id"], b["case_id"])
     np.testing.assert_array_equal(a["p_fusion"].to_numpy(), b["p_fusion"].to_numpy())
+
+
+def test_scoring_workers_auto_rule_and_bad_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: every CPU (≤ 8) from 128 cases on, never inside `shared_decoding`; counts pass."""
+    import os
+
+    from clinfuse.data import PARALLEL_LOAD_MIN_ROWS, scoring_workers, shared_decoding
+    from clinfuse.errors import ConfigError
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(12)), raising=False)
+    assert scoring_workers("auto", PARALLEL_LOAD_MIN_ROWS) == 8
+    assert scoring_workers("auto", PARALLEL_LOAD_MIN_ROWS - 1) == 0
+    with shared_decoding():  # the decoded inputs live in this process
+        assert scoring_workers("auto", 10_000) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0}, raising=False)
+    assert scoring_workers("auto", 10_000) == 0
+    assert scoring_workers(3, 5) == 3 and scoring_workers("2", 5) == 2
+    for bad in (-1, "many", 1.5, True):
+        with pytest.raises(ConfigError, match="workers") as err:
+            scoring_workers(bad, 500)  # type: ignore[arg-type]
+        assert err.value.field == "workers"
+
+
+def test_parallel_scoring_gives_the_same_risks_and_exclusions(
+    tiny_run: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
+    """predict, evaluate and the training load read files in worker processes with the same
+    results; evaluate's predictions (encoders run once, fusion head on the cache) equal
+    `predict`'s (the whole network per batch)."""
+    import pandas as pd
+
+    from clinfuse.evaluation import evaluate_run
+    from clinfuse.model import load_run
+
+    model = load_run(tiny_run)
+    rows = pd.read_csv(tiny_cohort)
+    rows.loc[3, "signal"] = "signals/missing.hea"  # one case fails to load
+    manifest = tiny_cohort.parent / "with_bad_case.csv"
+    rows.to_csv(manifest, index=False)
+    serial, serial_excluded = model.predict(manifest, workers=0, return_excluded=True)
+    parallel, parallel_excluded = model.predict(manifest, workers=2, return_excluded=True)
+    pd.testing.assert_frame_equal(serial, parallel)
+    assert [i.as_dict() for i in serial_excluded] == [i.as_dict() for i in parallel_excluded]
+    assert rows.loc[3, "case_id"] in {i.case_id for i in parallel_excluded}
+    result = evaluate_run(tiny_run, manifest, tmp_path / "ev", n_boot=0, workers=2)
+    scored = result.predictions.set_index("case_id")
+    expected = serial.set_index("case_id").loc[scored.index]
+    for column in ["p_fusion", *(f"p_{m}" for m in model.modalities)]:
+        np.testing.assert_allclose(scored[column], expected[column], atol=1e-6, equal_nan=True)
+    assert set(result.excluded["case_id"]) == {i.case_id for i in serial_excluded}
