@@ -327,7 +327,10 @@ SAMPLESIZE_EPILOG = (
     "  clinfuse samplesize --from eval_site_a --threshold 0.2   "
     "(prevalence, C-statistic and risk distribution of an evaluation)\n\n"
     "  clinfuse samplesize --prevalence 0.018 --c-statistic 0.8 --lp-normal -5,2.5 "
-    "--oe-ci-width 1"
+    "--oe-ci-width 1\n\n"
+    "  clinfuse samplesize --develop --parameters 24 --prevalence 0.174 --r2-cs 0.288   "
+    "(to develop a model)\n\n"
+    "  clinfuse samplesize --develop --parameters 4 --from eval_site_a"
 )
 
 
@@ -390,16 +393,66 @@ def samplesize(
         float,
         typer.Option("--nb-ci-width", help="Target 95 % CI width of the standardised net benefit."),
     ] = 0.2,
+    develop: Annotated[
+        bool,
+        typer.Option(
+            "--develop",
+            help="Size a study that develops a model instead (Riley et al. 2019/2020: "
+            "shrinkage, optimism, overall risk); needs --parameters.",
+        ),
+    ] = False,
+    parameters: Annotated[
+        int | None,
+        typer.Option(
+            "--parameters",
+            min=1,
+            help="--develop: candidate predictor parameters (coefficients the model may "
+            "estimate; the late-fusion combiner has one per modality).",
+        ),
+    ] = None,
+    r2_cs: Annotated[
+        float | None,
+        typer.Option("--r2-cs", help="--develop: anticipated Cox-Snell R2."),
+    ] = None,
+    r2_nagelkerke: Annotated[
+        float | None,
+        typer.Option(
+            "--r2-nagelkerke",
+            help="--develop: anticipated Nagelkerke R2 (0.15 when nothing is known).",
+        ),
+    ] = None,
+    shrinkage: Annotated[
+        float, typer.Option("--shrinkage", help="--develop: target shrinkage factor.")
+    ] = 0.9,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Minimum number of cases to validate a risk model at a new site (Riley et al. 2021):
-    precise O/E, calibration slope, C-statistic and, at a threshold, net benefit."""
+    precise O/E, calibration slope, C-statistic and, at a threshold, net benefit. With
+    --develop: the minimum number of cases to develop one (Riley et al. 2019/2020)."""
     import json
 
     from rich.console import Console
     from rich.table import Table
 
     from clinfuse.evaluation.samplesize import from_evaluation, validation_sample_size
+
+    if develop:
+        _development_size(
+            source,
+            parameters=parameters,
+            prevalence=prevalence,
+            c_statistic=c_statistic,
+            r2_cs=r2_cs,
+            r2_nagelkerke=r2_nagelkerke,
+            shrinkage=shrinkage,
+            as_json=as_json,
+            lp_given=bool(lp_normal or lp_beta),
+        )
+        return
+    if parameters is not None or r2_cs is not None or r2_nagelkerke is not None:
+        raise typer.BadParameter(
+            "--parameters, --r2-cs and --r2-nagelkerke size a development study: add --develop"
+        )
 
     targets: dict[str, Any] = {
         "oe": oe,
@@ -457,4 +510,74 @@ def samplesize(
     console.print(
         f"at least {result.n:,} cases ({result.events:.0f} events); "
         f"linear predictor: {', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in result.lp.items())}"
+    )
+
+
+def _development_size(
+    source: Path | None,
+    *,
+    parameters: int | None,
+    prevalence: float | None,
+    c_statistic: float | None,
+    r2_cs: float | None,
+    r2_nagelkerke: float | None,
+    shrinkage: float,
+    as_json: bool,
+    lp_given: bool,
+) -> None:
+    """``clinfuse samplesize --develop``."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from clinfuse.evaluation.samplesize import (
+        development_from_evaluation,
+        development_sample_size,
+    )
+
+    if parameters is None:
+        raise typer.BadParameter(
+            "--develop needs --parameters: the number of candidate predictor parameters"
+        )
+    if lp_given:
+        raise typer.BadParameter("--lp-normal and --lp-beta size a validation; leave them out")
+    targets: dict[str, Any] = {
+        "r2_cs": r2_cs,
+        "r2_nagelkerke": r2_nagelkerke,
+        "c_statistic": c_statistic,
+        "shrinkage": shrinkage,
+    }
+    if source is not None:
+        if prevalence is not None:
+            targets["prevalence"] = prevalence
+        result = development_from_evaluation(source, parameters=parameters, **targets)
+    else:
+        if prevalence is None:
+            raise typer.BadParameter("give --prevalence, or --from an evaluation folder")
+        result = development_sample_size(parameters=parameters, prevalence=prevalence, **targets)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), indent=2))
+        return
+    table = Table(
+        title=f"Minimum development sample size ({result.parameters} parameters, "
+        f"prevalence {result.prevalence:.3f})"
+    )
+    for col in ("criterion", "shrinkage", "cases", "events", "EPP"):
+        table.add_column(col, justify="left" if col == "criterion" else "right")
+    for row in result.criteria:
+        table.add_row(
+            row["criterion"],
+            f"{row['shrinkage']:.3f}",
+            f"{row['n']:,}",
+            f"{row['events']:.0f}",
+            f"{row['epp']:.2f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(
+        f"at least {result.n:,} cases ({result.events:.0f} events, {result.epp:.1f} per "
+        f"parameter); Cox-Snell R2 {result.r2_cs:.3f} ({result.r2_source}), "
+        f"Nagelkerke {result.r2_cs / result.max_r2_cs:.3f}",
+        highlight=False,
     )

@@ -22,6 +22,23 @@ from the precision wanted for the figures that decide whether it can be used the
 The answer is the largest N. Intervals use z = 1.96, as the published method does. The
 package's O/E step searches the SE on a 1e-4 grid and so can give one case fewer; here
 the SE is solved exactly.
+
+Before a model is *developed* (TRIPOD+AI item 9 again), :func:`development_sample_size`
+applies the criteria of Riley et al. (Stat Med 2019;38:1276–96; BMJ 2020;368:m441), as in
+their ``pmsampsize`` software, for a binary outcome and P candidate predictor parameters
+with an anticipated Cox–Snell R² (R²_CS):
+
+1. **Shrinkage** ≥ S (0.9): ``N = P / ((S − 1) ln(1 − R²_CS / S))``.
+2. **Optimism**: apparent and adjusted Nagelkerke R² differ by ≤ δ (0.05): criterion 1
+   with ``S = R²_CS / (R²_CS + δ · max R²_CS)``, ``max R²_CS = 1 − exp(2 ln L_null / N)``.
+3. **Intercept**: the overall risk within ± 0.05: ``N = (1.96 / 0.05)² φ(1 − φ)``.
+
+R²_CS may come from a Nagelkerke R² (× max R²_CS) or from an anticipated C-statistic
+(Riley, Van Calster and Collins, Stat Med 2021;40:859–64): with normal linear predictors of equal variance
+in events and non-events — means √2 Φ⁻¹(C) apart — the log-odds are linear in the
+predictor, and R²_CS = 1 − exp(−2 I), I the expected log-likelihood gain per case of the
+true model over the null model; here I is integrated exactly (``pmsampsize`` fits a
+logistic regression to a simulated million cases).
 """
 
 from __future__ import annotations
@@ -39,7 +56,15 @@ from scipy.stats import norm
 
 from clinfuse.errors import ConfigError
 
-__all__ = ["SampleSize", "from_evaluation", "validation_sample_size"]
+__all__ = [
+    "DevelopmentSampleSize",
+    "SampleSize",
+    "cox_snell_r2_from_c",
+    "development_from_evaluation",
+    "development_sample_size",
+    "from_evaluation",
+    "validation_sample_size",
+]
 
 Z = 1.96
 
@@ -340,17 +365,8 @@ def validation_sample_size(
     return SampleSize(n=n, prevalence=phi, criteria=criteria, lp=described)
 
 
-def from_evaluation(folder: str | Path, **targets: Any) -> SampleSize:
-    """The sample size to validate an evaluated model again elsewhere, taking the
-    prevalence, C-statistic and linear-predictor distribution from an evaluation (or
-    cross-validation) folder's ``predictions.csv``; ``targets`` as for
-    :func:`validation_sample_size` (given values override the evaluation's).
-
-    Raises:
-        ConfigError: the folder holds no predictions with both outcomes.
-    """
-    from sklearn.metrics import roc_auc_score
-
+def _evaluation_outcomes(folder: str | Path) -> tuple[np.ndarray, np.ndarray, Path]:
+    """Outcomes and fused risks (clipped away from 0 and 1) of an evaluation folder."""
     from clinfuse.evaluation.compare import read_evaluation
 
     source = read_evaluation(Path(folder))
@@ -363,10 +379,244 @@ def from_evaluation(folder: str | Path, **targets: Any) -> SampleSize:
             "the evaluation's cases have one outcome only; prevalence and C-statistic are "
             "undefined",
             path=path,
-            hint="give --prevalence and --c-statistic and an LP distribution instead",
+            hint="give --prevalence and --c-statistic instead",
         )
+    return y, p, path
+
+
+def from_evaluation(folder: str | Path, **targets: Any) -> SampleSize:
+    """The sample size to validate an evaluated model again elsewhere, taking the
+    prevalence, C-statistic and linear-predictor distribution from an evaluation (or
+    cross-validation) folder's ``predictions.csv``; ``targets`` as for
+    :func:`validation_sample_size` (given values override the evaluation's).
+
+    Raises:
+        ConfigError: the folder holds no predictions with both outcomes.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, p, path = _evaluation_outcomes(folder)
     targets.setdefault("prevalence", float(y.mean()))
     targets.setdefault("c_statistic", float(roc_auc_score(y, p)))
     result = validation_sample_size(lp_values=np.log(p / (1 - p)), **targets)
     result.lp["source"] = str(path)
+    return result
+
+
+# -- development ----------------------------------------------------------------------------
+@dataclass
+class DevelopmentSampleSize:
+    """The minimum sample size to develop a risk model, by Riley et al.'s criteria.
+
+    Attributes:
+        n: the minimum number of cases (the largest criterion).
+        prevalence: the anticipated outcome proportion.
+        parameters: candidate predictor parameters.
+        r2_cs: anticipated Cox–Snell R² (and ``r2_source``: how it was obtained).
+        max_r2_cs: the largest Cox–Snell R² this prevalence allows.
+        shrinkage: the shrinkage expected at ``n`` (≥ the target).
+        criteria: one dict per criterion: ``criterion``, ``n``, ``shrinkage``, ``events``,
+            ``epp`` (events per candidate parameter).
+    """
+
+    n: int
+    prevalence: float
+    parameters: int
+    r2_cs: float
+    r2_source: str
+    max_r2_cs: float
+    shrinkage: float
+    criteria: list[dict[str, Any]]
+
+    @property
+    def events(self) -> float:
+        """Expected events among the ``n`` cases."""
+        return self.n * self.prevalence
+
+    @property
+    def epp(self) -> float:
+        """Events per candidate predictor parameter at ``n``."""
+        return self.events / self.parameters
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema": "clinfuse.samplesize.development.v1",
+            "n": self.n,
+            "events": self.events,
+            "epp": self.epp,
+            "prevalence": self.prevalence,
+            "parameters": self.parameters,
+            "r2_cs": self.r2_cs,
+            "r2_source": self.r2_source,
+            "max_r2_cs": self.max_r2_cs,
+            "r2_nagelkerke": self.r2_cs / self.max_r2_cs,
+            "shrinkage": self.shrinkage,
+            "criteria": self.criteria,
+            "method": "Riley et al. 2019 (Stat Med 38:1276-96) / 2020 (BMJ 368:m441), "
+            "binary outcome",
+        }
+
+
+def _max_r2_cs(prevalence: float) -> float:
+    null = prevalence * np.log(prevalence) + (1 - prevalence) * np.log(1 - prevalence)
+    return float(1 - np.exp(2 * null))
+
+
+def cox_snell_r2_from_c(c_statistic: float, prevalence: float) -> float:
+    """The Cox–Snell R² of a model with this C-statistic at this prevalence.
+
+    Events' and non-events' linear predictors are taken as normal with unit variance and
+    means √2 Φ⁻¹(C) apart (so the AUROC is C); the log-odds of the outcome are then linear
+    in the predictor, and R²_CS = 1 − exp(−2 I) with I the expected per-case log-likelihood
+    of that model minus the null model's, integrated by quadrature.
+
+    Raises:
+        ConfigError: ``c_statistic`` not in (0.5, 1) or ``prevalence`` not in (0, 1).
+    """
+    phi = _check_unit("prevalence", prevalence)
+    c = _check_unit("c_statistic", c_statistic, low=0.5)
+    mu = float(np.sqrt(2) * norm.ppf(c))
+    offset = float(np.log(phi / (1 - phi))) - mu * mu / 2
+
+    def log_risk(x: float, event: bool) -> float:  # log P(y | x), stable for large |x|
+        z = offset + mu * x
+        return float(-np.logaddexp(0.0, -z) if event else -np.logaddexp(0.0, z))
+
+    def expect(event: bool) -> float:
+        mean = mu if event else 0.0
+        value, _ = integrate.quad(
+            lambda x: log_risk(x, event) * norm.pdf(x, mean), mean - 12, mean + 12, limit=200
+        )
+        return float(value)
+
+    null = phi * np.log(phi) + (1 - phi) * np.log(1 - phi)
+    gain = phi * expect(True) + (1 - phi) * expect(False) - null
+    return float(1 - np.exp(-2 * max(gain, 0.0)))
+
+
+def _shrinkage_n(parameters: int, r2_cs: float, shrinkage: float) -> int:
+    return int(np.ceil(parameters / ((shrinkage - 1) * np.log(1 - r2_cs / shrinkage))))
+
+
+def development_sample_size(
+    *,
+    parameters: int,
+    prevalence: float,
+    r2_cs: float | None = None,
+    r2_nagelkerke: float | None = None,
+    c_statistic: float | None = None,
+    shrinkage: float = 0.9,
+    r2_difference: float = 0.05,
+    intercept_margin: float = 0.05,
+) -> DevelopmentSampleSize:
+    """Minimum sample size to develop a risk model for a binary outcome (``pmsampsize``).
+
+    Args:
+        parameters: candidate predictor parameters (every coefficient the model may
+            estimate: a categorical predictor with k levels counts k − 1, a spline more
+            than one; for clinfuse's late-fusion combiner, one weight per modality).
+        prevalence: anticipated outcome proportion.
+        r2_cs, r2_nagelkerke, c_statistic: the anticipated performance — exactly one:
+            Cox–Snell R², Nagelkerke R² (R²_CS / max R²_CS) or C-statistic
+            (:func:`cox_snell_r2_from_c`). Without any published figure, Riley et al.
+            suggest a conservative Nagelkerke R² of 0.15.
+        shrinkage: target expected uniform shrinkage (criterion 1).
+        r2_difference: largest acceptable optimism in Nagelkerke R² (criterion 2).
+        intercept_margin: absolute margin of error of the overall risk (criterion 3).
+
+    Returns:
+        :class:`DevelopmentSampleSize`.
+
+    Raises:
+        ConfigError: a value out of range, not exactly one performance figure, or an
+            R²_CS above what the prevalence allows or not below ``shrinkage``.
+    """
+    if isinstance(parameters, bool) or not isinstance(parameters, int | np.integer):
+        raise ConfigError(f"parameters is {parameters!r}; give a whole number", field="parameters")
+    if parameters < 1:
+        raise ConfigError(
+            f"parameters is {parameters}; count at least one candidate predictor parameter",
+            field="parameters",
+        )
+    phi = _check_unit("prevalence", prevalence)
+    shrink = _check_unit("shrinkage", shrinkage)
+    delta = _check_unit("r2_difference", r2_difference)
+    margin = _check_unit("intercept_margin", intercept_margin, high=0.5)
+    given = [x is not None for x in (r2_cs, r2_nagelkerke, c_statistic)]
+    if sum(given) != 1:
+        raise ConfigError(
+            "give exactly one anticipated performance figure",
+            field="r2",
+            hint="--r2-cs, --r2-nagelkerke or --c-statistic (with no published figure, "
+            "Riley et al. suggest --r2-nagelkerke 0.15)",
+        )
+    max_r2 = _max_r2_cs(phi)
+    if r2_cs is not None:
+        r2, source = _check_unit("r2_cs", r2_cs), "Cox-Snell R2 given"
+    elif r2_nagelkerke is not None:
+        r2 = _check_unit("r2_nagelkerke", r2_nagelkerke) * max_r2
+        source = f"Nagelkerke R2 {float(r2_nagelkerke):.3f} x max R2_CS"
+    else:
+        c = float(c_statistic)  # type: ignore[arg-type]
+        r2, source = cox_snell_r2_from_c(c, phi), f"C-statistic {c:.3f} (binormal linear predictor)"
+    if r2 >= max_r2:
+        raise ConfigError(
+            f"a Cox-Snell R2 of {r2:.3f} is above the largest possible at prevalence "
+            f"{phi:g} ({max_r2:.3f})",
+            field="r2_cs",
+            hint="the Nagelkerke R2 is the Cox-Snell R2 divided by that maximum",
+        )
+    if r2 >= shrink:
+        raise ConfigError(
+            f"the Cox-Snell R2 ({r2:.3f}) must be below the target shrinkage ({shrink:g})",
+            field="shrinkage",
+        )
+    s2 = r2 / (r2 + delta * max_r2)
+    rows: list[dict[str, Any]] = [
+        {"criterion": f"shrinkage >= {shrink:g}", "n": _shrinkage_n(parameters, r2, shrink)},
+        {
+            "criterion": f"optimism in Nagelkerke R2 <= {delta:g}",
+            "n": _shrinkage_n(parameters, r2, s2),
+        },
+        {
+            "criterion": f"overall risk within +/- {margin:g}",
+            "n": int(np.ceil((Z / margin) ** 2 * phi * (1 - phi))),
+        },
+    ]
+    n = int(max(row["n"] for row in rows))
+    final_shrinkage = max(shrink, s2)
+    for row, at in zip(rows, (shrink, s2, final_shrinkage), strict=True):
+        row["shrinkage"] = float(at)
+        row["events"] = row["n"] * phi
+        row["epp"] = row["events"] / parameters
+    return DevelopmentSampleSize(
+        n=n,
+        prevalence=phi,
+        parameters=int(parameters),
+        r2_cs=float(r2),
+        r2_source=source,
+        max_r2_cs=max_r2,
+        shrinkage=float(final_shrinkage),
+        criteria=rows,
+    )
+
+
+def development_from_evaluation(
+    folder: str | Path, *, parameters: int, **targets: Any
+) -> DevelopmentSampleSize:
+    """The development sample size for a model like an evaluated one: prevalence and
+    C-statistic from an evaluation (or cross-validation) folder's ``predictions.csv``
+    (given values override them); ``targets`` as for :func:`development_sample_size`.
+
+    Raises:
+        ConfigError: the folder holds no predictions with both outcomes.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    y, p, path = _evaluation_outcomes(folder)
+    targets.setdefault("prevalence", float(y.mean()))
+    if not any(targets.get(k) is not None for k in ("r2_cs", "r2_nagelkerke", "c_statistic")):
+        targets["c_statistic"] = float(roc_auc_score(y, p))
+    result = development_sample_size(parameters=parameters, **targets)
+    result.r2_source += f"; from {path}"
     return result

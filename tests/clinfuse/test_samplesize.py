@@ -160,3 +160,130 @@ def test_cli(tmp_path: Path) -> None:
 def test_bad_input(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
         validation_sample_size(**{**PAPER, **kwargs})
+
+
+# -- development (Riley et al. 2019/2020, pmsampsize) ------------------------------------------
+def test_development_criteria_are_pmsampsize_reference_figures() -> None:
+    """pmsampsize's worked example (type "b", csrsquared 0.288, 24 parameters, prevalence
+    0.174): 623 / 662 / 221 cases, final 662 with 115 events, EPP 4.8, shrinkage 0.905,
+    max R2_CS 0.603, Nagelkerke 0.477."""
+    from clinfuse.evaluation.samplesize import development_sample_size
+
+    res = development_sample_size(parameters=24, prevalence=0.174, r2_cs=0.288)
+    assert [r["n"] for r in res.criteria] == [623, 662, 221]
+    assert res.n == 662 and round(res.events) == 115 and round(res.epp, 1) == 4.8
+    assert round(res.shrinkage, 3) == 0.905 and round(res.max_r2_cs, 3) == 0.603
+    assert round(res.as_dict()["r2_nagelkerke"], 3) == 0.477
+    # a Nagelkerke R2 is the Cox-Snell R2 over its maximum: the same study
+    same = development_sample_size(parameters=24, prevalence=0.174, r2_nagelkerke=0.288 / 0.6032)
+    assert same.r2_cs == pytest.approx(0.288, abs=1e-4)
+    assert [r["n"] for r in same.criteria] == [623, 662, 221]
+
+
+def test_development_criteria_by_hand_at_other_settings() -> None:
+    from clinfuse.evaluation.samplesize import development_sample_size
+
+    p, r2, k, s, delta, margin = 0.05, 0.03, 7, 0.85, 0.02, 0.02
+    res = development_sample_size(
+        parameters=k,
+        prevalence=p,
+        r2_cs=r2,
+        shrinkage=s,
+        r2_difference=delta,
+        intercept_margin=margin,
+    )
+    max_r2 = 1 - np.exp(2 * (p * np.log(p) + (1 - p) * np.log(1 - p)))
+    s2 = r2 / (r2 + delta * max_r2)
+    expected = [
+        int(np.ceil(k / ((s - 1) * np.log(1 - r2 / s)))),
+        int(np.ceil(k / ((s2 - 1) * np.log(1 - r2 / s2)))),
+        int(np.ceil((1.96 / margin) ** 2 * p * (1 - p))),
+    ]
+    assert [r["n"] for r in res.criteria] == expected and res.n == max(expected)
+    assert all(r["events"] == pytest.approx(r["n"] * p) for r in res.criteria)
+
+
+def test_cox_snell_r2_from_c_matches_a_fitted_logistic_regression() -> None:
+    """The quadrature equals a maximum-likelihood logistic fit on 300,000 simulated cases
+    with binormal linear predictors (pmsampsize's own approach) to Monte Carlo error."""
+    from sklearn.linear_model import LogisticRegression
+
+    from clinfuse.evaluation.samplesize import cox_snell_r2_from_c
+
+    rng = np.random.default_rng(11)
+    for c, p in ((0.81, 0.77), (0.7, 0.1)):
+        n = 300_000
+        events = int(p * n)
+        mu = np.sqrt(2) * norm.ppf(c)
+        x = np.r_[rng.normal(mu, 1, events), rng.normal(0, 1, n - events)]
+        y = np.r_[np.ones(events), np.zeros(n - events)]
+        assert roc_auc_score(y, x) == pytest.approx(c, abs=0.003)
+        q = LogisticRegression(C=np.inf).fit(x[:, None], y).predict_proba(x[:, None])[:, 1]
+        gain = np.sum(y * np.log(q) + (1 - y) * np.log(1 - q))
+        gain -= events * np.log(p) + (n - events) * np.log(1 - p)
+        assert cox_snell_r2_from_c(c, p) == pytest.approx(1 - np.exp(-2 * gain / n), abs=0.003)
+    assert cox_snell_r2_from_c(0.5001, 0.3) < 1e-6
+    assert cox_snell_r2_from_c(0.9, 0.3) > cox_snell_r2_from_c(0.8, 0.3)
+
+
+def test_development_from_an_evaluation_and_the_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+    from clinfuse.evaluation.samplesize import (
+        cox_snell_r2_from_c,
+        development_from_evaluation,
+        development_sample_size,
+    )
+
+    rng = np.random.default_rng(5)
+    lp = rng.normal(-1, 1.2, 400)
+    y = (rng.random(400) < expit(lp)).astype(int)
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    pd.DataFrame({"case_id": range(400), "label": y, "p_fusion": expit(lp)}).to_csv(
+        folder / "predictions.csv", index=False
+    )
+    (folder / "metrics.json").write_text(json.dumps({"participants": {}}))
+    res = development_from_evaluation(folder, parameters=4)
+    c = roc_auc_score(y, expit(lp))
+    assert res.r2_cs == pytest.approx(cox_snell_r2_from_c(c, y.mean()))
+    assert res.n == development_sample_size(parameters=4, prevalence=y.mean(), c_statistic=c).n
+
+    runner = CliRunner()
+    args = ["samplesize", "--develop", "--parameters", "24", "--prevalence", "0.174"]
+    out = runner.invoke(app, [*args, "--r2-cs", "0.288", "--json"])
+    assert out.exit_code == 0, out.output
+    data = json.loads(out.output)
+    assert data["schema"] == "clinfuse.samplesize.development.v1" and data["n"] == 662
+    out = runner.invoke(
+        app, ["samplesize", "--develop", "--parameters", "4", "--from", str(folder)]
+    )
+    assert out.exit_code == 0 and f"at least {res.n:,} cases" in out.output
+    for bad, message in (
+        (["samplesize", "--develop", "--prevalence", "0.2", "--r2-cs", "0.1"], "--parameters"),
+        ([*args, "--r2-cs", "0.1", "--lp-normal", "-1,1"], "validation"),
+        (["samplesize", "--prevalence", "0.2", "--r2-cs", "0.1"], "--develop"),
+        ([*args], "exactly one"),
+        ([*args, "--r2-cs", "0.7"], "largest possible"),
+    ):
+        out = runner.invoke(app, bad)  # ClinFuseErrors reach `main`, which prints them
+        assert out.exit_code != 0 and message in out.output + str(out.exception), bad
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"parameters": 0}, "at least one"),
+        ({"parameters": 2.5}, "whole number"),
+        ({"r2_nagelkerke": 0.2}, "exactly one"),
+        ({"r2_cs": 0.95}, "largest possible"),
+        ({"shrinkage": 1.0}, "shrinkage"),
+        ({"prevalence": 0.0}, "prevalence"),
+    ],
+)
+def test_development_bad_input(kwargs, message) -> None:
+    from clinfuse.evaluation.samplesize import development_sample_size
+
+    with pytest.raises(ConfigError, match=message):
+        development_sample_size(**{"parameters": 5, "prevalence": 0.2, "r2_cs": 0.1, **kwargs})
