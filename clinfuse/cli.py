@@ -153,6 +153,7 @@ def validate(
         Path | None, typer.Option("--json", help="Write the full report (every issue) as JSON.")
     ] = None,
     max_rows: Annotated[int, typer.Option("--max-rows", help="Issues shown in the table.")] = 50,
+    workers: LoadWorkers = "auto",
 ) -> None:
     """Check a cohort manifest and every file it names; exit 1 if any case has an error.
 
@@ -172,6 +173,7 @@ def validate(
             allow_external_paths=allow_external_paths,
             tabular_columns=cols,
             progress=update,
+            workers=workers,
         )
     if json_out is not None:
         _write_json_atomic(json_out, report.to_dict())

@@ -30,7 +30,6 @@ already decoded and preprocessed with the same settings.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import copy
 import hashlib
 import json
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from clinfuse._parallel import _DECODED, PARALLEL_LOAD_MIN_ROWS, scoring_workers
 from clinfuse.cache import source_identity
 from clinfuse.cohort.manifest import CaseRow, Issue
 from clinfuse.config import DataConfig
@@ -52,6 +52,7 @@ from clinfuse.io.note import load_note
 from clinfuse.io.tabular import TabularEncoder
 
 __all__ = [
+    "PARALLEL_LOAD_MIN_ROWS",
     "CaseLoader",
     "DecodedImageStore",
     "LoadedCases",
@@ -60,10 +61,6 @@ __all__ = [
     "scoring_workers",
     "shared_decoding",
 ]
-
-_DECODED: contextvars.ContextVar[dict[tuple[str, str, str], Any] | None] = contextvars.ContextVar(
-    "clinfuse_decoded", default=None
-)
 
 
 @contextlib.contextmanager
@@ -409,41 +406,6 @@ class CaseLoader:
                 assert issue is not None
                 out.excluded.append(issue)
         return out
-
-
-PARALLEL_LOAD_MIN_ROWS = 128
-"""Fewer rows than this load in the calling process when workers are ``"auto"``."""
-
-
-def scoring_workers(workers: int | str, n_rows: int) -> int:
-    """Processes that load a cohort for scoring (predict, evaluate, explain).
-
-    ``"auto"``: one per CPU this process may use (at most 8) when the cohort has at least
-    :data:`PARALLEL_LOAD_MIN_ROWS` rows, the platform can fork, and no
-    :func:`shared_decoding` block is open (its memory lives in this process); otherwise 0.
-    Nothing else computes while a cohort loads, so every core reads and preprocesses.
-
-    Raises:
-        ConfigError: ``workers`` is neither ``"auto"`` nor a count >= 0.
-    """
-    if workers == "auto":
-        if (
-            n_rows < PARALLEL_LOAD_MIN_ROWS
-            or _DECODED.get() is not None
-            or "fork" not in multiprocessing.get_all_start_methods()
-        ):
-            return 0
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return min(8, cpus or 1) if (cpus or 1) > 1 else 0
-    if isinstance(workers, str) and workers.strip().isdigit():
-        workers = int(workers)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise ConfigError(
-            f"workers is {workers!r}",
-            field="workers",
-            hint="give 'auto' or a number of processes (0 = load in this process)",
-        )
-    return workers
 
 
 def load_scorable(

@@ -367,3 +367,30 @@ def test_parallel_scoring_gives_the_same_risks_and_exclusions(
     for column in ["p_fusion", *(f"p_{m}" for m in model.modalities)]:
         np.testing.assert_allclose(scored[column], expected[column], atol=1e-6, equal_nan=True)
     assert set(result.excluded["case_id"]) == {i.case_id for i in serial_excluded}
+
+
+def test_parallel_validation_gives_the_same_report(tiny_cohort: Path, tmp_path: Path) -> None:
+    """`validate_cohort` reads the files in worker processes with the same issues, counts and
+    shapes as in one process, a corrupt file included."""
+    import dataclasses
+    import shutil
+
+    import pandas as pd
+
+    from clinfuse.cohort import validate_cohort
+    from clinfuse.errors import ConfigError
+
+    root = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort.parent, root)
+    rows = pd.read_csv(root / tiny_cohort.name)
+    broken = root / "images" / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    rows.loc[5, "image"] = "images/broken.dcm"
+    rows.loc[6, "signal"] = "signals/absent.hea"
+    rows.to_csv(root / "manifest.csv", index=False)
+    serial = validate_cohort(root / "manifest.csv", workers=0)
+    parallel = validate_cohort(root / "manifest.csv", workers=2)
+    assert dataclasses.asdict(serial) == dataclasses.asdict(parallel)
+    assert {i.case_id for i in parallel.errors} == {rows.loc[5, "case_id"], rows.loc[6, "case_id"]}
+    with pytest.raises(ConfigError, match="workers"):
+        validate_cohort(root / "manifest.csv", workers=-2)
