@@ -9,7 +9,7 @@ from typing import Any
 
 from clinfuse.errors import ConfigError
 
-__all__ = ["PARALLEL_LOAD_MIN_ROWS", "scoring_workers"]
+__all__ = ["PARALLEL_LOAD_MIN_ROWS", "broken_pool_error", "scoring_workers"]
 
 _DECODED: contextvars.ContextVar[dict[tuple[str, str, str], Any] | None] = contextvars.ContextVar(
     "clinfuse_decoded", default=None
@@ -25,8 +25,9 @@ def scoring_workers(workers: int | str, n_rows: int) -> int:
 
     ``"auto"``: one per CPU this process may use (at most 8) when the cohort has at least
     :data:`PARALLEL_LOAD_MIN_ROWS` rows, the platform can fork, and no
-    :func:`clinfuse.data.shared_decoding` block is open (its memory lives in this process); otherwise 0.
-    Nothing else computes while a cohort loads, so every core reads and preprocesses.
+    :func:`clinfuse.data.shared_decoding` block is open (its memory lives in this
+    process); otherwise 0. Nothing else computes while a cohort loads, so every core
+    reads and preprocesses.
 
     Raises:
         ConfigError: ``workers`` is neither ``"auto"`` nor a count >= 0.
@@ -49,3 +50,13 @@ def scoring_workers(workers: int | str, n_rows: int) -> int:
             hint="give 'auto' or a number of processes (0 = load in this process)",
         )
     return workers
+
+
+def broken_pool_error(workers: int, done: int, total: int) -> ConfigError:
+    """The error for a worker process that died while reading files (killed, out of memory)."""
+    return ConfigError(
+        f"a process reading the cohort's files stopped after {done} of {total} cases "
+        f"({workers} processes; killed, e.g. for lack of memory)",
+        field="workers",
+        hint="run again with fewer processes (--workers 1, or training.load_workers: 0)",
+    )

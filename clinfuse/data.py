@@ -37,13 +37,19 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clinfuse._parallel import _DECODED, PARALLEL_LOAD_MIN_ROWS, scoring_workers
+from clinfuse._parallel import (
+    _DECODED,
+    PARALLEL_LOAD_MIN_ROWS,
+    broken_pool_error,
+    scoring_workers,
+)
 from clinfuse.cache import source_identity
 from clinfuse.cohort.manifest import CaseRow, Issue
 from clinfuse.config import DataConfig
@@ -375,10 +381,15 @@ class CaseLoader:
             ) as pool:
                 chunk = max(1, min(32, total // (4 * workers)))
                 results = pool.map(_load_in_worker, rows, chunksize=chunk)
-                for k, (row, (case, issue)) in enumerate(zip(rows, results, strict=True)):
-                    yield row, case, issue
-                    if progress is not None:
-                        progress(k + 1, total)
+                done = 0
+                try:
+                    for row, (case, issue) in zip(rows, results, strict=True):
+                        done += 1
+                        yield row, case, issue
+                        if progress is not None:
+                            progress(done, total)
+                except BrokenProcessPool as e:
+                    raise broken_pool_error(workers, done, total) from e
             return
         for k, row in enumerate(rows):
             case, issue = self.try_load(row)

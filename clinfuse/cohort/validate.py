@@ -11,13 +11,14 @@ import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from clinfuse._parallel import scoring_workers
+from clinfuse._parallel import broken_pool_error, scoring_workers
 from clinfuse.cohort.manifest import CaseRow, Cohort, Issue
 from clinfuse.errors import ClinFuseError
 
@@ -240,7 +241,15 @@ def _read_rows(rows: Sequence[CaseRow], workers: int) -> Iterator[list[tuple[str
             "fork" if "fork" in multiprocessing.get_all_start_methods() else None
         ),
     ) as pool:
-        yield from pool.map(_read_row, rows, chunksize=max(1, min(32, len(rows) // (4 * workers))))
+        done = 0
+        try:
+            for result in pool.map(
+                _read_row, rows, chunksize=max(1, min(32, len(rows) // (4 * workers)))
+            ):
+                done += 1
+                yield result
+        except BrokenProcessPool as e:
+            raise broken_pool_error(workers, done, len(rows)) from e
 
 
 def _read_one(row: CaseRow, modality: str) -> dict[str, Any]:

@@ -394,3 +394,28 @@ def test_parallel_validation_gives_the_same_report(tiny_cohort: Path, tmp_path: 
     assert {i.case_id for i in parallel.errors} == {rows.loc[5, "case_id"], rows.loc[6, "case_id"]}
     with pytest.raises(ConfigError, match="workers"):
         validate_cohort(root / "manifest.csv", workers=-2)
+
+
+def test_a_killed_loading_process_is_a_clear_error(
+    tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that dies (the OOM killer) surfaces as a ConfigError naming the progress and
+    what to do, not as a bare BrokenProcessPool."""
+    import os
+
+    from clinfuse.errors import ConfigError
+
+    parent = os.getpid()
+    rows = Cohort.from_manifest(tiny_cohort).rows[:12]
+    plain = CaseLoader.try_load
+
+    def dying(self, row):  # type: ignore[no-untyped-def]
+        if os.getpid() != parent and row.case_id == rows[7].case_id:
+            os._exit(9)  # as if killed
+        return plain(self, row)
+
+    monkeypatch.setattr(CaseLoader, "try_load", dying)
+    loader = CaseLoader(_loader_config().data, ["image", "signal"])
+    with pytest.raises(ConfigError, match="stopped after") as err:
+        loader.load_many(rows, workers=2)
+    assert err.value.field == "workers" and "--workers 1" in (err.value.hint or "")
