@@ -59,10 +59,12 @@ from clinfuse.io.tabular import TabularEncoder
 
 __all__ = [
     "PARALLEL_LOAD_MIN_ROWS",
+    "SCORING_CHUNK",
     "CaseLoader",
     "DecodedImageStore",
     "LoadedCases",
     "input_shapes",
+    "iter_scorable",
     "load_scorable",
     "scoring_workers",
     "shared_decoding",
@@ -419,6 +421,59 @@ class CaseLoader:
         return out
 
 
+SCORING_CHUNK = 1024
+"""Cases loaded, scored and released at a time by :func:`iter_scorable`."""
+
+
+def iter_scorable(
+    loader: CaseLoader,
+    cohort: Any,
+    progress: Callable[[int, int], None] | None = None,
+    *,
+    workers: int | str = "auto",
+    chunk_size: int | None = None,
+    require_cases: bool = True,
+) -> Iterator[LoadedCases]:
+    """A checked cohort's cases in chunks of ``chunk_size`` manifest rows (default
+    :data:`SCORING_CHUNK`), each loaded only
+    when the caller asks for it — so scoring holds one chunk of decoded inputs at a time and
+    its memory does not grow with the cohort.
+
+    The first chunk's ``excluded`` starts with the manifest's own exclusions; every chunk's
+    lists the cases of its rows that failed to load. ``progress(done, total)`` counts rows
+    over the whole cohort.
+
+    Raises:
+        CohortError: (after the last chunk) no case could be loaded, unless
+            ``require_cases`` is False.
+        ConfigError: ``chunk_size`` < 1 or a bad ``workers``.
+    """
+    from clinfuse.errors import CohortError
+
+    chunk_size = SCORING_CHUNK if chunk_size is None else chunk_size
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size is {chunk_size}; use 1 or more", field="chunk_size")
+    rows = list(cohort.rows)
+    total = len(rows)
+    count = scoring_workers(workers, total)
+    n_loaded, n_failed = 0, 0
+    for start in range(0, total, chunk_size):
+        part = rows[start : start + chunk_size]
+        offset = None if progress is None else (lambda d, _t, s=start: progress(s + d, total))
+        loaded = loader.load_many(part, progress=offset, workers=min(count, len(part)))
+        n_loaded += len(loaded.cases)
+        n_failed += len(loaded.excluded)
+        if start == 0:
+            loaded.excluded[:0] = list(cohort.excluded)
+        yield loaded
+    if not n_loaded and require_cases:
+        raise CohortError(
+            f"no case of the cohort could be loaded ({len(cohort.excluded) + n_failed} exclusions)",
+            path=cohort.manifest_path,
+            hint="run `clinfuse validate` on the manifest",
+        )
+
+
 def load_scorable(
     loader: CaseLoader,
     cohort: Any,
@@ -426,7 +481,7 @@ def load_scorable(
     *,
     workers: int | str = "auto",
 ) -> tuple[list[dict[str, Any]], list[Issue]]:
-    """Load a checked cohort's cases for scoring.
+    """Load a checked cohort's cases for scoring, all at once (:func:`iter_scorable` streams).
 
     Args:
         workers: loading processes (see :func:`scoring_workers`); the cases are the same
@@ -439,19 +494,14 @@ def load_scorable(
     Raises:
         CohortError: no case could be loaded.
     """
-    from clinfuse.errors import CohortError
-
-    loaded = loader.load_many(
-        cohort.rows, progress=progress, workers=scoring_workers(workers, len(cohort.rows))
-    )
-    excluded = list(cohort.excluded) + list(loaded.excluded)
-    if not loaded.cases:
-        raise CohortError(
-            f"no case of the cohort could be loaded ({len(excluded)} exclusions)",
-            path=cohort.manifest_path,
-            hint="run `clinfuse validate` on the manifest",
-        )
-    return loaded.cases, excluded
+    cases: list[dict[str, Any]] = []
+    excluded: list[Issue] = []
+    for chunk in iter_scorable(
+        loader, cohort, progress, workers=workers, chunk_size=max(1, len(cohort.rows))
+    ):
+        cases += chunk.cases
+        excluded += chunk.excluded
+    return cases, excluded
 
 
 def check_signal_shapes(cases: Sequence[dict[str, Any]]) -> None:

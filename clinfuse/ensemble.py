@@ -203,17 +203,26 @@ class FoldEnsemble:
         Raises:
             CohortError: no case could be loaded.
         """
-        from clinfuse.data import CaseLoader, load_scorable
+        from clinfuse.data import load_scorable
+
+        cases, excluded = load_scorable(self._loader(), cohort, progress, workers=workers)
+        return self._per_fold(cases, cohort), excluded
+
+    def _loader(self) -> Any:
+        from clinfuse.data import CaseLoader
+
+        return CaseLoader(self.config.data, self.modalities, self.models[0].tabular)
+
+    def _per_fold(self, cases: list[dict[str, Any]], cohort: Any) -> list[list[dict[str, Any]]]:
+        """Loaded cases prepared for each fold model: its tabular values, its frozen
+        encoders' embeddings."""
         from clinfuse.training.embed import attach_embeddings
 
-        loader = CaseLoader(self.config.data, self.modalities, self.models[0].tabular)
-        cases, excluded = load_scorable(loader, cohort, progress, workers=workers)
         rows = {r.case_id: r for r in cohort.rows}
-        per_fold = [
+        return [
             attach_embeddings(model, self._fold_cases(k, cases, rows), model.frozen_modalities)
             for k, model in enumerate(self.models)
         ]
-        return per_fold, excluded
 
     def score(
         self,
@@ -222,21 +231,36 @@ class FoldEnsemble:
         progress: Callable[[int, int], None] | None = None,
         workers: int | str = "auto",
     ) -> EnsembleScores:
-        """Load a checked cohort's cases once and run every fold model's encoders once on them.
+        """Load a checked cohort's cases once, chunk by chunk, and run every fold model's
+        encoders once on them (the memory holds one chunk of decoded inputs).
 
         Raises:
             CohortError: no case could be loaded.
         """
+        from clinfuse.data import iter_scorable
         from clinfuse.evaluation.ablation import masked_fusion_probabilities
-        from clinfuse.explain.modality import build_modality_cache
+        from clinfuse.explain.modality import ModalityCache, build_modality_cache
 
-        per_fold, excluded = self.load_cases(cohort, progress=progress, workers=workers)
-        first = per_fold[0]
-        fused, logits, unimodal, warnings = [], [], [], []
+        loader = self._loader()
+        caches: list[list[Any]] = [[] for _ in self.models]
+        warnings: list[list[list[str]]] = [[] for _ in self.models]
+        meta: list[tuple[str, Any, Any]] = []
+        excluded: list[Any] = []
+        for chunk in iter_scorable(loader, cohort, progress, workers=workers):
+            excluded += chunk.excluded
+            if not chunk.cases:
+                continue
+            meta += [(c["case_id"], c.get("split"), c.get("label")) for c in chunk.cases]
+            for k, (model, cases) in enumerate(
+                zip(self.models, self._per_fold(chunk.cases, cohort), strict=True)
+            ):
+                caches[k].append(build_modality_cache(model, cases))
+                warnings[k] += [c.get("input_warnings") or [] for c in cases]
+        fused, logits, unimodal = [], [], []
         present: np.ndarray | None = None
         scorers = []
-        for k, (model, cases) in enumerate(zip(self.models, per_fold, strict=True)):
-            cache = build_modality_cache(model, cases)
+        for k, model in enumerate(self.models):
+            cache = ModalityCache.concat(caches[k])
             raw = model.forward_cache(cache)
             probs = model.probabilities(raw)
             if present is None:
@@ -249,16 +273,15 @@ class FoldEnsemble:
             fused.append(probs["fusion"])
             logits.append(raw["logit"])
             unimodal.append(np.stack([probs[m] for m in self.modalities], axis=1))
-            warnings.append([c.get("input_warnings") or [] for c in cases])
             if len(self.modalities) > 1:
                 scorers.append(masked_fusion_probabilities(model, cache))
         assert present is not None
         risks = np.stack(fused)
         frame = pd.DataFrame(
             {
-                "case_id": [c["case_id"] for c in first],
-                "split": [c.get("split") for c in first],
-                "label": [c.get("label") for c in first],
+                "case_id": [m[0] for m in meta],
+                "split": [m[1] for m in meta],
+                "label": [m[2] for m in meta],
                 "p_fusion": risks.mean(axis=0),
                 "logit_fusion": np.stack(logits).mean(axis=0),
                 "p_fusion_sd": risks.std(axis=0, ddof=1),

@@ -506,17 +506,22 @@ class FusionModel:
             the training data, ``; ``-separated; empty when none); with ``return_excluded`` a pair
             ``(table, excluded issues)``.
         """
-        from clinfuse.data import CaseLoader, scoring_workers
+        from clinfuse.data import CaseLoader, iter_scorable, scoring_workers
 
-        count = scoring_workers(workers, 0)  # a bad count fails before any file is read
+        scoring_workers(workers, 0)  # a bad count fails before any file is read
         cohort = self.checked_cohort(cohort, allow_missing_modalities=allow_missing_modalities)
-        if workers == "auto":
-            count = scoring_workers(workers, len(cohort.rows))
         loader = CaseLoader(self.config.data, self.modalities, self.tabular)
-        loaded = loader.load_many(cohort.rows, progress=progress, workers=count)
-        raw = self.forward_cases(loaded.cases)
-        frame = self.predictions_frame(loaded.cases, raw)
-        excluded = list(cohort.excluded) + loaded.excluded
+        frames, excluded = [], []
+        # chunk by chunk: the memory holds one chunk of decoded inputs, whatever the cohort
+        for chunk in iter_scorable(loader, cohort, progress, workers=workers, require_cases=False):
+            excluded += chunk.excluded
+            if chunk.cases:
+                frames.append(self.predictions_frame(chunk.cases, self.forward_cases(chunk.cases)))
+        frame = (
+            pd.concat(frames, ignore_index=True)
+            if frames
+            else self.predictions_frame([], self.forward_cases([]))
+        )
         return (frame, excluded) if return_excluded else frame
 
 

@@ -244,8 +244,6 @@ def labelled_cohort(
 class ScoredCohort(NamedTuple):
     """What :func:`score_cohort` returns."""
 
-    cases: list[dict[str, Any]]
-    """The loaded cases (frozen encoders' embeddings attached)."""
     raw: dict[str, np.ndarray]
     """:meth:`~clinfuse.model.FusionModel.forward_cases` outputs."""
     frame: pd.DataFrame
@@ -263,25 +261,37 @@ def score_cohort(
     *,
     progress: Callable[[int, int], None] | None = None,
     workers: int | str = "auto",
+    chunk_size: int | None = None,
 ) -> ScoredCohort:
-    """Load a checked cohort's cases and run the model on them; every encoder runs once.
+    """Load a checked cohort's cases chunk by chunk and run the model on them.
+
+    Every encoder runs once per case; only the embeddings and the predictions are kept, so
+    the memory holds one chunk of decoded inputs whatever the cohort's size.
 
     Args:
         workers: processes that load the files (:func:`clinfuse.data.scoring_workers`).
+        chunk_size: manifest rows per chunk (default :data:`clinfuse.data.SCORING_CHUNK`).
 
     Raises:
         CohortError: no case could be loaded.
     """
-    from clinfuse.data import CaseLoader, load_scorable
-    from clinfuse.explain.modality import build_modality_cache
+    from clinfuse.data import CaseLoader, iter_scorable
+    from clinfuse.explain.modality import ModalityCache, build_modality_cache
     from clinfuse.training.embed import attach_embeddings
 
     loader = CaseLoader(model.config.data, list(model.modalities), model.tabular)
-    cases, excluded = load_scorable(loader, cohort, progress, workers=workers)
-    cases = attach_embeddings(model, cases, model.frozen_modalities)
-    cache = build_modality_cache(model, cases)
-    raw = model.forward_cache(cache)
-    return ScoredCohort(cases, raw, model.predictions_frame(cases, raw), excluded, cache)
+    frames, caches, raws, excluded = [], [], [], []
+    for chunk in iter_scorable(loader, cohort, progress, workers=workers, chunk_size=chunk_size):
+        excluded += chunk.excluded
+        if not chunk.cases:
+            continue
+        cases = attach_embeddings(model, chunk.cases, model.frozen_modalities)
+        caches.append(build_modality_cache(model, cases))
+        raws.append(model.forward_cache(caches[-1]))
+        frames.append(model.predictions_frame(cases, raws[-1]))
+    raw = {key: np.concatenate([r[key] for r in raws]) for key in raws[0]}
+    frame = pd.concat(frames, ignore_index=True)
+    return ScoredCohort(raw, frame, excluded, ModalityCache.concat(caches))
 
 
 class Evaluator:

@@ -82,6 +82,23 @@ class ModalityCache:
             splits=[self.splits[i] for i in idx] if self.splits else [],
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[ModalityCache]) -> ModalityCache:
+        """The caches of consecutive chunks of cases as one (same modalities, in order)."""
+        if not parts:
+            raise ConfigError("no cache to concatenate")
+        first = parts[0]
+        return cls(
+            case_ids=[c for part in parts for c in part.case_ids],
+            modalities=list(first.modalities),
+            embeddings={
+                m: np.concatenate([part.embeddings[m] for part in parts]) for m in first.modalities
+            },
+            present=np.concatenate([part.present for part in parts]),
+            labels=np.concatenate([part.labels for part in parts]),
+            splits=[x for part in parts for x in part.splits],
+        )
+
     def index_of(self, case_id: str) -> int:
         """Row of ``case_id``; raises :class:`~clinfuse.errors.CohortError` naming it if absent."""
         try:

@@ -192,3 +192,22 @@ def test_ensemble_modality_shapley_is_the_mean_of_the_fold_models(
     assert res.exit_code != 0 and "fold_1" in res.output
     res = CliRunner().invoke(app, ["explain", str(cv), str(new_cohort), "--out", str(out)])
     assert res.exit_code != 0 and not (tmp_path / "ex2").exists()
+
+
+def test_scoring_in_chunks_gives_the_same_ensemble_risks(
+    cv: Path, new_cohort: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streaming the cohort in chunks of 7 rows (memory: one chunk of decoded inputs) gives
+    the risks, spread and ablation scorer of loading it whole."""
+    import clinfuse.data
+    from clinfuse.ensemble import load_ensemble
+
+    ensemble = load_ensemble(cv)
+    cohort = ensemble.models[0].checked_cohort(new_cohort)
+    whole = ensemble.score(cohort)
+    monkeypatch.setattr(clinfuse.data, "SCORING_CHUNK", 7)
+    chunked = ensemble.score(cohort)
+    pd.testing.assert_frame_equal(whole.frame, chunked.frame, atol=1e-9, rtol=0)
+    assert whole.scorer is not None and chunked.scorer is not None
+    for keep in (["image"], ["signal", "tabular"], MODALITIES):
+        np.testing.assert_allclose(whole.scorer(keep), chunked.scorer(keep), atol=1e-9)

@@ -419,3 +419,45 @@ def test_a_killed_loading_process_is_a_clear_error(
     with pytest.raises(ConfigError, match="stopped after") as err:
         loader.load_many(rows, workers=2)
     assert err.value.field == "workers" and "--workers 1" in (err.value.hint or "")
+
+
+def test_chunked_scoring_equals_scoring_the_cohort_whole(
+    tiny_run: Path, tiny_cohort: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict and score_cohort stream the cohort in chunks (memory flat in the cohort's
+    size): same risks, embeddings and exclusions — a failing case and a manifest exclusion
+    included — as one chunk."""
+    import pandas as pd
+
+    import clinfuse.data
+    from clinfuse.errors import CohortError
+    from clinfuse.evaluation.evaluate import labelled_cohort, score_cohort
+    from clinfuse.model import load_run
+
+    model = load_run(tiny_run)
+    rows = pd.read_csv(tiny_cohort)
+    rows.loc[9, "signal"] = "signals/missing.hea"  # fails to load, in the second chunk
+    rows.loc[20, "label"] = 7  # excluded by the manifest check
+    manifest = tiny_cohort.parent / "chunks.csv"
+    rows.to_csv(manifest, index=False)
+    cohort = labelled_cohort(model, manifest)
+    whole = score_cohort(model, cohort, workers=0)
+    chunked = score_cohort(model, cohort, workers=0, chunk_size=8)
+    pd.testing.assert_frame_equal(whole.frame, chunked.frame, atol=1e-6, rtol=0)
+    for m in model.modalities:
+        np.testing.assert_allclose(
+            whole.cache.embeddings[m], chunked.cache.embeddings[m], atol=1e-6
+        )
+    assert whole.cache.case_ids == chunked.cache.case_ids == list(whole.frame["case_id"])
+    excluded = [i.as_dict() for i in chunked.excluded]
+    assert excluded == [i.as_dict() for i in whole.excluded]
+    assert {rows.loc[9, "case_id"], rows.loc[20, "case_id"]} <= {e["case_id"] for e in excluded}
+    p_whole = model.predict(manifest, workers=0)
+    monkeypatch.setattr(clinfuse.data, "SCORING_CHUNK", 8)
+    p_chunked, p_excluded = model.predict(manifest, workers=2, return_excluded=True)
+    pd.testing.assert_frame_equal(p_whole, p_chunked, atol=1e-6, rtol=0)
+    assert [i.as_dict() for i in p_excluded] == excluded
+    with pytest.raises(CohortError, match="no case of the cohort could be loaded"):
+        rows["signal"] = "signals/missing.hea"
+        rows.to_csv(manifest, index=False)
+        score_cohort(model, labelled_cohort(model, manifest), chunk_size=8)
