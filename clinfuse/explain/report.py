@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +44,9 @@ __all__ = [
 ]
 
 RUN_SUBDIR = "explanations"
+
+IMAGE_BACKGROUND = 16
+"""Other cases' images the image explainer compares a case against (the first ones loaded)."""
 """Folder inside a run where explanations are cached."""
 
 BASE_RATE_MESSAGE = (
@@ -308,9 +311,10 @@ def explain_run(
         CohortError: ``case`` is not in the cohort.
     """
     from clinfuse.cohort.manifest import Cohort
-    from clinfuse.data import CaseLoader, scoring_workers
+    from clinfuse.data import CaseLoader, iter_scorable, scoring_workers
     from clinfuse.explain import plots
     from clinfuse.explain.modality import (
+        ModalityCache,
         build_modality_cache,
         coalition_values,
         modality_importance,
@@ -334,16 +338,32 @@ def explain_run(
     if case is not None and case not in known:
         raise unknown_case_error(case, list(dict.fromkeys(known)), path=co.manifest_path)
     model.check_cohort(co, allow_missing_modalities=True)
-    loaded = CaseLoader(model.config.data, model.modalities, model.tabular).load_many(
-        co.rows, workers=scoring_workers(workers, len(co.rows))
-    )
-    say(f"loaded {len(loaded)} cases ({len(loaded.excluded)} excluded)")
-    if not len(loaded):
+    # chunk by chunk (memory: one chunk of decoded inputs); kept: the embeddings, the case
+    # to explain and the first few other images (the image explainer's background)
+    loader = CaseLoader(model.config.data, model.modalities, model.tabular)
+    caches: list[Any] = []
+    issues: list[Any] = []
+    background: list[np.ndarray] = []
+    case_dict: dict[str, Any] | None = None
+    for chunk in iter_scorable(loader, co, workers=workers, require_cases=False):
+        issues += chunk.excluded
+        if not chunk.cases:
+            continue
+        caches.append(build_modality_cache(model, chunk.cases))
+        for c in chunk.cases:
+            if c["case_id"] == case:
+                case_dict = c
+            elif c.get("image") is not None and len(background) < IMAGE_BACKGROUND:
+                background.append(c["image"])
+    failed = issues[len(co.excluded) :]  # the first chunk lists the manifest's exclusions first
+    n_loaded = sum(len(c) for c in caches)
+    say(f"loaded {n_loaded} cases ({len(failed)} excluded)")
+    if not n_loaded:
         raise ConfigError(
             "no case of the cohort could be loaded: nothing to explain", path=co.manifest_path
         )
 
-    cache = build_modality_cache(model, loaded.cases)
+    cache = ModalityCache.concat(caches)
     table = coalition_values(model, cache)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoModalityWarning)  # loaded cases always have one
@@ -372,13 +392,13 @@ def explain_run(
         plots.modality_importance_png(stage / "modality_importance.png", importance)
         summary: dict[str, Any] = {
             "n_cases": len(cache),
-            "n_excluded": len(loaded.excluded),
+            "n_excluded": len(failed),
             "importance": importance,
             "performance": perf,
         }
         if case is not None:
             case_dir = stage / "cases" / safe_name(case)
-            if case in cache.case_ids:
+            if case_dict is not None:
                 i = cache.index_of(case)
                 row = next(r for r in co.rows if r.case_id == case)
                 mask, note_context = (
@@ -387,25 +407,19 @@ def explain_run(
                     else note_masking(co.manifest_path, row.image)
                 )
                 phi = {m: float(exp.values[i, j]) for j, m in enumerate(cache.modalities)}
-                bg = [
-                    c["image"]
-                    for c in loaded.cases
-                    if c.get("image") is not None and c["case_id"] != case
-                ]
-                bg_arr = np.stack(bg[:16]) if bg else None
                 summary["case"] = explain_case(
                     model,
-                    loaded.cases[i],
+                    case_dict,
                     base_value=float(exp.base_values[i]),
                     phi=phi,
                     out_dir=case_dir,
-                    image_background=bg_arr,
+                    image_background=np.stack(background) if background else None,
                     note_max_evals=note_max_evals,
                     mask_note_identifiers=mask,
                     note_context=note_context,
                 )
             else:
-                summary["case"] = _unexplainable_case(model, case, co, loaded, table, case_dir)
+                summary["case"] = _unexplainable_case(model, case, co, failed, table, case_dir)
         write_json_atomic(
             stage / "index.json",
             {
@@ -536,10 +550,10 @@ def explain_ensemble(
 
 
 def _unexplainable_case(
-    model: Any, case: str, cohort: Any, loaded: Any, table: np.ndarray, case_dir: Path
+    model: Any, case: str, cohort: Any, failed: Sequence[Any], table: np.ndarray, case_dir: Path
 ) -> dict[str, Any]:
     """A case in the manifest that did not load: base rate if it has no modality, else an error."""
-    issues = [i for i in [*cohort.excluded, *loaded.excluded] if i.case_id == case]
+    issues = [i for i in [*cohort.excluded, *failed] if i.case_id == case]
     if issues and all(i.field == "modalities" for i in issues):
         base = float(table[0, 0])
         warnings.warn(f"case {case!r}: {BASE_RATE_MESSAGE}", NoModalityWarning, stacklevel=3)

@@ -461,3 +461,33 @@ def test_chunked_scoring_equals_scoring_the_cohort_whole(
         rows["signal"] = "signals/missing.hea"
         rows.to_csv(manifest, index=False)
         score_cohort(model, labelled_cohort(model, manifest), chunk_size=8)
+
+
+def test_explaining_in_chunks_equals_explaining_the_cohort_whole(
+    tiny_run: Path, tiny_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`explain` streams the cohort too: the same modality Shapley values and the same case
+    explanation (its image background = the first other images loaded) in chunks of 8."""
+    import json
+
+    import pandas as pd
+
+    import clinfuse.data
+    from clinfuse.explain.report import explain_run
+
+    case = pd.read_csv(tiny_cohort).dropna(subset=["image"])["case_id"].iloc[-1]
+    kw = {"case": case, "n_boot": 0, "cache_in_run": False, "workers": 0}
+    explain_run(tiny_run, tiny_cohort, tmp_path / "whole", **kw)
+    monkeypatch.setattr(clinfuse.data, "SCORING_CHUNK", 8)
+    explain_run(tiny_run, tiny_cohort, tmp_path / "chunks", **kw)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "whole" / "modality_shapley.csv"),
+        pd.read_csv(tmp_path / "chunks" / "modality_shapley.csv"),
+        atol=1e-6,
+        rtol=0,
+    )
+    whole, chunks = (
+        json.loads((tmp_path / d / "cases" / case / "explanation.json").read_text())
+        for d in ("whole", "chunks")
+    )
+    assert "image" in whole["within"] and whole["within"] == chunks["within"]
