@@ -237,30 +237,13 @@ class FoldEnsemble:
         Raises:
             CohortError: no case could be loaded.
         """
-        from clinfuse.data import iter_scorable
         from clinfuse.evaluation.ablation import masked_fusion_probabilities
-        from clinfuse.explain.modality import ModalityCache, build_modality_cache
 
-        loader = self._loader()
-        caches: list[list[Any]] = [[] for _ in self.models]
-        warnings: list[list[list[str]]] = [[] for _ in self.models]
-        meta: list[tuple[str, Any, Any]] = []
-        excluded: list[Any] = []
-        for chunk in iter_scorable(loader, cohort, progress, workers=workers):
-            excluded += chunk.excluded
-            if not chunk.cases:
-                continue
-            meta += [(c["case_id"], c.get("split"), c.get("label")) for c in chunk.cases]
-            for k, (model, cases) in enumerate(
-                zip(self.models, self._per_fold(chunk.cases, cohort), strict=True)
-            ):
-                caches[k].append(build_modality_cache(model, cases))
-                warnings[k] += [c.get("input_warnings") or [] for c in cases]
+        caches, warnings, excluded = self._stream(cohort, progress=progress, workers=workers)
         fused, logits, unimodal = [], [], []
         present: np.ndarray | None = None
         scorers = []
-        for k, model in enumerate(self.models):
-            cache = ModalityCache.concat(caches[k])
+        for k, (model, cache) in enumerate(zip(self.models, caches, strict=True)):
             raw = model.forward_cache(cache)
             probs = model.probabilities(raw)
             if present is None:
@@ -277,11 +260,12 @@ class FoldEnsemble:
                 scorers.append(masked_fusion_probabilities(model, cache))
         assert present is not None
         risks = np.stack(fused)
+        first = caches[0]
         frame = pd.DataFrame(
             {
-                "case_id": [m[0] for m in meta],
-                "split": [m[1] for m in meta],
-                "label": [m[2] for m in meta],
+                "case_id": first.case_ids,
+                "split": first.splits,
+                "label": [None if np.isnan(y) else int(y) for y in first.labels],
                 "p_fusion": risks.mean(axis=0),
                 "logit_fusion": np.stack(logits).mean(axis=0),
                 "p_fusion_sd": risks.std(axis=0, ddof=1),
@@ -303,6 +287,49 @@ class FoldEnsemble:
             return np.mean([s(keep) for s in scorers], axis=0)
 
         return EnsembleScores(frame, present, excluded, scorer if scorers else None)
+
+    def modality_caches(
+        self,
+        cohort: Any,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        workers: int | str = "auto",
+    ) -> tuple[list[Any], list[Any]]:
+        """Every fold model's embeddings of a checked cohort's cases, loaded chunk by chunk.
+
+        Returns:
+            ``(caches, excluded)``: one :class:`~clinfuse.explain.modality.ModalityCache`
+            per fold model (same cases, same order) and the excluded cases.
+
+        Raises:
+            CohortError: no case could be loaded.
+        """
+        caches, _warnings, excluded = self._stream(cohort, progress=progress, workers=workers)
+        return caches, excluded
+
+    def _stream(
+        self,
+        cohort: Any,
+        *,
+        progress: Callable[[int, int], None] | None,
+        workers: int | str,
+    ) -> tuple[list[Any], list[list[list[str]]], list[Any]]:
+        from clinfuse.data import iter_scorable
+        from clinfuse.explain.modality import ModalityCache, build_modality_cache
+
+        parts: list[list[Any]] = [[] for _ in self.models]
+        warnings: list[list[list[str]]] = [[] for _ in self.models]
+        excluded: list[Any] = []
+        for chunk in iter_scorable(self._loader(), cohort, progress, workers=workers):
+            excluded += chunk.excluded
+            if not chunk.cases:
+                continue
+            for k, (model, cases) in enumerate(
+                zip(self.models, self._per_fold(chunk.cases, cohort), strict=True)
+            ):
+                parts[k].append(build_modality_cache(model, cases))
+                warnings[k] += [c.get("input_warnings") or [] for c in cases]
+        return [ModalityCache.concat(p) for p in parts], warnings, excluded
 
     def predict(
         self,

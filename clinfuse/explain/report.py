@@ -480,7 +480,6 @@ def explain_ensemble(
     from clinfuse.ensemble import load_ensemble
     from clinfuse.explain import plots
     from clinfuse.explain.modality import (
-        build_modality_cache,
         modality_importance,
         modality_shapley,
         modality_shapley_frame,
@@ -494,12 +493,11 @@ def explain_ensemble(
         )
     ensemble = load_ensemble(crossval)
     co = ensemble.models[0].checked_cohort(cohort, allow_missing_modalities=True)
-    per_fold, excluded = ensemble.load_cases(co, workers=workers)
-    say(f"loaded {len(per_fold[0])} cases ({len(excluded)} excluded)")
+    caches, excluded = ensemble.modality_caches(co, workers=workers)
+    say(f"loaded {len(caches[0])} cases ({len(excluded)} excluded)")
     values, bases = [], []
     cache = None
-    for model, cases in zip(ensemble.models, per_fold, strict=True):
-        cache = build_modality_cache(model, cases)
+    for model, cache in zip(ensemble.models, caches, strict=True):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoModalityWarning)  # loaded cases always have one
             exp = modality_shapley(model, cache)
