@@ -5,11 +5,17 @@ from __future__ import annotations
 import contextvars
 import multiprocessing
 import os
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
 from clinfuse.errors import ConfigError
 
-__all__ = ["PARALLEL_LOAD_MIN_ROWS", "broken_pool_error", "scoring_workers"]
+__all__ = ["PARALLEL_LOAD_MIN_ROWS", "ordered_map", "scoring_workers"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _DECODED: contextvars.ContextVar[dict[tuple[str, str, str], Any] | None] = contextvars.ContextVar(
     "clinfuse_decoded", default=None
@@ -52,11 +58,43 @@ def scoring_workers(workers: int | str, n_rows: int) -> int:
     return workers
 
 
-def broken_pool_error(workers: int, done: int, total: int) -> ConfigError:
-    """The error for a worker process that died while reading files (killed, out of memory)."""
-    return ConfigError(
-        f"a process reading the cohort's files stopped after {done} of {total} cases "
-        f"({workers} processes; killed, e.g. for lack of memory)",
-        field="workers",
-        hint="run again with fewer processes (--workers 1, or training.load_workers: 0)",
-    )
+def ordered_map(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    workers: int,
+    *,
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[Any, ...] = (),
+) -> Iterator[R]:
+    """``fn`` of every item, in order; in ``workers`` processes (forked where the platform
+    allows, so they inherit this process's state) when ``workers`` > 1 and there are several
+    items, else here. ``initializer(*initargs)`` runs in each worker process only.
+
+    Raises:
+        ConfigError: a worker process died (killed, e.g. for lack of memory), naming how far
+            the work got and what to do.
+    """
+    if workers <= 1 or len(items) < 2:
+        yield from map(fn, items)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(method),
+        initializer=initializer,
+        initargs=initargs,
+    ) as pool:
+        done = 0
+        try:
+            for result in pool.map(
+                fn, items, chunksize=max(1, min(32, len(items) // (4 * workers)))
+            ):
+                done += 1
+                yield result
+        except BrokenProcessPool as e:
+            raise ConfigError(
+                f"a process reading the cohort's files stopped after {done} of {len(items)} "
+                f"cases ({workers} processes; killed, e.g. for lack of memory)",
+                field="workers",
+                hint="run again with fewer processes (--workers 1, or training.load_workers: 0)",
+            ) from e

@@ -33,23 +33,15 @@ import contextlib
 import copy
 import hashlib
 import json
-import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clinfuse._parallel import (
-    _DECODED,
-    PARALLEL_LOAD_MIN_ROWS,
-    broken_pool_error,
-    scoring_workers,
-)
+from clinfuse._parallel import _DECODED, PARALLEL_LOAD_MIN_ROWS, ordered_map, scoring_workers
 from clinfuse.cache import source_identity
 from clinfuse.cohort.manifest import CaseRow, Issue
 from clinfuse.config import DataConfig
@@ -65,7 +57,6 @@ __all__ = [
     "LoadedCases",
     "input_shapes",
     "iter_scorable",
-    "load_scorable",
     "scoring_workers",
     "shared_decoding",
 ]
@@ -373,28 +364,13 @@ class CaseLoader:
                 loader without pickling it.
         """
         total = len(rows)
-        if workers > 1 and total > 1:
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-            with ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=multiprocessing.get_context(method),
-                initializer=_init_worker,
-                initargs=(self,),
-            ) as pool:
-                chunk = max(1, min(32, total // (4 * workers)))
-                results = pool.map(_load_in_worker, rows, chunksize=chunk)
-                done = 0
-                try:
-                    for row, (case, issue) in zip(rows, results, strict=True):
-                        done += 1
-                        yield row, case, issue
-                        if progress is not None:
-                            progress(done, total)
-                except BrokenProcessPool as e:
-                    raise broken_pool_error(workers, done, total) from e
-            return
-        for k, row in enumerate(rows):
-            case, issue = self.try_load(row)
+        if workers > 1 and total > 1:  # workers share this loader through _init_worker
+            results = ordered_map(
+                _load_in_worker, rows, workers, initializer=_init_worker, initargs=(self,)
+            )
+        else:
+            results = map(self.try_load, rows)
+        for k, (row, (case, issue)) in enumerate(zip(rows, results, strict=True)):
             yield row, case, issue
             if progress is not None:
                 progress(k + 1, total)
@@ -472,36 +448,6 @@ def iter_scorable(
             path=cohort.manifest_path,
             hint="run `clinfuse validate` on the manifest",
         )
-
-
-def load_scorable(
-    loader: CaseLoader,
-    cohort: Any,
-    progress: Callable[[int, int], None] | None = None,
-    *,
-    workers: int | str = "auto",
-) -> tuple[list[dict[str, Any]], list[Issue]]:
-    """Load a checked cohort's cases for scoring, all at once (:func:`iter_scorable` streams).
-
-    Args:
-        workers: loading processes (see :func:`scoring_workers`); the cases are the same
-            whatever the count.
-
-    Returns:
-        ``(cases, excluded)``: the loaded cases and every excluded case (the manifest's
-        own exclusions, then those that failed to load).
-
-    Raises:
-        CohortError: no case could be loaded.
-    """
-    cases: list[dict[str, Any]] = []
-    excluded: list[Issue] = []
-    for chunk in iter_scorable(
-        loader, cohort, progress, workers=workers, chunk_size=max(1, len(cohort.rows))
-    ):
-        cases += chunk.cases
-        excluded += chunk.excluded
-    return cases, excluded
 
 
 def check_signal_shapes(cases: Sequence[dict[str, Any]]) -> None:

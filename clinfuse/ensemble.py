@@ -183,31 +183,6 @@ class FoldEnsemble:
             out.append(new)
         return out
 
-    def load_cases(
-        self,
-        cohort: Any,
-        *,
-        progress: Callable[[int, int], None] | None = None,
-        workers: int | str = "auto",
-    ) -> tuple[list[list[dict[str, Any]]], list[Any]]:
-        """A checked cohort's cases, loaded once, prepared for each fold model.
-
-        Args:
-            workers: processes that read the files (:func:`clinfuse.data.scoring_workers`).
-
-        Returns:
-            ``(per_fold, excluded)``: ``per_fold[k]`` holds the loaded cases with fold
-            ``k``'s tabular values and its frozen encoders' embeddings attached (same
-            order in every fold); ``excluded`` the cases that could not be loaded.
-
-        Raises:
-            CohortError: no case could be loaded.
-        """
-        from clinfuse.data import load_scorable
-
-        cases, excluded = load_scorable(self._loader(), cohort, progress, workers=workers)
-        return self._per_fold(cases, cohort), excluded
-
     def _loader(self) -> Any:
         from clinfuse.data import CaseLoader
 

@@ -7,18 +7,15 @@ declared and loadable modality counts, and whether anything is fatal.
 
 from __future__ import annotations
 
-import multiprocessing
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from clinfuse._parallel import broken_pool_error, scoring_workers
+from clinfuse._parallel import ordered_map, scoring_workers
 from clinfuse.cohort.manifest import CaseRow, Cohort, Issue
 from clinfuse.errors import ClinFuseError
 
@@ -147,7 +144,9 @@ def validate_cohort(
     loadable: Counter[str] = Counter()
     shapes: dict[str, Counter[str]] = {"image": Counter(), "note": Counter(), "signal": Counter()}
     total = len(cohort)
-    read = _read_rows(cohort.rows, scoring_workers(workers, total)) if read_files else None
+    read = (
+        ordered_map(_read_row, cohort.rows, scoring_workers(workers, total)) if read_files else None
+    )
     for k, row in enumerate(cohort.rows):
         if not any(row.has(m) for m in ("image", "note", "signal")) and not _has_tabular(
             row, tabular_columns
@@ -228,28 +227,6 @@ def _read_row(row: CaseRow) -> list[tuple[str, str | Issue]]:
             continue
         out.append((modality, _describe(modality, meta)))
     return out
-
-
-def _read_rows(rows: Sequence[CaseRow], workers: int) -> Iterator[list[tuple[str, str | Issue]]]:
-    """:func:`_read_row` of every row, in order; in ``workers`` forked processes when > 1."""
-    if workers <= 1 or len(rows) < 2:
-        yield from map(_read_row, rows)
-        return
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context(
-            "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        ),
-    ) as pool:
-        done = 0
-        try:
-            for result in pool.map(
-                _read_row, rows, chunksize=max(1, min(32, len(rows) // (4 * workers)))
-            ):
-                done += 1
-                yield result
-        except BrokenProcessPool as e:
-            raise broken_pool_error(workers, done, len(rows)) from e
 
 
 def _read_one(row: CaseRow, modality: str) -> dict[str, Any]:

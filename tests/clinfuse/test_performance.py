@@ -338,6 +338,14 @@ def test_scoring_workers_auto_rule_and_bad_counts(monkeypatch: pytest.MonkeyPatc
         with pytest.raises(ConfigError, match="workers") as err:
             scoring_workers(bad, 500)  # type: ignore[arg-type]
         assert err.value.field == "workers"
+    from types import SimpleNamespace
+
+    from clinfuse.data import iter_scorable
+
+    empty = SimpleNamespace(rows=[], excluded=[], manifest_path=None)
+    with pytest.raises(ConfigError, match="chunk_size is 0") as err:
+        next(iter_scorable(None, empty, chunk_size=0))  # type: ignore[arg-type]
+    assert err.value.field == "chunk_size"
 
 
 def test_parallel_scoring_gives_the_same_risks_and_exclusions(
