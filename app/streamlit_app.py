@@ -84,7 +84,10 @@ if reviewer:
     )
     with st.sidebar:
         st.caption(f"Reviewer: **{reviewer}**")
-        st.caption(f"Run: `{view.run.name}` · model `{view.fingerprint}`")
+        what = "Fold ensemble" if view.ensemble else "Run"
+        st.caption(f"{what}: `{view.run.name}` · model `{view.fingerprint}`")
+        if view.scored is not None:
+            st.caption(f"Cases: `{view.scored.name}` (scored by `clinfuse predict`)")
         if st.button("Log out", key="logout"):
             store.log_event(str(reviewer), "logout")
             st.session_state.pop("reviewer", None)

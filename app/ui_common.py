@@ -30,6 +30,8 @@ def _run_view(settings: AppSettings) -> RunView:
         cohort=settings.cohort,
         evaluation=settings.evaluation,
         threshold=settings.threshold,
+        predictions=settings.predictions,
+        explanations=settings.explanations,
     )
 
 

@@ -535,9 +535,14 @@ def predict(
     ] = "cpu",
     workers: LoadWorkers = "auto",
 ) -> None:
-    """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly)."""
+    """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly).
+
+    Beside the CSV go OUT_STEM.provenance.json (the model's version and the manifest, for
+    `clinfuse app RUN --predictions OUT`) and, when some cases cannot be scored,
+    OUT_STEM.excluded.csv with the reasons."""
     from clinfuse.ensemble import is_crossval_folder, load_ensemble
     from clinfuse.model import load_run
+    from clinfuse.scored import write_scored
     from clinfuse.training.trainer import resolve_device
 
     where = resolve_device(device)
@@ -552,19 +557,22 @@ def predict(
             return_excluded=True,
             workers=workers,
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    n_excluded = len({i.case_id for i in excluded})
+    write_scored(out, frame, model=run, manifest=cohort, n_excluded=n_excluded)
     console.print(f"wrote {len(frame)} predictions: {out}")
+    exc_path = out.with_name(out.stem + ".excluded.csv")
+    if not excluded and exc_path.exists():
+        exc_path.unlink()  # an earlier scoring's exclusions no longer apply
     if excluded:
-        exc_path = out.with_name(out.stem + ".excluded.csv")
         import pandas as pd
 
         pd.DataFrame([i.as_dict() for i in excluded]).to_csv(exc_path, index=False)
-        err_console.print(
-            f"{len({i.case_id for i in excluded})} cases could not be scored; reasons in {exc_path}"
-        )
+        err_console.print(f"{n_excluded} cases could not be scored; reasons in {exc_path}")
+    console.print(
+        f"review them in the dashboard: clinfuse app {run} --predictions {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command(epilog="Example:\n\n  clinfuse demo --out demo_out")

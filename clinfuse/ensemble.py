@@ -183,7 +183,19 @@ class FoldEnsemble:
             out.append(new)
         return out
 
-    def _loader(self) -> Any:
+    def fold_cases(self, case: dict[str, Any], row: Any) -> list[dict[str, Any]]:
+        """One case loaded by :meth:`loader` as each fold model sees it (its tabular encoder's
+        values; images, signals and notes shared).
+
+        Args:
+            case: the loaded case.
+            row: its manifest row (:class:`~clinfuse.cohort.manifest.CaseRow`).
+        """
+        rows = {row.case_id: row}
+        return [self._fold_cases(k, [case], rows)[0] for k in range(len(self.models))]
+
+    def loader(self) -> Any:
+        """The :class:`~clinfuse.data.CaseLoader` that loads cases once for every fold model."""
         from clinfuse.data import CaseLoader
 
         return CaseLoader(self.config.data, self.modalities, self.models[0].tabular)
@@ -295,7 +307,7 @@ class FoldEnsemble:
         parts: list[list[Any]] = [[] for _ in self.models]
         warnings: list[list[list[str]]] = [[] for _ in self.models]
         excluded: list[Any] = []
-        for chunk in iter_scorable(self._loader(), cohort, progress, workers=workers):
+        for chunk in iter_scorable(self.loader(), cohort, progress, workers=workers):
             excluded += chunk.excluded
             if not chunk.cases:
                 continue

@@ -440,6 +440,13 @@ class FusionModel:
         frame["input_warnings"] = ["; ".join(c.get("input_warnings") or []) for c in cases]
         return frame
 
+    def loader(self) -> Any:
+        """The :class:`~clinfuse.data.CaseLoader` with this run's preprocessing and tabular
+        encoder: ``model.loader().load(row)`` is a case as the model sees it."""
+        from clinfuse.data import CaseLoader
+
+        return CaseLoader(self.config.data, self.modalities, self.tabular)
+
     def check_cohort(self, cohort: Any, *, allow_missing_modalities: bool = False) -> None:
         """A cohort given to :meth:`predict` must offer the run's modalities and tabular columns.
 

@@ -87,12 +87,7 @@ def _header(cv: CaseView) -> None:
         "straddles: the band contains it",
     )
     st.vega_lite_chart(charts.risk_spec(risk, low, high, view.threshold), width="stretch")
-    st.caption(
-        "Band: bootstrap refits of the run's calibration on its validation split "
-        "(how much the calibrated risk depends on the validation cases drawn)."
-        if not view.recalibration
-        else "Band: bootstrap refits of the site's recalibration on the cases it was fitted on."
-    )
+    st.caption(view.band_note)
     warnings = p.get("input_warnings")
     if isinstance(warnings, str) and warnings:
         st.warning(
@@ -242,7 +237,7 @@ def _signal_tab(cv: CaseView) -> None:
         st.info("No signal for this case (missing modality).")
         return
     try:
-        out = _signal(view, str(view.run), cv.case_id)
+        out = _signal(view, str(view.scored or view.run), cv.case_id)
     except ClinFuseError as err:
         st.error(f"The signal cannot be shown: {err.reason}")
         return

@@ -24,7 +24,7 @@ data = reviews_csv(rows)
 if st.download_button(
     "Download reviews (CSV)",
     data=data,
-    file_name=f"{view.run.name}_reviews.csv",
+    file_name=f"{view.scored.stem if view.scored else view.run.name}_reviews.csv",
     mime="text/csv",
     key="download_reviews",
     on_click="ignore",

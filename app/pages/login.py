@@ -30,7 +30,7 @@ if ui.oidc_configured():
 if not store.reviewers():
     st.info(
         "No reviewer account exists yet. Add one from a terminal:\n\n"
-        f"`clinfuse app {view.run} --add-reviewer YOUR_NAME`"
+        f"`{view.app_command} --add-reviewer YOUR_NAME`"
     )
 
 with st.form("login_form"):

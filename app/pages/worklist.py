@@ -13,6 +13,8 @@ st.title("Worklist")
 ui.deid_banner(view)
 if view.recalibration:
     st.info(view.recalibration)
+if view.source_note:
+    st.info(view.source_note)
 
 table = view.worklist(store.review_status(), reviewer=me)
 n_total = len(table)

@@ -35,7 +35,9 @@ _LAZY = {
     "lesion_mask": "clinfuse.explain.within",
     "explain_case": "clinfuse.explain.report",
     "explain_ensemble": "clinfuse.explain.report",
+    "explain_ensemble_case": "clinfuse.explain.report",
     "explain_run": "clinfuse.explain.report",
+    "image_background": "clinfuse.explain.report",
     "load_cached_case": "clinfuse.explain.report",
     "load_cached_modality_shapley": "clinfuse.explain.report",
 }

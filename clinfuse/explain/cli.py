@@ -30,7 +30,7 @@ def explain(
         Path,
         typer.Argument(
             help="Run folder written by `clinfuse train`, or a `clinfuse crossval` folder "
-            "(modality Shapley values averaged over its fold models)."
+            "(modality Shapley values and --case attributions averaged over its fold models)."
         ),
     ],
     cohort: Annotated[Path, typer.Argument(help="Manifest of the cases to explain.")],
@@ -56,7 +56,11 @@ def explain(
     ] = 1000,
     no_run_cache: Annotated[
         bool,
-        typer.Option("--no-run-cache", help="Do not copy the results into RUN/explanations/."),
+        typer.Option(
+            "--no-run-cache",
+            help="Do not copy the results into RUN/explanations/ (done only when the cohort "
+            "is the run's own).",
+        ),
     ] = False,
     keep_note_identifiers: Annotated[
         bool,
@@ -74,8 +78,9 @@ def explain(
     Writes `modality_shapley.csv` (one row per case: base value + one φ per modality
     = fused logit), cohort-level importance (mean |φ| and performance Shapley, with
     bootstrap CIs) and, with `--case`, that case's token, voxel, segment and lab
-    attributions as JSON plus PNG/HTML figures. Results are also cached in the run
-    folder for the review app.
+    attributions as JSON plus PNG/HTML figures. For the run's own cohort the results
+    are also cached in the run folder for the review app; another cohort's are read by
+    `clinfuse app RUN --predictions P.csv --explanations OUT`.
     """
     from rich.console import Console
 
@@ -84,36 +89,35 @@ def explain(
 
     console = Console(stderr=True)
     if is_crossval_folder(run):
-        if case is not None:
-            raise typer.BadParameter(
-                "--case explains one model's words, image regions and segments: give a fold's "
-                f"run ({run / 'folds' / 'fold_1'}); a cross-validation folder gets the averaged "
-                "modality Shapley values"
-            )
-        result = explain_ensemble(
-            run, cohort, out, n_boot=n_boot, log=console.print, workers=workers
+        summary = explain_ensemble(
+            run,
+            cohort,
+            out,
+            case=case,
+            note_max_evals=note_max_evals,
+            n_boot=n_boot,
+            keep_note_identifiers=keep_note_identifiers,
+            log=lambda msg: console.print(msg, highlight=False),
+            workers=workers,
         )
-        console.print(
-            f"modality Shapley values of {result['n_cases']} cases averaged over "
-            f"{result['n_models']} fold models: {out / 'modality_shapley.csv'}"
+    else:
+        summary = explain_run(
+            run,
+            cohort,
+            out,
+            case=case,
+            note_max_evals=note_max_evals,
+            n_boot=n_boot,
+            cache_in_run=not no_run_cache,
+            keep_note_identifiers=keep_note_identifiers,
+            log=lambda msg: console.print(msg, highlight=False),
+            workers=workers,
         )
-        return
-
-    summary = explain_run(
-        run,
-        cohort,
-        out,
-        case=case,
-        note_max_evals=note_max_evals,
-        n_boot=n_boot,
-        cache_in_run=not no_run_cache,
-        keep_note_identifiers=keep_note_identifiers,
-        log=lambda msg: console.print(msg, highlight=False),
-        workers=workers,
-    )
     out_console = Console()
+    averaged = f" averaged over {summary['n_models']} fold models" if "n_models" in summary else ""
     out_console.print(
-        f"modality Shapley values of {summary['n_cases']} cases: {out / 'modality_shapley.csv'}"
+        f"modality Shapley values of {summary['n_cases']} cases{averaged}: "
+        f"{out / 'modality_shapley.csv'}"
     )
     ranking = sorted(summary["importance"].items(), key=lambda kv: -kv[1]["mean_abs_phi"])
     out_console.print(
@@ -125,8 +129,14 @@ def explain(
         if info.get("message"):
             out_console.print(f"case {info['case_id']}: {info['message']}", highlight=False)
         ms = info["modality_shapley"]
+        spread = info.get("ensemble")
+        models = (
+            f", fold models {spread['risk_fusion_min']:.1%}–{spread['risk_fusion_max']:.1%}"
+            if spread
+            else ""
+        )
         out_console.print(
-            f"case {info['case_id']}: risk {ms['risk_fusion']:.1%} "
+            f"case {info['case_id']}: risk {ms['risk_fusion']:.1%}{models} "
             f"(base {ms['base_risk']:.1%}); details in {out / 'cases'}",
             highlight=False,
         )

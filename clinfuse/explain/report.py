@@ -1,18 +1,21 @@
 """``clinfuse explain``: explanations of a run on a cohort, written to a folder and cached in the run.
 
-Output folder (also copied to ``RUN/explanations/`` so the review app shows
-them instantly; every file is written atomically)::
+Output folder (every file written atomically; when the cohort is the one the run was
+trained on, also copied to ``RUN/explanations/`` so the review app shows them instantly;
+another cohort's explanations stay in the output folder, which the app reads with
+``--predictions P.csv --explanations OUT``)::
 
     modality_shapley.csv         case_id, base_value, phi_<modality>…, logit_fusion (DESIGN contract)
     modality_importance.json     mean |φ| per modality (bootstrap CI) + performance Shapley (AUROC)
     modality_importance.png
     cases/<case_id>/explanation.json   all values of one case (with --case)
     cases/<case_id>/*.png, note.html   waterfall, image heat map, signal overlay, highlighted note
-    index.json                   what was explained, from which cohort, when
+    index.json                   what was explained: model version, cohort, when
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import warnings
@@ -30,6 +33,7 @@ from clinfuse.explain._common import (
     unknown_case_error,
     write_json_atomic,
 )
+from clinfuse.scored import model_version, run_fingerprint
 
 if TYPE_CHECKING:
     from privacy.text import PatientContext
@@ -38,7 +42,9 @@ __all__ = [
     "RUN_SUBDIR",
     "explain_case",
     "explain_ensemble",
+    "explain_ensemble_case",
     "explain_run",
+    "image_background",
     "load_cached_case",
     "load_cached_modality_shapley",
 ]
@@ -103,6 +109,102 @@ def explain_case(
         Explainer fallbacks are listed under ``"warnings"`` and re-emitted as
         warnings.
     """
+    return _explain_members(
+        [(model, case, float(base_value), dict(phi))],
+        out_dir=out_dir,
+        image_background=image_background,
+        note_max_evals=note_max_evals,
+        signal_segment_seconds=signal_segment_seconds,
+        mask_note_identifiers=mask_note_identifiers,
+        note_context=note_context,
+    )
+
+
+def explain_ensemble_case(
+    ensemble: Any,
+    cases: Sequence[dict[str, Any]],
+    *,
+    base_values: Sequence[float],
+    phis: Sequence[dict[str, float]],
+    out_dir: Path | None = None,
+    image_background: np.ndarray | None = None,
+    note_max_evals: int = 64,
+    signal_segment_seconds: float = 0.5,
+    mask_note_identifiers: bool = True,
+    note_context: PatientContext | None = None,
+) -> dict[str, Any]:
+    """:func:`explain_case` for a fold ensemble: every fold model explains the case and the
+    attributions are averaged.
+
+    The modality Shapley values are the means of the fold models' (the Shapley values of
+    the mean fused logit; ``ensemble.phi_sd`` their SD over the models); the risk is the
+    mean of the fold models' calibrated risks, as :meth:`~clinfuse.ensemble.FoldEnsemble.predict`
+    gives it. Each within-modality attribution is the mean of the fold models' attributions
+    of their own unimodal logits — token, voxel, segment and lab values of the mean unimodal
+    logit for the linear methods (expected gradients with one seed, integrated gradients,
+    occlusion, exact SHAP); for the note's capped Partition explainer, whose coalitions depend
+    on the model, the mean of each model's approximation.
+
+    Args:
+        ensemble: the :class:`~clinfuse.ensemble.FoldEnsemble`.
+        cases: the case as each fold model sees it
+            (:meth:`~clinfuse.ensemble.FoldEnsemble.fold_cases`).
+        base_values, phis: each fold model's modality Shapley values of the case.
+        Others: as :func:`explain_case`.
+    """
+    members = [
+        (model, case, float(b), dict(p))
+        for model, case, b, p in zip(ensemble.models, cases, base_values, phis, strict=True)
+    ]
+    return _explain_members(
+        members,
+        out_dir=out_dir,
+        image_background=image_background,
+        note_max_evals=note_max_evals,
+        signal_segment_seconds=signal_segment_seconds,
+        mask_note_identifiers=mask_note_identifiers,
+        note_context=note_context,
+    )
+
+
+def _mean_explanation(exps: Sequence[Any], modality: str) -> Any:
+    """The fold models' explanations of one modality averaged, into the first one (made for
+    this average; one explanation is returned as it is)."""
+    first = exps[0]
+    if len(exps) == 1:
+        return first
+    if modality == "note" and any(list(e.data) != list(first.data) for e in exps[1:]):
+        raise ConfigError(
+            "the fold models split the note into different tokens: their token attributions "
+            "cannot be averaged",
+            field="note",
+            hint="explain one fold's run (CV/folds/fold_k) instead",
+        )
+    values = np.mean([np.asarray(e.values, dtype=float) for e in exps], axis=0)
+    base = np.mean([np.asarray(e.base_values, dtype=float) for e in exps], axis=0)
+    method = " / ".join(dict.fromkeys(str(e.method) for e in exps))
+    first.values, first.base_values, first.method = values, base, method
+    for attr in ("heatmap", "segment_values"):
+        if getattr(first, attr, None) is not None:
+            setattr(first, attr, np.mean([np.asarray(getattr(e, attr)) for e in exps], axis=0))
+    if getattr(first, "slice_mass", None) is not None:
+        mass = np.abs(first.heatmap).sum(axis=(0, 1))
+        first.slice_mass = mass / max(float(mass.sum()), 1e-12)
+    return first
+
+
+def _explain_members(
+    members: Sequence[tuple[Any, dict[str, Any], float, dict[str, float]]],
+    *,
+    out_dir: Path | None,
+    image_background: np.ndarray | None,
+    note_max_evals: int,
+    signal_segment_seconds: float,
+    mask_note_identifiers: bool,
+    note_context: PatientContext | None,
+) -> dict[str, Any]:
+    """One model's explanation of a case, or several models' averaged: ``members`` holds
+    ``(model, case as that model sees it, base value, phi)`` for each."""
     from clinfuse.explain import plots
     from clinfuse.explain.within import (
         explain_image,
@@ -111,9 +213,13 @@ def explain_case(
         explain_tabular,
     )
 
+    model, case = members[0][0], members[0][1]
     cid = str(case["case_id"])
     present = {m: bool(p) for m, p in zip(model.modalities, case["present"], strict=True)}
+    base_value = float(np.mean([b for _, _, b, _ in members]))
+    phi = {m: float(np.mean([p[m] for _, _, _, p in members])) for m in members[0][3]}
     logit = base_value + sum(phi.values())
+    risks = [_risk(mk, b + sum(p.values())) for mk, _, b, p in members]
     result: dict[str, Any] = {
         "case_id": cid,
         "label": case.get("label"),
@@ -123,13 +229,24 @@ def explain_case(
             "base_value": base_value,
             "phi": phi,
             "logit_fusion": logit,
-            "risk_fusion": _risk(model, logit),
-            "base_risk": _risk(model, base_value),
+            "risk_fusion": float(np.mean(risks)),
+            "base_risk": float(np.mean([_risk(mk, b) for mk, _, b, _ in members])),
         },
         "within": {},
         "figures": {},
         "warnings": [],
     }
+    if len(members) > 1:
+        result["ensemble"] = {
+            "n_models": len(members),
+            "phi_sd": {m: float(np.std([p[m] for _, _, _, p in members], ddof=1)) for m in phi},
+            "risk_fusion_min": float(np.min(risks)),
+            "risk_fusion_max": float(np.max(risks)),
+        }
+
+    def each(explain: Callable[..., Any], modality: str, **kwargs: Any) -> Any:
+        return _mean_explanation([explain(mk, ck, **kwargs) for mk, ck, _, _ in members], modality)
+
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         p = plots.modality_waterfall_png(
@@ -147,7 +264,7 @@ def explain_case(
         warnings.simplefilter("always")
         within = result["within"]
         if present.get("note"):
-            e = explain_note(model, case, max_evals=note_max_evals)
+            e = each(explain_note, "note", max_evals=note_max_evals)
             tokens = [str(t) for t in e.data]
             values = [float(v) for v in np.asarray(e.values, dtype=float).reshape(-1)]
             masked: dict[str, int] | None = None
@@ -172,7 +289,7 @@ def explain_case(
                 result["figures"]["note_html"] = "note.html"
                 result["figures"]["note_tokens"] = "note_tokens.png"
         if present.get("image"):
-            e = explain_image(model, case, background=image_background)
+            e = each(explain_image, "image", background=image_background)
             within["image"] = {
                 "method": e.method,
                 "target": e.target,
@@ -188,7 +305,7 @@ def explain_case(
                 )
                 result["figures"]["image_heatmap"] = "image_heatmap.png"
         if present.get("signal"):
-            e = explain_signal(model, case, segment_seconds=signal_segment_seconds)
+            e = each(explain_signal, "signal", segment_seconds=signal_segment_seconds)
             within["signal"] = {
                 "method": e.method,
                 "target": e.target,
@@ -210,7 +327,7 @@ def explain_case(
                 )
                 result["figures"]["signal_overlay"] = "signal_overlay.png"
         if present.get("tabular"):
-            e = explain_tabular(model, case)
+            e = each(explain_tabular, "tabular")
             within["tabular"] = {
                 "method": e.method,
                 "target": e.target,
@@ -424,6 +541,7 @@ def explain_run(
             stage / "index.json",
             {
                 "run": str(run),
+                "model_version": run_fingerprint(run),
                 "cohort": str(co.manifest_path),
                 "case": case,
                 "n_cases": len(cache),
@@ -439,12 +557,30 @@ def explain_run(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    if cache_in_run:
+    if cache_in_run and _is_training_cohort(run, co.manifest_path):
         try:
             _copy_into(out, run / RUN_SUBDIR)
         except OSError as e:
             warnings.warn(f"could not cache explanations in {run / RUN_SUBDIR}: {e}", stacklevel=2)
+    elif cache_in_run:
+        say(
+            f"not cached in {run / RUN_SUBDIR}: the run caches its own cohort's explanations "
+            "only (another cohort's case ids may name other patients); review these cases with "
+            f"`clinfuse predict {run} {co.manifest_path} --out P.csv` and "
+            f"`clinfuse app {run} --predictions P.csv --explanations {out}`"
+        )
     return summary
+
+
+def _is_training_cohort(run: Path, manifest: Path | None) -> bool:
+    """Whether ``manifest`` is the one the run was trained on (its ``data_report.json``)."""
+    try:
+        recorded = json.loads((run / "data_report.json").read_text(encoding="utf-8"))["manifest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not recorded or manifest is None:
+        return False
+    return Path(recorded).expanduser().resolve() == manifest.resolve()
 
 
 def explain_ensemble(
@@ -452,7 +588,10 @@ def explain_ensemble(
     cohort: str | Path,
     out: str | Path,
     *,
+    case: str | None = None,
+    note_max_evals: int = 64,
     n_boot: int = 1000,
+    keep_note_identifiers: bool = False,
     log: Callable[[str], None] | None = None,
     workers: int | str = "auto",
 ) -> dict[str, Any]:
@@ -466,13 +605,15 @@ def explain_ensemble(
 
     Writes ``modality_shapley.csv`` (the DESIGN columns plus ``phi_<m>_sd``),
     ``modality_importance.json`` (mean |φ| with bootstrap CIs), ``modality_importance.png``
-    and ``index.json``; the folder appears complete or not at all. Within-modality
-    attributions (``--case``) explain one model: give a fold's run (``CV/folds/fold_k``).
-    ``workers`` processes read the cohort's files (:func:`clinfuse.data.scoring_workers`).
+    and ``index.json``; the folder appears complete or not at all. With ``case``, that
+    case's within-modality attributions averaged over the fold models
+    (:func:`explain_ensemble_case`) go to ``cases/<case_id>/``. ``workers`` processes read
+    the cohort's files (:func:`clinfuse.data.scoring_workers`); ``note_max_evals`` and
+    ``keep_note_identifiers`` are :func:`explain_run`'s.
 
     Raises:
-        ConfigError: not a finished cross-validation folder, ``out`` not empty, or no
-            case could be loaded.
+        ConfigError: not a finished cross-validation folder, ``out`` not empty, no case
+            could be loaded, or ``case`` is not in the cohort or could not be loaded.
     """
     import shap
 
@@ -484,6 +625,7 @@ def explain_ensemble(
         modality_shapley,
         modality_shapley_frame,
     )
+    from clinfuse.redact import note_masking
 
     say = log or (lambda _msg: None)
     out = Path(out)
@@ -493,6 +635,9 @@ def explain_ensemble(
         )
     ensemble = load_ensemble(crossval)
     co = ensemble.models[0].checked_cohort(cohort, allow_missing_modalities=True)
+    known = [r.case_id for r in co.rows] + [str(i.case_id) for i in co.excluded if i.case_id]
+    if case is not None and case not in known:
+        raise unknown_case_error(case, list(dict.fromkeys(known)), path=co.manifest_path)
     caches, excluded = ensemble.modality_caches(co, workers=workers)
     say(f"loaded {len(caches[0])} cases ({len(excluded)} excluded)")
     values, bases = [], []
@@ -523,6 +668,32 @@ def explain_ensemble(
         "importance": importance,
     }
     with atomic_folder(out) as stage:
+        if case is not None:
+            if case not in cache.case_ids:
+                raise _case_load_error(case, co, excluded)
+            i = cache.index_of(case)
+            row = next(r for r in co.rows if r.case_id == case)
+            mask, note_context = (
+                (False, None)
+                if keep_note_identifiers
+                else note_masking(co.manifest_path, row.image)
+            )
+            loaded = ensemble.loader().load(row)
+            summary["case"] = explain_ensemble_case(
+                ensemble,
+                ensemble.fold_cases(loaded, row),
+                base_values=[float(b[i]) for b in bases],
+                phis=[{m: float(v[i, j]) for j, m in enumerate(cache.modalities)} for v in values],
+                out_dir=stage / "cases" / safe_name(case),
+                image_background=(
+                    image_background(ensemble.config.data, co.rows, exclude=case)
+                    if loaded.get("image") is not None
+                    else None
+                ),
+                note_max_evals=note_max_evals,
+                mask_note_identifiers=mask,
+                note_context=note_context,
+            )
         frame.to_csv(stage / "modality_shapley.csv", index=False)
         write_json_atomic(
             stage / "modality_importance.json",
@@ -538,7 +709,9 @@ def explain_ensemble(
             stage / "index.json",
             {
                 "crossval": str(Path(crossval)),
+                "model_version": model_version(crossval),
                 "cohort": str(co.manifest_path),
+                "case": case,
                 "n_cases": len(cache),
                 "n_models": len(ensemble),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -568,13 +741,46 @@ def _unexplainable_case(
             phi=dict.fromkeys(model.modalities, 0.0),
             out_dir=case_dir,
         )
-    reasons = "; ".join(f"{i.field}: {i.reason}" for i in issues) or "not loaded"
-    raise ConfigError(
+    raise _case_load_error(case, cohort, failed)
+
+
+def _case_load_error(case: str, cohort: Any, failed: Sequence[Any]) -> ConfigError:
+    """Why a case of the manifest cannot be explained: the reasons it did not load."""
+    issues = [i for i in [*cohort.excluded, *failed] if i.case_id == case]
+    reasons = "; ".join(f"{i.field}: {i.reason}" for i in dict.fromkeys(issues)) or "not loaded"
+    return ConfigError(
         f"the case could not be loaded, so it cannot be explained ({reasons})",
         case_id=case,
         path=cohort.manifest_path,
         hint="run `clinfuse validate` on the cohort",
     )
+
+
+def image_background(
+    data: Any, rows: Sequence[Any], *, exclude: str, k: int = IMAGE_BACKGROUND
+) -> np.ndarray | None:
+    """Up to ``k`` other cases' preprocessed images, in manifest order: the reference images
+    of a case's image attributions (None when no other case has a loadable image).
+
+    Args:
+        data: the model's data configuration (its image preprocessing).
+        rows: the cohort's manifest rows.
+        exclude: the explained case's id.
+    """
+    from clinfuse.data import CaseLoader
+
+    loader = CaseLoader(data, ["image"])
+    images: list[np.ndarray] = []
+    for row in rows:
+        if len(images) >= k:
+            break
+        if row.case_id == exclude or row.image is None:
+            continue
+        try:
+            images.append(loader.load(row)["image"])
+        except (ClinFuseError, RuntimeError):
+            continue  # an unreadable image is not a reference; the case itself is unaffected
+    return np.stack(images) if images else None
 
 
 def load_cached_modality_shapley(run: str | Path) -> Any:
@@ -587,7 +793,6 @@ def load_cached_modality_shapley(run: str | Path) -> Any:
 
 def load_cached_case(run: str | Path, case_id: str) -> dict[str, Any] | None:
     """The cached per-case explanation dict of a run (None if that case was not explained)."""
-    import json
 
     path = Path(run) / RUN_SUBDIR / "cases" / safe_name(case_id) / "explanation.json"
     if not path.exists():

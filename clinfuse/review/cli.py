@@ -27,7 +27,12 @@ APP_EPILOG = (
     "  clinfuse app demo_out/run --deactivate-reviewer bob --list-reviewers\n\n"
     "  clinfuse app demo_out/run\n\n"
     "  clinfuse app runs/r1 --port 8600 --db /secure/reviews.sqlite --threshold 0.3\n\n"
-    "  clinfuse app runs/r1 --host 0.0.0.0 --cohort site_d/manifest.csv --evaluation eval_site_d"
+    "  clinfuse app runs/r1 --host 0.0.0.0 --cohort moved/manifest.csv --evaluation eval_r1\n\n"
+    "  clinfuse predict runs/r1 site_d/manifest.csv --out site_d/scored.csv\n"
+    "  clinfuse app runs/r1 --predictions site_d/scored.csv --add-reviewer alice\n"
+    "  clinfuse app runs/r1 --predictions site_d/scored.csv   # new patients\n\n"
+    "  clinfuse predict runs/cv site_d/manifest.csv --out site_d/cv.csv\n"
+    "  clinfuse app runs/cv --predictions site_d/cv.csv   # fold ensemble: band = models' range"
 )
 
 
@@ -86,7 +91,29 @@ def _ask_password(username: str) -> str:
 
 
 def app(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `clinfuse train`.")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder written by `clinfuse train` (or a `clinfuse crossval` folder, "
+            "with --predictions)."
+        ),
+    ],
+    predictions: Annotated[
+        Path | None,
+        typer.Option(
+            "--predictions",
+            help="Review the cases of this `clinfuse predict` table (new patients, another "
+            "site) instead of the run's own; its manifest comes from P.provenance.json.",
+        ),
+    ] = None,
+    explanations: Annotated[
+        Path | None,
+        typer.Option(
+            "--explanations",
+            help="With --predictions: a `clinfuse explain` folder of the same model and "
+            "cohort (default: P.explanations/ beside the table, filled as cases are explained).",
+        ),
+    ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 8501,
     host: Annotated[
         str,
@@ -94,11 +121,19 @@ def app(
     ] = "127.0.0.1",
     db: Annotated[
         Path | None,
-        typer.Option("--db", help="Review database (default: RUN.reviews.sqlite beside the run)."),
+        typer.Option(
+            "--db",
+            help="Review database (default: RUN.reviews.sqlite beside the run, or "
+            "P.reviews.sqlite beside the --predictions table).",
+        ),
     ] = None,
     cohort: Annotated[
         Path | None,
-        typer.Option("--cohort", help="Cohort manifest (default: the one the run was trained on)."),
+        typer.Option(
+            "--cohort",
+            help="Cohort manifest (default: the one the run was trained on, or the one the "
+            "--predictions were scored from).",
+        ),
     ] = None,
     evaluation: Annotated[
         Path | None,
@@ -146,6 +181,10 @@ def app(
     """Start the Streamlit review dashboard on a run: worklist, case review with
     explanations, decisions saved to SQLite with an audit trail, cohort figures, export.
 
+    The worklist is the run's own cases, or with --predictions the cases of a cohort
+    scored later by `clinfuse predict` (a run's or a cross-validation's fold ensemble,
+    whose band is then the fold models' range of risks).
+
     Reviewers log in with a local account (create one with --add-reviewer) or, when
     an auth section is configured in .streamlit/secrets.toml, through OIDC (st.login).
     """
@@ -157,12 +196,19 @@ def app(
     from clinfuse.review.store import ReviewStore, default_db_path
 
     console = Console()
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().resolve()
+
+    scored = absolute(predictions)
     settings = AppSettings(
         run=run.expanduser().resolve(),
-        db=(db or default_db_path(run.expanduser().resolve())).expanduser().resolve(),
-        cohort=None if cohort is None else cohort.expanduser().resolve(),
-        evaluation=None if evaluation is None else evaluation.expanduser().resolve(),
+        db=(db or default_db_path(run.expanduser().resolve(), scored)).expanduser().resolve(),
+        cohort=absolute(cohort),
+        evaluation=absolute(evaluation),
         threshold=threshold,
+        predictions=scored,
+        explanations=absolute(explanations),
     )
     view = open_run_view(
         settings.run,
@@ -170,6 +216,8 @@ def app(
         evaluation=settings.evaluation,
         threshold=settings.threshold,
         n_boot=20,
+        predictions=settings.predictions,
+        explanations=settings.explanations,
     )
     store = ReviewStore(settings.db)
     admin = (add_reviewer, reset_password, deactivate_reviewer, reactivate_reviewer)
@@ -194,8 +242,11 @@ def app(
     script = app_script()
     if not store.reviewers():
         console.print(
-            f"no reviewer account yet: add one with `clinfuse app {run} --add-reviewer NAME`"
+            f"no reviewer account yet: add one with `{view.app_command} --add-reviewer NAME`",
+            highlight=False,
         )
+    if view.source_note:
+        console.print(view.source_note, highlight=False)
     if view.cohort_error:
         console.print(f"note: {view.cohort_error}")
     url_host = "localhost" if host in ("0.0.0.0", "127.0.0.1") else host

@@ -222,6 +222,27 @@ def load_cohort_results(view: Any) -> CohortResults:
             metrics=metrics,
         )
     f = view.predictions
+    hint = "when outcomes are known, run `clinfuse evaluate` on the cohort and pass --evaluation"
+    if view.scored is not None:
+        part = f[f["label"].notna()] if "label" in f.columns else f.iloc[:0]
+        if len(part) >= 2 and part["label"].nunique() == 2:
+            y = part["label"].to_numpy(float)
+            scores = _scores(part, view.modalities)
+            return CohortResults(
+                source=(
+                    f"scored cases with an outcome ({len(part)} of {len(f)}); for subgroups, "
+                    "the modality ablation and the case mix run `clinfuse evaluate` on the "
+                    "cohort and pass --evaluation"
+                ),
+                y=y,
+                scores=scores,
+                aurocs={m: _auroc(y, p) for m, p in scores.items()},
+            )
+        raise ConfigError(
+            "the scored cases have no outcomes of both kinds yet: nothing to draw curves from",
+            path=view.scored,
+            hint=hint,
+        )
     if "label" not in f.columns:
         raise ConfigError("the run's predictions have no outcome labels", path=view.run)
     for split in ("test", "val"):

@@ -1,10 +1,22 @@
-"""A trained run as the review app sees it: worklist, uncertainty band, one case's view.
+"""A trained model as the review app sees it: worklist, uncertainty band, one case's view.
 
-:func:`open_run_view` checks the run folder and reads only light files
+:func:`open_run_view` checks the model folder and reads only light files
 (``config.yaml``, ``predictions.csv``, ``data_report.json``, ``model/model.json``);
 the model itself is loaded (once) only when an explanation has to be computed.
 
-Case ids come from the run's ``predictions.csv``. A case id given by a user (a
+What is reviewed
+----------------
+By default the worklist is the run's own cases (its ``predictions.csv``: the training,
+validation and test splits of the cohort it was developed on). With ``predictions`` it
+is a cohort scored later by ``clinfuse predict`` (new patients, another site): the table
+and its provenance (:mod:`clinfuse.scored`) name the manifest and the model version,
+and a table scored by another version of the model is refused. Its explanations live
+beside it (``P.explanations/``, or a ``clinfuse explain`` folder of that cohort), never
+in the run folder, so the same case id in two cohorts cannot pick up the other's
+explanation. A ``clinfuse crossval`` folder is reviewed this way only: its fold
+ensemble scores the cases (``clinfuse predict CV MANIFEST --out P.csv``).
+
+Case ids come from that table. A case id given by a user (a
 query parameter, a widget) is looked up by exact match in that table
 (:meth:`RunView.resolve_case`); it is never turned into a path. File paths come
 from the cohort manifest (resolved and checked by :class:`clinfuse.cohort.Cohort`),
@@ -20,19 +32,23 @@ on) are resampled with replacement ``n_boot`` times, the calibrator is refitted 
 each resample with the run's method, and each refit maps the case's fused logit to
 a risk. The band shows how much the *calibrated* risk depends on which
 validation cases happened to be drawn: it is wide when the validation split is
-small, and it does not cover encoder training variability (that would need an
-ensemble of runs). With ``calibration.method: none`` there is nothing to refit
-and the band collapses to the point.
+small, and it does not cover encoder training variability (a fold ensemble shows
+that). With ``calibration.method: none`` there is nothing to refit and the band
+collapses to the point.
 
 A run written by ``clinfuse recalibrate`` shows the band of the site's update
 instead: its fitting cases (``recalibration_cases.csv``: outcome and the logit of
 the source run's risk) are resampled and the update (intercept, logistic or
 isotonic) refitted on each resample.
+
+A fold ensemble's band is the range of its fold models' calibrated risks
+(``p_fusion_min`` to ``p_fusion_max``): "above" the threshold means every model put the
+case above it. It covers what the single-run band leaves out — models trained on other
+patients disagreeing — and the mean risk lies inside it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import threading
@@ -46,6 +62,7 @@ import pandas as pd
 
 from clinfuse import MODALITIES
 from clinfuse.errors import ClinFuseError, ConfigError
+from clinfuse.scored import run_fingerprint
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -66,22 +83,6 @@ _REQUIRED = ("config.yaml", "model/model.json", "predictions.csv")
 
 class UnknownCaseError(ConfigError):
     """A case id that is not in the run's predictions table."""
-
-
-def run_fingerprint(run: str | Path) -> str:
-    """The model version stored with each review: SHA-256 (first 16 hex) of the run's
-    ``model/model.json`` (holds every encoder's weight fingerprint and the calibrators),
-    ``model/fusion.safetensors`` and ``config.yaml``."""
-    run = Path(run)
-    h = hashlib.sha256()
-    for rel in ("model/model.json", "model/fusion.safetensors", "config.yaml"):
-        p = run / rel
-        h.update(rel.encode())
-        if p.exists():
-            with p.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def calibration_band(
@@ -204,20 +205,32 @@ class RunView:
         evaluation: Path | None,
         threshold: float,
         n_boot: int = 200,
+        predictions: Path | None = None,
+        explanations: Path | None = None,
+        provenance: dict[str, Any] | None = None,
     ) -> None:
         from clinfuse.config import load_config
+        from clinfuse.ensemble import is_crossval_folder
+        from clinfuse.scored import model_version
 
         self.run = run
-        self.config = load_config(run / "config.yaml")
-        meta = json.loads((run / "model" / "model.json").read_text(encoding="utf-8"))
+        self.ensemble = is_crossval_folder(run)
+        first = self._fold_runs()[0] if self.ensemble else run
+        self.config = load_config(first / "config.yaml")
+        meta = json.loads((first / "model" / "model.json").read_text(encoding="utf-8"))
         self.modalities: list[str] = [m for m in meta.get("modalities", []) if m in MODALITIES]
         self.threshold = float(threshold)
-        self.fingerprint = run_fingerprint(run)
-        self._fusion_calibrator = meta.get("calibrators", {}).get("fusion")
-        self.recalibration = recalibration_summary(run)
+        self.fingerprint = model_version(run) if self.ensemble else run_fingerprint(run)
+        self._fusion_calibrator = (
+            None if self.ensemble else meta.get("calibrators", {}).get("fusion")
+        )
+        self.recalibration = None if self.ensemble else recalibration_summary(run)
+        self.scored = predictions
+        self.provenance = provenance
         self.cohort_path = cohort
         self.evaluation = evaluation
-        self.predictions = self._read_predictions()
+        self.explanations = explanations if explanations is not None else run / "explanations"
+        self.predictions = self._read_predictions(predictions or run / "predictions.csv")
         self._index = {cid: i for i, cid in enumerate(self.predictions["case_id"])}
         self._add_band(n_boot)
         self._cohort: Any = None
@@ -226,19 +239,32 @@ class RunView:
         self._lock = threading.Lock()
 
     # -- loading -------------------------------------------------------------------
-    def _read_predictions(self) -> pd.DataFrame:
-        path = self.run / "predictions.csv"
+    def _fold_runs(self) -> list[Path]:
+        summary = json.loads((self.run / "crossval.json").read_text(encoding="utf-8"))
+        return [self.run / str(f["path"]) for f in summary["fold_models"]]
+
+    def _read_predictions(self, path: Path) -> pd.DataFrame:
         try:
             frame = pd.read_csv(path, dtype={"case_id": str})
         except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot read predictions.csv: {e}", path=path) from e
+            raise ConfigError(f"cannot read {path.name}: {e}", path=path) from e
         need = {"case_id", "p_fusion", "logit_fusion"}
+        if self.ensemble:
+            need |= {"p_fusion_min", "p_fusion_max"}
         missing = sorted(need - set(frame.columns))
         if missing:
+            hint = (
+                "the run folder is incomplete or from another tool; retrain with `clinfuse train`"
+                if self.scored is None
+                else f"score the cohort with `clinfuse predict {self.run} MANIFEST --out {path}`"
+            )
+            raise ConfigError(f"{path.name} lacks columns {missing}", path=path, hint=hint)
+        if frame["case_id"].duplicated().any():
+            dup = frame.loc[frame["case_id"].duplicated(), "case_id"].iloc[0]
             raise ConfigError(
-                f"predictions.csv lacks columns {missing}",
+                f"case id {dup!r} appears twice in {path.name}",
                 path=path,
-                hint="the run folder is incomplete or from another tool; retrain with `clinfuse train`",
+                hint="case ids must be unique; rescore the cohort with `clinfuse predict`",
             )
         for m in self.modalities:
             col = f"present_{m}"
@@ -252,12 +278,17 @@ class RunView:
 
     def _add_band(self, n_boot: int) -> None:
         f = self.predictions
-        recal = self._recalibration_band(n_boot)
-        if recal is not None:
+        recal = None if self.ensemble else self._recalibration_band(n_boot)
+        if self.ensemble:
+            low, high = f["p_fusion_min"].to_numpy(float), f["p_fusion_max"].to_numpy(float)
+        elif recal is not None:
             low, high = recal
         else:
-            val = f[
-                (f["split"] == "val") & f.get("label", pd.Series(np.nan, index=f.index)).notna()
+            # the run's own validation split, whichever cases are reviewed
+            fitted = f if self.scored is None else self._read_run_predictions()
+            val = fitted[
+                (fitted["split"] == "val")
+                & fitted.get("label", pd.Series(np.nan, index=fitted.index)).notna()
             ]
             low, high = calibration_band(
                 val["logit_fusion"].to_numpy(float),
@@ -274,6 +305,60 @@ class RunView:
         f["vs_threshold"] = np.where(
             f["risk_low"] >= t, "above", np.where(f["risk_high"] < t, "below", "straddles")
         )
+
+    def _read_run_predictions(self) -> pd.DataFrame:
+        path = self.run / "predictions.csv"
+        try:
+            return pd.read_csv(
+                path, dtype={"case_id": str}, usecols=["split", "label", "logit_fusion"]
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read the run's predictions.csv: {e}", path=path) from e
+
+    @property
+    def band_note(self) -> str:
+        """What the uncertainty band is, in one sentence for the case page."""
+        if self.ensemble:
+            return (
+                "Band: the lowest to the highest risk among the fold models "
+                "(how much the risk depends on which patients a model was trained on)."
+            )
+        if self.recalibration:
+            return (
+                "Band: bootstrap refits of the site's recalibration on the cases it was fitted on."
+            )
+        return (
+            "Band: bootstrap refits of the run's calibration on its validation split "
+            "(how much the calibrated risk depends on the validation cases drawn)."
+        )
+
+    @property
+    def source_note(self) -> str | None:
+        """One line naming the scored cohort under review (None for the run's own cases)."""
+        if self.scored is None:
+            return None
+        info = self.provenance or {}
+        manifest = Path(str(info.get("manifest") or self.cohort_path or "")).name or "?"
+        when = str(info.get("created", ""))[:10]
+        excluded = info.get("n_excluded")
+        return (
+            f"Cases scored by `clinfuse predict` on {manifest}"
+            + (f" on {when}" if when else "")
+            + f": {len(self.predictions)} cases"
+            + (f", {excluded} could not be scored" if excluded else "")
+            + (
+                f" — the mean of {len(self._fold_runs())} fold models' risks"
+                if self.ensemble
+                else ""
+            )
+            + f" ({self.scored.name})."
+        )
+
+    @property
+    def app_command(self) -> str:
+        """The ``clinfuse app`` command line that opens this worklist."""
+        extra = "" if self.scored is None else f" --predictions {self.scored}"
+        return f"clinfuse app {self.run}{extra}"
 
     def _recalibration_band(self, n_boot: int) -> tuple[np.ndarray, np.ndarray] | None:
         """For a recalibrated run: the band of the site's update, refitted on bootstrap
@@ -344,9 +429,10 @@ class RunView:
         """The trained model (loaded on first use, then kept)."""
         with self._lock:
             if self._model is None:
+                from clinfuse.ensemble import load_ensemble
                 from clinfuse.model import load_run
 
-                self._model = load_run(self.run)
+                self._model = load_ensemble(self.run) if self.ensemble else load_run(self.run)
             return self._model
 
     # -- cases -----------------------------------------------------------------------
@@ -396,8 +482,10 @@ class RunView:
         out.insert(1, "site", [sites.get(c) or "" for c in out["case_id"]])
         for m in self.modalities:
             out[m] = f[f"present_{m}"].astype(bool)
-        warnings = f.get("input_warnings", pd.Series("", index=f.index)).fillna("").astype(str)
-        out["input_warnings"] = [len(w.split("; ")) if w else 0 for w in warnings]
+        warnings = f.get("input_warnings", pd.Series("", index=f.index))
+        out["input_warnings"] = [
+            len(str(w).split("; ")) if isinstance(w, str) and w else 0 for w in warnings
+        ]
         status = status or {}
         out["n_reviewers"] = [int(status.get(c, {}).get("n_reviewers", 0)) for c in out["case_id"]]
         out["my_decision"] = [
@@ -422,7 +510,7 @@ class RunView:
         }
 
     def _shapley_frame(self) -> pd.DataFrame | None:
-        path = self.run / "explanations" / "modality_shapley.csv"
+        path = self.explanations / "modality_shapley.csv"
         if not path.exists():
             return None
         mtime = path.stat().st_mtime_ns
@@ -436,11 +524,12 @@ class RunView:
 
     def cached_explanation(self, case_id: str) -> dict[str, Any] | None:
         """The case's cached ``explanation.json`` if it belongs to exactly this case id."""
-        from clinfuse.explain.report import load_cached_case
+        from clinfuse.explain._common import safe_name
 
         cid = self.resolve_case(case_id)
+        path = self.explanations / "cases" / safe_name(cid) / "explanation.json"
         try:
-            data = load_cached_case(self.run, cid)
+            data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
         except (OSError, ValueError):
             return None
         if data is None or data.get("case_id") != cid:
@@ -516,48 +605,58 @@ class RunView:
     # -- on-demand explanation -----------------------------------------------------------
     def compute_explanation(self, case_id: str, *, note_max_evals: int = 32) -> dict[str, Any]:
         """Explain one case now (modality Shapley values and within-modality
-        attributions) and cache it in ``RUN/explanations/cases/`` like ``clinfuse explain``.
+        attributions) and cache it in the explanations folder (``RUN/explanations/cases/``
+        for the run's own cases, ``P.explanations/cases/`` for a scored cohort) like
+        ``clinfuse explain``.
 
         Raises:
             ClinFuseError: the cohort is unavailable or the case's data does not load.
         """
         import warnings
 
-        from clinfuse.data import CaseLoader
         from clinfuse.explain._common import NoModalityWarning, safe_name
         from clinfuse.explain.modality import build_modality_cache, modality_shapley
-        from clinfuse.explain.report import RUN_SUBDIR, explain_case
+        from clinfuse.explain.report import explain_case, explain_ensemble_case, image_background
         from clinfuse.redact import note_masking
 
         cid = self.resolve_case(case_id)
         if self.cohort is None:
             raise ConfigError(self.cohort_error or "no cohort", case_id=cid)
         model = self.model()
-        loader = CaseLoader(model.config.data, model.modalities, model.tabular)
         row = self.cohort[cid]
-        case = loader.load(row)
+        case = model.loader().load(row)
+        cases = model.fold_cases(case, row) if self.ensemble else [case]
+        members = list(zip(model.models if self.ensemble else [model], cases, strict=True))
+        bases, phis = [], []
+        for member, member_case in members:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NoModalityWarning)
+                exp = modality_shapley(member, build_modality_cache(member, [member_case]))
+            bases.append(float(exp.base_values[0]))
+            phis.append({m: float(exp.values[0, j]) for j, m in enumerate(member.modalities)})
         mask, note_context = note_masking(self.cohort_path, row.image)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoModalityWarning)
-            exp = modality_shapley(model, build_modality_cache(model, [case]))
-        phi = {m: float(exp.values[0, j]) for j, m in enumerate(model.modalities)}
         background = (
-            self._image_background(model, exclude=cid) if case.get("image") is not None else None
+            image_background(model.config.data, self.cohort.rows, exclude=cid, k=8)
+            if case.get("image") is not None
+            else None
         )
-        final = self.run / RUN_SUBDIR / "cases" / safe_name(cid)
+        self._claim_explanations()
+        final = self.explanations / "cases" / safe_name(cid)
         stage = final.with_name(f".{final.name}.partial-{time.time_ns()}")
+        common: dict[str, Any] = {
+            "out_dir": stage,
+            "image_background": background,
+            "note_max_evals": note_max_evals,
+            "mask_note_identifiers": mask,
+            "note_context": note_context,
+        }
         try:
-            result = explain_case(
-                model,
-                case,
-                base_value=float(exp.base_values[0]),
-                phi=phi,
-                out_dir=stage,
-                image_background=background,
-                note_max_evals=note_max_evals,
-                mask_note_identifiers=mask,
-                note_context=note_context,
-            )
+            if self.ensemble:
+                result = explain_ensemble_case(
+                    model, [c for _, c in members], base_values=bases, phis=phis, **common
+                )
+            else:
+                result = explain_case(model, case, base_value=bases[0], phi=phis[0], **common)
             old = final.with_name(f".{final.name}.old-{time.time_ns()}")
             if final.exists():
                 final.rename(old)
@@ -567,23 +666,23 @@ class RunView:
             shutil.rmtree(stage, ignore_errors=True)
         return result
 
-    def _image_background(self, model: Any, *, exclude: str, k: int = 8) -> np.ndarray | None:
-        from clinfuse.data import CaseLoader
+    def _claim_explanations(self) -> None:
+        """A scored cohort's explanations folder gets an ``index.json`` naming the model
+        version and the manifest (what :func:`open_run_view` checks on the next start)."""
+        from clinfuse._files import write_text_atomic
 
-        if self.cohort is None:
-            return None
-        loader = CaseLoader(model.config.data, ["image"])
-        images = []
-        for row in self.cohort.rows:
-            if row.case_id == exclude or row.image is None:
-                continue
-            try:
-                images.append(loader.load(row)["image"])
-            except (ClinFuseError, RuntimeError):
-                continue
-            if len(images) >= k:
-                break
-        return np.stack(images) if images else None
+        index = self.explanations / "index.json"
+        if self.scored is None or index.exists():
+            return
+        manifest = (self.provenance or {}).get("manifest") or self.cohort_path
+        info = {
+            "run": str(self.run.resolve()),
+            "model_version": self.fingerprint,
+            "cohort": None if manifest is None else str(manifest),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "written_by": "clinfuse app",
+        }
+        write_text_atomic(index, json.dumps(info, indent=2) + "\n")
 
 
 def _check_run_folder(run: Path) -> None:
@@ -654,6 +753,85 @@ def _default_evaluation(run: Path) -> Path | None:
     return None
 
 
+def _check_crossval_folder(run: Path, predictions: Path | None) -> None:
+    if predictions is None:
+        raise ConfigError(
+            "a cross-validation folder has no worklist of its own: its fold ensemble reviews "
+            "cases it scored",
+            path=run,
+            hint=f"score them with `clinfuse predict {run} MANIFEST --out P.csv`, then start "
+            f"`clinfuse app {run} --predictions P.csv` (or open one fold's run: "
+            f"{run / 'folds' / 'fold_1'})",
+        )
+    try:
+        summary = json.loads((run / "crossval.json").read_text(encoding="utf-8"))
+        folds = [run / str(f["path"]) for f in summary["fold_models"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot read crossval.json: {e}", path=run / "crossval.json") from e
+    for fold in folds:
+        missing = [rel for rel in ("config.yaml", "model/model.json") if not (fold / rel).exists()]
+        if missing:
+            raise ConfigError(
+                f"fold model {fold.name} is incomplete: missing {', '.join(missing)}",
+                path=fold,
+                hint="restore the cross-validation folder or run `clinfuse crossval` again",
+            )
+
+
+def _scored_cohort(
+    run: Path, predictions: Path, version: str
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """The provenance of a scored cohort, checked against the model; and its manifest."""
+    from clinfuse.scored import read_provenance
+
+    if not predictions.is_file():
+        raise ConfigError(
+            "the predictions table does not exist",
+            path=predictions,
+            hint=f"score the cohort first: `clinfuse predict {run} MANIFEST --out {predictions}`",
+        )
+    info = read_provenance(predictions)
+    if info is None:
+        return None, None
+    if info["model_version"] != version:
+        raise ConfigError(
+            f"these cases were scored by model version {info['model_version']} "
+            f"({info.get('model', '?')}), not by this folder's version {version}",
+            path=predictions,
+            hint=f"rescore them with `clinfuse predict {run} MANIFEST --out {predictions}`, or "
+            "start the app on the model that scored them",
+        )
+    manifest = info.get("manifest")
+    return info, Path(manifest) if manifest else None
+
+
+def _check_explanations(folder: Path, version: str, manifest: Path | None) -> None:
+    """A scored cohort's explanations folder must explain this model on that manifest
+    (its ``index.json``, written by ``clinfuse explain`` or by the app)."""
+    index = folder / "index.json"
+    if not index.exists():
+        return
+    try:
+        info = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the explanations' index.json: {e}", path=index) from e
+    what = None
+    recorded = info.get("model_version")
+    if recorded is not None and recorded != version:
+        what = f"model version {recorded}, not {version}"
+    elif manifest is not None and info.get("cohort"):
+        theirs = Path(str(info["cohort"])).expanduser().resolve()
+        if theirs != manifest.expanduser().resolve():
+            what = f"the cohort {theirs}, not {manifest}"
+    if what:
+        raise ConfigError(
+            f"these explanations are of {what}",
+            path=folder,
+            hint="pass --explanations with a `clinfuse explain` folder of this model and cohort, "
+            "or move this folder away (the app then explains cases afresh)",
+        )
+
+
 def open_run_view(
     run: str | Path,
     *,
@@ -661,32 +839,79 @@ def open_run_view(
     evaluation: str | Path | None = None,
     threshold: float | None = None,
     n_boot: int = 200,
+    predictions: str | Path | None = None,
+    explanations: str | Path | None = None,
 ) -> RunView:
-    """Open a run folder for review.
+    """Open a model folder for review.
 
     Args:
-        run: the folder written by ``clinfuse train``.
-        cohort: the cohort manifest (default: the one the run was trained on,
-            from ``data_report.json``).
+        run: the folder written by ``clinfuse train`` (or ``clinfuse crossval``, with
+            ``predictions``).
+        cohort: the cohort manifest (default: the one the cases were scored from — the
+            run's training manifest from ``data_report.json``, or the scored cohort's from
+            its provenance).
         evaluation: a ``clinfuse evaluate`` output folder for the cohort page
             (default: ``RUN/evaluation`` or a sibling ``evaluation`` folder, as
-            ``clinfuse demo`` writes).
+            ``clinfuse demo`` writes; none for a scored cohort).
         threshold: decision threshold on the calibrated fused risk (default
             :data:`DEFAULT_THRESHOLD`).
         n_boot: bootstrap refits for the uncertainty band.
+        predictions: review the cases of this ``clinfuse predict`` table instead of the
+            run's own (see the module docstring).
+        explanations: where the scored cohort's explanations are read and cached (default
+            ``P.explanations/`` beside the table ``P.csv``; a ``clinfuse explain`` output
+            folder of the same model and cohort works too).
 
     Raises:
-        ConfigError: the run folder is missing or incomplete, or a threshold outside (0, 1).
+        ConfigError: the folder is missing or incomplete, a threshold outside (0, 1), a
+            predictions table that is missing, unreadable or scored by another model
+            version, or explanations of another model or cohort.
     """
+    from clinfuse.ensemble import is_crossval_folder
+    from clinfuse.scored import model_version
+
     run = Path(run).expanduser()
-    _check_run_folder(run)
+    scored = None if predictions is None else Path(predictions).expanduser()
+    if is_crossval_folder(run):
+        _check_crossval_folder(run, scored)
+    else:
+        _check_run_folder(run)
     t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     if not 0.0 < t < 1.0:
         raise ConfigError(f"threshold must be within (0, 1), got {t}", field="threshold")
-    cohort_path = Path(cohort).expanduser() if cohort else _default_cohort(run)
-    eval_path = Path(evaluation).expanduser() if evaluation else _default_evaluation(run)
+    provenance: dict[str, Any] | None = None
+    expl: Path | None = None
+    if scored is None:
+        if explanations is not None:
+            raise ConfigError(
+                "--explanations goes with --predictions: the run's own cases keep their "
+                "explanations in RUN/explanations",
+                field="explanations",
+            )
+        cohort_path = Path(cohort).expanduser() if cohort else _default_cohort(run)
+        eval_path = Path(evaluation).expanduser() if evaluation else _default_evaluation(run)
+    else:
+        version = model_version(run)
+        provenance, scored_manifest = _scored_cohort(run, scored, version)
+        cohort_path = Path(cohort).expanduser() if cohort else scored_manifest
+        eval_path = Path(evaluation).expanduser() if evaluation else None
+        expl = (
+            Path(explanations).expanduser()
+            if explanations
+            else scored.with_name(scored.stem + ".explanations")
+        )
+        _check_explanations(expl, version, scored_manifest or cohort_path)
     try:
-        return RunView(run, cohort=cohort_path, evaluation=eval_path, threshold=t, n_boot=n_boot)
+        return RunView(
+            run,
+            cohort=cohort_path,
+            evaluation=eval_path,
+            threshold=t,
+            n_boot=n_boot,
+            predictions=scored,
+            explanations=expl,
+            provenance=provenance,
+        )
     except (OSError, ValueError, KeyError) as e:
         if isinstance(e, ClinFuseError):
             raise

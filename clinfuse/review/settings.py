@@ -4,9 +4,11 @@
 
 | variable | meaning |
 | --- | --- |
-| ``CLINFUSE_APP_RUN`` | the run folder (required) |
-| ``CLINFUSE_APP_DB`` | the review database (default ``<RUN>.reviews.sqlite`` beside the run) |
-| ``CLINFUSE_APP_COHORT`` | the cohort manifest (default: the run's training manifest) |
+| ``CLINFUSE_APP_RUN`` | the run folder, or a ``clinfuse crossval`` folder (required) |
+| ``CLINFUSE_APP_PREDICTIONS`` | a ``clinfuse predict`` table to review instead of the run's own cases |
+| ``CLINFUSE_APP_EXPLANATIONS`` | that table's explanations folder (default ``<P>.explanations``) |
+| ``CLINFUSE_APP_DB`` | the review database (default ``<RUN>.reviews.sqlite`` beside the run, or ``<P>.reviews.sqlite`` beside the table) |
+| ``CLINFUSE_APP_COHORT`` | the cohort manifest (default: the run's training manifest, or the scored one) |
 | ``CLINFUSE_APP_EVALUATION`` | a ``clinfuse evaluate`` folder for the cohort page |
 | ``CLINFUSE_APP_THRESHOLD`` | decision threshold on the calibrated risk (default 0.5) |
 """
@@ -28,6 +30,8 @@ ENV = {
     "cohort": "CLINFUSE_APP_COHORT",
     "evaluation": "CLINFUSE_APP_EVALUATION",
     "threshold": "CLINFUSE_APP_THRESHOLD",
+    "predictions": "CLINFUSE_APP_PREDICTIONS",
+    "explanations": "CLINFUSE_APP_EXPLANATIONS",
 }
 
 
@@ -40,6 +44,8 @@ class AppSettings:
     cohort: Path | None = None
     evaluation: Path | None = None
     threshold: float | None = None
+    predictions: Path | None = None
+    explanations: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
@@ -58,7 +64,6 @@ class AppSettings:
                 hint="start the dashboard with `clinfuse app RUN`",
             )
         run_path = Path(run).expanduser()
-        db = env.get(ENV["db"], "").strip()
         threshold = env.get(ENV["threshold"], "").strip()
         try:
             t = float(threshold) if threshold else None
@@ -66,14 +71,20 @@ class AppSettings:
             raise ConfigError(
                 f"threshold must be a number, got {threshold!r}", field=ENV["threshold"]
             ) from None
+
+        def path(key: str) -> Path | None:
+            value = env.get(ENV[key], "").strip()
+            return Path(value).expanduser() if value else None
+
+        predictions = path("predictions")
         return cls(
             run=run_path,
-            db=Path(db).expanduser() if db else default_db_path(run_path),
-            cohort=Path(env[ENV["cohort"]]).expanduser() if env.get(ENV["cohort"]) else None,
-            evaluation=(
-                Path(env[ENV["evaluation"]]).expanduser() if env.get(ENV["evaluation"]) else None
-            ),
+            db=path("db") or default_db_path(run_path, predictions),
+            cohort=path("cohort"),
+            evaluation=path("evaluation"),
             threshold=t,
+            predictions=predictions,
+            explanations=path("explanations"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -85,4 +96,8 @@ class AppSettings:
             out[ENV["evaluation"]] = str(self.evaluation)
         if self.threshold is not None:
             out[ENV["threshold"]] = repr(self.threshold)
+        if self.predictions is not None:
+            out[ENV["predictions"]] = str(self.predictions)
+        if self.explanations is not None:
+            out[ENV["explanations"]] = str(self.explanations)
         return out

@@ -110,13 +110,18 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 _MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}
 
 
-def default_db_path(run: str | Path) -> Path:
-    """Where a run's reviews live unless told otherwise: ``<RUN>.reviews.sqlite`` beside the run.
+def default_db_path(run: str | Path, predictions: str | Path | None = None) -> Path:
+    """Where reviews live unless told otherwise: ``<RUN>.reviews.sqlite`` beside the run,
+    or ``<P>.reviews.sqlite`` beside a scored cohort's table ``<P>.csv``.
 
     Beside, not inside: ``clinfuse train --overwrite`` replaces the run folder
     wholesale, and the audit trail must survive a retrained model (each review
-    records the model version it was made against).
+    records the model version it was made against). A scored cohort gets its own file:
+    its case ids may repeat the development cohort's for other patients.
     """
+    if predictions is not None:
+        p = Path(predictions)
+        return p.with_name(f"{p.stem}.reviews.sqlite")
     run = Path(run)
     return run.with_name(f"{run.name}.reviews.sqlite")
 

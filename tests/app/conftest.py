@@ -72,6 +72,27 @@ def review_run(tmp_path_factory) -> dict[str, str]:
         return paths
 
 
+@pytest.fixture(scope="session")
+def scored_cohort(review_run, tmp_path_factory) -> dict[str, str]:
+    """A second tiny cohort (the same case ids, other patients) scored by the review run
+    through ``clinfuse predict``: paths of its manifest and predictions table."""
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+    from clinfuse.synth import synthesize_cohort
+
+    root = tmp_path_factory.mktemp("scored")
+    manifest = synthesize_cohort(
+        root / "cohort", n_cases=24, seed=11, image_size=32, signal_fs=50, signal_seconds=4.0
+    )
+    table = root / "scored" / "new.csv"
+    result = CliRunner().invoke(
+        app, ["predict", review_run["run"], str(manifest), "--out", str(table), "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output + str(result.exception)
+    return {"manifest": str(manifest), "predictions": str(table)}
+
+
 @pytest.fixture
 def password() -> str:
     """The password of the test reviewers alice and bob."""
@@ -95,7 +116,13 @@ def review_db(tmp_path) -> Path:
 def app_env(review_run, review_db, monkeypatch) -> dict[str, str]:
     """Environment pointing the app at ``review_run`` and ``review_db``."""
     env = {"CLINFUSE_APP_RUN": review_run["run"], "CLINFUSE_APP_DB": str(review_db)}
-    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_THRESHOLD"):
+    for key in (
+        "CLINFUSE_APP_COHORT",
+        "CLINFUSE_APP_EVALUATION",
+        "CLINFUSE_APP_THRESHOLD",
+        "CLINFUSE_APP_PREDICTIONS",
+        "CLINFUSE_APP_EXPLANATIONS",
+    ):
         monkeypatch.delenv(key, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -185,13 +185,141 @@ def test_ensemble_modality_shapley_is_the_mean_of_the_fold_models(
         "modality_importance.png",
         "modality_shapley.csv",
     ]
-    # --case explains one model: refused, naming a fold run; a used --out is refused too
+    # an unknown --case is refused before any work, naming it; a used --out is refused too
     res = CliRunner().invoke(
         app, ["explain", str(cv), str(new_cohort), "--out", str(tmp_path / "ex2"), "--case", "x"]
     )
-    assert res.exit_code != 0 and "fold_1" in res.output
+    assert res.exit_code != 0 and "case id 'x' is not in the cohort" in str(res.exception)
     res = CliRunner().invoke(app, ["explain", str(cv), str(new_cohort), "--out", str(out)])
     assert res.exit_code != 0 and not (tmp_path / "ex2").exists()
+
+
+def test_one_case_explained_by_the_ensemble_is_the_mean_of_its_fold_models(
+    cv: Path, new_cohort: Path, tmp_path: Path
+) -> None:
+    """``clinfuse explain CV COHORT --case C``: every attribution is the mean of the fold
+    models' own (each explained alone with the same reference images), the risk is the
+    ensemble's, and the spread is the fold models'."""
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+    from clinfuse.cohort.manifest import Cohort
+    from clinfuse.ensemble import load_ensemble
+    from clinfuse.explain.modality import build_modality_cache, modality_shapley
+    from clinfuse.explain.report import explain_case, image_background
+    from clinfuse.model import load_run
+
+    pred = load_ensemble(cv).predict(new_cohort).set_index("case_id")
+    complete = pred[pred.filter(like="present_").min(axis=1) == 1]
+    cid = str(complete.index[0])
+    out = tmp_path / "ex"
+    res = CliRunner().invoke(
+        app,
+        ["explain", str(cv), str(new_cohort), "--out", str(out), "--case", cid, "--n-boot", "0"],
+    )
+    assert res.exit_code == 0, res.output + str(res.exception)
+    got = json.loads((out / "cases" / cid / "explanation.json").read_text())
+    assert (out / "cases" / cid / "image_heatmap.png").exists()
+    # reference: each fold model alone, on its own loader (its tabular encoder)
+    singles = []
+    for k in (1, 2, 3):
+        model = load_run(cv / "folds" / f"fold_{k}")
+        cohort = Cohort.from_manifest(new_cohort, target=model.config.data.target)
+        row = cohort[cid]
+        case = model.loader().load(row)
+        exp = modality_shapley(model, build_modality_cache(model, [case]))
+        singles.append(
+            explain_case(
+                model,
+                case,
+                base_value=float(exp.base_values[0]),
+                phi={m: float(exp.values[0, j]) for j, m in enumerate(model.modalities)},
+                image_background=image_background(model.config.data, cohort.rows, exclude=cid),
+            )
+        )
+    ms = got["modality_shapley"]
+    for m in MODALITIES:
+        phis = [s["modality_shapley"]["phi"][m] for s in singles]
+        assert ms["phi"][m] == pytest.approx(np.mean(phis), abs=1e-6)
+        assert got["ensemble"]["phi_sd"][m] == pytest.approx(np.std(phis, ddof=1), abs=1e-6)
+    risks = [s["modality_shapley"]["risk_fusion"] for s in singles]
+    assert ms["risk_fusion"] == pytest.approx(pred.loc[cid, "p_fusion"], abs=1e-5)
+    assert ms["risk_fusion"] == pytest.approx(np.mean(risks), abs=1e-6)
+    assert got["ensemble"]["risk_fusion_min"] == pytest.approx(
+        pred.loc[cid, "p_fusion_min"], abs=1e-5
+    )
+    assert got["ensemble"]["risk_fusion_max"] == pytest.approx(
+        pred.loc[cid, "p_fusion_max"], abs=1e-5
+    )
+    assert ms["base_value"] + sum(ms["phi"].values()) == pytest.approx(
+        pred.loc[cid, "logit_fusion"], abs=1e-4
+    )
+    within = got["within"]
+    np.testing.assert_allclose(
+        within["image"]["heatmap"],
+        np.mean([s["within"]["image"]["heatmap"] for s in singles], axis=0),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        within["signal"]["segment_values"],
+        np.mean([s["within"]["signal"]["segment_values"] for s in singles], axis=0),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        [f["phi"] for f in within["tabular"]["features"]],
+        np.mean([[f["phi"] for f in s["within"]["tabular"]["features"]] for s in singles], axis=0),
+        atol=1e-9,
+    )
+    assert [f["name"] for f in within["tabular"]["features"]] == [
+        f["name"] for f in singles[0]["within"]["tabular"]["features"]
+    ]
+    assert within["tabular"]["base_value"] == pytest.approx(
+        np.mean([s["within"]["tabular"]["base_value"] for s in singles])
+    )
+
+
+def test_review_app_on_cases_the_ensemble_scored(
+    cv: Path, new_cohort: Path, tmp_path: Path
+) -> None:
+    """``clinfuse app CV --predictions P``: the band is the fold models' range, and an
+    explanation computed in the app is the ensemble's."""
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+    from clinfuse.review.runview import open_run_view
+    from clinfuse.scored import model_version, read_provenance
+
+    table = tmp_path / "scored.csv"
+    res = CliRunner().invoke(app, ["predict", str(cv), str(new_cohort), "--out", str(table)])
+    assert res.exit_code == 0, res.output
+    assert read_provenance(table)["model_version"] == model_version(cv)
+    with pytest.raises(ConfigError, match="no worklist of its own"):
+        open_run_view(cv)
+    view = open_run_view(cv, predictions=table)
+    scored = pd.read_csv(table, dtype={"case_id": str})
+    assert view.ensemble and view.fingerprint == model_version(cv)
+    np.testing.assert_allclose(view.predictions["risk_low"], scored["p_fusion_min"])
+    np.testing.assert_allclose(view.predictions["risk_high"], scored["p_fusion_max"])
+    above = view.predictions["vs_threshold"] == "above"
+    assert (scored.loc[above, "p_fusion_min"] >= view.threshold).all()
+    assert "fold models" in view.band_note and "3 fold models" in (view.source_note or "")
+    cid = str(scored.loc[scored.filter(like="present_").min(axis=1) == 1, "case_id"].iloc[0])
+    result = view.compute_explanation(cid)
+    assert result["ensemble"]["n_models"] == 3
+    assert result["modality_shapley"]["risk_fusion"] == pytest.approx(
+        float(scored.set_index("case_id").loc[cid, "p_fusion"]), abs=1e-5
+    )
+    assert view.case_view(cid).explanation["within"].keys() == {"image", "signal", "tabular"}
+    # a fold model replaced after scoring: the table's version no longer matches
+    (cv / "folds" / "fold_2" / "config.yaml").write_text(
+        (cv / "folds" / "fold_2" / "config.yaml").read_text() + "\n"
+    )
+    try:
+        with pytest.raises(ConfigError, match="scored by model version"):
+            open_run_view(cv, predictions=table)
+    finally:
+        text = (cv / "folds" / "fold_2" / "config.yaml").read_text()
+        (cv / "folds" / "fold_2" / "config.yaml").write_text(text[:-1])
 
 
 def test_scoring_in_chunks_gives_the_same_ensemble_risks(

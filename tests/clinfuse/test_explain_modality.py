@@ -292,6 +292,9 @@ def test_explain_run_caches_in_run_and_base_rate_case(
         manifest.loc[0, col] = None
     path = tmp_path / "cohort" / "manifest_blank.csv"
     manifest.to_csv(path, index=False)
+    # the run's own cohort (as its data report names it): explanations are cached in the run
+    report = json.loads((run / "data_report.json").read_text())
+    (run / "data_report.json").write_text(json.dumps({**report, "manifest": str(path)}))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = explain_run(run, path, tmp_path / "ex", case=empty, n_boot=20)

@@ -1,0 +1,144 @@
+"""A cohort scored by ``clinfuse predict``: the predictions table and where it came from.
+
+``clinfuse predict MODEL MANIFEST --out P.csv`` writes, beside ``P.csv``, a small JSON
+``P.provenance.json``: the model folder that scored the cases and its version
+(:func:`model_version`), the manifest, when, and how many cases were scored and excluded.
+The review app reads it to open a worklist of those cases (``clinfuse app MODEL
+--predictions P.csv``): it finds the manifest there and refuses a table that another
+version of the model scored.
+
+>>> write_scored(Path("new/predictions.csv"), frame, model="runs/demo",
+...              manifest="new/manifest.csv", n_excluded=0)  # doctest: +SKIP
+>>> read_provenance("new/predictions.csv")["model_version"]  # doctest: +SKIP
+'3f2a9c01d4e5b677'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from clinfuse.errors import ConfigError
+
+__all__ = [
+    "PROVENANCE_SUFFIX",
+    "model_version",
+    "provenance_path",
+    "read_provenance",
+    "run_fingerprint",
+    "write_scored",
+]
+
+PROVENANCE_SUFFIX = ".provenance.json"
+"""Suffix of the provenance file beside a predictions table (``P.csv`` → ``P.provenance.json``)."""
+
+
+def run_fingerprint(run: str | Path) -> str:
+    """The version of one trained run: SHA-256 (first 16 hex) of its ``model/model.json``
+    (every encoder's weight fingerprint and the calibrators), ``model/fusion.safetensors``
+    and ``config.yaml``. Stored with each review and with each scored table."""
+    run = Path(run)
+    h = hashlib.sha256()
+    for rel in ("model/model.json", "model/fusion.safetensors", "config.yaml"):
+        p = run / rel
+        h.update(rel.encode())
+        if p.exists():
+            with p.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def model_version(path: str | Path) -> str:
+    """The version of a run folder (:func:`run_fingerprint`) or of a ``clinfuse crossval``
+    folder's fold ensemble (SHA-256, first 16 hex, of its fold runs' fingerprints in order).
+
+    Raises:
+        ConfigError: a cross-validation folder whose ``crossval.json`` cannot be read.
+    """
+    path = Path(path)
+    summary_path = path / "crossval.json"
+    if not summary_path.is_file():
+        return run_fingerprint(path)
+    try:
+        folds = json.loads(summary_path.read_text(encoding="utf-8"))["fold_models"]
+        fold_paths = [path / str(f["path"]) for f in folds]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"cannot read crossval.json: {e}", path=summary_path) from e
+    h = hashlib.sha256(b"fold-ensemble")
+    for run in fold_paths:
+        h.update(run_fingerprint(run).encode())
+    return h.hexdigest()[:16]
+
+
+def provenance_path(predictions: str | Path) -> Path:
+    """``P.provenance.json`` beside the predictions table ``P.csv``."""
+    p = Path(predictions)
+    return p.with_name(p.stem + PROVENANCE_SUFFIX)
+
+
+def write_scored(
+    out: str | Path,
+    frame: Any,
+    *,
+    model: str | Path,
+    manifest: str | Path,
+    n_excluded: int,
+) -> Path:
+    """Write a predictions table and its provenance, each atomically (temp file, rename).
+
+    The provenance is replaced first, then the table: a reader never pairs a new table
+    with an old provenance (at worst, for a moment, an old table with the new one, whose
+    version check then refuses the pair).
+
+    Returns:
+        The provenance file's path.
+    """
+    from clinfuse import __version__
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = {
+        "model": str(Path(model).expanduser().resolve()),
+        "model_version": model_version(model),
+        "manifest": str(Path(manifest).expanduser().resolve()),
+        "n_cases": len(frame),
+        "n_excluded": int(n_excluded),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "clinfuse_version": __version__,
+    }
+    meta = provenance_path(out)
+    tmp_meta = meta.with_name(f".{meta.name}.tmp")
+    tmp_meta.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    tmp = out.with_name(f".{out.name}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp_meta, meta)
+    os.replace(tmp, out)
+    return meta
+
+
+def read_provenance(predictions: str | Path) -> dict[str, Any] | None:
+    """The provenance of a predictions table (None when it has none: an older table, or
+    one written by other means).
+
+    Raises:
+        ConfigError: the provenance file exists but cannot be read.
+    """
+    path = provenance_path(predictions)
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the provenance file: {e}", path=path) from e
+    if not isinstance(info, dict) or not isinstance(info.get("model_version"), str):
+        raise ConfigError(
+            "the provenance file lacks model_version",
+            path=path,
+            hint="rescore the cohort with `clinfuse predict`",
+        )
+    return info

@@ -1,0 +1,225 @@
+"""Reviewing a cohort scored later by ``clinfuse predict`` (``clinfuse app RUN --predictions P``):
+provenance, band, explanations kept apart from the run's own cases, refusals, pages."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+from typer.testing import CliRunner
+
+from clinfuse.errors import ConfigError
+from clinfuse.review.runview import calibration_band, open_run_view
+from clinfuse.review.store import ReviewStore, default_db_path
+from clinfuse.scored import model_version, provenance_path, read_provenance, run_fingerprint
+
+ENTRY = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+
+
+def _copy_scored(scored_cohort, tmp_path) -> Path:
+    """The scored table and its provenance copied to ``tmp_path`` (tests that write)."""
+    src = Path(scored_cohort["predictions"])
+    dest = tmp_path / src.name
+    shutil.copy(src, dest)
+    shutil.copy(provenance_path(src), provenance_path(dest))
+    return dest
+
+
+def test_predict_records_the_model_version_and_manifest(review_run, scored_cohort):
+    table = Path(scored_cohort["predictions"])
+    info = read_provenance(table)
+    assert info is not None
+    assert (
+        info["model_version"]
+        == run_fingerprint(review_run["run"])
+        == model_version(review_run["run"])
+    )
+    assert Path(info["manifest"]) == Path(scored_cohort["manifest"]).resolve()
+    assert info["n_cases"] == len(pd.read_csv(table)) == 24
+    assert provenance_path(table).name == "new.provenance.json"
+
+
+def test_scored_cohort_worklist_and_band_use_the_runs_validation_split(review_run, scored_cohort):
+    view = open_run_view(review_run["run"], predictions=scored_cohort["predictions"], n_boot=50)
+    scored = pd.read_csv(scored_cohort["predictions"], dtype={"case_id": str})
+    assert view.case_ids == list(scored["case_id"])
+    assert view.cohort_path == Path(scored_cohort["manifest"]).resolve()
+    assert view.evaluation is None
+    # the band: the run's calibrator refitted on bootstrap resamples of the run's own
+    # validation cases, mapping the scored cases' logits
+    run_preds = pd.read_csv(Path(review_run["run"]) / "predictions.csv")
+    val = run_preds[run_preds["split"] == "val"]
+    low, high = calibration_band(
+        val["logit_fusion"].to_numpy(float),
+        val["label"].to_numpy(float),
+        scored["logit_fusion"].to_numpy(float),
+        method=view.config.calibration.method,
+        n_boot=50,
+    )
+    p = scored["p_fusion"].to_numpy(float)
+    np.testing.assert_allclose(view.predictions["risk_low"], np.minimum(low, p))
+    np.testing.assert_allclose(view.predictions["risk_high"], np.maximum(high, p))
+    table = view.worklist()
+    assert "label" not in table.columns and len(table) == 24
+    assert set(table["site"]) <= {"site_a", "site_b", "site_c"} and table["site"].all()
+    assert "24 cases" in (view.source_note or "") and "new.csv" in (view.source_note or "")
+    assert view.app_command.endswith(f"--predictions {scored_cohort['predictions']}")
+
+
+def test_scored_explanations_never_touch_the_runs_own(review_run, scored_cohort, tmp_path):
+    """The scored cohort reuses the development cohort's case ids for other patients: its
+    explanations go beside its table, and the run's own cases keep theirs."""
+    table = _copy_scored(scored_cohort, tmp_path)
+    cid = review_run["explained_case"]
+    own = open_run_view(review_run["run"], n_boot=10)
+    own_before = own.case_view(cid).explanation
+    assert own_before is not None
+    view = open_run_view(review_run["run"], predictions=table, n_boot=10)
+    assert cid in view.case_ids
+    assert view.case_view(cid).explanation is None  # not the development patient's
+    result = view.compute_explanation(cid, note_max_evals=8)
+    folder = tmp_path / "new.explanations"
+    assert (folder / "cases" / cid / "explanation.json").exists()
+    index = json.loads((folder / "index.json").read_text())
+    assert index["model_version"] == view.fingerprint
+    assert Path(index["cohort"]) == Path(scored_cohort["manifest"]).resolve()
+    ms = result["modality_shapley"]
+    logit = float(view.prediction(cid)["logit_fusion"])
+    assert ms["base_value"] + sum(ms["phi"].values()) == pytest.approx(logit, abs=1e-4)
+    reopened = open_run_view(review_run["run"], predictions=table, n_boot=10)
+    assert reopened.case_view(cid).explanation["modality_shapley"] == ms
+    assert open_run_view(review_run["run"], n_boot=10).case_view(cid).explanation == own_before
+
+
+def test_explain_caches_in_the_run_only_for_its_own_cohort(review_run, scored_cohort, tmp_path):
+    from clinfuse.explain.report import explain_run
+
+    run = Path(review_run["run"])
+    before = (run / "explanations" / "modality_shapley.csv").read_bytes()
+    messages: list[str] = []
+    out = tmp_path / "expl_new"
+    explain_run(run, scored_cohort["manifest"], out, n_boot=0, log=messages.append)
+    assert (run / "explanations" / "modality_shapley.csv").read_bytes() == before
+    assert any("not cached in" in m for m in messages)
+    index = json.loads((out / "index.json").read_text())
+    assert index["model_version"] == run_fingerprint(run)
+    # that folder is the scored cohort's explanations in the app
+    view = open_run_view(run, predictions=scored_cohort["predictions"], explanations=out)
+    row = view.modality_shapley_row(view.case_ids[0])
+    frame = pd.read_csv(out / "modality_shapley.csv", dtype={"case_id": str})
+    assert row["logit_fusion"] == pytest.approx(float(frame["logit_fusion"].iloc[0]))
+
+
+def test_refusals_name_the_problem(review_run, scored_cohort, tmp_path):
+    run = review_run["run"]
+    with pytest.raises(ConfigError, match="does not exist") as e:
+        open_run_view(run, predictions=tmp_path / "nope.csv")
+    assert "clinfuse predict" in str(e.value)
+    # scored by another model version
+    table = _copy_scored(scored_cohort, tmp_path)
+    info = json.loads(provenance_path(table).read_text())
+    provenance_path(table).write_text(json.dumps({**info, "model_version": "0" * 16}))
+    with pytest.raises(ConfigError, match=r"scored by model version 0{16}") as e:
+        open_run_view(run, predictions=table)
+    assert "rescore" in str(e.value)
+    provenance_path(table).write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read the provenance"):
+        open_run_view(run, predictions=table)
+    provenance_path(table).write_text(json.dumps(info))
+    # explanations of another cohort
+    with pytest.raises(ConfigError, match="explanations are of the cohort"):
+        open_run_view(
+            run, predictions=table, explanations=Path(review_run["root"]) / "explanations"
+        )
+    with pytest.raises(ConfigError, match="--explanations goes with --predictions"):
+        open_run_view(run, explanations=tmp_path)
+    # a table that is not a predict output, or that repeats a case
+    frame = pd.read_csv(table, dtype={"case_id": str})
+    frame.drop(columns=["logit_fusion"]).to_csv(table, index=False)
+    with pytest.raises(ConfigError, match=r"lacks columns \['logit_fusion'\]"):
+        open_run_view(run, predictions=table)
+    pd.concat([frame, frame.iloc[:1]]).to_csv(table, index=False)
+    with pytest.raises(ConfigError, match="appears twice"):
+        open_run_view(run, predictions=table)
+
+
+def test_a_table_without_provenance_needs_the_cohort(review_run, scored_cohort, tmp_path):
+    table = _copy_scored(scored_cohort, tmp_path)
+    provenance_path(table).unlink()
+    view = open_run_view(review_run["run"], predictions=table, n_boot=10)
+    assert view.cohort is None and "pass --cohort" in (view.cohort_error or "")
+    view = open_run_view(
+        review_run["run"], predictions=table, cohort=scored_cohort["manifest"], n_boot=10
+    )
+    assert view.cohort is not None and view.case_view(view.case_ids[0]).manifest is not None
+
+
+def test_cli_keeps_the_scored_cohorts_reviews_apart(
+    review_run, scored_cohort, tmp_path, monkeypatch
+):
+    from clinfuse.review import cli as review_cli
+    from tests.app.test_app_cli import _cli
+
+    table = _copy_scored(scored_cohort, tmp_path)
+    monkeypatch.setenv("CLINFUSE_REVIEWER_PASSWORD", "a long password")
+    runner = CliRunner()
+    out = runner.invoke(
+        _cli(), ["app", review_run["run"], "--predictions", str(table), "--add-reviewer", "dana"]
+    )
+    assert out.exit_code == 0, out.output + str(out.exception)
+    db = default_db_path(review_run["run"], table)
+    assert db == tmp_path / "new.reviews.sqlite"
+    assert [r["username"] for r in ReviewStore(db).reviewers()] == ["dana"]
+    calls = []
+    monkeypatch.setattr(review_cli.subprocess, "call", lambda cmd, env: calls.append(env) or 0)
+    out = runner.invoke(_cli(), ["app", review_run["run"], "--predictions", str(table)])
+    assert out.exit_code == 0, out.output + str(out.exception)
+    (env,) = calls
+    assert env["CLINFUSE_APP_PREDICTIONS"] == str(table.resolve())
+    assert env["CLINFUSE_APP_DB"] == str(db.resolve())
+    assert "Cases scored by `clinfuse predict`" in out.output
+
+
+def test_pages_on_a_scored_cohort(review_run, scored_cohort, tmp_path, monkeypatch, password):
+    from clinfuse.review.auth import add_reviewer
+
+    table = _copy_scored(scored_cohort, tmp_path)
+    db = tmp_path / "r.sqlite"
+    add_reviewer(ReviewStore(db), "alice", password)
+    for key, value in {
+        "CLINFUSE_APP_RUN": review_run["run"],
+        "CLINFUSE_APP_DB": str(db),
+        "CLINFUSE_APP_PREDICTIONS": str(table),
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
+        monkeypatch.delenv(key, raising=False)
+    at = AppTest.from_file(str(ENTRY), default_timeout=120).run()
+    at.text_input(key="login_username").input("alice")
+    at.text_input(key="login_password").input(password)
+    at.button(key="login_submit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == "Worklist"
+    assert at.metric[0].value == "24"
+    assert any("Cases scored by `clinfuse predict`" in i.value for i in at.info)
+    cid = str(pd.read_csv(table, dtype={"case_id": str})["case_id"].iloc[0])
+    at.session_state["case_id"] = cid
+    at.switch_page("pages/case_review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="case_select").value == cid
+    assert any("No explanation cached" in i.value for i in at.info)
+    at.radio(key="decision").set_value("agree")
+    at.button(key="submit_review").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (saved,) = ReviewStore(db).reviews(case_id=cid)
+    assert saved.model_version == run_fingerprint(review_run["run"])
+    assert saved.risk_shown == pytest.approx(float(pd.read_csv(table)["p_fusion"].iloc[0]))
+    # the synthetic scored cohort has outcomes: the cohort page draws them
+    at.switch_page("pages/cohort.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("scored cases with an outcome (24 of 24)" in str(c.value) for c in at.caption)
