@@ -7,6 +7,8 @@ rebuilds exactly the same preprocessing and model without guessing anything.
 >>> cfg = RunConfig.model_validate({"training": {"epochs": 3}})
 >>> cfg.training.epochs, cfg.fusion.strategy
 (3, 'late')
+
+Importing this module is light: it needs neither PyTorch nor MONAI.
 """
 
 from __future__ import annotations
@@ -15,23 +17,222 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from clinfuse import MODALITIES
 from clinfuse.errors import ConfigError
-from clinfuse.fusion.base import FusionConfig
-from clinfuse.transforms.image import ImageTransformConfig
-from clinfuse.transforms.signal import SignalTransformConfig
 
 __all__ = [
+    "WINDOW_PRESETS",
     "CalibrationConfig",
     "DataConfig",
+    "FusionConfig",
+    "ImageTransformConfig",
     "RunConfig",
+    "SignalTransformConfig",
     "TrainingConfig",
     "default_encoders",
     "demo_config",
     "load_config",
 ]
+
+# The models of the fusion and of image and signal preprocessing are re-exported by
+# clinfuse.fusion and clinfuse.transforms; they are defined here so that reading a run's
+# config.yaml imports neither PyTorch nor MONAI (the review app opens a run in about a second).
+
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "ct_soft_tissue": (40.0, 400.0),
+    "ct_lung": (-600.0, 1500.0),
+    "ct_bone": (400.0, 1800.0),
+    "ct_brain": (40.0, 80.0),
+}
+"""Named (center, width) windows in Hounsfield units. ``"dicom"`` (the file's own
+WindowCenter/WindowWidth) is accepted besides these names."""
+
+
+class FusionConfig(BaseModel):
+    """Settings of the fusion model (saved in the run's ``config.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["late", "early", "intermediate"] = Field(
+        "late",
+        description="late: weighted sum of unimodal logits (default, mask-aware, exact modality Shapley); "
+        "early: concatenated embeddings + MLP; intermediate: cross-modal attention over modality tokens.",
+    )
+    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each unimodal head.")
+    modality_dropout: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Training-time probability of hiding each present modality (at least one is kept).",
+    )
+    hidden: int = Field(
+        128, ge=1, description="early: MLP width; intermediate: token width (d_model)."
+    )
+    n_layers: int = Field(2, ge=1, description="intermediate: transformer layers.")
+    n_heads: int = Field(
+        4, ge=1, description="intermediate: attention heads (must divide `hidden`)."
+    )
+    aux_weight: float = Field(
+        0.5, ge=0, description="early/intermediate: weight of the unimodal auxiliary losses."
+    )
+
+
+class ImageTransformConfig(BaseModel):
+    """How an image is prepared for an image encoder. Saved with the encoder's weights.
+
+    Attributes:
+        spatial_size: output spatial size, 2 ints for ``ndim=2`` or 3 for ``ndim=3``.
+            Default ``(64, 64)``.
+        window: intensity window applied before resizing: ``(center, width)`` in
+            modality units (HU for CT), a preset name from :data:`WINDOW_PRESETS`
+            (``"ct_soft_tissue"`` (40, 400), ``"ct_lung"`` (-600, 1500),
+            ``"ct_bone"`` (400, 1800), ``"ct_brain"`` (40, 80)), ``"dicom"`` to use
+            the file's WindowCenter/WindowWidth (an image without one is a
+            :class:`~clinfuse.errors.ModalityLoadError`), or ``None`` for no
+            windowing. Values are clipped to ``[c - w/2, c + w/2]`` and mapped to
+            ``[0, 1]``. Default ``None``.
+        normalize: final intensity normalization: ``"zscore"`` (per channel, mean 0
+            std 1), ``"minmax"`` (per channel to ``[0, 1]``) or ``"none"``.
+            Default ``"zscore"``.
+        channels: number of output channels. ``1`` averages colour channels to one;
+            ``3`` repeats a grayscale channel three times; ``None`` keeps the
+            image's channels. Default ``1``.
+        ndim: spatial dimensions of the output, 2 or 3. A 3-D volume given to a
+            2-D config is reduced to its middle slice along the last spatial axis
+            (``Z``, index ``n_slices // 2``), recorded as ``meta["slice_index"]``; a
+            2-D image given to a 3-D config is a
+            :class:`~clinfuse.errors.ModalityLoadError`. Default ``2``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spatial_size: tuple[int, ...] = Field(
+        default=(64, 64), description="output spatial size: 2 ints for ndim=2, 3 for ndim=3"
+    )
+    window: tuple[float, float] | str | None = Field(
+        default=None,
+        description="(center, width) in modality units, a preset name, 'dicom', or None",
+    )
+    normalize: Literal["zscore", "minmax", "none"] = Field(
+        default="zscore", description="final per-channel intensity normalization"
+    )
+    channels: int | None = Field(
+        default=1, description="output channels (1 averages colour, 3 repeats gray) or None to keep"
+    )
+    ndim: Literal[2, 3] = Field(default=2, description="output spatial dimensions")
+
+    @field_validator("spatial_size")
+    @classmethod
+    def _positive_size(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 1 for s in value):
+            raise ValueError(f"spatial_size must be positive, got {value}")
+        return value
+
+    @field_validator("window")
+    @classmethod
+    def _known_window(
+        cls, value: tuple[float, float] | str | None
+    ) -> tuple[float, float] | str | None:
+        if isinstance(value, str) and value != "dicom" and value not in WINDOW_PRESETS:
+            names = ", ".join([*WINDOW_PRESETS, "dicom"])
+            raise ValueError(
+                f"unknown window {value!r}; expected one of {names} or (center, width)"
+            )
+        if isinstance(value, tuple) and value[1] <= 0:
+            raise ValueError(f"window width must be > 0, got {value[1]}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _positive_channels(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError(f"channels must be >= 1 or None, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _size_matches_ndim(self) -> ImageTransformConfig:
+        if len(self.spatial_size) != self.ndim:
+            raise ValueError(
+                f"spatial_size {self.spatial_size} has {len(self.spatial_size)} values "
+                f"but ndim is {self.ndim}"
+            )
+        return self
+
+
+class SignalTransformConfig(BaseModel):
+    """Preprocessing of the ``signal`` modality (saved in the run's ``config.yaml``).
+
+    Attributes:
+        target_fs: sampling rate (Hz) every signal is resampled to. Default 100.0.
+        duration_s: length (s) of the window fed to the encoder; shorter
+            signals are zero-padded (and masked), longer ones cropped. Default 10.0.
+        bandpass: ``(low, high)`` Butterworth band-pass edges in Hz applied
+            after resampling, zero-phase (``sosfiltfilt``); ``high`` is clamped
+            to 0.95 × Nyquist; ``low == 0`` gives a low-pass only; ``None``
+            disables filtering. Default ``(0.5, 40.0)``.
+        filter_order: Butterworth order of each edge. Default 4.
+        crop: which window of a longer signal to keep: ``"center"``,
+            ``"start"`` or ``"random"`` (augmentation; training only). Default
+            ``"center"``.
+        normalize: ``"zscore"`` (per lead, over the valid samples; a flat lead
+            stays zeros) or ``"none"``. Default ``"zscore"``.
+        n_leads: keep the first ``n_leads`` leads; a case with fewer is a
+            :class:`~clinfuse.errors.ModalityLoadError`, so all cases of a run
+            share one lead count. ``None`` keeps all leads. Default ``None``.
+        lead_names: select these leads by name (case-insensitive), in this
+            order; a case lacking one is an error. Default ``None``.
+        ecg_clean: neurokit2 ``ecg_clean`` method (e.g. ``"neurokit"``)
+            applied before the band-pass; ``None`` skips it. ECG only.
+            Default ``None``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_fs: float = Field(100.0, gt=0, description="Resample to this rate (Hz).")
+    duration_s: float = Field(10.0, gt=0, description="Window length (s) after crop/pad.")
+    bandpass: tuple[float, float] | None = Field(
+        (0.5, 40.0), description="Band-pass edges (Hz), None = off; high clamped below Nyquist."
+    )
+    filter_order: int = Field(4, ge=1, le=10, description="Butterworth order.")
+    crop: Literal["center", "start", "random"] = Field("center", description="Crop position.")
+    normalize: Literal["zscore", "none"] = Field("zscore", description="Per-lead normalization.")
+    n_leads: int | None = Field(None, ge=1, description="Keep the first n leads; fewer = error.")
+    lead_names: list[str] | None = Field(None, description="Select leads by name, in order.")
+    ecg_clean: str | None = Field(None, description="neurokit2 ecg_clean method, None = off.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SignalTransformConfig:
+        if self.bandpass is not None:
+            low, high = self.bandpass
+            if not (0 <= low < high):
+                raise ValueError(f"bandpass must satisfy 0 <= low < high, got {self.bandpass}")
+            if low >= 0.95 * self.target_fs / 2:
+                raise ValueError(
+                    f"bandpass low edge {low} Hz is not below the Nyquist rate of "
+                    f"target_fs={self.target_fs} Hz"
+                )
+        if self.lead_names is not None:
+            if not self.lead_names:
+                raise ValueError("lead_names must name at least one lead (or be None)")
+            if self.n_leads is not None and self.n_leads != len(self.lead_names):
+                raise ValueError(
+                    f"n_leads={self.n_leads} contradicts {len(self.lead_names)} lead_names"
+                )
+        return self
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per lead after the pipeline: ``round(target_fs * duration_s)``."""
+        return round(self.target_fs * self.duration_s)
 
 
 class DataConfig(BaseModel):

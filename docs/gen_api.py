@@ -53,7 +53,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.config", "RunConfig", ["to_yaml", "save"]),
             ("clinfuse.config", "DataConfig", []),
             ("clinfuse.config", "TrainingConfig", []),
-            ("clinfuse.fusion.base", "FusionConfig", []),
+            ("clinfuse.config", "FusionConfig", []),
             ("clinfuse.config", "CalibrationConfig", []),
             ("clinfuse.config", "load_config", []),
             ("clinfuse.config", "demo_config", []),

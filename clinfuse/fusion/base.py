@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from clinfuse.config import FusionConfig
 from clinfuse.errors import ConfigError
 
 __all__ = [
@@ -34,35 +34,6 @@ __all__ = [
     "build_fusion",
     "modality_dropout",
 ]
-
-
-class FusionConfig(BaseModel):
-    """Settings of the fusion model (saved in the run's ``config.yaml``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    strategy: Literal["late", "early", "intermediate"] = Field(
-        "late",
-        description="late: weighted sum of unimodal logits (default, mask-aware, exact modality Shapley); "
-        "early: concatenated embeddings + MLP; intermediate: cross-modal attention over modality tokens.",
-    )
-    head_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout before each unimodal head.")
-    modality_dropout: float = Field(
-        0.25,
-        ge=0,
-        lt=1,
-        description="Training-time probability of hiding each present modality (at least one is kept).",
-    )
-    hidden: int = Field(
-        128, ge=1, description="early: MLP width; intermediate: token width (d_model)."
-    )
-    n_layers: int = Field(2, ge=1, description="intermediate: transformer layers.")
-    n_heads: int = Field(
-        4, ge=1, description="intermediate: attention heads (must divide `hidden`)."
-    )
-    aux_weight: float = Field(
-        0.5, ge=0, description="early/intermediate: weight of the unimodal auxiliary losses."
-    )
 
 
 @dataclass

@@ -17,7 +17,7 @@ and yields ``d[k]`` as float32 numpy of shape ``(C, *spatial_size)``.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from monai.config import KeysCollection
@@ -30,8 +30,8 @@ from monai.transforms import (
     Transform,
 )
 from monai.utils import convert_to_numpy
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from clinfuse.config import WINDOW_PRESETS, ImageTransformConfig
 from clinfuse.errors import ModalityLoadError
 from clinfuse.io.image import load_image
 from clinfuse.transforms.base import ClinicalCompose
@@ -50,98 +50,7 @@ __all__ = [
     "build_image_transforms",
 ]
 
-WINDOW_PRESETS: dict[str, tuple[float, float]] = {
-    "ct_soft_tissue": (40.0, 400.0),
-    "ct_lung": (-600.0, 1500.0),
-    "ct_bone": (400.0, 1800.0),
-    "ct_brain": (40.0, 80.0),
-}
-"""Named (center, width) windows in Hounsfield units. ``"dicom"`` (the file's own
-WindowCenter/WindowWidth) is accepted besides these names."""
-
 _RESIZE_MODE: dict[int, str] = {2: "bilinear", 3: "trilinear"}
-
-
-class ImageTransformConfig(BaseModel):
-    """How an image is prepared for an image encoder. Saved with the encoder's weights.
-
-    Attributes:
-        spatial_size: output spatial size, 2 ints for ``ndim=2`` or 3 for ``ndim=3``.
-            Default ``(64, 64)``.
-        window: intensity window applied before resizing: ``(center, width)`` in
-            modality units (HU for CT), a preset name from :data:`WINDOW_PRESETS`
-            (``"ct_soft_tissue"`` (40, 400), ``"ct_lung"`` (-600, 1500),
-            ``"ct_bone"`` (400, 1800), ``"ct_brain"`` (40, 80)), ``"dicom"`` to use
-            the file's WindowCenter/WindowWidth (an image without one is a
-            :class:`~clinfuse.errors.ModalityLoadError`), or ``None`` for no
-            windowing. Values are clipped to ``[c - w/2, c + w/2]`` and mapped to
-            ``[0, 1]``. Default ``None``.
-        normalize: final intensity normalization: ``"zscore"`` (per channel, mean 0
-            std 1), ``"minmax"`` (per channel to ``[0, 1]``) or ``"none"``.
-            Default ``"zscore"``.
-        channels: number of output channels. ``1`` averages colour channels to one;
-            ``3`` repeats a grayscale channel three times; ``None`` keeps the
-            image's channels. Default ``1``.
-        ndim: spatial dimensions of the output, 2 or 3. A 3-D volume given to a
-            2-D config is reduced to its middle slice along the last spatial axis
-            (``Z``, index ``n_slices // 2``), recorded as ``meta["slice_index"]``; a
-            2-D image given to a 3-D config is a
-            :class:`~clinfuse.errors.ModalityLoadError`. Default ``2``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    spatial_size: tuple[int, ...] = Field(
-        default=(64, 64), description="output spatial size: 2 ints for ndim=2, 3 for ndim=3"
-    )
-    window: tuple[float, float] | str | None = Field(
-        default=None,
-        description="(center, width) in modality units, a preset name, 'dicom', or None",
-    )
-    normalize: Literal["zscore", "minmax", "none"] = Field(
-        default="zscore", description="final per-channel intensity normalization"
-    )
-    channels: int | None = Field(
-        default=1, description="output channels (1 averages colour, 3 repeats gray) or None to keep"
-    )
-    ndim: Literal[2, 3] = Field(default=2, description="output spatial dimensions")
-
-    @field_validator("spatial_size")
-    @classmethod
-    def _positive_size(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        if any(s < 1 for s in value):
-            raise ValueError(f"spatial_size must be positive, got {value}")
-        return value
-
-    @field_validator("window")
-    @classmethod
-    def _known_window(
-        cls, value: tuple[float, float] | str | None
-    ) -> tuple[float, float] | str | None:
-        if isinstance(value, str) and value != "dicom" and value not in WINDOW_PRESETS:
-            names = ", ".join([*WINDOW_PRESETS, "dicom"])
-            raise ValueError(
-                f"unknown window {value!r}; expected one of {names} or (center, width)"
-            )
-        if isinstance(value, tuple) and value[1] <= 0:
-            raise ValueError(f"window width must be > 0, got {value[1]}")
-        return value
-
-    @field_validator("channels")
-    @classmethod
-    def _positive_channels(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError(f"channels must be >= 1 or None, got {value}")
-        return value
-
-    @model_validator(mode="after")
-    def _size_matches_ndim(self) -> ImageTransformConfig:
-        if len(self.spatial_size) != self.ndim:
-            raise ValueError(
-                f"spatial_size {self.spatial_size} has {len(self.spatial_size)} values "
-                f"but ndim is {self.ndim}"
-            )
-        return self
 
 
 # ----------------------------------------------------------------------------- array transforms

@@ -36,9 +36,9 @@ from typing import Any, Literal
 import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import signal as sps
 
+from clinfuse.config import SignalTransformConfig
 from clinfuse.errors import ConfigError, ModalityLoadError
 from clinfuse.io.signal import load_signal
 from clinfuse.transforms.base import ClinicalCompose
@@ -68,75 +68,6 @@ __all__ = [
 ]
 
 Meta = dict[str, Any]
-
-# ------------------------------------------------------------------------------ config
-
-
-class SignalTransformConfig(BaseModel):
-    """Preprocessing of the ``signal`` modality (saved in the run's ``config.yaml``).
-
-    Attributes:
-        target_fs: sampling rate (Hz) every signal is resampled to. Default 100.0.
-        duration_s: length (s) of the window fed to the encoder; shorter
-            signals are zero-padded (and masked), longer ones cropped. Default 10.0.
-        bandpass: ``(low, high)`` Butterworth band-pass edges in Hz applied
-            after resampling, zero-phase (``sosfiltfilt``); ``high`` is clamped
-            to 0.95 × Nyquist; ``low == 0`` gives a low-pass only; ``None``
-            disables filtering. Default ``(0.5, 40.0)``.
-        filter_order: Butterworth order of each edge. Default 4.
-        crop: which window of a longer signal to keep: ``"center"``,
-            ``"start"`` or ``"random"`` (augmentation; training only). Default
-            ``"center"``.
-        normalize: ``"zscore"`` (per lead, over the valid samples; a flat lead
-            stays zeros) or ``"none"``. Default ``"zscore"``.
-        n_leads: keep the first ``n_leads`` leads; a case with fewer is a
-            :class:`~clinfuse.errors.ModalityLoadError`, so all cases of a run
-            share one lead count. ``None`` keeps all leads. Default ``None``.
-        lead_names: select these leads by name (case-insensitive), in this
-            order; a case lacking one is an error. Default ``None``.
-        ecg_clean: neurokit2 ``ecg_clean`` method (e.g. ``"neurokit"``)
-            applied before the band-pass; ``None`` skips it. ECG only.
-            Default ``None``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target_fs: float = Field(100.0, gt=0, description="Resample to this rate (Hz).")
-    duration_s: float = Field(10.0, gt=0, description="Window length (s) after crop/pad.")
-    bandpass: tuple[float, float] | None = Field(
-        (0.5, 40.0), description="Band-pass edges (Hz), None = off; high clamped below Nyquist."
-    )
-    filter_order: int = Field(4, ge=1, le=10, description="Butterworth order.")
-    crop: Literal["center", "start", "random"] = Field("center", description="Crop position.")
-    normalize: Literal["zscore", "none"] = Field("zscore", description="Per-lead normalization.")
-    n_leads: int | None = Field(None, ge=1, description="Keep the first n leads; fewer = error.")
-    lead_names: list[str] | None = Field(None, description="Select leads by name, in order.")
-    ecg_clean: str | None = Field(None, description="neurokit2 ecg_clean method, None = off.")
-
-    @model_validator(mode="after")
-    def _check(self) -> SignalTransformConfig:
-        if self.bandpass is not None:
-            low, high = self.bandpass
-            if not (0 <= low < high):
-                raise ValueError(f"bandpass must satisfy 0 <= low < high, got {self.bandpass}")
-            if low >= 0.95 * self.target_fs / 2:
-                raise ValueError(
-                    f"bandpass low edge {low} Hz is not below the Nyquist rate of "
-                    f"target_fs={self.target_fs} Hz"
-                )
-        if self.lead_names is not None:
-            if not self.lead_names:
-                raise ValueError("lead_names must name at least one lead (or be None)")
-            if self.n_leads is not None and self.n_leads != len(self.lead_names):
-                raise ValueError(
-                    f"n_leads={self.n_leads} contradicts {len(self.lead_names)} lead_names"
-                )
-        return self
-
-    @property
-    def n_samples(self) -> int:
-        """Samples per lead after the pipeline: ``round(target_fs * duration_s)``."""
-        return round(self.target_fs * self.duration_s)
 
 
 # --------------------------------------------------------------------- pure functions

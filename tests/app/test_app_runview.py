@@ -159,3 +159,20 @@ def test_explanation_is_computed_on_demand_and_cached(review_run, tmp_path):
         p.name for p in (run / "explanations" / "cases").iterdir() if p.name.startswith(".")
     ]
     assert leftovers == []
+
+
+def test_opening_a_run_imports_neither_torch_nor_monai(review_run):
+    """The worklist needs only light files: the config models live in ``clinfuse.config``,
+    not in the heavy modules, so the app's first page does not wait for PyTorch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from clinfuse.review.runview import open_run_view\n"
+        f"view = open_run_view({review_run['run']!r}, n_boot=5)\n"
+        "assert len(view.worklist()) == 64\n"
+        "print(sorted(m for m in ('torch', 'monai', 'transformers') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
