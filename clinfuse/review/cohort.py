@@ -222,7 +222,6 @@ def load_cohort_results(view: Any) -> CohortResults:
             metrics=metrics,
         )
     f = view.predictions
-    hint = "when outcomes are known, run `clinfuse evaluate` on the cohort and pass --evaluation"
     if view.scored is not None:
         part = f[f["label"].notna()] if "label" in f.columns else f.iloc[:0]
         if len(part) >= 2 and part["label"].nunique() == 2:
@@ -241,7 +240,8 @@ def load_cohort_results(view: Any) -> CohortResults:
         raise ConfigError(
             "the scored cases have no outcomes of both kinds yet: nothing to draw curves from",
             path=view.scored,
-            hint=hint,
+            hint="when outcomes are known, run `clinfuse evaluate` on the cohort and pass "
+            "--evaluation",
         )
     if "label" not in f.columns:
         raise ConfigError("the run's predictions have no outcome labels", path=view.run)

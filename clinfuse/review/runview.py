@@ -278,10 +278,9 @@ class RunView:
 
     def _add_band(self, n_boot: int) -> None:
         f = self.predictions
-        recal = None if self.ensemble else self._recalibration_band(n_boot)
         if self.ensemble:
             low, high = f["p_fusion_min"].to_numpy(float), f["p_fusion_max"].to_numpy(float)
-        elif recal is not None:
+        elif (recal := self._recalibration_band(n_boot)) is not None:
             low, high = recal
         else:
             # the run's own validation split, whichever cases are reviewed

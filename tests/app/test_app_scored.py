@@ -223,3 +223,22 @@ def test_pages_on_a_scored_cohort(review_run, scored_cohort, tmp_path, monkeypat
     at.switch_page("pages/cohort.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("scored cases with an outcome (24 of 24)" in str(c.value) for c in at.caption)
+
+
+def test_cohort_results_of_scored_cases_with_and_without_outcomes(
+    review_run, scored_cohort, tmp_path
+):
+    from sklearn.metrics import roc_auc_score
+
+    from clinfuse.review.cohort import load_cohort_results
+
+    table = _copy_scored(scored_cohort, tmp_path)
+    frame = pd.read_csv(table, dtype={"case_id": str})
+    res = load_cohort_results(open_run_view(review_run["run"], predictions=table, n_boot=5))
+    assert res.aurocs["fusion"] == pytest.approx(roc_auc_score(frame["label"], frame["p_fusion"]))
+    # new patients whose outcomes are not known yet: the page says what would draw curves
+    frame.drop(columns=["label"]).to_csv(table, index=False)
+    view = open_run_view(review_run["run"], predictions=table, n_boot=5)
+    with pytest.raises(ConfigError, match="no outcomes of both kinds") as e:
+        load_cohort_results(view)
+    assert "clinfuse evaluate" in str(e.value)
