@@ -5,12 +5,13 @@ UI only: the logic lives in :mod:`clinfuse.review`.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import streamlit as st
 
 from clinfuse.errors import ClinFuseError
-from clinfuse.review.runview import RunView, open_run_view
+from clinfuse.review.runview import RunView, import_model_stack, open_run_view
 from clinfuse.review.settings import AppSettings
 from clinfuse.review.store import ReviewStore
 
@@ -25,6 +26,9 @@ PAGES = {
 
 @st.cache_resource(show_spinner="Opening the run…")
 def _run_view(settings: AppSettings) -> RunView:
+    # PyTorch and MONAI load in the background while the reviewer logs in and reads the
+    # worklist; the case page waits for them (import_model_stack holds one lock)
+    threading.Thread(target=import_model_stack, name="clinfuse-imports", daemon=True).start()
     return open_run_view(
         settings.run,
         cohort=settings.cohort,

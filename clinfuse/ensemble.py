@@ -31,7 +31,13 @@ import pandas as pd
 
 from clinfuse.errors import ConfigError
 
-__all__ = ["EnsembleScores", "FoldEnsemble", "is_crossval_folder", "load_ensemble"]
+__all__ = [
+    "EnsembleScores",
+    "FoldEnsemble",
+    "is_crossval_folder",
+    "load_ensemble",
+    "merge_fold_warnings",
+]
 
 
 def is_crossval_folder(path: str | Path) -> bool:
@@ -265,9 +271,9 @@ class FoldEnsemble:
             frame[f"p_{m}"] = per_modality[:, i]
         for i, m in enumerate(self.modalities):
             frame[f"present_{m}"] = present[:, i].astype(int)
+        columns = [] if self.tabular is None else list(self.tabular.columns)
         frame["input_warnings"] = [
-            "; ".join(dict.fromkeys(w for fold in case for w in fold))
-            for case in zip(*warnings, strict=True)
+            "; ".join(merge_fold_warnings(case, columns)) for case in zip(*warnings, strict=True)
         ]
 
         def scorer(keep: Sequence[str]) -> np.ndarray:
@@ -351,6 +357,33 @@ class FoldEnsemble:
         )
         scores = self.score(cohort, progress=progress, workers=workers)
         return (scores.frame, scores.excluded) if return_excluded else scores.frame
+
+
+def merge_fold_warnings(per_fold: Sequence[Sequence[str]], columns: Sequence[str]) -> list[str]:
+    """One case's inputs outside the training data, over the fold models: each column once.
+
+    Every fold model compares a value with its own training cases' mean and SD, so the same
+    extreme value gives K warnings with slightly different figures. Kept: fold model 1's
+    wording for each column any model flags (the first flagging model's when model 1 did
+    not), with "in n of K fold models" when not all of them flag it.
+
+    Args:
+        per_fold: each fold model's warnings for the case (``TabularEncoder.check_row``: each
+            starts with the column name).
+        columns: the tabular columns, in order.
+    """
+    k = len(per_fold)
+    out: list[str] = []
+    for col in columns:
+        flagged = [next((w for w in fold if w.startswith(f"{col} ")), None) for fold in per_fold]
+        hits = [w for w in flagged if w is not None]
+        if hits:
+            share = "" if len(hits) == k else f" (in {len(hits)} of {k} fold models)"
+            out.append(hits[0] + share)
+    other = (
+        w for fold in per_fold for w in fold if not any(w.startswith(f"{c} ") for c in columns)
+    )
+    return out + list(dict.fromkeys(other))
 
 
 def load_ensemble(path: str | Path, *, device: str = "cpu") -> FoldEnsemble:

@@ -22,12 +22,13 @@ from clinfuse.review.imaging import (
     load_display_image,
     render_slice,
 )
-from clinfuse.review.runview import CaseView, RunView, UnknownCaseError
+from clinfuse.review.runview import CaseView, RunView, UnknownCaseError, import_model_stack
 from clinfuse.review.store import DECISIONS
 
 t_start = time.perf_counter()
 view, store = ui.context()
 me = ui.reviewer()
+import_model_stack()  # images, signals and explanations need PyTorch and MONAI
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
@@ -79,7 +80,7 @@ def _header(cv: CaseView) -> None:
     where = {"above": "above", "below": "below", "straddles": "straddles"}[str(p["vs_threshold"])]
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("fused risk (calibrated)", ui.fmt(risk))
-    c2.metric("95 % band", f"{ui.fmt(low)} – {ui.fmt(high)}")
+    c2.metric(view.band_label, f"{ui.fmt(low)} – {ui.fmt(high)}")
     c3.metric(
         f"threshold {view.threshold:g}",
         where,
@@ -109,6 +110,11 @@ def _contributions(cv: CaseView) -> None:
         charts.modality_contribution_spec(ms["phi"], cv.present, float(ms["base_value"])),
         width="stretch",
     )
+    if ms.get("phi_sd"):
+        st.caption(
+            "Disagreement between the fold models (SD of each contribution): "
+            + " · ".join(f"{m} {ui.fmt(v, 2)}" for m, v in ms["phi_sd"].items() if cv.present[m])
+        )
     per = {m: cv.prediction.get(f"p_{m}") for m in view.modalities}
     st.caption(
         "Unimodal risks: "

@@ -70,10 +70,29 @@ __all__ = [
     "RunView",
     "UnknownCaseError",
     "calibration_band",
+    "import_model_stack",
     "open_run_view",
     "recalibration_summary",
     "run_fingerprint",
 ]
+
+_STACK_LOCK = threading.Lock()
+
+
+def import_model_stack() -> None:
+    """Import PyTorch and MONAI (with everything MONAI loads) once, one thread at a time.
+
+    Opening a run needs neither, so the worklist shows at once; the case page, the signal
+    window and explanations need them. MONAI's subpackages import each other in a cycle:
+    two threads importing it for the first time together — Streamlit runs a page's old and
+    new script runs side by side on a fast rerun — can meet a partially initialised module
+    (``ImportError: cannot import name 'Convolution' from partially initialized module``).
+    Every path to them goes through this lock first; after the first call it costs a lock.
+    """
+    with _STACK_LOCK:
+        import monai  # noqa: F401 - loads all of MONAI's subpackages
+        import torch  # noqa: F401
+
 
 DEFAULT_THRESHOLD = 0.5
 """Decision threshold on the calibrated fused risk when none is given (``--threshold``)."""
@@ -180,7 +199,8 @@ class CaseView:
         prediction: the case's row of ``predictions.csv`` plus ``risk_low``/``risk_high``.
         present: {modality: bool} as the model saw it.
         explanation: the cached explanation dict (None when not computed yet).
-        modality_shapley: {"base_value", "phi": {m: value}, "logit_fusion"} or None.
+        modality_shapley: {"base_value", "phi": {m: value}, "logit_fusion"} (plus "phi_sd",
+            {m: SD over the fold models}, for a fold ensemble) or None.
         errors: {modality: message} for data that could not be shown.
         manifest: the case's manifest row (None when the cohort is unavailable).
     """
@@ -315,6 +335,11 @@ class RunView:
             raise ConfigError(f"cannot read the run's predictions.csv: {e}", path=path) from e
 
     @property
+    def band_label(self) -> str:
+        """The band's name on the case page."""
+        return "fold models' range" if self.ensemble else "95 % band"
+
+    @property
     def band_note(self) -> str:
         """What the uncertainty band is, in one sentence for the case page."""
         if self.ensemble:
@@ -426,6 +451,7 @@ class RunView:
 
     def model(self) -> Any:
         """The trained model (loaded on first use, then kept)."""
+        import_model_stack()
         with self._lock:
             if self._model is None:
                 from clinfuse.ensemble import load_ensemble
@@ -502,11 +528,14 @@ class RunView:
         if hit.empty:
             return None
         r = hit.iloc[0]
-        return {
+        out = {
             "base_value": float(r["base_value"]),
             "phi": {m: float(r.get(f"phi_{m}", 0.0)) for m in self.modalities},
             "logit_fusion": float(r["logit_fusion"]),
         }
+        if all(f"phi_{m}_sd" in r for m in self.modalities):  # a fold ensemble's explanation
+            out["phi_sd"] = {m: float(r[f"phi_{m}_sd"]) for m in self.modalities}
+        return out
 
     def _shapley_frame(self) -> pd.DataFrame | None:
         path = self.explanations / "modality_shapley.csv"
@@ -542,6 +571,8 @@ class RunView:
         present = {m: bool(pred.get(f"present_{m}")) for m in self.modalities}
         explanation = self.cached_explanation(cid)
         shapley = explanation["modality_shapley"] if explanation else self.modality_shapley_row(cid)
+        if explanation and "ensemble" in explanation:
+            shapley = {**shapley, "phi_sd": explanation["ensemble"]["phi_sd"]}
         errors: dict[str, str] = {}
         row = None
         if self.cohort is not None and cid in self.cohort:
@@ -574,6 +605,7 @@ class RunView:
         Raises:
             ClinFuseError: the signal cannot be read.
         """
+        import_model_stack()
         from clinfuse.transforms.signal import build_signal_transforms
 
         row = view.manifest

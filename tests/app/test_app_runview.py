@@ -176,3 +176,30 @@ def test_opening_a_run_imports_neither_torch_nor_monai(review_run):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_first_use_of_the_model_from_several_threads_at_once(review_run):
+    """MONAI's first import is not thread-safe (its subpackages import each other: two threads
+    importing it together meet a partially initialised module). Streamlit can run a page
+    twice at once, so every path of RunView that needs MONAI imports it under one lock."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from clinfuse.review.runview import open_run_view\n"
+        f"view = open_run_view({review_run['run']!r}, n_boot=5)\n"
+        f"cv = view.case_view({review_run['explained_case']!r})\n"
+        "errors = []\n"
+        "def use(what):\n"
+        "    try:\n"
+        "        view.signal_window(cv) if what == 'signal' else view.model()\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "threads = [threading.Thread(target=use, args=(w,)) for w in ('signal', 'model') * 2]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(errors)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

@@ -279,7 +279,7 @@ def test_one_case_explained_by_the_ensemble_is_the_mean_of_its_fold_models(
 
 
 def test_review_app_on_cases_the_ensemble_scored(
-    cv: Path, new_cohort: Path, tmp_path: Path
+    cv: Path, new_cohort: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``clinfuse app CV --predictions P``: the band is the fold models' range, and an
     explanation computed in the app is the ensemble's."""
@@ -309,7 +309,33 @@ def test_review_app_on_cases_the_ensemble_scored(
     assert result["modality_shapley"]["risk_fusion"] == pytest.approx(
         float(scored.set_index("case_id").loc[cid, "p_fusion"]), abs=1e-5
     )
-    assert view.case_view(cid).explanation["within"].keys() == {"image", "signal", "tabular"}
+    shown = view.case_view(cid)
+    assert shown.explanation["within"].keys() == {"image", "signal", "tabular"}
+    assert shown.modality_shapley["phi_sd"] == result["ensemble"]["phi_sd"]
+    # the case page: the band named as the models' range, their disagreement per modality
+    from streamlit.testing.v1 import AppTest
+
+    from clinfuse.review.auth import add_reviewer
+    from clinfuse.review.store import ReviewStore
+
+    db = tmp_path / "r.sqlite"
+    add_reviewer(ReviewStore(db), "alice", "a long password")
+    env = {"CLINFUSE_APP_RUN": str(cv), "CLINFUSE_APP_DB": str(db)}
+    env["CLINFUSE_APP_PREDICTIONS"] = str(table)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
+        monkeypatch.delenv(key, raising=False)
+    entry = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+    at = AppTest.from_file(str(entry), default_timeout=120).run()
+    at.text_input(key="login_username").input("alice")
+    at.text_input(key="login_password").input("a long password")
+    at.button(key="login_submit").click().run()
+    at.session_state["case_id"] = cid
+    at.switch_page("pages/case_review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [m.label for m in at.metric][1] == "fold models' range"
+    assert any("Disagreement between the fold models" in str(c.value) for c in at.caption)
     # a fold model replaced after scoring: the table's version no longer matches
     (cv / "folds" / "fold_2" / "config.yaml").write_text(
         (cv / "folds" / "fold_2" / "config.yaml").read_text() + "\n"
@@ -339,3 +365,23 @@ def test_scoring_in_chunks_gives_the_same_ensemble_risks(
     assert whole.scorer is not None and chunked.scorer is not None
     for keep in (["image"], ["signal", "tabular"], MODALITIES):
         np.testing.assert_allclose(whole.scorer(keep), chunked.scorer(keep), atol=1e-9)
+
+
+def test_fold_warnings_are_merged_per_column() -> None:
+    """Each fold model flags an extreme value against its own training mean: the case gets one
+    warning per column, saying how many models flagged it when not all did."""
+    from clinfuse.ensemble import merge_fold_warnings
+
+    per_fold = [
+        ["crp 164 is 11.1 SD above the training mean (14.9 ± 13.5)"],
+        [
+            "crp 164 is 10.0 SD above the training mean (15.4 ± 14.8)",
+            "sex has a level never seen in training (treated as missing)",
+        ],
+        ["crp 164 is 11.2 SD above the training mean (15 ± 13.3)"],
+    ]
+    assert merge_fold_warnings(per_fold, ["age", "sex", "crp"]) == [
+        "sex has a level never seen in training (treated as missing) (in 1 of 3 fold models)",
+        "crp 164 is 11.1 SD above the training mean (14.9 ± 13.5)",
+    ]
+    assert merge_fold_warnings([[], [], []], ["crp"]) == []
