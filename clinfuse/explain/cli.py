@@ -7,7 +7,7 @@ app.command(epilog=EXPLAIN_EPILOG)(explain)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -88,31 +88,18 @@ def explain(
     from clinfuse.explain.report import explain_ensemble, explain_run
 
     console = Console(stderr=True)
+    options: dict[str, Any] = {
+        "case": case,
+        "note_max_evals": note_max_evals,
+        "n_boot": n_boot,
+        "keep_note_identifiers": keep_note_identifiers,
+        "log": lambda msg: console.print(msg, highlight=False),
+        "workers": workers,
+    }
     if is_crossval_folder(run):
-        summary = explain_ensemble(
-            run,
-            cohort,
-            out,
-            case=case,
-            note_max_evals=note_max_evals,
-            n_boot=n_boot,
-            keep_note_identifiers=keep_note_identifiers,
-            log=lambda msg: console.print(msg, highlight=False),
-            workers=workers,
-        )
+        summary = explain_ensemble(run, cohort, out, **options)
     else:
-        summary = explain_run(
-            run,
-            cohort,
-            out,
-            case=case,
-            note_max_evals=note_max_evals,
-            n_boot=n_boot,
-            cache_in_run=not no_run_cache,
-            keep_note_identifiers=keep_note_identifiers,
-            log=lambda msg: console.print(msg, highlight=False),
-            workers=workers,
-        )
+        summary = explain_run(run, cohort, out, cache_in_run=not no_run_cache, **options)
     out_console = Console()
     averaged = f" averaged over {summary['n_models']} fold models" if "n_models" in summary else ""
     out_console.print(

@@ -126,12 +126,7 @@ def explain_ensemble_case(
     *,
     base_values: Sequence[float],
     phis: Sequence[dict[str, float]],
-    out_dir: Path | None = None,
-    image_background: np.ndarray | None = None,
-    note_max_evals: int = 64,
-    signal_segment_seconds: float = 0.5,
-    mask_note_identifiers: bool = True,
-    note_context: PatientContext | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """:func:`explain_case` for a fold ensemble: every fold model explains the case and the
     attributions are averaged.
@@ -150,21 +145,15 @@ def explain_ensemble_case(
         cases: the case as each fold model sees it
             (:meth:`~clinfuse.ensemble.FoldEnsemble.fold_cases`).
         base_values, phis: each fold model's modality Shapley values of the case.
-        Others: as :func:`explain_case`.
+        options: :func:`explain_case`'s keywords (``out_dir``, ``image_background``,
+            ``note_max_evals``, ``signal_segment_seconds``, ``mask_note_identifiers``,
+            ``note_context``).
     """
     members = [
         (model, case, float(b), dict(p))
         for model, case, b, p in zip(ensemble.models, cases, base_values, phis, strict=True)
     ]
-    return _explain_members(
-        members,
-        out_dir=out_dir,
-        image_background=image_background,
-        note_max_evals=note_max_evals,
-        signal_segment_seconds=signal_segment_seconds,
-        mask_note_identifiers=mask_note_identifiers,
-        note_context=note_context,
-    )
+    return _explain_members(members, **options)
 
 
 def _mean_explanation(exps: Sequence[Any], modality: str) -> Any:
@@ -196,12 +185,12 @@ def _mean_explanation(exps: Sequence[Any], modality: str) -> Any:
 def _explain_members(
     members: Sequence[tuple[Any, dict[str, Any], float, dict[str, float]]],
     *,
-    out_dir: Path | None,
-    image_background: np.ndarray | None,
-    note_max_evals: int,
-    signal_segment_seconds: float,
-    mask_note_identifiers: bool,
-    note_context: PatientContext | None,
+    out_dir: Path | None = None,
+    image_background: np.ndarray | None = None,
+    note_max_evals: int = 64,
+    signal_segment_seconds: float = 0.5,
+    mask_note_identifiers: bool = True,
+    note_context: PatientContext | None = None,
 ) -> dict[str, Any]:
     """One model's explanation of a case, or several models' averaged: ``members`` holds
     ``(model, case as that model sees it, base value, phi)`` for each."""

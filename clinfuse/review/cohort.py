@@ -222,21 +222,26 @@ def load_cohort_results(view: Any) -> CohortResults:
             metrics=metrics,
         )
     f = view.predictions
+
+    def curves_of(part: pd.DataFrame, source: str) -> CohortResults | None:
+        """Curves from labelled cases, when both outcomes are among them."""
+        if len(part) < 2 or part["label"].nunique() != 2:
+            return None
+        y = part["label"].to_numpy(float)
+        scores = _scores(part, view.modalities)
+        aurocs = {m: _auroc(y, p) for m, p in scores.items()}
+        return CohortResults(source=source, y=y, scores=scores, aurocs=aurocs)
+
     if view.scored is not None:
         part = f[f["label"].notna()] if "label" in f.columns else f.iloc[:0]
-        if len(part) >= 2 and part["label"].nunique() == 2:
-            y = part["label"].to_numpy(float)
-            scores = _scores(part, view.modalities)
-            return CohortResults(
-                source=(
-                    f"scored cases with an outcome ({len(part)} of {len(f)}); for subgroups, "
-                    "the modality ablation and the case mix run `clinfuse evaluate` on the "
-                    "cohort and pass --evaluation"
-                ),
-                y=y,
-                scores=scores,
-                aurocs={m: _auroc(y, p) for m, p in scores.items()},
-            )
+        res = curves_of(
+            part,
+            f"scored cases with an outcome ({len(part)} of {len(f)}); for subgroups, the "
+            "modality ablation and the case mix run `clinfuse evaluate` on the cohort and pass "
+            "--evaluation",
+        )
+        if res is not None:
+            return res
         raise ConfigError(
             "the scored cases have no outcomes of both kinds yet: nothing to draw curves from",
             path=view.scored,
@@ -247,18 +252,13 @@ def load_cohort_results(view: Any) -> CohortResults:
         raise ConfigError("the run's predictions have no outcome labels", path=view.run)
     for split in ("test", "val"):
         part = f[(f["split"] == split) & f["label"].notna()]
-        if len(part) >= 2 and part["label"].nunique() == 2:
-            y = part["label"].to_numpy(float)
-            scores = _scores(part, view.modalities)
-            return CohortResults(
-                source=(
-                    f"run predictions, {split} split ({len(part)} cases); for subgroups and "
-                    "the modality ablation run `clinfuse evaluate` and pass --evaluation"
-                ),
-                y=y,
-                scores=scores,
-                aurocs={m: _auroc(y, p) for m, p in scores.items()},
-            )
+        res = curves_of(
+            part,
+            f"run predictions, {split} split ({len(part)} cases); for subgroups and the "
+            "modality ablation run `clinfuse evaluate` and pass --evaluation",
+        )
+        if res is not None:
+            return res
     raise ConfigError(
         "no split of the run has labelled cases with both outcomes",
         path=view.run / "predictions.csv",

@@ -572,7 +572,8 @@ class RunView:
         explanation = self.cached_explanation(cid)
         shapley = explanation["modality_shapley"] if explanation else self.modality_shapley_row(cid)
         if explanation and "ensemble" in explanation:
-            shapley = {**shapley, "phi_sd": explanation["ensemble"]["phi_sd"]}
+            spread = {"phi_sd": explanation["ensemble"]["phi_sd"]}
+            shapley = {**explanation["modality_shapley"], **spread}
         errors: dict[str, str] = {}
         row = None
         if self.cohort is not None and cid in self.cohort:
