@@ -9,7 +9,7 @@ import ui_common as ui
 
 from clinfuse.errors import ClinFuseError
 from clinfuse.review import charts
-from clinfuse.review.cohort import cohort_curves, load_cohort_results
+from clinfuse.review.cohort import cohort_curves, load_cohort_results, scored_case_mix_table
 
 view, store = ui.context()
 ui.reviewer()
@@ -19,6 +19,11 @@ try:
     res = load_cohort_results(view)
 except ClinFuseError as e:
     st.error(str(e))
+    table, text = scored_case_mix_table(view)  # new patients: compared before outcomes arrive
+    if table is not None:
+        st.subheader("Case mix vs development data")
+        st.write(text)
+        st.dataframe(table, hide_index=True, width="stretch")
     st.stop()
 st.caption(res.source)
 if view.recalibration:

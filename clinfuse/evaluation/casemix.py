@@ -19,6 +19,10 @@ predictors that are images, notes and waveforms:
   many category levels (and cases) the model never saw — counted, not listed, so a
   stray free-text cell does not reach the report.
 
+Cases whose outcome is not known yet (new patients scored for review) are compared the
+same way with the outcome left out of the membership model: a check of how far the
+model is being applied outside its development data before any outcome arrives.
+
 The development sample is the run's ``predictions.csv`` cases of the ``train`` and
 ``val`` splits (those that fitted the model and its calibration). When the evaluated
 cohort is the development manifest itself, cases in both samples (same case id) are
@@ -49,10 +53,16 @@ def development_cases(predictions: pd.DataFrame) -> pd.DataFrame:
     return predictions[predictions["split"].isin(["train", "val"])].reset_index(drop=True)
 
 
-def _features(frame: pd.DataFrame, modalities: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def _has_outcomes(frame: pd.DataFrame) -> bool:
+    return "label" in frame.columns and bool(frame["label"].notna().all()) and len(frame) > 0
+
+
+def _features(
+    frame: pd.DataFrame, modalities: Sequence[str], *, outcome: bool
+) -> tuple[np.ndarray, list[str]]:
     cols: list[np.ndarray] = [frame["logit_fusion"].to_numpy(float)]
     names = ["fused logit"]
-    if "label" in frame.columns:
+    if outcome:
         cols.append(frame["label"].to_numpy(float))
         names.append("outcome")
     for m in modalities:
@@ -73,8 +83,9 @@ def _membership(
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    x_dev, names = _features(dev, modalities)
-    x_ev, names_ev = _features(ev, modalities)
+    outcome = _has_outcomes(dev) and _has_outcomes(ev)  # unknown outcomes: left out
+    x_dev, names = _features(dev, modalities, outcome=outcome)
+    x_ev, names_ev = _features(ev, modalities, outcome=outcome)
     if names != names_ev or len(dev) < 2 or len(ev) < 2:
         return None
     x = np.vstack([x_dev, x_ev])
@@ -105,7 +116,7 @@ def _describe(frame: pd.DataFrame, modalities: Sequence[str]) -> dict[str, Any]:
     z = frame["logit_fusion"].to_numpy(float)
     out: dict[str, Any] = {
         "n_cases": len(frame),
-        "outcome_rate": float(frame["label"].mean()) if "label" in frame and len(frame) else None,
+        "outcome_rate": float(frame["label"].mean()) if _has_outcomes(frame) else None,
         "logit_mean": float(z.mean()) if len(z) else None,
         "logit_sd": float(z.std(ddof=1)) if len(z) > 1 else None,
         "availability": {},
@@ -216,13 +227,32 @@ def _interpret(res: dict[str, Any]) -> str:
             )
         return "Too few cases to compare with the development data."
     c = mem["c_statistic"]
+    if res["evaluated"]["outcome_rate"] is None:  # scored cases, outcomes not known yet
+        if c < 0.6:
+            kind = "similar to the development data"
+        elif c < 0.8:
+            kind = "moderately different from the development data"
+        else:
+            kind = (
+                "very different from the development data: the performance measured at "
+                "development may not carry over to these cases"
+            )
+        return _spread_and_top(
+            f"Membership model c = {c:.2f} (outcomes not known yet, so compared on the model's "
+            f"inputs and outputs only): the case mix is {kind}.",
+            res,
+        )
     if c < 0.6:
         kind = "similar to the development data: this evaluation mainly tests reproducibility"
     elif c < 0.8:
         kind = "moderately different from the development data"
     else:
         kind = "very different from the development data: this evaluation tests transportability"
-    text = f"Membership model c = {c:.2f}: the case mix is {kind}."
+    return _spread_and_top(f"Membership model c = {c:.2f}: the case mix is {kind}.", res)
+
+
+def _spread_and_top(text: str, res: dict[str, Any]) -> str:
+    mem = res["membership"]
     sd_d, sd_e = res["development"]["logit_sd"], res["evaluated"]["logit_sd"]
     if sd_d and sd_e:
         ratio = sd_e / sd_d

@@ -195,6 +195,12 @@ def _case_mix_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str |
     return table, cm.get("interpretation")
 
 
+def scored_case_mix_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
+    """The case-mix table and its reading for a scored cohort (``(None, None)`` otherwise)."""
+    cm = view.scored_case_mix()
+    return _case_mix_table({"case_mix": cm}) if cm is not None else (None, None)
+
+
 def load_cohort_results(view: Any) -> CohortResults:
     """Results for the cohort page of a :class:`~clinfuse.review.runview.RunView`.
 
@@ -230,15 +236,17 @@ def load_cohort_results(view: Any) -> CohortResults:
         y = part["label"].to_numpy(float)
         scores = _scores(part, view.modalities)
         aurocs = {m: _auroc(y, p) for m, p in scores.items()}
-        return CohortResults(source=source, y=y, scores=scores, aurocs=aurocs)
+        table, text = scored_case_mix_table(view)
+        return CohortResults(
+            source=source, y=y, scores=scores, aurocs=aurocs, case_mix=table, case_mix_text=text
+        )
 
     if view.scored is not None:
         part = f[f["label"].notna()] if "label" in f.columns else f.iloc[:0]
         res = curves_of(
             part,
-            f"scored cases with an outcome ({len(part)} of {len(f)}); for subgroups, the "
-            "modality ablation and the case mix run `clinfuse evaluate` on the cohort and pass "
-            "--evaluation",
+            f"scored cases with an outcome ({len(part)} of {len(f)}); for subgroups and the "
+            "modality ablation run `clinfuse evaluate` on the cohort and pass --evaluation",
         )
         if res is not None:
             return res

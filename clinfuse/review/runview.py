@@ -244,6 +244,8 @@ class RunView:
         self._fusion_calibrator = (
             None if self.ensemble else meta.get("calibrators", {}).get("fusion")
         )
+        self._tabular_state = None if self.ensemble else meta.get("tabular")
+        self._case_mix: dict[str, Any] | None = None
         self.recalibration = None if self.ensemble else recalibration_summary(run)
         self.scored = predictions
         self.provenance = provenance
@@ -377,6 +379,41 @@ class RunView:
             )
             + f" ({self.scored.name})."
         )
+
+    def scored_case_mix(self) -> dict[str, Any] | None:
+        """The scored cases' case mix against the run's development cases
+        (:func:`clinfuse.evaluation.casemix.case_mix`; outcomes used only when every case has
+        one). None for the run's own cases (``clinfuse evaluate`` reports theirs) and for a
+        fold ensemble (its fold models were developed on different cases)."""
+        if self.scored is None or self.ensemble:
+            return None
+        if self._case_mix is None:
+            from clinfuse.evaluation.casemix import case_mix, development_cases
+            from clinfuse.io.tabular import TabularEncoder
+
+            tabular = values = None
+            if self._tabular_state is not None and self.cohort is not None:
+                tabular = TabularEncoder.from_dict(self._tabular_state)
+                rows = {r.case_id: r for r in self.cohort.rows}
+                values = pd.DataFrame(
+                    [
+                        {
+                            c: rows[cid].extra.get(c) if cid in rows else None
+                            for c in tabular.columns
+                        }
+                        for cid in self.predictions["case_id"]
+                    ],
+                    columns=tabular.columns,
+                )
+            run_preds = pd.read_csv(self.run / "predictions.csv", dtype={"case_id": str})
+            self._case_mix = case_mix(
+                development_cases(run_preds),
+                self.predictions,
+                self.modalities,
+                tabular=tabular,
+                tabular_values=values,
+            )
+        return self._case_mix
 
     @property
     def app_command(self) -> str:

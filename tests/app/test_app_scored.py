@@ -186,24 +186,9 @@ def test_cli_keeps_the_scored_cohorts_reviews_apart(
 
 
 def test_pages_on_a_scored_cohort(review_run, scored_cohort, tmp_path, monkeypatch, password):
-    from clinfuse.review.auth import add_reviewer
-
     table = _copy_scored(scored_cohort, tmp_path)
     db = tmp_path / "r.sqlite"
-    add_reviewer(ReviewStore(db), "alice", password)
-    for key, value in {
-        "CLINFUSE_APP_RUN": review_run["run"],
-        "CLINFUSE_APP_DB": str(db),
-        "CLINFUSE_APP_PREDICTIONS": str(table),
-    }.items():
-        monkeypatch.setenv(key, value)
-    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
-        monkeypatch.delenv(key, raising=False)
-    at = AppTest.from_file(str(ENTRY), default_timeout=120).run()
-    at.text_input(key="login_username").input("alice")
-    at.text_input(key="login_password").input(password)
-    at.button(key="login_submit").click().run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = _logged_in(review_run, table, tmp_path, monkeypatch, password)
     assert at.title[0].value == "Worklist"
     assert at.metric[0].value == "24"
     assert any("Cases scored by `clinfuse predict`" in i.value for i in at.info)
@@ -226,19 +211,67 @@ def test_pages_on_a_scored_cohort(review_run, scored_cohort, tmp_path, monkeypat
 
 
 def test_cohort_results_of_scored_cases_with_and_without_outcomes(
-    review_run, scored_cohort, tmp_path
+    review_run, scored_cohort, tmp_path, monkeypatch, password
 ):
     from sklearn.metrics import roc_auc_score
 
+    from clinfuse.io.tabular import TabularEncoder
     from clinfuse.review.cohort import load_cohort_results
 
     table = _copy_scored(scored_cohort, tmp_path)
     frame = pd.read_csv(table, dtype={"case_id": str})
-    res = load_cohort_results(open_run_view(review_run["run"], predictions=table, n_boot=5))
+    view = open_run_view(review_run["run"], predictions=table, n_boot=5)
+    res = load_cohort_results(view)
     assert res.aurocs["fusion"] == pytest.approx(roc_auc_score(frame["label"], frame["p_fusion"]))
-    # new patients whose outcomes are not known yet: the page says what would draw curves
+    cm = view.scored_case_mix()
+    assert cm["evaluated"]["outcome_rate"] == pytest.approx(frame["label"].mean())
+    assert "outcome" in cm["membership"]["coefficients"]
+    assert res.case_mix is not None and "Membership model" in (res.case_mix_text or "")
+    # the standardised mean difference of a lab against the training split, by hand
+    meta = json.loads((Path(review_run["run"]) / "model" / "model.json").read_text())
+    enc = TabularEncoder.from_dict(meta["tabular"])
+    manifest = pd.read_csv(scored_cohort["manifest"], dtype={"case_id": str}).set_index("case_id")
+    wbc = manifest.loc[frame["case_id"], "wbc"].dropna().to_numpy(float)
+    pooled = np.sqrt((enc.stds_["wbc"] ** 2 + wbc.std(ddof=1) ** 2) / 2)
+    row = next(r for r in cm["tabular"] if r["column"] == "wbc")
+    assert row["smd"] == pytest.approx((wbc.mean() - enc.means_["wbc"]) / pooled)
+    # new patients whose outcomes are not known yet: no curves, but the case mix (outcome
+    # left out of the membership model) on the cohort page
     frame.drop(columns=["label"]).to_csv(table, index=False)
     view = open_run_view(review_run["run"], predictions=table, n_boot=5)
     with pytest.raises(ConfigError, match="no outcomes of both kinds") as e:
         load_cohort_results(view)
     assert "clinfuse evaluate" in str(e.value)
+    cm = view.scored_case_mix()
+    assert cm["evaluated"]["outcome_rate"] is None
+    assert "outcome" not in cm["membership"]["coefficients"]
+    assert cm["interpretation"].startswith(
+        f"Membership model c = {cm['membership']['c_statistic']:.2f} (outcomes not known yet"
+    )
+    at = _logged_in(review_run, table, tmp_path, monkeypatch, password)
+    at.switch_page("pages/cohort.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [h.value for h in at.subheader] == ["Case mix vs development data"]
+    assert len(at.dataframe) == 1 and "outcomes not known yet" in at.markdown[-1].value
+
+
+def _logged_in(review_run, table, tmp_path, monkeypatch, password) -> AppTest:
+    """The app on the scored ``table``, alice logged in."""
+    from clinfuse.review.auth import add_reviewer
+
+    db = tmp_path / "r.sqlite"
+    add_reviewer(ReviewStore(db), "alice", password)
+    for key, value in {
+        "CLINFUSE_APP_RUN": review_run["run"],
+        "CLINFUSE_APP_DB": str(db),
+        "CLINFUSE_APP_PREDICTIONS": str(table),
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
+        monkeypatch.delenv(key, raising=False)
+    at = AppTest.from_file(str(ENTRY), default_timeout=120).run()
+    at.text_input(key="login_username").input("alice")
+    at.text_input(key="login_password").input(password)
+    at.button(key="login_submit").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
