@@ -73,6 +73,8 @@ event = st.dataframe(
             "out of range",
             help="inputs outside the training data (details on the case page)",
         ),
+        # new patients scored later have no split: the column would be empty
+        **({"split": None} if table["split"].isna().all() else {}),
     },
 )
 rows = event.selection.rows if event is not None and hasattr(event, "selection") else []
