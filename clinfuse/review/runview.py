@@ -384,7 +384,9 @@ class RunView:
         """The scored cases' case mix against the run's development cases
         (:func:`clinfuse.evaluation.casemix.case_mix`; outcomes used only when every case has
         one). None for the run's own cases (``clinfuse evaluate`` reports theirs) and for a
-        fold ensemble (its fold models were developed on different cases)."""
+        fold ensemble: its development sample would be the cross-validation's out-of-fold
+        predictions, each from one model, whose fused logits spread more than the ensemble's
+        averaged ones — a difference the membership model would report as case mix."""
         if self.scored is None or self.ensemble:
             return None
         if self._case_mix is None:
@@ -874,6 +876,33 @@ def _scored_cohort(
     return info, Path(manifest) if manifest else None
 
 
+def _check_evaluation(run: Path, evaluation: Path) -> None:
+    """A ``--evaluation`` folder must evaluate this model (the version its ``metrics.json``
+    records: a run's ``model_sha256``, a fold ensemble's fold models' digests)."""
+    from clinfuse.evaluation.evaluate import model_sha256
+
+    path = evaluation / "metrics.json"
+    if not path.exists():
+        return  # the cohort page says what is missing
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the evaluation's metrics.json: {e}", path=path) from e
+    if (run / "crossval.json").is_file():
+        folds = json.loads((run / "crossval.json").read_text(encoding="utf-8"))["fold_models"]
+        ours: Any = [f["model_sha256"] for f in folds]
+        theirs = recorded.get("fold_ensemble")
+    else:
+        ours, theirs = model_sha256(run), recorded.get("model_sha256")
+    if theirs is not None and theirs != ours:
+        raise ConfigError(
+            "this evaluation is of another model (or another version of it)",
+            path=evaluation,
+            hint=f"evaluate this model: `clinfuse evaluate {run} MANIFEST --out DIR`, and pass "
+            "--evaluation DIR",
+        )
+
+
 def _check_explanations(folder: Path, version: str, manifest: Path | None) -> None:
     """A scored cohort's explanations folder must explain this model on that manifest
     (its ``index.json``, written by ``clinfuse explain`` or by the app)."""
@@ -934,7 +963,7 @@ def open_run_view(
     Raises:
         ConfigError: the folder is missing or incomplete, a threshold outside (0, 1), a
             predictions table that is missing, unreadable or scored by another model
-            version, or explanations of another model or cohort.
+            version, an evaluation or explanations of another model (or cohort).
     """
     from clinfuse.ensemble import is_crossval_folder
     from clinfuse.scored import model_version
@@ -948,6 +977,8 @@ def open_run_view(
     t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     if not 0.0 < t < 1.0:
         raise ConfigError(f"threshold must be within (0, 1), got {t}", field="threshold")
+    if evaluation is not None:
+        _check_evaluation(run, Path(evaluation).expanduser())
     provenance: dict[str, Any] | None = None
     expl: Path | None = None
     if scored is None:

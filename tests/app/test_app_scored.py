@@ -275,3 +275,19 @@ def _logged_in(review_run, table, tmp_path, monkeypatch, password) -> AppTest:
     at.button(key="login_submit").click().run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def test_an_evaluation_of_another_model_is_refused(review_run, scored_cohort, tmp_path):
+    evaluation = tmp_path / "evaluation"
+    shutil.copytree(Path(review_run["evaluation"]), evaluation)
+    # the run's own evaluation is accepted for its scored cohort too
+    view = open_run_view(
+        review_run["run"], predictions=scored_cohort["predictions"], evaluation=evaluation
+    )
+    assert view.evaluation == evaluation
+    metrics = json.loads((evaluation / "metrics.json").read_text())
+    metrics["run"]["model_sha256"] = "0" * 64
+    (evaluation / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ConfigError, match="evaluation is of another model") as e:
+        open_run_view(review_run["run"], evaluation=evaluation)
+    assert "clinfuse evaluate" in str(e.value)
