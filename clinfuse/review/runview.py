@@ -235,7 +235,8 @@ class RunView:
 
         self.run = run
         self.ensemble = is_crossval_folder(run)
-        first = self._fold_runs()[0] if self.ensemble else run
+        self.folds = self._fold_runs() if self.ensemble else []
+        first = self.folds[0] if self.ensemble else run
         self.config = load_config(first / "config.yaml")
         meta = json.loads((first / "model" / "model.json").read_text(encoding="utf-8"))
         self.modalities: list[str] = [m for m in meta.get("modalities", []) if m in MODALITIES]
@@ -372,11 +373,7 @@ class RunView:
             + (f" on {when}" if when else "")
             + f": {len(self.predictions)} cases"
             + (f", {excluded} could not be scored" if excluded else "")
-            + (
-                f" — the mean of {len(self._fold_runs())} fold models' risks"
-                if self.ensemble
-                else ""
-            )
+            + (f" — the mean of {len(self.folds)} fold models' risks" if self.ensemble else "")
             + f" ({self.scored.name})."
         )
 
@@ -804,23 +801,35 @@ def _default_cohort(run: Path) -> Path | None:
     return Path(manifest) if manifest else None
 
 
+def _evaluates_this_model(run: Path, recorded: dict[str, Any]) -> bool:
+    """Whether an evaluation's ``metrics.json`` → ``run`` names this folder's model version
+    (a run's ``model_sha256``, a fold ensemble's fold models' digests); True when it names
+    none (a model evaluated from Python)."""
+    from clinfuse.evaluation.evaluate import model_sha256
+
+    if (run / "crossval.json").is_file():
+        folds = json.loads((run / "crossval.json").read_text(encoding="utf-8"))["fold_models"]
+        theirs, ours = recorded.get("fold_ensemble"), [f["model_sha256"] for f in folds]
+        return theirs is None or theirs == ours
+    theirs = recorded.get("model_sha256")
+    return theirs is None or (
+        (run / "model" / "model.json").exists() and theirs == model_sha256(run)
+    )
+
+
 def _default_evaluation(run: Path) -> Path | None:
     """``RUN/evaluation`` or a sibling ``evaluation`` folder — unless its ``metrics.json``
     records another model version (e.g. the source of a recalibrated run)."""
-    from clinfuse.evaluation.evaluate import model_sha256
-
-    digest = model_sha256(run) if (run / "model" / "model.json").exists() else None
     for candidate in (run / "evaluation", run.parent / "evaluation"):
         path = candidate / "metrics.json"
         if not path.exists():
             continue
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8")).get("run", {})
+            recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
         except (OSError, ValueError):
             continue
-        if recorded.get("model_sha256") not in (None, digest):
-            continue
-        return candidate
+        if _evaluates_this_model(run, recorded):
+            return candidate
     return None
 
 
@@ -879,8 +888,6 @@ def _scored_cohort(
 def _check_evaluation(run: Path, evaluation: Path) -> None:
     """A ``--evaluation`` folder must evaluate this model (the version its ``metrics.json``
     records: a run's ``model_sha256``, a fold ensemble's fold models' digests)."""
-    from clinfuse.evaluation.evaluate import model_sha256
-
     path = evaluation / "metrics.json"
     if not path.exists():
         return  # the cohort page says what is missing
@@ -888,13 +895,7 @@ def _check_evaluation(run: Path, evaluation: Path) -> None:
         recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the evaluation's metrics.json: {e}", path=path) from e
-    if (run / "crossval.json").is_file():
-        folds = json.loads((run / "crossval.json").read_text(encoding="utf-8"))["fold_models"]
-        ours: Any = [f["model_sha256"] for f in folds]
-        theirs = recorded.get("fold_ensemble")
-    else:
-        ours, theirs = model_sha256(run), recorded.get("model_sha256")
-    if theirs is not None and theirs != ours:
+    if not _evaluates_this_model(run, recorded):
         raise ConfigError(
             "this evaluation is of another model (or another version of it)",
             path=evaluation,
