@@ -21,7 +21,8 @@ EXPLAIN_EPILOG = (
     "  clinfuse explain runs/demo demo_cohort/manifest.csv --case case0007 --out explain_out\n\n"
     "  clinfuse explain runs/demo cohort.csv --case c12 --note-max-evals 100 --n-boot 200 --out ex\n\n"
     "  clinfuse explain runs/demo deid/manifest.csv --case c12 --keep-note-identifiers --out ex\n\n"
-    "  clinfuse explain runs/demo_cv new_cohort/manifest.csv --out ex_cv   # fold ensemble"
+    "  clinfuse explain runs/demo_cv new_cohort/manifest.csv --out ex_cv   # fold ensemble\n\n"
+    "  clinfuse explain runs/demo_cv new_cohort/manifest.csv --case case0003 --out ex_cv3"
 )
 
 

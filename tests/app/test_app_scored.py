@@ -291,3 +291,18 @@ def test_an_evaluation_of_another_model_is_refused(review_run, scored_cohort, tm
     with pytest.raises(ConfigError, match="evaluation is of another model") as e:
         open_run_view(review_run["run"], evaluation=evaluation)
     assert "clinfuse evaluate" in str(e.value)
+
+
+def test_rescoring_drops_exclusions_that_no_longer_apply(review_run, scored_cohort, tmp_path):
+    from clinfuse.cli import app
+
+    table = tmp_path / "again.csv"
+    stale = tmp_path / "again.excluded.csv"
+    stale.write_text("case_id,field,severity,path,message\ncase0001,image,error,x,unreadable\n")
+    args = ["predict", review_run["run"], scored_cohort["manifest"], "--out", str(table)]
+    result = CliRunner().invoke(app, [*args, "--workers", "0"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert not stale.exists()
+    info = read_provenance(table)
+    assert info is not None and info["n_excluded"] == 0 and info["n_cases"] == 24
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.csv", "again.provenance.json"]
