@@ -538,27 +538,37 @@ def predict(
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly).
 
     Beside the CSV go OUT_STEM.provenance.json (the model's version and the manifest, for
-    `clinfuse app RUN --predictions OUT`) and, when some cases cannot be scored,
-    OUT_STEM.excluded.csv with the reasons."""
+    `clinfuse app RUN --predictions OUT`), for a crossval folder OUT_STEM.fold_models.csv
+    (each fold model's own outputs, one row per case and model) and, when some cases cannot
+    be scored, OUT_STEM.excluded.csv with the reasons."""
     from clinfuse.ensemble import is_crossval_folder, load_ensemble
     from clinfuse.model import load_run
     from clinfuse.scored import write_scored
     from clinfuse.training.trainer import resolve_device
 
     where = resolve_device(device)
-    model: Any = (
-        load_ensemble(run, device=where) if is_crossval_folder(run) else load_run(run, device=where)
-    )
+    ensemble = is_crossval_folder(run)
+    model: Any = load_ensemble(run, device=where) if ensemble else load_run(run, device=where)
+    per_model = None
     with _progress("scoring cases") as update:
-        frame, excluded = model.predict(
-            cohort,
-            allow_missing_modalities=allow_missing_modalities,
-            progress=update,
-            return_excluded=True,
-            workers=workers,
-        )
+        if ensemble:
+            scores = model.score_manifest(
+                cohort,
+                allow_missing_modalities=allow_missing_modalities,
+                progress=update,
+                workers=workers,
+            )
+            frame, excluded, per_model = scores.frame, scores.excluded, scores.per_model
+        else:
+            frame, excluded = model.predict(
+                cohort,
+                allow_missing_modalities=allow_missing_modalities,
+                progress=update,
+                return_excluded=True,
+                workers=workers,
+            )
     n_excluded = len({i.case_id for i in excluded})
-    write_scored(out, frame, model=run, manifest=cohort, n_excluded=n_excluded)
+    write_scored(out, frame, model=run, manifest=cohort, n_excluded=n_excluded, per_model=per_model)
     console.print(f"wrote {len(frame)} predictions: {out}")
     exc_path = out.with_name(out.stem + ".excluded.csv")
     if not excluded and exc_path.exists():

@@ -55,12 +55,17 @@ class EnsembleScores:
         excluded: the cases that could not be scored (issues).
         scorer: an :data:`~clinfuse.evaluation.ablation.Scorer` — the mean over the fold
             models of the fused risk with modalities masked out (None for one modality).
+        per_model: each fold model's own outputs, one row per case and model: ``case_id``,
+            ``model`` (1 to K), ``label``, ``p_fusion``, ``logit_fusion``, ``p_<m>``,
+            ``present_<m>`` (what the case-mix comparison needs: the cross-validation's
+            out-of-fold predictions are single models' outputs too).
     """
 
     frame: pd.DataFrame
     present: np.ndarray
     excluded: list[Any]
     scorer: Callable[[Sequence[str]], np.ndarray] | None
+    per_model: pd.DataFrame | None = None
 
 
 class FoldEnsemble:
@@ -279,7 +284,14 @@ class FoldEnsemble:
         def scorer(keep: Sequence[str]) -> np.ndarray:
             return np.mean([s(keep) for s in scorers], axis=0)
 
-        return EnsembleScores(frame, present, excluded, scorer if scorers else None)
+        per_model = pd.concat(
+            [
+                _model_rows(frame, k + 1, fused[k], logits[k], unimodal[k], self.modalities)
+                for k in range(len(self.models))
+            ],
+            ignore_index=True,
+        )
+        return EnsembleScores(frame, present, excluded, scorer if scorers else None, per_model)
 
     def modality_caches(
         self,
@@ -349,14 +361,56 @@ class FoldEnsemble:
             ``p_fusion_min`` and ``p_fusion_max``; with ``return_excluded`` a pair
             ``(table, excluded issues)``.
         """
+        scores = self.score_manifest(
+            cohort,
+            allow_missing_modalities=allow_missing_modalities,
+            progress=progress,
+            workers=workers,
+        )
+        return (scores.frame, scores.excluded) if return_excluded else scores.frame
+
+    def score_manifest(
+        self,
+        cohort: Any,
+        *,
+        allow_missing_modalities: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        workers: int | str = "auto",
+    ) -> EnsembleScores:
+        """:meth:`predict`'s table with everything else :meth:`score` returns (each fold
+        model's own outputs included), for a cohort or manifest path not checked yet."""
         from clinfuse.data import scoring_workers
 
         scoring_workers(workers, 0)  # a bad count fails before any file is read
         cohort = self.models[0].checked_cohort(
             cohort, allow_missing_modalities=allow_missing_modalities
         )
-        scores = self.score(cohort, progress=progress, workers=workers)
-        return (scores.frame, scores.excluded) if return_excluded else scores.frame
+        return self.score(cohort, progress=progress, workers=workers)
+
+
+def _model_rows(
+    frame: pd.DataFrame,
+    model: int,
+    fused: np.ndarray,
+    logit: np.ndarray,
+    unimodal: np.ndarray,
+    modalities: Sequence[str],
+) -> pd.DataFrame:
+    """One fold model's outputs for the ensemble frame's cases (``EnsembleScores.per_model``)."""
+    rows = pd.DataFrame(
+        {
+            "case_id": frame["case_id"],
+            "model": model,
+            "label": frame["label"],
+            "p_fusion": fused,
+            "logit_fusion": logit,
+        }
+    )
+    for i, m in enumerate(modalities):
+        rows[f"p_{m}"] = unimodal[:, i]
+    for m in modalities:
+        rows[f"present_{m}"] = frame[f"present_{m}"]
+    return rows
 
 
 def merge_fold_warnings(per_fold: Sequence[Sequence[str]], columns: Sequence[str]) -> list[str]:

@@ -5,7 +5,9 @@
 (:func:`model_version`), the manifest, when, and how many cases were scored and excluded.
 The review app reads it to open a worklist of those cases (``clinfuse app MODEL
 --predictions P.csv``): it finds the manifest there and refuses a table that another
-version of the model scored.
+version of the model scored. For a fold ensemble, ``P.fold_models.csv`` holds each fold
+model's own outputs (one row per case and model), which the case-mix comparison with the
+cross-validation's out-of-fold predictions needs (:mod:`clinfuse.evaluation.casemix`).
 
 >>> write_scored(Path("new/predictions.csv"), frame, model="runs/demo",
 ...              manifest="new/manifest.csv", n_excluded=0)  # doctest: +SKIP
@@ -25,7 +27,9 @@ from typing import Any
 from clinfuse.errors import ConfigError
 
 __all__ = [
+    "FOLD_MODELS_SUFFIX",
     "PROVENANCE_SUFFIX",
+    "fold_models_path",
     "model_version",
     "provenance_path",
     "read_provenance",
@@ -35,6 +39,9 @@ __all__ = [
 
 PROVENANCE_SUFFIX = ".provenance.json"
 """Suffix of the provenance file beside a predictions table (``P.csv`` → ``P.provenance.json``)."""
+
+FOLD_MODELS_SUFFIX = ".fold_models.csv"
+"""Suffix of a fold ensemble's per-model outputs (``P.csv`` → ``P.fold_models.csv``)."""
 
 
 def run_fingerprint(run: str | Path) -> str:
@@ -81,6 +88,12 @@ def provenance_path(predictions: str | Path) -> Path:
     return p.with_name(p.stem + PROVENANCE_SUFFIX)
 
 
+def fold_models_path(predictions: str | Path) -> Path:
+    """``P.fold_models.csv`` beside the predictions table ``P.csv``."""
+    p = Path(predictions)
+    return p.with_name(p.stem + FOLD_MODELS_SUFFIX)
+
+
 def write_scored(
     out: str | Path,
     frame: Any,
@@ -88,12 +101,18 @@ def write_scored(
     model: str | Path,
     manifest: str | Path,
     n_excluded: int,
+    per_model: Any = None,
 ) -> Path:
     """Write a predictions table and its provenance, each atomically (temp file, rename).
 
-    The provenance is replaced first, then the table: a reader never pairs a new table
-    with an old provenance (at worst, for a moment, an old table with the new one, whose
-    version check then refuses the pair).
+    The provenance is replaced first, then the fold models' outputs, then the table: a
+    reader never pairs a new table with an old provenance (at worst, for a moment, an old
+    table with the new one, whose version check then refuses the pair).
+
+    Args:
+        per_model: a fold ensemble's per-model outputs
+            (:attr:`clinfuse.ensemble.EnsembleScores.per_model`), written to
+            :func:`fold_models_path`; without them an earlier scoring's file there is removed.
 
     Returns:
         The provenance file's path.
@@ -113,10 +132,19 @@ def write_scored(
     }
     meta = provenance_path(out)
     tmp_meta = meta.with_name(f".{meta.name}.tmp")
+    models = fold_models_path(out)
+    if per_model is not None:
+        info["fold_models"] = models.name
+        tmp_models = models.with_name(f".{models.name}.tmp")
+        per_model.to_csv(tmp_models, index=False)
     tmp_meta.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     tmp = out.with_name(f".{out.name}.tmp")
     frame.to_csv(tmp, index=False)
     os.replace(tmp_meta, meta)
+    if per_model is not None:
+        os.replace(tmp_models, models)
+    elif models.exists():
+        models.unlink()  # an earlier ensemble's outputs do not describe this table
     os.replace(tmp, out)
     return meta
 

@@ -24,6 +24,9 @@ except ClinFuseError as e:
         st.subheader("Case mix vs development data")
         st.write(text)
         st.dataframe(table, hide_index=True, width="stretch")
+    elif text:
+        st.subheader("Case mix vs development data")
+        st.info(text)
     st.stop()
 st.caption(res.source)
 if view.recalibration:
@@ -65,7 +68,10 @@ if res.robustness is not None:
     st.dataframe(res.robustness, hide_index=True, width="stretch")
 st.subheader("Case mix vs development data")
 if res.case_mix is None:
-    st.info("Run `clinfuse evaluate RUN COHORT --out DIR` on the run folder for the comparison.")
+    st.info(
+        res.case_mix_text
+        or "Run `clinfuse evaluate RUN COHORT --out DIR` on the run folder for the comparison."
+    )
 else:
     st.write(res.case_mix_text)
     st.dataframe(res.case_mix, hide_index=True, width="stretch")

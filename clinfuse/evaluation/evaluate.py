@@ -412,6 +412,7 @@ class Evaluator:
                 out,
                 scorer=scores.scorer,
                 overwrite=overwrite,
+                per_model=scores.per_model,
             )
         scored = score_cohort(self.model, cohort, progress=progress, workers=self.workers)
         scorer = (
@@ -440,6 +441,7 @@ class Evaluator:
         scorer: Any = None,
         overwrite: bool = False,
         crossval: dict[str, Any] | None = None,
+        per_model: pd.DataFrame | None = None,
     ) -> EvaluationResult:
         """Evaluate predictions already made (``frame`` as from :func:`score_cohort`).
 
@@ -454,6 +456,9 @@ class Evaluator:
             crossval: the cross-validation summary when the frame pools the
                 out-of-fold predictions of several fold models (see
                 :func:`clinfuse.evaluation.crossval.cross_validate`).
+            per_model: for a fold ensemble's frame, each fold model's own outputs
+                (:attr:`clinfuse.ensemble.EnsembleScores.per_model`), for the case-mix
+                comparison with the out-of-fold development predictions.
         """
         from clinfuse.evaluation import ablation, calibration, delong, subgroups, utility
         from clinfuse.evaluation.summary import summarize_predictions
@@ -595,6 +600,9 @@ class Evaluator:
             same = self.development_manifest is not None and (
                 Path(self.development_manifest).resolve() == Path(cohort.manifest_path).resolve()
             )
+            models = None
+            if per_model is not None:
+                models = per_model[per_model["case_id"].isin(set(frame["case_id"]))]
             metrics["case_mix"] = case_mix(
                 self.development,
                 frame,
@@ -602,6 +610,7 @@ class Evaluator:
                 tabular=model.tabular,
                 tabular_values=tab_values,
                 same_manifest=same,
+                evaluated_models=models,
             )
 
         # participants and model card

@@ -156,7 +156,10 @@ def _case_mix(m: dict[str, Any]) -> str:
         for k, v in ev["availability"].items()
     ]
     body = f"<p>{_e(cm['interpretation'])}</p>"
-    body += _table(["", "development (train + val)", "this cohort"], rows)
+    development = (
+        "development (out of fold)" if cm.get("fold_models") else "development (train + val)"
+    )
+    body += _table(["", development, "this cohort"], rows)
     if cm["n_overlap"]:
         body += (
             f"<p>{cm['n_overlap']} evaluated cases are also development cases; they are left out "

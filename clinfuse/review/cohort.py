@@ -196,9 +196,21 @@ def _case_mix_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str |
 
 
 def scored_case_mix_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
-    """The case-mix table and its reading for a scored cohort (``(None, None)`` otherwise)."""
+    """The case-mix table and its reading for a scored cohort (``(None, None)`` for the
+    run's own cases; ``(None, what to do)`` when a fold ensemble's table lacks its fold
+    models' outputs)."""
+    if view.scored is None:
+        return None, None
     cm = view.scored_case_mix()
-    return _case_mix_table({"case_mix": cm}) if cm is not None else (None, None)
+    if cm is not None:
+        return _case_mix_table({"case_mix": cm})
+    if view.ensemble and view.fold_models is None:
+        return None, (
+            "The comparison with the development data needs each fold model's outputs for "
+            "these cases, which `clinfuse predict` now writes beside the table: "
+            f"rescore them with `clinfuse predict {view.run} MANIFEST --out {view.scored}`."
+        )
+    return None, None
 
 
 def load_cohort_results(view: Any) -> CohortResults:

@@ -245,7 +245,7 @@ class RunView:
         self._fusion_calibrator = (
             None if self.ensemble else meta.get("calibrators", {}).get("fusion")
         )
-        self._tabular_state = None if self.ensemble else meta.get("tabular")
+        self._tabular_state = meta.get("tabular")  # a fold ensemble's: fold model 1's
         self._case_mix: dict[str, Any] | None = None
         self.recalibration = None if self.ensemble else recalibration_summary(run)
         self.scored = predictions
@@ -377,14 +377,30 @@ class RunView:
             + f" ({self.scored.name})."
         )
 
+    @property
+    def fold_models(self) -> Path | None:
+        """A scored fold ensemble's per-model outputs (``P.fold_models.csv``), when written."""
+        from clinfuse.scored import fold_models_path
+
+        if self.scored is None or not self.ensemble:
+            return None
+        path = fold_models_path(self.scored)
+        return path if path.is_file() else None
+
     def scored_case_mix(self) -> dict[str, Any] | None:
         """The scored cases' case mix against the run's development cases
         (:func:`clinfuse.evaluation.casemix.case_mix`; outcomes used only when every case has
-        one). None for the run's own cases (``clinfuse evaluate`` reports theirs) and for a
-        fold ensemble: its development sample would be the cross-validation's out-of-fold
-        predictions, each from one model, whose fused logits spread more than the ensemble's
-        averaged ones — a difference the membership model would report as case mix."""
-        if self.scored is None or self.ensemble:
+        one). None for the run's own cases (``clinfuse evaluate`` reports theirs).
+
+        A fold ensemble's development cases are the cross-validation's pooled out-of-fold
+        predictions, each one model's; its scored cases are compared through each fold
+        model's own outputs (:attr:`fold_models`), not the ensemble's averages, which spread
+        less. None when those were not written (a table scored before they were)."""
+        if self.scored is None:
+            return None
+        if self.ensemble and (
+            self.fold_models is None or not (self.run / "evaluation" / "predictions.csv").is_file()
+        ):
             return None
         if self._case_mix is None:
             from clinfuse.evaluation.casemix import case_mix, development_cases
@@ -404,13 +420,21 @@ class RunView:
                     ],
                     columns=tabular.columns,
                 )
-            run_preds = pd.read_csv(self.run / "predictions.csv", dtype={"case_id": str})
+            per_model = None
+            if self.ensemble:
+                pooled = self.run / "evaluation" / "predictions.csv"
+                development = pd.read_csv(pooled, dtype={"case_id": str})
+                per_model = _read_fold_models(self.fold_models, self.predictions)
+            else:
+                run_preds = pd.read_csv(self.run / "predictions.csv", dtype={"case_id": str})
+                development = development_cases(run_preds)
             self._case_mix = case_mix(
-                development_cases(run_preds),
+                development,
                 self.predictions,
                 self.modalities,
                 tabular=tabular,
                 tabular_values=values,
+                evaluated_models=per_model,
             )
         return self._case_mix
 
@@ -885,6 +909,26 @@ def _scored_cohort(
     return info, Path(manifest) if manifest else None
 
 
+def _read_fold_models(path: Any, predictions: pd.DataFrame) -> pd.DataFrame:
+    """A scored fold ensemble's per-model outputs, checked against its predictions table.
+
+    Raises:
+        ConfigError: unreadable, or not the table's cases once per fold model.
+    """
+    from clinfuse.evaluation.casemix import check_fold_models
+
+    try:
+        frame = pd.read_csv(path, dtype={"case_id": str})
+        check_fold_models(predictions, frame)
+    except (OSError, ValueError, KeyError) as e:  # pandas' parser errors are ValueErrors
+        raise ConfigError(
+            f"the fold models' outputs do not match the predictions table: {e}",
+            path=path,
+            hint="rescore the cohort with `clinfuse predict`, which writes both together",
+        ) from e
+    return frame
+
+
 def _check_evaluation(run: Path, evaluation: Path) -> None:
     """A ``--evaluation`` folder must evaluate this model (the version its ``metrics.json``
     records: a run's ``model_sha256``, a fold ensemble's fold models' digests)."""
@@ -1003,7 +1047,7 @@ def open_run_view(
         )
         _check_explanations(expl, version, scored_manifest or cohort_path)
     try:
-        return RunView(
+        view = RunView(
             run,
             cohort=cohort_path,
             evaluation=eval_path,
@@ -1013,6 +1057,9 @@ def open_run_view(
             explanations=expl,
             provenance=provenance,
         )
+        if view.fold_models is not None:  # refused now, not when the cohort page opens
+            _read_fold_models(view.fold_models, view.predictions)
+        return view
     except (OSError, ValueError, KeyError) as e:
         if isinstance(e, ClinFuseError):
             raise

@@ -294,15 +294,20 @@ def test_an_evaluation_of_another_model_is_refused(review_run, scored_cohort, tm
 
 
 def test_rescoring_drops_exclusions_that_no_longer_apply(review_run, scored_cohort, tmp_path):
+    """Files beside the table that an earlier scoring left and this one does not write:
+    its exclusions, a fold ensemble's per-model outputs."""
     from clinfuse.cli import app
 
     table = tmp_path / "again.csv"
     stale = tmp_path / "again.excluded.csv"
     stale.write_text("case_id,field,severity,path,message\ncase0001,image,error,x,unreadable\n")
+    models = tmp_path / "again.fold_models.csv"
+    models.write_text("case_id,model,logit_fusion\ncase0001,1,0.3\n")
     args = ["predict", review_run["run"], scored_cohort["manifest"], "--out", str(table)]
     result = CliRunner().invoke(app, [*args, "--workers", "0"])
     assert result.exit_code == 0, result.output + str(result.exception)
-    assert not stale.exists()
+    assert not stale.exists() and not models.exists()
     info = read_provenance(table)
     assert info is not None and info["n_excluded"] == 0 and info["n_cases"] == 24
+    assert "fold_models" not in info
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.csv", "again.provenance.json"]

@@ -98,6 +98,81 @@ def test_overlapping_ids_are_the_same_cases_only_in_the_development_manifest():
     assert "Every development case" in everything["interpretation"]
 
 
+def _fold_models(n: int, k: int, seed: int, *, prefix: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """K fold models scoring the same n cases: each case's true score plus model noise.
+    Returns (the ensemble's averaged table, every model's own rows)."""
+    rng = np.random.default_rng(seed)
+    s = rng.normal(-0.5, 1.0, n)
+    rows = []
+    for m in range(1, k + 1):
+        z = s + rng.normal(0, 0.6, n)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "case_id": [f"{prefix}{i}" for i in range(n)],
+                    "model": m,
+                    "label": np.nan,
+                    "logit_fusion": z,
+                    "p_image": expit(z),
+                    "present_image": 1,
+                }
+            )
+        )
+    per_model = pd.concat(rows, ignore_index=True)
+    mean = per_model.groupby("case_id", sort=False).mean(numeric_only=True).reset_index()
+    return mean.drop(columns="model"), per_model
+
+
+def test_a_fold_ensemble_is_compared_through_its_models_own_outputs():
+    """Out-of-fold development predictions are one model's each; the ensemble's averages
+    spread less. Compared through every model's rows (weight 1/K), cases drawn alike look
+    alike; compared through the averages they looked less spread out and apart."""
+    _, dev_rows = _fold_models(3000, 5, 0, prefix="d")
+    # development: each case scored by one model, as a cross-validation's out-of-fold ones
+    pick = np.arange(3000) % 5  # case i scored by model pick[i] + 1
+    dev = dev_rows.iloc[pick * 3000 + np.arange(3000)].drop(columns="model")
+    averaged, per_model = _fold_models(3000, 5, 1, prefix="e")
+    old = case_mix(dev, averaged, ["image"])
+    new = case_mix(dev, averaged, ["image"], evaluated_models=per_model)
+    assert old["evaluated"]["logit_sd"] / old["development"]["logit_sd"] < 0.93
+    assert "less spread out" in old["interpretation"]
+    assert new["evaluated"]["logit_sd"] / new["development"]["logit_sd"] == pytest.approx(
+        1.0, abs=0.04
+    )
+    assert new["membership"]["c_statistic"] < old["membership"]["c_statistic"]
+    assert new["membership"]["n_evaluated"] == 3000 and new["evaluated"]["n_cases"] == 3000
+    assert new["fold_models"] == 5 and old["fold_models"] is None
+    assert "each of the 5 fold models" in new["interpretation"]
+
+
+def test_k_equal_rows_of_weight_one_over_k_are_one_row():
+    """The weighting against a reference: every case repeated K times with weight 1/K gives
+    the unrepeated comparison (c-statistic, coefficients, logit SD)."""
+    dev, ev = _frame(400, 5), _frame(300, 6, shift=0.4, prefix="e")
+    plain = case_mix(dev, ev, ["image", "note"])
+    repeated = pd.concat([ev.assign(model=m) for m in (1, 2, 3)], ignore_index=True)
+    weighted = case_mix(dev, ev, ["image", "note"], evaluated_models=repeated)
+    assert weighted["membership"]["c_statistic"] == pytest.approx(
+        plain["membership"]["c_statistic"], abs=1e-9
+    )
+    for name, value in plain["membership"]["coefficients"].items():
+        assert weighted["membership"]["coefficients"][name] == pytest.approx(value, abs=1e-4)
+    assert weighted["evaluated"]["logit_sd"] == pytest.approx(
+        ev["logit_fusion"].std(ddof=1), rel=1e-12
+    )
+
+
+def test_fold_model_rows_must_hold_every_case_once_per_model():
+    ev = _frame(20, 7, prefix="e")
+    rows = pd.concat([ev.assign(model=m) for m in (1, 2)], ignore_index=True)
+    with pytest.raises(ValueError, match="once for each of its 2 models"):
+        case_mix(_frame(50, 8), ev, ["image"], evaluated_models=rows.iloc[1:])
+    with pytest.raises(ValueError, match="once for each"):
+        case_mix(_frame(50, 8), ev, ["image"], evaluated_models=pd.concat([rows, rows.iloc[:1]]))
+    with pytest.raises(ValueError, match="'model' column"):
+        case_mix(_frame(50, 8), ev, ["image"], evaluated_models=ev)
+
+
 def test_development_cases_are_the_train_and_val_rows():
     frame = pd.DataFrame({"case_id": list("abcd"), "split": ["train", "val", "test", None]})
     assert development_cases(frame)["case_id"].tolist() == ["a", "b"]

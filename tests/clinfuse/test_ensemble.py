@@ -71,6 +71,16 @@ def test_ensemble_risk_is_the_mean_of_the_fold_models_own_predictions(
         per = np.stack([f.loc[ens.index, f"p_{m}"].to_numpy() for f in folds])
         np.testing.assert_allclose(ens[f"p_{m}"], per.mean(axis=0), atol=1e-9)  # NaN = NaN
         assert (ens[f"present_{m}"] == folds[0].loc[ens.index, f"present_{m}"]).all()
+    # beside the table, each fold model's own outputs (for the case-mix comparison)
+    rows = pd.read_csv(tmp_path / "p.fold_models.csv", dtype={"case_id": str})
+    assert len(rows) == 3 * len(ens) and sorted(rows["model"].unique()) == [1, 2, 3]
+    for k, fold in enumerate(folds, start=1):
+        own = rows[rows["model"] == k].set_index("case_id").loc[ens.index]
+        for col in ["p_fusion", "logit_fusion", *[f"p_{m}" for m in MODALITIES]]:
+            np.testing.assert_allclose(own[col], fold.loc[ens.index, col], atol=1e-9)
+    assert json.loads((tmp_path / "p.provenance.json").read_text())["fold_models"] == (
+        "p.fold_models.csv"
+    )
 
 
 def test_evaluating_the_ensemble_on_new_cases(cv: Path, new_cohort: Path, tmp_path: Path) -> None:
@@ -97,7 +107,16 @@ def test_evaluating_the_ensemble_on_new_cases(cv: Path, new_cohort: Path, tmp_pa
         t for t in card["limitations"] if t.startswith("The model is a fold ensemble")
     ]
     assert len(ensemble_notes) == 1 and "optimistic" not in ensemble_notes[0]
-    assert res.metrics["case_mix"]["n_overlap"] == 0
+    mix = res.metrics["case_mix"]
+    assert mix["n_overlap"] == 0
+    # compared through each fold model's own outputs, like the out-of-fold development ones
+    assert mix["fold_models"] == 3 and mix["membership"]["n_evaluated"] == len(frame)
+    own = load_ensemble(cv).score_manifest(new_cohort).per_model
+    assert mix["evaluated"]["logit_sd"] == pytest.approx(
+        np.sqrt(((own["logit_fusion"] - own["logit_fusion"].mean()) ** 2).sum() / 3 / 47)
+    )
+    pooled = pd.read_csv(cv / "evaluation" / "predictions.csv")
+    assert mix["development"]["logit_sd"] == pytest.approx(pooled["logit_fusion"].std())
 
 
 def test_evaluating_on_the_cross_validation_cohort_is_flagged_optimistic(
@@ -336,6 +355,27 @@ def test_review_app_on_cases_the_ensemble_scored(
     assert not at.exception, [e.value for e in at.exception]
     assert [m.label for m in at.metric][1] == "fold models' range"
     assert any("Disagreement between the fold models" in str(c.value) for c in at.caption)
+    # the cohort page compares the case mix through the fold models' own outputs
+    mix = view.scored_case_mix()
+    assert mix is not None and mix["fold_models"] == 3
+    assert mix["development"]["n_cases"] == len(pd.read_csv(cv / "evaluation" / "predictions.csv"))
+    at.switch_page("pages/cohort.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("fold models' outputs" in str(m.value) for m in at.markdown)
+    # a table scored before the per-model outputs were written: a hint, not a wrong reading
+    models = tmp_path / "scored.fold_models.csv"
+    rows = pd.read_csv(models, dtype={"case_id": str})
+    models.unlink()
+    from clinfuse.review.cohort import scored_case_mix_table
+
+    shown, text = scored_case_mix_table(open_run_view(cv, predictions=table))
+    assert shown is None and "rescore" in text
+    # outputs that do not match the table are refused when the app opens
+    rows.iloc[1:].to_csv(models, index=False)
+    with pytest.raises(ConfigError, match="fold models' outputs do not match") as err:
+        open_run_view(cv, predictions=table)
+    assert err.value.path == str(models)
+    rows.to_csv(models, index=False)
     # a fold model replaced after scoring: the table's version no longer matches
     (cv / "folds" / "fold_2" / "config.yaml").write_text(
         (cv / "folds" / "fold_2" / "config.yaml").read_text() + "\n"
