@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 import ui_common as ui
 
-from clinfuse.review.auth import authenticate
+from clinfuse.review.auth import authenticate, first_account_commands
 
 view, store = ui.context()
 st.title("clinfuse review: log in")
@@ -28,9 +28,10 @@ if ui.oidc_configured():
     st.caption("or with a local reviewer account:")
 
 if not store.reviewers():
+    add, *copy = first_account_commands(view, store.path)
     st.info(
         "No reviewer account exists yet. Add one from a terminal:\n\n"
-        f"`{view.app_command} --add-reviewer YOUR_NAME`"
+        f"`{add}`" + "".join(f"\n\nor copy the run's reviewers:\n\n`{c}`" for c in copy)
     )
 
 with st.form("login_form"):

@@ -19,19 +19,45 @@ import hashlib
 import hmac
 import os
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clinfuse.errors import ConfigError
 from clinfuse.review.store import ReviewStore
+
+if TYPE_CHECKING:
+    from clinfuse.review.runview import RunView
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
     "add_reviewer",
     "authenticate",
     "check_username",
+    "first_account_commands",
     "hash_password",
     "reset_password",
     "verify_password",
 ]
+
+
+def first_account_commands(view: RunView, db: str | Path) -> list[str]:
+    """What to run when the database ``db`` of the app on ``view`` has no account yet: add
+    one, and for a scored cohort's own database whose run's database has accounts, copy
+    those."""
+    from clinfuse.review.store import default_db_path
+
+    command = view.app_command
+    out = [f"{command} --add-reviewer YOUR_NAME"]
+    run_db = default_db_path(view.run)
+    if (
+        view.scored is not None
+        and run_db.is_file()
+        and run_db.resolve() != Path(db).resolve()
+        and ReviewStore(run_db).reviewers()
+    ):
+        out.append(f"{command} --copy-reviewers-from {run_db}")
+    return out
+
 
 MIN_PASSWORD_LENGTH = 8
 _N, _R, _P, _DKLEN = 2**14, 8, 1, 32

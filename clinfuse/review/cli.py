@@ -29,7 +29,8 @@ APP_EPILOG = (
     "  clinfuse app runs/r1 --port 8600 --db /secure/reviews.sqlite --threshold 0.3\n\n"
     "  clinfuse app runs/r1 --host 0.0.0.0 --cohort moved/manifest.csv --evaluation eval_r1\n\n"
     "  clinfuse predict runs/r1 site_d/manifest.csv --out site_d/scored.csv\n"
-    "  clinfuse app runs/r1 --predictions site_d/scored.csv --add-reviewer alice\n"
+    "  clinfuse app runs/r1 --predictions site_d/scored.csv \\\n"
+    "      --copy-reviewers-from runs/r1.reviews.sqlite   # the run's reviewers\n"
     "  clinfuse app runs/r1 --predictions site_d/scored.csv   # new patients\n\n"
     "  clinfuse predict runs/cv site_d/manifest.csv --out site_d/cv.csv\n"
     "  clinfuse app runs/cv --predictions site_d/cv.csv   # fold ensemble: band = models' range"
@@ -177,6 +178,15 @@ def app(
         bool,
         typer.Option("--list-reviewers", help="List the accounts (no password hashes) and exit."),
     ] = False,
+    copy_reviewers_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--copy-reviewers-from",
+            help="Copy the accounts of another review database (e.g. the run's, for a scored "
+            "cohort's new one): password hashes and deactivations kept, accounts already here "
+            "left alone. Exits.",
+        ),
+    ] = None,
 ) -> None:
     """Start the Streamlit review dashboard on a run: worklist, case review with
     explanations, decisions saved to SQLite with an audit trail, cohort figures, export.
@@ -220,8 +230,25 @@ def app(
         explanations=settings.explanations,
     )
     store = ReviewStore(settings.db)
-    admin = (add_reviewer, reset_password, deactivate_reviewer, reactivate_reviewer)
+    admin = (
+        copy_reviewers_from,
+        add_reviewer,
+        reset_password,
+        deactivate_reviewer,
+        reactivate_reviewer,
+    )
     if any(admin) or list_reviewers:
+        if copy_reviewers_from:
+            done = store.copy_reviewers(copy_reviewers_from, actor="cli")
+            console.print(
+                f"copied {len(done['copied'])} reviewer accounts to {settings.db}"
+                + (
+                    f"; already here, left as they are: {', '.join(done['kept'])}"
+                    if done["kept"]
+                    else ""
+                ),
+                highlight=False,
+            )
         if add_reviewer:
             name = auth.add_reviewer(store, add_reviewer, _ask_password(add_reviewer))
             console.print(f"added reviewer {name!r} to {settings.db}")
@@ -241,10 +268,10 @@ def app(
         return
     script = app_script()
     if not store.reviewers():
-        console.print(
-            f"no reviewer account yet: add one with `{view.app_command} --add-reviewer NAME`",
-            highlight=False,
-        )
+        add, *copy = auth.first_account_commands(view, settings.db)
+        console.print(f"no reviewer account yet: add one with `{add}`", highlight=False)
+        for command in copy:
+            console.print(f"or copy the run's reviewers: `{command}`", highlight=False)
     if view.source_note:
         console.print(view.source_note, highlight=False)
     if view.cohort_error:

@@ -359,6 +359,69 @@ class ReviewStore:
             event = "reviewer_reactivated" if active else "reviewer_deactivated"
             self._audit(con, actor, event, detail={"username": username})
 
+    def copy_reviewers(self, source: str | Path, *, actor: str = "cli") -> dict[str, list[str]]:
+        """Copy another review database's accounts into this one (audited), for a new
+        database — a scored cohort's — whose reviewers already have accounts on the run's.
+
+        Each account keeps its display name, sign-in kind, password hash (the password
+        itself is never known) and active state: a deactivated reviewer stays deactivated.
+        An account whose username exists here already is left as it is.
+
+        Returns:
+            ``{"copied": [...], "kept": [...]}``: usernames copied, and those already here.
+
+        Raises:
+            ConfigError: ``source`` is missing, is this database, or is not a clinfuse
+                review database.
+        """
+        source = Path(source).expanduser()
+        if not source.is_file():
+            raise ConfigError(
+                "no review database there to copy reviewers from",
+                path=source,
+                hint="give the run's database, e.g. RUN.reviews.sqlite beside the run folder",
+            )
+        if source.resolve() == self.path.resolve():
+            raise ConfigError("cannot copy a review database's reviewers into itself", path=source)
+        with ReviewStore(source)._read() as con:
+            rows = con.execute(
+                "SELECT username, display_name, auth, password_hash, active FROM reviewers "
+                "ORDER BY username"
+            ).fetchall()
+        copied: list[str] = []
+        kept: list[str] = []
+        with self._write() as con:
+            here = {r[0] for r in con.execute("SELECT username FROM reviewers").fetchall()}
+            for row in rows:
+                if row["username"] in here:
+                    kept.append(row["username"])
+                    continue
+                con.execute(
+                    "INSERT INTO reviewers (username, display_name, auth, password_hash, active,"
+                    " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        row["username"],
+                        row["display_name"],
+                        row["auth"],
+                        row["password_hash"],
+                        int(row["active"]),
+                        _now(),
+                    ),
+                )
+                self._audit(
+                    con,
+                    actor,
+                    "reviewer_copied",
+                    detail={
+                        "username": row["username"],
+                        "auth": row["auth"],
+                        "active": bool(row["active"]),
+                        "source": str(source.resolve()),
+                    },
+                )
+                copied.append(row["username"])
+        return {"copied": copied, "kept": kept}
+
     def reviewer(self, username: str) -> dict[str, Any] | None:
         """The account row of ``username`` (None when unknown)."""
         with self._read() as con:

@@ -311,3 +311,92 @@ def test_rescoring_drops_exclusions_that_no_longer_apply(review_run, scored_coho
     assert info is not None and info["n_excluded"] == 0 and info["n_cases"] == 24
     assert "fold_models" not in info
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.csv", "again.provenance.json"]
+
+
+def test_a_scored_cohorts_database_takes_the_runs_reviewers(review_run, scored_cohort, tmp_path):
+    """--copy-reviewers-from: accounts arrive with their password hashes (the same password
+    logs in), deactivations kept, accounts already there left alone; each copy audited."""
+    from clinfuse.review.auth import add_reviewer, authenticate
+    from tests.app.test_app_cli import _cli
+
+    source = ReviewStore(tmp_path / "run_reviews.sqlite")
+    add_reviewer(source, "alice", "alice's password")
+    add_reviewer(source, "bob", "bob's password")
+    source.set_active("bob", False, actor="admin")
+    source.ensure_oidc_reviewer("carol@example.org", "Carol")
+    table = _copy_scored(scored_cohort, tmp_path)
+    db = default_db_path(review_run["run"], table)
+    add_reviewer(ReviewStore(db), "alice", "another password")  # already here: kept
+    base = ["app", review_run["run"], "--predictions", str(table)]
+    out = CliRunner().invoke(_cli(), [*base, "--copy-reviewers-from", str(source.path)])
+    assert out.exit_code == 0, out.output + str(out.exception)
+    assert "copied 2 reviewer accounts" in out.output and "left as they are: alice" in out.output
+    store = ReviewStore(db)
+    accounts = {r["username"]: r for r in store.reviewers()}
+    assert set(accounts) == {"alice", "bob", "carol@example.org"}
+    assert authenticate(store, "alice", "another password") == "alice"
+    assert authenticate(store, "alice", "alice's password") is None
+    assert not accounts["bob"]["active"] and authenticate(store, "bob", "bob's password") is None
+    store.set_active("bob", True, actor="admin")
+    assert authenticate(store, "bob", "bob's password") == "bob"  # the hash came along
+    assert accounts["carol@example.org"]["auth"] == "oidc"
+    copied = [e for e in store.audit_log() if e["action"] == "reviewer_copied"]
+    assert sorted(e["detail"]["username"] for e in copied) == ["bob", "carol@example.org"]
+    assert all(e["detail"]["source"] == str(source.path.resolve()) for e in copied)
+    assert all(
+        "password" not in json.dumps(e["detail"]).replace('"auth": "password"', "") for e in copied
+    )
+    # refusals: a missing file (not created), this database itself, a foreign SQLite file
+    missing = tmp_path / "nowhere.sqlite"
+    with pytest.raises(ConfigError, match="no review database there"):
+        store.copy_reviewers(missing)
+    assert not missing.exists()
+    with pytest.raises(ConfigError, match="into itself"):
+        store.copy_reviewers(db)
+    import sqlite3
+
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as con:
+        con.execute("CREATE TABLE patients (name TEXT)")
+    with pytest.raises(ConfigError, match="not a clinfuse review store"):
+        store.copy_reviewers(foreign)
+
+
+def test_a_new_scored_database_suggests_copying_the_runs_reviewers(
+    review_run, scored_cohort, tmp_path, monkeypatch
+):
+    """With no account in the scored cohort's database and some in the run's, the command
+    line and the login page both give the copy command."""
+    from clinfuse.review import cli as review_cli
+    from clinfuse.review.auth import add_reviewer, first_account_commands
+    from tests.app.test_app_cli import _cli
+
+    run = tmp_path / "run"  # the shared run's files, under a folder whose database is ours
+    run.mkdir()
+    for item in Path(review_run["run"]).iterdir():
+        (run / item.name).symlink_to(item)
+    table = _copy_scored(scored_cohort, tmp_path)
+    view = open_run_view(run, predictions=table)
+    db = default_db_path(run, table)
+    assert first_account_commands(view, db) == [f"{view.app_command} --add-reviewer YOUR_NAME"]
+    run_db = default_db_path(run)
+    add_reviewer(ReviewStore(run_db), "alice", "alice's password")
+    _, copy = first_account_commands(view, db)
+    assert copy == f"{view.app_command} --copy-reviewers-from {run_db}"
+    own = open_run_view(run)  # the run's own worklist: nothing to copy from
+    assert first_account_commands(own, run_db) == [f"{own.app_command} --add-reviewer YOUR_NAME"]
+    monkeypatch.setattr(review_cli.subprocess, "call", lambda cmd, env: 0)
+    out = CliRunner().invoke(_cli(), ["app", str(run), "--predictions", str(table)])
+    assert out.exit_code == 0, out.output + str(out.exception)
+    assert f"--copy-reviewers-from {run_db}" in " ".join(out.output.split())
+    for key, value in {
+        "CLINFUSE_APP_RUN": str(run),
+        "CLINFUSE_APP_DB": str(db),
+        "CLINFUSE_APP_PREDICTIONS": str(table),
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
+        monkeypatch.delenv(key, raising=False)
+    at = AppTest.from_file(str(ENTRY), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("--copy-reviewers-from" in i.value for i in at.info)
