@@ -16,6 +16,13 @@ K − 1 of the models, so that evaluation is optimistic and is flagged as such.
 Cases are loaded once: the fold models share the data configuration, so images,
 signals and notes are read and preprocessed one time, and only the tabular values go
 through each fold's own fitted encoder (scaling learnt on that fold's training cases).
+
+An ensemble recalibrated for a site (``clinfuse recalibrate CV SITE --out CV_SITE``)
+carries ``ensemble_calibration.json``: an update of each output's ensemble risk
+(:class:`clinfuse.calibration.Updated` on the logit of the mean of the fold models'
+risks). The fused risk is then ``g(mean of the K risks)``, and the band
+``g(min)``–``g(max)`` (``g`` is non-decreasing, so the ensemble risk stays inside); the
+fold models themselves are not changed.
 """
 
 from __future__ import annotations
@@ -32,12 +39,48 @@ import pandas as pd
 from clinfuse.errors import ConfigError
 
 __all__ = [
+    "ENSEMBLE_CALIBRATION",
     "EnsembleScores",
     "FoldEnsemble",
     "is_crossval_folder",
     "load_ensemble",
     "merge_fold_warnings",
 ]
+
+
+ENSEMBLE_CALIBRATION = "ensemble_calibration.json"
+"""The file of a recalibrated fold ensemble's updates, in its cross-validation folder."""
+
+
+def ensemble_calibration_digest(path: str | Path) -> str | None:
+    """SHA-256 of a cross-validation folder's ``ensemble_calibration.json`` (None without)."""
+    import hashlib
+
+    file = Path(path) / ENSEMBLE_CALIBRATION
+    return hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else None
+
+
+def read_ensemble_calibration(path: str | Path) -> dict[str, Any]:
+    """The updates in a cross-validation folder's ``ensemble_calibration.json``, by output
+    (``fusion`` and modalities; empty without the file).
+
+    Raises:
+        ConfigError: the file exists but cannot be read.
+    """
+    from clinfuse.calibration import calibrator_from_dict
+
+    file = Path(path) / ENSEMBLE_CALIBRATION
+    if not file.is_file():
+        return {}
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))["calibrators"]
+        return {str(k): calibrator_from_dict(v) for k, v in state.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(
+            f"cannot read the ensemble's calibration: {e}",
+            path=file,
+            hint="restore the folder `clinfuse recalibrate` wrote, or recalibrate again",
+        ) from e
 
 
 def is_crossval_folder(path: str | Path) -> bool:
@@ -80,14 +123,26 @@ class FoldEnsemble:
     them: ``config``, ``modalities``, ``tabular`` and ``calibrators`` are the first fold
     model's (the configuration and tabular columns are checked to be the same in all).
 
+        recalibration: updates of the ensemble's risks by output (``fusion``, modalities),
+            each a :class:`~clinfuse.calibration.Calibrator` applied to the logit of the
+            mean of the fold models' risks (``ensemble_calibration.json``; see
+            :func:`clinfuse.evaluation.recalibrate.recalibrate_run`).
+
     Raises:
         ConfigError: fewer than two models, or models that differ in modalities, data
             configuration or tabular columns.
     """
 
-    def __init__(self, models: Sequence[Any], *, path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[Any],
+        *,
+        path: str | Path | None = None,
+        recalibration: dict[str, Any] | None = None,
+    ) -> None:
         self.models = list(models)
         self.path = None if path is None else Path(path)
+        self.recalibration: dict[str, Any] = dict(recalibration or {})
         where = self.path
         if len(self.models) < 2:
             raise ConfigError(
@@ -118,6 +173,25 @@ class FoldEnsemble:
             "ensemble": f"mean of {len(self.models)} fold models' calibrated risks",
             **({} if self.path is None else {"crossval": str(self.path.resolve())}),
         }
+        if self.recalibration:
+            self.info["recalibrated"] = ", ".join(
+                f"{name}: {_update_name(c)}" for name, c in self.recalibration.items()
+            )
+
+    def recalibrated(self, output: str, risk: np.ndarray) -> np.ndarray:
+        """``risk`` (the mean, or any one, of the fold models' risks of ``output``) through
+        the ensemble's update of that output; unchanged without one; NaN stays NaN."""
+        from clinfuse.calibration import UPDATE_EPS
+
+        cal = self.recalibration.get(output)
+        risk = np.asarray(risk, dtype=float)
+        if cal is None:
+            return risk
+        out = risk.copy()
+        has = ~np.isnan(risk)
+        q = np.clip(risk[has], UPDATE_EPS, 1 - UPDATE_EPS)
+        out[has] = cal.predict_proba(np.log(q) - np.log1p(-q))
+        return out
 
     def __len__(self) -> int:
         return len(self.models)
@@ -162,7 +236,7 @@ class FoldEnsemble:
                     hint="the folder was modified after the cross-validation; restore it",
                 )
             models.append(load_run(run, device=device))
-        return cls(models, path=path)
+        return cls(models, path=path, recalibration=read_ensemble_calibration(path))
 
     # -- scoring ---------------------------------------------------------------
     @property
@@ -258,22 +332,25 @@ class FoldEnsemble:
                 scorers.append(masked_fusion_probabilities(model, cache))
         assert present is not None
         risks = np.stack(fused)
+        # a recalibrated ensemble: its update g on the mean, and on each model's risk for
+        # the spread (g is non-decreasing: g(min) <= g(mean) <= g(max))
+        each = np.stack([self.recalibrated("fusion", r) for r in risks])
         first = caches[0]
         frame = pd.DataFrame(
             {
                 "case_id": first.case_ids,
                 "split": first.splits,
                 "label": [None if np.isnan(y) else int(y) for y in first.labels],
-                "p_fusion": risks.mean(axis=0),
+                "p_fusion": self.recalibrated("fusion", risks.mean(axis=0)),
                 "logit_fusion": np.stack(logits).mean(axis=0),
-                "p_fusion_sd": risks.std(axis=0, ddof=1),
-                "p_fusion_min": risks.min(axis=0),
-                "p_fusion_max": risks.max(axis=0),
+                "p_fusion_sd": each.std(axis=0, ddof=1),
+                "p_fusion_min": each.min(axis=0),
+                "p_fusion_max": each.max(axis=0),
             }
         )
         per_modality = np.stack(unimodal).mean(axis=0)  # NaN where the modality is missing
         for i, m in enumerate(self.modalities):
-            frame[f"p_{m}"] = per_modality[:, i]
+            frame[f"p_{m}"] = self.recalibrated(m, per_modality[:, i])
         for i, m in enumerate(self.modalities):
             frame[f"present_{m}"] = present[:, i].astype(int)
         columns = [] if self.tabular is None else list(self.tabular.columns)
@@ -282,7 +359,7 @@ class FoldEnsemble:
         ]
 
         def scorer(keep: Sequence[str]) -> np.ndarray:
-            return np.mean([s(keep) for s in scorers], axis=0)
+            return self.recalibrated("fusion", np.mean([s(keep) for s in scorers], axis=0))
 
         per_model = pd.concat(
             [
@@ -386,6 +463,18 @@ class FoldEnsemble:
             cohort, allow_missing_modalities=allow_missing_modalities
         )
         return self.score(cohort, progress=progress, workers=workers)
+
+
+def _update_name(cal: Any) -> str:
+    """``logistic update``, ``intercept update then logistic update``… of a stored update."""
+    from clinfuse.calibration import Updated
+
+    names = []
+    while isinstance(cal, Updated):
+        method = cal.update.method
+        names.append({"platt": "logistic", "isotonic": "isotonic"}.get(method, method) + " update")
+        cal = cal.base
+    return " then ".join(reversed(names)) or str(cal.method)
 
 
 def _model_rows(

@@ -62,7 +62,8 @@ def run_fingerprint(run: str | Path) -> str:
 
 def model_version(path: str | Path) -> str:
     """The version of a run folder (:func:`run_fingerprint`) or of a ``clinfuse crossval``
-    folder's fold ensemble (SHA-256, first 16 hex, of its fold runs' fingerprints in order).
+    folder's fold ensemble (SHA-256, first 16 hex, of its fold runs' fingerprints in order,
+    and of its ``ensemble_calibration.json`` when recalibrated for a site).
 
     Raises:
         ConfigError: a cross-validation folder whose ``crossval.json`` cannot be read.
@@ -79,6 +80,11 @@ def model_version(path: str | Path) -> str:
     h = hashlib.sha256(b"fold-ensemble")
     for run in fold_paths:
         h.update(run_fingerprint(run).encode())
+    from clinfuse.ensemble import ensemble_calibration_digest
+
+    calibration = ensemble_calibration_digest(path)
+    if calibration is not None:
+        h.update(f"recalibrated {calibration}".encode())
     return h.hexdigest()[:16]
 
 

@@ -134,7 +134,9 @@ RECALIBRATE_EPILOG = (
     "  clinfuse recalibrate runs/demo site_d/manifest.csv --out runs/demo_site_d\n\n"
     "  clinfuse recalibrate runs/demo site_d/manifest.csv --out runs/demo_site_d "
     "--split train --method logistic\n\n"
-    "  clinfuse evaluate runs/demo_site_d site_d/manifest.csv --split test --out eval_site_d"
+    "  clinfuse evaluate runs/demo_site_d site_d/manifest.csv --split test --out eval_site_d\n\n"
+    "  clinfuse recalibrate runs/demo_cv site_d/manifest.csv --out runs/demo_cv_site_d "
+    "--split train   (a fold ensemble, recalibrated as a whole)"
 )
 
 
@@ -147,9 +149,16 @@ def _fmt(stat: dict | None, digits: int = 2) -> str:
 
 
 def recalibrate(
-    run: Annotated[Path, typer.Argument(help="Run folder to update (it is not modified).")],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder to update, or a crossval folder (its fold ensemble); not modified."
+        ),
+    ],
     cohort: Annotated[Path, typer.Argument(help="Manifest of the site's labelled cases.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the recalibrated run.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the recalibrated run (or ensemble).")
+    ],
     method: Annotated[
         str,
         typer.Option(
@@ -183,7 +192,9 @@ def recalibrate(
     where the data ask for it, spread (slope); the ranking of cases is unchanged. The new
     folder works with predict, evaluate, explain and app; recalibration.json records what
     was fitted. Evaluate it on cases not used here (e.g. --split train here, --split test
-    in evaluate).
+    in evaluate). A crossval folder's fold ensemble is updated as a whole (the mean of
+    its fold models' risks; the fold models are kept): the new folder is a crossval folder
+    with ensemble_calibration.json.
     """
     from rich.console import Console
     from rich.table import Table
@@ -223,7 +234,8 @@ def recalibrate(
     console.print(table)
     for warning in rep["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(f"new run: {result.out} (details in recalibration.json)")
+    what = "new fold ensemble" if "fold_ensemble" in rep else "new run"
+    console.print(f"{what}: {result.out} (details in recalibration.json)")
     console.print(
         f"check it on cases not used here: clinfuse evaluate {result.out} COHORT --out DIR"
     )

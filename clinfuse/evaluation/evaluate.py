@@ -868,7 +868,12 @@ def evaluate_run(
     Returns:
         :class:`EvaluationResult`.
     """
-    from clinfuse.ensemble import FoldEnsemble, is_crossval_folder, load_ensemble
+    from clinfuse.ensemble import (
+        FoldEnsemble,
+        ensemble_calibration_digest,
+        is_crossval_folder,
+        load_ensemble,
+    )
     from clinfuse.evaluation.casemix import development_cases
     from clinfuse.model import FusionModel, load_run
     from clinfuse.training.trainer import resolve_device
@@ -884,6 +889,7 @@ def evaluate_run(
         run_info = {
             "path": str(Path(run).resolve()),
             "fold_ensemble": [f["model_sha256"] for f in summary["fold_models"]],
+            "ensemble_calibration": ensemble_calibration_digest(run),
         }
         pooled = Path(run) / "evaluation" / "predictions.csv"
         if pooled.exists():  # every case of the cross-validation trained K - 1 of the models

@@ -36,6 +36,15 @@ and after on the recalibration cases — apparent, i.e. on the cases used for fi
 ``recalibration_cases.csv`` (case id, outcome and the logit the fused update saw, for
 the review app's uncertainty band; written when the fused risk is updated); ``run.json`` with ``recalibrated_from``. It is
 written to a temporary sibling folder and renamed into place.
+
+A ``clinfuse crossval`` folder's fold ensemble is recalibrated as a whole: the outputs
+updated are the ensemble's risks (the mean of the fold models' calibrated risks), whose
+calibration was never fitted as such. The new folder is a copy of the cross-validation
+(the fold models, its out-of-fold evaluation and fold plan unchanged) with
+``ensemble_calibration.json`` (the update of each output, applied by
+:class:`clinfuse.ensemble.FoldEnsemble` after averaging) and ``recalibration.json``.
+Its model version (:func:`clinfuse.scored.model_version`) differs from the source's, so
+tables, explanations and evaluations of the source ensemble are not taken for its own.
 """
 
 from __future__ import annotations
@@ -263,8 +272,13 @@ def _check_folders(source: Path, out: Path, *, overwrite: bool) -> None:
         raise ConfigError(
             "not a finished run folder (no model/model.json)",
             path=source,
-            hint="give the folder `clinfuse train` or `clinfuse federated` wrote",
+            hint="give the folder `clinfuse train`, `clinfuse federated` or `clinfuse crossval` "
+            "wrote",
         )
+    _check_out(source, out, overwrite=overwrite)
+
+
+def _check_out(source: Path, out: Path, *, overwrite: bool) -> None:
     if out.resolve() == source.resolve():
         raise ConfigError(
             "--out is the source run; recalibration writes a new run and keeps the source",
@@ -353,7 +367,8 @@ def recalibrate_run(
     """Update a run's calibration on a site's labelled cohort; write a new run folder.
 
     Args:
-        run: the source run folder (``clinfuse train`` / ``federated``); not modified.
+        run: the source run folder (``clinfuse train`` / ``federated``), or a ``clinfuse
+            crossval`` folder whose fold ensemble is recalibrated as a whole; not modified.
         cohort: manifest path (or :class:`~clinfuse.cohort.Cohort`) with the run's outcome.
         out: the new run folder (must be new or empty unless ``overwrite``).
         method: ``auto`` (closed testing), ``intercept``, ``logistic`` or ``isotonic``.
@@ -389,6 +404,21 @@ def recalibrate_run(
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha is {alpha}; use a level in (0, 1), e.g. 0.05", field="alpha")
     source, out = Path(run), Path(out)
+    from clinfuse.ensemble import is_crossval_folder
+
+    if is_crossval_folder(source):
+        return _recalibrate_ensemble(
+            source,
+            cohort,
+            out,
+            method=method,
+            alpha=alpha,
+            split=split,
+            allow_missing_modalities=allow_missing_modalities,
+            overwrite=overwrite,
+            progress=progress,
+            workers=workers,
+        )
     _check_folders(source, out, overwrite=overwrite)
     model = load_run(source)
     cohort = labelled_cohort(
@@ -491,6 +521,92 @@ def recalibrate_run(
         )
         _write_json(run_json, info)
         load_run(tmp)  # the new folder must load before it takes the name
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return RecalibrationResult(out=out, report=report)
+
+
+def _recalibrate_ensemble(
+    source: Path,
+    cohort: Any,
+    out: Path,
+    *,
+    method: str,
+    alpha: float,
+    split: str | None,
+    allow_missing_modalities: bool,
+    overwrite: bool,
+    progress: Callable[[int, int], None] | None,
+    workers: int | str,
+) -> RecalibrationResult:
+    """:func:`recalibrate_run` for a cross-validation folder's fold ensemble."""
+    from clinfuse import __version__
+    from clinfuse.ensemble import ENSEMBLE_CALIBRATION, load_ensemble
+    from clinfuse.evaluation.evaluate import labelled_cohort
+    from clinfuse.scored import model_version
+
+    _check_out(source, out, overwrite=overwrite)
+    ensemble = load_ensemble(source)
+    cohort = labelled_cohort(
+        ensemble, cohort, split=split, allow_missing_modalities=allow_missing_modalities
+    )
+    scores = ensemble.score(cohort, progress=progress, workers=workers)
+    frame, excluded = scores.frame, scores.excluded
+    y = frame["label"].to_numpy(dtype=float)
+    if len(np.unique(y)) < 2:
+        raise CohortError(
+            f"all {len(y)} usable cases have outcome {int(y[0])}; recalibration needs events "
+            "and non-events",
+            field=cohort.target,
+            path=cohort.manifest_path,
+            hint="use a cohort (or --split) with both outcomes",
+        )
+    calibrators = dict(ensemble.recalibration)
+    outputs: dict[str, dict[str, Any]] = {}
+    for name in ["fusion", *ensemble.modalities]:
+        p = frame[f"p_{name}"].to_numpy(dtype=float)
+        has = ~np.isnan(p)
+        base = calibrators.get(name) or Identity()
+        new, entry = _update_output(name, base, p[has], y[has], method=method, alpha=alpha)
+        outputs[name] = entry
+        if new is not base:
+            calibrators[name] = new
+    report: dict[str, Any] = {
+        "schema": "clinfuse.recalibration.v1",
+        "clinfuse_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source_run": str(source.resolve()),
+        "source_model_version": model_version(source),
+        "fold_ensemble": len(ensemble),
+        "manifest": str(cohort.manifest_path),
+        "split": split,
+        "method": method,
+        "alpha": alpha,
+        "n_cases": len(y),
+        "n_events": int(y.sum()),
+        "n_excluded": len({i.case_id for i in excluded}),
+        "excluded": [i.as_dict() for i in excluded],
+        "outputs": outputs,
+        "note": "before/after are apparent: measured on the cases the update was fitted on; "
+        "evaluate the new ensemble on other cases of the site",
+    }
+    report["warnings"] = _warnings(outputs)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out)
+    try:
+        shutil.copytree(source, tmp)
+        _write_json(
+            tmp / ENSEMBLE_CALIBRATION,
+            {
+                "schema": "clinfuse.ensemble_calibration.v1",
+                "calibrators": {k: c.to_dict() for k, c in calibrators.items()},
+                "details": "recalibration.json",
+            },
+        )
+        _write_json(tmp / "recalibration.json", report)
+        load_ensemble(tmp)  # the new folder must load before it takes the name
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

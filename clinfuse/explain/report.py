@@ -153,7 +153,11 @@ def explain_ensemble_case(
         (model, case, float(b), dict(p))
         for model, case, b, p in zip(ensemble.models, cases, base_values, phis, strict=True)
     ]
-    return _explain_members(members, **options)
+
+    def risk_map(risk: float) -> float:  # a recalibrated ensemble's update (identity if none)
+        return float(ensemble.recalibrated("fusion", np.array([risk]))[0])
+
+    return _explain_members(members, risk_map=risk_map, **options)
 
 
 def _mean_explanation(exps: Sequence[Any], modality: str) -> Any:
@@ -191,9 +195,11 @@ def _explain_members(
     signal_segment_seconds: float = 0.5,
     mask_note_identifiers: bool = True,
     note_context: PatientContext | None = None,
+    risk_map: Callable[[float], float] | None = None,
 ) -> dict[str, Any]:
     """One model's explanation of a case, or several models' averaged: ``members`` holds
-    ``(model, case as that model sees it, base value, phi)`` for each."""
+    ``(model, case as that model sees it, base value, phi)`` for each; ``risk_map`` turns
+    the mean of the models' risks into the ensemble's (its recalibration)."""
     from clinfuse.explain import plots
     from clinfuse.explain.within import (
         explain_image,
@@ -208,6 +214,7 @@ def _explain_members(
     base_value = float(np.mean([b for _, _, b, _ in members]))
     phi = {m: float(np.mean([p[m] for _, _, _, p in members])) for m in members[0][3]}
     logit = base_value + sum(phi.values())
+    to_risk = risk_map or float
     risks = [_risk(mk, b + sum(p.values())) for mk, _, b, p in members]
     result: dict[str, Any] = {
         "case_id": cid,
@@ -218,8 +225,8 @@ def _explain_members(
             "base_value": base_value,
             "phi": phi,
             "logit_fusion": logit,
-            "risk_fusion": float(np.mean(risks)),
-            "base_risk": float(np.mean([_risk(mk, b) for mk, _, b, _ in members])),
+            "risk_fusion": to_risk(float(np.mean(risks))),
+            "base_risk": to_risk(float(np.mean([_risk(mk, b) for mk, _, b, _ in members]))),
         },
         "within": {},
         "figures": {},
@@ -229,8 +236,8 @@ def _explain_members(
         result["ensemble"] = {
             "n_models": len(members),
             "phi_sd": {m: float(np.std([p[m] for _, _, _, p in members], ddof=1)) for m in phi},
-            "risk_fusion_min": float(np.min(risks)),
-            "risk_fusion_max": float(np.max(risks)),
+            "risk_fusion_min": to_risk(float(np.min(risks))),
+            "risk_fusion_max": to_risk(float(np.max(risks))),
         }
 
     def each(explain: Callable[..., Any], modality: str, **kwargs: Any) -> Any:

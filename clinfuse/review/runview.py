@@ -247,7 +247,7 @@ class RunView:
         )
         self._tabular_state = meta.get("tabular")  # a fold ensemble's: fold model 1's
         self._case_mix: dict[str, Any] | None = None
-        self.recalibration = None if self.ensemble else recalibration_summary(run)
+        self.recalibration = recalibration_summary(run)  # a run's or an ensemble's
         self.scored = predictions
         self.provenance = provenance
         self.cohort_path = cohort
@@ -827,14 +827,21 @@ def _default_cohort(run: Path) -> Path | None:
 
 def _evaluates_this_model(run: Path, recorded: dict[str, Any]) -> bool:
     """Whether an evaluation's ``metrics.json`` → ``run`` names this folder's model version
-    (a run's ``model_sha256``, a fold ensemble's fold models' digests); True when it names
-    none (a model evaluated from Python)."""
+    (a run's ``model_sha256``, a fold ensemble's fold models' digests and its
+    ``ensemble_calibration``); True when it names none (a model evaluated from Python)."""
     from clinfuse.evaluation.evaluate import model_sha256
 
     if (run / "crossval.json").is_file():
+        from clinfuse.ensemble import ensemble_calibration_digest
+
         folds = json.loads((run / "crossval.json").read_text(encoding="utf-8"))["fold_models"]
         theirs, ours = recorded.get("fold_ensemble"), [f["model_sha256"] for f in folds]
-        return theirs is None or theirs == ours
+        if theirs is None:
+            return True
+        # the same fold models, recalibrated for a site or not, are other model versions
+        return theirs == ours and recorded.get("ensemble_calibration") == (
+            ensemble_calibration_digest(run)
+        )
     theirs = recorded.get("model_sha256")
     return theirs is None or (
         (run / "model" / "model.json").exists() and theirs == model_sha256(run)

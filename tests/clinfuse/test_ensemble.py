@@ -425,3 +425,90 @@ def test_fold_warnings_are_merged_per_column() -> None:
         "crp 164 is 11.1 SD above the training mean (14.9 ± 13.5)",
     ]
     assert merge_fold_warnings([[], [], []], ["crp"]) == []
+
+
+def test_recalibrating_the_fold_ensemble_as_a_whole(
+    cv: Path, new_cohort: Path, tmp_path: Path
+) -> None:
+    """``clinfuse recalibrate CV SITE``: the update is the maximum-likelihood logistic fit
+    (scikit-learn, unpenalised) of the outcome on the logit of the ensemble's mean risk; the
+    new folder's risks, band, evaluation and explanation go through it; the source and its
+    fold models are untouched, and its tables and evaluations are not taken for the new
+    folder's."""
+    from scipy.special import expit, logit
+    from sklearn.linear_model import LogisticRegression
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+    from clinfuse.ensemble import load_ensemble
+    from clinfuse.evaluation.evaluate import evaluate_run
+    from clinfuse.evaluation.recalibrate import recalibrate_run
+    from clinfuse.review.runview import _evaluates_this_model, open_run_view
+    from clinfuse.scored import model_version
+
+    before = model_version(cv)
+    source = load_ensemble(cv).predict(new_cohort).set_index("case_id")
+    out = tmp_path / "cv_site"
+    res = CliRunner().invoke(
+        app, ["recalibrate", str(cv), str(new_cohort), "--out", str(out), "--method", "logistic"]
+    )
+    assert res.exit_code == 0, res.output + str(res.exception)
+    assert "new fold ensemble" in res.output
+    assert model_version(cv) == before and not (cv / "ensemble_calibration.json").exists()
+    assert model_version(out) != before
+    update = json.loads((out / "recalibration.json").read_text())["outputs"]["fusion"]["update"]
+    z, y = logit(source["p_fusion"].to_numpy()), source["label"].to_numpy()
+    ref = LogisticRegression(penalty=None, tol=1e-10, max_iter=1000).fit(z[:, None], y)
+    assert update["slope"] == pytest.approx(ref.coef_[0][0], abs=1e-4)
+    assert update["intercept"] == pytest.approx(ref.intercept_[0], abs=1e-4)
+
+    site = load_ensemble(out)
+    got = site.predict(new_cohort).set_index("case_id").loc[source.index]
+
+    def g(p: pd.Series) -> np.ndarray:
+        return expit(update["intercept"] + update["slope"] * logit(p.to_numpy()))
+
+    np.testing.assert_allclose(got["p_fusion"], g(source["p_fusion"]), atol=1e-9)
+    np.testing.assert_allclose(got["p_fusion_min"], g(source["p_fusion_min"]), atol=1e-9)
+    np.testing.assert_allclose(got["p_fusion_max"], g(source["p_fusion_max"]), atol=1e-9)
+    np.testing.assert_allclose(got["logit_fusion"], source["logit_fusion"], atol=1e-12)
+    assert "fusion: logistic update" in site.info["recalibrated"]
+    # fitted on these cases: calibration-in-the-large 0 and slope 1 there (the ML fit's property)
+    ev = evaluate_run(out, new_cohort, tmp_path / "ev", n_boot=0)
+    cal = ev.metrics["calibration"]["fusion"]
+    assert cal["intercept"]["value"] == pytest.approx(0.0, abs=1e-4)
+    assert cal["slope"]["value"] == pytest.approx(1.0, abs=1e-4)
+    # the source's evaluations and scored tables are another version's
+    source_eval = evaluate_run(cv, new_cohort, tmp_path / "ev_source", n_boot=0)
+    assert not _evaluates_this_model(out, source_eval.metrics["run"])
+    assert _evaluates_this_model(out, ev.metrics["run"])
+    table = tmp_path / "scored.csv"
+    res = CliRunner().invoke(app, ["predict", str(cv), str(new_cohort), "--out", str(table)])
+    assert res.exit_code == 0, res.output
+    with pytest.raises(ConfigError, match="scored by model version"):
+        open_run_view(out, predictions=table)
+    res = CliRunner().invoke(app, ["predict", str(out), str(new_cohort), "--out", str(table)])
+    view = open_run_view(out, predictions=table)
+    assert view.recalibration and "logistic update" in view.recalibration
+    # one case explained by the recalibrated ensemble: its risk and range
+    cid = str(got.index[0])
+    res = CliRunner().invoke(
+        app,
+        ["explain", str(out), str(new_cohort), "--out", str(tmp_path / "ex"), "--case", cid],
+    )
+    assert res.exit_code == 0, res.output + str(res.exception)
+    exp = json.loads((tmp_path / "ex" / "cases" / cid / "explanation.json").read_text())
+    assert exp["modality_shapley"]["risk_fusion"] == pytest.approx(got.loc[cid, "p_fusion"])
+    assert exp["ensemble"]["risk_fusion_max"] == pytest.approx(got.loc[cid, "p_fusion_max"])
+    # refused before any case is scored: the source as --out, a used --out
+    with pytest.raises(ConfigError, match="--out is the source"):
+        recalibrate_run(cv, new_cohort, cv)
+    with pytest.raises(ConfigError, match="not empty"):
+        recalibrate_run(cv, new_cohort, out)
+    # recalibrated again: the second update applies after the first
+    again = recalibrate_run(out, new_cohort, tmp_path / "cv_site2", method="intercept")
+    shift = again.report["outputs"]["fusion"]["update"]["intercept"]
+    twice = load_ensemble(tmp_path / "cv_site2").predict(new_cohort).set_index("case_id")
+    np.testing.assert_allclose(
+        twice.loc[source.index, "p_fusion"], expit(logit(got["p_fusion"]) + shift), atol=1e-9
+    )
