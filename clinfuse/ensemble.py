@@ -98,10 +98,11 @@ class EnsembleScores:
         excluded: the cases that could not be scored (issues).
         scorer: an :data:`~clinfuse.evaluation.ablation.Scorer` — the mean over the fold
             models of the fused risk with modalities masked out (None for one modality).
-        per_model: each fold model's own outputs, one row per case and model: ``case_id``,
-            ``model`` (1 to K), ``label``, ``p_fusion``, ``logit_fusion``, ``p_<m>``,
-            ``present_<m>`` (what the case-mix comparison needs: the cross-validation's
-            out-of-fold predictions are single models' outputs too).
+        per_model: each fold model's own outputs (before any ensemble recalibration), one
+            row per case and model: ``case_id``, ``model`` (1 to K), ``label``,
+            ``p_fusion``, ``logit_fusion``, ``p_<m>``, ``present_<m>`` (what the case-mix
+            comparison needs: the cross-validation's out-of-fold predictions are single
+            models' outputs too).
     """
 
     frame: pd.DataFrame

@@ -91,6 +91,15 @@ def federated(
         bool,
         typer.Option("--no-baselines", help="Skip the centralized and site-alone comparators."),
     ] = False,
+    stage2: Annotated[
+        str,
+        typer.Option(
+            "--stage2",
+            help="How the combiner and calibration are fitted after the rounds: pooled (sites "
+            "send validation cases' unimodal logits and outcomes) or aggregates (sums only; "
+            "same fit; not with isotonic calibration).",
+        ),
+    ] = "pooled",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
 ) -> None:
     """Train the fusion model across sites (only model updates leave a site).
@@ -119,6 +128,7 @@ def federated(
         n_sites=n_sites,
         seed=seed,
         baselines=not no_baselines,
+        stage2=stage2,
     )
     runner: Callable[..., Path] = federated_run
     if backend != "sim":

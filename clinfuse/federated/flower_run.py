@@ -7,7 +7,9 @@ manifest rows. The ServerApp starts from this process's seeded initial model, so
 site in every round the aggregated model equals the in-process simulator's up to float
 rounding (Flower aggregates in float32 in the order answers arrive; the simulator in a
 fixed order). Then, exactly as with the simulator, the combiner and the calibration are
-fitted on the pooled validation logits and the run folder is written; Flower's own outputs
+fitted (on the pooled validation logits, or from the sites' sums with ``stage2="aggregates"``:
+in this process, on the sites' cases kept apart, not over Flower messages) and the run folder
+is written; Flower's own outputs
 (``federation.json``, ``parameters.safetensors``, logs) are kept in ``RUN/flower``.
 
 Differences from ``--backend sim``: client sampling is Flower's (random, not the simulator's

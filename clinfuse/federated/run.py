@@ -13,7 +13,10 @@ training of the trainable encoders and heads (:func:`privacy.federated.simulatio
 one :func:`~clinfuse.federated.task.fusion_site_task` per site); then fit the late-fusion
 combiner and the calibration on the *pooled validation logits*: each site sends, per
 validation case, only its unimodal logits, presence mask and outcome (never inputs), the
-same held-out data the centralized trainer uses for stage 2 (see docs/federated.md).
+same held-out data the centralized trainer uses for stage 2 (see docs/federated.md). With
+``stage2="aggregates"`` no per-case value leaves a site: the combiner and the calibration
+are fitted from the sites' sums (counts, sums of logits, summed log losses and gradients at
+the parameters the optimizer tries), which gives the same fit.
 """
 
 from __future__ import annotations
@@ -90,6 +93,9 @@ class FederatedSettings:
         server: extra server-optimizer settings (eta, beta_1, ...).
         seed: seed of sampling, partition and local shuffling.
         baselines: also train the centralized and the site-alone models for the table.
+        stage2: how the federated model's combiner and calibration are fitted: ``pooled``
+            (each site sends its validation cases' unimodal logits, presence and outcome)
+            or ``aggregates`` (each site sends sums only; isotonic calibration refused).
     """
 
     strategy: str = "fedavg"
@@ -105,6 +111,7 @@ class FederatedSettings:
     server: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     baselines: bool = True
+    stage2: str = "pooled"
 
     def strategy_kwargs(self, config: RunConfig) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -143,6 +150,7 @@ class Prepared:
     tabular: TabularEncoder | None
     init: list[np.ndarray]
     keys: list[str]
+    stage2: dict[str, Any] = field(default_factory=dict)  # how stage 2 was last fitted
 
     def split(self, split: str, site: str | None = None) -> list[dict[str, Any]]:
         idx = range(len(self.cases)) if site is None else self.sites[site]
@@ -327,8 +335,46 @@ def _train(
     return history, spent
 
 
-def _fit_stage2(prep: Prepared, val_cases: list[dict[str, Any]]) -> None:
-    """Combiner (late fusion) and calibrators on the pooled validation logits."""
+STAGE2 = ("pooled", "aggregates")
+"""How a federated model's combiner and calibration are fitted (``--stage2``)."""
+
+
+def check_stage2(settings: FederatedSettings, config: RunConfig) -> None:
+    """Refuse an unknown ``stage2`` and isotonic calibration from aggregates, before training.
+
+    Raises:
+        ConfigError: either.
+    """
+    if settings.stage2 not in STAGE2:
+        raise ConfigError(
+            f"unknown stage2 {settings.stage2!r}; use one of {', '.join(STAGE2)}", field="stage2"
+        )
+    if settings.stage2 == "aggregates" and config.calibration.method == "isotonic":
+        raise ConfigError(
+            "isotonic calibration needs every validation logit in one place; it cannot be "
+            "fitted from per-site aggregates",
+            field="calibration.method",
+            hint="set calibration.method to platt or temperature in the config, or use "
+            "--stage2 pooled",
+        )
+
+
+def _fit_stage2(
+    prep: Prepared,
+    val_cases: list[dict[str, Any]],
+    *,
+    sites: dict[str, list[dict[str, Any]]] | None = None,
+) -> None:
+    """Combiner (late fusion) and calibrators on the pooled validation logits, or with
+    ``sites`` (each site's validation cases) from the sites' aggregates only."""
+    if sites is not None:
+        _fit_stage2_aggregates(prep, sites)
+        return
+    prep.stage2 = {
+        "mode": "pooled",
+        "note": "combiner and calibration fitted on pooled validation logits (unimodal "
+        "logits, presence and outcome per validation case; no inputs leave a site)",
+    }
     model = prep.model
     raw = model.forward_cases(val_cases)
     y = np.array([c["label"] for c in val_cases], dtype=float)
@@ -347,6 +393,63 @@ def _fit_stage2(prep: Prepared, val_cases: list[dict[str, Any]]) -> None:
         if ok:
             cal[m].fit(raw["unimodal"][has, i], y[has])
     model.calibrators = cal
+
+
+def _fit_stage2_aggregates(prep: Prepared, sites: dict[str, list[dict[str, Any]]]) -> None:
+    """Stage 2 without per-case values leaving a site (:attr:`FederatedSettings.stage2`).
+
+    Every site computes its validation cases' logits with the broadcast model; the
+    coordinator fits the combiner by L-BFGS on the sum of the sites' log losses and
+    gradients (:meth:`~clinfuse.fusion.late.LateFusion.fit_combiner_sites`), broadcasts it,
+    and fits each calibrator on the sum of the sites' log losses
+    (:meth:`~clinfuse.calibration.Calibrator.fit_parts`); a modality is calibrated when
+    the sites' counts show both outcomes among its cases.
+    """
+    model = prep.model
+    groups = [cases for cases in sites.values() if cases]
+    labels = [np.array([c["label"] for c in cases], dtype=float) for cases in groups]
+    raws = [model.forward_cases(cases) for cases in groups]  # at each site
+    fusion = model.network.fusion
+    evaluations = 0
+    if isinstance(fusion, LateFusion):
+        evaluations = fusion.fit_combiner_sites(
+            [
+                (
+                    torch.from_numpy(r["unimodal"]),
+                    torch.from_numpy(r["present"]),
+                    torch.from_numpy(y),
+                )
+                for r, y in zip(raws, labels, strict=True)
+            ]
+        )
+        raws = [model.forward_cases(cases) for cases in groups]  # the combiner broadcast
+    method = model.config.calibration.method
+    cal = {
+        "fusion": build_calibrator(method).fit_parts(
+            [(r["logit"], y) for r, y in zip(raws, labels, strict=True)]
+        )
+    }
+    for i, m in enumerate(model.modalities):
+        parts = [
+            (r["unimodal"][r["present"][:, i], i], y[r["present"][:, i]])
+            for r, y in zip(raws, labels, strict=True)
+        ]
+        n = sum(len(y) for _, y in parts)
+        events = sum(float(y.sum()) for _, y in parts)
+        ok = n >= 2 and 0 < events < n
+        cal[m] = build_calibrator(method if ok else "none")
+        if ok:
+            cal[m] = cal[m].fit_parts(parts)
+    model.calibrators = cal
+    prep.stage2 = {
+        "mode": "aggregates",
+        "sites": len(groups),
+        "combiner_evaluations": evaluations,
+        "note": "combiner and calibration fitted from per-site aggregates: case and event "
+        "counts, per-modality sums and counts of present logits, then summed log losses and "
+        "gradients at each parameter value the optimizer tried; no per-case value left a "
+        "site (the sums are not differentially private)",
+    }
 
 
 def _snapshot(prep: Prepared) -> dict[str, Any]:
@@ -373,10 +476,20 @@ def _variant(
     *,
     dp: DPConfig | None = None,
     on_round: Callable[[RoundRecord, list[np.ndarray]], None] | None = None,
+    stage2_sites: dict[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, Any], History, dict[str, Any]]:
     history, spent = _train(prep, site_cases, settings, dp=dp, on_round=on_round)
-    _fit_stage2(prep, val_cases)
+    _fit_stage2(prep, val_cases, sites=stage2_sites)
     return _snapshot(prep), history, spent
+
+
+def _stage2_sites(
+    prep: Prepared, settings: FederatedSettings
+) -> dict[str, list[dict[str, Any]]] | None:
+    """Each site's validation cases when the federated model's stage 2 uses aggregates."""
+    if settings.stage2 != "aggregates":
+        return None
+    return {s: prep.split("val", s) for s in prep.sites}
 
 
 Trainer = Callable[
@@ -393,6 +506,7 @@ def _external_variant(
     folder: Path,
     val_cases: list[dict[str, Any]],
     dp: DPConfig | None,
+    stage2_sites: dict[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[dict[str, Any], History, dict[str, Any]]:
     history, spent = trainer(prep, _site_cases(prep), folder)
     view = trainable_view(prep.model)
@@ -402,7 +516,7 @@ def _external_variant(
         if isinstance(fusion, LateFusion):
             fusion.weight_raw.requires_grad_(True)
             fusion.bias.requires_grad_(True)
-    _fit_stage2(prep, val_cases)
+    _fit_stage2(prep, val_cases, sites=stage2_sites)
     return _snapshot(prep), history, spent
 
 
@@ -473,6 +587,7 @@ def federated_run(
     say = log or (lambda _m: None)
     settings = settings or FederatedSettings()
     config = config or RunConfig()
+    check_stage2(settings, config)
     out = Path(out)
     partial = _prepare_folders(out, resume=False, overwrite=overwrite)
     try:
@@ -499,12 +614,21 @@ def federated_run(
             agg = ", ".join(f"{k} {v:.3f}" for k, v in record.evaluate_aggregated.items())
             say(f"round {record.server_round}/{settings.rounds}: {agg}")
 
+        by_site = _stage2_sites(prep, settings)
         if trainer is None:
             snap, history, spent = _variant(
-                prep, _site_cases(prep), val_all, settings, dp=dp, on_round=on_round
+                prep,
+                _site_cases(prep),
+                val_all,
+                settings,
+                dp=dp,
+                on_round=on_round,
+                stage2_sites=by_site,
             )
         else:
-            snap, history, spent = _external_variant(prep, trainer, partial, val_all, dp)
+            snap, history, spent = _external_variant(
+                prep, trainer, partial, val_all, dp, stage2_sites=by_site
+            )
         _restore(prep, snap)
         table = _auroc_rows(prep, "federated", n_boot, seed) + table
         _write_outputs(prep, partial, history, spent, settings, dp, table, n_boot, t_start, backend)
@@ -606,8 +730,8 @@ def _write_outputs(
         **history.to_dict(),
         "dp": None if dp is None else _dp_summary(dp, spent),
         "evaluation": table,
-        "stage2": "combiner and calibration fitted on pooled validation logits (unimodal "
-        "logits, presence and outcome per validation case; no inputs leave a site)",
+        "stage2": prep.stage2.get("note"),
+        "stage2_fit": prep.stage2,  # mode, sites, combiner evaluations
     }
     _write_json(partial / "federated.json", json.loads(json.dumps(fed, default=_json_default)))
     tmp = partial / ".federated_eval.csv.tmp"
