@@ -269,9 +269,14 @@ def app(
     script = app_script()
     if not store.reviewers():
         add, *copy = auth.first_account_commands(view, settings.db)
-        console.print(f"no reviewer account yet: add one with `{add}`", highlight=False)
+        # soft wrap: a long path stays whole, so the command can be copied
+        console.print(
+            f"no reviewer account yet: add one with `{add}`", highlight=False, soft_wrap=True
+        )
         for command in copy:
-            console.print(f"or copy the run's reviewers: `{command}`", highlight=False)
+            console.print(
+                f"or copy the run's reviewers: `{command}`", highlight=False, soft_wrap=True
+            )
     if view.source_note:
         console.print(view.source_note, highlight=False)
     if view.cohort_error:

@@ -388,7 +388,7 @@ def test_a_new_scored_database_suggests_copying_the_runs_reviewers(
     monkeypatch.setattr(review_cli.subprocess, "call", lambda cmd, env: 0)
     out = CliRunner().invoke(_cli(), ["app", str(run), "--predictions", str(table)])
     assert out.exit_code == 0, out.output + str(out.exception)
-    assert f"--copy-reviewers-from {run_db}" in " ".join(out.output.split())
+    assert f"--copy-reviewers-from {run_db}`" in out.output
     for key, value in {
         "CLINFUSE_APP_RUN": str(run),
         "CLINFUSE_APP_DB": str(db),
