@@ -383,11 +383,7 @@ class ReviewStore:
             )
         if source.resolve() == self.path.resolve():
             raise ConfigError("cannot copy a review database's reviewers into itself", path=source)
-        with ReviewStore(source)._read() as con:
-            rows = con.execute(
-                "SELECT username, display_name, auth, password_hash, active FROM reviewers "
-                "ORDER BY username"
-            ).fetchall()
+        rows = _read_reviewers(source)
         copied: list[str] = []
         kept: list[str] = []
         with self._write() as con:
@@ -610,6 +606,43 @@ class ReviewStore:
     def export_rows(self) -> list[dict[str, Any]]:
         """Every review (the full history) as dicts, for CSV export."""
         return [r.as_dict() for r in self.reviews()]
+
+
+def _read_reviewers(source: Path) -> list[sqlite3.Row]:
+    """Another review database's accounts, read without writing to it (read-only).
+
+    Raises:
+        ConfigError: not a clinfuse review database, or one of a newer clinfuse.
+    """
+    not_ours = ConfigError(
+        "the file is not a clinfuse review store",
+        path=source,
+        hint="give a database the review app wrote (e.g. RUN.reviews.sqlite)",
+    )
+    try:
+        con = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+    except sqlite3.Error as e:
+        raise ConfigError(f"cannot open the review database: {e}", path=source) from e
+    try:
+        con.row_factory = sqlite3.Row
+        version = int(con.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the review database has schema version {version}; this clinfuse knows up to "
+                f"{SCHEMA_VERSION}",
+                path=source,
+                hint="upgrade clinfuse",
+            )
+        if version < 1:
+            raise not_ours
+        return con.execute(
+            "SELECT username, display_name, auth, password_hash, active FROM reviewers "
+            "ORDER BY username"
+        ).fetchall()
+    except sqlite3.DatabaseError as e:  # not SQLite at all, or no reviewers table
+        raise not_ours from e
+    finally:
+        con.close()
 
 
 def _split_sql(script: str) -> list[str]:

@@ -360,6 +360,13 @@ def test_a_scored_cohorts_database_takes_the_runs_reviewers(review_run, scored_c
         con.execute("CREATE TABLE patients (name TEXT)")
     with pytest.raises(ConfigError, match="not a clinfuse review store"):
         store.copy_reviewers(foreign)
+    empty, text = tmp_path / "empty.sqlite", tmp_path / "notes.txt"
+    empty.write_bytes(b"")
+    text.write_text("not a database\n" * 200)
+    for bad in (empty, text):  # refused, and read without writing to it
+        with pytest.raises(ConfigError, match="not a clinfuse review store"):
+            store.copy_reviewers(bad)
+    assert empty.read_bytes() == b"" and not tmp_path.joinpath("empty.sqlite-wal").exists()
 
 
 def test_a_new_scored_database_suggests_copying_the_runs_reviewers(

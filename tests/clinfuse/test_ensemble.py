@@ -505,6 +505,13 @@ def test_recalibrating_the_fold_ensemble_as_a_whole(
         recalibrate_run(cv, new_cohort, cv)
     with pytest.raises(ConfigError, match="not empty"):
         recalibrate_run(cv, new_cohort, out)
+    # a damaged calibration file is named, not ignored (the risks would silently change)
+    damaged = tmp_path / "cv_damaged"
+    shutil.copytree(out, damaged)
+    (damaged / "ensemble_calibration.json").write_text('{"calibrators": {"fusion": {"method": 1}}}')
+    with pytest.raises(ConfigError, match="ensemble's calibration") as err:
+        load_ensemble(damaged)
+    assert err.value.path == str(damaged / "ensemble_calibration.json")
     # recalibrated again: the second update applies after the first
     again = recalibrate_run(out, new_cohort, tmp_path / "cv_site2", method="intercept")
     shift = again.report["outputs"]["fusion"]["update"]["intercept"]
