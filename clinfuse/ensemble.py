@@ -119,15 +119,14 @@ class FoldEnsemble:
         models: the fold models (:class:`~clinfuse.model.FusionModel`), at least two,
             with the same modalities, data configuration and tabular columns.
         path: the cross-validation folder they come from (recorded in ``info``).
-
-    Attributes mirror :class:`~clinfuse.model.FusionModel`'s where the evaluation needs
-    them: ``config``, ``modalities``, ``tabular`` and ``calibrators`` are the first fold
-    model's (the configuration and tabular columns are checked to be the same in all).
-
         recalibration: updates of the ensemble's risks by output (``fusion``, modalities),
             each a :class:`~clinfuse.calibration.Calibrator` applied to the logit of the
             mean of the fold models' risks (``ensemble_calibration.json``; see
             :func:`clinfuse.evaluation.recalibrate.recalibrate_run`).
+
+    Attributes mirror :class:`~clinfuse.model.FusionModel`'s where the evaluation needs
+    them: ``config``, ``modalities``, ``tabular`` and ``calibrators`` are the first fold
+    model's (the configuration and tabular columns are checked to be the same in all).
 
     Raises:
         ConfigError: fewer than two models, or models that differ in modalities, data

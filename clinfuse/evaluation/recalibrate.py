@@ -249,6 +249,90 @@ def _update_output(
     return Updated(base, update), entry
 
 
+def _outcomes(frame: pd.DataFrame, cohort: Any) -> np.ndarray:
+    """The scored cases' outcomes; both classes are needed.
+
+    Raises:
+        CohortError: one outcome class only.
+    """
+    y = frame["label"].to_numpy(dtype=float)
+    if len(np.unique(y)) < 2:
+        raise CohortError(
+            f"all {len(y)} usable cases have outcome {int(y[0])}; recalibration needs events "
+            "and non-events",
+            field=cohort.target,
+            path=cohort.manifest_path,
+            hint="use a cohort (or --split) with both outcomes",
+        )
+    return y
+
+
+def _fit_updates(
+    frame: pd.DataFrame,
+    y: np.ndarray,
+    names: list[str],
+    current: dict[str, Calibrator],
+    *,
+    method: str,
+    alpha: float,
+) -> tuple[dict[str, Calibrator], dict[str, dict[str, Any]], dict[str, Calibrator]]:
+    """Each output's update from its risks ``p_<name>`` (on the cases that have it).
+
+    Returns:
+        ``(calibrators, outputs, updates)``: every output's calibrator after the update
+        (``current``'s when kept), the report entry of each, and the updates fitted.
+    """
+    calibrators = dict(current)
+    outputs: dict[str, dict[str, Any]] = {}
+    updates: dict[str, Calibrator] = {}
+    for name in names:
+        p = frame[f"p_{name}"].to_numpy(dtype=float)
+        has = ~np.isnan(p)
+        base = calibrators.get(name) or Identity()
+        new, entry = _update_output(name, base, p[has], y[has], method=method, alpha=alpha)
+        outputs[name] = entry
+        if new is not base:
+            calibrators[name] = new
+            updates[name] = new.update if isinstance(new, Updated) else new
+    return calibrators, outputs, updates
+
+
+def _report(
+    source: Path,
+    cohort: Any,
+    y: np.ndarray,
+    excluded: list[Any],
+    outputs: dict[str, dict[str, Any]],
+    *,
+    method: str,
+    alpha: float,
+    split: str | None,
+    what: str,
+) -> dict[str, Any]:
+    """The content of ``recalibration.json`` (the source's version added by the caller)."""
+    from clinfuse import __version__
+
+    report: dict[str, Any] = {
+        "schema": "clinfuse.recalibration.v1",
+        "clinfuse_version": __version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source_run": str(source.resolve()),
+        "manifest": str(cohort.manifest_path),
+        "split": split,
+        "method": method,
+        "alpha": alpha,
+        "n_cases": len(y),
+        "n_events": int(y.sum()),
+        "n_excluded": len({i.case_id for i in excluded}),
+        "excluded": [i.as_dict() for i in excluded],
+        "outputs": outputs,
+        "note": "before/after are apparent: measured on the cases the update was fitted on; "
+        f"evaluate the new {what} on other cases of the site",
+    }
+    report["warnings"] = _warnings(outputs)
+    return report
+
+
 def _warnings(outputs: dict[str, dict[str, Any]]) -> list[str]:
     out = [entry["warning"] for entry in outputs.values() if "warning" in entry]
     fusion = outputs["fusion"]
@@ -392,7 +476,6 @@ def recalibrate_run(
             site's cases; no recalibration can fix that). A modality's risk with a
             slope ≤ 0 is recalibrated in the large instead, with a warning.
     """
-    from clinfuse import __version__
     from clinfuse.evaluation.evaluate import labelled_cohort, model_sha256, score_cohort
     from clinfuse.model import load_run
 
@@ -426,48 +509,14 @@ def recalibrate_run(
     )
     scored = score_cohort(model, cohort, progress=progress, workers=workers)
     raw, frame, excluded = scored.raw, scored.frame, scored.excluded
-    y = frame["label"].to_numpy(dtype=float)
-    if len(np.unique(y)) < 2:
-        raise CohortError(
-            f"all {len(y)} usable cases have outcome {int(y[0])}; recalibration needs events "
-            "and non-events",
-            field=cohort.target,
-            path=cohort.manifest_path,
-            hint="use a cohort (or --split) with both outcomes",
-        )
-
-    calibrators = dict(model.calibrators)
-    outputs: dict[str, dict[str, Any]] = {}
-    updates: dict[str, Calibrator] = {}
-    for name in ["fusion", *model.modalities]:
-        p = frame[f"p_{name}"].to_numpy(dtype=float)
-        has = ~np.isnan(p)
-        base = calibrators.get(name) or Identity()
-        new, entry = _update_output(name, base, p[has], y[has], method=method, alpha=alpha)
-        outputs[name] = entry
-        if new is not base:
-            calibrators[name] = new
-            updates[name] = new.update if isinstance(new, Updated) else new
-
-    report: dict[str, Any] = {
-        "schema": "clinfuse.recalibration.v1",
-        "clinfuse_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "source_run": str(source.resolve()),
-        "source_model_sha256": model_sha256(source),
-        "manifest": str(cohort.manifest_path),
-        "split": split,
-        "method": method,
-        "alpha": alpha,
-        "n_cases": len(y),
-        "n_events": int(y.sum()),
-        "n_excluded": len({i.case_id for i in excluded}),
-        "excluded": [i.as_dict() for i in excluded],
-        "outputs": outputs,
-        "note": "before/after are apparent: measured on the cases the update was fitted on; "
-        "evaluate the new run on other cases of the site",
-    }
-    report["warnings"] = _warnings(outputs)
+    y = _outcomes(frame, cohort)
+    calibrators, outputs, updates = _fit_updates(
+        frame, y, ["fusion", *model.modalities], model.calibrators, method=method, alpha=alpha
+    )
+    report = _report(
+        source, cohort, y, excluded, outputs, method=method, alpha=alpha, split=split, what="run"
+    )
+    report["source_model_sha256"] = model_sha256(source)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out)
@@ -541,7 +590,6 @@ def _recalibrate_ensemble(
     workers: int | str,
 ) -> RecalibrationResult:
     """:func:`recalibrate_run` for a cross-validation folder's fold ensemble."""
-    from clinfuse import __version__
     from clinfuse.ensemble import ENSEMBLE_CALIBRATION, load_ensemble
     from clinfuse.evaluation.evaluate import labelled_cohort
     from clinfuse.scored import model_version
@@ -553,45 +601,28 @@ def _recalibrate_ensemble(
     )
     scores = ensemble.score(cohort, progress=progress, workers=workers)
     frame, excluded = scores.frame, scores.excluded
-    y = frame["label"].to_numpy(dtype=float)
-    if len(np.unique(y)) < 2:
-        raise CohortError(
-            f"all {len(y)} usable cases have outcome {int(y[0])}; recalibration needs events "
-            "and non-events",
-            field=cohort.target,
-            path=cohort.manifest_path,
-            hint="use a cohort (or --split) with both outcomes",
-        )
-    calibrators = dict(ensemble.recalibration)
-    outputs: dict[str, dict[str, Any]] = {}
-    for name in ["fusion", *ensemble.modalities]:
-        p = frame[f"p_{name}"].to_numpy(dtype=float)
-        has = ~np.isnan(p)
-        base = calibrators.get(name) or Identity()
-        new, entry = _update_output(name, base, p[has], y[has], method=method, alpha=alpha)
-        outputs[name] = entry
-        if new is not base:
-            calibrators[name] = new
-    report: dict[str, Any] = {
-        "schema": "clinfuse.recalibration.v1",
-        "clinfuse_version": __version__,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "source_run": str(source.resolve()),
-        "source_model_version": model_version(source),
-        "fold_ensemble": len(ensemble),
-        "manifest": str(cohort.manifest_path),
-        "split": split,
-        "method": method,
-        "alpha": alpha,
-        "n_cases": len(y),
-        "n_events": int(y.sum()),
-        "n_excluded": len({i.case_id for i in excluded}),
-        "excluded": [i.as_dict() for i in excluded],
-        "outputs": outputs,
-        "note": "before/after are apparent: measured on the cases the update was fitted on; "
-        "evaluate the new ensemble on other cases of the site",
-    }
-    report["warnings"] = _warnings(outputs)
+    y = _outcomes(frame, cohort)
+    calibrators, outputs, _ = _fit_updates(
+        frame,
+        y,
+        ["fusion", *ensemble.modalities],
+        ensemble.recalibration,
+        method=method,
+        alpha=alpha,
+    )
+    report = _report(
+        source,
+        cohort,
+        y,
+        excluded,
+        outputs,
+        method=method,
+        alpha=alpha,
+        split=split,
+        what="ensemble",
+    )
+    report["source_model_version"] = model_version(source)
+    report["fold_ensemble"] = len(ensemble)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out)
