@@ -83,6 +83,21 @@ def read_ensemble_calibration(path: str | Path) -> dict[str, Any]:
         ) from e
 
 
+def apply_recalibration(cal: Any, risk: Any) -> np.ndarray:
+    """Risks through an ensemble's update ``cal`` of one output (a
+    :class:`~clinfuse.calibration.Calibrator` on their logit; None: unchanged); NaN stays NaN."""
+    from clinfuse.calibration import UPDATE_EPS
+
+    risk = np.asarray(risk, dtype=float)
+    if cal is None:
+        return risk
+    out = risk.copy()
+    has = ~np.isnan(risk)
+    q = np.clip(risk[has], UPDATE_EPS, 1 - UPDATE_EPS)
+    out[has] = cal.predict_proba(np.log(q) - np.log1p(-q))
+    return out
+
+
 def is_crossval_folder(path: str | Path) -> bool:
     """True when ``path`` is a finished ``clinfuse crossval`` folder."""
     return (Path(path) / "crossval.json").is_file()
@@ -181,17 +196,7 @@ class FoldEnsemble:
     def recalibrated(self, output: str, risk: np.ndarray) -> np.ndarray:
         """``risk`` (the mean, or any one, of the fold models' risks of ``output``) through
         the ensemble's update of that output; unchanged without one; NaN stays NaN."""
-        from clinfuse.calibration import UPDATE_EPS
-
-        cal = self.recalibration.get(output)
-        risk = np.asarray(risk, dtype=float)
-        if cal is None:
-            return risk
-        out = risk.copy()
-        has = ~np.isnan(risk)
-        q = np.clip(risk[has], UPDATE_EPS, 1 - UPDATE_EPS)
-        out[has] = cal.predict_proba(np.log(q) - np.log1p(-q))
-        return out
+        return apply_recalibration(self.recalibration.get(output), risk)
 
     def __len__(self) -> int:
         return len(self.models)

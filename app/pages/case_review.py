@@ -89,6 +89,9 @@ def _header(cv: CaseView) -> None:
     )
     st.vega_lite_chart(charts.risk_spec(risk, low, high, view.threshold), width="stretch")
     st.caption(view.band_note)
+    each = view.fold_model_risks(cv.case_id)
+    if each:
+        st.caption("Each fold model's risk: " + " · ".join(ui.fmt(r) for r in each))
     warnings = p.get("input_warnings")
     if isinstance(warnings, str) and warnings:
         st.warning(

@@ -247,6 +247,7 @@ class RunView:
         )
         self._tabular_state = meta.get("tabular")  # a fold ensemble's: fold model 1's
         self._case_mix: dict[str, Any] | None = None
+        self._fold_risks: dict[str, list[float]] | None = None
         self.recalibration = recalibration_summary(run)  # a run's or an ensemble's
         self.scored = predictions
         self.provenance = provenance
@@ -386,6 +387,24 @@ class RunView:
             return None
         path = fold_models_path(self.scored)
         return path if path.is_file() else None
+
+    def fold_model_risks(self, case_id: str) -> list[float] | None:
+        """A scored fold ensemble's case: each fold model's fused risk, in fold order (from
+        :attr:`fold_models`, through the ensemble's recalibration when it has one — the
+        band's ends are their lowest and highest). None for a run, or without the file."""
+        if self.fold_models is None:
+            return None
+        if self._fold_risks is None:
+            from clinfuse.ensemble import apply_recalibration, read_ensemble_calibration
+
+            rows = _read_fold_models(self.fold_models, self.predictions)
+            cal = read_ensemble_calibration(self.run).get("fusion")
+            rows["risk"] = apply_recalibration(cal, rows["p_fusion"])
+            self._fold_risks = {
+                str(cid): [float(r) for r in part.sort_values("model")["risk"]]
+                for cid, part in rows.groupby("case_id", sort=False)
+            }
+        return self._fold_risks.get(str(case_id))
 
     def scored_case_mix(self) -> dict[str, Any] | None:
         """The scored cases' case mix against the run's development cases

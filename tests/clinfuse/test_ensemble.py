@@ -355,6 +355,11 @@ def test_review_app_on_cases_the_ensemble_scored(
     assert not at.exception, [e.value for e in at.exception]
     assert [m.label for m in at.metric][1] == "fold models' range"
     assert any("Disagreement between the fold models" in str(c.value) for c in at.caption)
+    each = view.fold_model_risks(cid)  # the models behind the band, in fold order
+    row = scored.set_index("case_id").loc[cid]
+    assert each is not None and len(each) == 3 and np.mean(each) == pytest.approx(row["p_fusion"])
+    assert (min(each), max(each)) == pytest.approx((row["p_fusion_min"], row["p_fusion_max"]))
+    assert any("Each fold model's risk" in str(c.value) for c in at.caption)
     # the cohort page compares the case mix through the fold models' own outputs
     mix = view.scored_case_mix()
     assert mix is not None and mix["fold_models"] == 3
@@ -490,6 +495,10 @@ def test_recalibrating_the_fold_ensemble_as_a_whole(
     res = CliRunner().invoke(app, ["predict", str(out), str(new_cohort), "--out", str(table)])
     view = open_run_view(out, predictions=table)
     assert view.recalibration and "logistic update" in view.recalibration
+    first = str(got.index[0])  # each model's risk through the update: the band's ends
+    assert (min(view.fold_model_risks(first)), max(view.fold_model_risks(first))) == (
+        pytest.approx((got.loc[first, "p_fusion_min"], got.loc[first, "p_fusion_max"]))
+    )
     # one case explained by the recalibrated ensemble: its risk and range
     cid = str(got.index[0])
     res = CliRunner().invoke(
