@@ -278,9 +278,11 @@ def roc_spec(
                         {"field": "tpr", "format": ".3f"},
                     ],
                 },
+                # zoom on one layer only: a top-level selection is copied into every layer
+                # of a layered chart and Vega refuses the duplicate ("Duplicate signal name")
+                "params": [{"name": "zoom", "select": "interval", "bind": "scales"}],
             },
         ],
-        "params": [{"name": "zoom", "select": "interval", "bind": "scales"}],
     }
 
 
