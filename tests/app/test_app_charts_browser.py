@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
 
+from clinfuse.review.cli import streamlit_command
 from tests.app.browser_support import (
     CHROMIUM_FLAGS,
     STARTUP_S,
@@ -63,21 +63,7 @@ def test_every_chart_is_drawn(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "streamlit.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
-    command = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        str(script),
-        "--server.headless",
-        "true",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
+    command = streamlit_command(script, host="127.0.0.1", port=port)
     with log.open("w") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

@@ -255,20 +255,25 @@ def test_cohort_results_of_scored_cases_with_and_without_outcomes(
     assert len(at.dataframe) == 1 and "outcomes not known yet" in at.markdown[-1].value
 
 
-def _logged_in(review_run, table, tmp_path, monkeypatch, password) -> AppTest:
-    """The app on the scored ``table``, alice logged in."""
-    from clinfuse.review.auth import add_reviewer
-
-    db = tmp_path / "r.sqlite"
-    add_reviewer(ReviewStore(db), "alice", password)
+def _app_env(monkeypatch, run, db, table) -> None:
+    """The app's settings for the scored ``table`` of ``run``, reviews in ``db``."""
     for key, value in {
-        "CLINFUSE_APP_RUN": review_run["run"],
+        "CLINFUSE_APP_RUN": str(run),
         "CLINFUSE_APP_DB": str(db),
         "CLINFUSE_APP_PREDICTIONS": str(table),
     }.items():
         monkeypatch.setenv(key, value)
     for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
         monkeypatch.delenv(key, raising=False)
+
+
+def _logged_in(review_run, table, tmp_path, monkeypatch, password) -> AppTest:
+    """The app on the scored ``table``, alice logged in."""
+    from clinfuse.review.auth import add_reviewer
+
+    db = tmp_path / "r.sqlite"
+    add_reviewer(ReviewStore(db), "alice", password)
+    _app_env(monkeypatch, review_run["run"], db, table)
     at = AppTest.from_file(str(ENTRY), default_timeout=120).run()
     at.text_input(key="login_username").input("alice")
     at.text_input(key="login_password").input(password)
@@ -396,14 +401,7 @@ def test_a_new_scored_database_suggests_copying_the_runs_reviewers(
     out = CliRunner().invoke(_cli(), ["app", str(run), "--predictions", str(table)])
     assert out.exit_code == 0, out.output + str(out.exception)
     assert f"--copy-reviewers-from {run_db}`" in out.output
-    for key, value in {
-        "CLINFUSE_APP_RUN": str(run),
-        "CLINFUSE_APP_DB": str(db),
-        "CLINFUSE_APP_PREDICTIONS": str(table),
-    }.items():
-        monkeypatch.setenv(key, value)
-    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
-        monkeypatch.delenv(key, raising=False)
+    _app_env(monkeypatch, run, db, table)
     at = AppTest.from_file(str(ENTRY), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("--copy-reviewers-from" in i.value for i in at.info)
