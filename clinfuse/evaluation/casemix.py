@@ -264,12 +264,7 @@ def check_fold_models(evaluated: pd.DataFrame, per_model: pd.DataFrame) -> int:
     ids = evaluated["case_id"].astype(str)
     counts = per_model.groupby(per_model["case_id"].astype(str))["model"].nunique()
     rows = per_model["case_id"].astype(str).value_counts()
-    if (
-        set(counts.index) != set(ids)
-        or (counts != k).any()
-        or (rows != k).any()
-        or len(per_model) != k * len(ids)
-    ):
+    if set(counts.index) != set(ids) or (counts != k).any() or (rows != k).any():
         raise ValueError(
             f"evaluated_models must hold each of the {len(ids)} evaluated cases once for each "
             f"of its {k} models"

@@ -30,7 +30,9 @@ FEDERATED_EPILOG = (
     "--clients-per-round 2\n\n"
     "  clinfuse federated demo/manifest.csv --out runs/fed_dp --dp-epsilon 8 --dp-delta 1e-5 "
     "--max-grad-norm 1.0\n\n"
-    "  clinfuse federated demo/manifest.csv --out runs/fed_flower --backend flower --rounds 5"
+    "  clinfuse federated demo/manifest.csv --out runs/fed_flower --backend flower --rounds 5\n\n"
+    "  clinfuse federated demo/manifest.csv --out runs/fed_agg --stage2 aggregates   "
+    "(combiner and calibration from per-site sums)"
 )
 
 

@@ -44,7 +44,7 @@ def first_account_commands(view: RunView, db: str | Path) -> list[str]:
     """What to run when the database ``db`` of the app on ``view`` has no account yet: add
     one, and for a scored cohort's own database whose run's database has accounts, copy
     those."""
-    from clinfuse.review.store import default_db_path
+    from clinfuse.review.store import default_db_path, read_reviewers
 
     command = view.app_command
     out = [f"{command} --add-reviewer YOUR_NAME"]
@@ -53,7 +53,7 @@ def first_account_commands(view: RunView, db: str | Path) -> list[str]:
         view.scored is not None
         and run_db.is_file()
         and run_db.resolve() != Path(db).resolve()
-        and ReviewStore(run_db).reviewers()
+        and read_reviewers(run_db)  # read-only: the login page renders this often
     ):
         out.append(f"{command} --copy-reviewers-from {run_db}")
     return out

@@ -247,6 +247,7 @@ class RunView:
         )
         self._tabular_state = meta.get("tabular")  # a fold ensemble's: fold model 1's
         self._case_mix: dict[str, Any] | None = None
+        self._fold_rows: pd.DataFrame | None = None
         self._fold_risks: dict[str, list[float]] | None = None
         self.recalibration = recalibration_summary(run)  # a run's or an ensemble's
         self.scored = predictions
@@ -388,16 +389,28 @@ class RunView:
         path = fold_models_path(self.scored)
         return path if path.is_file() else None
 
+    def fold_model_rows(self) -> pd.DataFrame | None:
+        """:attr:`fold_models` read once and checked against the predictions table (None
+        for a run, or without the file).
+
+        Raises:
+            ConfigError: unreadable, or not the table's cases once per fold model.
+        """
+        if self._fold_rows is None and self.fold_models is not None:
+            self._fold_rows = _read_fold_models(self.fold_models, self.predictions)
+        return self._fold_rows
+
     def fold_model_risks(self, case_id: str) -> list[float] | None:
         """A scored fold ensemble's case: each fold model's fused risk, in fold order (from
         :attr:`fold_models`, through the ensemble's recalibration when it has one — the
         band's ends are their lowest and highest). None for a run, or without the file."""
-        if self.fold_models is None:
+        rows = self.fold_model_rows()
+        if rows is None:
             return None
         if self._fold_risks is None:
             from clinfuse.ensemble import apply_recalibration, read_ensemble_calibration
 
-            rows = _read_fold_models(self.fold_models, self.predictions)
+            rows = rows.copy()
             cal = read_ensemble_calibration(self.run).get("fusion")
             rows["risk"] = apply_recalibration(cal, rows["p_fusion"])
             self._fold_risks = {
@@ -443,7 +456,7 @@ class RunView:
             if self.ensemble:
                 pooled = self.run / "evaluation" / "predictions.csv"
                 development = pd.read_csv(pooled, dtype={"case_id": str})
-                per_model = _read_fold_models(self.fold_models, self.predictions)
+                per_model = self.fold_model_rows()
             else:
                 run_preds = pd.read_csv(self.run / "predictions.csv", dtype={"case_id": str})
                 development = development_cases(run_preds)
@@ -1083,8 +1096,7 @@ def open_run_view(
             explanations=expl,
             provenance=provenance,
         )
-        if view.fold_models is not None:  # refused now, not when the cohort page opens
-            _read_fold_models(view.fold_models, view.predictions)
+        view.fold_model_rows()  # a mismatched file is refused now, not on the cohort page
         return view
     except (OSError, ValueError, KeyError) as e:
         if isinstance(e, ClinFuseError):

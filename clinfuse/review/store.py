@@ -50,6 +50,7 @@ __all__ = [
     "Review",
     "ReviewStore",
     "default_db_path",
+    "read_reviewers",
 ]
 
 SCHEMA_VERSION = 1
@@ -383,7 +384,7 @@ class ReviewStore:
             )
         if source.resolve() == self.path.resolve():
             raise ConfigError("cannot copy a review database's reviewers into itself", path=source)
-        rows = _read_reviewers(source)
+        rows = read_reviewers(source)
         copied: list[str] = []
         kept: list[str] = []
         with self._write() as con:
@@ -608,7 +609,7 @@ class ReviewStore:
         return [r.as_dict() for r in self.reviews()]
 
 
-def _read_reviewers(source: Path) -> list[sqlite3.Row]:
+def read_reviewers(source: Path) -> list[sqlite3.Row]:
     """Another review database's accounts, read without writing to it (read-only).
 
     Raises:
