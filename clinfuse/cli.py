@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clinfuse._options import LoadWorkers
+from clinfuse._options import ConformalAlpha, ConformalFrom, ConformalMarginal, LoadWorkers
 from clinfuse.errors import ClinFuseError
 
 app = typer.Typer(
@@ -46,6 +46,20 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
+
+
+def _warn_in_sample(sets: Any, cohort: Path, case_ids: Any) -> None:
+    """Say so when scored cases are among the cases that calibrated the conformal sets."""
+    from clinfuse.evaluation.conformal import calibration_overlap
+
+    n = calibration_overlap(sets, cohort, case_ids)
+    if n:
+        err_console.print(
+            f"{n} cases here calibrated the conformal sets: their sets are in-sample, not "
+            "predictions for new cases",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @contextmanager
@@ -534,18 +548,28 @@ def predict(
         str, typer.Option("--device", help="cpu (default), cuda or auto: where the model runs.")
     ] = "cpu",
     workers: LoadWorkers = "auto",
+    conformal: ConformalFrom = None,
+    alpha: ConformalAlpha = 0.1,
+    marginal: ConformalMarginal = False,
 ) -> None:
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly).
 
     Beside the CSV go OUT_STEM.provenance.json (the model's version and the manifest, for
     `clinfuse app RUN --predictions OUT`), for a crossval folder OUT_STEM.fold_models.csv
     (each fold model's own outputs, one row per case and model) and, when some cases cannot
-    be scored, OUT_STEM.excluded.csv with the reasons."""
+    be scored, OUT_STEM.excluded.csv with the reasons. With --conformal EVAL each case also
+    gets its conformal prediction set (column conformal_set: positive, negative, uncertain
+    or empty), calibrated on the labelled cases of that evaluation of this model."""
     from clinfuse.ensemble import is_crossval_folder, load_ensemble
     from clinfuse.model import load_run
     from clinfuse.scored import write_scored
     from clinfuse.training.trainer import resolve_device
 
+    sets = None
+    if conformal is not None:  # fitted before any case is loaded: a bad folder fails fast
+        from clinfuse.evaluation.conformal import conformal_from_evaluation
+
+        sets = conformal_from_evaluation(conformal, run, alpha=alpha, mondrian=not marginal)
     where = resolve_device(device)
     ensemble = is_crossval_folder(run)
     model: Any = load_ensemble(run, device=where) if ensemble else load_run(run, device=where)
@@ -568,8 +592,30 @@ def predict(
                 workers=workers,
             )
     n_excluded = len({i.case_id for i in excluded})
-    write_scored(out, frame, model=run, manifest=cohort, n_excluded=n_excluded, per_model=per_model)
+    if sets is not None:
+        frame["conformal_set"] = sets.predict(frame["p_fusion"].to_numpy(float))
+        _warn_in_sample(sets, cohort, frame["case_id"])
+    write_scored(
+        out,
+        frame,
+        model=run,
+        manifest=cohort,
+        n_excluded=n_excluded,
+        per_model=per_model,
+        conformal=None if sets is None else sets.to_dict(),
+    )
     console.print(f"wrote {len(frame)} predictions: {out}")
+    if sets is not None:
+        counts = frame["conformal_set"].value_counts()
+        console.print(
+            sets.describe()
+            + " Sets here: "
+            + ", ".join(
+                f"{counts.get(k, 0)} {k}" for k in ("positive", "negative", "uncertain", "empty")
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
     exc_path = out.with_name(out.stem + ".excluded.csv")
     if not excluded and exc_path.exists():
         exc_path.unlink()  # an earlier scoring's exclusions no longer apply

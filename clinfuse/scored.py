@@ -29,6 +29,7 @@ from clinfuse.errors import ConfigError
 __all__ = [
     "FOLD_MODELS_SUFFIX",
     "PROVENANCE_SUFFIX",
+    "evaluates_model",
     "fold_models_path",
     "model_version",
     "provenance_path",
@@ -88,6 +89,38 @@ def model_version(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def evaluates_model(path: str | Path, recorded: dict[str, Any]) -> bool:
+    """Whether an evaluation's ``metrics.json`` → ``run`` names the model version of ``path``
+    (a run's ``model_sha256``, a fold ensemble's fold models' digests and its
+    ``ensemble_calibration``); True when it names none (a model evaluated from Python).
+
+    Raises:
+        ConfigError: a cross-validation folder whose ``crossval.json`` cannot be read.
+    """
+    path = Path(path)
+    summary_path = path / "crossval.json"
+    if summary_path.is_file():
+        from clinfuse.ensemble import ensemble_calibration_digest
+
+        try:
+            folds = json.loads(summary_path.read_text(encoding="utf-8"))["fold_models"]
+            ours = [f["model_sha256"] for f in folds]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"cannot read crossval.json: {e}", path=summary_path) from e
+        theirs = recorded.get("fold_ensemble")
+        if theirs is None:
+            return True
+        # the same fold models, recalibrated for a site or not, are other model versions
+        return theirs == ours and recorded.get("ensemble_calibration") == (
+            ensemble_calibration_digest(path)
+        )
+    theirs = recorded.get("model_sha256")
+    model_json = path / "model" / "model.json"
+    return theirs is None or (
+        model_json.exists() and theirs == hashlib.sha256(model_json.read_bytes()).hexdigest()
+    )
+
+
 def provenance_path(predictions: str | Path) -> Path:
     """``P.provenance.json`` beside the predictions table ``P.csv``."""
     p = Path(predictions)
@@ -108,6 +141,7 @@ def write_scored(
     manifest: str | Path,
     n_excluded: int,
     per_model: Any = None,
+    conformal: dict[str, Any] | None = None,
 ) -> Path:
     """Write a predictions table and its provenance, each atomically (temp file, rename).
 
@@ -119,6 +153,9 @@ def write_scored(
         per_model: a fold ensemble's per-model outputs
             (:attr:`clinfuse.ensemble.EnsembleScores.per_model`), written to
             :func:`fold_models_path`; without them an earlier scoring's file there is removed.
+        conformal: the conformal sets of the table's ``conformal_set`` column
+            (:meth:`clinfuse.evaluation.conformal.ConformalSets.to_dict`), recorded as
+            ``conformal``.
 
     Returns:
         The provenance file's path.
@@ -136,6 +173,8 @@ def write_scored(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "clinfuse_version": __version__,
     }
+    if conformal is not None:
+        info["conformal"] = conformal
     meta = provenance_path(out)
     tmp_meta = meta.with_name(f".{meta.name}.tmp")
     models = fold_models_path(out)

@@ -25,6 +25,13 @@ from clinfuse.review.imaging import (
 from clinfuse.review.runview import CaseView, RunView, UnknownCaseError, import_model_stack
 from clinfuse.review.store import DECISIONS
 
+CONFORMAL_MEANING = {
+    "positive": "the risk rules out the non-event at this level.",
+    "negative": "the risk rules out the event at this level.",
+    "uncertain": "the risk rules out neither outcome at this level.",
+    "empty": "the risk is unlike the calibration cases of either outcome — an atypical case.",
+}
+
 t_start = time.perf_counter()
 view, store = ui.context()
 me = ui.reviewer()
@@ -89,6 +96,13 @@ def _header(cv: CaseView) -> None:
     )
     st.vega_lite_chart(charts.risk_spec(risk, low, high, view.threshold), width="stretch")
     st.caption(view.band_note)
+    if view.conformal is not None:
+        kind = str(p["conformal_set"])
+        st.markdown(
+            f"**{100 * view.conformal.level:g} % conformal set: {kind}** — "
+            + CONFORMAL_MEANING[kind],
+            help=view.conformal.describe(),
+        )
     each = view.fold_model_risks(cv.case_id)
     if each:
         st.caption("Each fold model's risk: " + " · ".join(ui.fmt(r) for r in each))

@@ -47,9 +47,24 @@ with st.expander("Filters and sorting", expanded=True):
     need = g2.multiselect(
         "Must have modalities", view.modalities, default=[], key="filter_modalities"
     )
+    conformal_sets = None
+    if view.conformal is not None:
+        kinds = ["positive", "uncertain", "negative", "empty"]
+        conformal_sets = st.multiselect(
+            f"{100 * view.conformal.level:g} % conformal set",
+            kinds,
+            default=kinds,
+            key="filter_conformal",
+            help=view.conformal.describe(),
+        )
 
 shown = filter_worklist(
-    table, sites=chosen_sites if sites else None, status=status, bands=bands, modalities=need
+    table,
+    sites=chosen_sites if sites else None,
+    status=status,
+    bands=bands,
+    modalities=need,
+    conformal_sets=conformal_sets,
 )
 shown = sort_worklist(shown, sort_by.split(" ")[0])
 st.session_state["worklist_order"] = list(shown["case_id"])
@@ -69,6 +84,11 @@ event = st.dataframe(
         "risk_low": st.column_config.NumberColumn("band low", format="%.3f"),
         "risk_high": st.column_config.NumberColumn("band high", format="%.3f"),
         "uncertainty": st.column_config.NumberColumn("band width", format="%.3f"),
+        "conformal_set": st.column_config.TextColumn(
+            "conformal set",
+            help="the outcomes the risk does not rule out (positive, negative, uncertain: "
+            "both, empty: neither)",
+        ),
         "input_warnings": st.column_config.NumberColumn(
             "out of range",
             help="inputs outside the training data (details on the case page)",

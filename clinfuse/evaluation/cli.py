@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from clinfuse._options import LoadWorkers
+from clinfuse._options import ConformalAlpha, ConformalFrom, ConformalMarginal, LoadWorkers
 
 __all__ = [
     "COMPARE_EPILOG",
@@ -32,7 +32,9 @@ EVALUATE_EPILOG = (
     "  clinfuse evaluate runs/demo demo/manifest.csv --out eval_test --split test "
     "--subgroups sex,age_band --thresholds 0.1,0.2\n\n"
     "  clinfuse evaluate runs/demo new.csv --out eval --n-boot 500 --min-group-size 50 --overwrite\n\n"
-    "  clinfuse evaluate runs/demo_cv site_d/manifest.csv --out eval_ensemble   # fold ensemble"
+    "  clinfuse evaluate runs/demo_cv site_d/manifest.csv --out eval_ensemble   # fold ensemble\n\n"
+    "  clinfuse evaluate runs/demo site_e/manifest.csv --out eval_site_e --conformal eval_site_d "
+    "--alpha 0.1   # do sets calibrated at site D cover at site E?"
 )
 
 
@@ -85,16 +87,35 @@ def evaluate(
         str, typer.Option("--device", help="cpu (default), cuda or auto: where the model runs.")
     ] = "cpu",
     workers: LoadWorkers = "auto",
+    conformal: ConformalFrom = None,
+    alpha: ConformalAlpha = 0.1,
+    marginal: ConformalMarginal = False,
 ) -> None:
     """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
     clinical utility, subgroups, sites and a modality ablation.
 
     Writes metrics.json, report.html (self-contained), figures/ (PNG and SVG),
-    predictions.csv, excluded.csv and subgroups.csv into --out.
+    predictions.csv, excluded.csv and subgroups.csv into --out. With --conformal EVAL, the
+    conformal prediction sets calibrated on that earlier evaluation are checked here: their
+    coverage of events and non-events, and how many cases got a single outcome.
     """
     from rich.console import Console
 
     from clinfuse.evaluation.evaluate import evaluate_run
+
+    sets = None
+    if conformal is not None:  # fitted before any case is loaded: a bad folder fails fast
+        from clinfuse.evaluation.conformal import conformal_from_evaluation
+
+        if Path(conformal).resolve() == Path(out).resolve():
+            from clinfuse.errors import ConfigError
+
+            raise ConfigError(
+                "--conformal names the output folder itself",
+                path=conformal,
+                hint="pass an earlier evaluation of this model and a new --out",
+            )
+        sets = conformal_from_evaluation(conformal, run, alpha=alpha, mondrian=not marginal)
 
     result = evaluate_run(
         run,
@@ -110,6 +131,7 @@ def evaluate(
         overwrite=overwrite,
         device=device,
         workers=workers,
+        conformal=sets,
     )
     m = result.metrics
     auc = m["models"]["fusion"]["auroc"]
@@ -126,7 +148,20 @@ def evaluate(
         console.print(
             f"{m['participants']['n_excluded']} cases excluded; reasons in {out / 'excluded.csv'}"
         )
+    if "conformal" in m:
+        c = m["conformal"]["coverage"]
+        console.print(
+            f"conformal sets ({100 * m['conformal']['fitted']['level']:g} %): covered "
+            f"{_pct(c['events'])} of events and {_pct(c['non_events'])} of non-events; "
+            f"{_pct({'value': m['conformal']['singletons']['share']})} of cases got one outcome",
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"report: {result.report}")
+
+
+def _pct(stat: dict[str, Any]) -> str:
+    return "—" if stat.get("value") is None else f"{100 * stat['value']:.1f} %"
 
 
 RECALIBRATE_EPILOG = (

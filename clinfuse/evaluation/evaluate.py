@@ -317,6 +317,10 @@ class Evaluator:
             ``model/model.json``: which model version the report describes).
         workers: processes that load the cohort's files
             (:func:`clinfuse.data.scoring_workers`; the figures do not depend on it).
+        conformal: conformal prediction sets of this model, calibrated on another
+            evaluation (:func:`clinfuse.evaluation.conformal.conformal_from_evaluation`):
+            their coverage on this cohort is reported (``metrics["conformal"]``) and each
+            case's set added to ``predictions.csv``.
     """
 
     def __init__(
@@ -336,8 +340,10 @@ class Evaluator:
         development_manifest: str | Path | None = None,
         run_info: dict[str, Any] | None = None,
         workers: int | str = "auto",
+        conformal: Any = None,
     ) -> None:
         self.model = model
+        self.conformal = conformal
         self.run_info = run_info
         self.development = development
         self.development_manifest = development_manifest
@@ -542,6 +548,9 @@ class Evaluator:
             "fusion": utility.threshold_metrics(y, p, self.thresholds, level=self.level),
         }
 
+        if self.conformal is not None:
+            metrics["conformal"] = self._conformal(cohort, frame, y, p)
+
         # risk distributions by outcome
         dist: dict[str, Any] = {}
         for label, sel in (("events", y == 1), ("non_events", y == 0)):
@@ -637,6 +646,22 @@ class Evaluator:
         metrics = _jsonable(metrics)
         return self._write(out, metrics, frame, excluded_frame, curve, ece, ece_table, overwrite)
 
+    def _conformal(
+        self, cohort: Any, frame: pd.DataFrame, y: np.ndarray, p: np.ndarray
+    ) -> dict[str, Any]:
+        """Coverage of :attr:`conformal`'s sets on this cohort; each case's set into ``frame``."""
+        from clinfuse.evaluation.conformal import calibration_overlap, coverage_table
+
+        sets = self.conformal.predict(p)
+        frame["conformal_set"] = sets
+        overlap = calibration_overlap(self.conformal, cohort.manifest_path, frame["case_id"])
+        return {
+            "fitted": self.conformal.to_dict(),
+            "description": self.conformal.describe(),
+            **coverage_table(y, sets, level=self.level),
+            "n_in_calibration": overlap,
+        }
+
     def _model_card(self, metrics: dict[str, Any]) -> dict[str, Any]:
         model = self.model
         cfg = model.config
@@ -723,6 +748,29 @@ class Evaluator:
                 f"{'low' if citl['value'] > 0 else 'high'} for this cohort; consider recalibrating "
                 "on this site's cases (`clinfuse recalibrate`)."
             )
+        conformal = metrics.get("conformal")
+        if conformal:
+            level = conformal["fitted"]["level"]
+            parts = ("events", "non_events") if conformal["fitted"]["mondrian"] else ("overall",)
+            short = [
+                f"{k.replace('_', '-')} {100 * conformal['coverage'][k]['value']:.1f} % "
+                f"(95 % CI up to {100 * conformal['coverage'][k]['ci_high']:.1f} %)"
+                for k in parts
+                if conformal["coverage"][k]["n"] and conformal["coverage"][k]["ci_high"] < level
+            ]
+            if short:
+                limitations.append(
+                    f"The conformal sets covered fewer cases than the promised {100 * level:g} %: "
+                    + "; ".join(short)
+                    + ". These cases are not exchangeable with the ones that calibrated the sets "
+                    "(another site, period or case mix): recalibrate the sets on this cohort's "
+                    "cases before relying on them."
+                )
+            if conformal["n_in_calibration"]:
+                limitations.append(
+                    f"{conformal['n_in_calibration']} evaluated cases calibrated the conformal "
+                    "sets: their coverage here is in-sample."
+                )
         membership = (metrics.get("case_mix") or {}).get("membership")
         if membership and membership["c_statistic"] >= 0.8:
             limitations.append(
@@ -840,6 +888,7 @@ def evaluate_run(
     progress: Callable[[int, int], None] | None = None,
     device: str = "cpu",
     workers: int | str = "auto",
+    conformal: Any = None,
 ) -> EvaluationResult:
     """Evaluate a trained run on a labelled cohort and write the report folder.
 
@@ -864,6 +913,8 @@ def evaluate_run(
         device: where a model loaded from a folder runs (``cpu``, ``cuda`` or ``auto``).
         workers: processes that read the cohort's files: ``"auto"`` (one per CPU, at most
             8, for cohorts of 128 cases or more) or a count (0 = in this process).
+        conformal: :class:`~clinfuse.evaluation.conformal.ConformalSets` of this model,
+            calibrated on another evaluation, whose coverage this one checks.
 
     Returns:
         :class:`EvaluationResult`.
@@ -923,5 +974,6 @@ def evaluate_run(
         development_manifest=development_manifest,
         run_info=run_info,
         workers=workers,
+        conformal=conformal,
     )
     return evaluator.evaluate(cohort, out, overwrite=overwrite, progress=progress)

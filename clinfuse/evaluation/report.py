@@ -11,6 +11,7 @@ import base64
 import html
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["TRIPOD_ITEMS", "render_comparison", "render_report"]
@@ -24,6 +25,7 @@ TRIPOD_ITEMS: dict[str, list[str]] = {
     "discrimination": ["12e", "23a"],
     "calibration": ["12e", "12f", "23a"],
     "utility": ["12e", "15", "23a"],
+    "conformal": ["12e", "23a"],
     "risk": ["15", "23a"],
     "subgroups": ["14", "23a"],
     "sites": ["12d", "23b"],
@@ -454,6 +456,56 @@ def _utility(m: dict[str, Any], png: dict[str, bytes]) -> str:
     return body
 
 
+def _conformal(m: dict[str, Any]) -> str:
+    c = m["conformal"]
+    fitted = c["fitted"]
+    src = fitted.get("source") or {}
+    where = Path(str(src.get("evaluation", ""))).name or "another evaluation"
+    body = (
+        f"<p>{_e(c['description'])} Calibrated on the evaluation <code>{_e(where)}</code>"
+        + (f" (its {_e(src['split'])} split)" if src.get("split") else "")
+        + ". A case's set holds the outcomes its risk does not rule out at this level: "
+        "<em>positive</em> or <em>negative</em> (one outcome), <em>uncertain</em> (both) or "
+        "<em>empty</em> (a risk unlike the calibration cases of either outcome).</p>"
+    )
+    cov = c["coverage"]
+    body += _table(
+        ["cases", "n", "coverage (95 % CI)", "promised"],
+        [
+            [
+                label,
+                cov[key]["n"],
+                _ci(cov[key]),
+                f"≥ {_num(fitted['level'], 2)}" if promised else "—",
+            ]
+            for key, label, promised in (
+                ("events", "events", fitted["mondrian"]),
+                ("non_events", "non-events", fitted["mondrian"]),
+                ("overall", "all", True),
+            )
+        ],
+    )
+    sets = c["sets"]
+    body += _table(
+        ["set", "cases", "share"],
+        [
+            [k, sets[k]["n"], _pct(sets[k]["share"])]
+            for k in ("positive", "negative", "uncertain", "empty")
+        ],
+    )
+    err = c["singletons"]["error"]
+    body += (
+        f"<p>{_pct(c['singletons']['share'])} of cases got a single outcome; among them the "
+        f"outcome was wrong in {_ci(err)}.</p>"
+    )
+    if c.get("n_in_calibration"):
+        body += (
+            f'<p class="note">{c["n_in_calibration"]} of these cases calibrated the sets: their '
+            "coverage is in-sample.</p>"
+        )
+    return body
+
+
 def _risk(m: dict[str, Any], png: dict[str, bytes]) -> str:
     d = m["risk_distribution"]
     rows = []
@@ -667,6 +719,8 @@ def render_report(
         _section("Clinical utility", "utility", _utility(metrics, png)),
         _section("Risk distributions", "risk", _risk(metrics, png)),
     ]
+    if metrics.get("conformal"):
+        parts.append(_section("Conformal prediction sets", "conformal", _conformal(metrics)))
     if subgroup_cols:
         parts.append(
             _section(

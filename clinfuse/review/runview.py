@@ -62,7 +62,7 @@ import pandas as pd
 
 from clinfuse import MODALITIES
 from clinfuse.errors import ClinFuseError, ConfigError
-from clinfuse.scored import run_fingerprint
+from clinfuse.scored import evaluates_model, run_fingerprint
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -258,6 +258,7 @@ class RunView:
         self.predictions = self._read_predictions(predictions or run / "predictions.csv")
         self._index = {cid: i for i, cid in enumerate(self.predictions["case_id"])}
         self._add_band(n_boot)
+        self.conformal = self._add_conformal()
         self._cohort: Any = None
         self._cohort_error: str | None = None
         self._model: Any = None
@@ -329,6 +330,25 @@ class RunView:
         f["vs_threshold"] = np.where(
             f["risk_low"] >= t, "above", np.where(f["risk_high"] < t, "below", "straddles")
         )
+
+    def _add_conformal(self) -> Any:
+        """The conformal sets ``clinfuse predict --conformal`` recorded in the scored table's
+        provenance (None without them); each case's set recomputed from its risk."""
+        record = (self.provenance or {}).get("conformal")
+        if record is None:
+            return None
+        from clinfuse.evaluation.conformal import ConformalSets
+
+        try:
+            sets = ConformalSets.from_dict(record)
+        except ConfigError as e:
+            raise ConfigError(
+                e.reason,
+                path=self.scored,
+                hint="rescore the cohort with `clinfuse predict … --conformal EVAL`",
+            ) from e
+        self.predictions["conformal_set"] = sets.predict(self.predictions["p_fusion"])
+        return sets
 
     def _read_run_predictions(self) -> pd.DataFrame:
         path = self.run / "predictions.csv"
@@ -580,7 +600,8 @@ class RunView:
     ) -> pd.DataFrame:
         """One row per case: risk, band, position against the threshold, modalities,
         site, the number of inputs outside the training data (``input_warnings``), review
-        progress (``n_reviewers``, ``my_decision``). No outcome labels."""
+        progress (``n_reviewers``, ``my_decision``) and, for cases scored with conformal
+        sets, each case's set (``conformal_set``). No outcome labels."""
         f = self.predictions
         out = pd.DataFrame(
             {
@@ -597,6 +618,8 @@ class RunView:
         if self.cohort is not None:
             sites = {r.case_id: r.site for r in self.cohort.rows}
         out.insert(1, "site", [sites.get(c) or "" for c in out["case_id"]])
+        if self.conformal is not None:
+            out["conformal_set"] = f["conformal_set"]
         for m in self.modalities:
             out[m] = f[f"present_{m}"].astype(bool)
         warnings = f.get("input_warnings", pd.Series("", index=f.index))
@@ -857,29 +880,6 @@ def _default_cohort(run: Path) -> Path | None:
     return Path(manifest) if manifest else None
 
 
-def _evaluates_this_model(run: Path, recorded: dict[str, Any]) -> bool:
-    """Whether an evaluation's ``metrics.json`` → ``run`` names this folder's model version
-    (a run's ``model_sha256``, a fold ensemble's fold models' digests and its
-    ``ensemble_calibration``); True when it names none (a model evaluated from Python)."""
-    from clinfuse.evaluation.evaluate import model_sha256
-
-    if (run / "crossval.json").is_file():
-        from clinfuse.ensemble import ensemble_calibration_digest
-
-        folds = json.loads((run / "crossval.json").read_text(encoding="utf-8"))["fold_models"]
-        theirs, ours = recorded.get("fold_ensemble"), [f["model_sha256"] for f in folds]
-        if theirs is None:
-            return True
-        # the same fold models, recalibrated for a site or not, are other model versions
-        return theirs == ours and recorded.get("ensemble_calibration") == (
-            ensemble_calibration_digest(run)
-        )
-    theirs = recorded.get("model_sha256")
-    return theirs is None or (
-        (run / "model" / "model.json").exists() and theirs == model_sha256(run)
-    )
-
-
 def _default_evaluation(run: Path) -> Path | None:
     """``RUN/evaluation`` or a sibling ``evaluation`` folder — unless its ``metrics.json``
     records another model version (e.g. the source of a recalibrated run)."""
@@ -891,7 +891,7 @@ def _default_evaluation(run: Path) -> Path | None:
             recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
         except (OSError, ValueError):
             continue
-        if _evaluates_this_model(run, recorded):
+        if evaluates_model(run, recorded):
             return candidate
     return None
 
@@ -978,7 +978,7 @@ def _check_evaluation(run: Path, evaluation: Path) -> None:
         recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
     except (OSError, ValueError) as e:
         raise ConfigError(f"cannot read the evaluation's metrics.json: {e}", path=path) from e
-    if not _evaluates_this_model(run, recorded):
+    if not evaluates_model(run, recorded):
         raise ConfigError(
             "this evaluation is of another model (or another version of it)",
             path=evaluation,

@@ -29,6 +29,7 @@ def filter_worklist(
     status: str = "all cases",
     bands: Sequence[str] | None = None,
     modalities: Sequence[str] = (),
+    conformal_sets: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Rows of ``table`` matching every filter.
 
@@ -37,6 +38,8 @@ def filter_worklist(
         status: a key or value of :data:`STATUS_FILTERS`.
         bands: keep these positions against the threshold (``above``, ``straddles``, ``below``).
         modalities: keep cases that have all of these.
+        conformal_sets: keep cases whose conformal set is one of these (``positive``,
+            ``negative``, ``uncertain``, ``empty``; None: all).
     """
     code = STATUS_FILTERS.get(status, status)
     if code not in STATUS_FILTERS.values():
@@ -48,6 +51,8 @@ def filter_worklist(
         keep &= table["vs_threshold"].isin(list(bands))
     for m in modalities:
         keep &= table[m].astype(bool)
+    if conformal_sets is not None and "conformal_set" in table.columns:
+        keep &= table["conformal_set"].isin(list(conformal_sets))
     mine = table["my_decision"].astype(str) != ""
     anyone = table["n_reviewers"] > 0
     keep &= {

@@ -405,3 +405,61 @@ def test_a_new_scored_database_suggests_copying_the_runs_reviewers(
     at = AppTest.from_file(str(ENTRY), default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("--copy-reviewers-from" in i.value for i in at.info)
+
+
+def test_conformal_sets_of_a_scored_cohort_in_worklist_and_case_page(
+    review_run, scored_cohort, tmp_path, monkeypatch, password
+):
+    """``clinfuse predict --conformal EVAL``: the app shows each case's set, filters the
+    worklist by it and refuses a damaged record."""
+    from clinfuse.cli import app as cli_app
+    from clinfuse.evaluation.conformal import conformal_from_evaluation
+    from clinfuse.review.worklist import filter_worklist
+
+    table = tmp_path / "conf.csv"
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "predict",
+            review_run["run"],
+            scored_cohort["manifest"],
+            "--out",
+            str(table),
+            "--workers",
+            "0",
+            "--conformal",
+            review_run["evaluation"],
+            "--alpha",
+            "0.2",
+        ],
+    )
+    assert result.exit_code == 0, result.output + str(result.exception)
+    sets = conformal_from_evaluation(review_run["evaluation"], review_run["run"], alpha=0.2)
+    view = open_run_view(review_run["run"], predictions=table, n_boot=5)
+    assert view.conformal == sets
+    work = view.worklist()
+    expected = sets.predict(pd.read_csv(table)["p_fusion"])
+    assert list(work["conformal_set"]) == list(expected)
+    kept = filter_worklist(work, conformal_sets=["uncertain"])
+    assert (kept["conformal_set"] == "uncertain").all() and len(kept) == (
+        expected == "uncertain"
+    ).sum()
+    at = _logged_in(review_run, table, tmp_path, monkeypatch, password)
+    assert at.multiselect(key="filter_conformal").value == [
+        "positive",
+        "uncertain",
+        "negative",
+        "empty",
+    ]
+    cid = str(work["case_id"].iloc[0])
+    at.session_state["case_id"] = cid
+    at.switch_page("pages/case_review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(f"80 % conformal set: {expected[0]}" in m.value for m in at.markdown)
+    # a damaged record is refused by name
+    info = json.loads(provenance_path(table).read_text())
+    info["conformal"]["alpha"] = "ten percent"
+    provenance_path(table).write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="not a conformal-set description") as e:
+        open_run_view(review_run["run"], predictions=table, n_boot=5)
+    assert "--conformal" in str(e.value)

@@ -448,8 +448,8 @@ def test_recalibrating_the_fold_ensemble_as_a_whole(
     from clinfuse.ensemble import load_ensemble
     from clinfuse.evaluation.evaluate import evaluate_run
     from clinfuse.evaluation.recalibrate import recalibrate_run
-    from clinfuse.review.runview import _evaluates_this_model, open_run_view
-    from clinfuse.scored import model_version
+    from clinfuse.review.runview import open_run_view
+    from clinfuse.scored import evaluates_model, model_version
 
     before = model_version(cv)
     source = load_ensemble(cv).predict(new_cohort).set_index("case_id")
@@ -485,8 +485,8 @@ def test_recalibrating_the_fold_ensemble_as_a_whole(
     assert cal["slope"]["value"] == pytest.approx(1.0, abs=1e-4)
     # the source's evaluations and scored tables are another version's
     source_eval = evaluate_run(cv, new_cohort, tmp_path / "ev_source", n_boot=0)
-    assert not _evaluates_this_model(out, source_eval.metrics["run"])
-    assert _evaluates_this_model(out, ev.metrics["run"])
+    assert not evaluates_model(out, source_eval.metrics["run"])
+    assert evaluates_model(out, ev.metrics["run"])
     table = tmp_path / "scored.csv"
     res = CliRunner().invoke(app, ["predict", str(cv), str(new_cohort), "--out", str(table)])
     assert res.exit_code == 0, res.output

@@ -1,0 +1,398 @@
+"""Conformal prediction sets: which outcomes a case's risk leaves plausible, with a
+guaranteed error rate.
+
+Split conformal prediction (Vovk et al., *Algorithmic Learning in a Random World*, 2005;
+Angelopoulos & Bates, 2023) turns a calibrated risk into a set of outcomes. Fitted on the
+scored, labelled cases of an evaluation (cases the model did not train on), at level
+``alpha`` it promises, for a new case exchangeable with them::
+
+    P(true outcome ∈ set) ≥ 1 − alpha
+
+Class-conditional ("Mondrian") sets, the default, keep that promise for events and
+non-events separately — the missed-diagnosis rate among events is at most ``alpha`` however
+rare they are — where marginal sets promise it only on average over the cohort. The score
+of outcome 1 is ``1 − p`` and of outcome 0 is ``p``, so each set is a pair of risk cut-offs:
+
+- outcome 1 (event) is in the set when ``p ≥ positive_from``,
+- outcome 0 (non-event) is in the set when ``p ≤ negative_up_to``.
+
+A case's set is ``positive`` ({1}), ``negative`` ({0}), ``uncertain`` ({0, 1}: the risk
+rules out neither outcome at this level) or ``empty`` (neither: the risk is unlike both the
+calibration events and non-events). With ``n_k`` calibration cases of an outcome, its
+cut-off is the ``⌊(n_k + 1)·alpha⌋``-th most extreme of their risks; when that is 0 the
+outcome is always in the set (too few cases to exclude it at this level).
+
+The cut-offs depend only on the order of the risks, so any strictly increasing
+recalibration of them leaves each case's set unchanged.
+
+>>> sets = ConformalSets.fit(y, p, alpha=0.1)      # doctest: +SKIP
+>>> sets.predict([0.02, 0.3, 0.9])                  # doctest: +SKIP
+array(['negative', 'uncertain', 'positive'], dtype=object)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clinfuse.errors import ConfigError
+
+__all__ = [
+    "SET_LABELS",
+    "ConformalSets",
+    "calibration_overlap",
+    "conformal_from_evaluation",
+    "coverage_table",
+]
+
+SET_LABELS = ("negative", "positive", "uncertain", "empty")
+"""A case's prediction set: {0}, {1}, {0, 1} or {}."""
+
+
+def _check_alpha(alpha: float) -> float:
+    alpha = float(alpha)
+    if not 0.0 < alpha < 0.5:
+        raise ConfigError(
+            f"alpha is {alpha}; use an error level in (0, 0.5), e.g. 0.1 for 90 % coverage",
+            field="alpha",
+        )
+    return alpha
+
+
+def _cutoff(risks: np.ndarray, alpha: float, *, upper: bool) -> float | None:
+    """The conformal cut-off of one outcome's calibration risks (None: always included).
+
+    ``upper=False`` (events, score ``1 − p``): the ``j``-th smallest risk, ``j = ⌊(n+1)α⌋``;
+    ``upper=True`` (non-events, score ``p``): the ``j``-th largest.
+    """
+    n = len(risks)
+    j = math.floor((n + 1) * alpha + 1e-12)  # (n + 1)·alpha may land a rounding below j
+    if j < 1:
+        return None
+    ordered = np.sort(risks)
+    return float(ordered[n - j] if upper else ordered[j - 1])
+
+
+@dataclass(frozen=True)
+class ConformalSets:
+    """Fitted conformal prediction sets (see the module's docstring).
+
+    Attributes:
+        alpha: the error level (coverage ``1 − alpha``).
+        mondrian: class-conditional cut-offs (coverage per outcome) or marginal ones.
+        positive_from: outcome 1 is in a case's set when its risk is ``≥`` this (None:
+            always).
+        negative_up_to: outcome 0 is in the set when the risk is ``≤`` this (None: always).
+        n_cases: calibration cases.
+        n_events: calibration events.
+        source: where the calibration cases came from (evaluation folder, model version).
+    """
+
+    alpha: float
+    mondrian: bool
+    positive_from: float | None
+    negative_up_to: float | None
+    n_cases: int
+    n_events: int
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        y: Sequence[float] | np.ndarray,
+        p: Sequence[float] | np.ndarray,
+        *,
+        alpha: float = 0.1,
+        mondrian: bool = True,
+        source: dict[str, Any] | None = None,
+    ) -> ConformalSets:
+        """Fit the cut-offs on calibration cases' outcomes ``y`` (0/1) and risks ``p``.
+
+        Raises:
+            ConfigError: ``alpha`` outside (0, 0.5), outcomes other than 0/1, risks outside
+                [0, 1] or missing, or (Mondrian) no event or no non-event.
+        """
+        alpha = _check_alpha(alpha)
+        y = np.asarray(y, dtype=float)
+        p = np.asarray(p, dtype=float)
+        if y.shape != p.shape or y.ndim != 1:
+            raise ConfigError(f"outcomes {y.shape} and risks {p.shape} do not match")
+        if not np.isin(y, (0.0, 1.0)).all():
+            raise ConfigError(
+                "the calibration outcomes must be 0 or 1 (a missing outcome cannot calibrate)",
+                field="label",
+            )
+        if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
+            raise ConfigError(
+                "the calibration risks must be probabilities in [0, 1]", field="p_fusion"
+            )
+        events = y == 1
+        if mondrian:
+            for what, sel in (("events", events), ("non-events", ~events)):
+                if not sel.any():
+                    raise ConfigError(
+                        f"the calibration cases have no {what}: class-conditional sets need "
+                        "both outcomes",
+                        field="label",
+                        hint="calibrate on a labelled cohort with events and non-events, or "
+                        "ask for marginal sets",
+                    )
+            positive_from = _cutoff(p[events], alpha, upper=False)
+            negative_up_to = _cutoff(p[~events], alpha, upper=True)
+        else:
+            if not len(y):
+                raise ConfigError("no calibration cases", field="label")
+            scores = np.where(events, 1.0 - p, p)
+            q = _cutoff(scores, alpha, upper=True)  # the ⌈(n+1)(1−α)⌉-th smallest score
+            positive_from = None if q is None else 1.0 - q
+            negative_up_to = q
+        return cls(
+            alpha=alpha,
+            mondrian=bool(mondrian),
+            positive_from=positive_from,
+            negative_up_to=negative_up_to,
+            n_cases=len(y),
+            n_events=int(events.sum()),
+            source=dict(source or {}),
+        )
+
+    def contains(self, p: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whether outcome 0 and outcome 1 are in each case's set: two (N,) bool arrays."""
+        p = np.asarray(p, dtype=float)
+        if self.mondrian or self.positive_from is None:
+            has1 = np.ones(p.shape, bool) if self.positive_from is None else p >= self.positive_from
+        else:  # marginal: 1 − p ≤ q, compared as the score is (no rounding of 1 − q)
+            assert self.negative_up_to is not None
+            has1 = 1.0 - p <= self.negative_up_to
+        has0 = np.ones(p.shape, bool) if self.negative_up_to is None else p <= self.negative_up_to
+        return has0, has1
+
+    def predict(self, p: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Each case's set as one of :data:`SET_LABELS` (an object array).
+
+        Raises:
+            ConfigError: a missing risk or one outside [0, 1].
+        """
+        p = np.asarray(p, dtype=float)
+        if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
+            raise ConfigError("risks must be probabilities in [0, 1]", field="p_fusion")
+        has0, has1 = self.contains(p)
+        out = np.full(p.shape, "empty", dtype=object)
+        out[has0 & ~has1] = "negative"
+        out[has1 & ~has0] = "positive"
+        out[has0 & has1] = "uncertain"
+        return out
+
+    @property
+    def level(self) -> float:
+        """The promised coverage, ``1 − alpha``."""
+        return 1.0 - self.alpha
+
+    def describe(self) -> str:
+        """One sentence for reports and the app."""
+        kind = "per outcome" if self.mondrian else "on average"
+        pos = (
+            "always"
+            if self.positive_from is None
+            else f"when the risk is ≥ {100 * self.positive_from:.1f} %"
+        )
+        neg = (
+            "always"
+            if self.negative_up_to is None
+            else f"when the risk is ≤ {100 * self.negative_up_to:.1f} %"
+        )
+        return (
+            f"{100 * self.level:g} % conformal sets ({kind}), calibrated on {self.n_cases} "
+            f"cases ({self.n_events} events): the event is in a case's set {pos}, the "
+            f"non-event {neg}."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"level": self.level}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConformalSets:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: a field missing or of the wrong type.
+        """
+        try:
+            cut = {
+                k: (None if data[k] is None else float(data[k]))
+                for k in ("positive_from", "negative_up_to")
+            }
+            return cls(
+                alpha=_check_alpha(data["alpha"]),
+                mondrian=bool(data["mondrian"]),
+                n_cases=int(data["n_cases"]),
+                n_events=int(data["n_events"]),
+                source=dict(data.get("source") or {}),
+                **cut,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"not a conformal-set description: {e}") from e
+
+
+def conformal_from_evaluation(
+    evaluation: str | Path,
+    model: str | Path,
+    *,
+    alpha: float = 0.1,
+    mondrian: bool = True,
+) -> ConformalSets:
+    """Conformal sets for ``model`` calibrated on an evaluation of it (``clinfuse evaluate``).
+
+    The evaluation's ``predictions.csv`` (outcome ``label`` and fused risk ``p_fusion`` of
+    each scored case) calibrates the sets; its ``metrics.json`` must record this model
+    version (a run's or a fold ensemble's; an evaluation of the source of a recalibrated
+    model is another model's). Evaluate on labelled cases the model did not train on —
+    e.g. the test split (``clinfuse evaluate RUN MANIFEST --split test``) or a site's
+    recent cases.
+
+    Raises:
+        ConfigError: no evaluation there, one of another model version, the development
+            cases of a cross-validation (each fold model trained on most of them), or
+            unusable outcomes.
+    """
+    from clinfuse.scored import evaluates_model, model_version
+
+    evaluation, model = Path(evaluation), Path(model)
+    metrics_path, table = evaluation / "metrics.json", evaluation / "predictions.csv"
+    if not (metrics_path.is_file() and table.is_file()):
+        raise ConfigError(
+            "not an evaluation folder: metrics.json and predictions.csv are needed",
+            path=evaluation,
+            hint=f"evaluate the model on labelled cases it did not train on: `clinfuse evaluate "
+            f"{model} MANIFEST --out DIR`, then pass DIR",
+        )
+    try:
+        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+        recorded = metrics.get("run") or {}
+    except (OSError, ValueError, AttributeError) as e:
+        raise ConfigError(
+            f"cannot read the evaluation's metrics.json: {e}", path=metrics_path
+        ) from e
+    if metrics.get("crossval"):
+        raise ConfigError(
+            "this is the cross-validation's own evaluation: its out-of-fold risks come from "
+            "single fold models, not from the ensemble, and every case trained the others",
+            path=evaluation,
+            hint=f"evaluate the ensemble on new labelled cases: `clinfuse evaluate {model} "
+            "MANIFEST --out DIR`",
+        )
+    if not evaluates_model(model, recorded):
+        raise ConfigError(
+            "this evaluation is of another model (or another version of it)",
+            path=evaluation,
+            hint=f"evaluate this model: `clinfuse evaluate {model} MANIFEST --out DIR`",
+        )
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(table, usecols=["label", "p_fusion"])
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read the evaluation's predictions: {e}", path=table) from e
+    frame = frame[frame["label"].notna()]
+    split = (metrics.get("participants") or {}).get("split")
+    source = {
+        "evaluation": str(evaluation.expanduser().resolve()),
+        "manifest": (metrics.get("participants") or {}).get("manifest"),
+        "split": split,
+        "model_version": model_version(model),
+    }
+    try:
+        return ConformalSets.fit(
+            frame["label"].to_numpy(float),
+            frame["p_fusion"].to_numpy(float),
+            alpha=alpha,
+            mondrian=mondrian,
+            source=source,
+        )
+    except ConfigError as e:
+        raise ConfigError(e.reason, field=e.field, path=table, hint=e.hint) from e
+
+
+def calibration_overlap(
+    sets: ConformalSets, manifest: str | Path | None, case_ids: Sequence[str] | Any
+) -> int:
+    """How many of ``case_ids`` (cases of ``manifest``) calibrated ``sets``: the same manifest
+    as the calibrating evaluation's and a case id among its scored cases. Their sets are not
+    predictions for new cases.
+
+    Raises:
+        ConfigError: the calibrating evaluation's predictions can no longer be read.
+    """
+    import pandas as pd
+
+    source = sets.source
+    if not manifest or not source.get("manifest") or not source.get("evaluation"):
+        return 0
+    if Path(source["manifest"]).resolve() != Path(manifest).resolve():
+        return 0
+    table = Path(source["evaluation"]) / "predictions.csv"
+    try:
+        calibrating = pd.read_csv(table, usecols=["case_id"], dtype={"case_id": str})["case_id"]
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read the predictions that calibrated the conformal sets: {e}", path=table
+        ) from e
+    return int(pd.Series(list(case_ids), dtype=str).isin(set(calibrating)).sum())
+
+
+def coverage_table(
+    y: Sequence[float] | np.ndarray,
+    sets: Sequence[str] | np.ndarray,
+    *,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """How conformal sets fared on labelled cases: coverage overall and per outcome (with
+    Wilson intervals), and how often each kind of set was given.
+
+    Args:
+        y: (N,) 0/1 outcomes.
+        sets: (N,) sets from :meth:`ConformalSets.predict`.
+        level: confidence level of the intervals.
+
+    Returns:
+        ``coverage`` (overall, ``events``, ``non_events``: ``value``, ``ci_low``,
+        ``ci_high``, ``n``), ``sets`` (count and share of each label), ``singletons``
+        (share of cases with one outcome; the error rate among them, with interval).
+    """
+    from clinfuse.evaluation.utility import wilson_interval
+
+    y = np.asarray(y, dtype=float)
+    sets = np.asarray(sets, dtype=object)
+    covered = np.where(
+        y == 1, np.isin(sets, ("positive", "uncertain")), np.isin(sets, ("negative", "uncertain"))
+    )
+
+    def share(hit: np.ndarray) -> dict[str, Any]:
+        k, n = int(hit.sum()), len(hit)
+        low, high = wilson_interval(k, n, level=level)
+        return {"value": k / n if n else None, "ci_low": low, "ci_high": high, "n": n}
+
+    single = np.isin(sets, ("positive", "negative"))
+    return {
+        "coverage": {
+            "overall": share(covered),
+            "events": share(covered[y == 1]),
+            "non_events": share(covered[y == 0]),
+        },
+        "sets": {
+            label: {"n": int((sets == label).sum()), "share": float((sets == label).mean())}
+            for label in SET_LABELS
+        }
+        if len(sets)
+        else {label: {"n": 0, "share": None} for label in SET_LABELS},
+        "singletons": {
+            "share": float(single.mean()) if len(sets) else None,
+            "error": share(~covered[single]),
+        },
+    }
