@@ -524,7 +524,9 @@ def _print_run_summary(run: Path) -> None:
         "Examples:\n\n"
         "  clinfuse predict runs/demo new_cohort/manifest.csv --out predictions.csv\n\n"
         "  clinfuse predict runs/demo notes_only.csv --out p.csv --allow-missing-modalities\n\n"
-        "  clinfuse predict runs/demo_cv new_cohort/manifest.csv --out p.csv   # fold ensemble"
+        "  clinfuse predict runs/demo_cv new_cohort/manifest.csv --out p.csv   # fold ensemble\n\n"
+        "  clinfuse predict runs/demo new_cohort/manifest.csv --out p.csv --conformal "
+        "runs/demo/evaluation --alpha 0.1   # each case's 90 % conformal set"
     )
 )
 def predict(

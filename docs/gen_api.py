@@ -90,6 +90,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.scored", "provenance_path", []),
             ("clinfuse.scored", "model_version", []),
             ("clinfuse.scored", "run_fingerprint", []),
+            ("clinfuse.scored", "evaluates_model", []),
         ],
     ),
     (
@@ -100,6 +101,14 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation", "Evaluator", ["evaluate", "evaluate_scored"]),
             ("clinfuse.evaluation", "EvaluationResult", []),
             ("clinfuse.evaluation.casemix", "case_mix", []),
+            (
+                "clinfuse.evaluation.conformal",
+                "ConformalSets",
+                ["fit", "predict", "contains", "describe"],
+            ),
+            ("clinfuse.evaluation.conformal", "conformal_from_evaluation", []),
+            ("clinfuse.evaluation.conformal", "coverage_table", []),
+            ("clinfuse.evaluation.conformal", "calibration_overlap", []),
             ("clinfuse.evaluation.crossval", "cross_validate", []),
             ("clinfuse.evaluation.crossval", "CrossValResult", []),
             ("clinfuse.evaluation.meta", "random_effects", []),

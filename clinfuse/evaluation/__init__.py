@@ -9,6 +9,9 @@ from __future__ import annotations
 from clinfuse._lazy import lazy_exports
 
 _LAZY = {
+    "ConformalSets": "clinfuse.evaluation.conformal",
+    "conformal_from_evaluation": "clinfuse.evaluation.conformal",
+    "coverage_table": "clinfuse.evaluation.conformal",
     "EvaluationResult": "clinfuse.evaluation.evaluate",
     "Evaluator": "clinfuse.evaluation.evaluate",
     "evaluate_run": "clinfuse.evaluation.evaluate",

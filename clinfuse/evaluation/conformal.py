@@ -376,7 +376,9 @@ def coverage_table(
     def share(hit: np.ndarray) -> dict[str, Any]:
         k, n = int(hit.sum()), len(hit)
         low, high = wilson_interval(k, n, level=level)
-        return {"value": k / n if n else None, "ci_low": low, "ci_high": high, "n": n}
+        if not n:
+            return {"value": None, "ci_low": None, "ci_high": None, "n": 0}
+        return {"value": k / n, "ci_low": low, "ci_high": high, "n": n}
 
     single = np.isin(sets, ("positive", "negative"))
     return {

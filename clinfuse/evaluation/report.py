@@ -460,7 +460,8 @@ def _conformal(m: dict[str, Any]) -> str:
     c = m["conformal"]
     fitted = c["fitted"]
     src = fitted.get("source") or {}
-    where = Path(str(src.get("evaluation", ""))).name or "another evaluation"
+    folder = Path(str(src.get("evaluation", "")))
+    where = "/".join(folder.parts[-2:]) or "another evaluation"
     body = (
         f"<p>{_e(c['description'])} Calibrated on the evaluation <code>{_e(where)}</code>"
         + (f" (its {_e(src['split'])} split)" if src.get("split") else "")
@@ -496,7 +497,8 @@ def _conformal(m: dict[str, Any]) -> str:
     err = c["singletons"]["error"]
     body += (
         f"<p>{_pct(c['singletons']['share'])} of cases got a single outcome; among them the "
-        f"outcome was wrong in {_ci(err)}.</p>"
+        f"outcome was wrong in {_pct(err['value'])} (95 % CI {_pct(err['ci_low'])}–"
+        f"{_pct(err['ci_high'])}).</p>"
     )
     if c.get("n_in_calibration"):
         body += (

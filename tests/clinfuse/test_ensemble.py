@@ -117,6 +117,17 @@ def test_evaluating_the_ensemble_on_new_cases(cv: Path, new_cohort: Path, tmp_pa
     )
     pooled = pd.read_csv(cv / "evaluation" / "predictions.csv")
     assert mix["development"]["logit_sd"] == pytest.approx(pooled["logit_fusion"].std())
+    # an evaluation of the ensemble calibrates conformal sets for it; the cross-validation's
+    # own (out-of-fold, single fold models) does not
+    from clinfuse.errors import ConfigError
+    from clinfuse.evaluation.conformal import ConformalSets, conformal_from_evaluation
+
+    sets = conformal_from_evaluation(tmp_path / "ev", cv, alpha=0.2)
+    direct_sets = ConformalSets.fit(frame["label"], frame["p_fusion"], alpha=0.2)
+    assert sets.positive_from == direct_sets.positive_from
+    assert sets.negative_up_to == direct_sets.negative_up_to
+    with pytest.raises(ConfigError, match="cross-validation's own evaluation"):
+        conformal_from_evaluation(cv / "evaluation", cv)
 
 
 def test_evaluating_on_the_cross_validation_cohort_is_flagged_optimistic(
