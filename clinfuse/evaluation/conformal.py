@@ -48,6 +48,7 @@ __all__ = [
     "ConformalSets",
     "calibration_overlap",
     "conformal_from_evaluation",
+    "coverage_by_group",
     "coverage_table",
 ]
 
@@ -398,3 +399,53 @@ def coverage_table(
             "error": share(~covered[single]),
         },
     }
+
+
+def coverage_by_group(
+    y: Sequence[float] | np.ndarray,
+    sets: Sequence[str] | np.ndarray,
+    groups: Sequence[Any],
+    *,
+    min_size: int = 30,
+    min_events: int = 5,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """:func:`coverage_table`'s coverage of events and non-events within each group (a
+    subgroup column's values or the sites): the promise is for cases like the calibration
+    ones as a whole, and a group the calibration cases under-represent can fall short.
+
+    Groups with fewer than ``min_size`` cases or ``min_events`` events or non-events are
+    suppressed (as in the subgroup tables). Each row: ``group``, ``n``, ``n_events``,
+    ``suppressed``, ``events`` and ``non_events`` (coverage with Wilson interval) and
+    ``singletons`` (share of cases given one outcome).
+    """
+    from clinfuse.evaluation.subgroups import MISSING_GROUP
+
+    y = np.asarray(y, dtype=float)
+    sets = np.asarray(sets, dtype=object)
+    labels = np.array(
+        [
+            MISSING_GROUP if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
+            for g in groups
+        ],
+        dtype=object,
+    )
+    rows = []
+    for name in sorted(set(labels)):
+        sel = labels == name
+        n, ev = int(sel.sum()), int(y[sel].sum())
+        row: dict[str, Any] = {"group": name, "n": n, "n_events": ev}
+        if n < min_size or ev < min_events or n - ev < min_events:
+            rows.append(row | {"suppressed": True})
+            continue
+        table = coverage_table(y[sel], sets[sel], level=level)
+        rows.append(
+            row
+            | {
+                "suppressed": False,
+                "events": table["coverage"]["events"],
+                "non_events": table["coverage"]["non_events"],
+                "singletons": table["singletons"]["share"],
+            }
+        )
+    return rows

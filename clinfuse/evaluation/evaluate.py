@@ -548,9 +548,6 @@ class Evaluator:
             "fusion": utility.threshold_metrics(y, p, self.thresholds, level=self.level),
         }
 
-        if self.conformal is not None:
-            metrics["conformal"] = self._conformal(cohort, frame, y, p)
-
         # risk distributions by outcome
         dist: dict[str, Any] = {}
         for label, sel in (("events", y == 1), ("non_events", y == 0)):
@@ -583,6 +580,8 @@ class Evaluator:
             )
             for col in groupings
         }
+        if self.conformal is not None:
+            metrics["conformal"] = self._conformal(cohort, frame, y, p, groupings)
 
         # fusion analysis
         if len(mods) > 1 and scorer is not None:
@@ -647,10 +646,20 @@ class Evaluator:
         return self._write(out, metrics, frame, excluded_frame, curve, ece, ece_table, overwrite)
 
     def _conformal(
-        self, cohort: Any, frame: pd.DataFrame, y: np.ndarray, p: np.ndarray
+        self,
+        cohort: Any,
+        frame: pd.DataFrame,
+        y: np.ndarray,
+        p: np.ndarray,
+        groupings: Sequence[str],
     ) -> dict[str, Any]:
-        """Coverage of :attr:`conformal`'s sets on this cohort; each case's set into ``frame``."""
-        from clinfuse.evaluation.conformal import calibration_overlap, coverage_table
+        """Coverage of :attr:`conformal`'s sets on this cohort, overall and within each
+        subgroup and site; each case's set into ``frame``."""
+        from clinfuse.evaluation.conformal import (
+            calibration_overlap,
+            coverage_by_group,
+            coverage_table,
+        )
 
         sets = self.conformal.predict(p)
         frame["conformal_set"] = sets
@@ -659,6 +668,17 @@ class Evaluator:
             "fitted": self.conformal.to_dict(),
             "description": self.conformal.describe(),
             **coverage_table(y, sets, level=self.level),
+            "by_group": {
+                col: coverage_by_group(
+                    y,
+                    sets,
+                    frame[col].tolist(),
+                    min_size=self.min_group_size,
+                    min_events=self.min_group_events,
+                    level=self.level,
+                )
+                for col in groupings
+            },
             "n_in_calibration": overlap,
         }
 
@@ -758,6 +778,16 @@ class Evaluator:
                 for k in parts
                 if conformal["coverage"][k]["n"] and conformal["coverage"][k]["ci_high"] < level
             ]
+            if conformal["fitted"]["mondrian"]:
+                short += [
+                    f"{k.replace('_', '-')} of {col} {r['group']} {100 * r[k]['value']:.1f} % "
+                    f"(95 % CI up to {100 * r[k]['ci_high']:.1f} %)"
+                    for col, rows in conformal["by_group"].items()
+                    for r in rows
+                    if not r["suppressed"]
+                    for k in parts
+                    if r[k]["n"] and r[k]["ci_high"] < level
+                ]
             if short:
                 limitations.append(
                     f"The conformal sets covered fewer cases than the promised {100 * level:g} %: "

@@ -494,6 +494,34 @@ def _conformal(m: dict[str, Any]) -> str:
             for k in ("positive", "negative", "uncertain", "empty")
         ],
     )
+    for col, rows in (c.get("by_group") or {}).items():
+        shown = [r for r in rows if not r["suppressed"]]
+        if not shown:
+            continue
+        body += f"<p>Coverage within each {_e(col)} (groups too small to report left out):</p>"
+        body += _table(
+            [col, "n", "events covered (95 % CI)", "non-events covered (95 % CI)", "one outcome"],
+            [
+                [
+                    _e(r["group"]),
+                    r["n"],
+                    _ci(r["events"]),
+                    _ci(r["non_events"]),
+                    _pct(r["singletons"]),
+                ]
+                for r in shown
+            ],
+            classes=[
+                "gap"
+                if fitted["mondrian"]
+                and any(
+                    r[k]["n"] and r[k]["ci_high"] is not None and r[k]["ci_high"] < fitted["level"]
+                    for k in ("events", "non_events")
+                )
+                else ""
+                for r in shown
+            ],
+        )
     err = c["singletons"]["error"]
     body += (
         f"<p>{_pct(c['singletons']['share'])} of cases got a single outcome; among them the "

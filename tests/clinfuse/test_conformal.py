@@ -12,6 +12,7 @@ from clinfuse.errors import ConfigError
 from clinfuse.evaluation.conformal import (
     ConformalSets,
     conformal_from_evaluation,
+    coverage_by_group,
     coverage_table,
 )
 
@@ -135,6 +136,23 @@ def test_coverage_table_counts_and_intervals():
     assert t["singletons"]["error"]["value"] == pytest.approx(2 / 4)
 
 
+def test_coverage_within_groups_and_small_groups_suppressed():
+    rng = np.random.default_rng(5)
+    y, p = _cohort(rng, 400, prevalence=0.3)
+    sets = ConformalSets.fit(*_cohort(rng, 300, prevalence=0.3), alpha=0.1).predict(p)
+    groups = np.where(np.arange(400) < 380, np.where(np.arange(400) % 2, "a", "b"), "c")
+    groups = groups.astype(object)
+    groups[:3] = None  # a missing value is its own group
+    rows = {r["group"]: r for r in coverage_by_group(y, sets, groups, min_size=30)}
+    assert set(rows) == {"a", "b", "c", "(missing)"}
+    assert rows["c"]["suppressed"] and rows["(missing)"]["suppressed"] and rows["c"]["n"] == 20
+    sel = groups == "a"
+    expected = coverage_table(y[sel], sets[sel])
+    assert rows["a"]["events"] == expected["coverage"]["events"]
+    assert rows["a"]["non_events"] == expected["coverage"]["non_events"]
+    assert rows["a"]["singletons"] == expected["singletons"]["share"]
+
+
 def test_round_trip_and_bad_input_named():
     rng = np.random.default_rng(0)
     y, p = _cohort(rng, 80)
@@ -238,6 +256,8 @@ def test_evaluate_checks_the_sets_coverage_on_another_cohort(
     for key, stat in expected["coverage"].items():
         assert metrics["conformal"]["coverage"][key] == pytest.approx(stat, nan_ok=True)
     assert metrics["conformal"]["n_in_calibration"] == 0  # val and test cases differ
+    by_site = metrics["conformal"]["by_group"]["site"]
+    assert {r["group"] for r in by_site} == set(frame["site"].dropna().astype(str))
     report = (out / "report.html").read_text()
     assert "Conformal prediction sets" in report and "ev_test" in report
 
