@@ -91,7 +91,8 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
         "Examples:\n\n"
         "  clinfuse synth --out demo_cohort\n\n"
         "  clinfuse synth --out big --n-cases 2000 --seed 7\n\n"
-        "  clinfuse synth --out null_tab --uninformative tabular"
+        "  clinfuse synth --out null_tab --uninformative tabular\n\n"
+        "  clinfuse synth --out drifting --n-cases 2000 --seed 2 --drift 0.5   # dated, drifting"
     )
 )
 def synth(
@@ -118,6 +119,22 @@ def synth(
             "--volumes", help="Write each image as a folder holding a DICOM series (3-D)."
         ),
     ] = False,
+    encounter_dates: Annotated[
+        bool,
+        typer.Option(
+            "--encounter-dates",
+            help="Add the manifest column encounter_date (2019–2023; for `clinfuse evaluate "
+            "--time-column encounter_date`).",
+        ),
+    ] = False,
+    drift: Annotated[
+        float,
+        typer.Option(
+            "--drift",
+            help="Change of the outcome's log odds per year of encounter date (e.g. 0.5: "
+            "events grow more common over time); implies --encounter-dates.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Write a demo cohort: manifest + real DICOM images + notes + WFDB ECGs + labs.
 
@@ -129,7 +146,14 @@ def synth(
     mods = [m.strip() for m in uninformative.split(",") if m.strip()]
     with _progress("synthesizing cases") as update:
         manifest = synthesize_cohort(
-            out, n_cases=n_cases, seed=seed, uninformative=mods, volumes=volumes, progress=update
+            out,
+            n_cases=n_cases,
+            seed=seed,
+            uninformative=mods,
+            volumes=volumes,
+            progress=update,
+            encounter_dates=encounter_dates,
+            drift=drift,
         )
     console.print(f"wrote {n_cases} cases: {manifest}")
     console.print(f"next: clinfuse validate {manifest}")

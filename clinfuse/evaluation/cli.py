@@ -34,7 +34,9 @@ EVALUATE_EPILOG = (
     "  clinfuse evaluate runs/demo new.csv --out eval --n-boot 500 --min-group-size 50 --overwrite\n\n"
     "  clinfuse evaluate runs/demo_cv site_d/manifest.csv --out eval_ensemble   # fold ensemble\n\n"
     "  clinfuse evaluate runs/demo site_e/manifest.csv --out eval_site_e --conformal eval_site_d "
-    "--alpha 0.1   # do sets calibrated at site D cover at site E?"
+    "--alpha 0.1   # do sets calibrated at site D cover at site E?\n\n"
+    "  clinfuse evaluate runs/demo last_year/manifest.csv --out eval_time --time-column "
+    "encounter_date --period month   # performance per month, calibration drift"
 )
 
 
@@ -90,6 +92,17 @@ def evaluate(
     conformal: ConformalFrom = None,
     alpha: ConformalAlpha = 0.1,
     marginal: ConformalMarginal = False,
+    time_column: Annotated[
+        str | None,
+        typer.Option(
+            "--time-column",
+            help="Manifest column of dates (YYYY-MM-DD, e.g. the encounter's): metrics per "
+            "--period and the calibration drift over time.",
+        ),
+    ] = None,
+    period: Annotated[
+        str, typer.Option("--period", help="month, quarter or year (with --time-column).")
+    ] = "quarter",
 ) -> None:
     """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
     clinical utility, subgroups, sites and a modality ablation.
@@ -132,6 +145,8 @@ def evaluate(
         device=device,
         workers=workers,
         conformal=sets,
+        time_column=time_column,
+        period=period,
     )
     m = result.metrics
     auc = m["models"]["fusion"]["auroc"]
@@ -154,6 +169,14 @@ def evaluate(
             f"conformal sets ({100 * m['conformal']['fitted']['level']:g} %): covered "
             f"{_pct(c['events'])} of events and {_pct(c['non_events'])} of non-events; "
             f"{_pct({'value': m['conformal']['singletons']['share']})} of cases got one outcome",
+            highlight=False,
+            soft_wrap=True,
+        )
+    drift = (m.get("over_time") or {}).get("drift", {}).get("per_year", {})
+    if drift.get("value") is not None:
+        console.print(
+            f"calibration drift: {drift['value']:+.2f} log odds per year "
+            f"(95 % CI {drift['ci_low']:+.2f} to {drift['ci_high']:+.2f}, p = {drift['p_value']:.3g})",
             highlight=False,
             soft_wrap=True,
         )

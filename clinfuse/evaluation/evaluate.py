@@ -321,6 +321,10 @@ class Evaluator:
             evaluation (:func:`clinfuse.evaluation.conformal.conformal_from_evaluation`):
             their coverage on this cohort is reported (``metrics["conformal"]``) and each
             case's set added to ``predictions.csv``.
+        time_column: a manifest column of dates (e.g. the encounter's): metrics per
+            calendar ``period`` and the calibration drift (``metrics["over_time"]``,
+            :func:`clinfuse.evaluation.temporal.performance_over_time`).
+        period: ``month``, ``quarter`` or ``year``.
     """
 
     def __init__(
@@ -341,9 +345,15 @@ class Evaluator:
         run_info: dict[str, Any] | None = None,
         workers: int | str = "auto",
         conformal: Any = None,
+        time_column: str | None = None,
+        period: str = "quarter",
     ) -> None:
+        from clinfuse.evaluation.temporal import check_period
+
         self.model = model
         self.conformal = conformal
+        self.time_column = time_column.strip() if time_column and time_column.strip() else None
+        self.period = check_period(period)
         self.run_info = run_info
         self.development = development
         self.development_manifest = development_manifest
@@ -372,12 +382,28 @@ class Evaluator:
 
     # -- input -------------------------------------------------------------------
     def _cohort(self, cohort: Any) -> Any:
-        return labelled_cohort(
+        cohort = labelled_cohort(
             self.model,
             cohort,
             split=self.split,
-            subgroups=self.subgroups,
+            subgroups=[*self.subgroups, *([self.time_column] if self.time_column else [])],
             allow_missing_modalities=self.allow_missing_modalities,
+        )
+        self._dates(cohort, [r.case_id for r in cohort.rows])  # a bad date fails before scoring
+        return cohort
+
+    def _dates(self, cohort: Any, case_ids: Sequence[str]) -> np.ndarray | None:
+        """The :attr:`time_column` dates of ``case_ids`` (None without a time column)."""
+        if self.time_column is None:
+            return None
+        from clinfuse.evaluation.temporal import parse_dates
+
+        rows = {r.case_id: r for r in cohort.rows}
+        return parse_dates(
+            [rows[c].extra.get(self.time_column) for c in case_ids],
+            list(case_ids),
+            column=self.time_column,
+            path=cohort.manifest_path,
         )
 
     @staticmethod
@@ -583,6 +609,21 @@ class Evaluator:
         if self.conformal is not None:
             metrics["conformal"] = self._conformal(cohort, frame, y, p, groupings)
 
+        # performance over time
+        dates = self._dates(cohort, list(frame["case_id"]))
+        if dates is not None:
+            from clinfuse.evaluation.temporal import performance_over_time
+
+            metrics["over_time"] = {"column": self.time_column} | performance_over_time(
+                y,
+                p,
+                dates,
+                period=self.period,
+                min_size=self.min_group_size,
+                min_events=self.min_group_events,
+                level=self.level,
+            )
+
         # fusion analysis
         if len(mods) > 1 and scorer is not None:
             metrics["ablation"] = ablation.ablation_table(
@@ -768,6 +809,18 @@ class Evaluator:
                 f"{'low' if citl['value'] > 0 else 'high'} for this cohort; consider recalibrating "
                 "on this site's cases (`clinfuse recalibrate`)."
             )
+        drift = (metrics.get("over_time") or {}).get("drift", {}).get("per_year", {})
+        if drift.get("p_value") is not None and drift["p_value"] < 0.05:
+            over = metrics["over_time"]
+            limitations.append(
+                f"Calibration drifted over time ({over['column']}, {over['first']} to "
+                f"{over['last']}): the log odds of the outcome "
+                f"{'rose' if drift['value'] > 0 else 'fell'} by {abs(drift['value']):.2f} per year "
+                f"(95 % CI {drift['ci_low']:.2f} to {drift['ci_high']:.2f}, p = "
+                f"{drift['p_value']:.3g}) beyond the model's risks, which "
+                f"{'fall increasingly short of' if drift['value'] > 0 else 'increasingly exceed'} "
+                "the events: monitor it and recalibrate on recent cases (`clinfuse recalibrate`)."
+            )
         conformal = metrics.get("conformal")
         if conformal:
             level = conformal["fitted"]["level"]
@@ -878,6 +931,8 @@ class Evaluator:
                 figs["subgroups"] = figures.subgroup_figure(metrics["subgroups"])
             if metrics.get("crossval"):
                 figs["folds"] = figures.forest_figure(metrics["crossval"])
+            if metrics.get("over_time", {}).get("periods"):
+                figs["over_time"] = figures.over_time_figure(metrics["over_time"])
             png = {name: figures.save_figure(fig, fig_dir, name) for name, fig in figs.items()}
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
             frame.to_csv(tmp / "predictions.csv", index=False)
@@ -919,6 +974,8 @@ def evaluate_run(
     device: str = "cpu",
     workers: int | str = "auto",
     conformal: Any = None,
+    time_column: str | None = None,
+    period: str = "quarter",
 ) -> EvaluationResult:
     """Evaluate a trained run on a labelled cohort and write the report folder.
 
@@ -945,6 +1002,8 @@ def evaluate_run(
             8, for cohorts of 128 cases or more) or a count (0 = in this process).
         conformal: :class:`~clinfuse.evaluation.conformal.ConformalSets` of this model,
             calibrated on another evaluation, whose coverage this one checks.
+        time_column: a manifest column of dates: metrics per ``period`` (``month``,
+            ``quarter``, ``year``) and the calibration drift over time.
 
     Returns:
         :class:`EvaluationResult`.
@@ -1005,5 +1064,7 @@ def evaluate_run(
         run_info=run_info,
         workers=workers,
         conformal=conformal,
+        time_column=time_column,
+        period=period,
     )
     return evaluator.evaluate(cohort, out, overwrite=overwrite, progress=progress)

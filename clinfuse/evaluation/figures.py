@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "calibration_figure",
     "decision_curve_figure",
+    "over_time_figure",
     "reliability_figure",
     "risk_distribution_figure",
     "roc_figure",
@@ -171,6 +172,31 @@ def forest_figure(crossval: dict[str, Any]) -> Any:
     ax.set(xlabel="AUROC (DeLong 95 % CI)", title="AUROC by held-out fold", xlim=(left, 1.0))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def over_time_figure(over_time: dict[str, Any]) -> Any:
+    """Per calendar period: O/E with its interval (top) and AUROC with its DeLong interval
+    (bottom); suppressed periods are left blank, the case count is printed under each."""
+    rows = over_time["periods"]
+    x = np.arange(len(rows))
+    fig = _figure(max(5.5, 0.45 * len(rows) + 2), 5.2)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for ax, key, ref, label in (
+        (top, "oe", 1.0, "O/E (95 % CI)"),
+        (bottom, "auroc", 0.5, "AUROC (DeLong 95 % CI)"),
+    ):
+        for i, r in enumerate(rows):
+            stat = None if r["suppressed"] else r[key]
+            if not stat or stat.get("value") is None:
+                continue
+            if stat.get("ci_low") is not None:
+                ax.plot([i, i], [stat["ci_low"], stat["ci_high"]], color=COLORS[0], lw=1.5)
+            ax.plot(i, stat["value"], "o", color=COLORS[0], ms=5)
+        ax.axhline(ref, color="grey", lw=0.8, ls="--")
+        ax.set_ylabel(label)
+    bottom.set_xticks(x, [f"{r['period']}\nn={r['n']}" for r in rows], fontsize=7)
+    top.set_title(f"Performance by {over_time['period']} ({over_time['column']})")
     return fig
 
 

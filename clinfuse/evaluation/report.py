@@ -26,6 +26,7 @@ TRIPOD_ITEMS: dict[str, list[str]] = {
     "calibration": ["12e", "12f", "23a"],
     "utility": ["12e", "15", "23a"],
     "conformal": ["12e", "23a"],
+    "over_time": ["12e", "23a"],
     "risk": ["15", "23a"],
     "subgroups": ["14", "23a"],
     "sites": ["12d", "23b"],
@@ -536,6 +537,58 @@ def _conformal(m: dict[str, Any]) -> str:
     return body
 
 
+def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
+    o = m["over_time"]
+    body = (
+        f"<p>{o['n_dated']} cases dated by <code>{_e(o['column'])}</code>"
+        + (f", from {_e(o['first'])} to {_e(o['last'])}" if o.get("first") else "")
+        + (f"; {o['n_undated']} without a date left out" if o["n_undated"] else "")
+        + f". Periods with fewer than {o['min_size']} cases or {o['min_events']} events or "
+        "non-events are not reported.</p>"
+    )
+    body += _table(
+        [
+            o["period"],
+            "n",
+            "events",
+            "observed rate",
+            "mean risk",
+            "O/E (95 % CI)",
+            "AUROC (95 % CI)",
+            "Brier",
+        ],
+        [
+            [_e(r["period"]), r["n"], r["n_events"], "—", "—", "suppressed", "—", "—"]
+            if r["suppressed"]
+            else [
+                _e(r["period"]),
+                r["n"],
+                r["n_events"],
+                _pct(r["observed_rate"]),
+                _pct(r["mean_risk"]),
+                _ci(r["oe"], 2),
+                _ci(r["auroc"]),
+                _num(r["brier"]),
+            ]
+            for r in o["periods"]
+        ],
+        classes=["suppressed" if r["suppressed"] else "" for r in o["periods"]],
+    )
+    drift = o["drift"]
+    if drift["per_year"]["value"] is None:
+        body += f"<p>Calibration drift: {_e(drift.get('reason', 'undefined'))}.</p>"
+    else:
+        b = drift["per_year"]
+        body += (
+            "<p>Calibration drift (logistic model of the outcome with the model's logit as "
+            "offset and years since the first case): the log odds of the outcome change by "
+            f"{_ci(b, 2)} per year beyond the model's risks (p = {_pval(b['p_value'])}); 0 "
+            "means no drift.</p>"
+        )
+    body += f'<div class="figs">{_figure(png, "over_time", "O/E and AUROC by period")}</div>'
+    return body
+
+
 def _risk(m: dict[str, Any], png: dict[str, bytes]) -> str:
     d = m["risk_distribution"]
     rows = []
@@ -751,6 +804,8 @@ def render_report(
     ]
     if metrics.get("conformal"):
         parts.append(_section("Conformal prediction sets", "conformal", _conformal(metrics)))
+    if metrics.get("over_time"):
+        parts.append(_section("Performance over time", "over_time", _over_time(metrics, png)))
     if subgroup_cols:
         parts.append(
             _section(

@@ -143,12 +143,17 @@ def _sigmoid(x: np.ndarray | float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=float)))
 
 
+DRIFT_CENTRE = _dt.date(2021, 1, 1)
+"""The date at which a drifting cohort's event rate equals its sites' (``drift``)."""
+
+
 def simulate_latents(
     n_cases: int,
     seed: int = 0,
     *,
     uninformative: Sequence[str] = (),
     missing: float | Mapping[str, float] | None = None,
+    drift: float = 0.0,
 ) -> pd.DataFrame:
     """Draw the cohort structure and the latent variables, without writing files.
 
@@ -161,6 +166,9 @@ def simulate_latents(
         uninformative: modalities whose evidence ignores the outcome (``BETA = 0``).
         missing: whole-modality missing rate; a float sets image, note and signal,
             a dict sets the named modalities; ``None`` uses :data:`DEFAULT_MISSING`.
+        drift: yearly change of the outcome's log odds over the encounter dates (centred
+            on :data:`DRIFT_CENTRE`; 0, the default, draws the same table as before it
+            existed): a cohort whose event rate moves away from any model's risks over time.
 
     Returns:
         One row per case with ``case_id``, ``patient_id``, ``patient_index``,
@@ -210,8 +218,13 @@ def simulate_latents(
     gap = rng.integers(30, 700, n)
 
     site_idx = p_site[pnum]
-    label = (rng.random(n) < prevalence[site_idx]).astype(int)
     day = p_first_day[pnum] + np.where(encounter == 2, gap, 0)
+    chance = prevalence[site_idx]
+    if drift:
+        years = (day - DRIFT_CENTRE.toordinal()) / 365.25
+        lp = np.log(chance / (1 - chance)) + float(drift) * years
+        chance = 1 / (1 + np.exp(-lp))
+    label = (rng.random(n) < chance).astype(int)
     birth = p_birth_day[pnum]
     enc_date = [_dt.date.fromordinal(int(d)) for d in day]
     birth_date = [_dt.date.fromordinal(int(d)) for d in birth]
@@ -632,6 +645,8 @@ def synthesize_cohort(
     missing: float | dict[str, float] | None = None,
     volumes: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    encounter_dates: bool = False,
+    drift: float = 0.0,
 ) -> Path:
     """Write a synthetic multimodal demo cohort in real file formats.
 
@@ -654,6 +669,11 @@ def synthesize_cohort(
         missing: whole-modality missing rates (see :func:`simulate_latents`).
         volumes: write each image as a folder of 8 slices of one CT series.
         progress: called as ``progress(done, total)`` after each case.
+        encounter_dates: add the manifest column ``encounter_date`` (ISO dates, 2019–2023,
+            the dates the notes and DICOM studies carry): a date for ``clinfuse evaluate
+            --time-column``, and for ``clinfuse deid --date-columns`` to shift.
+        drift: the outcome's log odds change by this much per year of encounter date
+            (:func:`simulate_latents`); implies ``encounter_dates``.
 
     Returns:
         Path of ``out/manifest.csv``.
@@ -677,7 +697,9 @@ def synthesize_cohort(
     if not 1 <= n_leads <= len(_LEAD_GAINS):
         raise ConfigError(f"n_leads must be in 1..12, got {n_leads}", field="n_leads")
     _prepare_target(out)
-    lat = simulate_latents(n_cases, seed, uninformative=uninformative, missing=missing)
+    lat = simulate_latents(
+        n_cases, seed, uninformative=uninformative, missing=missing, drift=float(drift)
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cohort is an ordinary folder
@@ -694,6 +716,7 @@ def synthesize_cohort(
             rates=_missing_rates(missing),
             volumes=volumes,
             progress=progress,
+            dated={"drift": float(drift)} if encounter_dates or drift else None,
         )
         _prepare_target(out)  # re-check: the folder may have changed meanwhile
         if out.exists():
@@ -722,6 +745,7 @@ def _write_cohort(
     rates: dict[str, float],
     volumes: bool,
     progress: Callable[[int, int], None] | None,
+    dated: dict[str, float] | None = None,
 ) -> None:
     import wfdb
 
@@ -740,6 +764,7 @@ def _write_cohort(
             "patient_id": r["patient_id"],
             "label": int(r["label"]),
             "site": r["site"],
+            "encounter_date": str(r["encounter_date"]),
             "image": "",
             "note": "",
             "signal": "",
@@ -860,6 +885,7 @@ def _write_cohort(
             "patient_id",
             "label",
             "site",
+            *(["encounter_date"] if dated is not None else []),
             "image",
             "note",
             "signal",
@@ -882,6 +908,8 @@ def _write_cohort(
         "volumes": volumes,
         "beta": {m: (0.0 if m in uninformative else BETA[m]) for m in SYNTH_MODALITIES},
     }
+    if dated is not None:  # only then: a default cohort's files stay byte-identical
+        params |= {"encounter_dates": True, "drift": dated["drift"]}
     (root / "README.md").write_text(_readme(params), encoding="utf-8")
     (root / MARKER_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
 

@@ -1,0 +1,193 @@
+"""Performance over time: the drift model against statsmodels, periods against
+scikit-learn and by hand, dates read or refused by case."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from clinfuse.errors import CohortError, ConfigError
+from clinfuse.evaluation.temporal import (
+    calibration_drift,
+    parse_dates,
+    performance_over_time,
+)
+
+
+def _drifting(rng: np.random.Generator, n: int, per_year: float):
+    """Cases over two years whose outcome log odds rise ``per_year`` beyond the model's."""
+    days = rng.integers(0, 730, n)
+    dates = np.datetime64("2023-01-01") + days.astype("timedelta64[D]")
+    lp = rng.normal(-1.2, 1.2, n)
+    p = 1 / (1 + np.exp(-lp))
+    years = days / 365.25
+    y = (rng.random(n) < 1 / (1 + np.exp(-(lp + per_year * years)))).astype(float)
+    return y, p, dates.astype("datetime64[ns]"), years
+
+
+def test_drift_equals_statsmodels_glm_with_offset():
+    sm = importlib.import_module("statsmodels.api")
+    rng = np.random.default_rng(4)
+    y, p, _, years = _drifting(rng, 1500, 0.5)
+    fit = sm.GLM(
+        y,
+        sm.add_constant(years),
+        family=sm.families.Binomial(),
+        offset=np.log(p / (1 - p)),
+    ).fit()
+    drift = calibration_drift(y, p, years)
+    assert drift["intercept"]["value"] == pytest.approx(fit.params[0], abs=1e-6)
+    assert drift["per_year"]["value"] == pytest.approx(fit.params[1], abs=1e-6)
+    low, high = fit.conf_int()[1]
+    assert drift["per_year"]["ci_low"] == pytest.approx(low, abs=1e-5)
+    assert drift["per_year"]["ci_high"] == pytest.approx(high, abs=1e-5)
+    assert drift["per_year"]["p_value"] == pytest.approx(fit.pvalues[1], rel=1e-4)
+
+
+def test_drift_is_found_where_it_is_and_not_where_it_is_not():
+    rng = np.random.default_rng(8)
+    y, p, _, years = _drifting(rng, 4000, 0.6)
+    drift = calibration_drift(y, p, years)["per_year"]
+    assert drift["ci_low"] < 0.6 < drift["ci_high"] and drift["p_value"] < 1e-6
+    # no drift: over 200 cohorts the test rejects at about its level
+    rejected = []
+    for _ in range(200):
+        y0, p0, _, years0 = _drifting(rng, 400, 0.0)
+        rejected.append(calibration_drift(y0, p0, years0)["per_year"]["p_value"] < 0.05)
+    assert 0.01 <= np.mean(rejected) <= 0.10
+
+
+def test_periods_by_hand_and_against_scikit_learn():
+    rng = np.random.default_rng(1)
+    y, p, dates, _ = _drifting(rng, 900, 0.3)
+    dates[:5] = np.datetime64("NaT")
+    res = performance_over_time(y, p, dates, period="quarter", min_size=30)
+    assert res["n_dated"] == 895 and res["n_undated"] == 5
+    labels = [r["period"] for r in res["periods"]]
+    assert labels == [f"{yr}Q{q}" for yr in (2023, 2024) for q in (1, 2, 3, 4)]
+    quarters = pd.DatetimeIndex(dates[5:]).to_period("Q")
+    for row in res["periods"]:
+        sel = np.asarray(quarters == pd.Period(row["period"]))
+        ys, ps = y[5:][sel], p[5:][sel]
+        assert row["n"] == len(ys) and not row["suppressed"]
+        assert row["oe"]["value"] == pytest.approx(ys.sum() / ps.sum())
+        assert row["auroc"]["value"] == pytest.approx(roc_auc_score(ys, ps))
+        assert row["brier"] == pytest.approx(np.mean((ps - ys) ** 2))
+    assert res["first"] >= "2023-01-01" and res["last"] <= "2024-12-31"
+
+
+def test_small_and_empty_periods_are_kept_in_order_but_suppressed():
+    y = np.array([0, 1, 0, 1, 0, 0], float)
+    p = np.full(6, 0.3)
+    dates = pd.to_datetime(
+        ["2024-01-03", "2024-01-20", "2024-01-31", "2024-03-02", "2024-03-05", "2024-03-09"]
+    ).to_numpy()
+    res = performance_over_time(y, p, dates, period="month", min_size=3, min_events=1)
+    assert [(r["period"], r["n"], r["suppressed"]) for r in res["periods"]] == [
+        ("2024-01", 3, False),
+        ("2024-02", 0, True),
+        ("2024-03", 3, False),
+    ]
+    with pytest.raises(ConfigError, match="unknown period 'week'"):
+        performance_over_time(y, p, dates, period="week")
+    one_day = performance_over_time(y, p, np.repeat(dates[:1], 6), min_size=1, min_events=1)
+    assert (
+        one_day["drift"]["per_year"]["value"] is None
+        and "span no time" in one_day["drift"]["reason"]
+    )
+
+
+def test_dates_are_read_or_refused_by_case():
+    got = parse_dates(
+        ["2024-03-15", "2024-03-15 08:30", None, "", "2024-03-15T08:30:00+01:00"],
+        ["a", "b", "c", "d", "e"],
+        column="admitted",
+    )
+    assert str(got[0])[:10] == "2024-03-15" and np.isnat(got[2]) and np.isnat(got[3])
+    assert str(got[1]).startswith("2024-03-15T08:30")
+    with pytest.raises(CohortError, match=r"case 'b', field 'admitted'.*'soon' is not a date"):
+        parse_dates(["2024-01-01", "soon"], ["a", "b"], column="admitted")
+
+
+def test_synth_drift_moves_the_event_rate_with_the_date_and_zero_changes_nothing():
+    from clinfuse.synth.generator import DRIFT_CENTRE, simulate_latents
+
+    base = simulate_latents(3000, seed=4)
+    pd.testing.assert_frame_equal(base, simulate_latents(3000, seed=4, drift=0.0))
+    drifting = simulate_latents(20000, seed=4, drift=0.8)
+    years = (
+        pd.to_datetime(drifting["encounter_date"]) - pd.Timestamp(DRIFT_CENTRE)
+    ).dt.days.to_numpy() / 365.25
+    sites = pd.get_dummies(drifting["site"]).to_numpy(float)
+    from clinfuse.calibration import fit_logistic
+
+    coef, cov = fit_logistic(np.column_stack([sites, years]), drifting["label"].to_numpy(float))
+    assert abs(coef[-1] - 0.8) < 3 * np.sqrt(cov[-1, -1])
+
+
+def _dated_manifest(tiny_cohort, dates) -> Path:
+    """The tiny cohort's manifest with an ``encounter_date`` column, beside the original."""
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    frame.insert(3, "encounter_date", dates(len(frame)))
+    digest = hashlib.sha256("|".join(frame["encounter_date"]).encode()).hexdigest()[:12]
+    path = tiny_cohort.with_name(f"dated_{digest}.csv")
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path, capsys):
+    import json
+
+    from clinfuse.cli import main
+
+    days = np.random.default_rng(0).integers(0, 700, 200)
+    manifest = _dated_manifest(
+        tiny_cohort,
+        lambda n: [*(str(np.datetime64("2023-01-01") + int(d)) for d in days[: n - 2]), "", ""],
+    )
+    out = tmp_path / "ev"
+    args = ["evaluate", str(tiny_run), str(manifest), "--out", str(out), "--n-boot", "0"]
+    args += ["--min-group-size", "4", "--time-column", "encounter_date", "--period", "year"]
+    assert main(args) == 0
+    assert "calibration drift:" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    over = metrics["over_time"]
+    assert over["column"] == "encounter_date" and over["n_undated"] == 2
+    assert [r["period"] for r in over["periods"]] == ["2023", "2024"]
+    frame = pd.read_csv(out / "predictions.csv", dtype={"case_id": str})
+    dated = pd.read_csv(manifest, dtype=str, keep_default_na=False).set_index("case_id")
+    stamps = pd.to_datetime(dated.loc[frame["case_id"], "encounter_date"].replace("", None))
+    expected = performance_over_time(
+        frame["label"].to_numpy(float),
+        frame["p_fusion"].to_numpy(float),
+        stamps.to_numpy(),
+        period="year",
+        min_size=4,
+    )
+    assert over["drift"]["per_year"]["value"] == pytest.approx(
+        expected["drift"]["per_year"]["value"]
+    )
+    assert (out / "figures" / "over_time.png").exists()
+    assert "Performance over time" in (out / "report.html").read_text()
+
+
+def test_a_bad_date_or_column_fails_before_scoring(tiny_run, tiny_cohort, tmp_path, capsys):
+    from clinfuse.cli import main
+
+    manifest = _dated_manifest(tiny_cohort, lambda n: ["2024-02-30"] + ["2024-01-01"] * (n - 1))
+    out = tmp_path / "ev"
+    base = ["evaluate", str(tiny_run), str(manifest), "--out", str(out)]
+    assert main([*base, "--time-column", "encounter_date"]) == 1
+    err = capsys.readouterr().err
+    assert "'2024-02-30' is not a date" in err and "field 'encounter_date'" in err
+    assert main([*base, "--time-column", "admitted"]) == 1
+    assert "'admitted' is not in the manifest" in capsys.readouterr().err
+    assert main([*base, "--time-column", "encounter_date", "--period", "week"]) == 1
+    assert "unknown period 'week'" in capsys.readouterr().err
+    assert not out.exists()
