@@ -606,11 +606,16 @@ class Evaluator:
             )
             for col in groupings
         }
+        dates = self._dates(cohort, list(frame["case_id"]))
         if self.conformal is not None:
-            metrics["conformal"] = self._conformal(cohort, frame, y, p, groupings)
+            by = {col: frame[col].tolist() for col in groupings}
+            if dates is not None:  # does the promise still hold as time goes by?
+                from clinfuse.evaluation.temporal import period_labels
+
+                by[f"{self.period} of {self.time_column}"] = period_labels(dates, self.period)
+            metrics["conformal"] = self._conformal(cohort, frame, y, p, by)
 
         # performance over time
-        dates = self._dates(cohort, list(frame["case_id"]))
         if dates is not None:
             from clinfuse.evaluation.temporal import performance_over_time
 
@@ -692,10 +697,11 @@ class Evaluator:
         frame: pd.DataFrame,
         y: np.ndarray,
         p: np.ndarray,
-        groupings: Sequence[str],
+        groupings: dict[str, list[Any]],
     ) -> dict[str, Any]:
         """Coverage of :attr:`conformal`'s sets on this cohort, overall and within each
-        subgroup and site; each case's set into ``frame``."""
+        group of ``groupings`` (subgroups, sites, periods: each case's group by name of
+        the grouping); each case's set into ``frame``."""
         from clinfuse.evaluation.conformal import (
             calibration_overlap,
             coverage_by_group,
@@ -713,12 +719,12 @@ class Evaluator:
                 col: coverage_by_group(
                     y,
                     sets,
-                    frame[col].tolist(),
+                    groups,
                     min_size=self.min_group_size,
                     min_events=self.min_group_events,
                     level=self.level,
                 )
-                for col in groupings
+                for col, groups in groupings.items()
             },
             "n_in_calibration": overlap,
         }

@@ -30,7 +30,13 @@ from scipy.stats import norm
 
 from clinfuse.errors import CohortError, ConfigError
 
-__all__ = ["PERIODS", "calibration_drift", "parse_dates", "performance_over_time"]
+__all__ = [
+    "PERIODS",
+    "calibration_drift",
+    "parse_dates",
+    "performance_over_time",
+    "period_labels",
+]
 
 PERIODS = {"month": "M", "quarter": "Q", "year": "Y"}
 """The calendar periods of :func:`performance_over_time` and their pandas codes."""
@@ -77,6 +83,14 @@ def parse_dates(
             )
         out[i] = np.datetime64(stamp.tz_localize(None) if stamp.tzinfo else stamp, "ns")
     return out
+
+
+def period_labels(dates: np.ndarray, period: str) -> list[str | None]:
+    """Each date's calendar period as :func:`performance_over_time` names it (``2024Q1``,
+    ``2024-01``, ``2024``); None for NaT."""
+    code = PERIODS[check_period(period)]
+    stamps = pd.DatetimeIndex(np.asarray(dates, dtype="datetime64[ns]"))
+    return [None if pd.isna(t) else str(t.to_period(code)) for t in stamps]
 
 
 def calibration_drift(

@@ -17,6 +17,7 @@ from clinfuse.evaluation.temporal import (
     calibration_drift,
     parse_dates,
     performance_over_time,
+    period_labels,
 )
 
 
@@ -103,6 +104,13 @@ def test_small_and_empty_periods_are_kept_in_order_but_suppressed():
     )
 
 
+def test_period_labels_name_periods_as_the_table_does():
+    dates = pd.to_datetime(["2024-02-29", None, "2023-12-31 23:59"], format="ISO8601").to_numpy()
+    assert period_labels(dates, "quarter") == ["2024Q1", None, "2023Q4"]
+    assert period_labels(dates, "month") == ["2024-02", None, "2023-12"]
+    assert period_labels(dates, "year") == ["2024", None, "2023"]
+
+
 def test_dates_are_read_or_refused_by_case():
     got = parse_dates(
         ["2024-03-15", "2024-03-15 08:30", None, "", "2024-03-15T08:30:00+01:00"],
@@ -151,10 +159,15 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
         tiny_cohort,
         lambda n: [*(str(np.datetime64("2023-01-01") + int(d)) for d in days[: n - 2]), "", ""],
     )
+    calib = tmp_path / "ev_test"
+    assert (
+        main(["evaluate", str(tiny_run), str(tiny_cohort), "--out", str(calib), "--split", "test"])
+        == 0
+    )
     out = tmp_path / "ev"
     args = ["evaluate", str(tiny_run), str(manifest), "--out", str(out), "--n-boot", "0"]
     args += ["--min-group-size", "4", "--time-column", "encounter_date", "--period", "year"]
-    assert main(args) == 0
+    assert main([*args, "--conformal", str(calib), "--alpha", "0.2"]) == 0
     assert "calibration drift:" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     over = metrics["over_time"]
@@ -174,6 +187,16 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
         expected["drift"]["per_year"]["value"]
     )
     assert (out / "figures" / "over_time.png").exists()
+    # the conformal sets' coverage per year too
+    per_year = metrics["conformal"]["by_group"]["year of encounter_date"]
+    assert {r["group"] for r in per_year} == {"2023", "2024", "(missing)"}
+    sets = frame["conformal_set"].to_numpy(object)
+    in_2023 = (stamps.dt.year == 2023).to_numpy()
+    row = next(r for r in per_year if r["group"] == "2023")
+    if not row["suppressed"]:
+        events = frame["label"].to_numpy() == 1
+        covered = np.isin(sets[in_2023 & events], ["positive", "uncertain"]).mean()
+        assert row["events"]["value"] == pytest.approx(covered)
     assert "Performance over time" in (out / "report.html").read_text()
 
 
