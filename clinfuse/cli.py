@@ -319,7 +319,8 @@ SeedOption = Annotated[int | None, typer.Option("--seed", help="Training seed.")
         "  clinfuse train demo_cohort/manifest.csv --out runs/demo\n\n"
         "  clinfuse train cohort.csv --out runs/r1 --config my.yaml --device cuda\n\n"
         "  clinfuse train cohort.csv --out runs/r1 --resume   (continue an interrupted run)\n\n"
-        "  clinfuse train cohort.csv --out runs/early --fusion early --tabular age,crp"
+        "  clinfuse train cohort.csv --out runs/early --fusion early --tabular age,crp\n\n"
+        "  clinfuse train dated/manifest.csv --out runs/temporal --split-by-date encounter_date"
     )
 )
 def train(
@@ -338,6 +339,14 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing run folder.")
     ] = False,
+    split_by_date: Annotated[
+        str | None,
+        typer.Option(
+            "--split-by-date",
+            help="Manifest column of dates: split patients in time order (earliest train, "
+            "latest test: temporal validation) instead of at random (data.split_by_date).",
+        ),
+    ] = None,
 ) -> None:
     """Train encoders, heads, the fusion combiner and calibration; write a run folder.
 
@@ -346,7 +355,17 @@ def train(
     """
     from clinfuse.training.run import launched_worker
 
-    cfg = _run_config(config, device, epochs, fusion, seed, tabular, modalities, resume=resume)
+    cfg = _run_config(
+        config,
+        device,
+        epochs,
+        fusion,
+        seed,
+        tabular,
+        modalities,
+        resume=resume,
+        split_by_date=split_by_date,
+    )
     run = _train_with_progress(cohort, out, cfg, resume=resume, overwrite=overwrite)
     if not launched_worker():  # DDP: the extra processes rerun this command silently
         _print_run_summary(run)
@@ -362,6 +381,7 @@ def _run_config(
     modalities: str | None,
     *,
     resume: bool,
+    split_by_date: str | None = None,
 ) -> object:
     """The run config from --config and the training options (None: resume the stored one)."""
     from clinfuse.config import load_config
@@ -379,6 +399,8 @@ def _run_config(
         overrides["data.tabular_columns"] = [c.strip() for c in tabular.split(",") if c.strip()]
     if modalities is not None:
         overrides["data.modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
+    if split_by_date is not None:
+        overrides["data.split_by_date"] = split_by_date.strip() or None
     return None if (resume and config is None and not overrides) else load_config(config, overrides)
 
 
@@ -540,6 +562,15 @@ def _print_run_summary(run: Path) -> None:
             f"{metrics['split']} split ({metrics['n_cases']} cases, {metrics['n_events']} events)",
         )
     )
+    report = json.loads((run / "data_report.json").read_text())
+    dated = report.get("split_by_date")
+    if dated:
+        spans = [
+            f"{s} {dated[s]['first']} to {dated[s]['last']}"
+            for s in ("train", "val", "test")
+            if dated.get(s)
+        ]
+        console.print(f"split in time order of {dated['column']}: " + "; ".join(spans))
     console.print(f"run folder: {run}")
 
 
@@ -718,7 +749,13 @@ def demo(
         f"{out / 'explanations'}"
     )
     console.print(f"open the report: {evaluation.report}")
-    console.print(f"score new cases: clinfuse predict {run} NEW_MANIFEST --out predictions.csv")
+    console.print(
+        f"score new cases: clinfuse predict {run} NEW_MANIFEST --out predictions.csv "
+        f"--conformal {out / 'evaluation'}   (each case's 90 % conformal set, calibrated on "
+        "the test split)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # ---------------------------------------------------------------------------

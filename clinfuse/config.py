@@ -254,6 +254,12 @@ class DataConfig(BaseModel):
         description="Train/val/test shares of patients when the manifest has no split.",
     )
     split_seed: int = Field(0, description="Seed of the patient-level split.")
+    split_by_date: str | None = Field(
+        None,
+        description="A manifest column of dates: patients are split in time order by their "
+        "first case's date — the earliest train, then val, the latest test (temporal "
+        "validation) — instead of at random.",
+    )
     allow_external_paths: bool = Field(
         False, description="Accept files outside the manifest's folder."
     )

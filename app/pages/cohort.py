@@ -66,6 +66,14 @@ else:
 if res.robustness is not None:
     st.caption("Robustness: AUROC with one modality removed")
     st.dataframe(res.robustness, hide_index=True, width="stretch")
+if res.over_time is not None:
+    st.subheader("Performance over time")
+    st.write(res.over_time_text)
+    st.dataframe(res.over_time, hide_index=True, width="stretch")
+if res.conformal is not None:
+    st.subheader("Conformal prediction sets")
+    st.write(res.conformal_text)
+    st.dataframe(res.conformal, hide_index=True, width="stretch")
 st.subheader("Case mix vs development data")
 if res.case_mix is None:
     st.info(

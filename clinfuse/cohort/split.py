@@ -8,6 +8,10 @@ site, so each split keeps the cohort's prevalence.
 
 Cases that already carry a split in the manifest keep it; their patients'
 other cases follow them.
+
+With ``by_date`` (``data.split_by_date``) the split is temporal instead: patients are
+ordered by the date of their first case, the earliest go to train, then val, the latest to
+test — the model is validated on later patients than it learned from.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 from clinfuse.cohort.manifest import SPLITS, CaseRow, Cohort
 from clinfuse.errors import ConfigError
 
-__all__ = ["assign_folds", "assign_splits", "split_cohort"]
+__all__ = ["assign_folds", "assign_splits", "assign_splits_by_date", "split_cohort"]
 
 
 def assign_splits(
@@ -46,11 +50,7 @@ def assign_splits(
     >>> assign_splits(["a", "a", "b", "c"], [1, 0, 0, 1], fractions=(0.5, 0.0, 0.5), seed=1)
     ['test', 'test', 'train', 'train']
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
-        raise ConfigError(
-            f"split fractions must be three non-negative numbers summing to 1, got {fractions}",
-            field="split_fractions",
-        )
+    _check_fractions(fractions)
     if len(labels) != len(patient_ids) or (strata is not None and len(strata) != len(patient_ids)):
         raise ValueError("patient_ids, labels and strata must have the same length")
 
@@ -71,6 +71,52 @@ def assign_splits(
                 split = "train"
             assignment[members[idx]] = split
     return [assignment[pid] for pid in patient_ids]
+
+
+def assign_splits_by_date(
+    patient_ids: Sequence[str],
+    dates: np.ndarray,
+    *,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+) -> list[str]:
+    """Assign ``train``/``val``/``test`` in time order: patients sorted by their earliest
+    date (ties by patient id), the first shares to train, the last to test.
+
+    Args:
+        patient_ids: (N,) patient of each case.
+        dates: (N,) ``datetime64`` of each case (no NaT).
+        fractions: shares of patients for train, val, test; must sum to 1.
+
+    Returns:
+        (N,) split name per case.
+
+    >>> import numpy as np
+    >>> d = np.array(["2024-03-01", "2023-01-05", "2024-01-02", "2023-06-01"], "datetime64[D]")
+    >>> assign_splits_by_date(["a", "b", "c", "d"], d, fractions=(0.5, 0.25, 0.25))
+    ['test', 'train', 'val', 'train']
+    """
+    _check_fractions(fractions)
+    first: dict[str, np.datetime64] = {}
+    for pid, day in zip(patient_ids, np.asarray(dates, dtype="datetime64[ns]"), strict=True):
+        first[pid] = min(first.get(pid, day), day)
+    order = sorted(first, key=lambda pid: (first[pid], pid))
+    n = len(order)
+    n_test = round(n * fractions[2])
+    n_val = min(round(n * fractions[1]), n - n_test)
+    n_train = n - n_test - n_val
+    split = {
+        pid: "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+        for rank, pid in enumerate(order)
+    }
+    return [split[pid] for pid in patient_ids]
+
+
+def _check_fractions(fractions: tuple[float, float, float]) -> None:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not np.isclose(sum(fractions), 1.0):
+        raise ConfigError(
+            f"split fractions must be three non-negative numbers summing to 1, got {fractions}",
+            field="split_fractions",
+        )
 
 
 def _patient_strata(
@@ -149,11 +195,17 @@ def split_cohort(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 0,
     by_site: bool = True,
+    by_date: str | None = None,
 ) -> Cohort:
     """Return the cohort with every case's ``split`` filled in.
 
     Cases with a split in the manifest keep it, and so do the other cases of
-    their patient; the remaining patients are split with :func:`assign_splits`.
+    their patient; the remaining patients are split with :func:`assign_splits`, or with
+    :func:`assign_splits_by_date` on the manifest column ``by_date``.
+
+    Raises:
+        CohortError: ``by_date`` is not a column of the manifest, or a case to split has
+            no date there or one that is not a date.
     """
     fixed: dict[str, str] = {}
     for r in cohort.rows:
@@ -161,7 +213,12 @@ def split_cohort(
             fixed.setdefault(r.patient_id, r.split)
     todo = [r for r in cohort.rows if r.patient_id not in fixed]
     assigned: dict[str, str] = {}
-    if todo:
+    if todo and by_date is not None:
+        splits = assign_splits_by_date(
+            [r.patient_id for r in todo], _split_dates(cohort, todo, by_date), fractions=fractions
+        )
+        assigned = {r.case_id: s for r, s in zip(todo, splits, strict=True)}
+    elif todo:
         splits = assign_splits(
             [r.patient_id for r in todo],
             [r.label for r in todo],
@@ -176,3 +233,34 @@ def split_cohort(
         assert split in SPLITS
         rows.append(r.model_copy(update={"split": split}))
     return cohort.with_rows(rows)
+
+
+def _split_dates(cohort: Cohort, rows: Sequence[CaseRow], column: str) -> np.ndarray:
+    """The ``column`` date of each row; every one needed (a temporal split orders them all)."""
+    from clinfuse.errors import CohortError
+    from clinfuse.evaluation.temporal import parse_dates
+
+    if column not in cohort.columns:
+        raise CohortError(
+            f"split_by_date names {column!r}, which is not a column of the manifest",
+            field="split_by_date",
+            path=cohort.manifest_path,
+            hint="name the manifest's date column (e.g. encounter_date) in data.split_by_date",
+        )
+    dates = parse_dates(
+        [r.extra.get(column) for r in rows],
+        [r.case_id for r in rows],
+        column=column,
+        path=cohort.manifest_path,
+    )
+    undated = [r.case_id for r, d in zip(rows, dates, strict=True) if np.isnat(d)]
+    if undated:
+        raise CohortError(
+            f"{len(undated)} cases have no date for the temporal split (first: "
+            f"{', '.join(undated[:3])})",
+            case_id=undated[0],
+            field=column,
+            path=cohort.manifest_path,
+            hint="fill in their dates, give them a split column, or drop data.split_by_date",
+        )
+    return dates

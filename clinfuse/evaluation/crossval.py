@@ -338,6 +338,14 @@ def cross_validate(
     config = config or RunConfig()
     _check_single_process(config)
     data_cfg = config.data
+    if data_cfg.split_by_date:
+        raise ConfigError(
+            f"data.split_by_date ({data_cfg.split_by_date}) asks for one temporal split; "
+            "cross-validation deals patients to folds at random",
+            field="split_by_date",
+            hint="for a temporal validation train with `clinfuse train`; to cross-validate, "
+            "remove data.split_by_date from the config",
+        )
 
     cohort = load_labelled_cohort(cohort_path, data_cfg)
     for col in subgroups:

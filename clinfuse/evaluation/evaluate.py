@@ -228,7 +228,9 @@ def labelled_cohort(
 
         # cases without a split get the one training gave them (same rows, same seed)
         data = model.config.data
-        cohort = split_cohort(cohort, fractions=data.split_fractions, seed=data.split_seed)
+        cohort = split_cohort(
+            cohort, fractions=data.split_fractions, seed=data.split_seed, by_date=data.split_by_date
+        )
         keep = [r.case_id for r in cohort.rows if r.split == split]
         if not keep:
             raise CohortError(

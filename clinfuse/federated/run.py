@@ -187,7 +187,12 @@ def prepare(
     say = log or (lambda _m: None)
     data_cfg = config.data
     cohort = load_labelled_cohort(cohort_path, data_cfg)
-    cohort = split_cohort(cohort, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed)
+    cohort = split_cohort(
+        cohort,
+        fractions=data_cfg.split_fractions,
+        seed=data_cfg.split_seed,
+        by_date=data_cfg.split_by_date,
+    )
     modalities = resolve_modalities(cohort, config)
     if dp is not None:
         config = _dp_friendly(config, modalities, say)

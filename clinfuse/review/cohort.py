@@ -36,6 +36,10 @@ class CohortResults:
         aurocs: {model: AUROC on the cases that model scores}.
         subgroups, ablation, robustness: tables from the evaluation (None without one).
         case_mix, case_mix_text: the evaluation's comparison with the development data.
+        over_time, over_time_text: the evaluation's metrics per calendar period and its
+            calibration drift (``clinfuse evaluate --time-column``).
+        conformal, conformal_text: the coverage of the conformal sets the evaluation
+            checked (``clinfuse evaluate --conformal``).
     """
 
     source: str
@@ -47,6 +51,10 @@ class CohortResults:
     robustness: pd.DataFrame | None = None
     case_mix: pd.DataFrame | None = None
     case_mix_text: str | None = None
+    over_time: pd.DataFrame | None = None
+    over_time_text: str | None = None
+    conformal: pd.DataFrame | None = None
+    conformal_text: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,6 +162,50 @@ def _robustness_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
     )
 
 
+def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    block = metrics.get("over_time")
+    if not isinstance(block, dict):
+        return None, None
+    table = pd.DataFrame(
+        [
+            {
+                block["period"]: r["period"],
+                "n_cases": r["n"],
+                "n_events": r["n_events"],
+                "O/E (95 % CI)": "suppressed" if r["suppressed"] else _ci(r.get("oe")),
+                "AUROC (95 % CI)": "" if r["suppressed"] else _ci(r.get("auroc")),
+            }
+            for r in block.get("periods", [])
+        ]
+    )
+    drift = (block.get("drift") or {}).get("per_year") or {}
+    if drift.get("value") is None:
+        text = f"Calibration drift over {block['column']}: undefined."
+    else:
+        text = (
+            f"Calibration drift over {block['column']}: the outcome's log odds change by "
+            f"{drift['value']:+.2f} per year beyond the model's risks (95 % CI "
+            f"{drift['ci_low']:+.2f} to {drift['ci_high']:+.2f}, p = {drift['p_value']:.3g})."
+        )
+    return table, text
+
+
+def _conformal_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    block = metrics.get("conformal")
+    if not isinstance(block, dict):
+        return None, None
+    cov = block["coverage"]
+    rows = [
+        {"cases": label, "n": cov[key]["n"], "coverage (95 % CI)": _ci(cov[key])}
+        for key, label in (("events", "events"), ("non_events", "non-events"), ("overall", "all"))
+    ]
+    share = block["singletons"]["share"]
+    text = block["description"] + (
+        f" On these cases {100 * share:.1f} % got a single outcome." if share is not None else ""
+    )
+    return pd.DataFrame(rows), text
+
+
 def _case_mix_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
     cm = metrics.get("case_mix")
     if not isinstance(cm, dict):
@@ -227,6 +279,8 @@ def load_cohort_results(view: Any) -> CohortResults:
         y = frame["label"].to_numpy(float)
         scores = _scores(frame, view.modalities)
         case_mix, case_mix_text = _case_mix_table(metrics)
+        over_time, over_time_text = _over_time_table(metrics)
+        conformal, conformal_text = _conformal_table(metrics)
         return CohortResults(
             source=f"evaluation: {ev} ({len(frame)} cases)",
             y=y,
@@ -237,6 +291,10 @@ def load_cohort_results(view: Any) -> CohortResults:
             robustness=_robustness_table(metrics),
             case_mix=case_mix,
             case_mix_text=case_mix_text,
+            over_time=over_time,
+            over_time_text=over_time_text,
+            conformal=conformal,
+            conformal_text=conformal_text,
             metrics=metrics,
         )
     f = view.predictions

@@ -110,6 +110,23 @@ def resolve_modalities(cohort: Cohort, config: RunConfig) -> list[str]:
     return mods
 
 
+def _date_ranges(cohort: Any, column: str) -> dict[str, Any]:
+    """The first and last ``column`` date of each split (a temporal split's periods)."""
+    from clinfuse.evaluation.temporal import parse_dates
+
+    out: dict[str, Any] = {"column": column}
+    for split in ("train", "val", "test"):
+        rows = [r for r in cohort.rows if r.split == split]
+        dates = parse_dates(
+            [r.extra.get(column) for r in rows], [r.case_id for r in rows], column=column
+        )
+        dates = dates[~np.isnat(dates)]
+        out[split] = (
+            {"first": str(dates.min())[:10], "last": str(dates.max())[:10]} if len(dates) else None
+        )
+    return out
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_json_default), encoding="utf-8")
@@ -262,7 +279,12 @@ def train_run(
     cohort = load_labelled_cohort(cohort_path, data_cfg)
     if splits is not None:
         cohort = _with_splits(cohort, splits)
-    cohort = split_cohort(cohort, fractions=data_cfg.split_fractions, seed=data_cfg.split_seed)
+    cohort = split_cohort(
+        cohort,
+        fractions=data_cfg.split_fractions,
+        seed=data_cfg.split_seed,
+        by_date=data_cfg.split_by_date,
+    )
     modalities = resolve_modalities(cohort, config)
     resolved = config.model_copy(
         update={"data": data_cfg.model_copy(update={"modalities": modalities})}
@@ -428,6 +450,8 @@ def train_run(
         "availability": _availability(cases, modalities),
         "tabular_features": None if tabular is None else tabular.feature_names_,
     }
+    if data_cfg.split_by_date:
+        report["split_by_date"] = _date_ranges(cohort, data_cfg.split_by_date)
     _write_json(partial / "data_report.json", report)
     _write_json(partial / "metrics.json", metrics)
     tmp = partial / ".predictions.csv.tmp"

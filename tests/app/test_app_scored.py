@@ -267,13 +267,17 @@ def _app_env(monkeypatch, run, db, table) -> None:
         monkeypatch.delenv(key, raising=False)
 
 
-def _logged_in(review_run, table, tmp_path, monkeypatch, password) -> AppTest:
-    """The app on the scored ``table``, alice logged in."""
+def _logged_in(
+    review_run, table, tmp_path, monkeypatch, password, evaluation: Path | None = None
+) -> AppTest:
+    """The app on the scored ``table`` (and ``evaluation``), alice logged in."""
     from clinfuse.review.auth import add_reviewer
 
     db = tmp_path / "r.sqlite"
     add_reviewer(ReviewStore(db), "alice", password)
     _app_env(monkeypatch, review_run["run"], db, table)
+    if evaluation is not None:
+        monkeypatch.setenv("CLINFUSE_APP_EVALUATION", str(evaluation))
     at = AppTest.from_file(str(ENTRY), default_timeout=120).run()
     at.text_input(key="login_username").input("alice")
     at.text_input(key="login_password").input(password)
@@ -463,3 +467,43 @@ def test_conformal_sets_of_a_scored_cohort_in_worklist_and_case_page(
     with pytest.raises(ConfigError, match="not a conformal-set description") as e:
         open_run_view(review_run["run"], predictions=table, n_boot=5)
     assert "--conformal" in str(e.value)
+
+
+def test_cohort_page_shows_an_evaluations_periods_and_conformal_coverage(
+    review_run, scored_cohort, tmp_path, monkeypatch, password
+):
+    """An evaluation with --time-column and --conformal: the cohort page's two tables."""
+    from clinfuse.evaluation.conformal import conformal_from_evaluation
+    from clinfuse.evaluation.evaluate import evaluate_run
+    from clinfuse.review.cohort import load_cohort_results
+
+    frame = pd.read_csv(scored_cohort["manifest"], dtype=str, keep_default_na=False)
+    days = np.random.default_rng(1).integers(0, 500, len(frame))
+    frame.insert(3, "encounter_date", [str(np.datetime64("2023-01-01") + int(d)) for d in days])
+    dated = Path(scored_cohort["manifest"]).with_name("dated_for_cohort_page.csv")
+    frame.to_csv(dated, index=False)
+    sets = conformal_from_evaluation(review_run["evaluation"], review_run["run"], alpha=0.2)
+    evaluation = tmp_path / "ev_dated"
+    evaluate_run(
+        review_run["run"],
+        dated,
+        evaluation,
+        n_boot=0,
+        min_group_size=3,
+        min_group_events=1,
+        conformal=sets,
+        time_column="encounter_date",
+        period="year",
+    )
+    table = _copy_scored(scored_cohort, tmp_path)
+    view = open_run_view(review_run["run"], predictions=table, evaluation=evaluation, n_boot=5)
+    res = load_cohort_results(view)
+    assert list(res.over_time["year"]) == ["2023", "2024"]
+    assert "log odds change by" in (res.over_time_text or "")
+    assert list(res.conformal["cases"]) == ["events", "non-events", "all"]
+    assert (res.conformal_text or "").startswith("80 % conformal sets (per outcome)")
+    at = _logged_in(review_run, table, tmp_path, monkeypatch, password, evaluation=evaluation)
+    at.switch_page("pages/cohort.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    heads = [h.value for h in at.subheader]
+    assert "Performance over time" in heads and "Conformal prediction sets" in heads

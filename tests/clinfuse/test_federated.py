@@ -236,11 +236,22 @@ def test_stage2_from_site_aggregates_is_the_pooled_fit(cohort: Path, tmp_path: P
         runs[mode] = federated_run(cohort, tmp_path / mode, cfg, settings, n_boot=0)
     pooled, agg = (load_run(runs[m]) for m in ("pooled", "aggregates"))
     fp, fa = pooled.network.fusion, agg.network.fusion
-    # float32 logits computed per site vs pooled batches: equal to the optimizer's tolerance
+    # float32 logits computed per site vs in pooled batches differ in their last bits, and
+    # the loss is nearly flat along a weight the fit drives to ~0: the weights agree to
+    # 1e-4 (2.3e-5 apart with the packages installed on 2026-12-07), their fused risks too
     np.testing.assert_allclose(
-        fa.weights.detach().numpy(), fp.weights.detach().numpy(), rtol=0, atol=1e-5
+        fa.weights.detach().numpy(), fp.weights.detach().numpy(), rtol=0, atol=1e-4
     )
-    assert float(fa.bias) == pytest.approx(float(fp.bias), abs=1e-5)
+    assert float(fa.bias) == pytest.approx(float(fp.bias), abs=1e-4)
+    risks = {
+        m: pd.read_csv(runs[m] / "predictions.csv", dtype={"case_id": str}).set_index("case_id")
+        for m in runs
+    }
+    np.testing.assert_allclose(
+        risks["aggregates"].loc[risks["pooled"].index, "p_fusion"],
+        risks["pooled"]["p_fusion"],
+        atol=1e-4,
+    )
     np.testing.assert_allclose(fa.center.numpy(), fp.center.numpy(), atol=1e-6)
     grid = np.linspace(-4, 4, 81)  # the calibrated risks (the parameters themselves sit in
     for name, cal in pooled.calibrators.items():  # flat optima on 8-case sites)

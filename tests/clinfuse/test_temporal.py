@@ -214,3 +214,68 @@ def test_a_bad_date_or_column_fails_before_scoring(tiny_run, tiny_cohort, tmp_pa
     assert main([*base, "--time-column", "encounter_date", "--period", "week"]) == 1
     assert "unknown period 'week'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_temporal_split_orders_patients_by_their_first_date():
+    from clinfuse.cohort.split import assign_splits_by_date
+
+    patients = ["p1", "p2", "p2", "p3", "p4", "p5"]
+    dates = np.array(
+        ["2024-05-01", "2024-06-01", "2023-01-01", "2024-02-01", "2023-06-01", "2024-07-01"],
+        "datetime64[D]",
+    )
+    got = assign_splits_by_date(patients, dates, fractions=(0.6, 0.2, 0.2))
+    # first dates: p2 2023-01, p4 2023-06, p3 2024-02, p1 2024-05, p5 2024-07
+    assert got == ["val", "train", "train", "train", "train", "test"]
+    with pytest.raises(ConfigError, match="summing to 1"):
+        assign_splits_by_date(patients, dates, fractions=(0.6, 0.2, 0.3))
+
+
+def test_train_with_a_temporal_split_and_its_refusals(tiny_cohort, tmp_path):
+    import json
+
+    from clinfuse.cohort.manifest import Cohort
+    from clinfuse.cohort.split import split_cohort
+    from clinfuse.evaluation.crossval import cross_validate
+    from clinfuse.training import train_run
+    from tests.conftest import tiny_config
+
+    days = np.random.default_rng(3).permutation(64) * 9
+    manifest = _dated_manifest(
+        tiny_cohort, lambda n: [str(np.datetime64("2022-01-01") + int(d)) for d in days[:n]]
+    )
+    cfg = tiny_config(epochs=1)
+    cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"split_by_date": "encounter_date"})}
+    )
+    run = train_run(manifest, tmp_path / "run", cfg)
+    report = json.loads((run / "data_report.json").read_text())
+    ranges = report["split_by_date"]
+    assert ranges["column"] == "encounter_date"
+    assert ranges["train"]["first"] <= ranges["val"]["first"] <= ranges["test"]["first"]
+    # patients are in time order of their first case (their later cases follow them)
+    preds = pd.read_csv(run / "predictions.csv", dtype={"case_id": str})
+    rows = pd.read_csv(manifest, dtype=str).set_index("case_id").loc[preds["case_id"]]
+    first = (
+        rows.assign(split=preds["split"].to_numpy())
+        .groupby("patient_id")
+        .agg(split=("split", "first"), date=("encounter_date", "min"))
+    )
+    by = first.groupby("split")["date"]
+    assert by.max()["train"] <= by.min()["val"] and by.max()["val"] <= by.min()["test"]
+    # evaluate --split test finds the same test cases (the split is recomputed the same way)
+    again = split_cohort(
+        Cohort.from_manifest(manifest), fractions=cfg.data.split_fractions, by_date="encounter_date"
+    )
+    assert set(preds.loc[preds["split"] == "test", "case_id"]) <= {
+        r.case_id for r in again.rows if r.split == "test"
+    }
+    # a case without a date, an unknown column, and cross-validation are refused by name
+    gap = _dated_manifest(tiny_cohort, lambda n: ["", *["2022-03-01"] * (n - 1)])
+    with pytest.raises(CohortError, match="1 cases have no date for the temporal split"):
+        split_cohort(Cohort.from_manifest(gap), by_date="encounter_date")
+    with pytest.raises(CohortError, match="'admitted', which is not a column"):
+        split_cohort(Cohort.from_manifest(gap), by_date="admitted")
+    with pytest.raises(ConfigError, match="asks for one temporal split"):
+        cross_validate(manifest, tmp_path / "cv", cfg, folds=2)
+    assert not (tmp_path / "cv").exists() and not (tmp_path / "cv.partial").exists()
