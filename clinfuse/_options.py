@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["ConformalAlpha", "ConformalFrom", "ConformalMarginal", "LoadWorkers"]
+__all__ = [
+    "ConformalAlpha",
+    "ConformalAlphaEvents",
+    "ConformalFrom",
+    "ConformalMarginal",
+    "LoadWorkers",
+]
 
 LoadWorkers = Annotated[
     str,
@@ -46,5 +52,17 @@ ConformalMarginal = Annotated[
         "--marginal",
         help="Conformal sets whose coverage holds on average over cases instead of for events "
         "and non-events separately (smaller sets; rare events may be missed more often).",
+    ),
+]
+
+ConformalAlphaEvents = Annotated[
+    float | None,
+    typer.Option(
+        "--alpha-events",
+        min=0.001,
+        max=0.499,
+        help="Another error level for events than --alpha (which then holds for non-events), "
+        "e.g. --alpha-events 0.05 --alpha 0.2: at most 5 % of events missed, up to 20 % of "
+        "non-events left uncertain.",
     ),
 ]

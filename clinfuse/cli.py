@@ -19,7 +19,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clinfuse._options import ConformalAlpha, ConformalFrom, ConformalMarginal, LoadWorkers
+from clinfuse._options import (
+    ConformalAlpha,
+    ConformalAlphaEvents,
+    ConformalFrom,
+    ConformalMarginal,
+    LoadWorkers,
+)
 from clinfuse.errors import ClinFuseError
 
 app = typer.Typer(
@@ -608,6 +614,7 @@ def predict(
     conformal: ConformalFrom = None,
     alpha: ConformalAlpha = 0.1,
     marginal: ConformalMarginal = False,
+    alpha_events: ConformalAlphaEvents = None,
 ) -> None:
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly).
 
@@ -626,7 +633,9 @@ def predict(
     if conformal is not None:  # fitted before any case is loaded: a bad folder fails fast
         from clinfuse.evaluation.conformal import conformal_from_evaluation
 
-        sets = conformal_from_evaluation(conformal, run, alpha=alpha, mondrian=not marginal)
+        sets = conformal_from_evaluation(
+            conformal, run, alpha=alpha, mondrian=not marginal, alpha_events=alpha_events
+        )
     where = resolve_device(device)
     ensemble = is_crossval_folder(run)
     model: Any = load_ensemble(run, device=where) if ensemble else load_run(run, device=where)

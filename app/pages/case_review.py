@@ -99,8 +99,7 @@ def _header(cv: CaseView) -> None:
     if view.conformal is not None:
         kind = str(p["conformal_set"])
         st.markdown(
-            f"**{100 * view.conformal.level:g} % conformal set: {kind}** — "
-            + CONFORMAL_MEANING[kind],
+            f"**{view.conformal.title}: {kind}** — " + CONFORMAL_MEANING[kind],
             help=view.conformal.describe(),
         )
     each = view.fold_model_risks(cv.case_id)

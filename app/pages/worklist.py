@@ -51,7 +51,7 @@ with st.expander("Filters and sorting", expanded=True):
     if view.conformal is not None:
         kinds = ["positive", "uncertain", "negative", "empty"]
         conformal_sets = st.multiselect(
-            f"{100 * view.conformal.level:g} % conformal set",
+            view.conformal.title,
             kinds,
             default=kinds,
             key="filter_conformal",

@@ -15,7 +15,13 @@ from typing import Annotated, Any
 
 import typer
 
-from clinfuse._options import ConformalAlpha, ConformalFrom, ConformalMarginal, LoadWorkers
+from clinfuse._options import (
+    ConformalAlpha,
+    ConformalAlphaEvents,
+    ConformalFrom,
+    ConformalMarginal,
+    LoadWorkers,
+)
 
 __all__ = [
     "COMPARE_EPILOG",
@@ -92,6 +98,7 @@ def evaluate(
     conformal: ConformalFrom = None,
     alpha: ConformalAlpha = 0.1,
     marginal: ConformalMarginal = False,
+    alpha_events: ConformalAlphaEvents = None,
     time_column: Annotated[
         str | None,
         typer.Option(
@@ -128,7 +135,9 @@ def evaluate(
                 path=conformal,
                 hint="pass an earlier evaluation of this model and a new --out",
             )
-        sets = conformal_from_evaluation(conformal, run, alpha=alpha, mondrian=not marginal)
+        sets = conformal_from_evaluation(
+            conformal, run, alpha=alpha, mondrian=not marginal, alpha_events=alpha_events
+        )
 
     result = evaluate_run(
         run,
@@ -166,7 +175,7 @@ def evaluate(
     if "conformal" in m:
         c = m["conformal"]["coverage"]
         console.print(
-            f"conformal sets ({100 * m['conformal']['fitted']['level']:g} %): covered "
+            f"conformal sets ({_levels(m['conformal']['fitted'])}): covered "
             f"{_pct(c['events'])} of events and {_pct(c['non_events'])} of non-events; "
             f"{_pct({'value': m['conformal']['singletons']['share']})} of cases got one outcome",
             highlight=False,
@@ -181,6 +190,13 @@ def evaluate(
             soft_wrap=True,
         )
     console.print(f"report: {result.report}")
+
+
+def _levels(fitted: dict[str, Any]) -> str:
+    levels = fitted.get("levels") or {"overall": fitted["level"]}
+    if len(set(levels.values())) == 1:
+        return f"{100 * next(iter(levels.values())):g} %"
+    return ", ".join(f"{k.replace('_', '-')} {100 * v:g} %" for k, v in levels.items())
 
 
 def _pct(stat: dict[str, Any]) -> str:

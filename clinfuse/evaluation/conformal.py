@@ -85,7 +85,8 @@ class ConformalSets:
     """Fitted conformal prediction sets (see the module's docstring).
 
     Attributes:
-        alpha: the error level (coverage ``1 − alpha``).
+        alpha: the error level (coverage ``1 − alpha``); with ``alpha_events``, that of
+            non-events.
         mondrian: class-conditional cut-offs (coverage per outcome) or marginal ones.
         positive_from: outcome 1 is in a case's set when its risk is ``≥`` this (None:
             always).
@@ -93,6 +94,8 @@ class ConformalSets:
         n_cases: calibration cases.
         n_events: calibration events.
         source: where the calibration cases came from (evaluation folder, model version).
+        alpha_events: the error level of events when it differs from ``alpha`` (Mondrian
+            sets only): a missed event may cost more than a non-event left uncertain.
     """
 
     alpha: float
@@ -102,6 +105,7 @@ class ConformalSets:
     n_cases: int
     n_events: int
     source: dict[str, Any] = field(default_factory=dict)
+    alpha_events: float | None = None
 
     @classmethod
     def fit(
@@ -112,14 +116,30 @@ class ConformalSets:
         alpha: float = 0.1,
         mondrian: bool = True,
         source: dict[str, Any] | None = None,
+        alpha_events: float | None = None,
     ) -> ConformalSets:
         """Fit the cut-offs on calibration cases' outcomes ``y`` (0/1) and risks ``p``.
 
+        Args:
+            alpha_events: another error level for events than ``alpha`` (which then holds
+                for non-events); class-conditional sets only.
+
         Raises:
             ConfigError: ``alpha`` outside (0, 0.5), outcomes other than 0/1, risks outside
-                [0, 1] or missing, or (Mondrian) no event or no non-event.
+                [0, 1] or missing, (Mondrian) no event or no non-event, or ``alpha_events``
+                with marginal sets.
         """
         alpha = _check_alpha(alpha)
+        if alpha_events is not None:
+            alpha_events = _check_alpha(alpha_events)
+            if not mondrian:
+                raise ConfigError(
+                    "a separate error level for events needs class-conditional sets",
+                    field="alpha_events",
+                    hint="drop --marginal, or drop --alpha-events",
+                )
+            if alpha_events == alpha:
+                alpha_events = None
         y = np.asarray(y, dtype=float)
         p = np.asarray(p, dtype=float)
         if y.shape != p.shape or y.ndim != 1:
@@ -144,7 +164,9 @@ class ConformalSets:
                         hint="calibrate on a labelled cohort with events and non-events, or "
                         "ask for marginal sets",
                     )
-            positive_from = _cutoff(p[events], alpha, upper=False)
+            positive_from = _cutoff(
+                p[events], alpha if alpha_events is None else alpha_events, upper=False
+            )
             negative_up_to = _cutoff(p[~events], alpha, upper=True)
         else:
             if not len(y):
@@ -161,6 +183,7 @@ class ConformalSets:
             n_cases=len(y),
             n_events=int(events.sum()),
             source=dict(source or {}),
+            alpha_events=alpha_events,
         )
 
     def contains(self, p: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,8 +215,63 @@ class ConformalSets:
 
     @property
     def level(self) -> float:
-        """The promised coverage, ``1 − alpha``."""
+        """The promised coverage, ``1 − alpha`` (of non-events, with ``alpha_events``)."""
         return 1.0 - self.alpha
+
+    @property
+    def levels(self) -> dict[str, float]:
+        """The promised coverage of ``events`` and ``non_events`` (Mondrian), or
+        ``overall`` (marginal)."""
+        if not self.mondrian:
+            return {"overall": self.level}
+        events = self.alpha if self.alpha_events is None else self.alpha_events
+        return {"events": 1.0 - events, "non_events": self.level}
+
+    @property
+    def title(self) -> str:
+        """A short name for labels: ``90 % conformal set`` or ``conformal set (events
+        95 %, non-events 80 %)``."""
+        if self.alpha_events is None:
+            return f"{100 * self.level:g} % conformal set"
+        lv = self.levels
+        return (
+            f"conformal set (events {100 * lv['events']:g} %, "
+            f"non-events {100 * lv['non_events']:g} %)"
+        )
+
+    def coverage_given_calibration(self, *, level: float = 0.95) -> dict[str, dict[str, Any]]:
+        """How much the coverage depends on the calibration cases drawn.
+
+        The promise ``≥ 1 − alpha`` is an average over calibration samples. For the cut-offs
+        of one sample, the coverage of new cases is itself random: with ``n`` calibration
+        cases of an outcome and ``l = ⌊(n + 1)·alpha⌋``, it follows Beta(n + 1 − l, l) for
+        continuous risks (Vovk, ACML 2012; Angelopoulos & Bates 2023, §3.2). Reported per
+        outcome (Mondrian) or overall (marginal): ``n``, the ``mean`` and the lower
+        ``quantile`` that ``level`` of calibration samples of that size exceed (1 when no
+        risk can exclude the outcome).
+        """
+        from scipy.stats import beta
+
+        groups = (
+            {"events": self.n_events, "non_events": self.n_cases - self.n_events}
+            if self.mondrian
+            else {"overall": self.n_cases}
+        )
+        out = {}
+        alphas = {k: 1.0 - v for k, v in self.levels.items()}
+        for name, n in groups.items():
+            j = math.floor((n + 1) * alphas[name] + 1e-12)
+            if j < 1:
+                out[name] = {"n": n, "mean": 1.0, "quantile": 1.0, "level": level}
+                continue
+            dist = beta(n + 1 - j, j)
+            out[name] = {
+                "n": n,
+                "mean": float(dist.mean()),
+                "quantile": float(dist.ppf(1 - level)),
+                "level": level,
+            }
+        return out
 
     def describe(self) -> str:
         """One sentence for reports and the app."""
@@ -208,14 +286,36 @@ class ConformalSets:
             if self.negative_up_to is None
             else f"when the risk is ≤ {100 * self.negative_up_to:.1f} %"
         )
+        spread = self.coverage_given_calibration()
+        low = min(spread.values(), key=lambda d: d["quantile"])
+        name = next(k for k, v in spread.items() if v is low).replace("_", "-")
+        head = (
+            f"{100 * self.level:g} % conformal sets ({kind})"
+            if self.alpha_events is None
+            else f"Conformal sets covering {100 * self.levels['events']:g} % of events and "
+            f"{100 * self.levels['non_events']:g} % of non-events"
+        )
         return (
-            f"{100 * self.level:g} % conformal sets ({kind}), calibrated on {self.n_cases} "
+            f"{head}, calibrated on {self.n_cases} "
             f"cases ({self.n_events} events): the event is in a case's set {pos}, the "
             f"non-event {neg}."
+            + (
+                f" With {low['n']} calibration {name if name != 'overall' else 'cases'}, 95 % "
+                f"of calibration samples this size cover at least {100 * low['quantile']:.1f} % "
+                f"of them (on average {100 * low['mean']:.1f} %)."
+                if low["quantile"] < 1
+                else ""
+            )
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"level": self.level}
+        """The fields, plus ``level`` and :meth:`coverage_given_calibration` (derived; not
+        read back by :meth:`from_dict`)."""
+        return asdict(self) | {
+            "level": self.level,
+            "levels": self.levels,
+            "coverage_given_calibration": self.coverage_given_calibration(),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ConformalSets:
@@ -235,6 +335,9 @@ class ConformalSets:
                 n_cases=int(data["n_cases"]),
                 n_events=int(data["n_events"]),
                 source=dict(data.get("source") or {}),
+                alpha_events=None
+                if data.get("alpha_events") is None
+                else _check_alpha(data["alpha_events"]),
                 **cut,
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -247,6 +350,7 @@ def conformal_from_evaluation(
     *,
     alpha: float = 0.1,
     mondrian: bool = True,
+    alpha_events: float | None = None,
 ) -> ConformalSets:
     """Conformal sets for ``model`` calibrated on an evaluation of it (``clinfuse evaluate``).
 
@@ -265,6 +369,12 @@ def conformal_from_evaluation(
     from clinfuse.scored import evaluates_model, model_version
 
     evaluation, model = Path(evaluation), Path(model)
+    if not ((model / "model" / "model.json").is_file() or (model / "crossval.json").is_file()):
+        raise ConfigError(
+            "not a run folder (model/model.json) or a cross-validation folder (crossval.json)",
+            path=model,
+            hint="pass the folder `clinfuse train` or `clinfuse crossval` wrote",
+        )
     metrics_path, table = evaluation / "metrics.json", evaluation / "predictions.csv"
     if not (metrics_path.is_file() and table.is_file()):
         raise ConfigError(
@@ -315,6 +425,7 @@ def conformal_from_evaluation(
             alpha=alpha,
             mondrian=mondrian,
             source=source,
+            alpha_events=alpha_events,
         )
     except ConfigError as e:
         raise ConfigError(e.reason, field=e.field, path=table, hint=e.hint) from e

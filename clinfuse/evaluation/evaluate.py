@@ -831,13 +831,13 @@ class Evaluator:
             )
         conformal = metrics.get("conformal")
         if conformal:
-            level = conformal["fitted"]["level"]
-            parts = ("events", "non_events") if conformal["fitted"]["mondrian"] else ("overall",)
+            levels = conformal["fitted"]["levels"]
             short = [
                 f"{k.replace('_', '-')} {100 * conformal['coverage'][k]['value']:.1f} % "
-                f"(95 % CI up to {100 * conformal['coverage'][k]['ci_high']:.1f} %)"
-                for k in parts
-                if conformal["coverage"][k]["n"] and conformal["coverage"][k]["ci_high"] < level
+                f"(95 % CI up to {100 * conformal['coverage'][k]['ci_high']:.1f} %, "
+                f"promised {100 * levels[k]:g} %)"
+                for k in levels
+                if conformal["coverage"][k]["n"] and conformal["coverage"][k]["ci_high"] < levels[k]
             ]
             if conformal["fitted"]["mondrian"]:
                 short += [
@@ -846,12 +846,12 @@ class Evaluator:
                     for col, rows in conformal["by_group"].items()
                     for r in rows
                     if not r["suppressed"]
-                    for k in parts
-                    if r[k]["n"] and r[k]["ci_high"] < level
+                    for k in levels
+                    if r[k]["n"] and r[k]["ci_high"] < levels[k]
                 ]
             if short:
                 limitations.append(
-                    f"The conformal sets covered fewer cases than the promised {100 * level:g} %: "
+                    "The conformal sets covered fewer cases than promised: "
                     + "; ".join(short)
                     + ". These cases are not exchangeable with the ones that calibrated the sets "
                     "(another site, period or case mix): recalibrate the sets on this cohort's "

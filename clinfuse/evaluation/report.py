@@ -471,6 +471,8 @@ def _conformal(m: dict[str, Any]) -> str:
         "<em>empty</em> (a risk unlike the calibration cases of either outcome).</p>"
     )
     cov = c["coverage"]
+    levels = fitted["levels"]
+    promised = levels | {"overall": min(levels.values())}  # per outcome ⇒ at least the least
     body += _table(
         ["cases", "n", "coverage (95 % CI)", "promised"],
         [
@@ -478,12 +480,12 @@ def _conformal(m: dict[str, Any]) -> str:
                 label,
                 cov[key]["n"],
                 _ci(cov[key]),
-                f"≥ {_num(fitted['level'], 2)}" if promised else "—",
+                f"≥ {_num(promised[key], 2)}" if key in promised else "—",
             ]
-            for key, label, promised in (
-                ("events", "events", fitted["mondrian"]),
-                ("non_events", "non-events", fitted["mondrian"]),
-                ("overall", "all", True),
+            for key, label in (
+                ("events", "events"),
+                ("non_events", "non-events"),
+                ("overall", "all"),
             )
         ],
     )
@@ -516,7 +518,7 @@ def _conformal(m: dict[str, Any]) -> str:
                 "gap"
                 if fitted["mondrian"]
                 and any(
-                    r[k]["n"] and r[k]["ci_high"] is not None and r[k]["ci_high"] < fitted["level"]
+                    r[k]["n"] and r[k]["ci_high"] is not None and r[k]["ci_high"] < levels[k]
                     for k in ("events", "non_events")
                 )
                 else ""

@@ -193,6 +193,8 @@ def test_fitted_on_an_evaluation_of_this_model_only(tiny_run, tiny_cohort, tmp_p
         conformal_from_evaluation(tmp_path / "ev", tiny_run)
     with pytest.raises(ConfigError, match="not an evaluation folder"):
         conformal_from_evaluation(tmp_path, tiny_run)
+    with pytest.raises(ConfigError, match="not a run folder"):
+        conformal_from_evaluation(tmp_path / "ev", tmp_path / "no_run")
 
 
 @pytest.fixture(scope="module")
@@ -278,3 +280,51 @@ def test_bad_conformal_input_fails_before_anything_is_written(
     assert main(cmd) == 1
     assert "names the output folder itself" in capsys.readouterr().err
     assert not ev.exists()
+
+
+def test_coverage_given_calibration_is_the_beta_law_of_the_cutoff():
+    """For uniform event risks the coverage of new events given one calibration sample is
+    1 − (cut-off), exactly; over many samples its quantiles match Beta(n + 1 − l, l)."""
+    rng = np.random.default_rng(21)
+    n_events, alpha = 40, 0.1
+    coverages = []
+    for _ in range(4000):
+        y = np.r_[np.ones(n_events), np.zeros(60)]
+        p = rng.random(100)
+        sets = ConformalSets.fit(y, p, alpha=alpha)
+        coverages.append(1.0 - sets.positive_from)
+    spread = sets.coverage_given_calibration(level=0.9)["events"]
+    assert spread["n"] == n_events
+    assert np.mean(coverages) == pytest.approx(spread["mean"], abs=0.003)
+    assert np.quantile(coverages, 0.1) == pytest.approx(spread["quantile"], abs=0.006)
+    assert spread["mean"] >= 1 - alpha  # the promise, on average
+    few = ConformalSets.fit(np.r_[np.ones(5), np.zeros(50)], rng.random(55), alpha=0.1)
+    assert few.coverage_given_calibration()["events"]["quantile"] == 1.0  # never excluded
+    assert "95 % of calibration samples this size cover at least" in few.describe()
+
+
+def test_a_separate_error_level_for_events():
+    rng = np.random.default_rng(9)
+    y, p = _cohort(rng, 300, prevalence=0.3)
+    both = ConformalSets.fit(y, p, alpha=0.2, alpha_events=0.05)
+    strict = ConformalSets.fit(y, p, alpha=0.05)
+    loose = ConformalSets.fit(y, p, alpha=0.2)
+    # the events' cut-off is the 5 % one, the non-events' the 20 % one
+    assert both.positive_from == strict.positive_from
+    assert both.negative_up_to == loose.negative_up_to
+    assert both.levels == {"events": 0.95, "non_events": 0.8}
+    assert both.title == "conformal set (events 95 %, non-events 80 %)"
+    assert both.describe().startswith("Conformal sets covering 95 % of events and 80 % of")
+    assert ConformalSets.from_dict(json.loads(json.dumps(both.to_dict()))) == both
+    # by the definition: events judged at 0.05, non-events at 0.2
+    _, p_new = _cohort(rng, 200)
+    ev = _sets_by_definition(y, p, p_new, 0.05, True)
+    nev = _sets_by_definition(y, p, p_new, 0.2, True)
+    got = both.predict(p_new)
+    has1 = np.isin(ev, ["positive", "uncertain"])
+    has0 = np.isin(nev, ["negative", "uncertain"])
+    assert (np.isin(got, ["positive", "uncertain"]) == has1).all()
+    assert (np.isin(got, ["negative", "uncertain"]) == has0).all()
+    assert ConformalSets.fit(y, p, alpha=0.1, alpha_events=0.1).alpha_events is None
+    with pytest.raises(ConfigError, match="needs class-conditional sets"):
+        ConformalSets.fit(y, p, alpha=0.1, alpha_events=0.05, mondrian=False)

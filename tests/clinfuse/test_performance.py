@@ -451,10 +451,12 @@ def test_chunked_scoring_equals_scoring_the_cohort_whole(
     cohort = labelled_cohort(model, manifest)
     whole = score_cohort(model, cohort, workers=0)
     chunked = score_cohort(model, cohort, workers=0, chunk_size=8)
-    pd.testing.assert_frame_equal(whole.frame, chunked.frame, atol=1e-6, rtol=0)
+    # float32 networks on batches of other sizes may take other kernel paths: equal to
+    # float32 rounding (1.1e-6 apart with the packages installed on 2026-12-07)
+    pd.testing.assert_frame_equal(whole.frame, chunked.frame, atol=1e-5, rtol=0)
     for m in model.modalities:
         np.testing.assert_allclose(
-            whole.cache.embeddings[m], chunked.cache.embeddings[m], atol=1e-6
+            whole.cache.embeddings[m], chunked.cache.embeddings[m], atol=1e-5
         )
     assert whole.cache.case_ids == chunked.cache.case_ids == list(whole.frame["case_id"])
     excluded = [i.as_dict() for i in chunked.excluded]
@@ -463,7 +465,7 @@ def test_chunked_scoring_equals_scoring_the_cohort_whole(
     p_whole = model.predict(manifest, workers=0)
     monkeypatch.setattr(clinfuse.data, "SCORING_CHUNK", 8)
     p_chunked, p_excluded = model.predict(manifest, workers=2, return_excluded=True)
-    pd.testing.assert_frame_equal(p_whole, p_chunked, atol=1e-6, rtol=0)
+    pd.testing.assert_frame_equal(p_whole, p_chunked, atol=1e-5, rtol=0)
     assert [i.as_dict() for i in p_excluded] == excluded
     with pytest.raises(CohortError, match="no case of the cohort could be loaded"):
         rows["signal"] = "signals/missing.hea"
