@@ -113,6 +113,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.temporal", "performance_over_time", []),
             ("clinfuse.evaluation.temporal", "calibration_drift", []),
             ("clinfuse.evaluation.temporal", "parse_dates", []),
+            ("clinfuse.evaluation.subgroups", "group_heterogeneity", []),
             ("clinfuse.evaluation.crossval", "cross_validate", []),
             ("clinfuse.evaluation.crossval", "CrossValResult", []),
             ("clinfuse.evaluation.meta", "random_effects", []),

@@ -791,6 +791,22 @@ class Evaluator:
                 "events): intervals are wide; at least 100 events are recommended for "
                 "calibration assessment (Riley et al., 2024)."
             )
+        for col, res in metrics["subgroups"].items():
+            het = res.get("heterogeneity") or {}
+            differ = [
+                f"{what} ({key} p = {het[name]['p_value']:.3g})"
+                for name, what, key in (
+                    ("auroc", "discrimination", "Cochran's Q"),
+                    ("calibration_in_the_large", "calibration-in-the-large", "likelihood-ratio"),
+                )
+                if het.get(name) and het[name]["p_value"] < 0.05
+            ]
+            if differ:
+                limitations.append(
+                    f"Performance differs across {col}: " + " and ".join(differ) + " — read the "
+                    f"{col} table before using the model alike in every group (a recalibration "
+                    "per group, or a model with the group as input, may be needed)."
+                )
         suppressed = sum(
             r["suppressed"] for res in metrics["subgroups"].values() for r in res["groups"]
         )

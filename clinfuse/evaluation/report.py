@@ -655,6 +655,26 @@ def _groups(m: dict[str, Any], columns: Sequence[str]) -> str:
         ]
         if gaps:
             body += "<p>Largest gaps (highlighted rows: AUROC): " + "; ".join(gaps) + ".</p>"
+        het = res.get("heterogeneity") or {}
+        tests = []
+        if het.get("auroc"):
+            a = het["auroc"]
+            tests.append(
+                f"AUROC Cochran's Q = {a['q']:.2f} (df {a['df']}, p = {_pval(a['p_value'])}, "
+                f"I² = {100 * a['i2']:.0f} %)"
+            )
+        if het.get("calibration_in_the_large"):
+            c = het["calibration_in_the_large"]
+            tests.append(
+                f"calibration-in-the-large likelihood ratio {c['lr']:.2f} (df {c['df']}, "
+                f"p = {_pval(c['p_value'])})"
+            )
+        if tests:
+            body += (
+                "<p>Do the reported groups differ more than chance allows? "
+                + "; ".join(tests)
+                + ".</p>"
+            )
         body += (
             f"<p>Groups with fewer than {res['min_size']} cases or {res['min_events']} "
             "events/non-events are suppressed.</p>"

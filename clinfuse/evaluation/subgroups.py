@@ -6,7 +6,12 @@ interval and Wilson (sensitivity, specificity). A group with fewer than
 ``min_size`` cases, or fewer than ``min_events`` events or non-events, is
 *suppressed*: listed without counts or metrics (no meaningless intervals, no
 small cells that could identify patients). The largest gap between reported
-groups is given for each metric.
+groups is given for each metric, and two tests ask whether the groups differ more than
+chance allows (``heterogeneity``):
+
+- discrimination: Cochran's Q of the groups' AUROCs with their DeLong variances (and I²);
+- calibration-in-the-large: the likelihood-ratio test of one intercept per group against
+  one for all, in a logistic model with the model's logit as offset (df = groups − 1).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from clinfuse.evaluation.calibration import observed_expected
 from clinfuse.evaluation.delong import delong_ci
 from clinfuse.evaluation.utility import wilson_interval
 
-__all__ = ["MISSING_GROUP", "group_metrics", "subgroup_table"]
+__all__ = ["MISSING_GROUP", "group_heterogeneity", "group_metrics", "subgroup_table"]
 
 MISSING_GROUP = "(missing)"
 GAP_METRICS = ("auroc", "brier", "oe_ratio", "sensitivity", "specificity")
@@ -175,13 +180,71 @@ def group_metrics(
         lo = min(vals, key=lambda v: v[1])
         hi = max(vals, key=lambda v: v[1])
         gaps[metric] = {"gap": hi[1] - lo[1], "lowest": lo[0], "highest": hi[0]}
+    reported = np.isin(labels.to_numpy(), [r["group"] for r in shown])
     return {
         "threshold": float(threshold),
         "min_size": min_size,
         "min_events": min_events,
         "groups": rows,
         "largest_gap": gaps,
+        "heterogeneity": group_heterogeneity(y[reported], p[reported], labels.to_numpy()[reported]),
     }
+
+
+def group_heterogeneity(y: np.ndarray, p: np.ndarray, groups: Sequence[Any]) -> dict[str, Any]:
+    """Do the groups differ in discrimination or in calibration-in-the-large more than
+    chance allows? (See the module's docstring.)
+
+    Args:
+        y: (N,) outcomes of the cases of the groups compared.
+        p: (N,) their risks.
+        groups: (N,) group of each case (each with both outcomes).
+
+    Returns:
+        ``{"n_groups", "auroc": {"q", "df", "p_value", "i2"}, "calibration_in_the_large":
+        {"lr", "df", "p_value"}}``; a test is None with fewer than two groups or when its
+        model cannot be fitted.
+    """
+    from scipy.stats import chi2
+
+    from clinfuse.calibration import fit_logistic
+    from clinfuse.evaluation.calibration import _logit
+    from clinfuse.evaluation.meta import random_effects
+
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    labels = np.asarray([str(g) for g in groups], dtype=object)
+    names = sorted(set(labels))
+    out: dict[str, Any] = {"n_groups": len(names), "auroc": None, "calibration_in_the_large": None}
+    if len(names) < 2:
+        return out
+    aucs = [delong_ci(y[labels == g], p[labels == g]) for g in names]
+    if all(a["se"] for a in aucs):
+        re = random_effects([a["value"] for a in aucs], [a["se"] ** 2 for a in aucs])
+        out["auroc"] = {
+            "q": re["q"],
+            "df": len(names) - 1,
+            "p_value": re["q_p_value"],
+            "i2": re["i2"],
+        }
+    z = _logit(p)
+    dummies = (labels[:, None] == np.asarray(names, dtype=object)[None, :]).astype(float)
+    common = fit_logistic(np.ones((len(y), 1)), y, offset=z)
+    each = fit_logistic(dummies, y, offset=z)
+    if common is not None and each is not None:
+
+        def loglik(x: np.ndarray, coef: np.ndarray) -> float:
+            eta = x @ coef + z
+            return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+
+        lr = 2 * (loglik(dummies, each[0]) - loglik(np.ones((len(y), 1)), common[0]))
+        lr = max(lr, 0.0)
+        out["calibration_in_the_large"] = {
+            "lr": lr,
+            "df": len(names) - 1,
+            "p_value": float(chi2.sf(lr, len(names) - 1)),
+        }
+    return out
 
 
 def subgroup_table(result: dict[str, Any]) -> pd.DataFrame:
