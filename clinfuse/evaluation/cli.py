@@ -210,7 +210,9 @@ RECALIBRATE_EPILOG = (
     "--split train --method logistic\n\n"
     "  clinfuse evaluate runs/demo_site_d site_d/manifest.csv --split test --out eval_site_d\n\n"
     "  clinfuse recalibrate runs/demo_cv site_d/manifest.csv --out runs/demo_cv_site_d "
-    "--split train   (a fold ensemble, recalibrated as a whole)"
+    "--split train   (a fold ensemble, recalibrated as a whole)\n\n"
+    "  clinfuse recalibrate runs/demo site_d/manifest.csv --out runs/demo_2024 "
+    "--time-column encounter_date --since 2024-01-01   (recent cases only, after a drift)"
 )
 
 
@@ -259,6 +261,18 @@ def recalibrate(
         bool, typer.Option("--overwrite", help="Replace an existing output folder.")
     ] = False,
     workers: LoadWorkers = "auto",
+    time_column: Annotated[
+        str | None,
+        typer.Option("--time-column", help="Manifest column of dates (with --since)."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Use only cases dated on or after this day (YYYY-MM-DD) in --time-column: "
+            "recalibrate on recent cases after a drift.",
+        ),
+    ] = None,
 ) -> None:
     """Update a run's calibration on a new site's labelled cases; write a new run folder.
 
@@ -285,12 +299,21 @@ def recalibrate(
         allow_missing_modalities=allow_missing_modalities,
         overwrite=overwrite,
         workers=workers,
+        time_column=time_column,
+        since=since,
     )
     rep = result.report
     console = Console()
+    recent = rep.get("since")
     console.print(
         f"recalibrated on {rep['n_cases']} cases ({rep['n_events']} events)"
         + (f", {rep['n_excluded']} excluded" if rep["n_excluded"] else "")
+        + (
+            f"; dated from {recent['since']} on ({recent['n_earlier']} earlier and "
+            f"{recent['n_undated']} undated cases left out)"
+            if recent
+            else ""
+        )
     )
     table = Table("output", "cases", "update", "intercept before", "slope before", "O/E before")
     table.caption = "before: the source run on these cases, with 95 % CIs"

@@ -843,7 +843,8 @@ class Evaluator:
                 f"(95 % CI {drift['ci_low']:.2f} to {drift['ci_high']:.2f}, p = "
                 f"{drift['p_value']:.3g}) beyond the model's risks, which "
                 f"{'fall increasingly short of' if drift['value'] > 0 else 'increasingly exceed'} "
-                "the events: monitor it and recalibrate on recent cases (`clinfuse recalibrate`)."
+                "the events: monitor it and recalibrate on recent cases (`clinfuse recalibrate … "
+                f"--time-column {over['column']} --since DATE`)."
             )
         conformal = metrics.get("conformal")
         if conformal:

@@ -297,6 +297,76 @@ def _fit_updates(
     return calibrators, outputs, updates
 
 
+def _check_window(time_column: str | None, since: str | None) -> tuple[str, Any] | None:
+    """``(column, first date)`` of a recent-cases window, or None; both or neither given."""
+    if time_column is None and since is None:
+        return None
+    if time_column is None or since is None:
+        raise ConfigError(
+            "--since and --time-column go together: the date column and the first date to use",
+            field="since" if since is None else "time_column",
+            hint="e.g. --time-column encounter_date --since 2024-01-01",
+        )
+    import pandas as pd
+
+    try:
+        first = pd.Timestamp(since)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(
+            f"--since {since!r} is not a date", field="since", hint="write YYYY-MM-DD"
+        ) from e
+    if pd.isna(first):
+        raise ConfigError(
+            f"--since {since!r} is not a date", field="since", hint="write YYYY-MM-DD"
+        )
+    return time_column, first
+
+
+def _recent(cohort: Any, window: tuple[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
+    """The cohort's cases dated on or after the window's first date, and what was kept.
+
+    Raises:
+        CohortError: the column is not in the manifest, a date is unreadable, or no case is
+            recent enough.
+    """
+    if window is None:
+        return cohort, None
+    from clinfuse.evaluation.temporal import parse_dates
+
+    column, first = window
+    if column not in cohort.columns:
+        raise CohortError(
+            f"time column {column!r} is not in the manifest (columns: {', '.join(cohort.columns)})",
+            field=column,
+            path=cohort.manifest_path,
+            hint="check --time-column against the manifest's header",
+        )
+    dates = parse_dates(
+        [r.extra.get(column) for r in cohort.rows],
+        [r.case_id for r in cohort.rows],
+        column=column,
+        path=cohort.manifest_path,
+    )
+    keep = [
+        r.case_id for r, d in zip(cohort.rows, dates, strict=True) if d >= first.to_datetime64()
+    ]
+    if not keep:
+        raise CohortError(
+            f"no case is dated on or after {first.date()} in {column!r}",
+            field=column,
+            path=cohort.manifest_path,
+            hint="choose an earlier --since",
+        )
+    info = {
+        "column": column,
+        "since": str(first.date()),
+        "n_kept": len(keep),
+        "n_earlier": int(sum(1 for d in dates if not np.isnat(d) and d < first.to_datetime64())),
+        "n_undated": int(np.isnat(dates).sum()),
+    }
+    return cohort.subset(keep), info
+
+
 def _report(
     source: Path,
     cohort: Any,
@@ -447,6 +517,8 @@ def recalibrate_run(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     workers: int | str = "auto",
+    time_column: str | None = None,
+    since: str | None = None,
 ) -> RecalibrationResult:
     """Update a run's calibration on a site's labelled cohort; write a new run folder.
 
@@ -464,6 +536,9 @@ def recalibrate_run(
         progress: ``callback(done, total)`` while cases load.
         workers: processes that read the cohort's files
             (:func:`clinfuse.data.scoring_workers`).
+        time_column, since: use only the cases whose date in the manifest column
+            ``time_column`` is on or after ``since`` (``YYYY-MM-DD``): recalibrate on recent
+            cases after a drift (undated cases are left out, and counted).
 
     Returns:
         :class:`RecalibrationResult`.
@@ -486,6 +561,7 @@ def recalibrate_run(
         )
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha is {alpha}; use a level in (0, 1), e.g. 0.05", field="alpha")
+    window = _check_window(time_column, since)
     source, out = Path(run), Path(out)
     from clinfuse.ensemble import is_crossval_folder
 
@@ -501,12 +577,14 @@ def recalibrate_run(
             overwrite=overwrite,
             progress=progress,
             workers=workers,
+            window=window,
         )
     _check_folders(source, out, overwrite=overwrite)
     model = load_run(source)
     cohort = labelled_cohort(
         model, cohort, split=split, allow_missing_modalities=allow_missing_modalities
     )
+    cohort, recent = _recent(cohort, window)
     scored = score_cohort(model, cohort, progress=progress, workers=workers)
     raw, frame, excluded = scored.raw, scored.frame, scored.excluded
     y = _outcomes(frame, cohort)
@@ -516,6 +594,8 @@ def recalibrate_run(
     report = _report(
         source, cohort, y, excluded, outputs, method=method, alpha=alpha, split=split, what="run"
     )
+    if recent is not None:
+        report["since"] = recent
     report["source_model_sha256"] = model_sha256(source)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -588,6 +668,7 @@ def _recalibrate_ensemble(
     overwrite: bool,
     progress: Callable[[int, int], None] | None,
     workers: int | str,
+    window: tuple[str, Any] | None = None,
 ) -> RecalibrationResult:
     """:func:`recalibrate_run` for a cross-validation folder's fold ensemble."""
     from clinfuse.ensemble import ENSEMBLE_CALIBRATION, load_ensemble
@@ -599,6 +680,7 @@ def _recalibrate_ensemble(
     cohort = labelled_cohort(
         ensemble, cohort, split=split, allow_missing_modalities=allow_missing_modalities
     )
+    cohort, recent = _recent(cohort, window)
     scores = ensemble.score(cohort, progress=progress, workers=workers)
     frame, excluded = scores.frame, scores.excluded
     y = _outcomes(frame, cohort)
@@ -621,6 +703,8 @@ def _recalibrate_ensemble(
         split=split,
         what="ensemble",
     )
+    if recent is not None:
+        report["since"] = recent
     report["source_model_version"] = model_version(source)
     report["fold_ensemble"] = len(ensemble)
 

@@ -279,3 +279,43 @@ def test_train_with_a_temporal_split_and_its_refusals(tiny_cohort, tmp_path):
     with pytest.raises(ConfigError, match="asks for one temporal split"):
         cross_validate(manifest, tmp_path / "cv", cfg, folds=2)
     assert not (tmp_path / "cv").exists() and not (tmp_path / "cv.partial").exists()
+
+
+def test_recalibrate_on_recent_cases_only(tiny_run, tiny_cohort, tmp_path, capsys):
+    import json
+
+    from clinfuse.cli import main
+    from clinfuse.evaluation.recalibrate import recalibrate_run
+
+    days = np.random.default_rng(4).integers(0, 730, 64)
+    manifest = _dated_manifest(
+        tiny_cohort,
+        lambda n: [*(str(np.datetime64("2023-01-01") + int(d)) for d in days[: n - 1]), ""],
+    )
+    dated = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    recent = (dated["encounter_date"] >= "2023-07-01") & (dated["encounter_date"] != "")
+    out = tmp_path / "recent"
+    args = ["recalibrate", str(tiny_run), str(manifest), "--out", str(out), "--method"]
+    args += ["intercept", "--time-column", "encounter_date", "--since", "2023-07-01"]
+    assert main(args) == 0
+    assert "dated from 2023-07-01 on" in capsys.readouterr().out
+    report = json.loads((out / "recalibration.json").read_text())
+    assert report["since"] == {
+        "column": "encounter_date",
+        "since": "2023-07-01",
+        "n_kept": int(recent.sum()),
+        "n_earlier": int((~recent).sum()) - 1,
+        "n_undated": 1,
+    }
+    assert report["n_cases"] + report["n_excluded"] <= int(recent.sum())
+    with pytest.raises(ConfigError, match="go together"):
+        recalibrate_run(tiny_run, manifest, tmp_path / "x", since="2023-07-01")
+    with pytest.raises(ConfigError, match="'soon' is not a date"):
+        recalibrate_run(
+            tiny_run, manifest, tmp_path / "x", time_column="encounter_date", since="soon"
+        )
+    with pytest.raises(CohortError, match="no case is dated on or after 2030-01-01"):
+        recalibrate_run(
+            tiny_run, manifest, tmp_path / "x", time_column="encounter_date", since="2030-01-01"
+        )
+    assert not (tmp_path / "x").exists()
