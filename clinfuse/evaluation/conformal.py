@@ -362,9 +362,9 @@ def conformal_from_evaluation(
     recent cases.
 
     Raises:
-        ConfigError: no evaluation there, one of another model version, the development
-            cases of a cross-validation (each fold model trained on most of them), or
-            unusable outcomes.
+        ConfigError: no evaluation there, one of another model version, one holding cases
+            the model was developed on (``case_mix.n_overlap``: its training or validation
+            split, a cross-validation's cohort), or unusable outcomes.
     """
     from clinfuse.scored import evaluates_model, model_version
 
@@ -403,6 +403,16 @@ def conformal_from_evaluation(
             "this evaluation is of another model (or another version of it)",
             path=evaluation,
             hint=f"evaluate this model: `clinfuse evaluate {model} MANIFEST --out DIR`",
+        )
+    overlap = int((metrics.get("case_mix") or {}).get("n_overlap") or 0)
+    if overlap:
+        raise ConfigError(
+            f"{overlap} of this evaluation's cases trained or tuned the model (its training "
+            "and validation splits, or a cross-validation's cohort): their risks are "
+            "in-sample, and sets calibrated on them would be too narrow",
+            path=evaluation,
+            hint=f"evaluate on held-out cases — `clinfuse evaluate {model} MANIFEST --split "
+            "test --out DIR`, or a new cohort — and pass DIR",
         )
     import pandas as pd
 

@@ -418,8 +418,11 @@ def test_conformal_sets_of_a_scored_cohort_in_worklist_and_case_page(
     worklist by it and refuses a damaged record."""
     from clinfuse.cli import app as cli_app
     from clinfuse.evaluation.conformal import conformal_from_evaluation
+    from clinfuse.evaluation.evaluate import evaluate_run
     from clinfuse.review.worklist import filter_worklist
 
+    held_out = tmp_path / "ev_test"  # the run's test split: cases it did not train on
+    evaluate_run(review_run["run"], review_run["manifest"], held_out, split="test", n_boot=0)
     table = tmp_path / "conf.csv"
     result = CliRunner().invoke(
         cli_app,
@@ -432,13 +435,13 @@ def test_conformal_sets_of_a_scored_cohort_in_worklist_and_case_page(
             "--workers",
             "0",
             "--conformal",
-            review_run["evaluation"],
+            str(held_out),
             "--alpha",
             "0.2",
         ],
     )
     assert result.exit_code == 0, result.output + str(result.exception)
-    sets = conformal_from_evaluation(review_run["evaluation"], review_run["run"], alpha=0.2)
+    sets = conformal_from_evaluation(held_out, review_run["run"], alpha=0.2)
     view = open_run_view(review_run["run"], predictions=table, n_boot=5)
     assert view.conformal == sets
     work = view.worklist()
@@ -482,7 +485,9 @@ def test_cohort_page_shows_an_evaluations_periods_and_conformal_coverage(
     frame.insert(3, "encounter_date", [str(np.datetime64("2023-01-01") + int(d)) for d in days])
     dated = Path(scored_cohort["manifest"]).with_name("dated_for_cohort_page.csv")
     frame.to_csv(dated, index=False)
-    sets = conformal_from_evaluation(review_run["evaluation"], review_run["run"], alpha=0.2)
+    held_out = tmp_path / "ev_test"
+    evaluate_run(review_run["run"], review_run["manifest"], held_out, split="test", n_boot=0)
+    sets = conformal_from_evaluation(held_out, review_run["run"], alpha=0.2)
     evaluation = tmp_path / "ev_dated"
     evaluate_run(
         review_run["run"],

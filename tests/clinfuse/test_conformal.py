@@ -174,7 +174,9 @@ def test_round_trip_and_bad_input_named():
 def test_fitted_on_an_evaluation_of_this_model_only(tiny_run, tiny_cohort, tmp_path):
     from clinfuse.evaluation.evaluate import evaluate_run
 
-    ev = evaluate_run(tiny_run, tiny_cohort, tmp_path / "ev", n_boot=0, min_group_size=5)
+    ev = evaluate_run(
+        tiny_run, tiny_cohort, tmp_path / "ev", split="test", n_boot=0, min_group_size=5
+    )
     sets = conformal_from_evaluation(tmp_path / "ev", tiny_run, alpha=0.2)
     frame = ev.predictions
     direct = ConformalSets.fit(frame["label"], frame["p_fusion"], alpha=0.2)
@@ -193,6 +195,10 @@ def test_fitted_on_an_evaluation_of_this_model_only(tiny_run, tiny_cohort, tmp_p
         conformal_from_evaluation(tmp_path / "ev", tiny_run)
     with pytest.raises(ConfigError, match="not an evaluation folder"):
         conformal_from_evaluation(tmp_path, tiny_run)
+    # an evaluation holding the training and validation cases: in-sample risks, refused
+    evaluate_run(tiny_run, tiny_cohort, tmp_path / "ev_all", n_boot=0, min_group_size=5)
+    with pytest.raises(ConfigError, match=r"trained or tuned the model .*--split test"):
+        conformal_from_evaluation(tmp_path / "ev_all", tiny_run)
     with pytest.raises(ConfigError, match="not a run folder"):
         conformal_from_evaluation(tmp_path / "ev", tmp_path / "no_run")
 
