@@ -463,6 +463,17 @@ def crossval(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing folder.")
     ] = False,
+    time_column: Annotated[
+        str | None,
+        typer.Option(
+            "--time-column",
+            help="Manifest column of dates: the pooled report adds metrics per --period and "
+            "the calibration drift.",
+        ),
+    ] = None,
+    period: Annotated[
+        str, typer.Option("--period", help="month, quarter or year (with --time-column).")
+    ] = "quarter",
 ) -> None:
     """Internal validation: train one run per fold, pool the out-of-fold predictions and
     write the evaluation report of the training procedure.
@@ -488,6 +499,8 @@ def crossval(
             subgroups=[s for s in subgroups.split(",") if s.strip()],
             thresholds=thresholds or None,
             n_boot=n_boot,
+            time_column=time_column,
+            period=period,
             progress=lambda _stage, done, total: update(done, total),
             on_epoch=_epoch_printer(),
             log=lambda msg: err_console.print(msg, highlight=False),

@@ -252,6 +252,8 @@ def cross_validate(
     progress: Progress | None = None,
     on_epoch: Callable[[Any, int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    time_column: str | None = None,
+    period: str = "quarter",
 ) -> CrossValResult:
     """Cross-validate the training procedure on a labelled cohort.
 
@@ -271,9 +273,9 @@ def cross_validate(
         resume: continue an interrupted cross-validation (``folds``, ``fold_seed`` and
             ``group_by`` left unset take the interrupted one's).
         overwrite: replace an existing folder.
-        subgroups, thresholds, n_boot, seed, level, min_group_size: as for
-            :func:`~clinfuse.evaluation.evaluate.evaluate_run`, on the pooled
-            out-of-fold predictions.
+        subgroups, thresholds, n_boot, seed, level, min_group_size, time_column, period: as
+            for :func:`~clinfuse.evaluation.evaluate.evaluate_run`, on the pooled
+            out-of-fold predictions (the dates are checked before any training).
         progress: ``progress(stage, done, total)`` while cases load.
         on_epoch: called after every epoch of every fold.
         log: one-line messages (counts and ids only).
@@ -329,8 +331,10 @@ def cross_validate(
         seed=seed,
         level=level,
         min_group_size=min_group_size,
+        time_column=time_column,
+        period=period,
     )
-    Evaluator(None, **evaluator_args)  # bad evaluation settings fail before any training
+    checker = Evaluator(None, **evaluator_args)  # bad settings fail before any training
     given = config
     if resume:  # the stored config decides how the cohort is read
         partial = _prepare_folders(out, resume=True, overwrite=overwrite, finished="crossval.json")
@@ -348,6 +352,15 @@ def cross_validate(
         )
 
     cohort = load_labelled_cohort(cohort_path, data_cfg)
+    if time_column and time_column.strip() not in cohort.columns:
+        raise CohortError(
+            f"time column {time_column.strip()!r} is not in the manifest "
+            f"(columns: {', '.join(cohort.columns)})",
+            field=time_column.strip(),
+            path=cohort.manifest_path,
+            hint="check --time-column against the manifest's header",
+        )
+    checker._dates(cohort, [r.case_id for r in cohort.rows])  # an unreadable date, by case
     for col in subgroups:
         if col.strip() and col.strip() not in cohort.columns:
             raise CohortError(

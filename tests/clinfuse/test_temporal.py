@@ -319,3 +319,36 @@ def test_recalibrate_on_recent_cases_only(tiny_run, tiny_cohort, tmp_path, capsy
             tiny_run, manifest, tmp_path / "x", time_column="encounter_date", since="2030-01-01"
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_crossval_pools_the_folds_per_period_and_checks_dates_first(tiny_cohort, tmp_path):
+    import json
+
+    from clinfuse.evaluation.crossval import cross_validate
+    from tests.conftest import tiny_config
+
+    days = np.random.default_rng(6).integers(0, 700, 64)
+    manifest = _dated_manifest(
+        tiny_cohort, lambda n: [str(np.datetime64("2022-01-01") + int(d)) for d in days[:n]]
+    )
+    bad = _dated_manifest(tiny_cohort, lambda n: ["2022-01-01"] * (n - 1) + ["not a date"])
+    cfg = tiny_config(epochs=1)
+    with pytest.raises(CohortError, match="'not a date' is not a date"):
+        cross_validate(bad, tmp_path / "bad", cfg, folds=2, time_column="encounter_date")
+    with pytest.raises(CohortError, match="'admitted' is not in the manifest"):
+        cross_validate(manifest, tmp_path / "bad", cfg, folds=2, time_column="admitted")
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+    res = cross_validate(
+        manifest,
+        tmp_path / "cv",
+        cfg,
+        folds=2,
+        n_boot=0,
+        min_group_size=4,
+        time_column="encounter_date",
+        period="year",
+    )
+    over = json.loads((res.out / "evaluation" / "metrics.json").read_text())["over_time"]
+    pooled = pd.read_csv(res.out / "evaluation" / "predictions.csv")
+    assert over["column"] == "encounter_date" and over["n_dated"] == len(pooled)
+    assert [r["period"] for r in over["periods"]] == ["2022", "2023"]
