@@ -180,7 +180,7 @@ def over_time_figure(over_time: dict[str, Any]) -> Any:
     (bottom); suppressed periods are left blank, the case count is printed under each."""
     rows = over_time["periods"]
     x = np.arange(len(rows))
-    fig = _figure(max(5.5, 0.45 * len(rows) + 2), 5.2)
+    fig = _figure(min(14.0, max(5.5, 0.45 * len(rows) + 2)), 5.2)
     top, bottom = fig.subplots(2, 1, sharex=True)
     for ax, key, ref, label in (
         (top, "oe", 1.0, "O/E (95 % CI)"),
@@ -195,7 +195,13 @@ def over_time_figure(over_time: dict[str, Any]) -> Any:
             ax.plot(i, stat["value"], "o", color=COLORS[0], ms=5)
         ax.axhline(ref, color="grey", lw=0.8, ls="--")
         ax.set_ylabel(label)
-    bottom.set_xticks(x, [f"{r['period']}\nn={r['n']}" for r in rows], fontsize=7)
+    many = len(rows) > 24  # e.g. years of months: labels turned, counts in the table only
+    bottom.set_xticks(
+        x,
+        [r["period"] if many else f"{r['period']}\nn={r['n']}" for r in rows],
+        fontsize=6 if many else 7,
+        rotation=90 if many else 0,
+    )
     top.set_title(f"Performance by {over_time['period']} ({over_time['column']})")
     return fig
 
