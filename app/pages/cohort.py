@@ -58,6 +58,8 @@ if res.subgroups is None:
     st.info("Run `clinfuse evaluate RUN COHORT --out DIR --subgroups sex,age_band` for subgroups.")
 else:
     st.dataframe(res.subgroups, hide_index=True, width="stretch")
+    if res.subgroups_text:
+        st.caption(res.subgroups_text)
 st.subheader("Modality ablation")
 if res.ablation is None:
     st.info("Run `clinfuse evaluate` for the modality ablation.")

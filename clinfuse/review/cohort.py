@@ -35,6 +35,7 @@ class CohortResults:
         y: (N,) outcomes; scores: {model: (N,) risks, NaN where the modality is missing}.
         aurocs: {model: AUROC on the cases that model scores}.
         subgroups, ablation, robustness: tables from the evaluation (None without one).
+        subgroups_text: the heterogeneity tests of each grouping, one line each.
         case_mix, case_mix_text: the evaluation's comparison with the development data.
         over_time, over_time_text: the evaluation's metrics per calendar period and its
             calibration drift (``clinfuse evaluate --time-column``).
@@ -47,6 +48,7 @@ class CohortResults:
     scores: dict[str, np.ndarray]
     aurocs: dict[str, float]
     subgroups: pd.DataFrame | None = None
+    subgroups_text: str | None = None
     ablation: pd.DataFrame | None = None
     robustness: pd.DataFrame | None = None
     case_mix: pd.DataFrame | None = None
@@ -117,6 +119,30 @@ def _subgroup_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _heterogeneity_text(metrics: dict[str, Any]) -> str | None:
+    """One line per grouping: do its reported groups differ more than chance allows?"""
+    groups = metrics.get("subgroups")
+    if not isinstance(groups, dict):
+        return None
+    lines = []
+    for column, block in groups.items():
+        het = block.get("heterogeneity") or {}
+        parts = []
+        if het.get("auroc"):
+            a = het["auroc"]
+            parts.append(f"AUROC Q = {a['q']:.2f} (df {a['df']}, p = {a['p_value']:.3g})")
+        if het.get("calibration_in_the_large"):
+            c = het["calibration_in_the_large"]
+            parts.append(
+                f"calibration-in-the-large LR = {c['lr']:.2f} (df {c['df']}, p = {c['p_value']:.3g})"
+            )
+        if parts:
+            lines.append(f"{column}: " + "; ".join(parts))
+    if not lines:
+        return None
+    return "Do the groups differ more than chance allows? " + " · ".join(lines)
 
 
 def _ablation_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
@@ -287,6 +313,7 @@ def load_cohort_results(view: Any) -> CohortResults:
             scores=scores,
             aurocs={m: _auroc(y, p) for m, p in scores.items()},
             subgroups=_subgroup_table(metrics),
+            subgroups_text=_heterogeneity_text(metrics),
             ablation=_ablation_table(metrics),
             robustness=_robustness_table(metrics),
             case_mix=case_mix,

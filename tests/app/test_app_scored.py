@@ -506,6 +506,7 @@ def test_cohort_page_shows_an_evaluations_periods_and_conformal_coverage(
     assert list(res.over_time["year"]) == ["2023", "2024"]
     assert "log odds change by" in (res.over_time_text or "")
     assert list(res.conformal["cases"]) == ["events", "non-events", "all"]
+    assert (res.subgroups_text or "").startswith("Do the groups differ more than chance allows?")
     assert (res.conformal_text or "").startswith("80 % conformal sets (per outcome)")
     at = _logged_in(review_run, table, tmp_path, monkeypatch, password, evaluation=evaluation)
     at.switch_page("pages/cohort.py").run()
