@@ -13,6 +13,9 @@ __all__ = [
     "ConformalFrom",
     "ConformalMarginal",
     "LoadWorkers",
+    "TimePeriod",
+    "check_period_option",
+    "conformal_sets",
 ]
 
 LoadWorkers = Annotated[
@@ -36,13 +39,13 @@ ConformalFrom = Annotated[
 ]
 
 ConformalAlpha = Annotated[
-    float,
+    float | None,
     typer.Option(
         "--alpha",
         min=0.001,
         max=0.499,
-        help="Error level of the conformal sets (0.1: each covers the true outcome with 90 % "
-        "probability).",
+        help="Error level of the conformal sets (default 0.1: each covers the true outcome "
+        "with 90 % probability).",
     ),
 ]
 
@@ -66,3 +69,71 @@ ConformalAlphaEvents = Annotated[
         "non-events left uncertain.",
     ),
 ]
+
+TimePeriod = Annotated[
+    str | None,
+    typer.Option(
+        "--period", help="month, quarter (default) or year: the periods of --time-column."
+    ),
+]
+
+
+def conformal_sets(
+    evaluation: Path | None,
+    model: Path,
+    *,
+    alpha: float | None,
+    marginal: bool,
+    alpha_events: float | None,
+    out: Path | None = None,
+) -> object:
+    """The conformal sets ``--conformal EVAL`` asks for (None without it), fitted before any
+    case is loaded; ``--alpha``/``--alpha-events``/``--marginal`` without ``--conformal`` are
+    an error (they would be ignored)."""
+    from clinfuse.errors import ConfigError
+
+    if evaluation is None:
+        given = [
+            name
+            for name, value in (
+                ("--alpha", alpha),
+                ("--alpha-events", alpha_events),
+                ("--marginal", marginal or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} set(s) conformal prediction sets, which need --conformal",
+                field="conformal",
+                hint="add --conformal EVAL (an evaluation of this model on held-out cases)",
+            )
+        return None
+    if out is not None and Path(evaluation).resolve() == Path(out).resolve():
+        raise ConfigError(
+            "--conformal names the output folder itself",
+            path=evaluation,
+            hint="pass an earlier evaluation of this model and a new --out",
+        )
+    from clinfuse.evaluation.conformal import conformal_from_evaluation
+
+    return conformal_from_evaluation(
+        evaluation,
+        model,
+        alpha=0.1 if alpha is None else alpha,
+        mondrian=not marginal,
+        alpha_events=alpha_events,
+    )
+
+
+def check_period_option(time_column: str | None, period: str | None) -> str:
+    """``--period``'s value (default quarter); an error without ``--time-column``."""
+    from clinfuse.errors import ConfigError
+
+    if period is not None and not time_column:
+        raise ConfigError(
+            "--period groups the dates of --time-column, which is missing",
+            field="period",
+            hint="add --time-column COL (a manifest column of dates)",
+        )
+    return "quarter" if period is None else period

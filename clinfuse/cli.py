@@ -25,6 +25,9 @@ from clinfuse._options import (
     ConformalFrom,
     ConformalMarginal,
     LoadWorkers,
+    TimePeriod,
+    check_period_option,
+    conformal_sets,
 )
 from clinfuse.errors import ClinFuseError
 
@@ -471,9 +474,7 @@ def crossval(
             "the calibration drift.",
         ),
     ] = None,
-    period: Annotated[
-        str, typer.Option("--period", help="month, quarter or year (with --time-column).")
-    ] = "quarter",
+    period: TimePeriod = None,
 ) -> None:
     """Internal validation: train one run per fold, pool the out-of-fold predictions and
     write the evaluation report of the training procedure.
@@ -500,7 +501,7 @@ def crossval(
             thresholds=thresholds or None,
             n_boot=n_boot,
             time_column=time_column,
-            period=period,
+            period=check_period_option(time_column, period),
             progress=lambda _stage, done, total: update(done, total),
             on_epoch=_epoch_printer(),
             log=lambda msg: err_console.print(msg, highlight=False),
@@ -625,7 +626,7 @@ def predict(
     ] = "cpu",
     workers: LoadWorkers = "auto",
     conformal: ConformalFrom = None,
-    alpha: ConformalAlpha = 0.1,
+    alpha: ConformalAlpha = None,
     marginal: ConformalMarginal = False,
     alpha_events: ConformalAlphaEvents = None,
 ) -> None:
@@ -642,13 +643,9 @@ def predict(
     from clinfuse.scored import write_scored
     from clinfuse.training.trainer import resolve_device
 
-    sets = None
-    if conformal is not None:  # fitted before any case is loaded: a bad folder fails fast
-        from clinfuse.evaluation.conformal import conformal_from_evaluation
-
-        sets = conformal_from_evaluation(
-            conformal, run, alpha=alpha, mondrian=not marginal, alpha_events=alpha_events
-        )
+    sets: Any = conformal_sets(
+        conformal, run, alpha=alpha, marginal=marginal, alpha_events=alpha_events
+    )
     where = resolve_device(device)
     ensemble = is_crossval_folder(run)
     model: Any = load_ensemble(run, device=where) if ensemble else load_run(run, device=where)

@@ -21,6 +21,9 @@ from clinfuse._options import (
     ConformalFrom,
     ConformalMarginal,
     LoadWorkers,
+    TimePeriod,
+    check_period_option,
+    conformal_sets,
 )
 
 __all__ = [
@@ -96,7 +99,7 @@ def evaluate(
     ] = "cpu",
     workers: LoadWorkers = "auto",
     conformal: ConformalFrom = None,
-    alpha: ConformalAlpha = 0.1,
+    alpha: ConformalAlpha = None,
     marginal: ConformalMarginal = False,
     alpha_events: ConformalAlphaEvents = None,
     time_column: Annotated[
@@ -107,9 +110,7 @@ def evaluate(
             "--period and the calibration drift over time.",
         ),
     ] = None,
-    period: Annotated[
-        str, typer.Option("--period", help="month, quarter or year (with --time-column).")
-    ] = "quarter",
+    period: TimePeriod = None,
 ) -> None:
     """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
     clinical utility, subgroups, sites and a modality ablation.
@@ -123,21 +124,10 @@ def evaluate(
 
     from clinfuse.evaluation.evaluate import evaluate_run
 
-    sets = None
-    if conformal is not None:  # fitted before any case is loaded: a bad folder fails fast
-        from clinfuse.evaluation.conformal import conformal_from_evaluation
-
-        if Path(conformal).resolve() == Path(out).resolve():
-            from clinfuse.errors import ConfigError
-
-            raise ConfigError(
-                "--conformal names the output folder itself",
-                path=conformal,
-                hint="pass an earlier evaluation of this model and a new --out",
-            )
-        sets = conformal_from_evaluation(
-            conformal, run, alpha=alpha, mondrian=not marginal, alpha_events=alpha_events
-        )
+    period = check_period_option(time_column, period)
+    sets = conformal_sets(  # fitted before any case is loaded: a bad folder fails fast
+        conformal, run, alpha=alpha, marginal=marginal, alpha_events=alpha_events, out=out
+    )
 
     result = evaluate_run(
         run,

@@ -388,7 +388,7 @@ class Evaluator:
             self.model,
             cohort,
             split=self.split,
-            subgroups=[*self.subgroups, *([self.time_column] if self.time_column else [])],
+            subgroups=self.subgroups,
             allow_missing_modalities=self.allow_missing_modalities,
         )
         self._dates(cohort, [r.case_id for r in cohort.rows])  # a bad date fails before scoring
@@ -399,6 +399,15 @@ class Evaluator:
         if self.time_column is None:
             return None
         from clinfuse.evaluation.temporal import parse_dates
+
+        if self.time_column not in cohort.columns:
+            raise CohortError(
+                f"time column {self.time_column!r} is not in the manifest "
+                f"(columns: {', '.join(cohort.columns)})",
+                field=self.time_column,
+                path=cohort.manifest_path,
+                hint="check --time-column against the manifest's header",
+            )
 
         rows = {r.case_id: r for r in cohort.rows}
         return parse_dates(

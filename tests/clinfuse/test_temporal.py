@@ -352,3 +352,20 @@ def test_crossval_pools_the_folds_per_period_and_checks_dates_first(tiny_cohort,
     pooled = pd.read_csv(res.out / "evaluation" / "predictions.csv")
     assert over["column"] == "encounter_date" and over["n_dated"] == len(pooled)
     assert [r["period"] for r in over["periods"]] == ["2022", "2023"]
+
+
+def test_options_that_would_be_ignored_are_refused(tiny_run, tiny_cohort, tmp_path, capsys):
+    from clinfuse.cli import main
+
+    base = ["evaluate", str(tiny_run), str(tiny_cohort), "--out", str(tmp_path / "ev")]
+    assert main([*base, "--period", "month"]) == 1
+    assert "--period groups the dates of --time-column, which is missing" in (
+        capsys.readouterr().err
+    )
+    pred = ["predict", str(tiny_run), str(tiny_cohort), "--out", str(tmp_path / "p.csv")]
+    for extra in (["--alpha", "0.2"], ["--alpha-events", "0.05"], ["--marginal"]):
+        assert main([*pred, *extra]) == 1
+        assert "need --conformal" in capsys.readouterr().err
+    assert main([*base, "--time-column", "admitted"]) == 1
+    assert "time column 'admitted' is not in the manifest" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "p.csv").exists()
