@@ -23,6 +23,7 @@ _MODULES: dict[str, str] = {
     "inference": "benchmarks.inference",
     "explain": "benchmarks.explain",
     "bootstrap": "benchmarks.bootstrap",
+    "monitoring": "benchmarks.monitoring",
     "demo": "benchmarks.demo",
     "scaling": "benchmarks.scaling",
     "train_step": "benchmarks.train_step",
@@ -53,6 +54,8 @@ _SUMMARIES: dict[str, str] = {
     "inference": "one case files -> fused risk (latency), cohort predict (cases/s)",
     "explain": "modality Shapley from the cache (ms/case), one full case explanation (s)",
     "bootstrap": "2,000 bootstrap replicates on 100,000 cases vs per-replicate resampling",
+    "monitoring": "100,000 cases: dates, metrics per month and calibration drift, conformal "
+    "sets and their coverage per site, heterogeneity tests",
     "demo": "`clinfuse demo`: wall time and peak memory (incl. children)",
     "scaling": "cached path (pack + stream-train heads + Shapley) vs cohort size: time, memory",
     "train_step": "fusion-network training step on synthetic tensors, fp32 vs bf16 (GPU)",
