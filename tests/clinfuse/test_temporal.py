@@ -369,3 +369,33 @@ def test_options_that_would_be_ignored_are_refused(tiny_run, tiny_cohort, tmp_pa
     assert main([*base, "--time-column", "admitted"]) == 1
     assert "time column 'admitted' is not in the manifest" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_temporal_split_keeps_the_manifests_own_splits_and_undated_cohorts_report_nothing(
+    tmp_path,
+):
+    from clinfuse.cohort.manifest import Cohort
+    from clinfuse.cohort.split import split_cohort
+
+    rows = [
+        {
+            "case_id": f"c{i}",
+            "patient_id": f"p{i}",
+            "label": i % 2,
+            "split": "test" if i == 0 else "",
+            "note_text": "a note",
+            "when": f"2024-01-{i + 1:02d}",
+        }
+        for i in range(10)
+    ]
+    path = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    got = {
+        r.case_id: r.split for r in split_cohort(Cohort.from_manifest(path), by_date="when").rows
+    }
+    assert got["c0"] == "test"  # the manifest's own split stays, although c0 is the earliest
+    # the nine others in date order, 0.7/0.15/0.15 of 9 patients: 7 train, 1 val, 1 test
+    assert [got[f"c{i}"] for i in range(1, 10)] == ["train"] * 7 + ["val", "test"]
+    none = performance_over_time(np.ones(3), np.full(3, 0.5), np.full(3, np.datetime64("NaT")))
+    assert none["n_dated"] == 0 and none["periods"] == [] and "first" not in none
+    assert none["drift"]["per_year"]["value"] is None
