@@ -549,6 +549,94 @@ def crossval(
     console.print(f"report: {result.report}")
 
 
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  clinfuse backtest dated/manifest.csv --out runs/backtest --time-column "
+        "encounter_date\n\n"
+        "  clinfuse backtest dated/manifest.csv --out runs/bt_q --time-column encounter_date "
+        "--period quarter --min-train-periods 4 --config my.yaml"
+    )
+)
+def backtest(
+    cohort: Annotated[Path, typer.Argument(help="The labelled manifest, with a date column.")],
+    out: Annotated[Path, typer.Option("--out", help="Backtest folder to create.")],
+    time_column: Annotated[
+        str, typer.Option("--time-column", help="Manifest column of dates (YYYY-MM-DD).")
+    ],
+    period: Annotated[
+        str, typer.Option("--period", help="year (default), quarter or month.")
+    ] = "year",
+    min_train_periods: Annotated[
+        int,
+        typer.Option(
+            "--min-train-periods", min=1, help="Periods of training data before the first test."
+        ),
+    ] = 1,
+    config: ConfigOption = None,
+    device: DeviceOption = None,
+    epochs: EpochsOption = None,
+    fusion: FusionOption = None,
+    tabular: TabularOption = None,
+    modalities: ModalitiesOption = None,
+    seed: SeedOption = None,
+    n_boot: Annotated[
+        int, typer.Option("--n-boot", min=0, help="Bootstrap replicates for the 95 % CIs.")
+    ] = 1000,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing folder.")
+    ] = False,
+) -> None:
+    """Rolling-origin validation: for every period, train on all earlier cases and test on
+    that period's — how a model retrained as data accrue would have fared.
+
+    Writes backtest.json, backtest.csv, figures/backtest.png, runs/until_PERIOD/ (complete
+    runs) and evaluations/PERIOD/ (a full report each). The folder appears only when complete.
+    """
+    from clinfuse.evaluation.backtest import backtest_run
+
+    cfg = _run_config(config, device, epochs, fusion, seed, tabular, modalities, resume=False)
+    result = backtest_run(
+        cohort,
+        out,
+        cfg,
+        time_column=time_column,
+        period=period,
+        min_train_periods=min_train_periods,
+        n_boot=n_boot,
+        overwrite=overwrite,
+        log=lambda msg: err_console.print(msg, highlight=False),
+    )
+    table = Table(title=f"rolling-origin backtest by {period}", header_style="bold")
+    for col in ("test period", "trained on", "cases", "events", "AUROC", "O/E", "cal. slope"):
+        table.add_column(col, justify="right")
+
+    def num(v: Any, digits: int = 3) -> str:
+        return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+    for r in result.rows.to_dict(orient="records"):
+        table.add_row(
+            str(r["period"]),
+            f"{r['train_first']} to {r['train_last']}",
+            str(r["n_test"]),
+            str(r["n_test_events"]),
+            num(r["auroc"]),
+            num(r["oe_ratio"], 2),
+            num(r["calibration_slope"], 2),
+        )
+    console.print(table)
+    for skip in result.summary["skipped"]:
+        console.print(f"{skip['period']}: not tested — {skip['reason']}", highlight=False)
+    left = int(result.rows["n_returning_left_out"].sum())
+    if left:
+        console.print(
+            f"{left} test-period cases of patients already in training were left out "
+            "(splits are by patient)",
+            highlight=False,
+        )
+    console.print(f"backtest folder: {result.out}")
+
+
 def _train_with_progress(
     cohort: Path, out: Path, cfg: object, *, resume: bool, overwrite: bool
 ) -> Path:

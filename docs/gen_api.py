@@ -116,6 +116,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.subgroups", "group_heterogeneity", []),
             ("clinfuse.evaluation.crossval", "cross_validate", []),
             ("clinfuse.evaluation.crossval", "CrossValResult", []),
+            ("clinfuse.evaluation.backtest", "backtest_run", []),
+            ("clinfuse.evaluation.backtest", "BacktestResult", []),
             ("clinfuse.evaluation.meta", "random_effects", []),
             ("clinfuse.evaluation.meta", "auroc_meta_analysis", []),
             ("clinfuse.evaluation.meta", "oe_meta_analysis", []),

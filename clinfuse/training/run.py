@@ -239,6 +239,7 @@ def train_run(
     on_epoch: Callable[[EpochRecord, int], None] | None = None,
     log: Callable[[str], None] | None = None,
     splits: Mapping[str, str] | None = None,
+    case_ids: Sequence[str] | None = None,
 ) -> Path:
     """Train a fusion model on a cohort and write a complete run folder.
 
@@ -254,6 +255,8 @@ def train_run(
         log: one-line messages (no PHI: counts and ids only).
         splits: case id → ``train``/``val``/``test`` for every labelled case, replacing the
             manifest's splits and the seeded split (cross-validation folds use this).
+        case_ids: use only these cases of the manifest (a backtest's training window and
+            test period); ``splits`` then covers them.
 
     Returns:
         The run folder.
@@ -277,6 +280,8 @@ def train_run(
     data_cfg = config.data
 
     cohort = load_labelled_cohort(cohort_path, data_cfg)
+    if case_ids is not None:
+        cohort = cohort.subset(list(case_ids))
     if splits is not None:
         cohort = _with_splits(cohort, splits)
     cohort = split_cohort(

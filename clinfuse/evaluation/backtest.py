@@ -1,0 +1,332 @@
+"""Temporal backtest: retrain on the past, test on the next period, for every period.
+
+A model in use is retrained from time to time on the cases collected so far and applied to
+the patients who come next. A *rolling-origin* (forward-chaining) validation replays that
+(Hyndman & Athanasopoulos, *Forecasting: principles and practice*, §5.10; TRIPOD+AI's
+temporal validation): with the dated cases grouped by ``period`` (year, quarter, month), for
+each period ``P_k`` after the first ``min_train_periods`` ones,
+
+- a complete run is trained on every case dated before ``P_k`` (its latest patients by
+  date form the validation split — early stopping, the fusion combiner and the calibration
+  are fitted on the most recent past, as in use), and
+- evaluated on the cases dated in ``P_k`` of patients it did not see (a full report each):
+  a returning patient's later cases are left out of the test — splits are by patient, as
+  everywhere in clinfuse — and counted.
+
+``backtest.json`` and ``backtest.csv`` hold one row per origin — the training window, cases,
+AUROC (DeLong), calibration intercept and slope, O/E and Brier, and how many of the period's
+cases were left out as returning patients' — and ``figures/backtest.png`` draws AUROC and
+O/E by origin. Nothing is pooled across origins: each row is a model the procedure would
+have produced then.
+
+>>> result = backtest_run("cohort/manifest.csv", "runs/backtest", config,
+...                       time_column="encounter_date", period="year")  # doctest: +SKIP
+>>> result.rows[["period", "n_train", "n_test", "auroc"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse.errors import CohortError, ConfigError
+
+__all__ = ["BacktestResult", "backtest_run"]
+
+
+@dataclass
+class BacktestResult:
+    """What :func:`backtest_run` wrote.
+
+    Attributes:
+        out: the backtest folder.
+        summary: ``backtest.json`` (settings, periods, one entry per origin).
+        rows: ``backtest.csv``, one row per origin.
+    """
+
+    out: Path
+    summary: dict[str, Any]
+    rows: pd.DataFrame
+
+
+def _origins(periods: list[str | None], min_train_periods: int) -> tuple[list[str], list[str]]:
+    """All periods in order, and those that are test periods (origins)."""
+    ordered = sorted({p for p in periods if p is not None})
+    if len(ordered) < min_train_periods + 1:
+        raise CohortError(
+            f"the dated cases span {len(ordered)} period(s); a backtest with "
+            f"{min_train_periods} training period(s) needs at least {min_train_periods + 1}",
+            field="period",
+            hint="use a shorter --period (quarter, month) or fewer --min-train-periods",
+        )
+    return ordered, ordered[min_train_periods:]
+
+
+def backtest_run(
+    cohort_path: str | Path,
+    out: str | Path,
+    config: Any = None,
+    *,
+    time_column: str,
+    period: str = "year",
+    min_train_periods: int = 1,
+    n_boot: int = 1000,
+    min_group_size: int = 30,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> BacktestResult:
+    """Rolling-origin validation (see the module's docstring).
+
+    Args:
+        cohort_path: the labelled manifest, with a date column.
+        out: the backtest folder to create (it appears only when complete).
+        config: run configuration of every training (defaults when None).
+        time_column: the manifest column of dates (undated cases are left out, counted).
+        period: ``month``, ``quarter`` or ``year``.
+        min_train_periods: periods before the first test period (at least 1).
+        n_boot, min_group_size: as for :func:`~clinfuse.evaluation.evaluate.evaluate_run`.
+        overwrite: replace an existing folder.
+        log: one-line messages (counts and periods only).
+
+    Raises:
+        ConfigError: a bad period or ``min_train_periods``, an ``out`` in the way, a
+            multi-process training config.
+        CohortError: no such column, an unreadable date, too few periods, or a training
+            window or test period without both outcomes.
+    """
+    from clinfuse._files import publish, temp_sibling
+    from clinfuse.cohort.split import assign_splits_by_date
+    from clinfuse.config import RunConfig
+    from clinfuse.evaluation.crossval import _check_single_process
+    from clinfuse.evaluation.evaluate import evaluate_run
+    from clinfuse.evaluation.temporal import check_period, parse_dates, period_labels
+    from clinfuse.training.run import load_labelled_cohort, train_run
+
+    say = log or (lambda _m: None)
+    check_period(period)
+    if isinstance(min_train_periods, bool) or min_train_periods < 1:
+        raise ConfigError(
+            f"min_train_periods is {min_train_periods}; use 1 or more",
+            field="min_train_periods",
+        )
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            "the backtest folder exists and is not empty",
+            path=out,
+            hint="choose another --out, or pass --overwrite",
+        )
+    config = config or RunConfig()
+    _check_single_process(config)
+    cohort = load_labelled_cohort(cohort_path, config.data)
+    if time_column not in cohort.columns:
+        raise CohortError(
+            f"time column {time_column!r} is not in the manifest "
+            f"(columns: {', '.join(cohort.columns)})",
+            field=time_column,
+            path=cohort.manifest_path,
+            hint="check --time-column against the manifest's header",
+        )
+    rows = list(cohort.rows)
+    dates = parse_dates(
+        [r.extra.get(time_column) for r in rows],
+        [r.case_id for r in rows],
+        column=time_column,
+        path=cohort.manifest_path,
+    )
+    labels = period_labels(dates, period)
+    all_periods, origins = _origins(labels, min_train_periods)
+    n_undated = int(np.isnat(dates).sum())
+    fractions = config.data.split_fractions
+    val_share = fractions[1] / (fractions[0] + fractions[1])
+    plans: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    for test_period in origins:  # every plan checked before any training
+        train_idx = [i for i, p in enumerate(labels) if p is not None and p < test_period]
+        seen = {rows[i].patient_id for i in train_idx}
+        in_period = [i for i, p in enumerate(labels) if p == test_period]
+        test_idx = [i for i in in_period if rows[i].patient_id not in seen]
+        train_ids = [rows[i].case_id for i in train_idx]
+        inner = assign_splits_by_date(
+            [rows[i].patient_id for i in train_idx],
+            dates[train_idx],
+            fractions=(1.0 - val_share, val_share, 0.0),
+        )
+        splits = dict(zip(train_ids, inner, strict=True))
+        splits.update({rows[i].case_id: "test" for i in test_idx})
+        short = []
+        for part, ids in (
+            ("train", [c for c, s in splits.items() if s == "train"]),
+            ("val", [c for c, s in splits.items() if s == "val"]),
+            ("test", [rows[i].case_id for i in test_idx]),
+        ):
+            outcomes = sorted({int(cohort[c].label or 0) for c in ids})
+            if len(outcomes) < 2:
+                short.append(f"its {part} part has {len(ids)} case(s) with outcomes {outcomes}")
+        if short:  # a period without both outcomes cannot train or test a model
+            skipped.append({"period": test_period, "reason": "; ".join(short)})
+            continue
+        plans.append(
+            {
+                "period": test_period,
+                "splits": splits,
+                "test_ids": [rows[i].case_id for i in test_idx],
+                "train_first": str(dates[train_idx].min())[:10],
+                "train_last": str(dates[train_idx].max())[:10],
+                "n_returning": len(in_period) - len(test_idx),
+            }
+        )
+    if not plans:
+        raise CohortError(
+            "no period can be tested: "
+            + " · ".join(f"{s['period']}: {s['reason']}" for s in skipped),
+            field=time_column,
+            path=cohort.manifest_path,
+            hint="use a longer --period, fewer --min-train-periods, or more cases; each "
+            "training window and test period needs both outcomes",
+        )
+    for s in skipped:
+        say(f"origin {s['period']} skipped: {s['reason']} (both outcomes are needed)")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(out)
+    tmp.mkdir()
+    try:
+        entries = []
+        for k, plan in enumerate(plans, 1):
+            test_period = plan["period"]
+            say(
+                f"origin {k}/{len(plans)}: training on {plan['train_first']} to "
+                f"{plan['train_last']}, testing on {test_period}"
+            )
+            run = train_run(
+                cohort_path,
+                tmp / "runs" / f"until_{test_period}",
+                config,
+                splits=plan["splits"],
+                case_ids=list(plan["splits"]),
+            )
+            ev = evaluate_run(
+                run,
+                cohort.subset(plan["test_ids"]),
+                tmp / "evaluations" / str(test_period),
+                n_boot=n_boot,
+                min_group_size=min_group_size,
+            )
+            m = ev.metrics
+            cal = m["calibration"]["fusion"]
+            entries.append(
+                {
+                    "period": test_period,
+                    "train_first": plan["train_first"],
+                    "train_last": plan["train_last"],
+                    "n_train": sum(1 for s in plan["splits"].values() if s == "train"),
+                    "n_val": sum(1 for s in plan["splits"].values() if s == "val"),
+                    "n_test": m["n_cases"],
+                    "n_test_events": m["n_events"],
+                    "n_returning_left_out": plan["n_returning"],
+                    "auroc": m["discrimination"]["models"]["fusion"]["auroc_delong"],
+                    "calibration_intercept": cal["intercept"],
+                    "calibration_slope": cal["slope"],
+                    "oe_ratio": cal["oe_ratio"],
+                    "brier": m["models"]["fusion"]["brier"]["value"],
+                    "run": f"runs/until_{test_period}",
+                    "evaluation": f"evaluations/{test_period}",
+                }
+            )
+        summary = {
+            "schema": "clinfuse.backtest.v1",
+            "manifest": str(cohort.manifest_path),
+            "time_column": time_column,
+            "period": period,
+            "min_train_periods": min_train_periods,
+            "periods": all_periods,
+            "skipped": skipped,
+            "n_dated": int(len(rows) - n_undated),
+            "n_undated": n_undated,
+            "origins": entries,
+        }
+        table = _table(entries)
+        (tmp / "backtest.json").write_text(
+            json.dumps(summary, indent=2, default=_json_default), encoding="utf-8"
+        )
+        table.to_csv(tmp / "backtest.csv", index=False)
+        _figure(table, period, tmp / "figures")
+        config.save(tmp / "config.yaml")
+        publish(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return BacktestResult(out=out, summary=summary, rows=table)
+
+
+def _table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    def value(d: Any, key: str = "value") -> Any:
+        return d.get(key) if isinstance(d, dict) else None
+
+    return pd.DataFrame(
+        [
+            {
+                "period": e["period"],
+                "train_first": e["train_first"],
+                "train_last": e["train_last"],
+                "n_train": e["n_train"],
+                "n_val": e["n_val"],
+                "n_test": e["n_test"],
+                "n_test_events": e["n_test_events"],
+                "n_returning_left_out": e["n_returning_left_out"],
+                "auroc": value(e["auroc"]),
+                "auroc_ci_low": value(e["auroc"], "ci_low"),
+                "auroc_ci_high": value(e["auroc"], "ci_high"),
+                "calibration_intercept": value(e["calibration_intercept"]),
+                "calibration_slope": value(e["calibration_slope"]),
+                "oe_ratio": value(e["oe_ratio"]),
+                "oe_ci_low": value(e["oe_ratio"], "ci_low"),
+                "oe_ci_high": value(e["oe_ratio"], "ci_high"),
+                "brier": e["brier"],
+            }
+            for e in entries
+        ]
+    )
+
+
+def _figure(table: pd.DataFrame, period: str, folder: Path) -> None:
+    from clinfuse.evaluation.figures import _figure as new_figure
+    from clinfuse.evaluation.figures import save_figure
+
+    fig = new_figure(max(5.5, 0.6 * len(table) + 2.5), 5.0)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    x = np.arange(len(table))
+    for ax, key, low, high, ref, name in (
+        (top, "auroc", "auroc_ci_low", "auroc_ci_high", 0.5, "AUROC (DeLong 95 % CI)"),
+        (bottom, "oe_ratio", "oe_ci_low", "oe_ci_high", 1.0, "O/E (95 % CI)"),
+    ):
+        for i, r in table.iterrows():
+            if pd.isna(r[key]):
+                continue
+            if not (pd.isna(r[low]) or pd.isna(r[high])):
+                ax.plot([x[i], x[i]], [r[low], r[high]], color="#1f77b4", lw=1.5)
+            ax.plot(x[i], r[key], "o", color="#1f77b4", ms=5)
+        ax.axhline(ref, color="grey", lw=0.8, ls="--")
+        ax.set_ylabel(name)
+    bottom.set_xticks(
+        x, [f"{p}\nn={n}" for p, n in zip(table["period"], table["n_test"], strict=True)]
+    )
+    bottom.set_xlabel(f"test {period} (trained on every earlier {period})")
+    top.set_title("Rolling-origin backtest")
+    save_figure(fig, folder, "backtest")
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
