@@ -106,7 +106,7 @@ def backtest_run(
     from clinfuse.config import RunConfig
     from clinfuse.evaluation.crossval import _check_single_process
     from clinfuse.evaluation.evaluate import evaluate_run
-    from clinfuse.evaluation.temporal import check_period, parse_dates, period_labels
+    from clinfuse.evaluation.temporal import check_period, cohort_dates, period_labels
     from clinfuse.training.run import load_labelled_cohort, train_run
 
     say = log or (lambda _m: None)
@@ -126,21 +126,8 @@ def backtest_run(
     config = config or RunConfig()
     _check_single_process(config)
     cohort = load_labelled_cohort(cohort_path, config.data)
-    if time_column not in cohort.columns:
-        raise CohortError(
-            f"time column {time_column!r} is not in the manifest "
-            f"(columns: {', '.join(cohort.columns)})",
-            field=time_column,
-            path=cohort.manifest_path,
-            hint="check --time-column against the manifest's header",
-        )
     rows = list(cohort.rows)
-    dates = parse_dates(
-        [r.extra.get(time_column) for r in rows],
-        [r.case_id for r in rows],
-        column=time_column,
-        path=cohort.manifest_path,
-    )
+    dates = cohort_dates(cohort, time_column)
     labels = period_labels(dates, period)
     all_periods, origins = _origins(labels, min_train_periods)
     n_undated = int(np.isnat(dates).sum())

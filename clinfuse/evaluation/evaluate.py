@@ -398,24 +398,9 @@ class Evaluator:
         """The :attr:`time_column` dates of ``case_ids`` (None without a time column)."""
         if self.time_column is None:
             return None
-        from clinfuse.evaluation.temporal import parse_dates
+        from clinfuse.evaluation.temporal import cohort_dates
 
-        if self.time_column not in cohort.columns:
-            raise CohortError(
-                f"time column {self.time_column!r} is not in the manifest "
-                f"(columns: {', '.join(cohort.columns)})",
-                field=self.time_column,
-                path=cohort.manifest_path,
-                hint="check --time-column against the manifest's header",
-            )
-
-        rows = {r.case_id: r for r in cohort.rows}
-        return parse_dates(
-            [rows[c].extra.get(self.time_column) for c in case_ids],
-            list(case_ids),
-            column=self.time_column,
-            path=cohort.manifest_path,
-        )
+        return cohort_dates(cohort, self.time_column, case_ids)
 
     @staticmethod
     def _group_value(row: Any, column: str) -> Any:

@@ -331,22 +331,10 @@ def _recent(cohort: Any, window: tuple[str, Any] | None) -> tuple[Any, dict[str,
     """
     if window is None:
         return cohort, None
-    from clinfuse.evaluation.temporal import parse_dates
+    from clinfuse.evaluation.temporal import cohort_dates
 
     column, first = window
-    if column not in cohort.columns:
-        raise CohortError(
-            f"time column {column!r} is not in the manifest (columns: {', '.join(cohort.columns)})",
-            field=column,
-            path=cohort.manifest_path,
-            hint="check --time-column against the manifest's header",
-        )
-    dates = parse_dates(
-        [r.extra.get(column) for r in cohort.rows],
-        [r.case_id for r in cohort.rows],
-        column=column,
-        path=cohort.manifest_path,
-    )
+    dates = cohort_dates(cohort, column)
     keep = [
         r.case_id for r, d in zip(cohort.rows, dates, strict=True) if d >= first.to_datetime64()
     ]

@@ -33,6 +33,7 @@ from clinfuse.errors import CohortError, ConfigError
 __all__ = [
     "PERIODS",
     "calibration_drift",
+    "cohort_dates",
     "parse_dates",
     "performance_over_time",
     "period_labels",
@@ -51,6 +52,29 @@ def check_period(period: str) -> str:
             f"unknown period {period!r}; use one of {', '.join(PERIODS)}", field="period"
         )
     return period
+
+
+def cohort_dates(cohort: Any, column: str, case_ids: Sequence[str] | None = None) -> np.ndarray:
+    """The dates of a cohort's cases (all, or ``case_ids``) in its manifest column ``column``.
+
+    Raises:
+        CohortError: no such column (naming the manifest's columns), or an unreadable date
+            (naming the case).
+    """
+    if column not in cohort.columns:
+        raise CohortError(
+            f"time column {column!r} is not in the manifest (columns: {', '.join(cohort.columns)})",
+            field=column,
+            path=cohort.manifest_path,
+            hint="check --time-column against the manifest's header",
+        )
+    rows = cohort.rows if case_ids is None else [cohort[c] for c in case_ids]
+    return parse_dates(
+        [r.extra.get(column) for r in rows],
+        [r.case_id for r in rows],
+        column=column,
+        path=cohort.manifest_path,
+    )
 
 
 def parse_dates(

@@ -112,14 +112,11 @@ def resolve_modalities(cohort: Cohort, config: RunConfig) -> list[str]:
 
 def _date_ranges(cohort: Any, column: str) -> dict[str, Any]:
     """The first and last ``column`` date of each split (a temporal split's periods)."""
-    from clinfuse.evaluation.temporal import parse_dates
+    from clinfuse.evaluation.temporal import cohort_dates
 
     out: dict[str, Any] = {"column": column}
     for split in ("train", "val", "test"):
-        rows = [r for r in cohort.rows if r.split == split]
-        dates = parse_dates(
-            [r.extra.get(column) for r in rows], [r.case_id for r in rows], column=column
-        )
+        dates = cohort_dates(cohort, column, [r.case_id for r in cohort.rows if r.split == split])
         dates = dates[~np.isnat(dates)]
         out[split] = (
             {"first": str(dates.min())[:10], "last": str(dates.max())[:10]} if len(dates) else None
