@@ -46,6 +46,7 @@ from clinfuse.errors import ConfigError
 __all__ = [
     "SET_LABELS",
     "ConformalSets",
+    "alpha_sweep",
     "calibration_overlap",
     "conformal_from_evaluation",
     "coverage_by_group",
@@ -567,6 +568,66 @@ def coverage_by_group(
                 "events": table["coverage"]["events"],
                 "non_events": table["coverage"]["non_events"],
                 "singletons": table["singletons"]["share"],
+            }
+        )
+    return rows
+
+
+SWEEP_ALPHAS = (0.05, 0.1, 0.2)
+"""The error levels :func:`alpha_sweep` compares by default."""
+
+
+def alpha_sweep(
+    sets: ConformalSets,
+    y: Sequence[float] | np.ndarray,
+    p: Sequence[float] | np.ndarray,
+    *,
+    alphas: Sequence[float] = SWEEP_ALPHAS,
+    level: float = 0.95,
+) -> list[dict[str, Any]] | None:
+    """The same calibration cases at other error levels, applied to ``(y, p)``: what each
+    ``alpha`` would have promised and given here — coverage of events and non-events, the
+    share of single-outcome sets and their error rate. For choosing ``alpha``: a smaller
+    one promises more and settles fewer cases.
+
+    The calibration cases are read again from ``sets.source["evaluation"]`` (None when
+    that is not recorded). Class-conditional or marginal as ``sets``; one ``alpha`` for both
+    outcomes.
+
+    Raises:
+        ConfigError: the calibrating evaluation's predictions can no longer be read.
+    """
+    import pandas as pd
+
+    folder = sets.source.get("evaluation")
+    if not folder:
+        return None
+    table = Path(folder) / "predictions.csv"
+    try:
+        cal = pd.read_csv(table, usecols=["label", "p_fusion"])
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read the predictions that calibrated the conformal sets: {e}", path=table
+        ) from e
+    cal = cal[cal["label"].notna()]
+    rows = []
+    for alpha in alphas:
+        other = ConformalSets.fit(
+            cal["label"].to_numpy(float),
+            cal["p_fusion"].to_numpy(float),
+            alpha=alpha,
+            mondrian=sets.mondrian,
+        )
+        table_here = coverage_table(y, other.predict(p), level=level)
+        rows.append(
+            {
+                "alpha": float(alpha),
+                "positive_from": other.positive_from,
+                "negative_up_to": other.negative_up_to,
+                "events": table_here["coverage"]["events"],
+                "non_events": table_here["coverage"]["non_events"],
+                "singletons": table_here["singletons"]["share"],
+                "singleton_error": table_here["singletons"]["error"]["value"],
             }
         )
     return rows

@@ -699,6 +699,7 @@ class Evaluator:
         group of ``groupings`` (subgroups, sites, periods: each case's group by name of
         the grouping); each case's set into ``frame``."""
         from clinfuse.evaluation.conformal import (
+            alpha_sweep,
             calibration_overlap,
             coverage_by_group,
             coverage_table,
@@ -723,6 +724,7 @@ class Evaluator:
                 for col, groups in groupings.items()
             },
             "n_in_calibration": overlap,
+            "by_alpha": alpha_sweep(self.conformal, y, p, level=self.level),
         }
 
     def _model_card(self, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -525,6 +525,35 @@ def _conformal(m: dict[str, Any]) -> str:
                 for r in shown
             ],
         )
+    sweep = c.get("by_alpha")
+    if sweep:
+        body += (
+            "<p>The same calibration cases at other error levels, on these cases (a smaller "
+            "alpha promises more and settles fewer cases):</p>"
+        )
+        body += _table(
+            [
+                "alpha",
+                "event from",
+                "non-event up to",
+                "events covered",
+                "non-events covered",
+                "one outcome",
+                "wrong among them",
+            ],
+            [
+                [
+                    _num(r["alpha"], 2),
+                    "always" if r["positive_from"] is None else _pct(r["positive_from"]),
+                    "always" if r["negative_up_to"] is None else _pct(r["negative_up_to"]),
+                    _ci(r["events"]),
+                    _ci(r["non_events"]),
+                    _pct(r["singletons"]),
+                    _pct(r["singleton_error"]),
+                ]
+                for r in sweep
+            ],
+        )
     err = c["singletons"]["error"]
     body += (
         f"<p>{_pct(c['singletons']['share'])} of cases got a single outcome; among them the "

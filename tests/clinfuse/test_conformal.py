@@ -264,6 +264,12 @@ def test_evaluate_checks_the_sets_coverage_on_another_cohort(
     for key, stat in expected["coverage"].items():
         assert metrics["conformal"]["coverage"][key] == pytest.approx(stat, nan_ok=True)
     assert metrics["conformal"]["n_in_calibration"] == 0  # val and test cases differ
+    # the alpha sweep refits the same calibration cases: its 0.2 row is these sets
+    sweep = {r["alpha"]: r for r in metrics["conformal"]["by_alpha"]}
+    assert sorted(sweep) == [0.05, 0.1, 0.2]
+    assert sweep[0.2]["events"] == pytest.approx(metrics["conformal"]["coverage"]["events"])
+    assert sweep[0.2]["negative_up_to"] == fitted.negative_up_to
+    assert sweep[0.05]["singletons"] <= sweep[0.2]["singletons"]  # more promised, less settled
     by_site = metrics["conformal"]["by_group"]["site"]
     assert {r["group"] for r in by_site} == set(frame["site"].dropna().astype(str))
     report = (out / "report.html").read_text()
