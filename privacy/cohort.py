@@ -601,6 +601,23 @@ def _collect(
     return found
 
 
+def _date_gaps(idents: list[Identifier], max_days: int) -> set[int]:
+    """The negative day gaps between a patient's known dates (``YYYYMMDD`` values): a date
+    shift equal to one would turn a later date into an earlier original one."""
+    import datetime as dt
+
+    days = set()
+    for ident in idents:
+        if ident.kind != "date":
+            continue
+        try:
+            days.add(dt.datetime.strptime(ident.value[:8], "%Y%m%d").date().toordinal())
+        except ValueError:
+            continue
+    ordered = sorted(days)
+    return {a - b for i, a in enumerate(ordered) for b in ordered[i + 1 :] if 0 < b - a <= max_days}
+
+
 class _Needle:
     """The search for one identifier: a set lookup first, the regex (compiled lazily) second.
 
@@ -1191,6 +1208,8 @@ def deidentify_cohort(
     dicom_options = dicom_options or DicomOptions(retain_longitudinal=True)
     keep_dates = dicom_options.retain_longitudinal
     identifiers = _collect(frame, root, spec, cols, dicom_options.retained_keywords())
+    for patient, idents in identifiers.items():  # a shifted date never equals another original
+        pseudonymizer.avoid_date_shifts(patient, _date_gaps(idents, pseudonymizer.max_shift_days))
     name_tokens = {
         t.lower()
         for idents in identifiers.values()

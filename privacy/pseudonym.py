@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from privacy.errors import SecretKeyError
@@ -110,6 +111,7 @@ class Pseudonymizer:
             raise ValueError(f"max_shift_days must be >= 1, got {max_shift_days}")
         self._key = key
         self.max_shift_days = int(max_shift_days)
+        self._avoid: dict[str, frozenset[int]] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"Pseudonymizer(key_id={self.key_id!r}, max_shift_days={self.max_shift_days})"
@@ -147,9 +149,27 @@ class Pseudonymizer:
         return f"2.25.{n}"
 
     def date_shift_days(self, patient_key: str) -> int:
-        """The patient's date shift in days, in ``[-max_shift_days, -1]`` (never 0)."""
-        n = int.from_bytes(self.digest(str(patient_key), "date.shift")[:8], "big")
-        return -(1 + n % self.max_shift_days)
+        """The patient's date shift in days, in ``[-max_shift_days, -1]`` (never 0).
+
+        Keyed on the patient; a shift set aside with :meth:`avoid_date_shifts` is replaced
+        by the next keyed candidate (deterministic too), so shifting one of the patient's
+        dates never lands on another of their original dates.
+        """
+        avoid = self._avoid.get(str(patient_key), frozenset())
+        shift = 0
+        for k in range(64):
+            namespace = "date.shift" if k == 0 else f"date.shift.{k}"
+            n = int.from_bytes(self.digest(str(patient_key), namespace)[:8], "big")
+            shift = -(1 + n % self.max_shift_days)
+            if shift not in avoid:
+                return shift
+        free = [s for s in range(-1, -self.max_shift_days - 1, -1) if s not in avoid]
+        return free[0] if free else shift
+
+    def avoid_date_shifts(self, patient_key: str, shifts: Iterable[int]) -> None:
+        """Set aside date shifts for one patient (see :meth:`date_shift_days`): the gaps
+        between the patient's own dates, in days, each as a negative shift."""
+        self._avoid[str(patient_key)] = frozenset(int(s) for s in shifts)
 
     def choice(self, value: str, namespace: str, options: list[str] | tuple[str, ...]) -> str:
         """Pick one of ``options`` deterministically from ``value`` (for surrogates)."""

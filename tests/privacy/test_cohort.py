@@ -337,3 +337,36 @@ def test_zipped_series_is_deidentified_into_a_folder(synth_cohort: Path, tmp_pat
     assert [e["status"] for e in report["not_copied"]] == ["error"]
     assert "not a readable zip" in report["not_copied"][0]["reason"]
     assert "broken.zip" not in json.dumps(report["not_copied"])  # paths stay on the console
+
+
+def test_a_date_shift_never_turns_a_later_date_into_an_earlier_original(tmp_path: Path) -> None:
+    """Two visits of a patient exactly as far apart as the patient's keyed shift: shifting
+    the later date would write the earlier original date — which the residual-risk scan
+    rightly finds. The shift moves to the next keyed candidate instead."""
+    natural = Pseudonymizer(SECRET).date_shift_days("PX")
+    first = pd.Timestamp("2021-03-15")
+    later = first - pd.Timedelta(days=natural)  # later + natural == first
+    cohort = tmp_path / "c"
+    cohort.mkdir()
+    frame = pd.DataFrame(
+        {
+            "case_id": ["A1", "A2"],
+            "patient_id": ["PX", "PX"],
+            "admit": [first.strftime("%Y-%m-%d"), later.strftime("%Y-%m-%d")],
+            "note_text": ["Seen today.", "Seen again."],
+        }
+    )
+    p = Pseudonymizer(SECRET)
+    result = deidentify_cohort(
+        frame, cohort, tmp_path / "out", p, CohortSpec(date_columns=("admit",))
+    )
+    assert result.report["residual_risk"]["ok"]
+    shift = p.date_shift_days("PX")
+    assert shift != natural and -365 <= shift <= -1
+    out = pd.read_csv(result.manifest_path, dtype=str)
+    assert list(out["admit"]) == [
+        (d + pd.Timedelta(days=shift)).strftime("%Y-%m-%d") for d in (first, later)
+    ]
+    assert first.strftime("%Y-%m-%d") not in set(out["admit"])
+    # another patient's shift is untouched
+    assert p.date_shift_days("PY") == Pseudonymizer(SECRET).date_shift_days("PY")

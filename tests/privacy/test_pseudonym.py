@@ -79,3 +79,18 @@ def test_missing_secret_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         load_secret()
     with pytest.raises(SecretKeyError):
         Pseudonymizer(b"")
+
+
+def test_a_set_aside_shift_is_replaced_by_the_next_keyed_one() -> None:
+    p = Pseudonymizer(SECRET, max_shift_days=30)
+    natural = p.date_shift_days("P1")
+    p.avoid_date_shifts("P1", [natural])
+    moved = p.date_shift_days("P1")
+    assert moved != natural and -30 <= moved <= -1
+    again = Pseudonymizer(SECRET, max_shift_days=30)
+    again.avoid_date_shifts("P1", [natural])
+    assert again.date_shift_days("P1") == moved  # deterministic
+    p.avoid_date_shifts("P1", [s for s in range(-30, 0) if s != -7])
+    assert p.date_shift_days("P1") == -7  # the only one left
+    p.avoid_date_shifts("P1", range(-30, 0))
+    assert -30 <= p.date_shift_days("P1") <= -1  # nothing left: still a valid shift
