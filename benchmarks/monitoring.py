@@ -28,38 +28,18 @@ def run(ctx: Context) -> None:
     with timer() as t:
         dates = parse_dates(text, ids, column="encounter_date")
     ctx.emit("monitoring", "parse_dates_s", t(), "s", config=config, higher_is_better=False)
-    with timer() as t:
-        over = performance_over_time(y, p, dates, period="month")
-    ctx.emit(
-        "monitoring",
-        "over_time_s",
-        t(),
-        "s",
-        config={**config, "period": "month", "periods": len(over["periods"])},
-        higher_is_better=False,
+    sets = ConformalSets.fit(y, p, alpha=0.1).predict(p)
+    steps = (
+        (
+            "over_time_s",
+            {"period": "month"},
+            lambda: performance_over_time(y, p, dates, period="month"),
+        ),
+        ("conformal_fit_predict_s", {}, lambda: ConformalSets.fit(y, p, alpha=0.1).predict(p)),
+        ("conformal_coverage_by_site_s", {"sites": 5}, lambda: coverage_by_group(y, sets, sites)),
+        ("heterogeneity_tests_s", {"sites": 5}, lambda: group_heterogeneity(y, p, sites)),
     )
-    with timer() as t:
-        sets = ConformalSets.fit(y, p, alpha=0.1).predict(p)
-    ctx.emit(
-        "monitoring", "conformal_fit_predict_s", t(), "s", config=config, higher_is_better=False
-    )
-    with timer() as t:
-        coverage_by_group(y, sets, sites)
-    ctx.emit(
-        "monitoring",
-        "conformal_coverage_by_site_s",
-        t(),
-        "s",
-        config={**config, "sites": 5},
-        higher_is_better=False,
-    )
-    with timer() as t:
-        group_heterogeneity(y, p, sites)
-    ctx.emit(
-        "monitoring",
-        "heterogeneity_tests_s",
-        t(),
-        "s",
-        config={**config, "sites": 5},
-        higher_is_better=False,
-    )
+    for figure, extra, step in steps:
+        with timer() as t:
+            step()
+        ctx.emit("monitoring", figure, t(), "s", config={**config, **extra}, higher_is_better=False)

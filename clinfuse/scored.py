@@ -31,6 +31,7 @@ __all__ = [
     "PROVENANCE_SUFFIX",
     "evaluates_model",
     "fold_models_path",
+    "model_sha256",
     "model_version",
     "provenance_path",
     "read_provenance",
@@ -115,10 +116,15 @@ def evaluates_model(path: str | Path, recorded: dict[str, Any]) -> bool:
             ensemble_calibration_digest(path)
         )
     theirs = recorded.get("model_sha256")
-    model_json = path / "model" / "model.json"
     return theirs is None or (
-        model_json.exists() and theirs == hashlib.sha256(model_json.read_bytes()).hexdigest()
+        (path / "model" / "model.json").exists() and theirs == model_sha256(path)
     )
+
+
+def model_sha256(run: str | Path) -> str:
+    """SHA-256 of a run's ``model/model.json`` (every weight fingerprint and calibrator):
+    the model version an evaluation or a recalibration records."""
+    return hashlib.sha256((Path(run) / "model" / "model.json").read_bytes()).hexdigest()
 
 
 def provenance_path(predictions: str | Path) -> Path:

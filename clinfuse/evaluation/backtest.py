@@ -27,7 +27,6 @@ have produced then.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +100,12 @@ def backtest_run(
         CohortError: no such column, an unreadable date, too few periods, or a training
             window or test period without both outcomes.
     """
-    from clinfuse._files import publish, temp_sibling
+    from clinfuse._files import atomic_folder
     from clinfuse.cohort.split import assign_splits_by_date
     from clinfuse.config import RunConfig
     from clinfuse.evaluation.crossval import _check_single_process
-    from clinfuse.evaluation.evaluate import evaluate_run
+    from clinfuse.evaluation.evaluate import _check_out, evaluate_run
+    from clinfuse.evaluation.figures import period_figure, save_figure
     from clinfuse.evaluation.temporal import check_period, cohort_dates, period_labels
     from clinfuse.training.run import load_labelled_cohort, train_run
 
@@ -117,12 +117,7 @@ def backtest_run(
             field="min_train_periods",
         )
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(
-            "the backtest folder exists and is not empty",
-            path=out,
-            hint="choose another --out, or pass --overwrite",
-        )
+    _check_out(out, overwrite)
     config = config or RunConfig()
     _check_single_process(config)
     cohort = load_labelled_cohort(cohort_path, config.data)
@@ -182,10 +177,7 @@ def backtest_run(
     for s in skipped:
         say(f"origin {s['period']} skipped: {s['reason']} (both outcomes are needed)")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(out)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:  # published only when every origin is done
         entries = []
         for k, plan in enumerate(plans, 1):
             test_period = plan["period"]
@@ -241,16 +233,18 @@ def backtest_run(
             "origins": entries,
         }
         table = _table(entries)
-        (tmp / "backtest.json").write_text(
-            json.dumps(summary, indent=2, default=_json_default), encoding="utf-8"
-        )
+        (tmp / "backtest.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         table.to_csv(tmp / "backtest.csv", index=False)
-        _figure(table, period, tmp / "figures")
+        figure = period_figure(
+            [
+                {"period": e["period"], "n": e["n_test"], "oe": e["oe_ratio"], "auroc": e["auroc"]}
+                for e in entries
+            ],
+            title="Rolling-origin backtest",
+            xlabel=f"test {period} (trained on every earlier {period})",
+        )
+        save_figure(figure, tmp / "figures", "backtest")
         config.save(tmp / "config.yaml")
-        publish(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return BacktestResult(out=out, summary=summary, rows=table)
 
 
@@ -282,38 +276,3 @@ def _table(entries: list[dict[str, Any]]) -> pd.DataFrame:
             for e in entries
         ]
     )
-
-
-def _figure(table: pd.DataFrame, period: str, folder: Path) -> None:
-    from clinfuse.evaluation.figures import _figure as new_figure
-    from clinfuse.evaluation.figures import save_figure
-
-    fig = new_figure(max(5.5, 0.6 * len(table) + 2.5), 5.0)
-    top, bottom = fig.subplots(2, 1, sharex=True)
-    x = np.arange(len(table))
-    for ax, key, low, high, ref, name in (
-        (top, "auroc", "auroc_ci_low", "auroc_ci_high", 0.5, "AUROC (DeLong 95 % CI)"),
-        (bottom, "oe_ratio", "oe_ci_low", "oe_ci_high", 1.0, "O/E (95 % CI)"),
-    ):
-        for i, r in table.iterrows():
-            if pd.isna(r[key]):
-                continue
-            if not (pd.isna(r[low]) or pd.isna(r[high])):
-                ax.plot([x[i], x[i]], [r[low], r[high]], color="#1f77b4", lw=1.5)
-            ax.plot(x[i], r[key], "o", color="#1f77b4", ms=5)
-        ax.axhline(ref, color="grey", lw=0.8, ls="--")
-        ax.set_ylabel(name)
-    bottom.set_xticks(
-        x, [f"{p}\nn={n}" for p, n in zip(table["period"], table["n_test"], strict=True)]
-    )
-    bottom.set_xlabel(f"test {period} (trained on every earlier {period})")
-    top.set_title("Rolling-origin backtest")
-    save_figure(fig, folder, "backtest")
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")

@@ -190,10 +190,11 @@ class ConformalSets:
     def contains(self, p: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Whether outcome 0 and outcome 1 are in each case's set: two (N,) bool arrays."""
         p = np.asarray(p, dtype=float)
-        if self.mondrian or self.positive_from is None:
-            has1 = np.ones(p.shape, bool) if self.positive_from is None else p >= self.positive_from
-        else:  # marginal: 1 − p ≤ q, compared as the score is (no rounding of 1 − q)
-            assert self.negative_up_to is not None
+        if self.positive_from is None:
+            has1 = np.ones(p.shape, bool)
+        elif self.mondrian or self.negative_up_to is None:
+            has1 = p >= self.positive_from
+        else:  # marginal: the score 1 − p against q itself (no rounding of 1 − q)
             has1 = 1.0 - p <= self.negative_up_to
         has0 = np.ones(p.shape, bool) if self.negative_up_to is None else p <= self.negative_up_to
         return has0, has1
@@ -287,9 +288,8 @@ class ConformalSets:
             if self.negative_up_to is None
             else f"when the risk is ≤ {100 * self.negative_up_to:.1f} %"
         )
-        spread = self.coverage_given_calibration()
-        low = min(spread.values(), key=lambda d: d["quantile"])
-        name = next(k for k, v in spread.items() if v is low).replace("_", "-")
+        name, low = min(self.coverage_given_calibration().items(), key=lambda kv: kv[1]["quantile"])
+        name = name.replace("_", "-")
         head = (
             f"{100 * self.level:g} % conformal sets ({kind})"
             if self.alpha_events is None
@@ -452,21 +452,30 @@ def calibration_overlap(
     Raises:
         ConfigError: the calibrating evaluation's predictions can no longer be read.
     """
-    import pandas as pd
-
     source = sets.source
     if not manifest or not source.get("manifest") or not source.get("evaluation"):
         return 0
     if Path(source["manifest"]).resolve() != Path(manifest).resolve():
         return 0
-    table = Path(source["evaluation"]) / "predictions.csv"
+    calibrating = set(_calibration_cases(sets, ["case_id"])["case_id"])
+    return sum(1 for c in case_ids if str(c) in calibrating)
+
+
+def _calibration_cases(sets: ConformalSets, columns: list[str]) -> Any:
+    """``columns`` of the predictions table of the evaluation that calibrated ``sets``.
+
+    Raises:
+        ConfigError: it can no longer be read.
+    """
+    import pandas as pd
+
+    table = Path(sets.source["evaluation"]) / "predictions.csv"
     try:
-        calibrating = pd.read_csv(table, usecols=["case_id"], dtype={"case_id": str})["case_id"]
+        return pd.read_csv(table, usecols=columns, dtype={"case_id": str})
     except (OSError, ValueError) as e:
         raise ConfigError(
             f"cannot read the predictions that calibrated the conformal sets: {e}", path=table
         ) from e
-    return int(pd.Series(list(case_ids), dtype=str).isin(set(calibrating)).sum())
 
 
 def coverage_table(
@@ -541,17 +550,11 @@ def coverage_by_group(
     ``suppressed``, ``events`` and ``non_events`` (coverage with Wilson interval) and
     ``singletons`` (share of cases given one outcome).
     """
-    from clinfuse.evaluation.subgroups import MISSING_GROUP
+    from clinfuse.evaluation.subgroups import group_labels
 
     y = np.asarray(y, dtype=float)
     sets = np.asarray(sets, dtype=object)
-    labels = np.array(
-        [
-            MISSING_GROUP if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
-            for g in groups
-        ],
-        dtype=object,
-    )
+    labels = group_labels(groups)
     rows = []
     for name in sorted(set(labels)):
         sel = labels == name
@@ -597,18 +600,9 @@ def alpha_sweep(
     Raises:
         ConfigError: the calibrating evaluation's predictions can no longer be read.
     """
-    import pandas as pd
-
-    folder = sets.source.get("evaluation")
-    if not folder:
+    if not sets.source.get("evaluation"):
         return None
-    table = Path(folder) / "predictions.csv"
-    try:
-        cal = pd.read_csv(table, usecols=["label", "p_fusion"])
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot read the predictions that calibrated the conformal sets: {e}", path=table
-        ) from e
+    cal = _calibration_cases(sets, ["label", "p_fusion"])
     cal = cal[cal["label"].notna()]
     rows = []
     for alpha in alphas:

@@ -14,7 +14,6 @@ place, so an interrupted evaluation never leaves a half-written report.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import Counter
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse.errors import CohortError, ConfigError
+from clinfuse.scored import model_sha256
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -159,12 +159,6 @@ def _sample_size_needed(y: np.ndarray, p: np.ndarray) -> dict[str, Any] | None:
     out = res.as_dict()
     out["n_available"] = len(y)
     return out
-
-
-def model_sha256(run: str | Path) -> str:
-    """SHA-256 of a run's ``model/model.json`` (every weight fingerprint and calibrator):
-    the model version an evaluation or a recalibration records."""
-    return hashlib.sha256((Path(run) / "model" / "model.json").read_bytes()).hexdigest()
 
 
 def check_split(split: str | None) -> None:

@@ -17,6 +17,7 @@ __all__ = [
     "calibration_figure",
     "decision_curve_figure",
     "over_time_figure",
+    "period_figure",
     "reliability_figure",
     "risk_distribution_figure",
     "roc_figure",
@@ -175,10 +176,11 @@ def forest_figure(crossval: dict[str, Any]) -> Any:
     return fig
 
 
-def over_time_figure(over_time: dict[str, Any]) -> Any:
-    """Per calendar period: O/E with its interval (top) and AUROC with its DeLong interval
-    (bottom); suppressed periods are left blank, the case count is printed under each."""
-    rows = over_time["periods"]
+def period_figure(rows: list[dict[str, Any]], *, title: str, xlabel: str | None = None) -> Any:
+    """O/E with its interval (top) and AUROC with its DeLong interval (bottom) for a
+    sequence of periods: each row holds ``period``, ``n`` and ``oe``/``auroc`` as
+    ``{value, ci_low, ci_high}`` (a suppressed row, or a missing value, is left blank); the
+    case count is printed under each period."""
     x = np.arange(len(rows))
     fig = _figure(min(14.0, max(5.5, 0.45 * len(rows) + 2)), 5.2)
     top, bottom = fig.subplots(2, 1, sharex=True)
@@ -187,10 +189,10 @@ def over_time_figure(over_time: dict[str, Any]) -> Any:
         (bottom, "auroc", 0.5, "AUROC (DeLong 95 % CI)"),
     ):
         for i, r in enumerate(rows):
-            stat = None if r["suppressed"] else r[key]
+            stat = None if r.get("suppressed") else r.get(key)
             if not stat or stat.get("value") is None:
                 continue
-            if stat.get("ci_low") is not None:
+            if stat.get("ci_low") is not None and stat.get("ci_high") is not None:
                 ax.plot([i, i], [stat["ci_low"], stat["ci_high"]], color=COLORS[0], lw=1.5)
             ax.plot(i, stat["value"], "o", color=COLORS[0], ms=5)
         ax.axhline(ref, color="grey", lw=0.8, ls="--")
@@ -202,8 +204,18 @@ def over_time_figure(over_time: dict[str, Any]) -> Any:
         fontsize=6 if many else 7,
         rotation=90 if many else 0,
     )
-    top.set_title(f"Performance by {over_time['period']} ({over_time['column']})")
+    if xlabel:
+        bottom.set_xlabel(xlabel)
+    top.set_title(title)
     return fig
+
+
+def over_time_figure(over_time: dict[str, Any]) -> Any:
+    """:func:`period_figure` of one evaluation's periods (``metrics["over_time"]``)."""
+    return period_figure(
+        over_time["periods"],
+        title=f"Performance by {over_time['period']} ({over_time['column']})",
+    )
 
 
 def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:

@@ -26,7 +26,13 @@ from clinfuse.evaluation.calibration import observed_expected
 from clinfuse.evaluation.delong import delong_ci
 from clinfuse.evaluation.utility import wilson_interval
 
-__all__ = ["MISSING_GROUP", "group_heterogeneity", "group_metrics", "subgroup_table"]
+__all__ = [
+    "MISSING_GROUP",
+    "group_heterogeneity",
+    "group_labels",
+    "group_metrics",
+    "subgroup_table",
+]
 
 MISSING_GROUP = "(missing)"
 GAP_METRICS = ("auroc", "brier", "oe_ratio", "sensitivity", "specificity")
@@ -61,6 +67,17 @@ def _spec_at(t: float):  # type: ignore[no-untyped-def]
         return float(np.mean(np.asarray(p)[~y] < t)) if (~y).any() else float("nan")
 
     return spec
+
+
+def group_labels(groups: Sequence[Any]) -> np.ndarray:
+    """Each case's group as text, a missing value (None, NaN) as :data:`MISSING_GROUP`."""
+    return np.array(
+        [
+            MISSING_GROUP if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
+            for g in groups
+        ],
+        dtype=object,
+    )
 
 
 def _clean(v: Any) -> Any:
@@ -100,13 +117,7 @@ def group_metrics(
 
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
-    labels = pd.Series(
-        [
-            MISSING_GROUP if g is None or (isinstance(g, float) and np.isnan(g)) else str(g)
-            for g in groups
-        ],
-        name="group",
-    )
+    labels = pd.Series(group_labels(groups), name="group")
     frame = MetricFrame(
         metrics={
             "auroc": _auroc,
@@ -213,7 +224,7 @@ def group_heterogeneity(y: np.ndarray, p: np.ndarray, groups: Sequence[Any]) -> 
 
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
-    labels = np.asarray([str(g) for g in groups], dtype=object)
+    labels = group_labels(groups)
     names = sorted(set(labels))
     out: dict[str, Any] = {"n_groups": len(names), "auroc": None, "calibration_in_the_large": None}
     if len(names) < 2:

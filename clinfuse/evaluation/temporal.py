@@ -33,6 +33,7 @@ from clinfuse.errors import CohortError, ConfigError
 __all__ = [
     "PERIODS",
     "calibration_drift",
+    "check_period",
     "cohort_dates",
     "parse_dates",
     "performance_over_time",

@@ -39,7 +39,10 @@ def test_synth_then_validate_reports_no_errors(tmp_path, capsys):
     assert data["loadable"] == data["declared"]
 
 
-@pytest.mark.parametrize("command", ["synth", "validate", "train", "predict", "demo"])
+@pytest.mark.parametrize(
+    "command",
+    ["synth", "validate", "train", "crossval", "backtest", "predict", "demo", "evaluate"],
+)
 def test_every_command_has_help_with_examples(command, capsys):
     assert main([command, "--help"]) == 0
     text = capsys.readouterr().out
