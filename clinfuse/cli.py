@@ -29,7 +29,7 @@ from clinfuse._options import (
     check_period_option,
     conformal_sets,
 )
-from clinfuse.errors import ClinFuseError
+from clinfuse.errors import ClinFuseError, ConfigError
 
 app = typer.Typer(
     name="clinfuse",
@@ -101,7 +101,8 @@ def _progress(description: str) -> Iterator[Callable[[int, int], None]]:
         "  clinfuse synth --out demo_cohort\n\n"
         "  clinfuse synth --out big --n-cases 2000 --seed 7\n\n"
         "  clinfuse synth --out null_tab --uninformative tabular\n\n"
-        "  clinfuse synth --out drifting --n-cases 2000 --seed 2 --drift 0.5   # dated, drifting"
+        "  clinfuse synth --out drifting --n-cases 2000 --seed 2 --drift 0.5   # dated, drifting\n\n"
+        "  clinfuse synth --out shifted --n-cases 2000 --shift-date 2022-01-01 --shift-odds 2"
     )
 )
 def synth(
@@ -144,6 +145,19 @@ def synth(
             "events grow more common over time); implies --encounter-dates.",
         ),
     ] = 0.0,
+    shift_date: Annotated[
+        str | None,
+        typer.Option(
+            "--shift-date",
+            help="From this encounter date (YYYY-MM-DD) on, the outcome's odds are --shift-odds "
+            "times what they were: a sudden change for the CUSUM charts of `clinfuse evaluate "
+            "--time-column` to find; implies --encounter-dates.",
+        ),
+    ] = None,
+    shift_odds: Annotated[
+        float | None,
+        typer.Option("--shift-odds", help="The odds ratio of --shift-date's change (default 2)."),
+    ] = None,
 ) -> None:
     """Write a demo cohort: manifest + real DICOM images + notes + WFDB ECGs + labs.
 
@@ -153,6 +167,13 @@ def synth(
     from clinfuse.synth import synthesize_cohort
 
     mods = [m.strip() for m in uninformative.split(",") if m.strip()]
+    if shift_odds is not None and shift_date is None:
+        raise ConfigError(
+            "--shift-odds sizes the change at --shift-date, which is missing",
+            field="shift_odds",
+            hint="add --shift-date YYYY-MM-DD",
+        )
+    shift = None if shift_date is None else (shift_date, 2.0 if shift_odds is None else shift_odds)
     with _progress("synthesizing cases") as update:
         manifest = synthesize_cohort(
             out,
@@ -163,6 +184,7 @@ def synth(
             progress=update,
             encounter_dates=encounter_dates,
             drift=drift,
+            shift=shift,
         )
     console.print(f"wrote {n_cases} cases: {manifest}")
     console.print(f"next: clinfuse validate {manifest}")

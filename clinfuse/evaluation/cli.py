@@ -107,7 +107,8 @@ def evaluate(
         typer.Option(
             "--time-column",
             help="Manifest column of dates (YYYY-MM-DD, e.g. the encounter's): metrics per "
-            "--period and the calibration drift over time.",
+            "--period, the drifts of calibration and AUROC over time, and risk-adjusted CUSUM "
+            "charts that date a sudden shift.",
         ),
     ] = None,
     period: TimePeriod = None,
@@ -176,6 +177,20 @@ def evaluate(
         console.print(
             f"calibration drift: {drift['value']:+.2f} log odds per year "
             f"(95 % CI {drift['ci_low']:+.2f} to {drift['ci_high']:+.2f}, p = {drift['p_value']:.3g})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for chart in (m.get("over_time") or {}).get("cusum", {}).get("charts", []):
+        first = chart["signals"][0] if chart["signals"] else None
+        console.print(
+            f"CUSUM, {chart['direction']}: "
+            + (
+                f"{chart['n_signals']} signal(s); the first climb began {first['since']}, "
+                f"signal {first['date']} ({first['observed']} events, {first['expected']:.1f} "
+                "expected)"
+                if first
+                else "no signal"
+            ),
             highlight=False,
             soft_wrap=True,
         )

@@ -318,9 +318,14 @@ class Evaluator:
             their coverage on this cohort is reported (``metrics["conformal"]``) and each
             case's set added to ``predictions.csv``.
         time_column: a manifest column of dates (e.g. the encounter's): metrics per
-            calendar ``period`` and the calibration drift (``metrics["over_time"]``,
-            :func:`clinfuse.evaluation.temporal.performance_over_time`).
+            calendar ``period``, the drifts of calibration and discrimination
+            (``metrics["over_time"]``,
+            :func:`clinfuse.evaluation.temporal.performance_over_time`) and risk-adjusted
+            CUSUM charts (``metrics["over_time"]["cusum"]``,
+            :func:`clinfuse.evaluation.cusum.risk_adjusted_cusum`).
         period: ``month``, ``quarter`` or ``year``.
+        cusum_false_alarm: each CUSUM chart's chance of a false signal in the evaluated
+            cases were the model calibrated throughout.
     """
 
     def __init__(
@@ -343,6 +348,7 @@ class Evaluator:
         conformal: Any = None,
         time_column: str | None = None,
         period: str = "quarter",
+        cusum_false_alarm: float = 0.05,
     ) -> None:
         from clinfuse.evaluation.temporal import check_period
 
@@ -350,6 +356,13 @@ class Evaluator:
         self.conformal = conformal
         self.time_column = time_column.strip() if time_column and time_column.strip() else None
         self.period = check_period(period)
+        if not 0 < cusum_false_alarm < 0.5:
+            raise ConfigError(
+                f"cusum_false_alarm is {cusum_false_alarm}; use a probability in (0, 0.5), "
+                "e.g. 0.05",
+                field="cusum_false_alarm",
+            )
+        self.cusum_false_alarm = cusum_false_alarm
         self.run_info = run_info
         self.development = development
         self.development_manifest = development_manifest
@@ -606,7 +619,9 @@ class Evaluator:
             metrics["conformal"] = self._conformal(cohort, frame, y, p, by)
 
         # performance over time
+        chart = None
         if dates is not None:
+            from clinfuse.evaluation.cusum import risk_adjusted_cusum
             from clinfuse.evaluation.temporal import performance_over_time
 
             metrics["over_time"] = {"column": self.time_column} | performance_over_time(
@@ -618,6 +633,15 @@ class Evaluator:
                 min_events=self.min_group_events,
                 level=self.level,
             )
+            chart = risk_adjusted_cusum(
+                y,
+                p,
+                dates,
+                false_alarm=self.cusum_false_alarm,
+                seed=self.seed,
+                case_ids=frame["case_id"].astype(str).tolist(),
+            )
+            metrics["over_time"]["cusum"] = chart.to_dict()
 
         # fusion analysis
         if len(mods) > 1 and scorer is not None:
@@ -679,7 +703,9 @@ class Evaluator:
         metrics["sample_size"] = _sample_size_needed(y, p)
         metrics["model_card"] = self._model_card(metrics)
         metrics = _jsonable(metrics)
-        return self._write(out, metrics, frame, excluded_frame, curve, ece, ece_table, overwrite)
+        return self._write(
+            out, metrics, frame, excluded_frame, curve, ece, ece_table, overwrite, cusum=chart
+        )
 
     def _conformal(
         self,
@@ -836,6 +862,7 @@ class Evaluator:
                 "the events: monitor it and recalibrate on recent cases (`clinfuse recalibrate … "
                 f"--time-column {over['column']} --since DATE`)."
             )
+        limitations += _time_limitations(metrics.get("over_time"))
         conformal = metrics.get("conformal")
         if conformal:
             levels = conformal["fitted"]["levels"]
@@ -918,6 +945,8 @@ class Evaluator:
         ece: float,
         ece_table: dict[str, np.ndarray],
         overwrite: bool,
+        *,
+        cusum: Any = None,
     ) -> EvaluationResult:
         from clinfuse._files import atomic_folder
         from clinfuse.evaluation import figures
@@ -948,6 +977,8 @@ class Evaluator:
                 figs["folds"] = figures.forest_figure(metrics["crossval"])
             if metrics.get("over_time", {}).get("periods"):
                 figs["over_time"] = figures.over_time_figure(metrics["over_time"])
+            if cusum is not None and len(cusum.y):
+                figs["cusum"] = figures.cusum_figure(cusum, column=self.time_column)
             png = {name: figures.save_figure(fig, fig_dir, name) for name, fig in figs.items()}
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
             frame.to_csv(tmp / "predictions.csv", index=False)
@@ -968,6 +999,40 @@ class Evaluator:
             excluded=excluded,
             figures={name: out / "figures" / f"{name}.png" for name in png},
         )
+
+
+def _time_limitations(over: dict[str, Any] | None) -> list[str]:
+    """The model card's lines on the slope drift, a falling AUROC and CUSUM signals."""
+    if not over:
+        return []
+    out = []
+    slope = over["drift"].get("slope_per_year") or {}
+    if slope.get("p_value") is not None and slope["p_value"] < 0.05:
+        out.append(
+            f"The calibration slope drifted over time ({over['column']}): "
+            f"{slope['value']:+.2f} per year (95 % CI {slope['ci_low']:.2f} to "
+            f"{slope['ci_high']:.2f}, p = {slope['p_value']:.3g}); the risks grow "
+            f"{'too extreme' if slope['value'] < 0 else 'too moderate'} with time."
+        )
+    trend = over.get("auroc_trend") or {}
+    if trend.get("p_value") is not None and trend["p_value"] < 0.05 and trend["value"] < 0:
+        out.append(
+            f"Discrimination fell over time ({over['column']}): the AUROC changed by "
+            f"{trend['value']:+.3f} per year across {trend['k']} {over['period']}s (95 % CI "
+            f"{trend['ci_low']:+.3f} to {trend['ci_high']:+.3f}, p = {trend['p_value']:.3g})."
+        )
+    for chart in (over.get("cusum") or {}).get("charts", []):
+        if chart["n_signals"]:
+            first = chart["signals"][0]
+            out.append(
+                f"The risk-adjusted CUSUM signalled {chart['n_signals']} time"
+                f"{'s' * (chart['n_signals'] > 1)} for {chart['direction']} (odds × "
+                f"{chart['odds_ratio']:g}); the first climb began {first['since']} and "
+                f"signalled {first['date']} ({first['observed']} events observed, "
+                f"{first['expected']:.1f} expected in its {first['n_cases']} cases): look "
+                "for a change in practice, case mix or data at that time."
+            )
+    return out
 
 
 def evaluate_run(
@@ -991,6 +1056,7 @@ def evaluate_run(
     conformal: Any = None,
     time_column: str | None = None,
     period: str = "quarter",
+    cusum_false_alarm: float = 0.05,
 ) -> EvaluationResult:
     """Evaluate a trained run on a labelled cohort and write the report folder.
 
@@ -1018,7 +1084,10 @@ def evaluate_run(
         conformal: :class:`~clinfuse.evaluation.conformal.ConformalSets` of this model,
             calibrated on another evaluation, whose coverage this one checks.
         time_column: a manifest column of dates: metrics per ``period`` (``month``,
-            ``quarter``, ``year``) and the calibration drift over time.
+            ``quarter``, ``year``), the drifts of calibration and discrimination over time
+            and risk-adjusted CUSUM charts.
+        cusum_false_alarm: each CUSUM chart's chance of a false signal in these cases were
+            the model calibrated throughout.
 
     Returns:
         :class:`EvaluationResult`.
@@ -1081,5 +1150,6 @@ def evaluate_run(
         conformal=conformal,
         time_column=time_column,
         period=period,
+        cusum_false_alarm=cusum_false_alarm,
     )
     return evaluator.evaluate(cohort, out, overwrite=overwrite, progress=progress)

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "calibration_figure",
+    "cusum_figure",
     "decision_curve_figure",
     "over_time_figure",
     "period_figure",
@@ -216,6 +217,44 @@ def over_time_figure(over_time: dict[str, Any]) -> Any:
         over_time["periods"],
         title=f"Performance by {over_time['period']} ({over_time['column']})",
     )
+
+
+def cusum_figure(cusum: Any, *, column: str | None = None) -> Any:
+    """The risk-adjusted CUSUM charts of a :class:`clinfuse.evaluation.cusum.Cusum` against
+    the cases' dates: a chart watching for more events than predicted above the axis, one
+    for fewer below it (drawn negative), each with its control limit and its signals."""
+    import matplotlib.dates as mdates
+
+    fig = _figure(8.0, 4.2)
+    ax = fig.add_subplot()
+    x = cusum.dates.astype("datetime64[ms]").astype(object)
+    for k, chart in enumerate(cusum.charts):
+        sign = 1.0 if chart.odds_ratio > 1 else -1.0
+        color = COLORS[3] if sign > 0 else COLORS[0]
+        label = f"odds × {chart.odds_ratio:g}: {chart.direction}"
+        ax.step(x, sign * chart.path, where="post", color=color, lw=1, label=label)
+        ax.axhline(sign * chart.limit, color=color, lw=0.8, ls="--")
+        ends = [end for _, end in chart.signals]
+        if ends:
+            ax.plot(
+                [x[t] for t in ends],
+                sign * chart.path[ends],
+                "v" if sign < 0 else "^",
+                color=color,
+                ms=7,
+                label=f"{len(ends)} signal{'s' * (len(ends) > 1)}",
+                zorder=3 + k,
+            )
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
+    ax.set(
+        xlabel=column or "date",
+        ylabel="CUSUM (log-likelihood ratio)",
+        title=f"Risk-adjusted CUSUM, {len(x)} cases in date order "
+        f"(limits: {100 * cusum.false_alarm:g} % false alarm)",
+    )
+    ax.legend(loc="upper left", fontsize=7)
+    return fig
 
 
 def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:

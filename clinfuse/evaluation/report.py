@@ -616,8 +616,62 @@ def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
             f"{_ci(b, 2)} per year beyond the model's risks (p = {_pval(b['p_value'])}); 0 "
             "means no drift.</p>"
         )
+    slope = drift.get("slope_per_year") or {}
+    if slope.get("value") is not None:
+        body += (
+            "<p>Drift of the calibration slope (the same model with the logit and its product "
+            f"with time as covariates): the slope is {_ci(drift['slope'], 2)} at the first case "
+            f"and changes by {_ci(slope, 2)} per year (p = {_pval(slope['p_value'])}); below 0 "
+            "the risks grow too extreme with time.</p>"
+        )
+    trend = o.get("auroc_trend") or {}
+    if trend.get("value") is None:
+        body += f"<p>Trend of the AUROC: {_e(trend.get('reason', 'undefined'))}.</p>"
+    else:
+        body += (
+            f"<p>Trend of the AUROC across the {trend['k']} reported periods (inverse-variance "
+            f"weighted regression on time): {_ci(trend)} per year (p = "
+            f"{_pval(trend['p_value'])}).</p>"
+        )
     body += f'<div class="figs">{_figure(png, "over_time", "O/E and AUROC by period")}</div>'
+    if o.get("cusum"):
+        body += _cusum(o["cusum"], png)
     return body
+
+
+def _cusum(c: dict[str, Any], png: dict[str, bytes]) -> str:
+    body = (
+        f"<h3>Risk-adjusted CUSUM</h3><p>The {c['n']} dated cases in date order, each adding "
+        "the log-likelihood ratio of a shift in the odds of the outcome against the model's "
+        "risk (Steiner et al. 2000); a chart signals at its limit and starts again. The limits "
+        f"are set by {c['n_sim']} simulations from the model's own risks: were the model "
+        f"calibrated throughout, each chart would signal in these cases with probability "
+        f"{_pct(c['false_alarm'])}. A climb began after the chart last stood at 0.</p>"
+    )
+    rows = []
+    for chart in c["charts"]:
+        if not chart["signals"]:
+            rows.append([_e(chart["direction"]), _num(chart["limit"], 2), "none", "", "", ""])
+        for sig in chart["signals"]:
+            rows.append(
+                [
+                    _e(chart["direction"]),
+                    _num(chart["limit"], 2),
+                    _e(sig["date"]),
+                    _e(sig["since"]),
+                    sig["n_cases"],
+                    f"{sig['observed']} / {sig['expected']:.1f}",
+                ]
+            )
+    body += _table(
+        ["watching for", "limit", "signal", "climb began", "cases", "events observed / expected"],
+        rows,
+    )
+    listed = sum(len(ch["signals"]) for ch in c["charts"])
+    total = sum(ch["n_signals"] for ch in c["charts"])
+    if total > listed:
+        body += f'<p class="note">{total - listed} later signals are not listed.</p>'
+    return body + f'<div class="figs">{_figure(png, "cusum", "Risk-adjusted CUSUM charts")}</div>'
 
 
 def _risk(m: dict[str, Any], png: dict[str, bytes]) -> str:

@@ -15,6 +15,19 @@ with the model's risk ``p`` as offset and ``t`` the years since the first dated 
 is the yearly change in the log odds of the outcome beyond what the model predicts (0: no
 drift; > 0: risks fall increasingly short of the events). Wald interval and test.
 
+The drift of the calibration *slope* is a second model over the same cases::
+
+    logit P(y = 1) = a + b · t + (s + d · t) · logit(p)
+
+``s`` is the slope at the first dated case and ``d`` its yearly change (0: the spread of the
+risks stays right; < 0: risks grow too extreme as time goes by). And the drift of
+*discrimination* is the inverse-variance weighted regression of the reported periods'
+AUROCs on time (each period at its cases' mean date, DeLong variances, scale fixed at 1: a
+fixed-effect meta-regression), for three reported periods or more.
+
+A drift test looks for a steady trend. A sudden change is what the risk-adjusted CUSUM
+(:mod:`clinfuse.evaluation.cusum`) is for.
+
 >>> performance_over_time(y, p, dates, period="quarter")["drift"]["per_year"]  # doctest: +SKIP
 {'value': 0.41, 'ci_low': 0.12, 'ci_high': 0.70, 'p_value': 0.006}
 """
@@ -26,12 +39,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy.stats import norm
 
 from clinfuse.errors import CohortError, ConfigError
 
 __all__ = [
     "PERIODS",
+    "auroc_trend",
     "calibration_drift",
     "check_period",
     "cohort_dates",
@@ -118,36 +133,92 @@ def period_labels(dates: np.ndarray, period: str) -> list[str | None]:
     return [None if pd.isna(t) else str(t.to_period(code)) for t in stamps]
 
 
+def _wald(coef: np.ndarray, cov: np.ndarray, k: int, z: float) -> dict[str, Any]:
+    value, se = float(coef[k]), float(np.sqrt(cov[k, k]))
+    return {"value": value, "ci_low": value - z * se, "ci_high": value + z * se}
+
+
 def calibration_drift(
     y: np.ndarray, p: np.ndarray, years: np.ndarray, *, level: float = 0.95
 ) -> dict[str, Any]:
-    """Fit ``logit P(y=1) = logit(p) + a + b·years`` (see the module's docstring).
+    """Fit the two drift models of the module's docstring.
 
     Returns:
-        ``intercept`` (``a``: calibration-in-the-large at ``years = 0``) and ``per_year``
-        (``b``), each ``{value, ci_low, ci_high}``, ``per_year`` with its two-sided
-        ``p_value``; values None with a ``reason`` when the model cannot be fitted (one
-        outcome class, or every case on one day).
+        ``intercept`` (``a``: calibration-in-the-large at ``years = 0``), ``per_year``
+        (``b``), ``slope`` (``s``: the calibration slope at ``years = 0``) and
+        ``slope_per_year`` (``d``), each ``{value, ci_low, ci_high}``; the two yearly changes
+        with their two-sided ``p_value``. Values are None with a ``reason`` when the model
+        cannot be fitted (one outcome class, every case on one day, or separation).
     """
     from clinfuse.calibration import fit_logistic
     from clinfuse.evaluation.calibration import _logit
 
     empty = {"value": None, "ci_low": None, "ci_high": None}
-    out: dict[str, Any] = {"intercept": dict(empty), "per_year": dict(empty, p_value=None)}
+    out: dict[str, Any] = {
+        "intercept": dict(empty),
+        "per_year": dict(empty, p_value=None),
+        "slope": dict(empty),
+        "slope_per_year": dict(empty, p_value=None),
+    }
     years = np.asarray(years, dtype=float)
     if len(years) == 0 or np.ptp(years) == 0:
         return out | {"reason": "undefined: the dated cases span no time"}
-    fit = fit_logistic(np.column_stack([np.ones(len(y)), years]), y, offset=_logit(p))
+    ones = np.ones(len(y))
+    lp = _logit(p)
+    fit = fit_logistic(np.column_stack([ones, years]), y, offset=lp)
     if fit is None:
         return out | {"reason": "undefined: one outcome class (or perfectly separated)"}
-    coef, cov = fit
     z = float(norm.ppf(1 - (1 - level) / 2))
-    for k, key in enumerate(("intercept", "per_year")):
-        value, se = float(coef[k]), float(np.sqrt(cov[k, k]))
-        out[key] = {"value": value, "ci_low": value - z * se, "ci_high": value + z * se}
-    b, se_b = float(coef[1]), float(np.sqrt(cov[1, 1]))
-    out["per_year"]["p_value"] = float(2 * norm.sf(abs(b / se_b)))
+    coef, cov = fit
+    out["intercept"] = _wald(coef, cov, 0, z)
+    out["per_year"] = _wald(coef, cov, 1, z)
+    out["per_year"]["p_value"] = float(2 * norm.sf(abs(coef[1] / np.sqrt(cov[1, 1]))))
+    slope_fit = fit_logistic(np.column_stack([ones, years, lp, years * lp]), y)
+    if slope_fit is not None:
+        coef, cov = slope_fit
+        out["slope"] = _wald(coef, cov, 2, z)
+        out["slope_per_year"] = _wald(coef, cov, 3, z)
+        out["slope_per_year"]["p_value"] = float(2 * norm.sf(abs(coef[3] / np.sqrt(cov[3, 3]))))
     return out
+
+
+def auroc_trend(
+    aurocs: ArrayLike,
+    ses: ArrayLike,
+    years: ArrayLike,
+    *,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """The yearly change of the AUROC across periods: weighted least squares of ``aurocs``
+    on ``years`` with weights ``1 / se²`` and the scale fixed at 1.
+
+    Returns:
+        ``{value, ci_low, ci_high, p_value, k}`` (``k`` periods); values None with a
+        ``reason`` for fewer than three periods with a standard error, or periods at one
+        time.
+    """
+    a = np.asarray(aurocs, dtype=float)
+    se = np.asarray(ses, dtype=float)
+    x = np.asarray(years, dtype=float)
+    ok = np.isfinite(a) & np.isfinite(se) & (se > 0) & np.isfinite(x)
+    a, se, x = a[ok], se[ok], x[ok]
+    out: dict[str, Any] = {"value": None, "ci_low": None, "ci_high": None, "p_value": None}
+    out["k"] = len(a)
+    if len(a) < 3:
+        return out | {"reason": "undefined: fewer than three periods report an AUROC"}
+    if np.ptp(x) == 0:
+        return out | {"reason": "undefined: the periods span no time"}
+    w = 1 / se**2
+    xbar = float(np.sum(w * x) / np.sum(w))
+    sxx = float(np.sum(w * (x - xbar) ** 2))
+    value = float(np.sum(w * (x - xbar) * a) / sxx)
+    half = float(norm.ppf(1 - (1 - level) / 2)) / np.sqrt(sxx)
+    return out | {
+        "value": value,
+        "ci_low": value - half,
+        "ci_high": value + half,
+        "p_value": float(2 * norm.sf(abs(value) * np.sqrt(sxx))),
+    }
 
 
 def performance_over_time(
@@ -175,8 +246,9 @@ def performance_over_time(
         ``period``, ``n_dated``, ``n_undated``, ``first``/``last`` (ISO dates), ``periods``
         (one row per calendar period from the first to the last, empty ones included:
         ``period``, ``start``, ``n``, ``n_events``, ``suppressed`` and, when reported,
-        ``observed_rate``, ``mean_risk``, ``oe``, ``auroc``, ``brier``) and ``drift``
-        (:func:`calibration_drift`).
+        ``observed_rate``, ``mean_risk``, ``oe``, ``auroc``, ``brier``), ``drift``
+        (:func:`calibration_drift`) and ``auroc_trend`` (:func:`auroc_trend` of the reported
+        periods).
     """
     from clinfuse.evaluation.calibration import observed_expected
     from clinfuse.evaluation.delong import delong_ci
@@ -196,7 +268,12 @@ def performance_over_time(
         "periods": [],
     }
     if not len(y):
-        return out | {"drift": calibration_drift(y, p, np.zeros(0), level=level)}
+        return out | {
+            "drift": calibration_drift(y, p, np.zeros(0), level=level),
+            "auroc_trend": auroc_trend([], [], [], level=level),
+        }
+    years = (dates - dates.min()) / np.timedelta64(1, "D") / DAYS_PER_YEAR
+    trend: list[tuple[float, float, float]] = []  # (AUROC, its SE, mean years) of each period
     stamps = pd.DatetimeIndex(dates)
     labels = stamps.to_period(PERIODS[period])
     out["first"] = str(stamps.min().date())
@@ -214,6 +291,9 @@ def performance_over_time(
             out["periods"].append(row | {"suppressed": True})
             continue
         ys, ps = y[sel], p[sel]
+        auroc = delong_ci(ys, ps, level=level)
+        if auroc["se"]:
+            trend.append((auroc["value"], auroc["se"], float(years[sel].mean())))
         out["periods"].append(
             row
             | {
@@ -221,12 +301,11 @@ def performance_over_time(
                 "observed_rate": ev / n,
                 "mean_risk": float(ps.mean()),
                 "oe": observed_expected(ys, ps, level=level),
-                "auroc": delong_ci(ys, ps, level=level)
-                if 0 < ev < n
-                else {"value": None, "ci_low": None, "ci_high": None},
+                "auroc": auroc,
                 "brier": float(np.mean((ps - ys) ** 2)),
             }
         )
-    years = (dates - dates.min()) / np.timedelta64(1, "D") / DAYS_PER_YEAR
     out["drift"] = calibration_drift(y, p, years, level=level)
+    rows = np.asarray(trend, dtype=float).reshape(-1, 3)
+    out["auroc_trend"] = auroc_trend(rows[:, 0], rows[:, 1], rows[:, 2], level=level)
     return out

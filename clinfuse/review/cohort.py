@@ -213,6 +213,16 @@ def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str 
             f"{drift['value']:+.2f} per year beyond the model's risks (95 % CI "
             f"{drift['ci_low']:+.2f} to {drift['ci_high']:+.2f}, p = {drift['p_value']:.3g})."
         )
+    for chart in (block.get("cusum") or {}).get("charts", []):
+        if chart["n_signals"]:
+            first = chart["signals"][0]
+            text += (
+                f" Risk-adjusted CUSUM, {chart['direction']}: {chart['n_signals']} signal(s), the "
+                f"first on {first['date']} after a climb that began {first['since']} "
+                f"({first['observed']} events observed, {first['expected']:.1f} expected)."
+            )
+        else:
+            text += f" Risk-adjusted CUSUM, {chart['direction']}: no signal."
     return table, text
 
 

@@ -147,6 +147,25 @@ DRIFT_CENTRE = _dt.date(2021, 1, 1)
 """The date at which a drifting cohort's event rate equals its sites' (``drift``)."""
 
 
+def _check_shift(shift: tuple[_dt.date | str, float] | None) -> tuple[int | None, float]:
+    """``shift`` as (ordinal day, odds ratio); a ConfigError naming what is wrong."""
+    if shift is None:
+        return None, 1.0
+    when, ratio = shift
+    try:
+        day = _dt.date.fromisoformat(str(when)) if not isinstance(when, _dt.date) else when
+    except ValueError:
+        raise ConfigError(
+            f"shift date {when!r} is not a date; write it as YYYY-MM-DD", field="shift_date"
+        ) from None
+    if not float(ratio) > 0:
+        raise ConfigError(
+            f"shift odds ratio must be positive, got {ratio!r} (2 doubles the odds)",
+            field="shift_odds",
+        )
+    return day.toordinal(), float(ratio)
+
+
 def simulate_latents(
     n_cases: int,
     seed: int = 0,
@@ -154,6 +173,7 @@ def simulate_latents(
     uninformative: Sequence[str] = (),
     missing: float | Mapping[str, float] | None = None,
     drift: float = 0.0,
+    shift: tuple[_dt.date | str, float] | None = None,
 ) -> pd.DataFrame:
     """Draw the cohort structure and the latent variables, without writing files.
 
@@ -169,6 +189,9 @@ def simulate_latents(
         drift: yearly change of the outcome's log odds over the encounter dates (centred
             on :data:`DRIFT_CENTRE`; 0, the default, draws the same table as before it
             existed): a cohort whose event rate moves away from any model's risks over time.
+        shift: ``(date, odds_ratio)``: from that encounter date on, the odds of the outcome
+            are ``odds_ratio`` times what they were (a sudden change, as a new assay or
+            coding rule would bring; None, the default, changes nothing).
 
     Returns:
         One row per case with ``case_id``, ``patient_id``, ``patient_index``,
@@ -184,6 +207,7 @@ def simulate_latents(
         raise ConfigError(f"n_cases must be a positive integer, got {n_cases!r}", field="n_cases")
     _check_modalities(uninformative, "uninformative")
     rates = _missing_rates(missing)
+    shift_day, shift_odds = _check_shift(shift)
     rng = np.random.default_rng([int(seed), 0])
     n = int(n_cases)
 
@@ -224,6 +248,9 @@ def simulate_latents(
         years = (day - DRIFT_CENTRE.toordinal()) / 365.25
         lp = np.log(chance / (1 - chance)) + float(drift) * years
         chance = 1 / (1 + np.exp(-lp))
+    if shift_day is not None:
+        odds = chance / (1 - chance) * np.where(day >= shift_day, shift_odds, 1.0)
+        chance = odds / (1 + odds)
     label = (rng.random(n) < chance).astype(int)
     birth = p_birth_day[pnum]
     enc_date = [_dt.date.fromordinal(int(d)) for d in day]
@@ -647,6 +674,7 @@ def synthesize_cohort(
     progress: Callable[[int, int], None] | None = None,
     encounter_dates: bool = False,
     drift: float = 0.0,
+    shift: tuple[_dt.date | str, float] | None = None,
 ) -> Path:
     """Write a synthetic multimodal demo cohort in real file formats.
 
@@ -674,6 +702,8 @@ def synthesize_cohort(
             --time-column``, and for ``clinfuse deid --date-columns`` to shift.
         drift: the outcome's log odds change by this much per year of encounter date
             (:func:`simulate_latents`); implies ``encounter_dates``.
+        shift: ``(date, odds_ratio)``: a sudden change of the outcome's odds from that
+            encounter date on (:func:`simulate_latents`); implies ``encounter_dates``.
 
     Returns:
         Path of ``out/manifest.csv``.
@@ -698,7 +728,12 @@ def synthesize_cohort(
         raise ConfigError(f"n_leads must be in 1..12, got {n_leads}", field="n_leads")
     _prepare_target(out)
     lat = simulate_latents(
-        n_cases, seed, uninformative=uninformative, missing=missing, drift=float(drift)
+        n_cases,
+        seed,
+        uninformative=uninformative,
+        missing=missing,
+        drift=float(drift),
+        shift=shift,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -716,7 +751,12 @@ def synthesize_cohort(
             rates=_missing_rates(missing),
             volumes=volumes,
             progress=progress,
-            dated={"drift": float(drift)} if encounter_dates or drift else None,
+            dated=(
+                {"drift": float(drift)}
+                | ({"shift": [str(shift[0]), float(shift[1])]} if shift else {})
+                if encounter_dates or drift or shift
+                else None
+            ),
         )
         _prepare_target(out)  # re-check: the folder may have changed meanwhile
         if out.exists():
@@ -745,7 +785,7 @@ def _write_cohort(
     rates: dict[str, float],
     volumes: bool,
     progress: Callable[[int, int], None] | None,
-    dated: dict[str, float] | None = None,
+    dated: dict[str, Any] | None = None,
 ) -> None:
     import wfdb
 
@@ -909,7 +949,7 @@ def _write_cohort(
         "beta": {m: (0.0 if m in uninformative else BETA[m]) for m in SYNTH_MODALITIES},
     }
     if dated is not None:  # only then: a default cohort's files stay byte-identical
-        params |= {"encounter_dates": True, "drift": dated["drift"]}
+        params |= {"encounter_dates": True} | dated
     (root / "README.md").write_text(_readme(params), encoding="utf-8")
     (root / MARKER_FILE).write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
 

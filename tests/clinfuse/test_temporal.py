@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.temporal import (
+    auroc_trend,
     calibration_drift,
     parse_dates,
     performance_over_time,
@@ -62,6 +63,45 @@ def test_drift_is_found_where_it_is_and_not_where_it_is_not():
         y0, p0, _, years0 = _drifting(rng, 400, 0.0)
         rejected.append(calibration_drift(y0, p0, years0)["per_year"]["p_value"] < 0.05)
     assert 0.01 <= np.mean(rejected) <= 0.10
+
+
+def test_slope_drift_equals_statsmodels_glm_with_an_interaction():
+    sm = importlib.import_module("statsmodels.api")
+    rng = np.random.default_rng(7)
+    n = 3000
+    years = rng.uniform(0, 3, n)
+    lp = rng.normal(-1.0, 1.3, n)
+    p = 1 / (1 + np.exp(-lp))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(lp * (1 - 0.25 * years))))).astype(float)
+    x = np.column_stack([np.ones(n), years, lp, years * lp])
+    fit = sm.GLM(y, x, family=sm.families.Binomial()).fit()
+    drift = calibration_drift(y, p, years)
+    assert drift["slope"]["value"] == pytest.approx(fit.params[2], abs=1e-6)
+    assert drift["slope_per_year"]["value"] == pytest.approx(fit.params[3], abs=1e-6)
+    low, high = fit.conf_int()[3]
+    assert drift["slope_per_year"]["ci_low"] == pytest.approx(low, abs=1e-5)
+    assert drift["slope_per_year"]["ci_high"] == pytest.approx(high, abs=1e-5)
+    assert drift["slope_per_year"]["p_value"] == pytest.approx(fit.pvalues[3], rel=1e-4)
+    assert drift["slope_per_year"]["ci_high"] < 0  # risks grow too extreme: found
+    y0, p0, _, years0 = _drifting(rng, 3000, 0.0)
+    assert calibration_drift(y0, p0, years0)["slope_per_year"]["p_value"] > 0.001
+
+
+def test_auroc_trend_equals_statsmodels_wls_with_the_scale_fixed():
+    sm = importlib.import_module("statsmodels.api")
+    aurocs = np.array([0.82, 0.80, 0.79, 0.75, 0.74, 0.70])
+    ses = np.array([0.020, 0.025, 0.018, 0.030, 0.022, 0.027])
+    years = np.array([0.1, 0.35, 0.6, 0.85, 1.1, 1.4])
+    fit = sm.WLS(aurocs, sm.add_constant(years), weights=1 / ses**2).fit(cov_type="fixed scale")
+    trend = auroc_trend(aurocs, ses, years)
+    assert trend["value"] == pytest.approx(fit.params[1], abs=1e-10)
+    low, high = fit.conf_int()[1]
+    assert trend["ci_low"] == pytest.approx(low, abs=1e-8)
+    assert trend["ci_high"] == pytest.approx(high, abs=1e-8)
+    assert trend["p_value"] == pytest.approx(fit.pvalues[1], rel=1e-6)
+    assert trend["k"] == 6
+    assert auroc_trend(aurocs[:2], ses[:2], years[:2])["value"] is None
+    assert "no time" in auroc_trend(aurocs, ses, np.zeros(6))["reason"]
 
 
 def test_periods_by_hand_and_against_scikit_learn():
@@ -139,6 +179,32 @@ def test_synth_drift_moves_the_event_rate_with_the_date_and_zero_changes_nothing
     assert abs(coef[-1] - 0.8) < 3 * np.sqrt(cov[-1, -1])
 
 
+def test_synth_shift_changes_the_odds_from_its_date_on(tmp_path, capsys):
+    from clinfuse.calibration import fit_logistic
+    from clinfuse.cli import main
+    from clinfuse.synth.generator import simulate_latents
+
+    base = simulate_latents(3000, seed=4)
+    shifted = simulate_latents(20000, seed=4, shift=("2021-07-01", 2.5))
+    before = simulate_latents(20000, seed=4)
+    # the same draws before the date; after it, the odds × 2.5 (site-adjusted)
+    early = pd.to_datetime(shifted["encounter_date"]) < pd.Timestamp("2021-07-01")
+    assert shifted["label"][early].equals(before["label"][early])
+    sites = pd.get_dummies(shifted["site"]).to_numpy(float)
+    coef, cov = fit_logistic(
+        np.column_stack([sites, (~early).to_numpy(float)]), shifted["label"].to_numpy(float)
+    )
+    assert abs(coef[-1] - np.log(2.5)) < 3 * np.sqrt(cov[-1, -1])
+    pd.testing.assert_frame_equal(base, simulate_latents(3000, seed=4, shift=None))
+    with pytest.raises(ConfigError, match="not a date"):
+        simulate_latents(10, shift=("July 2021", 2.0))
+    with pytest.raises(ConfigError, match="must be positive"):
+        simulate_latents(10, shift=("2021-07-01", 0.0))
+    out = tmp_path / "c"
+    assert main(["synth", "--out", str(out), "--n-cases", "10", "--shift-odds", "3"]) == 1
+    assert "--shift-odds sizes the change at --shift-date" in capsys.readouterr().err
+
+
 def _dated_manifest(tiny_cohort, dates) -> Path:
     """The tiny cohort's manifest with an ``encounter_date`` column, beside the original."""
     frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
@@ -187,6 +253,18 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
         expected["drift"]["per_year"]["value"]
     )
     assert (out / "figures" / "over_time.png").exists()
+    # the CUSUM charts: the evaluated cases in date order, the undated left out
+    from clinfuse.evaluation.cusum import risk_adjusted_cusum
+
+    chart = risk_adjusted_cusum(
+        frame["label"].to_numpy(float),
+        frame["p_fusion"].to_numpy(float),
+        stamps.to_numpy(),
+        case_ids=frame["case_id"].tolist(),
+    ).to_dict()
+    assert over["cusum"] == json.loads(json.dumps(chart))
+    assert over["cusum"]["n_undated"] == 2 and len(over["cusum"]["charts"]) == 2
+    assert (out / "figures" / "cusum.png").exists()
     # the conformal sets' coverage per year too
     per_year = metrics["conformal"]["by_group"]["year of encounter_date"]
     assert {r["group"] for r in per_year} == {"2023", "2024", "(missing)"}
@@ -197,7 +275,9 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
         events = frame["label"].to_numpy() == 1
         covered = np.isin(sets[in_2023 & events], ["positive", "uncertain"]).mean()
         assert row["events"]["value"] == pytest.approx(covered)
-    assert "Performance over time" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "Performance over time" in report and "Risk-adjusted CUSUM" in report
+    assert "Trend of the AUROC" in report
 
 
 def test_a_bad_date_or_column_fails_before_scoring(tiny_run, tiny_cohort, tmp_path, capsys):

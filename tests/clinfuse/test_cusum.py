@@ -1,0 +1,142 @@
+"""Risk-adjusted CUSUM: the weights against the Bernoulli likelihood ratio, the chart against
+its recursion, the limits' false-alarm rate by simulation, and a shift found where it is."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clinfuse.evaluation.cusum import (
+    MAX_SIGNALS,
+    _running,
+    control_limit,
+    cusum_path,
+    cusum_weights,
+    risk_adjusted_cusum,
+)
+
+
+def _cases(rng: np.random.Generator, n: int, shift_at: int | None = None, odds: float = 2.0):
+    """Daily cases over ``n`` days (one per day), risks from a logit-normal; from day
+    ``shift_at`` on the true odds are ``odds`` times the model's."""
+    dates = (np.datetime64("2022-01-01") + np.arange(n)).astype("datetime64[ns]")
+    p = 1 / (1 + np.exp(-rng.normal(-1.2, 1.0, n)))
+    true_odds = (
+        p / (1 - p) * np.where(np.arange(n) >= (n if shift_at is None else shift_at), odds, 1.0)
+    )
+    y = (rng.random(n) < true_odds / (1 + true_odds)).astype(float)
+    return y, p, dates
+
+
+def test_weights_are_the_log_likelihood_ratio_of_a_shift_in_the_odds():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.99, 200)
+    y = (rng.random(200) < 0.4).astype(float)
+    for ratio in (2.0, 0.5, 3.7):
+        shifted = ratio * p / (1 - p + ratio * p)  # the risk whose odds are ratio × p's
+        brute = np.log(np.where(y == 1, shifted / p, (1 - shifted) / (1 - p)))
+        assert cusum_weights(y, p, ratio) == pytest.approx(brute, abs=1e-12)
+    with pytest.raises(ValueError, match="not 1"):
+        cusum_weights(y, p, 1.0)
+
+
+def test_the_chart_follows_its_recursion_and_restarts_after_a_signal():
+    rng = np.random.default_rng(1)
+    w = rng.normal(-0.05, 0.6, 500)
+    x, expected = 0.0, []
+    for wt in w:
+        x = max(0.0, x + wt)
+        expected.append(x)
+    assert _running(w) == pytest.approx(expected, abs=1e-9)
+    path, signals = cusum_path(w, np.inf)
+    assert path == pytest.approx(expected, abs=1e-9) and signals == []
+    path, signals = cusum_path(w, 2.0)
+    assert signals, "this walk reaches 2"
+    x, start, found = 0.0, 0, []
+    for t, wt in enumerate(w):  # the same by hand, restarts included
+        x = max(0.0, x + wt)
+        if x == 0.0:
+            start = t + 1
+        elif x >= 2.0:
+            found.append((start, t))
+            x, start = 0.0, t + 1
+    assert signals == found
+    for start, end in signals:  # a climb never touches 0 and ends at the limit
+        assert path[end] >= 2.0 and np.all(path[start:end] > 0) and np.all(path[start:end] < 2)
+
+
+def test_the_limits_keep_their_false_alarm_rate_on_fresh_in_control_cohorts():
+    rng = np.random.default_rng(2)
+    p = 1 / (1 + np.exp(-rng.normal(-1.5, 1.0, 300)))
+    for ratio in (2.0, 0.5):
+        limit = control_limit(p, ratio, false_alarm=0.1, n_sim=2000, rng=rng)
+        fresh = rng.random((4000, len(p))) < p  # outcomes drawn from the model's own risks
+        alarms = (_running(cusum_weights(fresh, p, ratio)).max(axis=1) >= limit).mean()
+        # 0.1 ± Monte-Carlo error of the limit (2000 draws) and of this check (4000 draws)
+        assert 0.075 <= alarms <= 0.125, (ratio, alarms)
+
+
+def test_a_shift_is_signalled_after_it_began_and_dated_near_it():
+    y, p, dates = _cases(np.random.default_rng(3), 1600, shift_at=800, odds=2.5)
+    res = risk_adjusted_cusum(y, p, dates, n_sim=1000).to_dict()
+    up, down = res["charts"]
+    assert up["odds_ratio"] == 2.0 and down["odds_ratio"] == 0.5
+    assert up["n_signals"] >= 1 and down["n_signals"] == 0
+    first = up["signals"][0]
+    assert first["date"] > "2024-03-10"  # day 800 is 2024-03-11
+    assert abs(np.datetime64(first["since"]) - np.datetime64("2024-03-11")) < np.timedelta64(
+        150, "D"
+    )
+    start, end = first["index"] - first["n_cases"], first["index"]
+    assert first["observed"] == int(y[start:end].sum())
+    assert first["expected"] == pytest.approx(p[start:end].sum())
+    assert first["observed"] > first["expected"]
+    json.dumps(res)  # metrics.json-ready
+
+
+def test_too_high_risks_signal_on_the_lower_chart_only():
+    y, p, dates = _cases(np.random.default_rng(4), 1500, shift_at=0, odds=0.4)
+    up, down = risk_adjusted_cusum(y, p, dates, n_sim=500).to_dict()["charts"]
+    assert up["n_signals"] == 0 and down["n_signals"] >= 1
+    assert down["direction"] == "fewer events than predicted"
+
+
+def test_cases_are_put_in_date_order_ties_by_case_id_and_undated_left_out():
+    rng = np.random.default_rng(5)
+    y, p, dates = _cases(rng, 300)
+    dates[[3, 7]] = np.datetime64("NaT")
+    dates[10:20] = dates[10]  # ten cases on one day
+    ids = [f"c{k:03d}" for k in range(300)]
+    order = rng.permutation(300)
+    shuffled = risk_adjusted_cusum(
+        y[order], p[order], dates[order], case_ids=[ids[k] for k in order], n_sim=200
+    )
+    ordered = risk_adjusted_cusum(y, p, dates, case_ids=ids, n_sim=200)
+    assert shuffled.n_undated == 2 and len(shuffled.y) == 298
+    assert shuffled.y == pytest.approx(ordered.y) and shuffled.p == pytest.approx(ordered.p)
+    assert shuffled.to_dict() == ordered.to_dict()
+
+
+def test_many_signals_are_counted_but_only_the_first_listed():
+    y, p, dates = _cases(np.random.default_rng(6), 6000, shift_at=0, odds=6.0)
+    up = risk_adjusted_cusum(y, p, dates, odds_ratios=(2.0,), n_sim=200).to_dict()["charts"][0]
+    assert up["n_signals"] > MAX_SIGNALS and len(up["signals"]) == MAX_SIGNALS
+
+
+def test_the_model_card_and_the_app_name_the_first_signal():
+    from clinfuse.evaluation.evaluate import _time_limitations
+    from clinfuse.evaluation.temporal import performance_over_time
+    from clinfuse.review.cohort import _over_time_table
+
+    y, p, dates = _cases(np.random.default_rng(3), 1600, shift_at=800, odds=2.5)
+    over = {"column": "encounter_date"} | performance_over_time(y, p, dates, period="quarter")
+    over["cusum"] = risk_adjusted_cusum(y, p, dates, n_sim=500).to_dict()
+    first = over["cusum"]["charts"][0]["signals"][0]
+    lines = [line for line in _time_limitations(over) if "CUSUM" in line]
+    assert len(lines) == 1
+    assert first["since"] in lines[0] and first["date"] in lines[0]
+    assert "more events than predicted" in lines[0]
+    _, text = _over_time_table({"over_time": over})
+    assert f"first on {first['date']}" in text and "fewer events than predicted: no signal" in text
