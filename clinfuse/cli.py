@@ -577,7 +577,9 @@ def crossval(
         "  clinfuse backtest dated/manifest.csv --out runs/backtest --time-column "
         "encounter_date\n\n"
         "  clinfuse backtest dated/manifest.csv --out runs/bt_q --time-column encounter_date "
-        "--period quarter --min-train-periods 4 --config my.yaml"
+        "--period quarter --min-train-periods 4 --config my.yaml\n\n"
+        "  clinfuse backtest dated/manifest.csv --out runs/bt_w2 --time-column encounter_date "
+        "--window 2   # train on the 2 years before each test year only"
     )
 )
 def backtest(
@@ -595,6 +597,16 @@ def backtest(
             "--min-train-periods", min=1, help="Periods of training data before the first test."
         ),
     ] = 1,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            "--window",
+            min=1,
+            help="Train on this many periods before each test period only (a sliding window); "
+            "by default every earlier period (an expanding window). The test cases are the same "
+            "either way.",
+        ),
+    ] = None,
     config: ConfigOption = None,
     device: DeviceOption = None,
     epochs: EpochsOption = None,
@@ -609,8 +621,9 @@ def backtest(
         bool, typer.Option("--overwrite", help="Replace an existing folder.")
     ] = False,
 ) -> None:
-    """Rolling-origin validation: for every period, train on all earlier cases and test on
-    that period's — how a model retrained as data accrue would have fared.
+    """Rolling-origin validation: for every period, train on all earlier cases (or the last
+    --window periods) and test on that period's — how a model retrained as data accrue would
+    have fared.
 
     Writes backtest.json, backtest.csv, figures/backtest.png, runs/until_PERIOD/ (complete
     runs) and evaluations/PERIOD/ (a full report each). The folder appears only when complete.
@@ -625,6 +638,7 @@ def backtest(
         time_column=time_column,
         period=period,
         min_train_periods=min_train_periods,
+        window=window,
         n_boot=n_boot,
         overwrite=overwrite,
         log=lambda msg: err_console.print(msg, highlight=False),
@@ -895,10 +909,12 @@ def _register_feature_commands() -> None:
     from clinfuse.evaluation.cli import (
         COMPARE_EPILOG,
         EVALUATE_EPILOG,
+        MONITOR_EPILOG,
         RECALIBRATE_EPILOG,
         SAMPLESIZE_EPILOG,
         compare,
         evaluate,
+        monitor,
         recalibrate,
         samplesize,
     )
@@ -910,6 +926,7 @@ def _register_feature_commands() -> None:
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
     app.command(epilog=RECALIBRATE_EPILOG)(recalibrate)
     app.command(epilog=COMPARE_EPILOG)(compare)
+    app.command(epilog=MONITOR_EPILOG)(monitor)
     app.command(epilog=SAMPLESIZE_EPILOG)(samplesize)
     app.command(epilog=EXPLAIN_EPILOG)(explain)
     app.command(name="deid", epilog=DEID_EPILOG)(deid)

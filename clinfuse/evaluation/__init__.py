@@ -12,6 +12,8 @@ _LAZY = {
     "ConformalSets": "clinfuse.evaluation.conformal",
     "conformal_from_evaluation": "clinfuse.evaluation.conformal",
     "coverage_table": "clinfuse.evaluation.conformal",
+    "risk_adjusted_cusum": "clinfuse.evaluation.cusum",
+    "monitor_predictions": "clinfuse.evaluation.monitor",
     "EvaluationResult": "clinfuse.evaluation.evaluate",
     "Evaluator": "clinfuse.evaluation.evaluate",
     "evaluate_run": "clinfuse.evaluation.evaluate",

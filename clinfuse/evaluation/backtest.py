@@ -13,6 +13,12 @@ each period ``P_k`` after the first ``min_train_periods`` ones,
   a returning patient's later cases are left out of the test — splits are by patient, as
   everywhere in clinfuse — and counted.
 
+With ``window=W`` the training uses only the ``W`` calendar periods before ``P_k`` (a
+*sliding* window) instead of every earlier one (an *expanding* window, the default): a model
+that forgets the distant past, which may suit a drifting cohort better. The test cases are
+the same either way — a patient seen in any earlier period is left out — so backtests with
+different windows compare on identical cases.
+
 ``backtest.json`` and ``backtest.csv`` hold one row per origin — the training window, cases,
 AUROC (DeLong), calibration intercept and slope, O/E and Brier, and how many of the period's
 cases were left out as returning patients' — and ``figures/backtest.png`` draws AUROC and
@@ -68,73 +74,42 @@ def _origins(periods: list[str | None], min_train_periods: int) -> tuple[list[st
     return ordered, ordered[min_train_periods:]
 
 
-def backtest_run(
-    cohort_path: str | Path,
-    out: str | Path,
-    config: Any = None,
+def _window_start(test_period: str, period: str, window: int | None) -> str | None:
+    """The first period of ``test_period``'s training window (None: every earlier one)."""
+    if window is None:
+        return None
+    from clinfuse.evaluation.temporal import PERIODS
+
+    return str(pd.Period(test_period, freq=PERIODS[period]) - window)
+
+
+def _plan(
+    cohort: Any,
+    dates: np.ndarray,
+    labels: list[str | None],
+    origins: list[str],
     *,
-    time_column: str,
-    period: str = "year",
-    min_train_periods: int = 1,
-    n_boot: int = 1000,
-    min_group_size: int = 30,
-    overwrite: bool = False,
-    log: Callable[[str], None] | None = None,
-) -> BacktestResult:
-    """Rolling-origin validation (see the module's docstring).
-
-    Args:
-        cohort_path: the labelled manifest, with a date column.
-        out: the backtest folder to create (it appears only when complete).
-        config: run configuration of every training (defaults when None).
-        time_column: the manifest column of dates (undated cases are left out, counted).
-        period: ``month``, ``quarter`` or ``year``.
-        min_train_periods: periods before the first test period (at least 1).
-        n_boot, min_group_size: as for :func:`~clinfuse.evaluation.evaluate.evaluate_run`.
-        overwrite: replace an existing folder.
-        log: one-line messages (counts and periods only).
-
-    Raises:
-        ConfigError: a bad period or ``min_train_periods``, an ``out`` in the way, a
-            multi-process training config.
-        CohortError: no such column, an unreadable date, too few periods, or a training
-            window or test period without both outcomes.
-    """
-    from clinfuse._files import atomic_folder
+    period: str,
+    window: int | None,
+    val_share: float,
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Each origin's splits (train/val by date inside the training window, test: the
+    period's new patients), and the origins skipped for lack of both outcomes."""
     from clinfuse.cohort.split import assign_splits_by_date
-    from clinfuse.config import RunConfig
-    from clinfuse.evaluation.crossval import _check_single_process
-    from clinfuse.evaluation.evaluate import _check_out, evaluate_run
-    from clinfuse.evaluation.figures import period_figure, save_figure
-    from clinfuse.evaluation.temporal import check_period, cohort_dates, period_labels
-    from clinfuse.training.run import load_labelled_cohort, train_run
 
-    say = log or (lambda _m: None)
-    check_period(period)
-    if isinstance(min_train_periods, bool) or min_train_periods < 1:
-        raise ConfigError(
-            f"min_train_periods is {min_train_periods}; use 1 or more",
-            field="min_train_periods",
-        )
-    out = Path(out)
-    _check_out(out, overwrite)
-    config = config or RunConfig()
-    _check_single_process(config)
-    cohort = load_labelled_cohort(cohort_path, config.data)
     rows = list(cohort.rows)
-    dates = cohort_dates(cohort, time_column)
-    labels = period_labels(dates, period)
-    all_periods, origins = _origins(labels, min_train_periods)
-    n_undated = int(np.isnat(dates).sum())
-    fractions = config.data.split_fractions
-    val_share = fractions[1] / (fractions[0] + fractions[1])
     plans: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for test_period in origins:  # every plan checked before any training
-        train_idx = [i for i, p in enumerate(labels) if p is not None and p < test_period]
-        seen = {rows[i].patient_id for i in train_idx}
+    for test_period in origins:
+        start = _window_start(test_period, period, window)
+        before = [i for i, p in enumerate(labels) if p is not None and p < test_period]
+        train_idx = [i for i in before if start is None or str(labels[i]) >= start]
+        seen = {rows[i].patient_id for i in before}
         in_period = [i for i, p in enumerate(labels) if p == test_period]
         test_idx = [i for i in in_period if rows[i].patient_id not in seen]
+        if not train_idx:
+            skipped.append({"period": test_period, "reason": "no dated case in its window"})
+            continue
         train_ids = [rows[i].case_id for i in train_idx]
         inner = assign_splits_by_date(
             [rows[i].patient_id for i in train_idx],
@@ -165,6 +140,79 @@ def backtest_run(
                 "n_returning": len(in_period) - len(test_idx),
             }
         )
+    return plans, skipped
+
+
+def backtest_run(
+    cohort_path: str | Path,
+    out: str | Path,
+    config: Any = None,
+    *,
+    time_column: str,
+    period: str = "year",
+    min_train_periods: int = 1,
+    window: int | None = None,
+    n_boot: int = 1000,
+    min_group_size: int = 30,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> BacktestResult:
+    """Rolling-origin validation (see the module's docstring).
+
+    Args:
+        cohort_path: the labelled manifest, with a date column.
+        out: the backtest folder to create (it appears only when complete).
+        config: run configuration of every training (defaults when None).
+        time_column: the manifest column of dates (undated cases are left out, counted).
+        period: ``month``, ``quarter`` or ``year``.
+        min_train_periods: periods before the first test period (at least 1).
+        window: train on this many calendar periods before each test period only (a
+            sliding window); None trains on every earlier period (an expanding window).
+        n_boot, min_group_size: as for :func:`~clinfuse.evaluation.evaluate.evaluate_run`.
+        overwrite: replace an existing folder.
+        log: one-line messages (counts and periods only).
+
+    Raises:
+        ConfigError: a bad period, ``min_train_periods`` or ``window``, an ``out`` in the way, a
+            multi-process training config.
+        CohortError: no such column, an unreadable date, too few periods, or a training
+            window or test period without both outcomes.
+    """
+    from clinfuse._files import atomic_folder
+    from clinfuse.config import RunConfig
+    from clinfuse.evaluation.crossval import _check_single_process
+    from clinfuse.evaluation.evaluate import _check_out, evaluate_run
+    from clinfuse.evaluation.figures import period_figure, save_figure
+    from clinfuse.evaluation.temporal import check_period, cohort_dates, period_labels
+    from clinfuse.training.run import load_labelled_cohort, train_run
+
+    say = log or (lambda _m: None)
+    check_period(period)
+    if isinstance(min_train_periods, bool) or min_train_periods < 1:
+        raise ConfigError(
+            f"min_train_periods is {min_train_periods}; use 1 or more",
+            field="min_train_periods",
+        )
+    if window is not None and (isinstance(window, bool) or window < 1):
+        raise ConfigError(
+            f"window is {window}; use 1 or more periods, or none for every earlier period",
+            field="window",
+        )
+    out = Path(out)
+    _check_out(out, overwrite)
+    config = config or RunConfig()
+    _check_single_process(config)
+    cohort = load_labelled_cohort(cohort_path, config.data)
+    rows = list(cohort.rows)
+    dates = cohort_dates(cohort, time_column)
+    labels = period_labels(dates, period)
+    all_periods, origins = _origins(labels, min_train_periods)
+    n_undated = int(np.isnat(dates).sum())
+    fractions = config.data.split_fractions
+    val_share = fractions[1] / (fractions[0] + fractions[1])
+    plans, skipped = _plan(  # every origin checked before any training
+        cohort, dates, labels, origins, period=period, window=window, val_share=val_share
+    )
     if not plans:
         raise CohortError(
             "no period can be tested: "
@@ -226,6 +274,7 @@ def backtest_run(
             "time_column": time_column,
             "period": period,
             "min_train_periods": min_train_periods,
+            "window": window,
             "periods": all_periods,
             "skipped": skipped,
             "n_dated": int(len(rows) - n_undated),
@@ -241,7 +290,8 @@ def backtest_run(
                 for e in entries
             ],
             title="Rolling-origin backtest",
-            xlabel=f"test {period} (trained on every earlier {period})",
+            xlabel=f"test {period} (trained on "
+            + (f"every earlier {period})" if window is None else f"the {window} {period}s before)"),
         )
         save_figure(figure, tmp / "figures", "backtest")
         config.save(tmp / "config.yaml")

@@ -29,9 +29,11 @@ from clinfuse._options import (
 __all__ = [
     "COMPARE_EPILOG",
     "EVALUATE_EPILOG",
+    "MONITOR_EPILOG",
     "RECALIBRATE_EPILOG",
     "compare",
     "evaluate",
+    "monitor",
     "recalibrate",
 ]
 
@@ -695,3 +697,106 @@ def _development_size(
         f"Nagelkerke {result.r2_cs / result.max_r2_cs:.3f}",
         highlight=False,
     )
+
+
+MONITOR_EPILOG = (
+    "Examples:\n\n"
+    "  clinfuse predict runs/demo this_year/manifest.csv --out scored/p.csv\n\n"
+    "  clinfuse monitor runs/demo scored/p.csv --out monitor_2024 --time-column encounter_date\n\n"
+    "  clinfuse monitor runs/cv scored/p.csv --out monitor_q --time-column encounter_date "
+    "--period quarter --thresholds 0.2"
+)
+
+
+def monitor(
+    model: Annotated[
+        Path,
+        typer.Argument(help="The run or cross-validation folder that scored the predictions."),
+    ],
+    predictions: Annotated[
+        Path, typer.Argument(help="Predictions table written by `clinfuse predict` (P.csv).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Monitoring folder to create.")],
+    time_column: Annotated[
+        str,
+        typer.Option("--time-column", help="Manifest column of dates (YYYY-MM-DD)."),
+    ],
+    period: Annotated[
+        str, typer.Option("--period", help="month (default), quarter or year.")
+    ] = "month",
+    thresholds: Annotated[
+        str,
+        typer.Option(
+            "--thresholds", help="Alert thresholds of the fused risk (default 0.1,0.2,0.3)."
+        ),
+    ] = "",
+    min_size: Annotated[
+        int,
+        typer.Option("--min-size", min=1, help="Periods with fewer cases are not compared."),
+    ] = 30,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="The scored manifest, if it moved since `clinfuse predict` (default: the one "
+            "the predictions' provenance names).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output folder.")
+    ] = False,
+) -> None:
+    """Monitor a model in use before outcomes arrive: per period, risk and alert rate, the
+    shift of the model's outputs (PSI), modality availability and numeric inputs against the
+    development data; with the outcomes known so far, O/E, AUROC and CUSUM charts.
+
+    Writes monitoring.json, monitoring.csv, figures/ and report.html into --out (the folder
+    appears only when complete).
+    """
+    from rich.console import Console
+
+    from clinfuse.evaluation.monitor import monitor_predictions
+
+    result = monitor_predictions(
+        model,
+        predictions,
+        out,
+        time_column=time_column,
+        period=period,
+        thresholds=thresholds or None,
+        min_size=min_size,
+        manifest=manifest,
+        overwrite=overwrite,
+    )
+    s = result.summary
+    console = Console()
+    compared = [r for r in s["periods"] if not r["suppressed"]]
+    console.print(
+        f"monitored {s['n_dated']} dated cases in {len(s['periods'])} {s['period']}s "
+        f"({len(compared)} compared with {s['development']['n']} development cases); "
+        f"{s['n_flagged_periods']} flagged",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for r in compared:
+        if r["flags"]:
+            console.print(
+                f"{r['period']}: {'; '.join(r['flags'])}", highlight=False, soft_wrap=True
+            )
+    outcomes = s["outcomes"]
+    if outcomes is None:
+        console.print("no outcomes of both kinds known yet", highlight=False)
+    else:
+        signals = [
+            f"{chart['direction']} signalled {chart['signals'][0]['date']} (climb from "
+            f"{chart['signals'][0]['since']})"
+            for chart in outcomes["cusum"]["charts"]
+            if chart["n_signals"]
+        ]
+        console.print(
+            f"outcomes known for {outcomes['n_dated']} cases; CUSUM: "
+            + ("; ".join(signals) if signals else "no signal"),
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(f"report: {result.report}")

@@ -17,6 +17,7 @@ __all__ = [
     "calibration_figure",
     "cusum_figure",
     "decision_curve_figure",
+    "monitoring_figure",
     "over_time_figure",
     "period_figure",
     "reliability_figure",
@@ -254,6 +255,62 @@ def cusum_figure(cusum: Any, *, column: str | None = None) -> Any:
         f"(limits: {100 * cusum.false_alarm:g} % false alarm)",
     )
     ax.legend(loc="upper left", fontsize=7)
+    return fig
+
+
+def monitoring_figure(summary: dict[str, Any]) -> Any:
+    """Three panels by period of a monitoring summary (``monitoring.json``): mean risk and
+    the alert rate at the first threshold, the PSI of the fused logit and of each modality's
+    risk (with the 0.1 and 0.25 lines), and each modality's availability; the development
+    values dashed. Periods not compared are left blank."""
+    rows = summary["periods"]
+    dev = summary["development"]
+    x = np.arange(len(rows))
+    shown = [i for i, r in enumerate(rows) if not r["suppressed"]]
+    fig = _figure(min(14.0, max(6.5, 0.4 * len(rows) + 2.5)), 7.0)
+    risk_ax, psi_ax, avail_ax = fig.subplots(3, 1, sharex=True)
+
+    def line(ax: Any, values: list[Any], color: str, label: str) -> None:
+        ax.plot(
+            shown,
+            [np.nan if v is None else v for v in values],
+            "o-",
+            color=color,
+            ms=3,
+            lw=1,
+            label=label,
+        )
+
+    t = f"{summary['thresholds'][0]:g}"
+    line(risk_ax, [rows[i]["mean_risk"] for i in shown], COLORS[0], "mean risk")
+    line(risk_ax, [rows[i]["alert_rate"][t] for i in shown], COLORS[3], f"share ≥ {t}")
+    risk_ax.axhline(dev["mean_risk"], color=COLORS[0], lw=0.8, ls="--")
+    risk_ax.axhline(dev["alert_rate"][t], color=COLORS[3], lw=0.8, ls="--")
+    risk_ax.set_ylabel("risk")
+    risk_ax.legend(loc="upper left", fontsize=7)
+    line(psi_ax, [rows[i]["psi_fusion"]["value"] for i in shown], "black", "fused logit")
+    mods = list(dev["availability"])
+    for k, m in enumerate(mods):
+        color = COLORS[k % len(COLORS)]
+        line(psi_ax, [rows[i]["psi"][m]["value"] for i in shown], color, m)
+        line(avail_ax, [rows[i]["availability"][m]["value"] for i in shown], color, m)
+        avail_ax.axhline(dev["availability"][m], color=color, lw=0.8, ls="--")
+    for level in (0.1, 0.25):
+        psi_ax.axhline(level, color="grey", lw=0.8, ls=":")
+    psi_ax.set_ylabel("PSI vs development")
+    psi_ax.legend(loc="upper left", fontsize=7, ncol=max(1, len(mods) + 1))
+    avail_ax.set_ylabel("share with modality")
+    avail_ax.set_ylim(-0.02, 1.02)
+    many = len(rows) > 24
+    avail_ax.set_xticks(
+        x,
+        [r["period"] if many else f"{r['period']}\nn={r['n']}" for r in rows],
+        fontsize=6 if many else 7,
+        rotation=90 if many else 0,
+    )
+    risk_ax.set_title(
+        f"Monitoring by {summary['period']} ({summary['column']}); dashed: development"
+    )
     return fig
 
 

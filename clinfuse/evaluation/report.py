@@ -1084,3 +1084,110 @@ def render_comparison(c: dict[str, Any], png: dict[str, bytes]) -> str:
         "folders stops the comparison.</li></ul></body></html>"
     )
     return "".join(body)
+
+
+def render_monitoring(s: dict[str, Any], png: dict[str, bytes]) -> str:
+    """The ``report.html`` of ``clinfuse monitor`` from ``monitoring.json`` content."""
+    dev = s["development"]
+    thresholds = [f"{t:g}" for t in s["thresholds"]]
+    mods = list(dev["availability"])
+    body = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>clinfuse monitoring report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>clinfuse monitoring report</h1>",
+        f"<p>Model version <code>{_e(s['model_version'])}</code>; {s['n_dated']} scored cases "
+        f"dated by <code>{_e(s['column'])}</code>"
+        + (f" from {_e(s['first'])} to {_e(s['last'])}" if s.get("first") else "")
+        + (f"; {s['n_undated']} undated cases counted only" if s["n_undated"] else "")
+        + f". Each {_e(s['period'])} with at least {s['min_size']} cases is compared with the "
+        f"model's {dev['n']} development cases: risk, the population stability index (PSI) of "
+        "the fused logit and of each modality's risk in the development's deciles (below 0.1 "
+        "stable, 0.1–0.25 a moderate shift, above 0.25 a major one), modality availability "
+        "and the standardised mean difference (SMD) of numeric inputs against the training "
+        "split. A change is flagged when it crosses its line and is unlikely by chance at the "
+        "period's size (p &lt; 0.01).</p>",
+    ]
+    flagged = [r for r in s["periods"] if r.get("flags")]
+    body.append("<h2>Flags</h2>")
+    if flagged:
+        body.append(
+            "<ul>"
+            + "".join(
+                f"<li><b>{_e(r['period'])}</b>: {_e('; '.join(r['flags']))}</li>" for r in flagged
+            )
+            + "</ul>"
+        )
+    else:
+        body.append("<p>No period crossed a line.</p>")
+    body.append("<h2>By period</h2>")
+    header = [s["period"], "cases", "labelled", "mean risk"]
+    header += [f"share ≥ {t}" for t in thresholds] + ["PSI fused"]
+    header += [f"PSI {m}" for m in mods] + [f"with {m}" for m in mods]
+    rows = [
+        [
+            "development",
+            dev["n"],
+            "",
+            _pct(dev["mean_risk"]),
+            *(_pct(dev["alert_rate"][t]) for t in thresholds),
+            "",
+            *("" for _ in mods),
+            *(_pct(dev["availability"][m]) for m in mods),
+        ]
+    ]
+    for r in s["periods"]:
+        if r["suppressed"]:
+            rows.append(
+                [
+                    _e(r["period"]),
+                    r["n"],
+                    r["n_labelled"],
+                    "not compared",
+                    *[""] * (len(header) - 4),
+                ]
+            )
+            continue
+        rows.append(
+            [
+                _e(r["period"]),
+                r["n"],
+                r["n_labelled"],
+                _pct(r["mean_risk"]),
+                *(_pct(r["alert_rate"][t]) for t in thresholds),
+                _num(r["psi_fusion"]["value"], 2),
+                *(_num(r["psi"][m]["value"], 2) for m in mods),
+                *(_pct(r["availability"][m]["value"]) for m in mods),
+            ]
+        )
+    body.append(
+        _table(
+            header,
+            rows,
+            classes=["", *("suppressed" if r["suppressed"] else "" for r in s["periods"])],
+        )
+    )
+    body.append(f'<div class="figs">{_figure(png, "monitoring", "Monitoring by period")}</div>')
+    numeric = sorted({c for r in s["periods"] if not r["suppressed"] for c in r["smd"]})
+    if numeric:
+        body.append("<h2>Numeric inputs: SMD against the training split</h2>")
+        body.append(
+            _table(
+                [s["period"], *numeric],
+                [
+                    [_e(r["period"]), *(_num(r["smd"][c]["value"], 2) for c in numeric)]
+                    for r in s["periods"]
+                    if not r["suppressed"]
+                ],
+            )
+        )
+    body.append("<h2>Outcomes known so far</h2>")
+    if s["outcomes"] is None:
+        body.append(
+            "<p>No outcome of both kinds is known yet among these cases: the comparison above "
+            "is all there is to see until they arrive.</p>"
+        )
+    else:
+        body.append(_over_time({"over_time": s["outcomes"] | {"column": s["column"]}}, png))
+    body.append("</body></html>")
+    return "".join(body)

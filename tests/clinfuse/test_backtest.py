@@ -80,6 +80,8 @@ def test_bad_settings_are_refused_before_training(dated: Path, tiny_cohort: Path
         backtest_run(dated, out, cfg, time_column="encounter_date", min_train_periods=3)
     with pytest.raises(ConfigError, match="min_train_periods is 0"):
         backtest_run(dated, out, cfg, time_column="encounter_date", min_train_periods=0)
+    with pytest.raises(ConfigError, match="window is 0"):
+        backtest_run(dated, out, cfg, time_column="encounter_date", window=0)
     with pytest.raises(ConfigError, match="unknown period 'week'"):
         backtest_run(dated, out, cfg, time_column="encounter_date", period="week")
     with pytest.raises(CohortError, match="'encounter_date' is not in the manifest"):
@@ -104,9 +106,33 @@ def test_a_period_without_both_outcomes_is_skipped_and_said(dated: Path, tmp_pat
         tiny_config(epochs=1),
         time_column="encounter_date",
         n_boot=0,
+        window=1,  # 2022 trains on 2021 alone either way
         log=said.append,
     )
+    assert res.summary["window"] == 1
     assert list(res.rows["period"]) == ["2022"]
     assert [s["period"] for s in res.summary["skipped"]] == ["2023"]
     assert "its test part" in res.summary["skipped"][0]["reason"]
     assert any(m.startswith("origin 2023 skipped") for m in said)
+
+
+def test_a_sliding_window_trains_on_its_periods_and_tests_the_same_cases(dated: Path):
+    from clinfuse.evaluation.backtest import _plan
+    from clinfuse.evaluation.temporal import cohort_dates, period_labels
+    from clinfuse.training.run import load_labelled_cohort
+
+    cohort = load_labelled_cohort(dated, tiny_config(epochs=1).data)
+    dates = cohort_dates(cohort, "encounter_date")
+    labels = period_labels(dates, "year")
+    by_case = dict(zip((r.case_id for r in cohort.rows), labels, strict=True))
+    common = {"period": "year", "val_share": 0.5}  # the tiny cohort needs events in both parts
+    sliding, skipped = _plan(cohort, dates, labels, ["2022", "2023"], window=1, **common)
+    expanding, _ = _plan(cohort, dates, labels, ["2022", "2023"], window=None, **common)
+    assert not skipped and len(sliding) == len(expanding) == 2
+    for plan, full in zip(sliding, expanding, strict=True):
+        trained = {by_case[c] for c, s in plan["splits"].items() if s != "test"}
+        assert trained == {str(int(plan["period"]) - 1)}  # the one year before only
+        assert plan["test_ids"] == full["test_ids"]  # the same new patients either way
+    assert sliding[0]["splits"] == expanding[0]["splits"]  # 2022: one earlier year either way
+    assert set(sliding[1]["splits"]) < set(expanding[1]["splits"])
+    assert sliding[1]["train_first"] >= "2022-01-01" > expanding[1]["train_first"]

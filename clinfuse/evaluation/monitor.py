@@ -1,0 +1,597 @@
+"""Monitoring a model in use before the outcomes arrive: period by period, are the cases and
+the model's outputs still like the ones it was developed on?
+
+Outcomes come late (a diagnosis is confirmed days or months after the risk was shown), so a
+deployed model is watched first through what it sees and says. ``clinfuse monitor MODEL
+P.csv --time-column encounter_date`` reads a predictions table written by ``clinfuse
+predict`` (its provenance names the model version and the manifest) and, for each calendar
+period of the manifest's date column, compares the scored cases with the model's
+development cases (the run's train and validation splits; for a fold ensemble, the
+cross-validation's pooled out-of-fold predictions):
+
+- **risk**: mean risk and the share of cases at or above each alert threshold — the
+  clinicians' workload and the first sign of a shift;
+- **distribution shift**: the population stability index (PSI) of the fused logit and of
+  each modality's risk against the development cases, in the development's deciles::
+
+      PSI = Σ_bins (a − e) · ln(a / e)
+
+  with ``e`` and ``a`` the development's and the period's shares of cases per bin (a bin's
+  count plus ½, so an empty bin stays finite). By the usual convention, below 0.1 is stable,
+  0.1–0.25 a moderate shift and above 0.25 a major one. A small period's PSI is large by
+  chance alone: with no shift, ``PSI / (1/n + 1/N)`` follows a χ² law with B − 1 degrees of
+  freedom (n and N the two samples' sizes, B the bins; Yurdakul, 2018), which gives each PSI
+  its p-value;
+- **modality availability**: the share of cases with each modality, against development — a
+  scanner off line or a note template changed shows here first;
+- **tabular inputs**: for each numeric input, the standardised mean difference against the
+  training split's mean and SD stored in the model (|SMD| ≥ 0.2 flagged: a unit or assay
+  change shifts a lab value's mean).
+
+Periods with fewer than ``min_size`` cases are counted but not compared. A comparison
+becomes a flag of its period when the change is both large enough to matter (the lines
+above) and unlikely by chance at the period's size: availability by a two-proportion
+z-test, an SMD by its large-sample standard error, and each comparison's p-values
+Holm-adjusted across the compared periods, below :data:`FLAG_P` (0.01). So a quiet month of
+40 cases does not raise flags that only its size explains, and a long series of periods
+does not raise them by its length: with no shift, a given comparison flags some period of
+the report with probability at most 1 %. Where some outcomes are already known
+(the manifest's label cells that are filled), the labelled cases also get the per-period
+O/E and AUROC, the drifts and the risk-adjusted CUSUM charts of :mod:`clinfuse.evaluation
+.temporal` and :mod:`clinfuse.evaluation.cusum`.
+
+>>> result = monitor_predictions("runs/demo", "scored/p.csv", "monitor_2024",
+...                              time_column="encounter_date", period="month")  # doctest: +SKIP
+>>> result.table[["period", "n", "mean_risk", "psi_fusion", "flags"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from clinfuse.errors import ConfigError
+
+__all__ = [
+    "AVAILABILITY_FLAG",
+    "FLAG_P",
+    "PSI_MAJOR",
+    "PSI_MODERATE",
+    "SMD_ALERT",
+    "MonitorResult",
+    "monitor_periods",
+    "monitor_predictions",
+    "psi",
+    "psi_p_value",
+]
+
+PSI_MODERATE = 0.1
+"""PSI from which a distribution counts as moderately shifted."""
+PSI_MAJOR = 0.25
+"""PSI from which a distribution counts as shifted a lot."""
+AVAILABILITY_FLAG = 0.10
+"""Absolute change of a modality's availability (share of cases) that is flagged."""
+SMD_ALERT = 0.2
+"""|standardised mean difference| of a numeric input that is flagged in a period."""
+FLAG_P = 0.01
+"""A flag also needs its change to be this unlikely by chance: the two-sided p-value,
+Holm-adjusted across the compared periods of that comparison, below it."""
+
+_PSI_BINS = 10
+
+
+def _psi(reference: np.ndarray, current: np.ndarray, bins: int) -> tuple[float | None, int]:
+    ref = np.asarray(reference, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
+    if not len(ref) or not len(cur):
+        return None, 0
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    k = len(edges) + 1
+    e = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=k) + 0.5
+    a = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=k) + 0.5
+    e, a = e / e.sum(), a / a.sum()
+    return float(np.sum((a - e) * np.log(a / e))), k
+
+
+def psi(reference: np.ndarray, current: np.ndarray, *, bins: int = _PSI_BINS) -> float | None:
+    """Population stability index of ``current`` against ``reference``, in the reference's
+    quantile bins (see the module's docstring); None when either sample is empty.
+
+    The bin edges are the reference's inner quantiles (ties merged), the outer bins open; a
+    value on an edge goes to the bin above it.
+    """
+    return _psi(reference, current, bins)[0]
+
+
+def psi_p_value(value: float, n_reference: int, n_current: int, n_bins: int) -> float:
+    """The chance of a PSI of ``value`` or more between two samples of one distribution:
+    ``value / (1/n + 1/N)`` against χ² with ``n_bins − 1`` degrees of freedom."""
+    from scipy.stats import chi2
+
+    if n_bins < 2:
+        return 1.0
+    return float(chi2.sf(value / (1 / n_reference + 1 / n_current), n_bins - 1))
+
+
+def _psi_test(reference: np.ndarray, current: np.ndarray) -> dict[str, Any]:
+    ref = np.asarray(reference, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    value, k = _psi(ref, cur, _PSI_BINS)
+    if value is None:
+        return {"value": None, "p_value": None, "n": int(np.isfinite(cur).sum())}
+    n_ref, n_cur = int(np.isfinite(ref).sum()), int(np.isfinite(cur).sum())
+    return {"value": value, "p_value": psi_p_value(value, n_ref, n_cur, k), "n": n_cur}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _numeric_stats(tabular: Any) -> dict[str, tuple[float, float]]:
+    if tabular is None:
+        return {}
+    return {
+        col: (tabular.means_[col], tabular.stds_[col])
+        for col in tabular.columns
+        if tabular.kinds_.get(col) == "numeric"
+    }
+
+
+def _smd(values: pd.Series, mean_d: float, sd_d: float, n_d: int) -> dict[str, Any]:
+    """SMD of ``values`` against a sample of ``n_d`` with mean ``mean_d`` and SD ``sd_d``,
+    with its two-sided p-value (SE² = 1/n + 1/n_d + SMD² / (2 (n + n_d)))."""
+    from scipy.stats import norm
+
+    from clinfuse.io.tabular import _as_float
+
+    parsed = (_as_float(v) for v in values)
+    arr = np.asarray([f for f in parsed if f is not None], dtype=float)
+    if len(arr) < 2:
+        return {"value": None, "p_value": None}
+    pooled = np.sqrt((sd_d**2 + arr.std(ddof=1) ** 2) / 2)
+    d = float((arr.mean() - mean_d) / pooled) if pooled > 0 else 0.0
+    se = np.sqrt(1 / len(arr) + 1 / n_d + d**2 / (2 * (len(arr) + n_d)))
+    return {"value": d, "p_value": float(2 * norm.sf(abs(d) / se))}
+
+
+def _proportion_p(share: float, n: int, share_d: float, n_d: int) -> float:
+    """Two-sided p-value of the two-proportion z-test (pooled SE)."""
+    from scipy.stats import norm
+
+    pooled = (share * n + share_d * n_d) / (n + n_d)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n + 1 / n_d))
+    if se == 0:
+        return 1.0 if share == share_d else 0.0
+    return float(2 * norm.sf(abs(share - share_d) / se))
+
+
+def _profile(frame: pd.DataFrame, modalities: Sequence[str], thresholds: Sequence[float]) -> dict:
+    p = frame["p_fusion"].to_numpy(dtype=float)
+    return {
+        "n": len(frame),
+        "mean_risk": float(p.mean()) if len(p) else None,
+        "alert_rate": {f"{t:g}": float((p >= t).mean()) if len(p) else None for t in thresholds},
+        "availability": {
+            m: float(frame[f"present_{m}"].astype(float).mean()) if len(frame) else None
+            for m in modalities
+        },
+    }
+
+
+def _adjust(rows: list[dict[str, Any]]) -> None:
+    """Holm-adjust each comparison's p-values across the periods (``p_adjusted``)."""
+    from clinfuse.evaluation.compare import holm
+
+    if not rows:
+        return
+    families: list[list[dict[str, Any]]] = [[r["psi_fusion"] for r in rows]]
+    for key in ("psi", "availability", "smd"):
+        families += [[r[key][name] for r in rows] for name in rows[0][key]]
+    for tests in families:
+        for test, p in zip(tests, holm([t["p_value"] for t in tests]), strict=True):
+            test["p_adjusted"] = p
+
+
+def _flags(row: dict[str, Any], development: dict[str, Any]) -> list[str]:
+    def shown(test: dict[str, Any], line: float) -> bool:
+        return (
+            test["value"] is not None
+            and abs(test["value"]) >= line
+            and test["p_adjusted"] is not None
+            and test["p_adjusted"] < FLAG_P
+        )
+
+    out = []
+    test = row["psi_fusion"]
+    if shown(test, PSI_MODERATE):
+        size = "major" if test["value"] >= PSI_MAJOR else "moderate"
+        out.append(f"fused risk distribution: {size} shift (PSI {test['value']:.2f})")
+    for m, test in row["psi"].items():
+        if shown(test, PSI_MAJOR):
+            out.append(f"{m} risk distribution: major shift (PSI {test['value']:.2f})")
+    for m, test in row["availability"].items():
+        if shown(test | {"value": test["change"]}, AVAILABILITY_FLAG):
+            out.append(
+                f"{m} available in {100 * test['value']:.0f} % of cases (development "
+                f"{100 * development['availability'][m]:.0f} %)"
+            )
+    for col, test in row["smd"].items():
+        if shown(test, SMD_ALERT):
+            out.append(f"{col}: mean shifted by {test['value']:+.2f} SD")
+    return out
+
+
+def monitor_periods(
+    development: pd.DataFrame,
+    scored: pd.DataFrame,
+    dates: np.ndarray,
+    modalities: Sequence[str],
+    *,
+    period: str = "month",
+    thresholds: Sequence[float] = (0.1, 0.2, 0.3),
+    min_size: int = 30,
+    tabular: Any = None,
+    tabular_values: pd.DataFrame | None = None,
+    level: float = 0.95,
+    cusum_false_alarm: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The per-period comparison of the module's docstring.
+
+    Args:
+        development: the development cases (``p_fusion``, ``logit_fusion``, ``p_<m>``,
+            ``present_<m>``).
+        scored: the monitored cases, same columns, and ``label`` (empty: not known yet).
+        dates: (N,) ``datetime64`` of ``scored``'s rows; NaT cases are counted, not compared.
+        modalities: the model's modalities.
+        period: ``month``, ``quarter`` or ``year``.
+        thresholds: alert thresholds of the fused risk.
+        min_size: a period with fewer cases is not compared.
+        tabular: the model's fitted tabular encoder (numeric inputs' training mean and SD).
+        tabular_values: ``scored``'s raw tabular columns, rows in its order.
+        level, cusum_false_alarm, seed: for the labelled cases' outcome section.
+
+    Returns:
+        ``period``, ``n_dated``, ``n_undated``, ``first``/``last``, ``thresholds``,
+        ``development`` (its profile), ``periods`` (per calendar period from the first to the
+        last: ``period``, ``start``, ``n``, ``n_labelled``, ``suppressed`` and, when
+        compared, ``mean_risk``, ``alert_rate``, ``psi_fusion`` and ``psi`` (per modality;
+        each ``{value, p_value, n}``), ``availability`` (per modality ``{value, change,
+        p_value}``), ``smd`` (per numeric input ``{value, p_value}``) and ``flags``),
+        ``n_flagged_periods``
+        and ``outcomes`` (None, or the labelled cases' performance over time with its CUSUM).
+    """
+    from clinfuse.evaluation.cusum import risk_adjusted_cusum
+    from clinfuse.evaluation.temporal import PERIODS, check_period, performance_over_time
+
+    check_period(period)
+    dates = np.asarray(dates, dtype="datetime64[ns]")
+    if len(dates) != len(scored):
+        raise ValueError("dates and scored cases differ in number")
+    dated = ~np.isnat(dates)
+    numeric = _numeric_stats(tabular)
+    n_train = int((development["split"] == "train").sum()) if "split" in development else 0
+    n_train = n_train or len(development)  # the SMDs' reference: the training split
+    dev_profile = _profile(development, modalities, thresholds)
+    dev_logit = development["logit_fusion"].to_numpy(dtype=float)
+    dev_risk = {
+        m: _logit(development[f"p_{m}"].to_numpy(dtype=float)[development[f"present_{m}"] == 1])
+        for m in modalities
+    }
+    out: dict[str, Any] = {
+        "period": period,
+        "n_dated": int(dated.sum()),
+        "n_undated": int((~dated).sum()),
+        "min_size": min_size,
+        "thresholds": [float(t) for t in thresholds],
+        "development": dev_profile,
+        "periods": [],
+        "outcomes": None,
+    }
+    if not dated.any():
+        return out | {"n_flagged_periods": 0}
+    stamps = pd.DatetimeIndex(dates[dated])
+    labels = stamps.to_period(PERIODS[period])
+    out["first"], out["last"] = str(stamps.min().date()), str(stamps.max().date())
+    frame = scored[dated].reset_index(drop=True)
+    values = None if tabular_values is None else tabular_values[dated].reset_index(drop=True)
+    known = frame["label"].notna().to_numpy() if "label" in frame else np.zeros(len(frame), bool)
+    for label in pd.period_range(labels.min(), labels.max(), freq=PERIODS[period]):
+        sel = np.asarray(labels == label)
+        part = frame[sel]
+        row: dict[str, Any] = {
+            "period": str(label),
+            "start": str(label.start_time.date()),
+            "n": int(sel.sum()),
+            "n_labelled": int(known[sel].sum()),
+        }
+        if row["n"] < min_size:
+            out["periods"].append(row | {"suppressed": True})
+            continue
+        profile = _profile(part, modalities, thresholds)
+        row |= {
+            "suppressed": False,
+            "mean_risk": profile["mean_risk"],
+            "alert_rate": profile["alert_rate"],
+            "psi_fusion": _psi_test(dev_logit, part["logit_fusion"].to_numpy(dtype=float)),
+            "psi": {
+                m: _psi_test(
+                    dev_risk[m],
+                    _logit(part[f"p_{m}"].to_numpy(dtype=float)[part[f"present_{m}"] == 1]),
+                )
+                for m in modalities
+            },
+            "availability": {
+                m: {
+                    "value": share,
+                    "change": share - dev_profile["availability"][m],
+                    "p_value": _proportion_p(
+                        share, row["n"], dev_profile["availability"][m], dev_profile["n"]
+                    ),
+                }
+                for m, share in profile["availability"].items()
+            },
+            "smd": {
+                col: _smd(values.loc[sel, col], *stats, n_train)
+                for col, stats in numeric.items()
+                if values is not None
+            },
+        }
+        out["periods"].append(row)
+    compared = [r for r in out["periods"] if not r["suppressed"]]
+    _adjust(compared)
+    for row in compared:
+        row["flags"] = _flags(row, dev_profile)
+    out["n_flagged_periods"] = sum(1 for r in compared if r["flags"])
+    y = frame["label"].to_numpy(dtype=float)[known] if known.any() else np.zeros(0)
+    if len(np.unique(y)) == 2:  # some outcomes known, of both kinds
+        p = frame["p_fusion"].to_numpy(dtype=float)[known]
+        when = dates[dated][known]
+        outcomes = performance_over_time(y, p, when, period=period, min_size=min_size, level=level)
+        chart = risk_adjusted_cusum(
+            y,
+            p,
+            when,
+            false_alarm=cusum_false_alarm,
+            seed=seed,
+            case_ids=frame["case_id"].astype(str).to_numpy()[known].tolist(),
+        )
+        out["outcomes"] = outcomes | {"cusum": chart.to_dict()}
+        out["_cusum"] = chart  # for the figure; not written
+    return out
+
+
+@dataclass
+class MonitorResult:
+    """What :func:`monitor_predictions` wrote.
+
+    Attributes:
+        out: the monitoring folder.
+        summary: ``monitoring.json``.
+        table: ``monitoring.csv``, one row per period.
+    """
+
+    out: Path
+    summary: dict[str, Any]
+    table: pd.DataFrame
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report.html"
+
+
+def _development(model: Path) -> tuple[pd.DataFrame, Any, list[str]]:
+    """The development cases of a run or cross-validation folder, its tabular encoder and
+    its modalities."""
+    from clinfuse.ensemble import is_crossval_folder
+    from clinfuse.evaluation.casemix import development_cases
+    from clinfuse.io.tabular import TabularEncoder
+
+    if is_crossval_folder(model):
+        table = model / "evaluation" / "predictions.csv"
+        summary = json.loads((model / "crossval.json").read_text(encoding="utf-8"))
+        model_json = model / summary["fold_models"][0]["path"] / "model" / "model.json"
+        what = "the cross-validation's pooled predictions"
+    else:
+        table = model / "predictions.csv"
+        model_json = model / "model" / "model.json"
+        what = "the run's predictions"
+    if not table.is_file() or not model_json.is_file():
+        raise ConfigError(
+            f"{what} or its model.json are missing",
+            path=model,
+            hint="give a complete run folder (clinfuse train) or cross-validation folder",
+        )
+    frame = pd.read_csv(table, dtype={"case_id": str})
+    if not is_crossval_folder(model):
+        frame = development_cases(frame)
+    meta = json.loads(model_json.read_text(encoding="utf-8"))
+    tabular = None if meta.get("tabular") is None else TabularEncoder.from_dict(meta["tabular"])
+    modalities = [c.removeprefix("present_") for c in frame.columns if c.startswith("present_")]
+    return frame, tabular, modalities
+
+
+def _scored(predictions: Path, modalities: Sequence[str]) -> pd.DataFrame:
+    frame = pd.read_csv(predictions, dtype={"case_id": str})
+    need = ["case_id", "p_fusion", "logit_fusion"]
+    need += [f"{k}_{m}" for m in modalities for k in ("p", "present")]
+    lacking = [c for c in need if c not in frame.columns]
+    if lacking:
+        raise ConfigError(
+            f"the predictions table lacks {', '.join(lacking)}",
+            path=predictions,
+            hint="give a table written by `clinfuse predict` with this model",
+        )
+    return frame
+
+
+def monitor_predictions(
+    model: str | Path,
+    predictions: str | Path,
+    out: str | Path,
+    *,
+    time_column: str,
+    period: str = "month",
+    thresholds: Sequence[float] | str | None = None,
+    min_size: int = 30,
+    manifest: str | Path | None = None,
+    overwrite: bool = False,
+) -> MonitorResult:
+    """Monitor a model's predictions period by period (see the module's docstring) and write
+    ``monitoring.json``, ``monitoring.csv``, ``figures/monitoring.png`` and a self-contained
+    ``report.html`` into ``out`` (which appears only when complete).
+
+    Args:
+        model: the run or cross-validation folder that scored ``predictions``.
+        predictions: a table written by ``clinfuse predict`` (with its provenance file).
+        out: the folder to create.
+        time_column: the manifest column of dates.
+        period: ``month``, ``quarter`` or ``year``.
+        thresholds: alert thresholds of the fused risk (default 0.1, 0.2, 0.3).
+        min_size: periods with fewer cases are counted, not compared.
+        manifest: the scored manifest, when it moved since ``clinfuse predict`` (default: the
+            one the provenance names).
+        overwrite: replace an existing ``out``.
+
+    Raises:
+        ConfigError: predictions without provenance, or of another model version; a missing
+            manifest; a folder in the way; bad thresholds or period.
+        CohortError: no such date column, or an unreadable date (naming the case).
+    """
+    from clinfuse._files import atomic_folder
+    from clinfuse.cohort.manifest import read_manifest
+    from clinfuse.evaluation import figures
+    from clinfuse.evaluation.evaluate import _check_out, parse_thresholds
+    from clinfuse.evaluation.report import render_monitoring
+    from clinfuse.evaluation.temporal import check_period, parse_dates
+    from clinfuse.scored import model_version, read_provenance
+
+    model, predictions, out = Path(model), Path(predictions), Path(out)
+    check_period(period)
+    levels = parse_thresholds(thresholds)
+    if min_size < 1:
+        raise ConfigError("min_size must be at least 1", field="min_size")
+    _check_out(out, overwrite)
+    info = read_provenance(predictions)
+    if info is None:
+        raise ConfigError(
+            "the predictions table has no provenance file, so its model and manifest are unknown",
+            path=predictions,
+            hint="score the cohort with `clinfuse predict MODEL COHORT --out P.csv`",
+        )
+    version = model_version(model)
+    if info["model_version"] != version:
+        raise ConfigError(
+            f"the predictions were made by model version {info['model_version']}, not by this "
+            f"folder's {version}",
+            path=predictions,
+            hint="give the model that scored them, or rescore with `clinfuse predict`",
+        )
+    manifest = Path(manifest or info["manifest"])
+    if not manifest.is_file():
+        raise ConfigError(
+            "the scored manifest is not there",
+            path=manifest,
+            hint="pass --manifest with where it is now",
+        )
+    development, tabular, modalities = _development(model)
+    scored = _scored(predictions, modalities)
+    table = read_manifest(manifest)
+    if time_column not in table.columns:
+        from clinfuse.errors import CohortError
+
+        raise CohortError(
+            f"time column {time_column!r} is not in the manifest (columns: "
+            f"{', '.join(map(str, table.columns))})",
+            field=time_column,
+            path=manifest,
+            hint="check --time-column against the manifest's header",
+        )
+    table = table.assign(case_id=table["case_id"].astype(str)).set_index("case_id")
+    if table.index.duplicated().any():
+        raise ConfigError(
+            f"case id {table.index[table.index.duplicated()][0]!r} appears twice in the manifest",
+            path=manifest,
+            hint="give each case one row (`clinfuse validate` lists such problems)",
+        )
+    missing = [c for c in scored["case_id"] if c not in table.index]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} scored case(s) are not in the manifest, e.g. {missing[0]!r}",
+            path=manifest,
+            hint="give the manifest the predictions were made from (--manifest)",
+        )
+    rows = table.loc[scored["case_id"]]
+    dates = parse_dates(
+        rows[time_column].tolist(), list(scored["case_id"]), column=time_column, path=manifest
+    )
+    columns = [] if tabular is None else [c for c in tabular.columns if c in rows.columns]
+    values = rows[columns].reset_index(drop=True) if columns else None
+    res = monitor_periods(
+        development,
+        scored,
+        dates,
+        modalities,
+        period=period,
+        thresholds=levels,
+        min_size=min_size,
+        tabular=tabular if columns else None,
+        tabular_values=values,
+    )
+    chart = res.pop("_cusum", None)
+    summary = {
+        "schema": "clinfuse.monitoring.v1",
+        "model": str(model.resolve()),
+        "model_version": version,
+        "predictions": str(predictions.resolve()),
+        "manifest": str(manifest.resolve()),
+        "column": time_column,
+    } | res
+    frame = _table(summary)
+    with atomic_folder(out) as tmp:
+        png = {
+            "monitoring": figures.save_figure(
+                figures.monitoring_figure(summary), tmp / "figures", "monitoring"
+            )
+        }
+        if summary["outcomes"] and summary["outcomes"]["periods"]:
+            png["over_time"] = figures.save_figure(
+                figures.over_time_figure(summary["outcomes"] | {"column": time_column}),
+                tmp / "figures",
+                "over_time",
+            )
+        if chart is not None and len(chart.y):
+            png["cusum"] = figures.save_figure(
+                figures.cusum_figure(chart, column=time_column), tmp / "figures", "cusum"
+            )
+        (tmp / "monitoring.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        frame.to_csv(tmp / "monitoring.csv", index=False)
+        (tmp / "report.html").write_text(render_monitoring(summary, png), encoding="utf-8")
+    return MonitorResult(out=out, summary=summary, table=frame)
+
+
+def _table(summary: dict[str, Any]) -> pd.DataFrame:
+    """``monitoring.csv``: one row per period, nested values flattened."""
+    records = []
+    for r in summary["periods"]:
+        rec: dict[str, Any] = {k: r.get(k) for k in ("period", "start", "n", "n_labelled")}
+        rec["suppressed"] = r["suppressed"]
+        if not r["suppressed"]:
+            rec["mean_risk"] = r["mean_risk"]
+            rec |= {f"alert_rate_{t}": v for t, v in r["alert_rate"].items()}
+            rec["psi_fusion"] = r["psi_fusion"]["value"]
+            rec["psi_fusion_p"] = r["psi_fusion"]["p_value"]
+            rec |= {f"psi_{m}": v["value"] for m, v in r["psi"].items()}
+            rec |= {f"available_{m}": v["value"] for m, v in r["availability"].items()}
+            rec |= {f"smd_{c}": v["value"] for c, v in r["smd"].items()}
+            rec["flags"] = "; ".join(r["flags"])
+        records.append(rec)
+    return pd.DataFrame(records)
