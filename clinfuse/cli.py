@@ -441,6 +441,8 @@ def _run_config(
         "  clinfuse crossval demo_cohort/manifest.csv --out runs/demo_cv\n\n"
         "  clinfuse crossval cohort.csv --out runs/cv10 --folds 10 --config my.yaml "
         "--subgroups sex\n\n"
+        "  clinfuse crossval cohort.csv --out runs/cv5x5 --repeats 5   "
+        "(5 × 5-fold, fresh folds each time)\n\n"
         "  clinfuse crossval cohort.csv --out runs/by_site --group-by site   "
         "(leave one site out)\n\n"
         "  clinfuse crossval cohort.csv --out runs/cv10 --folds 10 --resume   "
@@ -497,6 +499,16 @@ def crossval(
         ),
     ] = None,
     period: TimePeriod = None,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            "--repeats",
+            min=1,
+            help="Repeat the cross-validation with the patients dealt to folds anew (fold seeds "
+            "--fold-seed, +1, ...): --out then holds repeat_1/ ... and repeats.json with the "
+            "mean and spread of the pooled figures.",
+        ),
+    ] = 1,
 ) -> None:
     """Internal validation: train one run per fold, pool the out-of-fold predictions and
     write the evaluation report of the training procedure.
@@ -504,11 +516,30 @@ def crossval(
     Every patient is held out once (patient-level folds, stratified by outcome and
     site). Writes crossval.json, per_fold.csv, assignment.csv, folds/fold_k/ (complete
     runs) and evaluation/ (report.html, metrics.json, out-of-fold predictions.csv).
-    The folder appears only when complete.
+    The folder appears only when complete. With --repeats R: R such folders, and their
+    figures side by side.
     """
     from clinfuse.evaluation.crossval import cross_validate
 
     cfg = _run_config(config, device, epochs, fusion, seed, tabular, modalities, resume=resume)
+    if repeats > 1:
+        _repeated_crossval(
+            cohort,
+            out,
+            cfg,
+            repeats=repeats,
+            folds=folds,
+            fold_seed=fold_seed,
+            resume=resume,
+            overwrite=overwrite,
+            group_by=group_by,
+            subgroups=[s for s in subgroups.split(",") if s.strip()],
+            thresholds=thresholds or None,
+            n_boot=n_boot,
+            time_column=time_column,
+            period=check_period_option(time_column, period),
+        )
+        return
     with _progress("preparing") as update:
         result = cross_validate(
             cohort,
@@ -569,6 +600,44 @@ def crossval(
             f"({num(meta['ci_low'])}-{num(meta['ci_high'])}){pi}; I² {100 * meta['i2']:.0f} %"
         )
     console.print(f"report: {result.report}")
+
+
+def _repeated_crossval(cohort: Path, out: Path, cfg: Any, **kwargs: Any) -> None:
+    from clinfuse.evaluation.repeated import repeated_cross_validate
+
+    result = repeated_cross_validate(
+        cohort,
+        out,
+        cfg,
+        on_epoch=_epoch_printer(),
+        log=lambda msg: err_console.print(msg, highlight=False),
+        **kwargs,
+    )
+    s = result.summary
+    table = Table(title=f"{s['repeats']} × {s['folds']}-fold cross-validation", header_style="bold")
+    for col in ("repeat", "fold seed", "pooled AUROC (95 % CI)", "cal. slope", "O/E", "Brier"):
+        table.add_column(col, justify="right")
+
+    def num(v: float | None, digits: int = 3) -> str:
+        return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+    for r in s["repeats_detail"]:
+        table.add_row(
+            str(r["repeat"]),
+            str(r["fold_seed"]),
+            f"{num(r['auroc'])} ({num(r['auroc_ci_low'])}-{num(r['auroc_ci_high'])})",
+            num(r["calibration_slope"], 2),
+            num(r["oe_ratio"], 2),
+            num(r["brier"]),
+        )
+    console.print(table)
+    auc = s["across_repeats"]["auroc"]
+    console.print(
+        f"mean pooled AUROC over {s['repeats']} repeats {num(auc['mean'])} (SD {num(auc['sd'])}, "
+        f"range {num(auc['min'])}-{num(auc['max'])})",
+        highlight=False,
+    )
+    console.print(f"repeats: {result.out / 'repeats.json'}; each repeat: {result.repeat(1)} ...")
 
 
 @app.command(

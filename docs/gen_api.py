@@ -125,6 +125,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.subgroups", "group_heterogeneity", []),
             ("clinfuse.evaluation.crossval", "cross_validate", []),
             ("clinfuse.evaluation.crossval", "CrossValResult", []),
+            ("clinfuse.evaluation.repeated", "repeated_cross_validate", []),
+            ("clinfuse.evaluation.repeated", "RepeatedCrossValResult", []),
             ("clinfuse.evaluation.backtest", "backtest_run", []),
             ("clinfuse.evaluation.backtest", "BacktestResult", []),
             ("clinfuse.evaluation.meta", "random_effects", []),

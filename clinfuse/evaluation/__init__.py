@@ -13,6 +13,7 @@ _LAZY = {
     "conformal_from_evaluation": "clinfuse.evaluation.conformal",
     "coverage_table": "clinfuse.evaluation.conformal",
     "risk_adjusted_cusum": "clinfuse.evaluation.cusum",
+    "repeated_cross_validate": "clinfuse.evaluation.repeated",
     "monitor_predictions": "clinfuse.evaluation.monitor",
     "EvaluationResult": "clinfuse.evaluation.evaluate",
     "Evaluator": "clinfuse.evaluation.evaluate",
