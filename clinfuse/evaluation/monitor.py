@@ -65,6 +65,7 @@ __all__ = [
     "PSI_MODERATE",
     "SMD_ALERT",
     "MonitorResult",
+    "known_outcomes_cusum",
     "monitor_periods",
     "monitor_predictions",
     "psi",
@@ -266,10 +267,9 @@ def monitor_periods(
         compared, ``mean_risk``, ``alert_rate``, ``psi_fusion`` and ``psi`` (per modality;
         each ``{value, p_value, n}``), ``availability`` (per modality ``{value, change,
         p_value}``), ``smd`` (per numeric input ``{value, p_value}``) and ``flags``),
-        ``n_flagged_periods``
-        and ``outcomes`` (None, or the labelled cases' performance over time with its CUSUM).
+        ``n_flagged_periods`` and ``outcomes`` (None, or the labelled cases' performance over
+        time with the CUSUM of :func:`known_outcomes_cusum`).
     """
-    from clinfuse.evaluation.cusum import risk_adjusted_cusum
     from clinfuse.evaluation.temporal import PERIODS, check_period, performance_over_time
 
     check_period(period)
@@ -351,22 +351,35 @@ def monitor_periods(
     for row in compared:
         row["flags"] = _flags(row, dev_profile)
     out["n_flagged_periods"] = sum(1 for r in compared if r["flags"])
-    y = frame["label"].to_numpy(dtype=float)[known] if known.any() else np.zeros(0)
-    if len(np.unique(y)) == 2:  # some outcomes known, of both kinds
-        p = frame["p_fusion"].to_numpy(dtype=float)[known]
-        when = dates[dated][known]
-        outcomes = performance_over_time(y, p, when, period=period, min_size=min_size, level=level)
-        chart = risk_adjusted_cusum(
-            y,
-            p,
-            when,
-            false_alarm=cusum_false_alarm,
-            seed=seed,
-            case_ids=frame["case_id"].astype(str).to_numpy()[known].tolist(),
-        )
-        out["outcomes"] = outcomes | {"cusum": chart.to_dict()}
-        out["_cusum"] = chart  # for the figure; not written
+    chart = known_outcomes_cusum(scored, dates, false_alarm=cusum_false_alarm, seed=seed)
+    if chart is not None:  # some outcomes known, of both kinds
+        out["outcomes"] = performance_over_time(
+            chart.y, chart.p, chart.dates, period=period, min_size=min_size, level=level
+        ) | {"cusum": chart.to_dict()}
     return out
+
+
+def known_outcomes_cusum(
+    scored: pd.DataFrame, dates: np.ndarray, *, false_alarm: float = 0.05, seed: int = 0
+) -> Any:
+    """The risk-adjusted CUSUM (:class:`~clinfuse.evaluation.cusum.Cusum`) of the dated
+    cases whose outcome is known; None unless both outcomes are among them."""
+    from clinfuse.evaluation.cusum import risk_adjusted_cusum
+
+    dates = np.asarray(dates, dtype="datetime64[ns]")
+    labels = scored["label"] if "label" in scored else pd.Series(np.nan, index=scored.index)
+    known = labels.notna().to_numpy() & ~np.isnat(dates)
+    y = labels.to_numpy(dtype=float)[known]
+    if len(np.unique(y)) < 2:
+        return None
+    return risk_adjusted_cusum(
+        y,
+        scored["p_fusion"].to_numpy(dtype=float)[known],
+        dates[known],
+        false_alarm=false_alarm,
+        seed=seed,
+        case_ids=scored["case_id"].astype(str).to_numpy()[known].tolist(),
+    )
 
 
 @dataclass
@@ -546,7 +559,7 @@ def monitor_predictions(
         tabular=tabular if columns else None,
         tabular_values=values,
     )
-    chart = res.pop("_cusum", None)
+    chart = known_outcomes_cusum(scored, dates) if res["outcomes"] is not None else None
     summary = {
         "schema": "clinfuse.monitoring.v1",
         "model": str(model.resolve()),
