@@ -280,6 +280,12 @@ class FusionModel:
                     "`explain` use its fold models together (clinfuse.load_ensemble in "
                     "Python); other commands take one fold's run, folds/fold_k"
                 )
+            elif (directory / "repeats.json").exists():
+                hint = (
+                    "this is a repeated cross-validation: give one of its cross-validations, "
+                    "repeat_1, repeat_2, ... (the model to use is trained on all cases with "
+                    "`clinfuse train`)"
+                )
             raise ConfigError("no model/model.json in this folder", path=directory, hint=hint)
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != MODEL_FORMAT:

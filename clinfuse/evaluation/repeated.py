@@ -62,11 +62,6 @@ class RepeatedCrossValResult:
         return self.out / f"repeat_{r}"
 
 
-def is_repeated_folder(path: str | Path) -> bool:
-    """True when ``path`` is a finished repeated cross-validation."""
-    return (Path(path) / "repeats.json").is_file()
-
-
 def _row(r: int, folder: Path) -> dict[str, Any]:
     summary = json.loads((folder / "crossval.json").read_text(encoding="utf-8"))
     metrics = json.loads((folder / "evaluation" / "metrics.json").read_text(encoding="utf-8"))

@@ -69,6 +69,10 @@ def test_each_repeat_is_a_cross_validation_with_its_own_folds(repeated: Path) ->
     assert list(first["case_id"]) == list(second["case_id"])
     assert (first["fold"] != second["fold"]).any()  # the patients were dealt anew
     assert (repeated / "figures" / "repeats.png").exists()
+    from clinfuse.model import load_run
+
+    with pytest.raises(ConfigError, match="repeated cross-validation: give one of its"):
+        load_run(repeated)  # what predict, evaluate and explain would be given
 
 
 def test_the_summary_is_the_repeats_own_figures(repeated: Path) -> None:
