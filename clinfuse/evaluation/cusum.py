@@ -106,10 +106,11 @@ def control_limit(
     rng = np.random.default_rng(0) if rng is None else rng
     p = np.asarray(p, dtype=float)
     per_chunk = max(1, _CHUNK // max(len(p), 1))
+    event, no_event = cusum_weights(1.0, p, odds_ratio), cusum_weights(0.0, p, odds_ratio)
     highest = []
     for start in range(0, n_sim, per_chunk):
         y = rng.random((min(per_chunk, n_sim - start), len(p))) < p
-        highest.append(_running(cusum_weights(y, p, odds_ratio)).max(axis=-1, initial=0.0))
+        highest.append(_running(np.where(y, event, no_event)).max(axis=-1, initial=0.0))
     ordered = np.sort(np.concatenate(highest))
     k = int(np.floor(false_alarm * n_sim))  # sequences allowed at or above the limit
     return float(np.nextafter(ordered[n_sim - k - 1], np.inf))
