@@ -103,6 +103,8 @@ def control_limit(
     sequences reach (outcomes drawn from ``p``, in order; see the module's docstring)."""
     if not 0 < false_alarm < 1:
         raise ValueError(f"false_alarm must lie between 0 and 1, not {false_alarm}")
+    if n_sim < 1:
+        raise ValueError(f"n_sim must be at least 1, not {n_sim}")
     rng = np.random.default_rng(0) if rng is None else rng
     p = np.asarray(p, dtype=float)
     per_chunk = max(1, _CHUNK // max(len(p), 1))
