@@ -1106,8 +1106,19 @@ def render_monitoring(s: dict[str, Any], png: dict[str, bytes]) -> str:
         "stable, 0.1–0.25 a moderate shift, above 0.25 a major one), modality availability "
         "and the standardised mean difference (SMD) of numeric inputs against the training "
         "split. A change is flagged when it crosses its line and is unlikely by chance at the "
-        "period's size (p &lt; 0.01).</p>",
+        "period's size: its p-value, Holm-adjusted across the compared periods, below 0.01.</p>",
     ]
+    sizes = [r["n"] for r in s["periods"] if not r["suppressed"]]
+    if sizes:
+        from scipy.stats import chi2
+
+        typical = sorted(sizes)[len(sizes) // 2]
+        noise = (1 / typical + 1 / dev["n"]) * float(chi2.ppf(0.95, 9))
+        body.append(
+            f"<p class='note'>Small periods have large PSIs by chance alone: with {typical} cases "
+            f"(the median compared {_e(s['period'])}) and no shift at all, 1 period in 20 has a "
+            f"PSI above {noise:.2f}.</p>"
+        )
     flagged = [r for r in s["periods"] if r.get("flags")]
     body.append("<h2>Flags</h2>")
     if flagged:
