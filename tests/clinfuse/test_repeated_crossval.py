@@ -130,3 +130,30 @@ def test_refusals_leave_nothing_behind(tiny_cohort: Path, tmp_path: Path) -> Non
     with pytest.raises(CohortError, match="subgroup column 'ward'"):
         repeated_cross_validate(tiny_cohort, out, _config(), repeats=2, subgroups=["ward"])
     assert not list(tmp_path.iterdir())
+
+
+def test_a_repeat_is_a_cross_validation_that_predict_and_monitor_take(
+    repeated: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
+    from clinfuse.cli import main
+    from clinfuse.evaluation.monitor import monitor_predictions
+    from tests.clinfuse.test_monitor import _dated
+
+    manifest = _dated(tiny_cohort, pending=0)
+    preds = tmp_path / "p.csv"
+    assert main(["predict", str(repeated / "repeat_2"), str(manifest), "--out", str(preds)]) == 0
+    res = monitor_predictions(
+        repeated / "repeat_2",
+        preds,
+        tmp_path / "mon",
+        time_column="encounter_date",
+        period="quarter",
+        min_size=5,
+    )
+    pooled = pd.read_csv(repeated / "repeat_2" / "evaluation" / "predictions.csv")
+    assert res.summary["development"]["n"] == len(pooled)  # out-of-fold: every case once
+    assert res.summary["outcomes"]["n_dated"] == 64
+    with pytest.raises(ConfigError, match="made by model version"):
+        monitor_predictions(
+            repeated / "repeat_1", preds, tmp_path / "m1", time_column="encounter_date"
+        )
