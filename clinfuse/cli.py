@@ -522,39 +522,27 @@ def crossval(
     from clinfuse.evaluation.crossval import cross_validate
 
     cfg = _run_config(config, device, epochs, fusion, seed, tabular, modalities, resume=resume)
+    common: dict[str, Any] = {
+        "folds": folds,
+        "fold_seed": fold_seed,
+        "group_by": group_by,
+        "resume": resume,
+        "overwrite": overwrite,
+        "subgroups": [s for s in subgroups.split(",") if s.strip()],
+        "thresholds": thresholds or None,
+        "n_boot": n_boot,
+        "time_column": time_column,
+        "period": check_period_option(time_column, period),
+    }
     if repeats > 1:
-        _repeated_crossval(
-            cohort,
-            out,
-            cfg,
-            repeats=repeats,
-            folds=folds,
-            fold_seed=fold_seed,
-            resume=resume,
-            overwrite=overwrite,
-            group_by=group_by,
-            subgroups=[s for s in subgroups.split(",") if s.strip()],
-            thresholds=thresholds or None,
-            n_boot=n_boot,
-            time_column=time_column,
-            period=check_period_option(time_column, period),
-        )
+        _repeated_crossval(cohort, out, cfg, repeats=repeats, **common)
         return
     with _progress("preparing") as update:
         result = cross_validate(
             cohort,
             out,
             cfg,
-            folds=folds,
-            fold_seed=fold_seed,
-            group_by=group_by,
-            resume=resume,
-            overwrite=overwrite,
-            subgroups=[s for s in subgroups.split(",") if s.strip()],
-            thresholds=thresholds or None,
-            n_boot=n_boot,
-            time_column=time_column,
-            period=check_period_option(time_column, period),
+            **common,
             progress=lambda _stage, done, total: update(done, total),
             on_epoch=_epoch_printer(),
             log=lambda msg: err_console.print(msg, highlight=False),

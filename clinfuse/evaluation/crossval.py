@@ -184,16 +184,18 @@ def _check_single_process(config: Any) -> None:
         )
 
 
-def _spread(values: Sequence[float | None]) -> dict[str, Any]:
-    v = np.array([x for x in values if x is not None], dtype=float)
+def _spread(values: Sequence[float | None], count: str = "n_folds") -> dict[str, Any]:
+    """Mean, SD, min and max of the values that are there (None and NaN left out), and
+    their number under the key ``count``."""
+    v = np.array([x for x in values if x is not None and x == x], dtype=float)
     if not len(v):
-        return {"mean": None, "sd": None, "min": None, "max": None, "n_folds": 0}
+        return {"mean": None, "sd": None, "min": None, "max": None, count: 0}
     return {
         "mean": float(v.mean()),
         "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
         "min": float(v.min()),
         "max": float(v.max()),
-        "n_folds": len(v),
+        count: len(v),
     }
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = [
     "Cusum",
@@ -50,7 +51,7 @@ MAX_SIGNALS = 50
 _CHUNK = 2**22  # simulated outcomes held at once (sequences × cases): 32 MiB of float64
 
 
-def cusum_weights(y: np.ndarray, p: np.ndarray, odds_ratio: float) -> np.ndarray:
+def cusum_weights(y: ArrayLike, p: ArrayLike, odds_ratio: float) -> np.ndarray:
     """Each case's log-likelihood ratio ``W_t`` for a shift of the odds by ``odds_ratio``.
 
     ``y`` may hold several sequences in its leading axes; ``p`` broadcasts against it.

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from clinfuse.errors import ConfigError
@@ -80,19 +79,6 @@ def _row(r: int, folder: Path) -> dict[str, Any]:
         "brier": summary["pooled"]["brier"]["value"],
         "fold_auroc_sd": summary["across_folds"]["auroc"]["sd"],
         "folder": f"repeat_{r}",
-    }
-
-
-def _spread(values: list[float | None]) -> dict[str, Any]:
-    v = np.array([x for x in values if x is not None], dtype=float)
-    if not len(v):
-        return {"mean": None, "sd": None, "min": None, "max": None, "n": 0}
-    return {
-        "mean": float(v.mean()),
-        "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "n": len(v),
     }
 
 
@@ -156,7 +142,7 @@ def repeated_cross_validate(
     """
     from clinfuse._files import publish, write_text_atomic
     from clinfuse.config import RunConfig, load_config
-    from clinfuse.evaluation.crossval import _config_sha, cross_validate
+    from clinfuse.evaluation.crossval import _config_sha, _spread, cross_validate
     from clinfuse.evaluation.figures import save_figure
     from clinfuse.training.run import _prepare_folders
 
@@ -232,7 +218,7 @@ def repeated_cross_validate(
         **plan,
         "config_sha256": _config_sha(config),
         "repeats_detail": rows.to_dict(orient="records"),
-        "across_repeats": {key: _spread(rows[key].tolist()) for key in _FIGURES},
+        "across_repeats": {key: _spread(rows[key].tolist(), "n") for key in _FIGURES},
     }
     summary = json.loads(json.dumps(summary, default=float))
     save_figure(
