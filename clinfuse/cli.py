@@ -994,6 +994,36 @@ def _register_feature_commands() -> None:
 _register_feature_commands()
 
 
+def examples_as_code(epilog: str | None) -> str | None:
+    r"""An epilog with its indented example lines fenced as one code block.
+
+    Typer's markdown help joins an epilog's paragraphs with single line breaks, which markdown
+    then runs together: a command's examples would print as one wrapped blob. Inside a fence
+    each example keeps its own line, in ``--help`` and in docs/cli.md alike. Paragraphs that
+    are not indented (prose) stay outside the fence.
+
+    >>> examples_as_code("Examples:\n\n  clinfuse a\n\n  clinfuse b")
+    'Examples:\n\n```\n\nclinfuse a\n\nclinfuse b\n\n```'
+    """
+    if not epilog:
+        return epilog
+    out: list[str] = []
+    fenced = False
+    for chunk in epilog.split("\n\n"):
+        code = chunk.startswith("  ")
+        if code != fenced:
+            out.append("```")
+            fenced = code
+        out.append(chunk.strip() if code else chunk)
+    if fenced:
+        out.append("```")
+    return "\n\n".join(out)
+
+
+for _info in app.registered_commands:  # every command's examples, one per line
+    _info.epilog = examples_as_code(_info.epilog)
+
+
 # ---------------------------------------------------------------------------
 # helpers and entry point
 # ---------------------------------------------------------------------------

@@ -47,6 +47,12 @@ def test_every_command_has_help_with_examples(command, capsys):
     assert main([command, "--help"]) == 0
     text = capsys.readouterr().out
     assert "Example" in text and f"clinfuse {command}" in text
+    from clinfuse.cli import app
+
+    info = next(i for i in app.registered_commands if (i.name or i.callback.__name__) == command)
+    examples = [c for c in info.epilog.split("\n\n") if c.startswith("clinfuse")]
+    starts = [line.strip() for line in text.splitlines() if line.strip().startswith("clinfuse ")]
+    assert len(starts) == len(examples) >= 1  # one example per line, not one wrapped blob
 
 
 def _bad_cohort(root: Path, small: Path) -> Path:
