@@ -111,6 +111,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.conformal", "calibration_overlap", []),
             ("clinfuse.evaluation.conformal", "coverage_by_group", []),
             ("clinfuse.evaluation.conformal", "alpha_sweep", []),
+            ("clinfuse.evaluation.conformal", "adaptive_replay", []),
             ("clinfuse.evaluation.temporal", "performance_over_time", []),
             ("clinfuse.evaluation.temporal", "calibration_drift", []),
             ("clinfuse.evaluation.temporal", "auroc_trend", []),

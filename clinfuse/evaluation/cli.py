@@ -174,6 +174,15 @@ def evaluate(
             highlight=False,
             soft_wrap=True,
         )
+    adaptive = (m.get("conformal") or {}).get("adaptive")
+    if adaptive:
+        c = adaptive["coverage"]
+        console.print(
+            f"adaptive sets replayed in date order (gamma {adaptive['gamma']:g}): covered "
+            f"{_pct(c['events'])} of events and {_pct(c['non_events'])} of non-events",
+            highlight=False,
+            soft_wrap=True,
+        )
     drift = (m.get("over_time") or {}).get("drift", {}).get("per_year", {})
     if drift.get("value") is not None:
         console.print(

@@ -25,6 +25,14 @@ outcome is always in the set (too few cases to exclude it at this level).
 The cut-offs depend only on the order of the risks, so any strictly increasing
 recalibration of them leaves each case's set unchanged.
 
+Under drift the promise can fail: new events may look less like the calibration events.
+*Adaptive* conformal inference (Gibbs & Candès, NeurIPS 2021) moves the level as outcomes
+come in. :func:`adaptive_replay` replays dated cases in order; after each case of outcome
+``c``, that outcome's level moves by ``γ·(alpha_c − err)`` (``err`` 1 when the set missed
+the outcome), and the cut-off follows from the same calibration risks. For every sequence
+of cases, each outcome's long-run miss rate is then within ``(max(alpha_c, 1 − alpha_c) + γ)
+/ (γ·T_c)`` of ``alpha_c`` after ``T_c`` cases of it, with no exchangeability assumed.
+
 >>> sets = ConformalSets.fit(y, p, alpha=0.1)      # doctest: +SKIP
 >>> sets.predict([0.02, 0.3, 0.9])                  # doctest: +SKIP
 array(['negative', 'uncertain', 'positive'], dtype=object)
@@ -44,8 +52,10 @@ import numpy as np
 from clinfuse.errors import ConfigError
 
 __all__ = [
+    "ADAPTIVE_GAMMA",
     "SET_LABELS",
     "ConformalSets",
+    "adaptive_replay",
     "alpha_sweep",
     "calibration_overlap",
     "conformal_from_evaluation",
@@ -625,3 +635,86 @@ def alpha_sweep(
             }
         )
     return rows
+
+
+ADAPTIVE_GAMMA = 0.005
+"""The step of :func:`adaptive_replay` (Gibbs & Candès's choice for their experiments)."""
+
+
+def _moving_cutoff(ordered: np.ndarray, level: float, *, upper: bool) -> float:
+    """:func:`_cutoff` at any level on sorted risks: ``-inf``/``inf`` (the outcome always in
+    the set) below the first rank, ``inf``/``-inf`` (never) beyond the last."""
+    n = len(ordered)
+    j = math.floor((n + 1) * level + 1e-12)
+    if j < 1:
+        return np.inf if upper else -np.inf
+    if j > n:
+        return -np.inf if upper else np.inf
+    return float(ordered[n - j] if upper else ordered[j - 1])
+
+
+def adaptive_replay(
+    sets: ConformalSets,
+    y_calibration: Sequence[float] | np.ndarray,
+    p_calibration: Sequence[float] | np.ndarray,
+    y: Sequence[float] | np.ndarray,
+    p: Sequence[float] | np.ndarray,
+    *,
+    gamma: float = ADAPTIVE_GAMMA,
+) -> dict[str, Any]:
+    """Class-conditional adaptive conformal sets over cases in the order given (see the
+    module's docstring): each case's set is made at the current levels, then its outcome
+    updates that outcome's level.
+
+    Args:
+        sets: the class-conditional sets whose levels the replay starts from and aims at.
+        y_calibration, p_calibration: the cases that calibrated ``sets``.
+        y, p: the replayed cases' outcomes and risks, in time order.
+        gamma: the step (0: the static sets).
+
+    Returns:
+        ``gamma``, ``sets`` (each case's set, an object array of :data:`SET_LABELS`),
+        ``levels`` (the levels each case's set was made at: ``events`` and ``non_events``,
+        (N,) arrays), ``final`` (the levels after the last case) and ``bound`` (per outcome,
+        the guaranteed distance of its miss rate from its target, None without such cases).
+
+    Raises:
+        ConfigError: marginal sets, or a negative ``gamma``.
+    """
+    if not sets.mondrian:
+        raise ConfigError(
+            "adaptive sets are made per outcome here: they need class-conditional sets",
+            field="conformal",
+            hint="drop --marginal",
+        )
+    if not gamma >= 0:
+        raise ConfigError(f"gamma is {gamma}; use a step of 0 or more", field="gamma")
+    y_cal = np.asarray(y_calibration, dtype=float)
+    p_cal = np.asarray(p_calibration, dtype=float)
+    events_cal = np.sort(p_cal[y_cal == 1])
+    non_events_cal = np.sort(p_cal[y_cal == 0])
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    target = {  # error levels: the share of each outcome's cases a set may miss
+        "events": sets.alpha if sets.alpha_events is None else sets.alpha_events,
+        "non_events": sets.alpha,
+    }
+    level = dict(target)
+    trace = {k: np.empty(len(y)) for k in level}
+    labels = np.empty(len(y), dtype=object)
+    for t, (yt, pt) in enumerate(zip(y, p, strict=True)):
+        trace["events"][t], trace["non_events"][t] = level["events"], level["non_events"]
+        has1 = pt >= _moving_cutoff(events_cal, level["events"], upper=False)
+        has0 = pt <= _moving_cutoff(non_events_cal, level["non_events"], upper=True)
+        labels[t] = SET_LABELS[(2 if has0 else 1) if has1 else (0 if has0 else 3)]
+        key = "events" if yt == 1 else "non_events"
+        missed = float(not (has1 if yt == 1 else has0))
+        level[key] += gamma * (target[key] - missed)
+    counts = {"events": int((y == 1).sum()), "non_events": int((y == 0).sum())}
+    bound = {
+        k: (max(target[k], 1 - target[k]) + gamma) / (gamma * counts[k])
+        if gamma > 0 and counts[k]
+        else None
+        for k in counts
+    }
+    return {"gamma": gamma, "sets": labels, "levels": trace, "final": level, "bound": bound}

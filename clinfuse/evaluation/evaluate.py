@@ -617,6 +617,8 @@ class Evaluator:
 
                 by[f"{self.period} of {self.time_column}"] = period_labels(dates, self.period)
             metrics["conformal"] = self._conformal(cohort, frame, y, p, by)
+            if dates is not None and self.conformal.mondrian:
+                metrics["conformal"]["adaptive"] = self._adaptive(frame, y, p, dates)
 
         # performance over time
         chart = None
@@ -745,6 +747,56 @@ class Evaluator:
             },
             "n_in_calibration": overlap,
             "by_alpha": alpha_sweep(self.conformal, y, p, level=self.level),
+        }
+
+    def _adaptive(
+        self, frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, dates: np.ndarray
+    ) -> dict[str, Any] | None:
+        """Adaptive conformal sets replayed over the dated cases in date order
+        (:func:`~clinfuse.evaluation.conformal.adaptive_replay`); each dated case's set into
+        ``frame["conformal_set_adaptive"]``. None when the calibrating cases are not recorded."""
+        from clinfuse.evaluation.conformal import (
+            _calibration_cases,
+            adaptive_replay,
+            coverage_by_group,
+            coverage_table,
+        )
+        from clinfuse.evaluation.temporal import period_labels
+
+        if not self.conformal.source.get("evaluation"):
+            return None
+        cal = _calibration_cases(self.conformal, ["label", "p_fusion"])
+        cal = cal[cal["label"].notna()]
+        dated = np.flatnonzero(~np.isnat(dates))
+        ids = frame["case_id"].astype(str).to_numpy()
+        order = dated[np.lexsort((ids[dated], dates[dated]))]
+        res = adaptive_replay(
+            self.conformal,
+            cal["label"].to_numpy(float),
+            cal["p_fusion"].to_numpy(float),
+            y[order],
+            p[order],
+        )
+        column = np.full(len(frame), "", dtype=object)
+        column[order] = res["sets"]
+        frame["conformal_set_adaptive"] = column
+        table = coverage_table(y[order], res["sets"], level=self.level)
+        return {
+            "gamma": res["gamma"],
+            "n": len(order),
+            "n_undated": len(frame) - len(order),
+            "coverage": table["coverage"],
+            "singletons": table["singletons"],
+            "final_levels": res["final"],
+            "bound": res["bound"],
+            "by_period": coverage_by_group(
+                y[order],
+                res["sets"],
+                period_labels(dates[order], self.period),
+                min_size=self.min_group_size,
+                min_events=self.min_group_events,
+                level=self.level,
+            ),
         }
 
     def _model_card(self, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -565,6 +565,53 @@ def _conformal(m: dict[str, Any]) -> str:
             f'<p class="note">{c["n_in_calibration"]} of these cases calibrated the sets: their '
             "coverage is in-sample.</p>"
         )
+    if c.get("adaptive"):
+        body += _adaptive(c["adaptive"], levels)
+    return body
+
+
+def _adaptive(a: dict[str, Any], levels: dict[str, float]) -> str:
+    cov = a["coverage"]
+    bound = a["bound"]
+    body = (
+        f"<h3>Adaptive sets (replayed in date order)</h3><p>The {a['n']} dated cases in date "
+        "order, each outcome's level moving after each of its cases by γ·(target − missed) "
+        f"with γ = {a['gamma']:g} (adaptive conformal inference, Gibbs &amp; Candès 2021): what "
+        "the sets would have given had each outcome been known before the next case. Events "
+        f"covered {_ci(cov['events'])}, non-events {_ci(cov['non_events'])}; promised "
+        f"≥ {_num(levels['events'], 2)} and ≥ {_num(levels['non_events'], 2)} in the long run, "
+        "whatever the drift, within "
+        + " and ".join(
+            f"±{_num(bound[k], 3)} ({k.replace('_', '-')})" for k in bound if bound[k] is not None
+        )
+        + f" over these cases. Levels at the end: events {_num(a['final_levels']['events'], 3)}, "
+        f"non-events {_num(a['final_levels']['non_events'], 3)}. The column "
+        "<code>conformal_set_adaptive</code> of <code>predictions.csv</code> holds each "
+        "case's set.</p>"
+    )
+    shown = [r for r in a["by_period"] if not r["suppressed"]]
+    if shown:
+        body += _table(
+            [
+                "period",
+                "n",
+                "events covered (95 % CI)",
+                "non-events covered (95 % CI)",
+                "one outcome",
+            ],
+            [
+                [
+                    _e(r["group"]),
+                    r["n"],
+                    _ci(r["events"]),
+                    _ci(r["non_events"]),
+                    _pct(r["singletons"]),
+                ]
+                for r in shown
+            ],
+        )
+    if a["n_undated"]:
+        body += f'<p class="note">{a["n_undated"]} undated cases were not replayed.</p>'
     return body
 
 

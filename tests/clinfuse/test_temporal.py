@@ -275,7 +275,27 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
         events = frame["label"].to_numpy() == 1
         covered = np.isin(sets[in_2023 & events], ["positive", "uncertain"]).mean()
         assert row["events"]["value"] == pytest.approx(covered)
+    # the adaptive sets, replayed over the dated cases in date order
+    from clinfuse.evaluation.conformal import ConformalSets, adaptive_replay
+
+    adaptive = metrics["conformal"]["adaptive"]
+    has_date = stamps.notna().to_numpy()
+    assert adaptive["n"] == int(has_date.sum()) and adaptive["n_undated"] == 2
+    cal = pd.read_csv(calib / "predictions.csv")
+    by_date = pd.DataFrame({"d": stamps.to_numpy(), "c": frame["case_id"].to_numpy()})
+    order = by_date[has_date].sort_values(["d", "c"]).index.to_numpy()
+    replay = adaptive_replay(
+        ConformalSets.from_dict(metrics["conformal"]["fitted"]),
+        cal["label"].to_numpy(float),
+        cal["p_fusion"].to_numpy(float),
+        frame["label"].to_numpy(float)[order],
+        frame["p_fusion"].to_numpy(float)[order],
+    )
+    assert list(frame["conformal_set_adaptive"][order]) == list(replay["sets"])
+    assert frame["conformal_set_adaptive"][~has_date].isna().all()
+    assert adaptive["final_levels"] == pytest.approx(replay["final"])
     report = (out / "report.html").read_text()
+    assert "Adaptive sets (replayed in date order)" in report
     assert "Performance over time" in report and "Risk-adjusted CUSUM" in report
     assert "Trend of the AUROC" in report
 
