@@ -502,18 +502,9 @@ def _conformal(m: dict[str, Any]) -> str:
         if not shown:
             continue
         body += f"<p>Coverage within each {_e(col)} (groups too small to report left out):</p>"
-        body += _table(
-            [col, "n", "events covered (95 % CI)", "non-events covered (95 % CI)", "one outcome"],
-            [
-                [
-                    _e(r["group"]),
-                    r["n"],
-                    _ci(r["events"]),
-                    _ci(r["non_events"]),
-                    _pct(r["singletons"]),
-                ]
-                for r in shown
-            ],
+        body += _coverage_by_group_table(
+            col,
+            shown,
             classes=[
                 "gap"
                 if fitted["mondrian"]
@@ -570,6 +561,20 @@ def _conformal(m: dict[str, Any]) -> str:
     return body
 
 
+def _coverage_by_group_table(
+    column: str, rows: list[dict[str, Any]], classes: Sequence[str] = ()
+) -> str:
+    """The rows of :func:`~clinfuse.evaluation.conformal.coverage_by_group` as a table."""
+    return _table(
+        [column, "n", "events covered (95 % CI)", "non-events covered (95 % CI)", "one outcome"],
+        [
+            [_e(r["group"]), r["n"], _ci(r["events"]), _ci(r["non_events"]), _pct(r["singletons"])]
+            for r in rows
+        ],
+        classes=classes,
+    )
+
+
 def _adaptive(a: dict[str, Any], levels: dict[str, float]) -> str:
     cov = a["coverage"]
     bound = a["bound"]
@@ -591,25 +596,7 @@ def _adaptive(a: dict[str, Any], levels: dict[str, float]) -> str:
     )
     shown = [r for r in a["by_period"] if not r["suppressed"]]
     if shown:
-        body += _table(
-            [
-                "period",
-                "n",
-                "events covered (95 % CI)",
-                "non-events covered (95 % CI)",
-                "one outcome",
-            ],
-            [
-                [
-                    _e(r["group"]),
-                    r["n"],
-                    _ci(r["events"]),
-                    _ci(r["non_events"]),
-                    _pct(r["singletons"]),
-                ]
-                for r in shown
-            ],
-        )
+        body += _coverage_by_group_table("period", shown)
     if a["n_undated"]:
         body += f'<p class="note">{a["n_undated"]} undated cases were not replayed.</p>'
     return body
