@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 __all__ = [
+    "ConformalAdaptive",
     "ConformalAlpha",
     "ConformalAlphaEvents",
     "ConformalFrom",
@@ -70,6 +71,16 @@ ConformalAlphaEvents = Annotated[
     ),
 ]
 
+ConformalAdaptive = Annotated[
+    Path | None,
+    typer.Option(
+        "--adaptive",
+        help="An evaluation of recent labelled cases run with the same --conformal and "
+        "--time-column: the sets move to the levels its adaptive replay ended at (the sets "
+        "to use next, after drift).",
+    ),
+]
+
 TimePeriod = Annotated[
     str | None,
     typer.Option(
@@ -86,10 +97,12 @@ def conformal_sets(
     marginal: bool,
     alpha_events: float | None,
     out: Path | None = None,
+    adaptive: Path | None = None,
 ) -> object:
     """The conformal sets ``--conformal EVAL`` asks for (None without it), fitted before any
-    case is loaded; ``--alpha``/``--alpha-events``/``--marginal`` without ``--conformal`` are
-    an error (they would be ignored)."""
+    case is loaded, and with ``--adaptive FEEDBACK`` moved to the levels of that evaluation's
+    adaptive replay; ``--alpha``/``--alpha-events``/``--marginal``/``--adaptive`` without
+    ``--conformal`` are an error (they would be ignored)."""
     from clinfuse.errors import ConfigError
 
     if evaluation is None:
@@ -99,6 +112,7 @@ def conformal_sets(
                 ("--alpha", alpha),
                 ("--alpha-events", alpha_events),
                 ("--marginal", marginal or None),
+                ("--adaptive", adaptive),
             )
             if value is not None
         ]
@@ -115,15 +129,16 @@ def conformal_sets(
             path=evaluation,
             hint="pass an earlier evaluation of this model and a new --out",
         )
-    from clinfuse.evaluation.conformal import conformal_from_evaluation
+    from clinfuse.evaluation.conformal import adapted_from_evaluation, conformal_from_evaluation
 
-    return conformal_from_evaluation(
+    sets = conformal_from_evaluation(
         evaluation,
         model,
         alpha=0.1 if alpha is None else alpha,
         mondrian=not marginal,
         alpha_events=alpha_events,
     )
+    return sets if adaptive is None else adapted_from_evaluation(sets, adaptive, model)
 
 
 def check_period_option(time_column: str | None, period: str | None) -> str:

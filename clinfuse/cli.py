@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clinfuse._options import (
+    ConformalAdaptive,
     ConformalAlpha,
     ConformalAlphaEvents,
     ConformalFrom,
@@ -810,6 +811,7 @@ def predict(
     alpha: ConformalAlpha = None,
     marginal: ConformalMarginal = False,
     alpha_events: ConformalAlphaEvents = None,
+    adaptive: ConformalAdaptive = None,
 ) -> None:
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly).
 
@@ -825,7 +827,12 @@ def predict(
     from clinfuse.training.trainer import resolve_device
 
     sets: Any = conformal_sets(
-        conformal, run, alpha=alpha, marginal=marginal, alpha_events=alpha_events
+        conformal,
+        run,
+        alpha=alpha,
+        marginal=marginal,
+        alpha_events=alpha_events,
+        adaptive=adaptive,
     )
     where = resolve_device(device)
     ensemble = is_crossval_folder(run)

@@ -112,6 +112,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.conformal", "coverage_by_group", []),
             ("clinfuse.evaluation.conformal", "alpha_sweep", []),
             ("clinfuse.evaluation.conformal", "adaptive_replay", []),
+            ("clinfuse.evaluation.conformal", "adapted_from_evaluation", []),
             ("clinfuse.evaluation.temporal", "performance_over_time", []),
             ("clinfuse.evaluation.temporal", "calibration_drift", []),
             ("clinfuse.evaluation.temporal", "auroc_trend", []),

@@ -55,6 +55,7 @@ __all__ = [
     "ADAPTIVE_GAMMA",
     "SET_LABELS",
     "ConformalSets",
+    "adapted_from_evaluation",
     "adaptive_replay",
     "alpha_sweep",
     "calibration_overlap",
@@ -107,6 +108,9 @@ class ConformalSets:
         source: where the calibration cases came from (evaluation folder, model version).
         alpha_events: the error level of events when it differs from ``alpha`` (Mondrian
             sets only): a missed event may cost more than a non-event left uncertain.
+        adapted: set by :func:`adapted_from_evaluation`: the cut-offs were moved to the
+            levels an evaluation's adaptive replay ended at (its folder, ``levels``,
+            ``gamma``, ``n_cases``); None for the sets as calibrated.
     """
 
     alpha: float
@@ -117,6 +121,7 @@ class ConformalSets:
     n_events: int
     source: dict[str, Any] = field(default_factory=dict)
     alpha_events: float | None = None
+    adapted: dict[str, Any] | None = None
 
     @classmethod
     def fit(
@@ -291,11 +296,15 @@ class ConformalSets:
         pos = (
             "always"
             if self.positive_from is None
+            else "never"
+            if self.positive_from > 1
             else f"when the risk is ≥ {100 * self.positive_from:.1f} %"
         )
         neg = (
             "always"
             if self.negative_up_to is None
+            else "never"
+            if self.negative_up_to < 0
             else f"when the risk is ≤ {100 * self.negative_up_to:.1f} %"
         )
         name, low = min(self.coverage_given_calibration().items(), key=lambda kv: kv[1]["quantile"])
@@ -306,6 +315,14 @@ class ConformalSets:
             else f"Conformal sets covering {100 * self.levels['events']:g} % of events and "
             f"{100 * self.levels['non_events']:g} % of non-events"
         )
+        if self.adapted:
+            levels = self.adapted["levels"]
+            return (
+                f"{head}, calibrated on {self.n_cases} cases ({self.n_events} events) and "
+                f"adapted to the outcomes of {self.adapted['n_cases']} later cases (levels "
+                f"{levels['events']:.3f} for events, {levels['non_events']:.3f} for "
+                f"non-events): the event is in a case's set {pos}, the non-event {neg}."
+            )
         return (
             f"{head}, calibrated on {self.n_cases} "
             f"cases ({self.n_events} events): the event is in a case's set {pos}, the "
@@ -349,6 +366,7 @@ class ConformalSets:
                 alpha_events=None
                 if data.get("alpha_events") is None
                 else _check_alpha(data["alpha_events"]),
+                adapted=None if data.get("adapted") is None else dict(data["adapted"]),
                 **cut,
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -718,3 +736,85 @@ def adaptive_replay(
         for k in counts
     }
     return {"gamma": gamma, "sets": labels, "levels": trace, "final": level, "bound": bound}
+
+
+_NEVER_EVENT = float(np.nextafter(1.0, 2.0))  # a positive_from no risk reaches
+_NEVER_NON_EVENT = -1.0  # a negative_up_to no risk is under
+
+
+def _same_sets(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("alpha", "alpha_events", "mondrian", "positive_from", "negative_up_to", "n_cases")
+    return all(a.get(k) == b.get(k) for k in keys) and (a.get("source") or {}).get(
+        "evaluation"
+    ) == (b.get("source") or {}).get("evaluation")
+
+
+def adapted_from_evaluation(
+    sets: ConformalSets, feedback: str | Path, model: str | Path
+) -> ConformalSets:
+    """``sets`` with their cut-offs moved to the levels where an evaluation's adaptive
+    replay ended (:func:`adaptive_replay`; ``clinfuse evaluate MODEL RECENT --conformal EVAL
+    --time-column COL``): the sets to use on the next cases, once recent outcomes are known.
+
+    Raises:
+        ConfigError: not an evaluation of this model, no adaptive replay in it, or a replay
+            that started from other sets (another calibrating evaluation or alpha).
+    """
+    from clinfuse.scored import evaluates_model
+
+    feedback = Path(feedback)
+    try:
+        metrics = json.loads((feedback / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read the evaluation's metrics.json: {e}",
+            path=feedback,
+            hint="pass the folder `clinfuse evaluate` wrote",
+        ) from e
+    if not evaluates_model(model, metrics.get("run") or {}):
+        raise ConfigError(
+            "this evaluation is of another model (or another version of it)", path=feedback
+        )
+    block = metrics.get("conformal") or {}
+    replay = block.get("adaptive")
+    if not replay:
+        raise ConfigError(
+            "this evaluation has no adaptive replay of conformal sets",
+            path=feedback,
+            hint=f"evaluate recent labelled cases with `clinfuse evaluate {model} MANIFEST "
+            "--conformal EVAL --time-column COL --out DIR`, then pass DIR",
+        )
+    if not _same_sets(block.get("fitted") or {}, sets.to_dict()):
+        raise ConfigError(
+            "its adaptive replay started from other conformal sets (another calibrating "
+            "evaluation, alpha or marginal setting)",
+            path=feedback,
+            hint="give --conformal, --alpha and --alpha-events as for that evaluation",
+        )
+    cal = _calibration_cases(sets, ["label", "p_fusion"])
+    cal = cal[cal["label"].notna()]
+    y, p = cal["label"].to_numpy(float), cal["p_fusion"].to_numpy(float)
+    levels = replay["final_levels"]
+    positive = _moving_cutoff(np.sort(p[y == 1]), levels["events"], upper=False)
+    negative = _moving_cutoff(np.sort(p[y == 0]), levels["non_events"], upper=True)
+    from dataclasses import replace
+
+    return replace(
+        sets,
+        positive_from=None
+        if positive == -np.inf
+        else _NEVER_EVENT
+        if positive == np.inf
+        else positive,
+        negative_up_to=None
+        if negative == np.inf
+        else _NEVER_NON_EVENT
+        if negative == -np.inf
+        else negative,
+        adapted={
+            "evaluation": str(feedback.expanduser().resolve()),
+            "levels": dict(levels),
+            "gamma": replay["gamma"],
+            "n_cases": replay["n"],
+        },
+    )

@@ -109,3 +109,57 @@ def test_marginal_sets_and_a_negative_step_are_refused():
         adaptive_replay(ConformalSets.fit(y_cal, p_cal, mondrian=False), y_cal, p_cal, y_cal, p_cal)
     with pytest.raises(ConfigError, match=r"gamma is -0\.1"):
         adaptive_replay(ConformalSets.fit(y_cal, p_cal), y_cal, p_cal, y_cal, p_cal, gamma=-0.1)
+
+
+def test_predict_takes_the_levels_an_evaluations_replay_ended_at(
+    tiny_run, tiny_cohort, tmp_path, capsys
+):
+    import json
+
+    import pandas as pd
+
+    from clinfuse.cli import main
+    from tests.clinfuse.test_temporal import _dated_manifest
+
+    calib = tmp_path / "calib"
+    args = ["evaluate", str(tiny_run), str(tiny_cohort), "--out", str(calib), "--split", "test"]
+    assert main([*args, "--n-boot", "0"]) == 0
+    days = np.random.default_rng(1).integers(0, 700, 200)
+    manifest = _dated_manifest(
+        tiny_cohort, lambda n: [str(np.datetime64("2023-01-01") + int(d)) for d in days[:n]]
+    )
+    feedback = tmp_path / "feedback"
+    args = ["evaluate", str(tiny_run), str(manifest), "--out", str(feedback), "--n-boot", "0"]
+    args += ["--time-column", "encounter_date", "--conformal", str(calib), "--alpha", "0.2"]
+    assert main(args) == 0
+    replay = json.loads((feedback / "metrics.json").read_text())["conformal"]["adaptive"]
+    out = tmp_path / "p.csv"
+    base = ["predict", str(tiny_run), str(tiny_cohort), "--out", str(out)]
+    assert (
+        main([*base, "--conformal", str(calib), "--alpha", "0.2", "--adaptive", str(feedback)]) == 0
+    )
+    assert "adapted to the outcomes of" in capsys.readouterr().out
+    fitted = json.loads(out.with_name("p.provenance.json").read_text())["conformal"]
+    assert fitted["adapted"]["levels"] == pytest.approx(replay["final_levels"])
+    cal = pd.read_csv(calib / "predictions.csv")
+    y, p = cal["label"].to_numpy(float), cal["p_fusion"].to_numpy(float)
+    events = _moving_cutoff(np.sort(p[y == 1]), replay["final_levels"]["events"], upper=False)
+    expected = None if events == -np.inf else (1.0 + 2**-52 if events == np.inf else events)
+    assert fitted["positive_from"] == pytest.approx(expected)
+    sets = pd.read_csv(out)["conformal_set"]
+    assert set(sets) <= {"positive", "negative", "uncertain", "empty"}
+    # refusals, each before any case is scored
+    for extra, message in (
+        (
+            ["--conformal", str(calib), "--alpha", "0.2", "--adaptive", str(calib)],
+            "no adaptive replay",
+        ),
+        (
+            ["--conformal", str(calib), "--alpha", "0.1", "--adaptive", str(feedback)],
+            "other conformal sets",
+        ),
+        (["--adaptive", str(feedback)], "need --conformal"),
+    ):
+        assert main([*base[:-1], str(tmp_path / "x.csv"), *extra]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x.csv").exists()
