@@ -199,7 +199,8 @@ def synth(
         "Examples:\n\n"
         "  clinfuse validate demo_cohort/manifest.csv\n\n"
         "  clinfuse validate cohort.parquet --require-label --json report.json\n\n"
-        "  clinfuse validate cohort.csv --no-read   (manifest only, fast)"
+        "  clinfuse validate cohort.csv --no-read   (manifest only, fast)\n\n"
+        "  clinfuse validate dated/manifest.csv --time-column encounter_date   (and its dates)"
     )
 )
 def validate(
@@ -224,12 +225,20 @@ def validate(
     ] = None,
     max_rows: Annotated[int, typer.Option("--max-rows", help="Issues shown in the table.")] = 50,
     workers: LoadWorkers = "auto",
+    time_column: Annotated[
+        str | None,
+        typer.Option(
+            "--time-column",
+            help="A column of dates (as for `clinfuse evaluate --time-column`): values that "
+            "are not dates are errors, dates after today warnings, undated cases counted.",
+        ),
+    ] = None,
 ) -> None:
     """Check a cohort manifest and every file it names; exit 1 if any case has an error.
 
     Finds missing or unreadable files, empty notes, NaN-only signals, duplicate
-    case ids, patients in two splits and labels that are not 0/1, and lists
-    them as a table (case, field, file, reason).
+    case ids, patients in two splits, labels that are not 0/1 and (with --time-column)
+    dates that are not dates, and lists them as a table (case, field, file, reason).
     """
     from clinfuse.cohort.validate import validate_cohort
 
@@ -244,6 +253,7 @@ def validate(
             tabular_columns=cols,
             progress=update,
             workers=workers,
+            time_column=time_column,
         )
     if json_out is not None:
         _write_json_atomic(json_out, report.to_dict())

@@ -100,6 +100,7 @@ def validate_cohort(
     tabular_columns: list[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int | str = "auto",
+    time_column: str | None = None,
 ) -> ValidationReport:
     """Check a manifest and (by default) read every file it names.
 
@@ -116,6 +117,9 @@ def validate_cohort(
         progress: called as ``progress(done, total)`` while reading files.
         workers: processes that read the files (:func:`clinfuse.data.scoring_workers`:
             auto = one per CPU, at most 8, from 128 cases); the report is the same.
+        time_column: a column of dates (as for ``clinfuse evaluate --time-column``): a value
+            that is not a date is an error of its case, a date after today a warning, and
+            undated cases are counted in one warning.
 
     Raises:
         CohortError: the manifest itself cannot be read (missing, empty,
@@ -141,6 +145,8 @@ def validate_cohort(
         missing_cols = [c for c in tabular_columns if c not in cohort.columns]
         for c in missing_cols:
             report.issues.append(Issue(None, c, f"tabular column {c!r} is not in the manifest"))
+    if time_column:
+        report.issues += _date_issues(cohort, time_column)
     loadable: Counter[str] = Counter()
     shapes: dict[str, Counter[str]] = {"image": Counter(), "note": Counter(), "signal": Counter()}
     total = len(cohort)
@@ -205,6 +211,56 @@ def validate_cohort(
                 )
             )
     return report
+
+
+def _date_issues(cohort: Cohort, column: str) -> list[Issue]:
+    """Every case's problem with its date in ``column`` (see :func:`validate_cohort`)."""
+    import datetime as _dt
+
+    import numpy as np
+
+    from clinfuse.errors import CohortError
+    from clinfuse.evaluation.temporal import parse_dates
+
+    if column not in cohort.columns:
+        return [
+            Issue(
+                None,
+                column,
+                f"time column {column!r} is not in the manifest "
+                f"(columns: {', '.join(cohort.columns)})",
+            )
+        ]
+    issues: list[Issue] = []
+    undated = 0
+    today = np.datetime64(_dt.date.today(), "ns")
+    for row in cohort.rows:
+        try:
+            (when,) = parse_dates([row.extra.get(column)], [row.case_id], column=column)
+        except CohortError as e:
+            issues.append(Issue(row.case_id, column, f"{e.reason}; {e.hint}"))
+            continue
+        if np.isnat(when):
+            undated += 1
+        elif when > today:
+            issues.append(
+                Issue(
+                    row.case_id,
+                    column,
+                    f"{str(when)[:10]} is after today: check the date",
+                    severity="warning",
+                )
+            )
+    if undated:
+        issues.append(
+            Issue(
+                None,
+                column,
+                f"{undated} case(s) have no {column}: analyses over time leave them out",
+                severity="warning",
+            )
+        )
+    return issues
 
 
 def _has_tabular(row: CaseRow, columns: list[str] | None) -> bool:

@@ -121,7 +121,16 @@ def parse_dates(
                 path=path,
                 hint="write dates as YYYY-MM-DD (a time may follow), or leave the cell empty",
             )
-        out[i] = np.datetime64(stamp.tz_localize(None) if stamp.tzinfo else stamp, "ns")
+        stamp = stamp.tz_localize(None) if stamp.tzinfo else stamp
+        if not pd.Timestamp.min <= stamp <= pd.Timestamp.max:  # would wrap around in ns
+            raise CohortError(
+                f"{value!r} is outside the dates clinfuse can hold (1678 to 2261)",
+                case_id=str(case_id),
+                field=column,
+                path=path,
+                hint="check the date: a typo in the year?",
+            )
+        out[i] = np.datetime64(stamp, "ns")
     return out
 
 

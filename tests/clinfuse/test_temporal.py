@@ -499,3 +499,32 @@ def test_temporal_split_keeps_the_manifests_own_splits_and_undated_cohorts_repor
     none = performance_over_time(np.ones(3), np.full(3, 0.5), np.full(3, np.datetime64("NaT")))
     assert none["n_dated"] == 0 and none["periods"] == [] and "first" not in none
     assert none["drift"]["per_year"]["value"] is None
+
+
+def test_validate_checks_a_date_column_case_by_case(tiny_cohort, tmp_path, capsys):
+    from clinfuse.cli import main
+    from clinfuse.cohort.validate import validate_cohort
+
+    manifest = _dated_manifest(
+        tiny_cohort,
+        lambda n: ["2023-02-30", "", "2099-01-01", "2999-01-01", *["2023-05-01"] * (n - 4)],
+    )
+    report = validate_cohort(manifest, read_files=False, time_column="encounter_date")
+    dated = [i for i in report.issues if i.field == "encounter_date"]
+    ids = list(pd.read_csv(manifest, dtype=str)["case_id"][:4])
+    assert [(i.case_id, i.severity) for i in dated] == [
+        (ids[0], "error"),
+        (ids[2], "warning"),
+        (ids[3], "error"),
+        (None, "warning"),
+    ]
+    assert "'2023-02-30' is not a date" in dated[0].message
+    assert "after today" in dated[1].message
+    assert "outside the dates clinfuse can hold" in dated[2].message  # no silent wrap-around
+    assert "1 case(s) have no" in dated[3].message
+    missing = validate_cohort(manifest, read_files=False, time_column="admitted")
+    assert any("'admitted' is not in the manifest" in i.message for i in missing.issues)
+    args = ["validate", str(manifest), "--no-read", "--time-column", "encounter_date"]
+    assert main(args) == 1  # errors in two cases
+    assert main(["validate", str(manifest), "--no-read"]) == 0  # dates not asked for
+    capsys.readouterr()
