@@ -36,6 +36,7 @@ def _run_view(settings: AppSettings) -> RunView:
         threshold=settings.threshold,
         predictions=settings.predictions,
         explanations=settings.explanations,
+        monitoring=settings.monitoring,
     )
 
 

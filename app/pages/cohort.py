@@ -9,11 +9,26 @@ import ui_common as ui
 
 from clinfuse.errors import ClinFuseError
 from clinfuse.review import charts
-from clinfuse.review.cohort import cohort_curves, load_cohort_results, scored_case_mix_table
+from clinfuse.review.cohort import (
+    cohort_curves,
+    load_cohort_results,
+    monitoring_table,
+    scored_case_mix_table,
+)
 
 view, store = ui.context()
 ui.reviewer()
 st.title("Cohort")
+
+
+def show_monitoring() -> None:
+    table, text = monitoring_table(view)
+    if table is None:
+        return
+    st.subheader("Monitoring by period")
+    st.write(text)
+    st.dataframe(table, hide_index=True, width="stretch")
+
 
 try:
     res = load_cohort_results(view)
@@ -27,6 +42,7 @@ except ClinFuseError as e:
     elif text:
         st.subheader("Case mix vs development data")
         st.info(text)
+    show_monitoring()
     st.stop()
 st.caption(res.source)
 if view.recalibration:
@@ -87,3 +103,4 @@ else:
     st.dataframe(res.case_mix, hide_index=True, width="stretch")
 if isinstance(res.subgroups, pd.DataFrame) and res.subgroups.empty:
     st.caption("(no subgroup met the minimum size)")
+show_monitoring()

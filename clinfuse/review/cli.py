@@ -33,7 +33,9 @@ APP_EPILOG = (
     "      --copy-reviewers-from runs/r1.reviews.sqlite   # the run's reviewers\n"
     "  clinfuse app runs/r1 --predictions site_d/scored.csv   # new patients\n\n"
     "  clinfuse predict runs/cv site_d/manifest.csv --out site_d/cv.csv\n"
-    "  clinfuse app runs/cv --predictions site_d/cv.csv   # fold ensemble: band = models' range"
+    "  clinfuse app runs/cv --predictions site_d/cv.csv   # fold ensemble: band = models' range\n\n"
+    "  clinfuse app runs/r1 --predictions scored/p.csv --monitoring monitor_2024   "
+    "# and how they compare, month by month"
 )
 
 
@@ -113,6 +115,14 @@ def app(
             "--explanations",
             help="With --predictions: a `clinfuse explain` folder of the same model and "
             "cohort (default: P.explanations/ beside the table, filled as cases are explained).",
+        ),
+    ] = None,
+    monitoring: Annotated[
+        Path | None,
+        typer.Option(
+            "--monitoring",
+            help="With --predictions: the `clinfuse monitor` folder of that table, shown on the "
+            "cohort page (each period against the development data, and its flags).",
         ),
     ] = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port to serve on.")] = 8501,
@@ -219,6 +229,7 @@ def app(
         threshold=threshold,
         predictions=scored,
         explanations=absolute(explanations),
+        monitoring=absolute(monitoring),
     )
     view = open_run_view(
         settings.run,
@@ -228,6 +239,7 @@ def app(
         n_boot=20,
         predictions=settings.predictions,
         explanations=settings.explanations,
+        monitoring=settings.monitoring,
     )
     store = ReviewStore(settings.db)
     admin = (

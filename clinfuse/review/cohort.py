@@ -301,6 +301,39 @@ def scored_case_mix_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
     return None, None
 
 
+def monitoring_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
+    """The ``clinfuse monitor`` folder of a scored cohort as a table (one row per compared
+    period: cases, mean risk, the fused PSI, each modality's availability, the flags) and one
+    line of reading; ``(None, None)`` without one."""
+    if getattr(view, "monitoring", None) is None:
+        return None, None
+    s = json.loads((view.monitoring / "monitoring.json").read_text(encoding="utf-8"))
+    mods = list(s["development"]["availability"])
+    rows = [
+        {
+            s["period"]: r["period"],
+            "cases": r["n"],
+            "mean risk": f"{100 * r['mean_risk']:.1f} %",
+            "PSI fused": round(r["psi_fusion"]["value"], 2),
+            **{f"with {m}": f"{100 * r['availability'][m]['value']:.0f} %" for m in mods},
+            "flags": "; ".join(r["flags"]),
+        }
+        for r in s["periods"]
+        if not r["suppressed"]
+    ]
+    dev = s["development"]
+    compared = len(rows)
+    text = (
+        f"{s['n_dated']} scored cases by {s['period']} of {s['column']}, each {s['period']} "
+        f"with at least {s['min_size']} cases against the {dev['n']} development cases "
+        f"(mean risk {100 * dev['mean_risk']:.1f} %; "
+        + ", ".join(f"{m} in {100 * dev['availability'][m]:.0f} %" for m in mods)
+        + f"). {s['n_flagged_periods']} of {compared} compared {s['period']}s flagged: a change "
+        "large enough to matter and unlikely by chance (Holm-adjusted p < 0.01)."
+    )
+    return pd.DataFrame(rows), text
+
+
 def load_cohort_results(view: Any) -> CohortResults:
     """Results for the cohort page of a :class:`~clinfuse.review.runview.RunView`.
 

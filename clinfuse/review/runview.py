@@ -228,6 +228,7 @@ class RunView:
         predictions: Path | None = None,
         explanations: Path | None = None,
         provenance: dict[str, Any] | None = None,
+        monitoring: Path | None = None,
     ) -> None:
         from clinfuse.config import load_config
         from clinfuse.ensemble import is_crossval_folder
@@ -254,6 +255,7 @@ class RunView:
         self.provenance = provenance
         self.cohort_path = cohort
         self.evaluation = evaluation
+        self.monitoring = monitoring
         self.explanations = explanations if explanations is not None else run / "explanations"
         self.predictions = self._read_predictions(predictions or run / "predictions.csv")
         self._index = {cid: i for i, cid in enumerate(self.predictions["case_id"])}
@@ -968,6 +970,38 @@ def _read_fold_models(path: Any, predictions: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def _check_monitoring(folder: Path, version: str, scored: Path | None) -> None:
+    """A ``--monitoring`` folder must be ``clinfuse monitor``'s of this very predictions
+    table and model version."""
+    if scored is None:
+        raise ConfigError(
+            "--monitoring watches a scored cohort: it goes with --predictions",
+            field="monitoring",
+            hint="add --predictions P.csv (the table `clinfuse monitor` read)",
+        )
+    path = folder / "monitoring.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"not a monitoring folder: {e}",
+            path=folder,
+            hint="pass the folder `clinfuse monitor RUN P.csv --out DIR` wrote",
+        ) from e
+    if summary.get("model_version") != version:
+        raise ConfigError(
+            "this monitoring is of another model (or another version of it)",
+            path=folder,
+            hint="monitor this model's predictions: `clinfuse monitor RUN P.csv --out DIR`",
+        )
+    if Path(str(summary.get("predictions"))).resolve() != scored.resolve():
+        raise ConfigError(
+            f"this monitoring read another predictions table ({summary.get('predictions')})",
+            path=folder,
+            hint=f"monitor {scored}: `clinfuse monitor RUN {scored} --out DIR`",
+        )
+
+
 def _check_evaluation(run: Path, evaluation: Path) -> None:
     """A ``--evaluation`` folder must evaluate this model (the version its ``metrics.json``
     records: a run's ``model_sha256``, a fold ensemble's fold models' digests)."""
@@ -1023,6 +1057,7 @@ def open_run_view(
     n_boot: int = 200,
     predictions: str | Path | None = None,
     explanations: str | Path | None = None,
+    monitoring: str | Path | None = None,
 ) -> RunView:
     """Open a model folder for review.
 
@@ -1043,11 +1078,14 @@ def open_run_view(
         explanations: where the scored cohort's explanations are read and cached (default
             ``P.explanations/`` beside the table ``P.csv``; a ``clinfuse explain`` output
             folder of the same model and cohort works too).
+        monitoring: a ``clinfuse monitor`` folder of the ``predictions`` table, shown on the
+            cohort page (period by period against the development data).
 
     Raises:
         ConfigError: the folder is missing or incomplete, a threshold outside (0, 1), a
             predictions table that is missing, unreadable or scored by another model
-            version, an evaluation or explanations of another model (or cohort).
+            version, an evaluation or explanations of another model (or cohort), a
+            monitoring folder without ``predictions`` or of another table or model.
     """
     from clinfuse.ensemble import is_crossval_folder
     from clinfuse.scored import model_version
@@ -1085,6 +1123,9 @@ def open_run_view(
             else scored.with_name(scored.stem + ".explanations")
         )
         _check_explanations(expl, version, scored_manifest or cohort_path)
+    watch = None if monitoring is None else Path(monitoring).expanduser()
+    if watch is not None:
+        _check_monitoring(watch, model_version(run), scored)
     try:
         view = RunView(
             run,
@@ -1095,6 +1136,7 @@ def open_run_view(
             predictions=scored,
             explanations=expl,
             provenance=provenance,
+            monitoring=watch,
         )
         view.fold_model_rows()  # a mismatched file is refused now, not on the cohort page
         return view

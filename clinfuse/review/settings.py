@@ -32,6 +32,7 @@ ENV = {
     "threshold": "CLINFUSE_APP_THRESHOLD",
     "predictions": "CLINFUSE_APP_PREDICTIONS",
     "explanations": "CLINFUSE_APP_EXPLANATIONS",
+    "monitoring": "CLINFUSE_APP_MONITORING",
 }
 
 
@@ -46,6 +47,7 @@ class AppSettings:
     threshold: float | None = None
     predictions: Path | None = None
     explanations: Path | None = None
+    monitoring: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AppSettings:
@@ -85,6 +87,7 @@ class AppSettings:
             threshold=t,
             predictions=predictions,
             explanations=path("explanations"),
+            monitoring=path("monitoring"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -100,4 +103,6 @@ class AppSettings:
             out[ENV["predictions"]] = str(self.predictions)
         if self.explanations is not None:
             out[ENV["explanations"]] = str(self.explanations)
+        if self.monitoring is not None:
+            out[ENV["monitoring"]] = str(self.monitoring)
         return out

@@ -263,14 +263,25 @@ def _app_env(monkeypatch, run, db, table) -> None:
         "CLINFUSE_APP_PREDICTIONS": str(table),
     }.items():
         monkeypatch.setenv(key, value)
-    for key in ("CLINFUSE_APP_COHORT", "CLINFUSE_APP_EVALUATION", "CLINFUSE_APP_EXPLANATIONS"):
+    for key in (
+        "CLINFUSE_APP_COHORT",
+        "CLINFUSE_APP_EVALUATION",
+        "CLINFUSE_APP_EXPLANATIONS",
+        "CLINFUSE_APP_MONITORING",
+    ):
         monkeypatch.delenv(key, raising=False)
 
 
 def _logged_in(
-    review_run, table, tmp_path, monkeypatch, password, evaluation: Path | None = None
+    review_run,
+    table,
+    tmp_path,
+    monkeypatch,
+    password,
+    evaluation: Path | None = None,
+    monitoring: Path | None = None,
 ) -> AppTest:
-    """The app on the scored ``table`` (and ``evaluation``), alice logged in."""
+    """The app on the scored ``table`` (and ``evaluation``, ``monitoring``), alice logged in."""
     from clinfuse.review.auth import add_reviewer
 
     db = tmp_path / "r.sqlite"
@@ -278,6 +289,8 @@ def _logged_in(
     _app_env(monkeypatch, review_run["run"], db, table)
     if evaluation is not None:
         monkeypatch.setenv("CLINFUSE_APP_EVALUATION", str(evaluation))
+    if monitoring is not None:
+        monkeypatch.setenv("CLINFUSE_APP_MONITORING", str(monitoring))
     at = AppTest.from_file(str(ENTRY), default_timeout=120).run()
     at.text_input(key="login_username").input("alice")
     at.text_input(key="login_password").input(password)
@@ -513,3 +526,51 @@ def test_cohort_page_shows_an_evaluations_periods_and_conformal_coverage(
     assert not at.exception, [e.value for e in at.exception]
     heads = [h.value for h in at.subheader]
     assert "Performance over time" in heads and "Conformal prediction sets" in heads
+
+
+def test_cohort_page_shows_a_monitoring_of_the_scored_table(
+    review_run, scored_cohort, tmp_path, monkeypatch, password
+):
+    from clinfuse.evaluation.monitor import monitor_predictions
+    from clinfuse.review.cohort import monitoring_table
+
+    frame = pd.read_csv(scored_cohort["manifest"], dtype=str, keep_default_na=False)
+    frame.insert(3, "encounter_date", ["2024-01-10"] * 12 + ["2024-07-10"] * 12)
+    frame["label"] = ""  # new patients: no outcome known yet
+    dated = Path(scored_cohort["manifest"]).with_name("dated_for_monitoring.csv")
+    frame.to_csv(dated, index=False)
+    table = tmp_path / "p.csv"
+    from clinfuse.cli import app as cli
+
+    result = CliRunner().invoke(
+        cli, ["predict", review_run["run"], str(dated), "--out", str(table), "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    watch = tmp_path / "monitor"
+    res = monitor_predictions(
+        review_run["run"],
+        table,
+        watch,
+        time_column="encounter_date",
+        period="quarter",
+        min_size=5,
+    )
+    view = open_run_view(review_run["run"], predictions=table, monitoring=watch, n_boot=5)
+    rows, text = monitoring_table(view)
+    assert list(rows["quarter"]) == ["2024Q1", "2024Q3"]  # the empty quarter is not compared
+    assert list(rows["cases"]) == [12, 12]
+    first = res.summary["periods"][0]
+    assert rows["PSI fused"].iloc[0] == pytest.approx(round(first["psi_fusion"]["value"], 2))
+    assert f"{res.summary['n_flagged_periods']} of 2 compared quarters flagged" in text
+    at = _logged_in(review_run, table, tmp_path, monkeypatch, password, monitoring=watch)
+    at.switch_page("pages/cohort.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Monitoring by period" in [h.value for h in at.subheader]
+    # refusals
+    with pytest.raises(ConfigError, match="goes with --predictions"):
+        open_run_view(review_run["run"], monitoring=watch, n_boot=5)
+    other = _copy_scored(scored_cohort, tmp_path)
+    with pytest.raises(ConfigError, match="read another predictions table"):
+        open_run_view(review_run["run"], predictions=other, monitoring=watch, n_boot=5)
+    with pytest.raises(ConfigError, match="not a monitoring folder"):
+        open_run_view(review_run["run"], predictions=table, monitoring=tmp_path, n_boot=5)
