@@ -149,11 +149,28 @@ def _describe(
     return out
 
 
+def numeric_values(cells: Any) -> np.ndarray:
+    """The cells of a numeric tabular column that parse as numbers (empty ones left out)."""
+    from clinfuse.io.tabular import _as_float
+
+    parsed = (_as_float(v) for v in cells)
+    return np.asarray([f for f in parsed if f is not None], dtype=float)
+
+
+def standardised_mean_difference(values: np.ndarray, mean: float, sd: float) -> float | None:
+    """``(mean(values) − mean) / √((sd² + SD(values)²) / 2)`` (Austin 2009); None for fewer
+    than two values, 0 when both spreads are 0."""
+    if len(values) < 2:
+        return None
+    pooled = np.sqrt((sd**2 + np.std(values, ddof=1) ** 2) / 2)
+    return float((np.mean(values) - mean) / pooled) if pooled > 0 else 0.0
+
+
 def _tabular(tabular: Any, values: pd.DataFrame | None) -> list[dict[str, Any]]:
     """SMD of each numeric input against the training split; unseen category levels."""
     if tabular is None or values is None or not len(values):
         return []
-    from clinfuse.io.tabular import _as_float, _is_empty
+    from clinfuse.io.tabular import _is_empty
 
     rows: list[dict[str, Any]] = []
     for col in tabular.columns:
@@ -161,8 +178,7 @@ def _tabular(tabular: Any, values: pd.DataFrame | None) -> list[dict[str, Any]]:
         series = values[col] if col in values.columns else pd.Series([None] * len(values))
         if kind == "numeric":
             # the evaluated cases loaded, so their numeric cells parse
-            parsed = (_as_float(v) for v in series)
-            arr = np.asarray([f for f in parsed if f is not None], dtype=float)
+            arr = numeric_values(series)
             mean_d, sd_d = tabular.means_[col], tabular.stds_[col]
             row: dict[str, Any] = {
                 "column": col,
@@ -173,12 +189,8 @@ def _tabular(tabular: Any, values: pd.DataFrame | None) -> list[dict[str, Any]]:
                 "sd": float(arr.std(ddof=1)) if len(arr) > 1 else None,
                 "missing_fraction": 1 - len(arr) / len(series),
             }
-            if row["sd"] is not None:
-                pooled = np.sqrt((sd_d**2 + row["sd"] ** 2) / 2)
-                row["smd"] = float((row["mean"] - mean_d) / pooled) if pooled > 0 else 0.0
-                row["flagged"] = abs(row["smd"]) > SMD_FLAG
-            else:
-                row["smd"], row["flagged"] = None, False
+            row["smd"] = standardised_mean_difference(arr, mean_d, sd_d)
+            row["flagged"] = row["smd"] is not None and abs(row["smd"]) > SMD_FLAG
             rows.append(row)
         else:
             # counted, not listed: a stray free-text cell must not reach a report

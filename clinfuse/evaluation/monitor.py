@@ -56,7 +56,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clinfuse.errors import ConfigError
+from clinfuse.errors import CohortError, ConfigError
+from clinfuse.evaluation.calibration import _logit
 
 __all__ = [
     "AVAILABILITY_FLAG",
@@ -87,18 +88,21 @@ Holm-adjusted across the compared periods of that comparison, below it."""
 _PSI_BINS = 10
 
 
-def _psi(reference: np.ndarray, current: np.ndarray, bins: int) -> tuple[float | None, int]:
+def _psi(reference: np.ndarray, current: np.ndarray, bins: int) -> dict[str, Any]:
+    """PSI of the finite values (None when either sample has none), its number of bins and
+    the two sample sizes."""
     ref = np.asarray(reference, dtype=float)
     cur = np.asarray(current, dtype=float)
     ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
+    out: dict[str, Any] = {"value": None, "bins": 0, "n_reference": len(ref), "n": len(cur)}
     if not len(ref) or not len(cur):
-        return None, 0
+        return out
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
     k = len(edges) + 1
     e = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=k) + 0.5
     a = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=k) + 0.5
     e, a = e / e.sum(), a / a.sum()
-    return float(np.sum((a - e) * np.log(a / e))), k
+    return out | {"value": float(np.sum((a - e) * np.log(a / e))), "bins": k}
 
 
 def psi(reference: np.ndarray, current: np.ndarray, *, bins: int = _PSI_BINS) -> float | None:
@@ -108,7 +112,7 @@ def psi(reference: np.ndarray, current: np.ndarray, *, bins: int = _PSI_BINS) ->
     The bin edges are the reference's inner quantiles (ties merged), the outer bins open; a
     value on an edge goes to the bin above it.
     """
-    return _psi(reference, current, bins)[0]
+    return _psi(reference, current, bins)["value"]
 
 
 def psi_p_value(value: float, n_reference: int, n_current: int, n_bins: int) -> float:
@@ -122,18 +126,13 @@ def psi_p_value(value: float, n_reference: int, n_current: int, n_bins: int) -> 
 
 
 def _psi_test(reference: np.ndarray, current: np.ndarray) -> dict[str, Any]:
-    ref = np.asarray(reference, dtype=float)
-    cur = np.asarray(current, dtype=float)
-    value, k = _psi(ref, cur, _PSI_BINS)
-    if value is None:
-        return {"value": None, "p_value": None, "n": int(np.isfinite(cur).sum())}
-    n_ref, n_cur = int(np.isfinite(ref).sum()), int(np.isfinite(cur).sum())
-    return {"value": value, "p_value": psi_p_value(value, n_ref, n_cur, k), "n": n_cur}
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+    res = _psi(reference, current, _PSI_BINS)
+    p = (
+        None
+        if res["value"] is None
+        else psi_p_value(res["value"], res["n_reference"], res["n"], res["bins"])
+    )
+    return {"value": res["value"], "p_value": p, "n": res["n"]}
 
 
 def _numeric_stats(tabular: Any) -> dict[str, tuple[float, float]]:
@@ -147,18 +146,16 @@ def _numeric_stats(tabular: Any) -> dict[str, tuple[float, float]]:
 
 
 def _smd(values: pd.Series, mean_d: float, sd_d: float, n_d: int) -> dict[str, Any]:
-    """SMD of ``values`` against a sample of ``n_d`` with mean ``mean_d`` and SD ``sd_d``,
-    with its two-sided p-value (SE² = 1/n + 1/n_d + SMD² / (2 (n + n_d)))."""
+    """:func:`~clinfuse.evaluation.casemix.standardised_mean_difference` of ``values`` against
+    a sample of ``n_d``, with its two-sided p-value (SE² = 1/n + 1/n_d + SMD² / (2 (n + n_d)))."""
     from scipy.stats import norm
 
-    from clinfuse.io.tabular import _as_float
+    from clinfuse.evaluation.casemix import numeric_values, standardised_mean_difference
 
-    parsed = (_as_float(v) for v in values)
-    arr = np.asarray([f for f in parsed if f is not None], dtype=float)
-    if len(arr) < 2:
+    arr = numeric_values(values)
+    d = standardised_mean_difference(arr, mean_d, sd_d)
+    if d is None:
         return {"value": None, "p_value": None}
-    pooled = np.sqrt((sd_d**2 + arr.std(ddof=1) ** 2) / 2)
-    d = float((arr.mean() - mean_d) / pooled) if pooled > 0 else 0.0
     se = np.sqrt(1 / len(arr) + 1 / n_d + d**2 / (2 * (len(arr) + n_d)))
     return {"value": d, "p_value": float(2 * norm.sf(abs(d) / se))}
 
@@ -519,8 +516,6 @@ def monitor_predictions(
     scored = _scored(predictions, modalities)
     table = read_manifest(manifest)
     if time_column not in table.columns:
-        from clinfuse.errors import CohortError
-
         raise CohortError(
             f"time column {time_column!r} is not in the manifest (columns: "
             f"{', '.join(map(str, table.columns))})",

@@ -103,7 +103,8 @@ def parse_dates(
         (N,) ``datetime64[ns]`` (time-zone information dropped).
 
     Raises:
-        CohortError: a value that is not a date, naming the case and the value.
+        CohortError: a value that is not a date, or one outside 1678–2261 (nanosecond
+            datetimes cannot hold it), naming the case and the value.
     """
     out = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
     for i, (value, case_id) in enumerate(zip(values, case_ids, strict=True)):
@@ -114,21 +115,17 @@ def parse_dates(
         except (ValueError, TypeError, OverflowError):
             stamp = pd.NaT
         if pd.isna(stamp):
+            problem = "is not a date"
+            hint = "write dates as YYYY-MM-DD (a time may follow), or leave the cell empty"
+        else:
+            stamp = stamp.tz_localize(None) if stamp.tzinfo else stamp
+            problem = hint = ""
+            if not pd.Timestamp.min <= stamp <= pd.Timestamp.max:  # would wrap around in ns
+                problem = "is outside the dates clinfuse can hold (1678 to 2261)"
+                hint = "check the date: a typo in the year?"
+        if problem:
             raise CohortError(
-                f"{value!r} is not a date",
-                case_id=str(case_id),
-                field=column,
-                path=path,
-                hint="write dates as YYYY-MM-DD (a time may follow), or leave the cell empty",
-            )
-        stamp = stamp.tz_localize(None) if stamp.tzinfo else stamp
-        if not pd.Timestamp.min <= stamp <= pd.Timestamp.max:  # would wrap around in ns
-            raise CohortError(
-                f"{value!r} is outside the dates clinfuse can hold (1678 to 2261)",
-                case_id=str(case_id),
-                field=column,
-                path=path,
-                hint="check the date: a typo in the year?",
+                f"{value!r} {problem}", case_id=str(case_id), field=column, path=path, hint=hint
             )
         out[i] = np.datetime64(stamp, "ns")
     return out
