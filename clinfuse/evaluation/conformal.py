@@ -62,6 +62,7 @@ __all__ = [
     "conformal_from_evaluation",
     "coverage_by_group",
     "coverage_table",
+    "labelled_calibration_cases",
 ]
 
 SET_LABELS = ("negative", "positive", "uncertain", "empty")
@@ -373,6 +374,26 @@ class ConformalSets:
             raise ConfigError(f"not a conformal-set description: {e}") from e
 
 
+def _evaluation_metrics(evaluation: Path) -> dict[str, Any]:
+    """An evaluation folder's ``metrics.json``.
+
+    Raises:
+        ConfigError: it cannot be read, or is not a JSON object.
+    """
+    path = evaluation / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot read the evaluation's metrics.json: {e}",
+            path=path,
+            hint="pass the folder `clinfuse evaluate` wrote",
+        ) from e
+    if not isinstance(metrics, dict):
+        raise ConfigError("the evaluation's metrics.json is not a JSON object", path=path)
+    return metrics
+
+
 def conformal_from_evaluation(
     evaluation: str | Path,
     model: str | Path,
@@ -412,13 +433,7 @@ def conformal_from_evaluation(
             hint=f"evaluate the model on labelled cases it did not train on: `clinfuse evaluate "
             f"{model} MANIFEST --out DIR`, then pass DIR",
         )
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-        recorded = metrics.get("run") or {}
-    except (OSError, ValueError, AttributeError) as e:
-        raise ConfigError(
-            f"cannot read the evaluation's metrics.json: {e}", path=metrics_path
-        ) from e
+    metrics = _evaluation_metrics(evaluation)
     if metrics.get("crossval"):
         raise ConfigError(
             "this is the cross-validation's own evaluation: its out-of-fold risks come from "
@@ -427,7 +442,7 @@ def conformal_from_evaluation(
             hint=f"evaluate the ensemble on new labelled cases: `clinfuse evaluate {model} "
             "MANIFEST --out DIR`",
         )
-    if not evaluates_model(model, recorded):
+    if not evaluates_model(model, metrics.get("run") or {}):
         raise ConfigError(
             "this evaluation is of another model (or another version of it)",
             path=evaluation,
@@ -560,6 +575,17 @@ def coverage_table(
     }
 
 
+def labelled_calibration_cases(sets: ConformalSets) -> Any:
+    """The outcomes (``label``) and risks (``p_fusion``) of the labelled cases of the
+    evaluation that calibrated ``sets``.
+
+    Raises:
+        ConfigError: it can no longer be read.
+    """
+    cal = _calibration_cases(sets, ["label", "p_fusion"])
+    return cal[cal["label"].notna()]
+
+
 def coverage_by_group(
     y: Sequence[float] | np.ndarray,
     sets: Sequence[str] | np.ndarray,
@@ -615,23 +641,25 @@ def alpha_sweep(
     *,
     alphas: Sequence[float] = SWEEP_ALPHAS,
     level: float = 0.95,
+    calibration: Any = None,
 ) -> list[dict[str, Any]] | None:
     """The same calibration cases at other error levels, applied to ``(y, p)``: what each
     ``alpha`` would have promised and given here — coverage of events and non-events, the
     share of single-outcome sets and their error rate. For choosing ``alpha``: a smaller
     one promises more and settles fewer cases.
 
-    The calibration cases are read again from ``sets.source["evaluation"]`` (None when
-    that is not recorded). Class-conditional or marginal as ``sets``; one ``alpha`` for both
+    The calibration cases are ``calibration`` (:func:`labelled_calibration_cases`), or read
+    again from ``sets.source["evaluation"]`` (None when that is not recorded). Class-conditional or marginal as ``sets``; one ``alpha`` for both
     outcomes.
 
     Raises:
         ConfigError: the calibrating evaluation's predictions can no longer be read.
     """
-    if not sets.source.get("evaluation"):
-        return None
-    cal = _calibration_cases(sets, ["label", "p_fusion"])
-    cal = cal[cal["label"].notna()]
+    if calibration is None:
+        if not sets.source.get("evaluation"):
+            return None
+        calibration = labelled_calibration_cases(sets)
+    cal = calibration
     rows = []
     for alpha in alphas:
         other = ConformalSets.fit(
@@ -763,14 +791,7 @@ def adapted_from_evaluation(
     from clinfuse.scored import evaluates_model
 
     feedback = Path(feedback)
-    try:
-        metrics = json.loads((feedback / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot read the evaluation's metrics.json: {e}",
-            path=feedback,
-            hint="pass the folder `clinfuse evaluate` wrote",
-        ) from e
+    metrics = _evaluation_metrics(feedback)
     if not evaluates_model(model, metrics.get("run") or {}):
         raise ConfigError(
             "this evaluation is of another model (or another version of it)", path=feedback
@@ -791,8 +812,7 @@ def adapted_from_evaluation(
             path=feedback,
             hint="give --conformal, --alpha and --alpha-events as for that evaluation",
         )
-    cal = _calibration_cases(sets, ["label", "p_fusion"])
-    cal = cal[cal["label"].notna()]
+    cal = labelled_calibration_cases(sets)
     y, p = cal["label"].to_numpy(float), cal["p_fusion"].to_numpy(float)
     levels = replay["final_levels"]
     positive = _moving_cutoff(np.sort(p[y == 1]), levels["events"], upper=False)

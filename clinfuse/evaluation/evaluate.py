@@ -616,9 +616,7 @@ class Evaluator:
                 from clinfuse.evaluation.temporal import period_labels
 
                 by[f"{self.period} of {self.time_column}"] = period_labels(dates, self.period)
-            metrics["conformal"] = self._conformal(cohort, frame, y, p, by)
-            if dates is not None and self.conformal.mondrian:
-                metrics["conformal"]["adaptive"] = self._adaptive(frame, y, p, dates)
+            metrics["conformal"] = self._conformal(cohort, frame, y, p, by, dates)
 
         # performance over time
         chart = None
@@ -716,21 +714,26 @@ class Evaluator:
         y: np.ndarray,
         p: np.ndarray,
         groupings: dict[str, list[Any]],
+        dates: np.ndarray | None,
     ) -> dict[str, Any]:
         """Coverage of :attr:`conformal`'s sets on this cohort, overall and within each
         group of ``groupings`` (subgroups, sites, periods: each case's group by name of
-        the grouping); each case's set into ``frame``."""
+        the grouping), the alpha sweep and, with ``dates``, the adaptive replay; each case's
+        set into ``frame``."""
         from clinfuse.evaluation.conformal import (
             alpha_sweep,
             calibration_overlap,
             coverage_by_group,
             coverage_table,
+            labelled_calibration_cases,
         )
 
         sets = self.conformal.predict(p)
         frame["conformal_set"] = sets
         overlap = calibration_overlap(self.conformal, cohort.manifest_path, frame["case_id"])
-        return {
+        recorded = bool(self.conformal.source.get("evaluation"))
+        cal = labelled_calibration_cases(self.conformal) if recorded else None  # read once
+        out = {
             "fitted": self.conformal.to_dict(),
             "description": self.conformal.describe(),
             **coverage_table(y, sets, level=self.level),
@@ -746,34 +749,35 @@ class Evaluator:
                 for col, groups in groupings.items()
             },
             "n_in_calibration": overlap,
-            "by_alpha": alpha_sweep(self.conformal, y, p, level=self.level),
+            "by_alpha": None
+            if cal is None
+            else alpha_sweep(self.conformal, y, p, level=self.level, calibration=cal),
         }
+        if dates is not None and self.conformal.mondrian:
+            out["adaptive"] = None if cal is None else self._adaptive(frame, y, p, dates, cal)
+        return out
 
     def _adaptive(
-        self, frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, dates: np.ndarray
-    ) -> dict[str, Any] | None:
+        self,
+        frame: pd.DataFrame,
+        y: np.ndarray,
+        p: np.ndarray,
+        dates: np.ndarray,
+        calibration: pd.DataFrame,
+    ) -> dict[str, Any]:
         """Adaptive conformal sets replayed over the dated cases in date order
-        (:func:`~clinfuse.evaluation.conformal.adaptive_replay`); each dated case's set into
-        ``frame["conformal_set_adaptive"]``. None when the calibrating cases are not recorded."""
-        from clinfuse.evaluation.conformal import (
-            _calibration_cases,
-            adaptive_replay,
-            coverage_by_group,
-            coverage_table,
-        )
+        (:func:`~clinfuse.evaluation.conformal.adaptive_replay`) from the ``calibration``
+        cases; each dated case's set into ``frame["conformal_set_adaptive"]``."""
+        from clinfuse.evaluation.conformal import adaptive_replay, coverage_by_group, coverage_table
         from clinfuse.evaluation.temporal import period_labels
 
-        if not self.conformal.source.get("evaluation"):
-            return None
-        cal = _calibration_cases(self.conformal, ["label", "p_fusion"])
-        cal = cal[cal["label"].notna()]
         dated = np.flatnonzero(~np.isnat(dates))
         ids = frame["case_id"].astype(str).to_numpy()
         order = dated[np.lexsort((ids[dated], dates[dated]))]
         res = adaptive_replay(
             self.conformal,
-            cal["label"].to_numpy(float),
-            cal["p_fusion"].to_numpy(float),
+            calibration["label"].to_numpy(float),
+            calibration["p_fusion"].to_numpy(float),
             y[order],
             p[order],
         )
