@@ -203,7 +203,6 @@ def backtest_run(
     config = config or RunConfig()
     _check_single_process(config)
     cohort = load_labelled_cohort(cohort_path, config.data)
-    rows = list(cohort.rows)
     dates = cohort_dates(cohort, time_column)
     labels = period_labels(dates, period)
     all_periods, origins = _origins(labels, min_train_periods)
@@ -277,7 +276,7 @@ def backtest_run(
             "window": window,
             "periods": all_periods,
             "skipped": skipped,
-            "n_dated": int(len(rows) - n_undated),
+            "n_dated": len(dates) - n_undated,
             "n_undated": n_undated,
             "origins": entries,
         }
