@@ -997,6 +997,9 @@ _IN_CHUNK = False
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     if _IN_CHUNK:
+        # once: the pool terminates its other workers again when the first one ends, and a
+        # second stop would cut the clean-up short (half an unzipped series left behind)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise _Stop
     os._exit(1)  # between chunks: nothing to clean up
 

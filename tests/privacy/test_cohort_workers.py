@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import pickle
 import re
@@ -276,6 +277,40 @@ def test_stopped_worker_removes_its_unzipped_series(
     assert unzipped() == []
     assert not (tmp_path / "out").exists()
     _no_partial_output(tmp_path)
+
+
+def _hold_an_unzipped_series(temp: str, ready: multiprocessing.synchronize.Event) -> None:
+    """A worker's chunk, stopped while it holds a temporary folder; the pool's second stop
+    (it terminates the other workers when the first one ends) arrives during the clean-up."""
+    signal.signal(signal.SIGTERM, cohort_mod._on_sigterm)
+    cohort_mod._IN_CHUNK = True
+    rmtree = shutil.rmtree
+
+    def stopped_again(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        rmtree(*args, **kwargs)  # type: ignore[arg-type]
+
+    shutil.rmtree = stopped_again  # type: ignore[assignment]  # tempfile's clean-up uses it
+    try:
+        with tempfile.TemporaryDirectory(prefix="clinfuse-deid-unzip-", dir=temp) as held:
+            (Path(held) / "IM0001").write_bytes(b"DICM")
+            ready.set()
+            time.sleep(30)
+    except cohort_mod._Stop:
+        os._exit(3)
+    os._exit(0)
+
+
+def test_a_second_stop_does_not_cut_the_clean_up_short(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker = context.Process(target=_hold_an_unzipped_series, args=(str(tmp_path), ready))
+    worker.start()
+    assert ready.wait(20)
+    worker.terminate()
+    worker.join(20)
+    assert worker.exitcode == 3  # stopped through the clean-up, not killed
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_residual_risk_failure_publishes_the_same_report(
