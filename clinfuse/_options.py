@@ -141,6 +141,30 @@ def conformal_sets(
     return sets if adaptive is None else adapted_from_evaluation(sets, adaptive, model)
 
 
+CusumFalseAlarm = Annotated[
+    float | None,
+    typer.Option(
+        "--cusum-false-alarm",
+        help="Each CUSUM chart's chance of signalling in a cohort the model fits throughout "
+        "(default 0.05): lower it for fewer, later signals.",
+    ),
+]
+
+
+def check_cusum_option(time_column: str | None, false_alarm: float | None) -> float:
+    """``--cusum-false-alarm``'s value (default 0.05); an error without ``--time-column``."""
+    from clinfuse.errors import ConfigError
+    from clinfuse.evaluation.cusum import check_false_alarm
+
+    if false_alarm is not None and not time_column:
+        raise ConfigError(
+            "--cusum-false-alarm sets the CUSUM charts of --time-column, which is missing",
+            field="cusum_false_alarm",
+            hint="add --time-column COL (a manifest column of dates)",
+        )
+    return check_false_alarm(0.05 if false_alarm is None else false_alarm)
+
+
 def check_period_option(time_column: str | None, period: str | None) -> str:
     """``--period``'s value (default quarter); an error without ``--time-column``."""
     from clinfuse.errors import ConfigError

@@ -25,8 +25,10 @@ from clinfuse._options import (
     ConformalAlphaEvents,
     ConformalFrom,
     ConformalMarginal,
+    CusumFalseAlarm,
     LoadWorkers,
     TimePeriod,
+    check_cusum_option,
     check_period_option,
     conformal_sets,
 )
@@ -510,6 +512,7 @@ def crossval(
         ),
     ] = None,
     period: TimePeriod = None,
+    cusum_false_alarm: CusumFalseAlarm = None,
     repeats: Annotated[
         int,
         typer.Option(
@@ -544,6 +547,7 @@ def crossval(
         "n_boot": n_boot,
         "time_column": time_column,
         "period": check_period_option(time_column, period),
+        "cusum_false_alarm": check_cusum_option(time_column, cusum_false_alarm),
     }
     if repeats > 1:
         _repeated_crossval(cohort, out, cfg, repeats=repeats, **common)

@@ -20,8 +20,10 @@ from clinfuse._options import (
     ConformalAlphaEvents,
     ConformalFrom,
     ConformalMarginal,
+    CusumFalseAlarm,
     LoadWorkers,
     TimePeriod,
+    check_cusum_option,
     check_period_option,
     conformal_sets,
 )
@@ -114,6 +116,7 @@ def evaluate(
         ),
     ] = None,
     period: TimePeriod = None,
+    cusum_false_alarm: CusumFalseAlarm = None,
 ) -> None:
     """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
     clinical utility, subgroups, sites and a modality ablation.
@@ -128,6 +131,7 @@ def evaluate(
     from clinfuse.evaluation.evaluate import evaluate_run
 
     period = check_period_option(time_column, period)
+    false_alarm = check_cusum_option(time_column, cusum_false_alarm)
     sets = conformal_sets(  # fitted before any case is loaded: a bad folder fails fast
         conformal, run, alpha=alpha, marginal=marginal, alpha_events=alpha_events, out=out
     )
@@ -149,6 +153,7 @@ def evaluate(
         conformal=sets,
         time_column=time_column,
         period=period,
+        cusum_false_alarm=false_alarm,
     )
     m = result.metrics
     auc = m["models"]["fusion"]["auroc"]
@@ -183,6 +188,8 @@ def evaluate(
             highlight=False,
             soft_wrap=True,
         )
+    from clinfuse.evaluation.cusum import describe_change
+
     drift = (m.get("over_time") or {}).get("drift", {}).get("per_year", {})
     if drift.get("value") is not None:
         console.print(
@@ -198,7 +205,7 @@ def evaluate(
             + (
                 f"{chart['n_signals']} signal(s); the first climb began {first['since']}, "
                 f"signal {first['date']} ({first['observed']} events, {first['expected']:.1f} "
-                "expected)"
+                "expected)" + (f"; {describe_change(first)}" if "change" in first else "")
                 if first
                 else "no signal"
             ),
@@ -754,6 +761,7 @@ def monitor(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output folder.")
     ] = False,
+    cusum_false_alarm: CusumFalseAlarm = None,
 ) -> None:
     """Monitor a model in use before outcomes arrive: per period, risk and alert rate, the
     shift of the model's outputs (PSI), modality availability and numeric inputs against the
@@ -776,7 +784,10 @@ def monitor(
         min_size=min_size,
         manifest=manifest,
         overwrite=overwrite,
+        cusum_false_alarm=check_cusum_option(time_column, cusum_false_alarm),
     )
+    from clinfuse.evaluation.cusum import describe_change
+
     s = result.summary
     console = Console()
     compared = [r for r in s["periods"] if not r["suppressed"]]
@@ -798,7 +809,12 @@ def monitor(
     else:
         signals = [
             f"{chart['direction']} signalled {chart['signals'][0]['date']} (climb from "
-            f"{chart['signals'][0]['since']})"
+            f"{chart['signals'][0]['since']}"
+            + (
+                f"; {describe_change(chart['signals'][0])})"
+                if "change" in chart["signals"][0]
+                else ")"
+            )
             for chart in outcomes["cusum"]["charts"]
             if chart["n_signals"]
         ]

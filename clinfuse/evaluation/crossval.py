@@ -256,6 +256,7 @@ def cross_validate(
     log: Callable[[str], None] | None = None,
     time_column: str | None = None,
     period: str = "quarter",
+    cusum_false_alarm: float = 0.05,
 ) -> CrossValResult:
     """Cross-validate the training procedure on a labelled cohort.
 
@@ -275,8 +276,8 @@ def cross_validate(
         resume: continue an interrupted cross-validation (``folds``, ``fold_seed`` and
             ``group_by`` left unset take the interrupted one's).
         overwrite: replace an existing folder.
-        subgroups, thresholds, n_boot, seed, level, min_group_size, time_column, period: as
-            for :func:`~clinfuse.evaluation.evaluate.evaluate_run`, on the pooled
+        subgroups, thresholds, n_boot, seed, level, min_group_size, time_column, period,
+        cusum_false_alarm: as for :func:`~clinfuse.evaluation.evaluate.evaluate_run`, on the pooled
             out-of-fold predictions (the dates are checked before any training).
         progress: ``progress(stage, done, total)`` while cases load.
         on_epoch: called after every epoch of every fold.
@@ -335,6 +336,7 @@ def cross_validate(
         min_group_size=min_group_size,
         time_column=time_column,
         period=period,
+        cusum_false_alarm=cusum_false_alarm,
     )
     checker = Evaluator(None, **evaluator_args)  # bad settings fail before any training
     given = config

@@ -356,13 +356,9 @@ class Evaluator:
         self.conformal = conformal
         self.time_column = time_column.strip() if time_column and time_column.strip() else None
         self.period = check_period(period)
-        if not 0 < cusum_false_alarm < 0.5:
-            raise ConfigError(
-                f"cusum_false_alarm is {cusum_false_alarm}; use a probability in (0, 0.5), "
-                "e.g. 0.05",
-                field="cusum_false_alarm",
-            )
-        self.cusum_false_alarm = cusum_false_alarm
+        from clinfuse.evaluation.cusum import check_false_alarm
+
+        self.cusum_false_alarm = check_false_alarm(cusum_false_alarm)
         self.run_info = run_info
         self.development = development
         self.development_manifest = development_manifest
@@ -1059,6 +1055,8 @@ class Evaluator:
 
 def _time_limitations(over: dict[str, Any] | None) -> list[str]:
     """The model card's lines on the slope drift, a falling AUROC and CUSUM signals."""
+    from clinfuse.evaluation.cusum import describe_change
+
     if not over:
         return []
     out = []
@@ -1085,8 +1083,9 @@ def _time_limitations(over: dict[str, Any] | None) -> list[str]:
                 f"{'s' * (chart['n_signals'] > 1)} for {chart['direction']} (odds × "
                 f"{chart['odds_ratio']:g}); the first climb began {first['since']} and "
                 f"signalled {first['date']} ({first['observed']} events observed, "
-                f"{first['expected']:.1f} expected in its {first['n_cases']} cases): look "
-                "for a change in practice, case mix or data at that time."
+                f"{first['expected']:.1f} expected in its {first['n_cases']} cases)"
+                + (f"; {describe_change(first)}" if "change" in first else "")
+                + ": look for a change in practice, case mix or data at that time."
             )
     return out
 

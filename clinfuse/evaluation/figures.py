@@ -223,7 +223,8 @@ def over_time_figure(over_time: dict[str, Any]) -> Any:
 def cusum_figure(cusum: Any, *, column: str | None = None) -> Any:
     """The risk-adjusted CUSUM charts of a :class:`clinfuse.evaluation.cusum.Cusum` against
     the cases' dates: a chart watching for more events than predicted above the axis, one
-    for fewer below it (drawn negative), each with its control limit and its signals."""
+    for fewer below it (drawn negative), each with its control limit, its signals and the
+    change estimated at each (a dotted line, its confidence span shaded)."""
     import matplotlib.dates as mdates
 
     fig = _figure(8.0, 4.2)
@@ -246,6 +247,17 @@ def cusum_figure(cusum: Any, *, column: str | None = None) -> Any:
                 label=f"{len(ends)} signal{'s' * (len(ends) > 1)}",
                 zorder=3 + k,
             )
+        for j, change in enumerate(chart.changes):  # shaded: the change's confidence span
+            first = chart.signals[j - 1][1] + 1 if j else 0
+            ax.axvspan(
+                x[first + change.low],
+                x[first + change.high],
+                color=color,
+                alpha=0.12,
+                lw=0,
+                label="estimated change (95 % CI)" if j == 0 else None,
+            )
+            ax.axvline(x[first + change.index], color=color, lw=0.8, ls=":")
     ax.axhline(0, color="grey", lw=0.8)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
     ax.set(

@@ -454,6 +454,7 @@ def monitor_predictions(
     min_size: int = 30,
     manifest: str | Path | None = None,
     overwrite: bool = False,
+    cusum_false_alarm: float = 0.05,
 ) -> MonitorResult:
     """Monitor a model's predictions period by period (see the module's docstring) and write
     ``monitoring.json``, ``monitoring.csv``, ``figures/monitoring.png`` and a self-contained
@@ -470,10 +471,12 @@ def monitor_predictions(
         manifest: the scored manifest, when it moved since ``clinfuse predict`` (default: the
             one the provenance names).
         overwrite: replace an existing ``out``.
+        cusum_false_alarm: each CUSUM chart's chance of a false signal among the cases
+            whose outcomes are known.
 
     Raises:
         ConfigError: predictions without provenance, or of another model version; a missing
-            manifest; a folder in the way; bad thresholds or period.
+            manifest; a folder in the way; bad thresholds, period or false-alarm rate.
         CohortError: no such date column, or an unreadable date (naming the case).
     """
     from clinfuse._files import atomic_folder
@@ -485,8 +488,11 @@ def monitor_predictions(
     from clinfuse.scored import model_version, read_provenance
 
     model, predictions, out = Path(model), Path(predictions), Path(out)
+    from clinfuse.evaluation.cusum import check_false_alarm
+
     check_period(period)
     levels = parse_thresholds(thresholds)
+    false_alarm = check_false_alarm(cusum_false_alarm)
     if min_size < 1:
         raise ConfigError("min_size must be at least 1", field="min_size")
     _check_out(out, overwrite)
@@ -553,8 +559,13 @@ def monitor_predictions(
         min_size=min_size,
         tabular=tabular if columns else None,
         tabular_values=values,
+        cusum_false_alarm=false_alarm,
     )
-    chart = known_outcomes_cusum(scored, dates) if res["outcomes"] is not None else None
+    chart = (
+        known_outcomes_cusum(scored, dates, false_alarm=false_alarm)
+        if res["outcomes"] is not None
+        else None
+    )
     summary = {
         "schema": "clinfuse.monitoring.v1",
         "model": str(model.resolve()),

@@ -685,8 +685,9 @@ def _cusum(c: dict[str, Any], png: dict[str, bytes]) -> str:
     rows = []
     for chart in c["charts"]:
         if not chart["signals"]:
-            rows.append([_e(chart["direction"]), _num(chart["limit"], 2), "none", "", "", ""])
+            rows.append([_e(chart["direction"]), _num(chart["limit"], 2), "none"] + [""] * 5)
         for sig in chart["signals"]:
+            change = sig.get("change")
             rows.append(
                 [
                     _e(chart["direction"]),
@@ -695,12 +696,36 @@ def _cusum(c: dict[str, Any], png: dict[str, bytes]) -> str:
                     _e(sig["since"]),
                     sig["n_cases"],
                     f"{sig['observed']} / {sig['expected']:.1f}",
+                    f"{_e(change['date'])} ({_e(change['low'])} to {_e(change['high'])})"
+                    if change
+                    else "",
+                    f"{change['odds_ratio']:.2f} ({change['odds_ratio_low']:.2f}–"
+                    f"{change['odds_ratio_high']:.2f})"
+                    if change
+                    else "",
                 ]
             )
     body += _table(
-        ["watching for", "limit", "signal", "climb began", "cases", "events observed / expected"],
+        [
+            "watching for",
+            "limit",
+            "signal",
+            "climb began",
+            "cases",
+            "events observed / expected",
+            "change estimated (95 % CI)",
+            "odds ratio since (95 % CI)",
+        ],
         rows,
     )
+    if any(sig.get("change") for ch in c["charts"] for sig in ch["signals"]):
+        body += (
+            '<p class="note">The change is the maximum-likelihood case, among those since the '
+            "chart last started and up to the signal, from which the odds moved and stayed so "
+            "to the last case; its interval spans the profile-likelihood confidence set. The "
+            "odds ratio is estimated on all cases from the change on: it assumes the shift "
+            "lasted, and a shift that ended earlier is diluted.</p>"
+        )
     listed = sum(len(ch["signals"]) for ch in c["charts"])
     total = sum(ch["n_signals"] for ch in c["charts"])
     if total > listed:

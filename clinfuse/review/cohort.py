@@ -189,6 +189,8 @@ def _robustness_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
+    from clinfuse.evaluation.cusum import describe_change
+
     block = metrics.get("over_time")
     if not isinstance(block, dict):
         return None, None
@@ -219,7 +221,8 @@ def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str 
             text += (
                 f" Risk-adjusted CUSUM, {chart['direction']}: {chart['n_signals']} signal(s), the "
                 f"first on {first['date']} after a climb that began {first['since']} "
-                f"({first['observed']} events observed, {first['expected']:.1f} expected)."
+                f"({first['observed']} events observed, {first['expected']:.1f} expected)"
+                + (f"; {describe_change(first)}." if "change" in first else ".")
             )
         else:
             text += f" Risk-adjusted CUSUM, {chart['direction']}: no signal."

@@ -266,6 +266,8 @@ def test_bad_input_is_refused_before_anything_is_written(
         cross_validate(manifest, out, _config(strategy="ddp", devices=2), folds=2)
     with pytest.raises(ConfigError, match="threshold"):
         cross_validate(manifest, out, _config(), folds=2, thresholds="0,2")
+    with pytest.raises(ConfigError, match=r"cusum_false_alarm is 0\.9"):
+        cross_validate(manifest, out, _config(), folds=2, cusum_false_alarm=0.9)
     with pytest.raises(ConfigError, match="nothing to resume"):
         cross_validate(manifest, out, folds=2, resume=True)
     small = tmp_path / "small"

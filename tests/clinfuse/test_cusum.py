@@ -138,5 +138,108 @@ def test_the_model_card_and_the_app_name_the_first_signal():
     assert len(lines) == 1
     assert first["since"] in lines[0] and first["date"] in lines[0]
     assert "more events than predicted" in lines[0]
+    change = first["change"]
+    said = f"the change is estimated at {change['date']} (95 % CI {change['low']} to "
+    assert said in lines[0] and f"the odds × {change['odds_ratio']:.2f} since" in lines[0]
     _, text = _over_time_table({"over_time": over})
     assert f"first on {first['date']}" in text and "fewer events than predicted: no signal" in text
+    assert said in text
+    del first["change"]  # an evaluation from before changes were estimated still reads
+    assert "the change is estimated" not in _over_time_table({"over_time": over})[1]
+
+
+def _brute_change(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The profile log-likelihood ratio of a shift from each case on, and its odds ratio,
+    by a bounded scalar search per position (R ≥ 1)."""
+    from scipy.optimize import minimize_scalar
+
+    profile, betas = [], []
+    for tau in range(len(y)):
+        yy, pp = y[tau:], p[tau:]
+        res = minimize_scalar(
+            lambda b, yy=yy, pp=pp: -np.sum(yy * b - np.log1p(np.expm1(b) * pp)),
+            bounds=(0.0, np.log(100.0)),
+            method="bounded",
+            options={"xatol": 1e-9},
+        )
+        profile.append(max(-res.fun, 0.0))
+        betas.append(res.x)
+    return np.array(profile), np.array(betas)
+
+
+def test_the_change_point_is_the_profile_likelihood_maximum():
+    import statsmodels.api as sm
+
+    from clinfuse.evaluation.cusum import _cut_off, change_point
+
+    y, p, _ = _cases(np.random.default_rng(7), 120, shift_at=60, odds=3.0)
+    profile, betas = _brute_change(y, p)
+    change = change_point(y, p, increase=True)
+    assert change.index == int(np.argmax(profile))
+    assert change.statistic == pytest.approx(2 * profile.max(), abs=1e-6)
+    inside = np.flatnonzero(2 * (profile.max() - profile) <= _cut_off(0.95))
+    assert (change.low, change.high) == (inside[0], inside[-1])
+    assert change.low <= change.index <= change.high
+    # the odds ratio from the change on: a logistic regression with the model's logit as offset
+    tail = slice(change.index, None)
+    offset = np.log(p[tail] / (1 - p[tail]))
+    glm = sm.GLM(y[tail], np.ones((len(offset), 1)), family=sm.families.Binomial(), offset=offset)
+    fit = glm.fit()
+    assert change.log_odds_ratio == pytest.approx(fit.params[0], abs=1e-6)
+    assert change.log_odds_ratio == pytest.approx(betas[change.index], abs=1e-4)
+    assert change.se == pytest.approx(fit.bse[0], rel=1e-6)
+    assert _cut_off(0.95) == pytest.approx(7.352, abs=1e-3)
+    with pytest.raises(ValueError, match="level"):
+        change_point(y, p, increase=True, level=1.0)
+    # a change no later than case 40: the best of those positions, the later cases still
+    # counting towards its odds ratio
+    early = change_point(y, p, increase=True, latest=40)
+    assert early.index == int(np.argmax(profile[:41])) and early.high <= 40
+    assert early.log_odds_ratio == pytest.approx(betas[early.index], abs=1e-4)
+    with pytest.raises(ValueError, match="latest"):
+        change_point(y, p, increase=True, latest=len(y))
+
+
+def test_the_change_points_confidence_set_covers_the_true_change():
+    """Simulated cohorts with a known change: the dates reported for the set at 95 % (its
+    first to last case) cover it in at least 95 % of them; with the χ²₁ cut-off (3.84, the
+    set at level 0.727 here) in far fewer."""
+    from clinfuse.evaluation.cusum import change_point
+
+    rng = np.random.default_rng(8)
+    n, shift_at, covered, naive, errors = 300, 150, 0, 0, []
+    for _ in range(200):
+        y, p, _ = _cases(rng, n, shift_at=shift_at, odds=2.5)
+        change = change_point(y, p, increase=True)
+        covered += change.low <= shift_at <= change.high
+        loose = change_point(y, p, increase=True, level=(1 - np.exp(-3.84 / 2)) ** 2)
+        naive += loose.low <= shift_at <= loose.high
+        errors.append(change.index - shift_at)
+    assert covered / 200 >= 0.93, covered  # 0.95 less two Monte-Carlo standard errors
+    assert naive / 200 <= 0.92 and naive < covered, (naive, covered)
+    assert abs(np.median(errors)) < 15  # the estimate sits around the change
+
+
+def test_a_lower_change_is_found_on_the_lower_chart():
+    from clinfuse.evaluation.cusum import change_point
+
+    y, p, _ = _cases(np.random.default_rng(9), 600, shift_at=200, odds=0.3)
+    change = change_point(y, p, increase=False)
+    assert change.log_odds_ratio < 0 and change.low <= 200 <= change.high
+
+
+def test_each_signal_names_its_estimated_change():
+    y, p, dates = _cases(np.random.default_rng(3), 1600, shift_at=800, odds=2.5)
+    res = risk_adjusted_cusum(y, p, dates, n_sim=1000).to_dict()
+    first = res["charts"][0]["signals"][0]
+    change = first["change"]
+    assert change["low"] <= change["date"] <= change["high"] <= first["date"]
+    assert change["low"] <= "2024-03-11" <= change["high"]  # the true change, day 800
+    assert change["odds_ratio_low"] < 2.5 < change["odds_ratio_high"]
+    at = change["index"] - 1  # the odds ratio: every case from the change on
+    assert change["n_cases"] == len(y) - at
+    assert change["observed"] == int(y[at:].sum())
+    assert change["expected"] == pytest.approx(p[at:].sum())
+    later = res["charts"][0]["signals"][1:]
+    for prev, sig in zip(res["charts"][0]["signals"], later, strict=False):
+        assert sig["change"]["index"] > prev["index"]  # looked for since the chart restarted

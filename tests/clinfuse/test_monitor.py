@@ -185,7 +185,7 @@ def test_monitor_command_on_a_runs_predictions(tiny_run, tiny_cohort, tmp_path, 
     out = tmp_path / "mon"
     args = ["monitor", str(tiny_run), str(preds), "--out", str(out)]
     args += ["--time-column", "encounter_date", "--period", "quarter", "--min-size", "5"]
-    assert main(args) == 0
+    assert main([*args, "--cusum-false-alarm", "0.02"]) == 0
     printed = capsys.readouterr().out
     assert "monitored 64 dated cases in 4 quarters" in printed
     summary = json.loads((out / "monitoring.json").read_text())
@@ -195,6 +195,7 @@ def test_monitor_command_on_a_runs_predictions(tiny_run, tiny_cohort, tmp_path, 
     run_preds = pd.read_csv(tiny_run / "predictions.csv")
     assert summary["development"]["n"] == int(run_preds["split"].isin(["train", "val"]).sum())
     assert summary["outcomes"]["n_dated"] == 44
+    assert summary["outcomes"]["cusum"]["false_alarm"] == 0.02
     table = pd.read_csv(out / "monitoring.csv")
     assert list(table["period"]) == ["2024Q1", "2024Q2", "2024Q3", "2024Q4"]
     assert "psi_fusion" in table and "smd_crp" in table

@@ -233,6 +233,7 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
     out = tmp_path / "ev"
     args = ["evaluate", str(tiny_run), str(manifest), "--out", str(out), "--n-boot", "0"]
     args += ["--min-group-size", "4", "--time-column", "encounter_date", "--period", "year"]
+    args += ["--cusum-false-alarm", "0.1"]
     assert main([*args, "--conformal", str(calib), "--alpha", "0.2"]) == 0
     assert "calibration drift:" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
@@ -261,8 +262,9 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
         frame["p_fusion"].to_numpy(float),
         stamps.to_numpy(),
         case_ids=frame["case_id"].tolist(),
+        false_alarm=0.1,
     ).to_dict()
-    assert over["cusum"] == json.loads(json.dumps(chart))
+    assert over["cusum"] == json.loads(json.dumps(chart)) and chart["false_alarm"] == 0.1
     assert over["cusum"]["n_undated"] == 2 and len(over["cusum"]["charts"]) == 2
     assert (out / "figures" / "cusum.png").exists()
     # the conformal sets' coverage per year too
@@ -313,6 +315,10 @@ def test_a_bad_date_or_column_fails_before_scoring(tiny_run, tiny_cohort, tmp_pa
     assert "'admitted' is not in the manifest" in capsys.readouterr().err
     assert main([*base, "--time-column", "encounter_date", "--period", "week"]) == 1
     assert "unknown period 'week'" in capsys.readouterr().err
+    assert main([*base, "--cusum-false-alarm", "0.1"]) == 1
+    assert "--cusum-false-alarm sets the CUSUM charts of --time-column" in capsys.readouterr().err
+    assert main([*base, "--time-column", "encounter_date", "--cusum-false-alarm", "0.7"]) == 1
+    assert "cusum_false_alarm is 0.7" in capsys.readouterr().err
     assert not out.exists()
 
 
