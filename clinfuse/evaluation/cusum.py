@@ -184,34 +184,55 @@ def change_point(
         latest: the last case the change may start at (default: any); the cases after it
             still inform ``R``.
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must lie between 0 and 1, not {level}")
     y_, p_ = np.asarray(y, dtype=float), np.clip(np.asarray(p, dtype=float), 1e-12, 1 - 1e-12)
     if len(y_) == 0:
         raise ValueError("no cases to locate a change in")
+    last = len(y_) - 1 if latest is None else latest
+    if not 0 <= last < len(y_):
+        raise ValueError(f"latest is {latest}, not a case among the {len(y_)}")
+    return _locate(y_, p_, _profile(y_, p_, increase), increase, 0, last, level)
+
+
+def _profile(y: np.ndarray, p: np.ndarray, increase: bool) -> np.ndarray:
+    """The profile log-likelihood ratio of "from case τ on, odds × e^β" against no change, for
+    every ``τ``: the most, over ``β``, of the sum over ``t ≥ τ`` of the CUSUM weights, on a
+    grid of ``β`` (refined where it matters by :func:`_locate`). The same for every run that
+    ends at the last case, so computed once per chart."""
     n_grid = round(_MAX_LOG_ODDS_RATIO / _GRID_STEP) + 1
-    grid = np.linspace(0.0, _MAX_LOG_ODDS_RATIO, n_grid) * (1 if increase else -1)
-    # the profile log-likelihood ratio of "from case τ on, odds × e^β" against no change:
-    # max over β of the sum over t ≥ τ of the CUSUM weights — on a grid of β, then refined
-    profile = np.zeros(len(y_))
-    for beta in grid[1:]:
-        w = y_ * beta - np.log1p(np.expm1(beta) * p_)
+    grid = np.linspace(_GRID_STEP, _MAX_LOG_ODDS_RATIO, n_grid - 1) * (1 if increase else -1)
+    profile = np.zeros(len(y))
+    for beta in grid:
+        w = y * beta - np.log1p(np.expm1(beta) * p)
         np.maximum(profile, np.cumsum(w[::-1])[::-1], out=profile)
-    if latest is not None:
-        if not 0 <= latest < len(y_):
-            raise ValueError(f"latest is {latest}, not a case among the {len(y_)}")
-        profile = profile[: latest + 1]
-    tau = int(np.argmax(profile))
-    beta, se, best = _fit_shift(y_[tau:], p_[tau:], grid[-1])
-    profile[tau] = max(profile[tau], best)
-    inside = np.flatnonzero(2.0 * (profile[tau] - profile) <= _cut_off(level))
+    return profile
+
+
+def _locate(
+    y: np.ndarray,
+    p: np.ndarray,
+    profile: np.ndarray,
+    increase: bool,
+    first: int,
+    last: int,
+    level: float,
+) -> ChangePoint:
+    """The change among cases ``first`` to ``last`` (:func:`change_point`), its indices
+    counted from ``first``."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie between 0 and 1, not {level}")
+    run = profile[first : last + 1].copy()
+    tau = int(np.argmax(run))
+    bound = _MAX_LOG_ODDS_RATIO * (1 if increase else -1)
+    beta, se, best = _fit_shift(y[first + tau :], p[first + tau :], bound)
+    run[tau] = max(run[tau], best)
+    inside = np.flatnonzero(2.0 * (run[tau] - run) <= _cut_off(level))
     return ChangePoint(
         index=tau,
         low=int(inside[0]),
         high=int(inside[-1]),
         log_odds_ratio=beta,
         se=se,
-        statistic=float(2.0 * profile[tau]),
+        statistic=float(2.0 * run[tau]),
         level=level,
     )
 
@@ -368,11 +389,12 @@ def risk_adjusted_cusum(
         limit = control_limit(p, ratio, false_alarm=false_alarm, n_sim=n_sim, rng=rng)
         path, signals = cusum_path(cusum_weights(y, p, ratio), limit)
         changes = []
-        for k, (_, end) in enumerate(signals[:MAX_SIGNALS]):
-            first = _run_start(signals, k)
-            changes.append(
-                change_point(y[first:], p[first:], increase=ratio > 1, latest=end - first)
-            )
+        if signals:
+            clipped = np.clip(p, 1e-12, 1 - 1e-12)
+            profile = _profile(y, clipped, ratio > 1)
+            for k, (_, end) in enumerate(signals[:MAX_SIGNALS]):
+                first = _run_start(signals, k)
+                changes.append(_locate(y, clipped, profile, ratio > 1, first, end, 0.95))
         charts.append(CusumChart(float(ratio), limit, path, signals, changes))
     return Cusum(y, p, dates, charts, false_alarm, n_sim, n_undated=int((~dated).sum()))
 
