@@ -1025,6 +1025,11 @@ class Evaluator:
             }
             if metrics["subgroups"]:
                 figs["subgroups"] = figures.subgroup_figure(metrics["subgroups"])
+                if any(
+                    len((res.get("funnel") or {}).get("groups", [])) >= 2
+                    for res in metrics["subgroups"].values()
+                ):
+                    figs["funnel"] = figures.funnel_figure(metrics["subgroups"])
             if metrics.get("crossval"):
                 figs["folds"] = figures.forest_figure(metrics["crossval"])
             if metrics.get("over_time", {}).get("periods"):

@@ -17,6 +17,7 @@ __all__ = [
     "calibration_figure",
     "cusum_figure",
     "decision_curve_figure",
+    "funnel_figure",
     "monitoring_figure",
     "over_time_figure",
     "period_figure",
@@ -396,6 +397,58 @@ def risk_distribution_figure(y: np.ndarray, p: np.ndarray) -> Any:
         xlabel="predicted risk", ylabel="density", title="Risk distribution by outcome", xlim=(0, 1)
     )
     ax.legend(fontsize=8)
+    return fig
+
+
+def funnel_figure(results: dict[str, dict[str, Any]]) -> Any:
+    """One funnel plot per grouping with two or more reported groups: each group's O/E
+    against its expected events, with the model's 95 % and 99.8 % limits
+    (:mod:`clinfuse.evaluation.funnel`); a group outside them is labelled in colour."""
+    import matplotlib.ticker as ticker
+
+    from clinfuse.evaluation.funnel import funnel_limits
+
+    shown = {
+        name: res["funnel"]
+        for name, res in results.items()
+        if res.get("funnel") and len(res["funnel"]["groups"]) >= 2 and res["funnel"]["kappa"]
+    }
+    fig = _figure(4.2 * max(len(shown), 1), 3.8)
+    for k, (name, funnel) in enumerate(shown.items()):
+        ax = fig.add_subplot(1, len(shown), k + 1)
+        groups = [g for g in funnel["groups"] if g["oe"] is not None]
+        e = np.array([g["expected"] for g in groups])
+        lo_e, hi_e = max(e.min() / 2, 1.0), e.max() * 1.5
+        grid = np.geomspace(lo_e, hi_e, 200)
+        for level, style in zip(funnel["levels"], ("--", ":"), strict=False):
+            low, high = funnel_limits(grid, funnel["kappa"], level)
+            ax.plot(grid, low, color="grey", ls=style, lw=1, label=f"{100 * level:g} % limits")
+            ax.plot(grid, high, color="grey", ls=style, lw=1)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        overall = funnel["overall"]["oe"]
+        if overall is not None:
+            ax.axhline(
+                overall, color=COLORS[1], lw=0.8, ls="-.", label=f"overall O/E {overall:.2f}"
+            )
+        for g in groups:
+            color = COLORS[3] if g["outside"] else COLORS[0]
+            ax.plot(g["expected"], g["oe"], "o", color=color, ms=5)
+            ax.annotate(
+                str(g["group"]),
+                (g["expected"], g["oe"]),
+                xytext=(4, 3),
+                textcoords="offset points",
+                fontsize=7,
+                color=color,
+            )
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set(xlabel="expected events", ylabel="observed / expected", title=f"by {name}")
+        ax.legend(loc="upper right", fontsize=6)
+    if not shown:
+        fig.add_subplot().set_axis_off()
+    fig.suptitle("Funnel plots: events against the model's expectation", fontsize=10)
     return fig
 
 

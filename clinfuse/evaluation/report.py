@@ -80,6 +80,12 @@ def _pval(p: Any) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _p(p: Any) -> str:
+    """A p-value in running text: ``p = 0.042`` or ``p < 0.001``."""
+    text = _pval(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _table(
     header: Sequence[str], rows: Sequence[Sequence[Any]], classes: Sequence[str] = ()
 ) -> str:
@@ -326,7 +332,7 @@ def _crossval(m: dict[str, Any], png: dict[str, bytes]) -> str:
             f"<p><b>Random-effects meta-analysis</b> over the {a['k']} groups (DerSimonian–Laird, "
             f"logit scale): summary AUROC {_num(a['estimate'])} (95 % CI {_num(a['ci_low'])}–"
             f"{_num(a['ci_high'])}){pi}; τ² {_num(a['tau2'], 4)}, I² {100 * a['i2']:.0f} %, "
-            f"heterogeneity p {_pval(a['q_p_value'])}."
+            f"heterogeneity {_p(a['q_p_value'])}."
         )
         if "calibration_slope" in meta:
             c = meta["calibration_slope"]
@@ -647,7 +653,7 @@ def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
         body += (
             "<p>Calibration drift (logistic model of the outcome with the model's logit as "
             "offset and years since the first case): the log odds of the outcome change by "
-            f"{_ci(b, 2)} per year beyond the model's risks (p = {_pval(b['p_value'])}); 0 "
+            f"{_ci(b, 2)} per year beyond the model's risks ({_p(b['p_value'])}); 0 "
             "means no drift.</p>"
         )
     slope = drift.get("slope_per_year") or {}
@@ -655,7 +661,7 @@ def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
         body += (
             "<p>Drift of the calibration slope (the same model with the logit and its product "
             f"with time as covariates): the slope is {_ci(drift['slope'], 2)} at the first case "
-            f"and changes by {_ci(slope, 2)} per year (p = {_pval(slope['p_value'])}); below 0 "
+            f"and changes by {_ci(slope, 2)} per year ({_p(slope['p_value'])}); below 0 "
             "the risks grow too extreme with time.</p>"
         )
     trend = o.get("auroc_trend") or {}
@@ -664,8 +670,8 @@ def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
     else:
         body += (
             f"<p>Trend of the AUROC across the {trend['k']} reported periods (inverse-variance "
-            f"weighted regression on time): {_ci(trend)} per year (p = "
-            f"{_pval(trend['p_value'])}).</p>"
+            f"weighted regression on time): {_ci(trend)} per year ("
+            f"{_p(trend['p_value'])}).</p>"
         )
     body += f'<div class="figs">{_figure(png, "over_time", "O/E and AUROC by period")}</div>'
     if o.get("cusum"):
@@ -802,14 +808,14 @@ def _groups(m: dict[str, Any], columns: Sequence[str]) -> str:
         if het.get("auroc"):
             a = het["auroc"]
             tests.append(
-                f"AUROC Cochran's Q = {a['q']:.2f} (df {a['df']}, p = {_pval(a['p_value'])}, "
+                f"AUROC Cochran's Q = {a['q']:.2f} (df {a['df']}, {_p(a['p_value'])}, "
                 f"I² = {100 * a['i2']:.0f} %)"
             )
         if het.get("calibration_in_the_large"):
             c = het["calibration_in_the_large"]
             tests.append(
                 f"calibration-in-the-large likelihood ratio {c['lr']:.2f} (df {c['df']}, "
-                f"p = {_pval(c['p_value'])})"
+                f"{_p(c['p_value'])})"
             )
         if tests:
             body += (
@@ -817,11 +823,49 @@ def _groups(m: dict[str, Any], columns: Sequence[str]) -> str:
                 + "; ".join(tests)
                 + ".</p>"
             )
+        body += _funnel(res.get("funnel"))
         body += (
             f"<p>Groups with fewer than {res['min_size']} cases or {res['min_events']} "
             "events/non-events are suppressed.</p>"
         )
     return body
+
+
+def _funnel(funnel: dict[str, Any] | None) -> str:
+    """The funnel plot's verdict: the groups outside the model's limits and the dispersion."""
+    from clinfuse.evaluation.funnel import MIN_GROUPS_DISPERSION
+
+    if not funnel or len(funnel["groups"]) < 2:
+        return ""
+    outside = [
+        f"{_e(g['group'])} (O/E {_num(g['oe'])}, z = {g['z']:+.2f}, outside the "
+        f"{_e(g['outside'])} limits"
+        + (
+            "; inside them once widened for overdispersion"
+            if funnel["dispersion"]["widened"] and not g["outside_overdispersed"]
+            else ""
+        )
+        + ")"
+        for g in funnel["groups"]
+        if g["outside"]
+    ]
+    d = funnel["dispersion"]
+    text = (
+        "<p>Funnel plot (events against the model's expectation, limits at "
+        + " and ".join(f"{100 * level:g} %" for level in funnel["levels"])
+        + "): "
+        + ("; ".join(outside) if outside else "every group lies within the limits")
+        + f". Do the groups differ more than the model allows? χ² {d['chi2']:.1f} (df "
+        f"{d['df']}, {_p(d['p_value'])}); overdispersion φ = {d['phi']:.2f}"
+        + (
+            f", so the limits were also widened by √φ = {d['phi'] ** 0.5:.2f}"
+            if d["widened"]
+            else " (limits not widened: that takes φ > 1 and at least "
+            f"{MIN_GROUPS_DISPERSION} groups)"
+        )
+        + ".</p>"
+    )
+    return text
 
 
 def _fusion(m: dict[str, Any]) -> str:
@@ -976,11 +1020,15 @@ def render_report(
                 "Subgroups",
                 "subgroups",
                 _groups(metrics, subgroup_cols)
-                + f'<div class="figs">{_figure(png, "subgroups", "AUROC by subgroup and site")}</div>',
+                + f'<div class="figs">{_figure(png, "subgroups", "AUROC by subgroup and site")}'
+                + f"{_figure(png, 'funnel', 'Funnel plots by subgroup and site')}</div>",
             )
         )
     if "site" in metrics["subgroups"]:
-        parts.append(_section("Sites", "sites", _groups(metrics, ["site"])))
+        sites = _groups(metrics, ["site"])
+        if not subgroup_cols:  # the figures appear once, under the subgroups when there are any
+            sites += f'<div class="figs">{_figure(png, "funnel", "Funnel plot by site")}</div>'
+        parts.append(_section("Sites", "sites", sites))
     parts += [
         _section("Fusion analysis: ablation and robustness", "fusion", _fusion(metrics)),
         _section("Model card", "model_card", _model_card(metrics)),

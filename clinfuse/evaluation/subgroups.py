@@ -12,6 +12,10 @@ chance allows (``heterogeneity``):
 - discrimination: Cochran's Q of the groups' AUROCs with their DeLong variances (and I²);
 - calibration-in-the-large: the likelihood-ratio test of one intercept per group against
   one for all, in a logistic model with the model's logit as offset (df = groups − 1).
+
+Each grouping also gets a risk-adjusted funnel plot's data (``funnel``,
+:mod:`clinfuse.evaluation.funnel`): every reported group's observed against expected events,
+and whether it lies outside the model's 95 % or 99.8 % limits.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pandas as pd
 
 from clinfuse.evaluation.calibration import observed_expected
 from clinfuse.evaluation.delong import delong_ci
+from clinfuse.evaluation.funnel import funnel_data
 from clinfuse.evaluation.utility import wilson_interval
 
 __all__ = [
@@ -199,6 +204,9 @@ def group_metrics(
         "groups": rows,
         "largest_gap": gaps,
         "heterogeneity": group_heterogeneity(y[reported], p[reported], labels.to_numpy()[reported]),
+        "funnel": funnel_data(y[reported], p[reported], labels.to_numpy()[reported])
+        if shown
+        else None,
     }
 
 
@@ -260,6 +268,7 @@ def group_heterogeneity(y: np.ndarray, p: np.ndarray, groups: Sequence[Any]) -> 
 
 def subgroup_table(result: dict[str, Any]) -> pd.DataFrame:
     """A flat table of :func:`group_metrics` output (for CSV export and the report)."""
+    funnel = {g["group"]: g for g in (result.get("funnel") or {}).get("groups", [])}
     records = []
     for r in result["groups"]:
         rec: dict[str, Any] = {"group": r["group"], "suppressed": r["suppressed"]}
@@ -269,5 +278,12 @@ def subgroup_table(result: dict[str, Any]) -> pd.DataFrame:
                 for k in ("value", "ci_low", "ci_high"):
                     if k in r[m]:
                         rec[f"{m}_{k}" if k != "value" else m] = r[m][k]
+            if r["group"] in funnel:
+                g = funnel[r["group"]]
+                rec.update(
+                    expected_events=g["expected"],
+                    funnel_z=g["z"],
+                    funnel_outside=g["outside"],
+                )
         records.append(rec)
     return pd.DataFrame.from_records(records)

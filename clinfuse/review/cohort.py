@@ -105,6 +105,7 @@ def _subgroup_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
         return None
     rows = []
     for column, block in groups.items():
+        funnel = _funnel_verdicts(block)
         for g in block.get("groups", []):
             rows.append(
                 {
@@ -116,9 +117,23 @@ def _subgroup_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
                     if g.get("suppressed")
                     else _ci(g.get("auroc")),
                     "O/E": "" if g.get("suppressed") else _ci(g.get("oe_ratio")),
+                    "funnel": "" if g.get("suppressed") else funnel.get(g.get("group"), ""),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _funnel_verdicts(block: dict[str, Any]) -> dict[str, str]:
+    """Each reported group's place in the funnel plot: "within the limits" or "outside the
+    95 % limits (z = +2.10)"."""
+    return {
+        g["group"]: (
+            f"outside the {g['outside']} limits (z = {g['z']:+.2f})"
+            if g["outside"]
+            else "within the limits"
+        )
+        for g in (block.get("funnel") or {}).get("groups", [])
+    }
 
 
 def _heterogeneity_text(metrics: dict[str, Any]) -> str | None:
