@@ -875,6 +875,17 @@ class Evaluator:
                     f"{col} table before using the model alike in every group (a recalibration "
                     "per group, or a model with the group as input, may be needed)."
                 )
+            alarms = [
+                f"{g['group']} (O/E {g['oe']:.2f})"
+                for g in (res.get("funnel") or {}).get("groups", [])
+                if g["outside_overdispersed"] == "99.8 %" and g["oe"] is not None
+            ]
+            if alarms:
+                limitations.append(
+                    f"Outside the funnel plot's 99.8 % limits by {col}: "
+                    + ", ".join(alarms)
+                    + " — more or fewer events than the model expects there."
+                )
         suppressed = sum(
             r["suppressed"] for res in metrics["subgroups"].values() for r in res["groups"]
         )

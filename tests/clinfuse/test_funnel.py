@@ -113,13 +113,23 @@ def test_group_metrics_keep_suppressed_groups_out_of_the_funnel():
     assert pd.isna(table.loc["tiny", "funnel_z"])
 
 
-def test_the_report_shows_the_funnel(tiny_run, tiny_cohort, tmp_path):
+def test_the_report_and_the_model_card_show_the_funnel(tiny_run, tiny_cohort, tmp_path):
     from clinfuse.evaluation.evaluate import evaluate_run
 
+    # most of the women's non-events turned into events: far more than the model expects
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    women = frame.index[(frame["sex"] == "F") & (frame["label"] == "0")]
+    frame.loc[women[5:], "label"] = "1"
+    manifest = tiny_cohort.parent / "women_shifted.csv"
+    frame.to_csv(manifest, index=False)
     out = tmp_path / "ev"
-    res = evaluate_run(tiny_run, tiny_cohort, out, subgroups=["sex"], n_boot=0, min_group_size=5)
+    res = evaluate_run(tiny_run, manifest, out, subgroups=["sex"], n_boot=0, min_group_size=5)
     funnel = res.metrics["subgroups"]["sex"]["funnel"]
-    assert len(funnel["groups"]) == 2
+    verdicts = {g["group"]: g["outside"] for g in funnel["groups"]}
+    assert verdicts["F"] == "99.8 %", funnel
     html = (out / "report.html").read_text()
     assert "Funnel plot (events against the model's expectation" in html
     assert (out / "figures" / "funnel.png").read_bytes()[:4] == b"\x89PNG"
+    card = [line for line in res.metrics["model_card"]["limitations"] if "by sex" in line]
+    assert len(card) == 1 and card[0].startswith("Outside the funnel plot's 99.8 % limits by sex")
+    assert "F (O/E" in card[0] and "M (O/E" not in card[0]
