@@ -76,6 +76,13 @@ else:
     st.dataframe(res.subgroups, hide_index=True, width="stretch")
     if res.subgroups_text:
         st.caption(res.subgroups_text)
+    if res.funnels:
+        grouping = st.selectbox("Funnel plot of", list(res.funnels), key="funnel_grouping")
+        st.vega_lite_chart(charts.funnel_spec(res.funnels[grouping], grouping), width="stretch")
+        st.caption(
+            "Each group's events against the model's expectation: outside the dashed (95 %) or "
+            "dotted (99.8 %) limits, a group has more or fewer events than its risks predict."
+        )
 st.subheader("Modality ablation")
 if res.ablation is None:
     st.info("Run `clinfuse evaluate` for the modality ablation.")

@@ -16,6 +16,7 @@ import numpy as np
 __all__ = [
     "calibration_spec",
     "decision_curve_spec",
+    "funnel_spec",
     "modality_contribution_spec",
     "note_html",
     "risk_spec",
@@ -385,4 +386,99 @@ def decision_curve_spec(dca: dict[str, Any], max_threshold: float = 0.6) -> dict
             ],
         },
         "params": [{"name": "zoom", "select": "interval", "bind": "scales"}],
+    }
+
+
+def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
+    """Funnel plot of one grouping (:func:`clinfuse.evaluation.funnel.funnel_data`): each
+    group's O/E against its expected events on a log scale, the model's 95 % (dashed) and
+    99.8 % (dotted) limits, the groups outside them in red."""
+    from clinfuse.evaluation.funnel import funnel_limits
+
+    groups = [g for g in funnel["groups"] if g["oe"] is not None]
+    e = np.array([g["expected"] for g in groups], dtype=float)
+    grid = np.geomspace(max(float(e.min()) / 2, 1.0), float(e.max()) * 1.5, 60)
+    limits: list[dict[str, Any]] = []
+    lines: list[str] = []
+    for level in funnel["levels"]:
+        low, high = funnel_limits(grid, funnel["kappa"], level)
+        for side, values in (("low", low), ("high", high)):
+            lines.append(f"{100 * level:g} % {side}")
+            limits += [
+                {"expected": float(x), "oe": float(v), "line": f"{100 * level:g} % {side}"}
+                for x, v in zip(grid, values, strict=True)
+            ]
+    points = [
+        {
+            "group": str(g["group"]),
+            "expected": g["expected"],
+            "observed": g["observed"],
+            "oe": g["oe"],
+            "z": g["z"],
+            "verdict": f"outside the {g['outside']} limits" if g["outside"] else "within",
+        }
+        for g in groups
+    ]
+    x = {
+        "field": "expected",
+        "type": "quantitative",
+        "scale": {"type": "log"},
+        "title": "expected events",
+    }
+    y = {"field": "oe", "type": "quantitative", "title": "observed / expected"}
+    return {
+        "width": "container",
+        "height": 320,
+        "title": f"Funnel plot by {grouping}",
+        "layer": [
+            {
+                "data": {"values": limits},
+                "mark": {"type": "line", "color": "grey", "strokeWidth": 1},
+                "encoding": {
+                    "x": x,
+                    "y": y,
+                    "detail": {"field": "line"},
+                    "strokeDash": {
+                        "field": "line",
+                        "legend": None,
+                        "scale": {
+                            "domain": lines,
+                            "range": [
+                                [6, 3] if name.startswith("95 ") else [2, 2] for name in lines
+                            ],
+                        },
+                    },
+                },
+            },
+            {
+                "data": {"values": [{"oe": 1.0}]},
+                "mark": {"type": "rule", "color": "grey"},
+                "encoding": {"y": {"field": "oe", "type": "quantitative"}},
+            },
+            {
+                "data": {"values": points},
+                "mark": {"type": "point", "filled": True, "size": 70},
+                "encoding": {
+                    "x": x,
+                    "y": y,
+                    "color": {
+                        "condition": {"test": "datum.verdict !== 'within'", "value": _POS},
+                        "value": _NEG,
+                    },
+                    "tooltip": [
+                        {"field": "group"},
+                        {"field": "observed", "format": ".0f"},
+                        {"field": "expected", "format": ".1f"},
+                        {"field": "oe", "title": "O/E", "format": ".2f"},
+                        {"field": "z", "format": "+.2f"},
+                        {"field": "verdict"},
+                    ],
+                },
+            },
+            {
+                "data": {"values": points},
+                "mark": {"type": "text", "dx": 8, "align": "left", "fontSize": 11},
+                "encoding": {"x": x, "y": y, "text": {"field": "group"}},
+            },
+        ],
     }

@@ -64,6 +64,16 @@ class CohortResults:
         return list(self.scores)
 
     @property
+    def funnels(self) -> dict[str, dict[str, Any]]:
+        """The evaluation's funnel plot data per grouping with two or more reported groups."""
+        out = {}
+        for column, block in (self.metrics.get("subgroups") or {}).items():
+            funnel = block.get("funnel") if isinstance(block, dict) else None
+            if funnel and funnel.get("kappa") and len(funnel["groups"]) >= 2:
+                out[column] = funnel
+        return out
+
+    @property
     def n_cases(self) -> int:
         return len(self.y)
 

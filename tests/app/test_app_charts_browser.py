@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent(
     import streamlit as st
 
     from clinfuse.review import charts
+    from clinfuse.evaluation.funnel import funnel_data
     from clinfuse.review.cohort import CohortResults, cohort_curves
 
     rng = np.random.default_rng(0)
@@ -44,6 +45,9 @@ SCRIPT = textwrap.dedent(
         "risk": charts.risk_spec(0.3, 0.2, 0.4, 0.5),
         "modalities": charts.modality_contribution_spec(
             {"image": 0.4, "note": -0.2, "signal": 0.0}, {"image": True, "note": True, "signal": False}, -0.8
+        ),
+        "funnel": charts.funnel_spec(
+            funnel_data(y, fused, np.where(rng.random(300) < 0.5, "site_a", "site_b")), "site"
         ),
         "signal": charts.signal_spec(
             rng.normal(size=(2, 500)), 100.0, ["I", "II"], segments_s=[(0.0, 2.5), (2.5, 5.0)],
@@ -81,13 +85,13 @@ def test_every_chart_is_drawn(tmp_path: Path) -> None:
                 page.goto(url)
                 settled(page)
                 charts = page.locator('[data-testid="stVegaLiteChart"]')
-                expect(charts).to_have_count(6)
+                expect(charts).to_have_count(7)
                 drawn = page.locator(
                     '[data-testid="stVegaLiteChart"] canvas, '
                     '[data-testid="stVegaLiteChart"] svg.marks'
                 )
-                expect(drawn).to_have_count(6)  # Vega drew each one
-                heights = [charts.nth(i).bounding_box()["height"] for i in range(6)]
+                expect(drawn).to_have_count(7)  # Vega drew each one
+                heights = [charts.nth(i).bounding_box()["height"] for i in range(7)]
                 assert all(h > 50 for h in heights), heights
                 assert not errors, errors
             finally:

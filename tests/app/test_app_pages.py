@@ -255,7 +255,9 @@ def test_cohort_page_reads_the_evaluation(app_env, password, review_run):
     assert "evaluation:" in _texts(at)
     assert at.multiselect(key="cohort_models").value == ["fusion", "image"]
     specs = [c.proto.spec for c in at.get("vega_lite_chart")]
-    assert len(specs) == 3  # ROC, calibration, decision curve
+    assert len(specs) == 4  # ROC, calibration, decision curve, funnel plot
+    assert "Funnel plot by" in specs[3]
+    assert at.selectbox(key="funnel_grouping").options[0] == "sex"
     frames = [d.value for d in at.dataframe]
     assert any("group" in f.columns for f in frames)  # subgroups
     assert any("modalities" in f.columns for f in frames)  # ablation
