@@ -151,28 +151,31 @@ CusumFalseAlarm = Annotated[
 ]
 
 
+def _needs_time_column(time_column: str | None, option: str, does: str, field: str) -> None:
+    """An error for ``option``, given without the ``--time-column`` it works on."""
+    from clinfuse.errors import ConfigError
+
+    if not time_column:
+        raise ConfigError(
+            f"{option} {does} of --time-column, which is missing",
+            field=field,
+            hint="add --time-column COL (a manifest column of dates)",
+        )
+
+
 def check_cusum_option(time_column: str | None, false_alarm: float | None) -> float:
     """``--cusum-false-alarm``'s value (default 0.05); an error without ``--time-column``."""
-    from clinfuse.errors import ConfigError
     from clinfuse.evaluation.cusum import check_false_alarm
 
-    if false_alarm is not None and not time_column:
-        raise ConfigError(
-            "--cusum-false-alarm sets the CUSUM charts of --time-column, which is missing",
-            field="cusum_false_alarm",
-            hint="add --time-column COL (a manifest column of dates)",
+    if false_alarm is not None:
+        _needs_time_column(
+            time_column, "--cusum-false-alarm", "sets the CUSUM charts", "cusum_false_alarm"
         )
     return check_false_alarm(0.05 if false_alarm is None else false_alarm)
 
 
 def check_period_option(time_column: str | None, period: str | None) -> str:
     """``--period``'s value (default quarter); an error without ``--time-column``."""
-    from clinfuse.errors import ConfigError
-
-    if period is not None and not time_column:
-        raise ConfigError(
-            "--period groups the dates of --time-column, which is missing",
-            field="period",
-            hint="add --time-column COL (a manifest column of dates)",
-        )
+    if period is not None:
+        _needs_time_column(time_column, "--period", "groups the dates", "period")
     return "quarter" if period is None else period
