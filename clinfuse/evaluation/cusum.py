@@ -288,6 +288,12 @@ class Cusum:
     n_sim: int
     n_undated: int = 0
 
+    @property
+    def excess(self) -> np.ndarray:
+        """The variable life-adjusted display (Lovegrove et al. 1997): after each case in date
+        order, the events observed so far minus those the model's risks expected."""
+        return np.cumsum(self.y - self.p)
+
     def _day(self, index: int) -> str:
         return str(self.dates[index].astype("datetime64[D]"))
 
@@ -344,6 +350,8 @@ class Cusum:
             "method": "risk-adjusted Bernoulli CUSUM (Steiner et al. 2000)",
             "n": len(self.y),
             "n_undated": self.n_undated,
+            "observed": int(self.y.sum()),
+            "expected": float(self.p.sum()),
             "false_alarm": self.false_alarm,
             "n_sim": self.n_sim,
             "charts": charts,

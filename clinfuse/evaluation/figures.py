@@ -225,11 +225,12 @@ def cusum_figure(cusum: Any, *, column: str | None = None) -> Any:
     """The risk-adjusted CUSUM charts of a :class:`clinfuse.evaluation.cusum.Cusum` against
     the cases' dates: a chart watching for more events than predicted above the axis, one
     for fewer below it (drawn negative), each with its control limit, its signals and the
-    change estimated at each (a dotted line, its confidence span shaded)."""
+    change estimated at each (a dotted line, its confidence span shaded); below them the
+    variable life-adjusted display, the cumulative observed minus expected events."""
     import matplotlib.dates as mdates
 
-    fig = _figure(8.0, 4.2)
-    ax = fig.add_subplot()
+    fig = _figure(8.0, 5.8)
+    ax, low = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1])
     x = cusum.dates.astype("datetime64[ms]").astype(object)
     for k, chart in enumerate(cusum.charts):
         sign = 1.0 if chart.odds_ratio > 1 else -1.0
@@ -260,14 +261,16 @@ def cusum_figure(cusum: Any, *, column: str | None = None) -> Any:
             )
             ax.axvline(x[first + change.index], color=color, lw=0.8, ls=":")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
     ax.set(
-        xlabel=column or "date",
         ylabel="CUSUM (log-likelihood ratio)",
         title=f"Risk-adjusted CUSUM, {len(x)} cases in date order "
         f"(limits: {100 * cusum.false_alarm:g} % false alarm)",
     )
     ax.legend(loc="upper left", fontsize=7)
+    low.step(x, cusum.excess, where="post", color=COLORS[4], lw=1)
+    low.axhline(0, color="grey", lw=0.8)
+    low.xaxis.set_major_formatter(mdates.ConciseDateFormatter(low.xaxis.get_major_locator()))
+    low.set(xlabel=column or "date", ylabel="observed − expected\nevents (cumulative)")
     return fig
 
 

@@ -117,6 +117,11 @@ def test_cases_are_put_in_date_order_ties_by_case_id_and_undated_left_out():
     assert shuffled.n_undated == 2 and len(shuffled.y) == 298
     assert shuffled.y == pytest.approx(ordered.y) and shuffled.p == pytest.approx(ordered.p)
     assert shuffled.to_dict() == ordered.to_dict()
+    # the variable life-adjusted display: observed minus expected events, case by case
+    kept = ~np.isnat(dates)
+    assert ordered.excess == pytest.approx(np.cumsum(y[kept] - p[kept]))
+    assert ordered.to_dict()["observed"] == int(y[kept].sum())
+    assert ordered.to_dict()["expected"] == pytest.approx(p[kept].sum())
 
 
 def test_many_signals_are_counted_but_only_the_first_listed():
