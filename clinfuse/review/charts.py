@@ -422,10 +422,15 @@ def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
     x = {
         "field": "expected",
         "type": "quantitative",
-        "scale": {"type": "log"},
+        "scale": {"type": "log", "domain": [float(grid[0]), float(grid[-1])], "nice": False},
         "title": "expected events",
     }
-    y = {"field": "oe", "type": "quantitative", "title": "observed / expected"}
+    y = {
+        "field": "oe",
+        "type": "quantitative",
+        "scale": {"zero": False},
+        "title": "observed / expected",
+    }
     return {
         "width": "container",
         "height": 320,
@@ -453,7 +458,7 @@ def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
             {
                 "data": {"values": [{"oe": 1.0}]},
                 "mark": {"type": "rule", "color": "grey"},
-                "encoding": {"y": {"field": "oe", "type": "quantitative"}},
+                "encoding": {"y": y},
             },
             {
                 "data": {"values": points},
