@@ -122,6 +122,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.cusum", "control_limit", []),
             ("clinfuse.evaluation.cusum", "change_point", []),
             ("clinfuse.evaluation.cusum", "ChangePoint", []),
+            ("clinfuse.evaluation.cusum", "cusum_by_group", []),
             ("clinfuse.evaluation.funnel", "funnel_data", []),
             ("clinfuse.evaluation.funnel", "funnel_limits", []),
             ("clinfuse.evaluation.monitor", "monitor_predictions", []),

@@ -212,6 +212,17 @@ def evaluate(
             highlight=False,
             soft_wrap=True,
         )
+    by_site = (m.get("over_time") or {}).get("cusum_by_site") or {}
+    for site, cusum in (by_site.get("groups") or {}).items():
+        for chart in cusum["charts"]:
+            if chart["n_signals"]:
+                first = chart["signals"][0]
+                console.print(
+                    f"CUSUM at site {site}, {chart['direction']}: first signal {first['date']}"
+                    + (f"; {describe_change(first)}" if "change" in first else ""),
+                    highlight=False,
+                    soft_wrap=True,
+                )
     console.print(f"report: {result.report}")
 
 

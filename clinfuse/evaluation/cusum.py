@@ -61,6 +61,7 @@ __all__ = [
     "change_point",
     "check_false_alarm",
     "control_limit",
+    "cusum_by_group",
     "cusum_path",
     "cusum_weights",
     "describe_change",
@@ -326,6 +327,10 @@ class Cusum:
                 "odds_ratio_low": float(np.exp(change.log_odds_ratio - z * change.se)),
                 "odds_ratio_high": float(np.exp(change.log_odds_ratio + z * change.se)),
                 "statistic": change.statistic,
+                # the interval reaches the first case this chart's run considered: the shift
+                # may have been there before it (from the first case, or before a restart)
+                "open_start": change.low == 0,
+                "after_restart": k > 0,
             }
         return out
 
@@ -423,6 +428,14 @@ def describe_change(signal: dict[str, Any]) -> str:
         f"the change is estimated at {change['date']} ({100 * change['level']:g} % CI "
         f"{change['low']} to {change['high']}), the odds × {change['odds_ratio']:.2f} since "
         f"({change['odds_ratio_low']:.2f}–{change['odds_ratio_high']:.2f})"
+        + (
+            "; its interval reaches the first case charted, so the difference may have been "
+            "there from the start rather than a change"
+            if change.get("open_start") and not change.get("after_restart")
+            else "; its interval reaches the chart's restart, so the shift may have begun before it"
+            if change.get("open_start")
+            else ""
+        )
     )
 
 
@@ -439,3 +452,67 @@ def check_false_alarm(value: float) -> float:
             "calibrated cohorts; lower it for fewer, later signals",
         )
     return float(value)
+
+
+def cusum_by_group(
+    y: np.ndarray,
+    p: np.ndarray,
+    dates: np.ndarray,
+    groups: Sequence[Any],
+    *,
+    false_alarm: float = 0.05,
+    n_sim: int = 2000,
+    seed: int = 0,
+    case_ids: Sequence[str] | None = None,
+    min_size: int = 30,
+    min_events: int = 5,
+) -> dict[str, Any] | None:
+    """Risk-adjusted CUSUM charts per group (per site, say): a shift at one site is diluted in
+    the pooled chart of all of them.
+
+    Each group's charts use the dated cases of that group only, with limits simulated from
+    its own risks at ``false_alarm / k`` for the ``k`` groups charted (Bonferroni), so that
+    each direction signals falsely at any group with probability at most ``false_alarm``.
+    A group with fewer than ``min_size`` dated cases or ``min_events`` events or non-events
+    is left out and named (as the subgroup tables suppress it).
+
+    Returns:
+        None with fewer than two groups charted; else ``false_alarm`` (the family's),
+        ``false_alarm_each``, ``groups`` ({group: :meth:`Cusum.to_dict`}) and ``left_out``
+        ({group: reason}).
+    """
+    y = np.asarray(y, dtype=float)
+    p = np.asarray(p, dtype=float)
+    dates = np.asarray(dates, dtype="datetime64[ns]")
+    labels = np.asarray(["(missing)" if g is None else str(g) for g in groups], dtype=object)
+    dated = ~np.isnat(dates)
+    kept, left_out = [], {}
+    for name in sorted(set(labels[dated])):
+        sel = dated & (labels == name)
+        events = int(y[sel].sum())
+        if sel.sum() < min_size or events < min_events or sel.sum() - events < min_events:
+            left_out[name] = f"fewer than {min_size} dated cases or {min_events} events/non-events"
+        else:
+            kept.append(name)
+    if len(kept) < 2:
+        return None
+    each = false_alarm / len(kept)
+    ids = None if case_ids is None else np.asarray(case_ids, dtype=str)
+    charts = {}
+    for k, name in enumerate(kept):
+        sel = labels == name
+        charts[name] = risk_adjusted_cusum(
+            y[sel],
+            p[sel],
+            dates[sel],
+            false_alarm=each,
+            n_sim=n_sim,
+            seed=seed + k,
+            case_ids=None if ids is None else ids[sel].tolist(),
+        ).to_dict()
+    return {
+        "false_alarm": false_alarm,
+        "false_alarm_each": each,
+        "groups": charts,
+        "left_out": left_out,
+    }

@@ -617,7 +617,7 @@ class Evaluator:
         # performance over time
         chart = None
         if dates is not None:
-            from clinfuse.evaluation.cusum import risk_adjusted_cusum
+            from clinfuse.evaluation.cusum import cusum_by_group, risk_adjusted_cusum
             from clinfuse.evaluation.temporal import performance_over_time
 
             metrics["over_time"] = {"column": self.time_column} | performance_over_time(
@@ -638,6 +638,19 @@ class Evaluator:
                 case_ids=frame["case_id"].astype(str).tolist(),
             )
             metrics["over_time"]["cusum"] = chart.to_dict()
+            by_site = cusum_by_group(  # a shift at one site is diluted in the pooled chart
+                y,
+                p,
+                dates,
+                frame["site"].tolist(),
+                false_alarm=self.cusum_false_alarm,
+                seed=self.seed,
+                case_ids=frame["case_id"].astype(str).tolist(),
+                min_size=self.min_group_size,
+                min_events=self.min_group_events,
+            )
+            if by_site is not None:
+                metrics["over_time"]["cusum_by_site"] = by_site
 
         # fusion analysis
         if len(mods) > 1 and scorer is not None:
@@ -1103,6 +1116,18 @@ def _time_limitations(over: dict[str, Any] | None) -> list[str]:
                 + (f"; {describe_change(first)}" if "change" in first else "")
                 + ": look for a change in practice, case mix or data at that time."
             )
+    by_site = over.get("cusum_by_site") or {}
+    for site, cusum in (by_site.get("groups") or {}).items():
+        for chart in cusum["charts"]:
+            if chart["n_signals"]:
+                first = chart["signals"][0]
+                out.append(
+                    f"At site {site}, the risk-adjusted CUSUM signalled {first['date']} for "
+                    f"{chart['direction']}"
+                    + (f"; {describe_change(first)}" if "change" in first else "")
+                    + " (limits for each site at a false-alarm rate of "
+                    f"{100 * by_site['false_alarm_each']:.2g} %)."
+                )
     return out
 
 

@@ -676,6 +676,67 @@ def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
     body += f'<div class="figs">{_figure(png, "over_time", "O/E and AUROC by period")}</div>'
     if o.get("cusum"):
         body += _cusum(o["cusum"], png)
+    if o.get("cusum_by_site"):
+        body += _cusum_by_site(o["cusum_by_site"])
+    return body
+
+
+def _change_cell(change: dict[str, Any]) -> str:
+    """The estimated change and its interval; marked when the interval reaches the first case
+    the chart considered (the shift may predate it)."""
+    cell = f"{_e(change['date'])} ({_e(change['low'])} to {_e(change['high'])})"
+    if change.get("open_start"):
+        cell += " — reaches the chart's " + (
+            "restart" if change.get("after_restart") else "first case"
+        )
+    return cell
+
+
+def _cusum_by_site(c: dict[str, Any]) -> str:
+    """Each site's CUSUM charts: a shift at one site is diluted in the pooled chart."""
+    rows = []
+    for site, cusum in c["groups"].items():
+        for chart in cusum["charts"]:
+            first = chart["signals"][0] if chart["signals"] else None
+            change = (first or {}).get("change")
+            rows.append(
+                [
+                    _e(site),
+                    cusum["n"],
+                    _e(chart["direction"]),
+                    chart["n_signals"],
+                    _e(first["date"]) if first else "none",
+                    _change_cell(change) if change else "",
+                    f"{change['odds_ratio']:.2f} ({change['odds_ratio_low']:.2f}–"
+                    f"{change['odds_ratio_high']:.2f})"
+                    if change
+                    else "",
+                ]
+            )
+    body = (
+        "<h3>Risk-adjusted CUSUM by site</h3><p>The same charts for each site's dated cases "
+        "alone, with limits at a false-alarm rate of "
+        f"{_pct(c['false_alarm_each'])} each, so that a chart of either direction signals "
+        f"falsely at any site with probability at most {_pct(c['false_alarm'])}.</p>"
+    )
+    body += _table(
+        [
+            "site",
+            "dated cases",
+            "watching for",
+            "signals",
+            "first signal",
+            "change estimated (95 % CI)",
+            "odds ratio since (95 % CI)",
+        ],
+        rows,
+    )
+    if c.get("left_out"):
+        body += (
+            '<p class="note">Not charted: '
+            + "; ".join(f"{_e(k)} ({_e(v)})" for k, v in c["left_out"].items())
+            + ".</p>"
+        )
     return body
 
 
@@ -702,9 +763,7 @@ def _cusum(c: dict[str, Any], png: dict[str, bytes]) -> str:
                     _e(sig["since"]),
                     sig["n_cases"],
                     f"{sig['observed']} / {sig['expected']:.1f}",
-                    f"{_e(change['date'])} ({_e(change['low'])} to {_e(change['high'])})"
-                    if change
-                    else "",
+                    _change_cell(change) if change else "",
                     f"{change['odds_ratio']:.2f} ({change['odds_ratio_low']:.2f}–"
                     f"{change['odds_ratio_high']:.2f})"
                     if change

@@ -97,10 +97,19 @@ def test_a_shift_is_signalled_after_it_began_and_dated_near_it():
 
 
 def test_too_high_risks_signal_on_the_lower_chart_only():
+    from clinfuse.evaluation.cusum import describe_change
+
     y, p, dates = _cases(np.random.default_rng(4), 1500, shift_at=0, odds=0.4)
     up, down = risk_adjusted_cusum(y, p, dates, n_sim=500).to_dict()["charts"]
     assert up["n_signals"] == 0 and down["n_signals"] >= 1
     assert down["direction"] == "fewer events than predicted"
+    # risks too high from the first case on: a standing difference, said as such
+    first = down["signals"][0]
+    assert first["change"]["open_start"] and not first["change"]["after_restart"]
+    assert first["change"]["odds_ratio_high"] < 1
+    assert "may have been there from the start" in describe_change(first)
+    if down["n_signals"] > 1:
+        assert down["signals"][1]["change"]["after_restart"]
 
 
 def test_cases_are_put_in_date_order_ties_by_case_id_and_undated_left_out():
@@ -238,6 +247,7 @@ def test_each_signal_names_its_estimated_change():
     res = risk_adjusted_cusum(y, p, dates, n_sim=1000).to_dict()
     first = res["charts"][0]["signals"][0]
     change = first["change"]
+    assert not change["open_start"] and not change["after_restart"]
     assert change["low"] <= change["date"] <= change["high"] <= first["date"]
     assert change["low"] <= "2024-03-11" <= change["high"]  # the true change, day 800
     assert change["odds_ratio_low"] < 2.5 < change["odds_ratio_high"]
@@ -248,3 +258,51 @@ def test_each_signal_names_its_estimated_change():
     later = res["charts"][0]["signals"][1:]
     for prev, sig in zip(res["charts"][0]["signals"], later, strict=False):
         assert sig["change"]["index"] > prev["index"]  # looked for since the chart restarted
+
+
+def test_a_shift_at_one_site_is_charted_at_that_site():
+    from clinfuse.evaluation.cusum import cusum_by_group
+
+    rng = np.random.default_rng(10)
+    parts = [_cases(rng, 900), _cases(rng, 900, shift_at=450, odds=3.0), _cases(rng, 900)]
+    y = np.concatenate([part[0] for part in parts])
+    p = np.concatenate([part[1] for part in parts])
+    dates = np.concatenate([part[2] for part in parts])
+    sites = np.repeat(["A", "B", "C"], 900)
+    by = cusum_by_group(y, p, dates, sites, n_sim=1000)
+    assert by is not None and by["false_alarm_each"] == pytest.approx(0.05 / 3)
+    assert by["left_out"] == {}
+    signals = {site: [c["n_signals"] for c in res["charts"]] for site, res in by["groups"].items()}
+    assert signals["B"][0] >= 1 and signals["A"] == [0, 0] and signals["C"] == [0, 0]
+    change = by["groups"]["B"]["charts"][0]["signals"][0]["change"]
+    day_450 = str(np.datetime64("2022-01-01") + 450)
+    assert change["low"] <= day_450 <= change["high"]
+    # the model card and the app name the site
+    from clinfuse.evaluation.evaluate import _time_limitations
+    from clinfuse.evaluation.temporal import performance_over_time
+    from clinfuse.review.cohort import _over_time_table
+
+    over = {"column": "encounter_date"} | performance_over_time(y, p, dates, period="quarter")
+    over["cusum_by_site"] = by
+    lines = [line for line in _time_limitations(over) if line.startswith("At site")]
+    assert len(lines) == 1 and lines[0].startswith("At site B, the risk-adjusted CUSUM signalled")
+    assert f"the change is estimated at {change['date']}" in lines[0]
+    assert "At site B, more events than predicted" in _over_time_table({"over_time": over})[1]
+    # each site's charts are that site's cases alone, limits at the Bonferroni rate
+    sel = sites == "B"
+    alone = risk_adjusted_cusum(
+        y[sel], p[sel], dates[sel], false_alarm=0.05 / 3, n_sim=1000, seed=1
+    )
+    assert by["groups"]["B"] == alone.to_dict()
+
+
+def test_small_sites_are_left_out_and_one_site_is_no_breakdown():
+    from clinfuse.evaluation.cusum import cusum_by_group
+
+    rng = np.random.default_rng(11)
+    y, p, dates = _cases(rng, 400)
+    sites = np.array(["A"] * 190 + ["B"] * 190 + ["tiny"] * 20)
+    by = cusum_by_group(y, p, dates, sites, n_sim=200)
+    assert set(by["groups"]) == {"A", "B"} and set(by["left_out"]) == {"tiny"}
+    assert by["false_alarm_each"] == pytest.approx(0.025)
+    assert cusum_by_group(y, p, dates, ["A"] * 400, n_sim=200) is None

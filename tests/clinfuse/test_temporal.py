@@ -267,6 +267,19 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
     assert over["cusum"] == json.loads(json.dumps(chart)) and chart["false_alarm"] == 0.1
     assert over["cusum"]["n_undated"] == 2 and len(over["cusum"]["charts"]) == 2
     assert (out / "figures" / "cusum.png").exists()
+    # and each site's own charts
+    from clinfuse.evaluation.cusum import cusum_by_group
+
+    by_site = cusum_by_group(
+        frame["label"].to_numpy(float),
+        frame["p_fusion"].to_numpy(float),
+        stamps.to_numpy(),
+        frame["site"].tolist(),
+        false_alarm=0.1,
+        case_ids=frame["case_id"].tolist(),
+        min_size=4,
+    )
+    assert by_site is not None and over["cusum_by_site"] == json.loads(json.dumps(by_site))
     # the conformal sets' coverage per year too
     per_year = metrics["conformal"]["by_group"]["year of encounter_date"]
     assert {r["group"] for r in per_year} == {"2023", "2024", "(missing)"}
@@ -299,6 +312,7 @@ def test_evaluate_reports_performance_over_time(tiny_run, tiny_cohort, tmp_path,
     report = (out / "report.html").read_text()
     assert "Adaptive sets (replayed in date order)" in report
     assert "Performance over time" in report and "Risk-adjusted CUSUM" in report
+    assert "Risk-adjusted CUSUM by site" in report
     assert "Trend of the AUROC" in report
 
 
