@@ -829,6 +829,12 @@ def monitor(
             for chart in outcomes["cusum"]["charts"]
             if chart["n_signals"]
         ]
+        for site, cusum in ((outcomes.get("cusum_by_site") or {}).get("groups") or {}).items():
+            signals += [
+                f"at site {site}, {chart['direction']} signalled {chart['signals'][0]['date']}"
+                for chart in cusum["charts"]
+                if chart["n_signals"]
+            ]
         console.print(
             f"outcomes known for {outcomes['n_dated']} cases; CUSUM: "
             + ("; ".join(signals) if signals else "no signal"),

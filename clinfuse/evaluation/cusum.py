@@ -484,7 +484,7 @@ def cusum_by_group(
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
     dates = np.asarray(dates, dtype="datetime64[ns]")
-    labels = np.asarray(["(missing)" if g is None else str(g) for g in groups], dtype=object)
+    labels = np.asarray(["(missing)" if _missing(g) else str(g) for g in groups], dtype=object)
     dated = ~np.isnat(dates)
     kept, left_out = [], {}
     for name in sorted(set(labels[dated])):
@@ -516,3 +516,12 @@ def cusum_by_group(
         "groups": charts,
         "left_out": left_out,
     }
+
+
+def _missing(value: Any) -> bool:
+    """None, NaN or an empty cell: a case without a group."""
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()

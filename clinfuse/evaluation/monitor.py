@@ -241,6 +241,7 @@ def monitor_periods(
     level: float = 0.95,
     cusum_false_alarm: float = 0.05,
     seed: int = 0,
+    sites: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """The per-period comparison of the module's docstring.
 
@@ -256,6 +257,8 @@ def monitor_periods(
         tabular: the model's fitted tabular encoder (numeric inputs' training mean and SD).
         tabular_values: ``scored``'s raw tabular columns, rows in its order.
         level, cusum_false_alarm, seed: for the labelled cases' outcome section.
+        sites: ``scored``'s site of each row: the outcome section adds each site's CUSUM
+            charts (:func:`~clinfuse.evaluation.cusum.cusum_by_group`).
 
     Returns:
         ``period``, ``n_dated``, ``n_undated``, ``first``/``last``, ``thresholds``,
@@ -353,7 +356,38 @@ def monitor_periods(
         out["outcomes"] = performance_over_time(
             chart.y, chart.p, chart.dates, period=period, min_size=min_size, level=level
         ) | {"cusum": chart.to_dict()}
+        if sites is not None:
+            by_site = _known_outcomes_by_site(
+                scored, dates, sites, false_alarm=cusum_false_alarm, seed=seed, min_size=min_size
+            )
+            if by_site is not None:
+                out["outcomes"]["cusum_by_site"] = by_site
     return out
+
+
+def _known_outcomes_by_site(
+    scored: pd.DataFrame,
+    dates: np.ndarray,
+    sites: Sequence[Any],
+    *,
+    false_alarm: float,
+    seed: int,
+    min_size: int,
+) -> dict[str, Any] | None:
+    """Each site's CUSUM charts of its dated cases whose outcome is known."""
+    from clinfuse.evaluation.cusum import cusum_by_group
+
+    known = scored["label"].notna().to_numpy() if "label" in scored else np.zeros(len(scored), bool)
+    return cusum_by_group(
+        scored["label"].to_numpy(dtype=float)[known],
+        scored["p_fusion"].to_numpy(dtype=float)[known],
+        np.asarray(dates, dtype="datetime64[ns]")[known],
+        np.asarray(list(sites), dtype=object)[known],
+        false_alarm=false_alarm,
+        seed=seed,
+        case_ids=scored["case_id"].astype(str).to_numpy()[known].tolist(),
+        min_size=min_size,
+    )
 
 
 def known_outcomes_cusum(
@@ -560,6 +594,7 @@ def monitor_predictions(
         tabular=tabular if columns else None,
         tabular_values=values,
         cusum_false_alarm=false_alarm,
+        sites=rows["site"].tolist() if "site" in rows.columns else None,
     )
     chart = (
         known_outcomes_cusum(scored, dates, false_alarm=false_alarm)

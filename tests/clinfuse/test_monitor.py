@@ -161,6 +161,23 @@ def test_small_periods_are_counted_not_compared_and_known_outcomes_are_evaluated
     assert [r["n_labelled"] for r in res["periods"]] == [89, 60, 0]
     outcomes = res["outcomes"]
     assert outcomes["n_dated"] == 149 and len(outcomes["cusum"]["charts"]) == 2
+    # with the sites: each site's charts of its own known outcomes
+    from clinfuse.evaluation.cusum import cusum_by_group
+
+    sites = np.array(["A", "B"] * 100, dtype=object)
+    sites[1] = np.nan  # a case without a site
+    by_site = monitor_periods(dev, scored, dates, MODS, min_size=30, sites=sites)["outcomes"]
+    known = scored["label"].notna().to_numpy()
+    expected = cusum_by_group(
+        scored["label"].to_numpy(float)[known],
+        scored["p_fusion"].to_numpy(float)[known],
+        dates[known],
+        sites[known],
+        case_ids=scored["case_id"].astype(str).to_numpy()[known].tolist(),
+        min_size=30,
+    )
+    assert by_site["cusum_by_site"] == expected
+    assert set(expected["groups"]) == {"A", "B"} and set(expected["left_out"]) == {"(missing)"}
 
 
 def _dated(tiny_cohort: Path, pending: int) -> Path:
@@ -196,6 +213,10 @@ def test_monitor_command_on_a_runs_predictions(tiny_run, tiny_cohort, tmp_path, 
     assert summary["development"]["n"] == int(run_preds["split"].isin(["train", "val"]).sum())
     assert summary["outcomes"]["n_dated"] == 44
     assert summary["outcomes"]["cusum"]["false_alarm"] == 0.02
+    by_site = summary["outcomes"]["cusum_by_site"]  # the manifest's sites, 5+ cases each
+    charted = sorted([*by_site["groups"], *by_site["left_out"]])
+    assert charted == sorted(pd.read_csv(manifest)["site"].unique())
+    assert by_site["false_alarm_each"] == pytest.approx(0.02 / len(by_site["groups"]))
     table = pd.read_csv(out / "monitoring.csv")
     assert list(table["period"]) == ["2024Q1", "2024Q2", "2024Q3", "2024Q4"]
     assert "psi_fusion" in table and "smd_crp" in table
