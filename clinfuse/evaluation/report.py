@@ -692,6 +692,13 @@ def _change_cell(change: dict[str, Any]) -> str:
     return cell
 
 
+def _odds_cell(change: dict[str, Any]) -> str:
+    return (
+        f"{change['odds_ratio']:.2f} ({change['odds_ratio_low']:.2f}–"
+        f"{change['odds_ratio_high']:.2f})"
+    )
+
+
 def _cusum_by_site(c: dict[str, Any]) -> str:
     """Each site's CUSUM charts: a shift at one site is diluted in the pooled chart."""
     rows = []
@@ -707,10 +714,7 @@ def _cusum_by_site(c: dict[str, Any]) -> str:
                     chart["n_signals"],
                     _e(first["date"]) if first else "none",
                     _change_cell(change) if change else "",
-                    f"{change['odds_ratio']:.2f} ({change['odds_ratio_low']:.2f}–"
-                    f"{change['odds_ratio_high']:.2f})"
-                    if change
-                    else "",
+                    _odds_cell(change) if change else "",
                 ]
             )
     body = (
@@ -764,10 +768,7 @@ def _cusum(c: dict[str, Any], png: dict[str, bytes]) -> str:
                     sig["n_cases"],
                     f"{sig['observed']} / {sig['expected']:.1f}",
                     _change_cell(change) if change else "",
-                    f"{change['odds_ratio']:.2f} ({change['odds_ratio_low']:.2f}–"
-                    f"{change['odds_ratio_high']:.2f})"
-                    if change
-                    else "",
+                    _odds_cell(change) if change else "",
                 ]
             )
     body += _table(
