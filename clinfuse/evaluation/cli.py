@@ -188,7 +188,7 @@ def evaluate(
             highlight=False,
             soft_wrap=True,
         )
-    from clinfuse.evaluation.cusum import describe_change
+    from clinfuse.evaluation.cusum import describe_change, first_signals
 
     drift = (m.get("over_time") or {}).get("drift", {}).get("per_year", {})
     if drift.get("value") is not None:
@@ -212,17 +212,13 @@ def evaluate(
             highlight=False,
             soft_wrap=True,
         )
-    by_site = (m.get("over_time") or {}).get("cusum_by_site") or {}
-    for site, cusum in (by_site.get("groups") or {}).items():
-        for chart in cusum["charts"]:
-            if chart["n_signals"]:
-                first = chart["signals"][0]
-                console.print(
-                    f"CUSUM at site {site}, {chart['direction']}: first signal {first['date']}"
-                    + (f"; {describe_change(first)}" if "change" in first else ""),
-                    highlight=False,
-                    soft_wrap=True,
-                )
+    for site, chart, first in first_signals((m.get("over_time") or {}).get("cusum_by_site")):
+        console.print(
+            f"CUSUM at site {site}, {chart['direction']}: first signal {first['date']}"
+            + (f"; {describe_change(first)}" if "change" in first else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
     console.print(f"report: {result.report}")
 
 
@@ -797,7 +793,7 @@ def monitor(
         overwrite=overwrite,
         cusum_false_alarm=check_cusum_option(time_column, cusum_false_alarm),
     )
-    from clinfuse.evaluation.cusum import describe_change
+    from clinfuse.evaluation.cusum import describe_change, first_signals
 
     s = result.summary
     console = Console()
@@ -829,12 +825,10 @@ def monitor(
             for chart in outcomes["cusum"]["charts"]
             if chart["n_signals"]
         ]
-        for site, cusum in ((outcomes.get("cusum_by_site") or {}).get("groups") or {}).items():
-            signals += [
-                f"at site {site}, {chart['direction']} signalled {chart['signals'][0]['date']}"
-                for chart in cusum["charts"]
-                if chart["n_signals"]
-            ]
+        signals += [
+            f"at site {site}, {chart['direction']} signalled {first['date']}"
+            for site, chart, first in first_signals(outcomes.get("cusum_by_site"))
+        ]
         console.print(
             f"outcomes known for {outcomes['n_dated']} cases; CUSUM: "
             + ("; ".join(signals) if signals else "no signal"),

@@ -47,7 +47,7 @@ calibrated throughout, a chart would signal anywhere in this cohort with probabi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,7 @@ __all__ = [
     "cusum_path",
     "cusum_weights",
     "describe_change",
+    "first_signals",
     "risk_adjusted_cusum",
 ]
 
@@ -525,3 +526,12 @@ def _missing(value: Any) -> bool:
     if isinstance(value, float) and np.isnan(value):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+def first_signals(by_group: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, Any], dict]]:
+    """``(group, chart, its first signal)`` for each chart of :func:`cusum_by_group`'s result
+    that signalled (nothing for None)."""
+    for group, cusum in ((by_group or {}).get("groups") or {}).items():
+        for chart in cusum["charts"]:
+            if chart["n_signals"]:
+                yield group, chart, chart["signals"][0]

@@ -1084,7 +1084,7 @@ class Evaluator:
 
 def _time_limitations(over: dict[str, Any] | None) -> list[str]:
     """The model card's lines on the slope drift, a falling AUROC and CUSUM signals."""
-    from clinfuse.evaluation.cusum import describe_change
+    from clinfuse.evaluation.cusum import describe_change, first_signals
 
     if not over:
         return []
@@ -1116,18 +1116,14 @@ def _time_limitations(over: dict[str, Any] | None) -> list[str]:
                 + (f"; {describe_change(first)}" if "change" in first else "")
                 + ": look for a change in practice, case mix or data at that time."
             )
-    by_site = over.get("cusum_by_site") or {}
-    for site, cusum in (by_site.get("groups") or {}).items():
-        for chart in cusum["charts"]:
-            if chart["n_signals"]:
-                first = chart["signals"][0]
-                out.append(
-                    f"At site {site}, the risk-adjusted CUSUM signalled {first['date']} for "
-                    f"{chart['direction']}"
-                    + (f"; {describe_change(first)}" if "change" in first else "")
-                    + " (limits for each site at a false-alarm rate of "
-                    f"{100 * by_site['false_alarm_each']:.2g} %)."
-                )
+    for site, chart, first in first_signals(over.get("cusum_by_site")):
+        out.append(
+            f"At site {site}, the risk-adjusted CUSUM signalled {first['date']} for "
+            f"{chart['direction']}"
+            + (f"; {describe_change(first)}" if "change" in first else "")
+            + " (limits for each site at a false-alarm rate of "
+            f"{100 * over['cusum_by_site']['false_alarm_each']:.2g} %)."
+        )
     return out
 
 

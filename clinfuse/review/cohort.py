@@ -214,7 +214,7 @@ def _robustness_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
 
 
 def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
-    from clinfuse.evaluation.cusum import describe_change
+    from clinfuse.evaluation.cusum import describe_change, first_signals
 
     block = metrics.get("over_time")
     if not isinstance(block, dict):
@@ -251,13 +251,10 @@ def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str 
             )
         else:
             text += f" Risk-adjusted CUSUM, {chart['direction']}: no signal."
-    for site, cusum in ((block.get("cusum_by_site") or {}).get("groups") or {}).items():
-        for chart in cusum["charts"]:
-            if chart["n_signals"]:
-                first = chart["signals"][0]
-                text += f" At site {site}, {chart['direction']}: first signal {first['date']}" + (
-                    f"; {describe_change(first)}." if "change" in first else "."
-                )
+    for site, chart, first in first_signals(block.get("cusum_by_site")):
+        text += f" At site {site}, {chart['direction']}: first signal {first['date']}" + (
+            f"; {describe_change(first)}." if "change" in first else "."
+        )
     return table, text
 
 
