@@ -1,16 +1,19 @@
 """Output folders that appear only when complete: written under a hidden temporary name
-next to the target, then renamed (a rename within one file system is atomic)."""
+next to the target, then renamed (a rename within one file system is atomic); and the JSON
+files such folders hold, read back with an error that names the file."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_folder", "publish", "temp_sibling", "write_text_atomic"]
+__all__ = ["atomic_folder", "publish", "read_json_object", "temp_sibling", "write_text_atomic"]
 
 
 def temp_sibling(out: Path, tag: str = "tmp") -> Path:
@@ -50,3 +53,21 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_json_object(path: Path, what: str, *, hint: str | None = None) -> dict[str, Any]:
+    """``path`` parsed as a JSON object.
+
+    Raises:
+        ConfigError: it cannot be read (``cannot read WHAT: …``) or is not a JSON object;
+            the error names ``path`` and carries ``hint``.
+    """
+    from clinfuse.errors import ConfigError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read {what}: {e}", path=path, hint=hint) from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} is not a JSON object", path=path, hint=hint)
+    return data

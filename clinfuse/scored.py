@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clinfuse._files import read_json_object
 from clinfuse.errors import ConfigError
 
 __all__ = [
@@ -210,11 +211,8 @@ def read_provenance(predictions: str | Path) -> dict[str, Any] | None:
     path = provenance_path(predictions)
     if not path.exists():
         return None
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the provenance file: {e}", path=path) from e
-    if not isinstance(info, dict) or not isinstance(info.get("model_version"), str):
+    info = read_json_object(path, "the provenance file")
+    if not isinstance(info.get("model_version"), str):
         raise ConfigError(
             "the provenance file lacks model_version",
             path=path,

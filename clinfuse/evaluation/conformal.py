@@ -40,7 +40,6 @@ array(['negative', 'uncertain', 'positive'], dtype=object)
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -380,18 +379,13 @@ def _evaluation_metrics(evaluation: Path) -> dict[str, Any]:
     Raises:
         ConfigError: it cannot be read, or is not a JSON object.
     """
-    path = evaluation / "metrics.json"
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot read the evaluation's metrics.json: {e}",
-            path=path,
-            hint="pass the folder `clinfuse evaluate` wrote",
-        ) from e
-    if not isinstance(metrics, dict):
-        raise ConfigError("the evaluation's metrics.json is not a JSON object", path=path)
-    return metrics
+    from clinfuse._files import read_json_object
+
+    return read_json_object(
+        evaluation / "metrics.json",
+        "the evaluation's metrics.json",
+        hint="pass the folder `clinfuse evaluate` wrote",
+    )
 
 
 def conformal_from_evaluation(

@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse import MODALITIES
+from clinfuse._files import read_json_object
 from clinfuse.errors import ClinFuseError, ConfigError
 from clinfuse.scored import evaluates_model, run_fingerprint
 
@@ -979,15 +980,11 @@ def _check_monitoring(folder: Path, version: str, scored: Path | None) -> None:
             field="monitoring",
             hint="add --predictions P.csv (the table `clinfuse monitor` read)",
         )
-    path = folder / "monitoring.json"
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"not a monitoring folder: {e}",
-            path=folder,
-            hint="pass the folder `clinfuse monitor RUN P.csv --out DIR` wrote",
-        ) from e
+    summary = read_json_object(
+        folder / "monitoring.json",
+        "the monitoring.json of a monitoring folder",
+        hint="pass the folder `clinfuse monitor RUN P.csv --out DIR` wrote",
+    )
     if summary.get("model_version") != version:
         raise ConfigError(
             "this monitoring is of another model (or another version of it)",
@@ -1008,10 +1005,7 @@ def _check_evaluation(run: Path, evaluation: Path) -> None:
     path = evaluation / "metrics.json"
     if not path.exists():
         return  # the cohort page says what is missing
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("run") or {}
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the evaluation's metrics.json: {e}", path=path) from e
+    recorded = read_json_object(path, "the evaluation's metrics.json").get("run") or {}
     if not evaluates_model(run, recorded):
         raise ConfigError(
             "this evaluation is of another model (or another version of it)",
@@ -1027,10 +1021,7 @@ def _check_explanations(folder: Path, version: str, manifest: Path | None) -> No
     index = folder / "index.json"
     if not index.exists():
         return
-    try:
-        info = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot read the explanations' index.json: {e}", path=index) from e
+    info = read_json_object(index, "the explanations' index.json")
     what = None
     recorded = info.get("model_version")
     if recorded is not None and recorded != version:

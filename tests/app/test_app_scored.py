@@ -572,5 +572,7 @@ def test_cohort_page_shows_a_monitoring_of_the_scored_table(
     other = _copy_scored(scored_cohort, tmp_path)
     with pytest.raises(ConfigError, match="read another predictions table"):
         open_run_view(review_run["run"], predictions=other, monitoring=watch, n_boot=5)
-    with pytest.raises(ConfigError, match="not a monitoring folder"):
+    with pytest.raises(
+        ConfigError, match=r"cannot read the monitoring\.json of a monitoring folder"
+    ):
         open_run_view(review_run["run"], predictions=table, monitoring=tmp_path, n_boot=5)
