@@ -485,7 +485,9 @@ def cusum_by_group(
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
     dates = np.asarray(dates, dtype="datetime64[ns]")
-    labels = np.asarray(["(missing)" if _missing(g) else str(g) for g in groups], dtype=object)
+    from clinfuse.evaluation.subgroups import group_labels
+
+    labels = group_labels(groups)  # the subgroup tables' names, "(missing)" included
     dated = ~np.isnat(dates)
     kept, left_out = [], {}
     for name in sorted(set(labels[dated])):
@@ -517,15 +519,6 @@ def cusum_by_group(
         "groups": charts,
         "left_out": left_out,
     }
-
-
-def _missing(value: Any) -> bool:
-    """None, NaN or an empty cell: a case without a group."""
-    if value is None:
-        return True
-    if isinstance(value, float) and np.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
 
 
 def first_signals(by_group: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, Any], dict]]:
