@@ -1026,6 +1026,7 @@ class Evaluator:
     ) -> EvaluationResult:
         from clinfuse._files import atomic_folder
         from clinfuse.evaluation import figures
+        from clinfuse.evaluation.funnel import drawable_funnels
         from clinfuse.evaluation.report import render_report
         from clinfuse.evaluation.subgroups import subgroup_table
 
@@ -1049,10 +1050,7 @@ class Evaluator:
             }
             if metrics["subgroups"]:
                 figs["subgroups"] = figures.subgroup_figure(metrics["subgroups"])
-                if any(
-                    len((res.get("funnel") or {}).get("groups", [])) >= 2
-                    for res in metrics["subgroups"].values()
-                ):
+                if drawable_funnels(metrics["subgroups"]):
                     figs["funnel"] = figures.funnel_figure(metrics["subgroups"])
             if metrics.get("crossval"):
                 figs["folds"] = figures.forest_figure(metrics["crossval"])

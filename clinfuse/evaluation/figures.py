@@ -409,13 +409,9 @@ def funnel_figure(results: dict[str, dict[str, Any]]) -> Any:
     (:mod:`clinfuse.evaluation.funnel`); a group outside them is labelled in colour."""
     import matplotlib.ticker as ticker
 
-    from clinfuse.evaluation.funnel import funnel_limits
+    from clinfuse.evaluation.funnel import drawable_funnels, funnel_limits
 
-    shown = {
-        name: res["funnel"]
-        for name, res in results.items()
-        if res.get("funnel") and len(res["funnel"]["groups"]) >= 2 and res["funnel"]["kappa"]
-    }
+    shown = drawable_funnels(results)
     fig = _figure(4.2 * max(len(shown), 1), 3.8)
     for k, (name, funnel) in enumerate(shown.items()):
         ax = fig.add_subplot(1, len(shown), k + 1)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LEVELS", "MIN_GROUPS_DISPERSION", "funnel_data", "funnel_limits"]
+__all__ = ["LEVELS", "MIN_GROUPS_DISPERSION", "drawable_funnels", "funnel_data", "funnel_limits"]
 
 LEVELS = (0.95, 0.998)
 """The two limits drawn: the "alert" (95 %) and "alarm" (99.8 %) levels of clinical audit."""
@@ -144,3 +144,16 @@ def funnel_data(
 def _outside(z: float, levels: Sequence[float]) -> str | None:
     beyond = [level for level in levels if z > _z(level)]
     return f"{100 * max(beyond):g} %" if beyond else None
+
+
+def drawable_funnels(subgroups: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The funnels worth drawing among an evaluation's groupings (``metrics["subgroups"]``):
+    those with two or more reported groups and events expected."""
+    return {
+        name: res["funnel"]
+        for name, res in (subgroups or {}).items()
+        if isinstance(res, dict)
+        and res.get("funnel")
+        and res["funnel"].get("kappa")
+        and len(res["funnel"]["groups"]) >= 2
+    }

@@ -66,12 +66,9 @@ class CohortResults:
     @property
     def funnels(self) -> dict[str, dict[str, Any]]:
         """The evaluation's funnel plot data per grouping with two or more reported groups."""
-        out = {}
-        for column, block in (self.metrics.get("subgroups") or {}).items():
-            funnel = block.get("funnel") if isinstance(block, dict) else None
-            if funnel and funnel.get("kappa") and len(funnel["groups"]) >= 2:
-                out[column] = funnel
-        return out
+        from clinfuse.evaluation.funnel import drawable_funnels
+
+        return drawable_funnels(self.metrics.get("subgroups"))
 
     @property
     def n_cases(self) -> int:
