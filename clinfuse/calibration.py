@@ -8,10 +8,8 @@ Three calibrators with one interface (``fit(logits, y)``, ``predict_proba(logits
 - ``isotonic``: a monotone step function (scikit-learn ``IsotonicRegression``); needs more
   validation cases, may tie risks.
 
-``fit_parts([(logits, y), ...])`` fits temperature and Platt scaling from parts held apart
-(the sites of a federated run): the optimizer only ever needs each part's summed log loss at
-the parameters it tries, so no logit has to leave its part; the fit equals ``fit`` on the
-parts pooled. Isotonic regression needs every logit in one place and is refused there.
+A federated run can fit temperature and Platt scaling from the sites' sums instead
+(:mod:`clinfuse.federated.stage2`); isotonic regression needs every logit in one place.
 
 Model updating at a new site (``clinfuse recalibrate``) puts a second map on top of the
 fitted one without touching it: :class:`Updated` holds the run's calibrator (``base``) and an
@@ -104,18 +102,6 @@ def _nll(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def _parts_nll(parts: list[tuple[np.ndarray, np.ndarray]], linear: Any) -> Any:
-    """The pooled mean log loss as a sum of the parts' own: each part reports only its
-    summed loss (its mean times its size) at the parameters tried; for one part this is
-    exactly :func:`_nll` on it."""
-    n = sum(len(t) for _, t in parts)
-
-    def objective(params: np.ndarray) -> float:
-        return sum(_nll(expit(linear(params, z)), t) * (len(t) / n) for z, t in parts if len(t))
-
-    return objective
-
-
 class Calibrator:
     method: ClassVar[str]
 
@@ -131,44 +117,6 @@ class Calibrator:
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Calibrator:
         raise NotImplementedError
-
-    def fit_parts(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> Calibrator:
-        """Fit on parts held apart (each ``(logits, y)``): see the module's docstring.
-
-        Raises:
-            ConfigError: this method needs the parts pooled (more than one part), or the
-                parts hold one outcome class only.
-        """
-        if len(parts) == 1:
-            return self.fit(*parts[0])
-        raise ConfigError(
-            f"{self.method} calibration needs every validation logit in one place; it cannot "
-            "be fitted from per-site aggregates",
-            field="calibration.method",
-            hint="use calibration.method platt or temperature (or none), or --stage2 pooled",
-        )
-
-    @staticmethod
-    def _check_parts(
-        parts: list[tuple[np.ndarray, np.ndarray]],
-    ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each part as float arrays; both outcomes must occur somewhere (counts only)."""
-        out = []
-        for logits, y in parts:
-            z = np.asarray(logits, dtype=float).ravel()
-            t = np.asarray(y, dtype=float).ravel()
-            if z.shape != t.shape:
-                raise ValueError(f"logits {z.shape} and labels {t.shape} differ in length")
-            out.append((z, t))
-        events = sum(float(t.sum()) for _, t in out)
-        n = sum(len(t) for _, t in out)
-        if events in (0.0, float(n)):
-            raise ConfigError(
-                "calibration needs both outcomes among the validation cases",
-                field="calibration",
-                hint="use a larger validation split or set calibration.method to 'none'",
-            )
-        return out
 
     @staticmethod
     def _check(logits: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -191,9 +139,6 @@ class Identity(Calibrator):
     def fit(self, logits: np.ndarray, y: np.ndarray) -> Identity:
         return self
 
-    def fit_parts(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> Identity:
-        return self
-
     def predict_proba(self, logits: np.ndarray) -> np.ndarray:
         return expit(np.asarray(logits, dtype=float))
 
@@ -212,14 +157,12 @@ class Temperature(Calibrator):
 
     def fit(self, logits: np.ndarray, y: np.ndarray) -> Temperature:
         z, t = self._check(logits, y)
-        return self._fit(lambda lt: _nll(expit(z / np.exp(lt[0])), t))
-
-    def fit_parts(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> Temperature:
-        checked = self._check_parts(parts)
-        return self._fit(_parts_nll(checked, lambda lt, z: z / np.exp(lt[0])))
-
-    def _fit(self, objective: Any) -> Temperature:
-        res = minimize(objective, x0=[0.0], method="L-BFGS-B", bounds=[(-5.0, 5.0)])
+        res = minimize(
+            lambda lt: _nll(expit(z / np.exp(lt[0])), t),
+            x0=[0.0],
+            method="L-BFGS-B",
+            bounds=[(-5.0, 5.0)],
+        )
         self.temperature_ = float(np.exp(res.x[0]))
         return self
 
@@ -243,14 +186,9 @@ class Platt(Calibrator):
 
     def fit(self, logits: np.ndarray, y: np.ndarray) -> Platt:
         z, t = self._check(logits, y)
-        return self._fit(lambda ab: _nll(expit(ab[0] * z + ab[1]), t))
-
-    def fit_parts(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> Platt:
-        checked = self._check_parts(parts)
-        return self._fit(_parts_nll(checked, lambda ab, z: ab[0] * z + ab[1]))
-
-    def _fit(self, objective: Any) -> Platt:
-        res = minimize(objective, x0=[1.0, 0.0], method="L-BFGS-B")
+        res = minimize(
+            lambda ab: _nll(expit(ab[0] * z + ab[1]), t), x0=[1.0, 0.0], method="L-BFGS-B"
+        )
         self.slope_, self.intercept_ = float(res.x[0]), float(res.x[1])
         return self
 

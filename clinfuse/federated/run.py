@@ -43,6 +43,13 @@ from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.metrics import metric_with_ci
 from clinfuse.evaluation.summary import summarize_predictions
+from clinfuse.federated.stage2 import (
+    SiteLogits,
+    Stage2Fit,
+    fit_from_sites,
+    site_summary,
+    site_sums,
+)
 from clinfuse.federated.task import fusion_site_task, trainable_view
 from clinfuse.fusion.late import LateFusion
 from clinfuse.io.tabular import TabularEncoder
@@ -403,57 +410,58 @@ def _fit_stage2(
 def _fit_stage2_aggregates(prep: Prepared, sites: dict[str, list[dict[str, Any]]]) -> None:
     """Stage 2 without per-case values leaving a site (:attr:`FederatedSettings.stage2`).
 
-    Every site computes its validation cases' logits with the broadcast model; the
-    coordinator fits the combiner by L-BFGS on the sum of the sites' log losses and
-    gradients (:meth:`~clinfuse.fusion.late.LateFusion.fit_combiner_sites`), broadcasts it,
-    and fits each calibrator on the sum of the sites' log losses
-    (:meth:`~clinfuse.calibration.Calibrator.fit_parts`); a modality is calibrated when
-    the sites' counts show both outcomes among its cases.
+    Every site computes its validation cases' logits with the broadcast model and answers
+    the coordinator's requests with sums only (:mod:`clinfuse.federated.stage2`): here the
+    sites are this process's case lists, kept apart.
     """
+    held = [site_logits(prep.model, cases) for cases in sites.values() if cases]
+    fit = fit_from_sites(
+        [site_summary(s) for s in held],
+        lambda request: [site_sums(s, request) for s in held],
+        modalities=prep.model.modalities,
+        method=prep.model.config.calibration.method,
+        combiner=isinstance(prep.model.network.fusion, LateFusion),
+    )
+    apply_stage2(prep, fit, sites=len(held), over="in process")
+
+
+def site_logits(model: FusionModel, cases: list[dict[str, Any]]) -> SiteLogits:
+    """A site's validation cases as stage 2 needs them (computed at the site)."""
+    raw = model.forward_cases(cases)
+    labels = np.array([c["label"] for c in cases], dtype=float)
+    return SiteLogits(raw["unimodal"], raw["present"], labels, raw["logit"])
+
+
+def apply_stage2(prep: Prepared, fit: Stage2Fit, *, sites: int, over: str) -> None:
+    """Put a stage 2 fitted from the sites' sums into ``prep.model`` and record it."""
     model = prep.model
-    groups = [cases for cases in sites.values() if cases]
-    labels = [np.array([c["label"] for c in cases], dtype=float) for cases in groups]
-    raws = [model.forward_cases(cases) for cases in groups]  # at each site
+    if list(fit.modalities) != list(model.modalities):
+        raise ConfigError(
+            f"stage 2 was fitted for modalities {fit.modalities}, the model has {model.modalities}",
+            field="stage2",
+        )
     fusion = model.network.fusion
-    evaluations = 0
-    if isinstance(fusion, LateFusion):
-        evaluations = fusion.fit_combiner_sites(
-            [
-                (
-                    torch.from_numpy(r["unimodal"]),
-                    torch.from_numpy(r["present"]),
-                    torch.from_numpy(y),
-                )
-                for r, y in zip(raws, labels, strict=True)
-            ]
-        )
-        raws = [model.forward_cases(cases) for cases in groups]  # the combiner broadcast
-    method = model.config.calibration.method
-    cal = {
-        "fusion": build_calibrator(method).fit_parts(
-            [(r["logit"], y) for r, y in zip(raws, labels, strict=True)]
-        )
-    }
-    for i, m in enumerate(model.modalities):
-        parts = [
-            (r["unimodal"][r["present"][:, i], i], y[r["present"][:, i]])
-            for r, y in zip(raws, labels, strict=True)
-        ]
-        n = sum(len(y) for _, y in parts)
-        events = sum(float(y.sum()) for _, y in parts)
-        ok = n >= 2 and 0 < events < n
-        cal[m] = build_calibrator(method if ok else "none")
-        if ok:
-            cal[m] = cal[m].fit_parts(parts)
-    model.calibrators = cal
+    if fit.combiner is not None:
+        if not isinstance(fusion, LateFusion):
+            raise ConfigError("stage 2 fitted a combiner for a model without one", field="stage2")
+        with torch.no_grad():
+            w = torch.tensor(fit.combiner["weights"], dtype=torch.float64).clamp(min=1e-12)
+            fusion.weight_raw.copy_((w + torch.log(-torch.expm1(-w))).to(fusion.weight_raw))
+            fusion.bias.fill_(float(fit.combiner["bias"]))
+            fusion.center.copy_(torch.tensor(fit.combiner["center"]).to(fusion.center))
+    model.calibrators = dict(fit.calibrators)
     prep.stage2 = {
         "mode": "aggregates",
-        "sites": len(groups),
-        "combiner_evaluations": evaluations,
+        "over": over,
+        "sites": sites,
+        "requests": fit.requests,
+        "messages_per_site": fit.requests + 1,
+        "newton_iterations": fit.iterations,
         "note": "combiner and calibration fitted from per-site aggregates: case and event "
-        "counts, per-modality sums and counts of present logits, then summed log losses and "
-        "gradients at each parameter value the optimizer tried; no per-case value left a "
-        "site (the sums are not differentially private)",
+        "counts, per-modality sums and counts of present logits, then the log loss, its "
+        "gradient and its Hessian summed over each site's cases at each parameter value the "
+        "coordinator tried; no per-case value left a site (the sums are not differentially "
+        "private)",
     }
 
 

@@ -79,6 +79,9 @@ class LateFusion(FusionHead):
     ) -> LateFusion:
         """Fit weights, bias and centres on held-out unimodal logits (maximum likelihood).
 
+        A federated run fits the same model from the sites' sums instead
+        (:func:`clinfuse.federated.stage2.fit_from_sites`).
+
         Args:
             unimodal: (N, M) held-out unimodal logits.
             present: (N, M) bool presence mask.
@@ -87,42 +90,15 @@ class LateFusion(FusionHead):
                 modality separates the held-out cases perfectly).
             max_iter: L-BFGS iterations.
         """
-        self.fit_combiner_sites([(unimodal, present, labels)], l2=l2, max_iter=max_iter)
-        return self
-
-    @torch.no_grad()
-    def fit_combiner_sites(
-        self,
-        sites: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-        *,
-        l2: float = 1e-3,
-        max_iter: int = 200,
-    ) -> int:
-        """:meth:`fit_combiner` on held-out logits that stay at their sites.
-
-        Each site ``(unimodal, present, labels)`` contributes only sums: first its case and
-        event counts and, per modality, the sum and count of its present logits (the
-        centres); then, at every parameter value L-BFGS tries, its summed log loss and its
-        gradient (M + 1 numbers). The loss is a sum over cases, so the fit is the one on
-        the sites' logits pooled (one site: exactly :meth:`fit_combiner`).
-
-        Returns:
-            The number of loss evaluations: rounds in which every site sent its sums.
-        """
-        parts = [
-            (z.detach().double().cpu(), m.detach().bool().cpu(), y.detach().double().cpu())
-            for z, m, y in sites
-        ]
-        sums = sum(torch.where(m, z, torch.zeros_like(z)).sum(dim=0) for z, m, _ in parts)
-        counts = sum(m.sum(dim=0) for _, m, _ in parts)
-        n = sum(len(y) for _, _, y in parts)
-        events = sum(float(y.sum()) for _, _, y in parts)
-        assert isinstance(sums, torch.Tensor) and isinstance(counts, torch.Tensor)
-        center = (sums / counts.clamp(min=1)).to(self.center)
+        z = unimodal.detach().double().cpu()
+        m = present.detach().bool().cpu()
+        y = labels.detach().double().cpu()
+        n = len(y)
+        sums = torch.where(m, z, torch.zeros_like(z)).sum(dim=0)
+        center = (sums / m.sum(dim=0).clamp(min=1)).to(self.center)
         self.center.copy_(center)
-        local = [(torch.where(m, z - center.double(), torch.zeros_like(z)), y) for z, m, y in parts]
-
-        prevalence = min(max(events / max(n, 1), 1e-4), 1 - 1e-4)
+        zc = torch.where(m, z - center.double(), torch.zeros_like(z))
+        prevalence = min(max(float(y.sum()) / max(n, 1), 1e-4), 1 - 1e-4)
         theta = torch.full(
             (len(self.modalities),), _softplus_inverse(1.0), dtype=torch.float64, requires_grad=True
         )
@@ -130,24 +106,17 @@ class LateFusion(FusionHead):
             math.log(prevalence / (1 - prevalence)), dtype=torch.float64, requires_grad=True
         )
         opt = torch.optim.LBFGS([theta, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
-        evaluations = 0
 
         def closure() -> torch.Tensor:
-            nonlocal evaluations
-            evaluations += 1
             opt.zero_grad()
-            total = 0.0
-            for zc, y in local:  # each site: its summed loss; backward adds its gradient
-                logit = bias + (zc * F.softplus(theta)).sum(dim=1)
-                loss = F.binary_cross_entropy_with_logits(logit, y, reduction="sum") / n
-                loss.backward()
-                total += loss.detach().item()
-            penalty = l2 * (F.softplus(theta) ** 2).sum()
-            penalty.backward()
-            return torch.tensor(total + penalty.detach().item(), dtype=torch.float64)
+            logit = bias + (zc * F.softplus(theta)).sum(dim=1)
+            loss = F.binary_cross_entropy_with_logits(logit, y, reduction="sum") / n
+            loss = loss + l2 * (F.softplus(theta) ** 2).sum()
+            loss.backward()
+            return loss.detach()
 
         with torch.enable_grad():
             opt.step(closure)
         self.weight_raw.copy_(theta.detach().to(self.weight_raw))
         self.bias.copy_(bias.detach().to(self.bias))
-        return evaluations
+        return self

@@ -242,7 +242,7 @@ def test_stage2_from_site_aggregates_is_the_pooled_fit(cohort: Path, tmp_path: P
     np.testing.assert_allclose(
         fa.weights.detach().numpy(), fp.weights.detach().numpy(), rtol=0, atol=1e-4
     )
-    assert float(fa.bias) == pytest.approx(float(fp.bias), abs=1e-4)
+    assert float(fa.bias.detach()) == pytest.approx(float(fp.bias.detach()), abs=1e-4)
     risks = {
         m: pd.read_csv(runs[m] / "predictions.csv", dtype={"case_id": str}).set_index("case_id")
         for m in runs
@@ -253,16 +253,20 @@ def test_stage2_from_site_aggregates_is_the_pooled_fit(cohort: Path, tmp_path: P
         atol=1e-4,
     )
     np.testing.assert_allclose(fa.center.numpy(), fp.center.numpy(), atol=1e-6)
-    grid = np.linspace(-4, 4, 81)  # the calibrated risks (the parameters themselves sit in
-    for name, cal in pooled.calibrators.items():  # flat optima on 8-case sites)
+    # the calibrated risks (the parameters sit in flat optima on 8-case sites). The sums
+    # give the exact MLE (Newton; test_stage2 checks it against statsmodels); the pooled
+    # Platt.fit (L-BFGS-B, numerical gradient) stops short of it: up to 2.1e-4 apart
+    grid = np.linspace(-4, 4, 81)
+    for name, cal in pooled.calibrators.items():
         assert agg.calibrators[name].method == cal.method
         np.testing.assert_allclose(
-            agg.calibrators[name].predict_proba(grid), cal.predict_proba(grid), atol=1e-4
+            agg.calibrators[name].predict_proba(grid), cal.predict_proba(grid), atol=5e-4
         )
     fed = json.loads((runs["aggregates"] / "federated.json").read_text())
     assert fed["settings"]["stage2"] == "aggregates"
     assert fed["stage2_fit"]["mode"] == "aggregates" and fed["stage2_fit"]["sites"] == 3
-    assert fed["stage2_fit"]["combiner_evaluations"] > 0
+    assert fed["stage2_fit"]["over"] == "in process" and fed["stage2_fit"]["requests"] > 0
+    assert fed["stage2_fit"]["messages_per_site"] == fed["stage2_fit"]["requests"] + 1
     assert "no per-case value left a site" in fed["stage2"]
     assert json.loads((runs["pooled"] / "federated.json").read_text())["stage2_fit"]["mode"] == (
         "pooled"
@@ -289,38 +293,3 @@ def test_stage2_settings_are_checked_before_any_case_is_read(tmp_path: Path) -> 
             tmp_path / "missing.csv", tmp_path / "out", iso, FederatedSettings(stage2="aggregates")
         )
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
-
-
-def test_combiner_and_calibrators_from_parts_equal_the_pooled_fits() -> None:
-    """The sums-only fits against the pooled ones on the same numbers (one site: identical)."""
-    import torch
-
-    from clinfuse.calibration import Isotonic, Platt, Temperature
-    from clinfuse.errors import ConfigError
-    from clinfuse.fusion.base import FusionConfig
-    from clinfuse.fusion.late import LateFusion
-
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(300, 3, generator=g) * 2
-    present = torch.rand(300, 3, generator=g) < 0.8
-    y = (torch.rand(300, generator=g) < torch.sigmoid(0.5 * z.sum(1) - 0.3)).double()
-    dims = {"a": 4, "b": 4, "c": 4}
-    pooled = LateFusion(FusionConfig(), list(dims), dims).fit_combiner(z, present, y)
-    cuts = [(0, 40), (40, 220), (220, 300)]
-    sites = LateFusion(FusionConfig(), list(dims), dims)
-    sites.fit_combiner_sites([(z[a:b], present[a:b], y[a:b]) for a, b in cuts])
-    torch.testing.assert_close(sites.weights, pooled.weights, rtol=0, atol=1e-9)
-    torch.testing.assert_close(sites.bias, pooled.bias, rtol=0, atol=1e-9)
-    torch.testing.assert_close(sites.center, pooled.center)
-    logit = z[:, 0].numpy()
-    parts = [(logit[a:b], y.numpy()[a:b]) for a, b in cuts]
-    p1, p3 = Platt().fit(logit, y.numpy()), Platt().fit_parts(parts)
-    assert (p3.slope_, p3.intercept_) == pytest.approx((p1.slope_, p1.intercept_), abs=1e-6)
-    one = Platt().fit_parts([(logit, y.numpy())])
-    assert (one.slope_, one.intercept_) == (p1.slope_, p1.intercept_)
-    t1, t3 = Temperature().fit(logit, y.numpy()), Temperature().fit_parts(parts)
-    assert t3.temperature_ == pytest.approx(t1.temperature_, abs=1e-6)
-    with pytest.raises(ConfigError, match="isotonic calibration needs every validation logit"):
-        Isotonic().fit_parts(parts)
-    with pytest.raises(ConfigError, match="both outcomes"):
-        Platt().fit_parts([(logit[:5], np.zeros(5)), (logit[5:9], np.zeros(4))])
