@@ -6,11 +6,11 @@ site's task with :func:`clinfuse.federated.flower_task.make_site_task` from that
 manifest rows. The ServerApp starts from this process's seeded initial model, so with every
 site in every round the aggregated model equals the in-process simulator's up to float
 rounding (Flower aggregates in float32 in the order answers arrive; the simulator in a
-fixed order). Then, exactly as with the simulator, the combiner and the calibration are
-fitted (on the pooled validation logits, or from the sites' sums with ``stage2="aggregates"``:
-in this process, on the sites' cases kept apart, not over Flower messages) and the run folder
-is written; Flower's own outputs
-(``federation.json``, ``parameters.safetensors``, logs) are kept in ``RUN/flower``.
+fixed order). After the rounds the ServerApp fits the combiner and the calibration over
+Flower messages (:mod:`clinfuse.federated.flower_stage2`): from the pooled validation logits
+the sites send, or with ``stage2="aggregates"`` from their sums only; this process puts the
+result (``finish.json``) into the run folder. Flower's own outputs (``federation.json``,
+``parameters.safetensors``, ``finish.json``, logs) are kept in ``RUN/flower``.
 
 Differences from ``--backend sim``: client sampling is Flower's (random, not the simulator's
 seeded ``sample_sites``) when ``--clients-per-round`` is below the number of sites; the
@@ -27,8 +27,10 @@ from typing import Any
 import clinfuse
 from clinfuse.config import RunConfig
 from clinfuse.errors import ConfigError
+from clinfuse.federated.flower_stage2 import FINISH, QUERY_HANDLER
 from clinfuse.federated.flower_task import TASK_FACTORY, task_options
 from clinfuse.federated.run import FederatedSettings, Prepared, federated_run
+from clinfuse.federated.stage2 import Stage2Fit
 from privacy.dp.engine import DPConfig
 from privacy.federated.simulation import History, RoundRecord
 
@@ -44,6 +46,7 @@ def _flower_config(
     dp: DPConfig | None,
     n_sites: int,
     initial: Path,
+    modalities: list[str],
 ) -> Any:
     from privacy.flower.config import FlowerRunConfig
 
@@ -53,7 +56,9 @@ def _flower_config(
     }
     return FlowerRunConfig(
         task_factory=TASK_FACTORY,
-        task_options=task_options(str(manifest), config, settings, dp),
+        task_options=task_options(str(manifest), config, settings, dp, modalities),
+        query_handler=QUERY_HANDLER,
+        finish=FINISH,
         strategy=settings.strategy,
         num_rounds=settings.rounds,
         local_epochs=settings.local_epochs,
@@ -130,8 +135,10 @@ def _trainer(
     dp: DPConfig | None,
     timeout: float,
     say: Callable[[str], None],
-) -> Callable[..., tuple[History, dict[str, Any]]]:
-    def train(prep: Prepared, site_cases: dict[str, Any], folder: Path) -> tuple[History, Any]:
+) -> Callable[..., tuple[History, dict[str, Any], Stage2Fit]]:
+    def train(
+        prep: Prepared, site_cases: dict[str, Any], folder: Path
+    ) -> tuple[History, Any, Stage2Fit]:
         from privacy.errors import FederatedError
         from privacy.flower.local import run_local_federation
         from privacy.flower.results import save_parameters
@@ -141,7 +148,9 @@ def _trainer(
         work.mkdir(parents=True, exist_ok=True)
         initial = work / "initial.safetensors"
         save_parameters(initial, prep.init)
-        cfg = _flower_config(manifest, config, settings, dp, len(sites), initial)
+        cfg = _flower_config(
+            manifest, config, settings, dp, len(sites), initial, list(prep.modalities)
+        )
         say(f"starting a Flower federation on loopback: 1 SuperLink, {len(sites)} SuperNodes")
         repo = str(Path(clinfuse.__file__).resolve().parent.parent)
         env = {"PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
@@ -158,8 +167,12 @@ def _trainer(
             ) from e
         if result.parameters is None:
             raise ConfigError(f"the Flower run in {work} saved no global model", field="backend")
+        if result.finish is None:
+            raise ConfigError(
+                f"the Flower run in {work} did not fit stage 2 (no finish.json)", field="backend"
+            )
         history = history_from_record(result.record, result.parameters, settings.strategy, sites)
-        return history, _spent(history, dp)
+        return history, _spent(history, dp), Stage2Fit.from_dict(result.finish["stage2"])
 
     return train
 

@@ -14,8 +14,12 @@ manifest's site column, or of the synthetic partition: ``site_0``...).
 
 ``options`` (the run's ``task-options``, the same at every site), see :func:`task_options`:
 ``manifest`` (path on the site's host), ``config`` (the run config as a dict),
-``partition``, ``n_sites``, ``seed``, ``optimizer``, ``rounds`` and ``dp`` (a
-:class:`~privacy.dp.DPConfig` as a dict, or None).
+``partition``, ``n_sites``, ``seed``, ``optimizer``, ``rounds``, ``dp`` (a
+:class:`~privacy.dp.DPConfig` as a dict, or None), ``stage2`` (``pooled`` or
+``aggregates``) and ``modalities`` (the model's, in order).
+
+After the rounds the coordinator fits stage 2 over Flower messages
+(:mod:`clinfuse.federated.flower_stage2`, the run's ``query-handler`` and ``finish``).
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from typing import Any
 
 from clinfuse.config import RunConfig
 from clinfuse.errors import ConfigError
-from clinfuse.federated.run import FederatedSettings, prepare
+from clinfuse.federated.run import FederatedSettings, Prepared, prepare
 from clinfuse.federated.task import fusion_site_task
 from privacy.dp.engine import DPConfig
 from privacy.federated.torch_task import TorchSiteTask
 
-__all__ = ["TASK_FACTORY", "make_site_task", "task_options"]
+__all__ = ["TASK_FACTORY", "make_site_task", "site_prep", "task_options"]
 
 TASK_FACTORY = "clinfuse.federated.flower_task:make_site_task"
 """The ``task-factory`` value of a clinfuse Flower run."""
@@ -41,9 +45,12 @@ def task_options(
     config: RunConfig,
     settings: FederatedSettings,
     dp: DPConfig | None = None,
+    modalities: list[str] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready ``task-options`` every site's factory receives."""
     return {
+        "stage2": settings.stage2,
+        "modalities": list(modalities or config.data.modalities or []),
         "manifest": str(manifest),
         "config": config.model_dump(mode="json"),
         "partition": settings.partition,
@@ -55,17 +62,13 @@ def task_options(
     }
 
 
-def make_site_task(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> TorchSiteTask:
-    """Build one site's fusion-model task from the manifest rows of that site.
-
-    Args:
-        node_config: the SuperNode's node config; ``site`` names the site.
-        options: the run's task options (:func:`task_options`).
+def site_prep(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> tuple[Prepared, str]:
+    """The site's cases and a fresh model (:func:`~clinfuse.federated.run.prepare`).
 
     Raises:
-        ConfigError: ``site`` or ``manifest`` missing.
+        ConfigError: ``site`` or ``manifest`` missing, or the site's model has other
+            modalities than the run's ``modalities``.
         CohortError: the site has no usable cases.
-        privacy.errors.SiteDataError: the site lacks an outcome class.
     """
     site = node_config.get("site")
     if site is None or str(site) == "":
@@ -86,16 +89,43 @@ def make_site_task(node_config: Mapping[str, Any], options: Mapping[str, Any]) -
         rounds=int(options.get("rounds", 1)),
         baselines=False,
     )
+    prep = prepare(str(manifest), config, settings, dp=_dp(options), only_site=str(site))
+    expected = list(options.get("modalities") or [])
+    if expected and list(prep.modalities) != expected:
+        raise ConfigError(
+            f"site {site!r}: its data gives the modalities {prep.modalities}, the run's model "
+            f"has {expected}",
+            field="modalities",
+            hint="set data.modalities in the run config so every site builds the same model",
+        )
+    return prep, str(site)
+
+
+def _dp(options: Mapping[str, Any]) -> DPConfig | None:
     dp_opts = options.get("dp")
-    dp = None if not dp_opts else DPConfig(**dict(dp_opts))
-    prep = prepare(str(manifest), config, settings, dp=dp, only_site=str(site))
+    return None if not dp_opts else DPConfig(**dict(dp_opts))
+
+
+def make_site_task(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> TorchSiteTask:
+    """Build one site's fusion-model task from the manifest rows of that site.
+
+    Args:
+        node_config: the SuperNode's node config; ``site`` names the site.
+        options: the run's task options (:func:`task_options`).
+
+    Raises:
+        ConfigError: ``site`` or ``manifest`` missing.
+        CohortError: the site has no usable cases.
+        privacy.errors.SiteDataError: the site lacks an outcome class.
+    """
+    prep, site = site_prep(node_config, options)
     return fusion_site_task(
-        str(site),
+        site,
         prep.model,
-        prep.split("train", str(site)),
-        prep.split("val", str(site)),
-        dp=dp,
-        dp_rounds=settings.rounds,
-        optimizer=settings.optimizer,
+        prep.split("train", site),
+        prep.split("val", site),
+        dp=_dp(options),
+        dp_rounds=int(options.get("rounds", 1)),
+        optimizer=str(options.get("optimizer", "adam")),
         keys=prep.keys,
     )

@@ -35,7 +35,6 @@ import pandas as pd
 import torch
 
 from clinfuse import __version__
-from clinfuse.calibration import build_calibrator
 from clinfuse.cohort.manifest import Cohort, Issue
 from clinfuse.cohort.split import split_cohort
 from clinfuse.config import RunConfig
@@ -47,6 +46,7 @@ from clinfuse.federated.stage2 import (
     SiteLogits,
     Stage2Fit,
     fit_from_sites,
+    fit_pooled,
     site_summary,
     site_sums,
 )
@@ -382,29 +382,14 @@ def _fit_stage2(
     if sites is not None:
         _fit_stage2_aggregates(prep, sites)
         return
-    prep.stage2 = {
-        "mode": "pooled",
-        "note": "combiner and calibration fitted on pooled validation logits (unimodal "
-        "logits, presence and outcome per validation case; no inputs leave a site)",
-    }
     model = prep.model
-    raw = model.forward_cases(val_cases)
-    y = np.array([c["label"] for c in val_cases], dtype=float)
-    fusion = model.network.fusion
-    if isinstance(fusion, LateFusion):
-        fusion.fit_combiner(
-            torch.from_numpy(raw["unimodal"]), torch.from_numpy(raw["present"]), torch.from_numpy(y)
-        )
-        raw = model.forward_cases(val_cases)
-    method = model.config.calibration.method
-    cal = {"fusion": build_calibrator(method).fit(raw["logit"], y)}
-    for i, m in enumerate(model.modalities):
-        has = raw["present"][:, i]
-        ok = has.sum() >= 2 and len(np.unique(y[has])) == 2
-        cal[m] = build_calibrator(method if ok else "none")
-        if ok:
-            cal[m].fit(raw["unimodal"][has, i], y[has])
-    model.calibrators = cal
+    fit = fit_pooled(
+        site_logits(model, val_cases),
+        modalities=model.modalities,
+        method=model.config.calibration.method,
+        combiner=isinstance(model.network.fusion, LateFusion),
+    )
+    apply_stage2(prep, fit, mode="pooled", sites=len(prep.sites), over="in process")
 
 
 def _fit_stage2_aggregates(prep: Prepared, sites: dict[str, list[dict[str, Any]]]) -> None:
@@ -422,7 +407,7 @@ def _fit_stage2_aggregates(prep: Prepared, sites: dict[str, list[dict[str, Any]]
         method=prep.model.config.calibration.method,
         combiner=isinstance(prep.model.network.fusion, LateFusion),
     )
-    apply_stage2(prep, fit, sites=len(held), over="in process")
+    apply_stage2(prep, fit, mode="aggregates", sites=len(held), over="in process")
 
 
 def site_logits(model: FusionModel, cases: list[dict[str, Any]]) -> SiteLogits:
@@ -432,8 +417,16 @@ def site_logits(model: FusionModel, cases: list[dict[str, Any]]) -> SiteLogits:
     return SiteLogits(raw["unimodal"], raw["present"], labels, raw["logit"])
 
 
-def apply_stage2(prep: Prepared, fit: Stage2Fit, *, sites: int, over: str) -> None:
-    """Put a stage 2 fitted from the sites' sums into ``prep.model`` and record it."""
+def apply_stage2(prep: Prepared, fit: Stage2Fit, *, mode: str, sites: int, over: str) -> None:
+    """Put a fitted stage 2 into ``prep.model`` and record how it was fitted.
+
+    Args:
+        prep: the federated run's model and cases.
+        fit: the fitted combiner and calibrators.
+        mode: ``pooled`` or ``aggregates`` (:data:`STAGE2`).
+        sites: how many sites took part.
+        over: where it was fitted: ``in process`` or ``flower`` (over Flower messages).
+    """
     model = prep.model
     if list(fit.modalities) != list(model.modalities):
         raise ConfigError(
@@ -445,11 +438,24 @@ def apply_stage2(prep: Prepared, fit: Stage2Fit, *, sites: int, over: str) -> No
         if not isinstance(fusion, LateFusion):
             raise ConfigError("stage 2 fitted a combiner for a model without one", field="stage2")
         with torch.no_grad():
-            w = torch.tensor(fit.combiner["weights"], dtype=torch.float64).clamp(min=1e-12)
-            fusion.weight_raw.copy_((w + torch.log(-torch.expm1(-w))).to(fusion.weight_raw))
+            if "weight_raw" in fit.combiner:
+                raw = torch.tensor(fit.combiner["weight_raw"], dtype=torch.float64)
+            else:  # softplus⁻¹ of the weights (a weight held at 0 becomes 1e-12)
+                w = torch.tensor(fit.combiner["weights"], dtype=torch.float64).clamp(min=1e-12)
+                raw = w + torch.log(-torch.expm1(-w))
+            fusion.weight_raw.copy_(raw.to(fusion.weight_raw))
             fusion.bias.fill_(float(fit.combiner["bias"]))
             fusion.center.copy_(torch.tensor(fit.combiner["center"]).to(fusion.center))
     model.calibrators = dict(fit.calibrators)
+    if mode == "pooled":
+        prep.stage2 = {
+            "mode": "pooled",
+            "over": over,
+            "sites": sites,
+            "note": "combiner and calibration fitted on pooled validation logits (unimodal "
+            "logits, presence and outcome per validation case; no inputs leave a site)",
+        }
+        return
     prep.stage2 = {
         "mode": "aggregates",
         "over": over,
@@ -507,29 +513,28 @@ def _stage2_sites(
 
 Trainer = Callable[
     [Prepared, dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]], Path],
-    tuple[History, dict[str, Any]],
+    tuple[History, dict[str, Any], Stage2Fit],
 ]
-"""``trainer(prep, site_cases, run_folder) -> (history, dp spent per site)``: federated
-training by another backend; it leaves the final global parameters in ``prep.model``."""
+"""``trainer(prep, site_cases, run_folder) -> (history, dp spent per site, stage 2)``:
+federated training by another backend, which also fits stage 2 (as ``settings.stage2``
+says) with the final global parameters in ``history.parameters``."""
 
 
 def _external_variant(
     prep: Prepared,
     trainer: Trainer,
     folder: Path,
-    val_cases: list[dict[str, Any]],
-    dp: DPConfig | None,
-    stage2_sites: dict[str, list[dict[str, Any]]] | None = None,
+    settings: FederatedSettings,
 ) -> tuple[dict[str, Any], History, dict[str, Any]]:
-    history, spent = trainer(prep, _site_cases(prep), folder)
-    view = trainable_view(prep.model)
-    set_parameters(view, prep.keys, history.parameters)
-    if dp is not None:
-        fusion = prep.model.network.fusion
-        if isinstance(fusion, LateFusion):
-            fusion.weight_raw.requires_grad_(True)
-            fusion.bias.requires_grad_(True)
-    _fit_stage2(prep, val_cases, sites=stage2_sites)
+    history, spent, stage2 = trainer(prep, _site_cases(prep), folder)
+    set_parameters(trainable_view(prep.model), prep.keys, history.parameters)
+    apply_stage2(
+        prep,
+        stage2,
+        mode=settings.stage2,
+        sites=len(history.sites),
+        over=history.strategy.get("backend", "external"),
+    )
     return _snapshot(prep), history, spent
 
 
@@ -639,9 +644,7 @@ def federated_run(
                 stage2_sites=by_site,
             )
         else:
-            snap, history, spent = _external_variant(
-                prep, trainer, partial, val_all, dp, stage2_sites=by_site
-            )
+            snap, history, spent = _external_variant(prep, trainer, partial, settings)
         _restore(prep, snap)
         table = _auroc_rows(prep, "federated", n_boot, seed) + table
         _write_outputs(prep, partial, history, spent, settings, dp, table, n_boot, t_start, backend)

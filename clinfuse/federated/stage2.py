@@ -50,6 +50,7 @@ __all__ = [
     "SiteLogits",
     "Stage2Fit",
     "fit_from_sites",
+    "fit_pooled",
     "site_summary",
     "site_sums",
 ]
@@ -108,8 +109,8 @@ def site_summary(site: SiteLogits) -> dict[str, np.ndarray]:
     """The first message: counts and, per modality, the sum and count of present logits."""
     present = site.present
     return {
-        "n": np.asarray(float(len(site.label))),
-        "events": np.asarray(float(site.label.sum())),
+        "n": np.asarray([float(len(site.label))]),
+        "events": np.asarray([float(site.label.sum())]),
         "logit_sum": np.where(present, site.unimodal, 0.0).sum(axis=0),
         "count": present.sum(axis=0).astype(np.float64),
         "events_present": (present * site.label[:, None]).sum(axis=0),
@@ -147,7 +148,7 @@ def site_sums(site: SiteLogits, request: Mapping[str, Any]) -> dict[str, np.ndar
     ``calibration:fusion``, ``calibration:<modality index>``). The reply has
     ``loss:<problem>``, ``grad:<problem>`` and ``hess:<problem>``.
     """
-    method = _METHODS[int(np.asarray(request["method_code"]).item())]
+    method = _METHODS[int(_scalar(request["method_code"]))]
     out: dict[str, np.ndarray] = {}
     for key, beta in request.items():
         if not key.startswith("beta:"):
@@ -156,13 +157,21 @@ def site_sums(site: SiteLogits, request: Mapping[str, Any]) -> dict[str, np.ndar
         x, y = _design(site, name, method, request)
         u = x @ np.asarray(beta, dtype=np.float64)
         p = expit(u)
-        out["loss:" + name] = np.asarray(float(np.sum(np.logaddexp(0.0, u) - y * u)))
+        out["loss:" + name] = np.asarray([float(np.sum(np.logaddexp(0.0, u) - y * u))])
         out["grad:" + name] = x.T @ (p - y)
         out["hess:" + name] = x.T @ (x * (p * (1.0 - p))[:, None])
     return out
 
 
 _METHODS = ("platt", "temperature")
+
+
+def _scalar(value: Any) -> float:
+    """A one-number array (a message carries scalars as arrays of one element)."""
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size != 1:
+        raise ValueError(f"expected one number, got an array of shape {np.shape(value)}")
+    return float(arr[0])
 
 
 class _Newton:
@@ -248,11 +257,13 @@ class Stage2Fit:
 
     Attributes:
         modalities: the modalities in the model's order.
-        combiner: ``{"bias", "weights", "center"}`` of the late-fusion combiner, or None
-            (the fusion has no combiner).
+        combiner: ``{"bias", "weights", "center"}`` of the late-fusion combiner (and
+            ``weight_raw``, the weights before softplus, when the fit has them), or None (the
+            fusion has no combiner).
         calibrators: ``fusion`` and each modality: a fitted calibrator (``none`` where a
             modality's cases lack an outcome class).
-        requests: requests sent to every site after the summary (one message per site each).
+        requests: requests sent to every site after the summary (one message per site each;
+            0 for a pooled fit).
         iterations: Newton iterations per problem.
     """
 
@@ -316,7 +327,7 @@ def _solve(
         replies = ask(request)
         requests += 1
         for k, p in active.items():
-            loss = sum(float(np.asarray(r["loss:" + k])) for r in replies)
+            loss = sum(_scalar(r["loss:" + k]) for r in replies)
             grad = sum(np.asarray(r["grad:" + k], dtype=np.float64) for r in replies)
             hess = sum(np.asarray(r["hess:" + k], dtype=np.float64) for r in replies)
             p.update(loss, np.asarray(grad), np.asarray(hess))
@@ -353,8 +364,8 @@ def fit_from_sites(
             hint="use calibration.method platt or temperature (or none), or --stage2 pooled",
         )
     m = len(modalities)
-    n = sum(float(s["n"]) for s in summaries)
-    events = sum(float(s["events"]) for s in summaries)
+    n = sum(_scalar(s["n"]) for s in summaries)
+    events = sum(_scalar(s["events"]) for s in summaries)
     if method != "none" and events in (0.0, n):
         raise ConfigError(
             "calibration needs both outcomes among the validation cases",
@@ -367,7 +378,7 @@ def fit_from_sites(
     center = sums / np.maximum(counts, 1.0)
     base = {
         "center": center,
-        "method_code": np.asarray(_METHODS.index(method) if method != "none" else 0),
+        "method_code": np.asarray([_METHODS.index(method) if method != "none" else 0]),
     }
     first: dict[str, _Newton] = {}
     if combiner:
@@ -412,6 +423,45 @@ def fit_from_sites(
         )
     iterations = {k: p.iterations for k, p in {**first, **second}.items()}
     return Stage2Fit(list(modalities), fitted, calibrators, requests, iterations)
+
+
+def fit_pooled(
+    held: SiteLogits, *, modalities: Sequence[str], method: str, combiner: bool
+) -> Stage2Fit:
+    """Stage 2 on the pooled validation logits (``--stage2 pooled``): the centralized
+    trainer's fits (:meth:`LateFusion.fit_combiner`, then each calibrator's ``fit``), so
+    isotonic calibration works too."""
+    import torch
+
+    from clinfuse.fusion.late import fit_late_combiner
+
+    fitted: dict[str, Any] | None = None
+    fused = held.logit
+    if combiner:
+        theta, bias, center = fit_late_combiner(
+            torch.from_numpy(held.unimodal),
+            torch.from_numpy(held.present),
+            torch.from_numpy(held.label),
+        )
+        raw = theta.float().double()  # what the model stores (float32)
+        weights = torch.nn.functional.softplus(raw).numpy()
+        b = float(bias.float())
+        fused = b + np.where(held.present, held.unimodal - center.numpy(), 0.0) @ weights
+        fitted = {
+            "bias": b,
+            "weights": [float(w) for w in weights],
+            "weight_raw": [float(w) for w in raw],
+            "center": [float(c) for c in center],
+        }
+    y = held.label
+    calibrators = {"fusion": build_calibrator(method).fit(fused, y)}
+    for i, name in enumerate(modalities):
+        has = held.present[:, i]
+        ok = has.sum() >= 2 and len(np.unique(y[has])) == 2
+        calibrators[name] = build_calibrator(method if ok else "none")
+        if ok:
+            calibrators[name].fit(held.unimodal[has, i], y[has])
+    return Stage2Fit(list(modalities), fitted, calibrators, requests=0)
 
 
 def _point(problem: _Newton) -> np.ndarray:

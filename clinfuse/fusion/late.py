@@ -25,7 +25,7 @@ from torch import nn
 
 from clinfuse.fusion.base import FusionConfig, FusionHead, FusionOutput, register_fusion
 
-__all__ = ["LateFusion"]
+__all__ = ["LateFusion", "fit_late_combiner"]
 
 
 def _softplus_inverse(x: float) -> float:
@@ -90,33 +90,47 @@ class LateFusion(FusionHead):
                 modality separates the held-out cases perfectly).
             max_iter: L-BFGS iterations.
         """
-        z = unimodal.detach().double().cpu()
-        m = present.detach().bool().cpu()
-        y = labels.detach().double().cpu()
-        n = len(y)
-        sums = torch.where(m, z, torch.zeros_like(z)).sum(dim=0)
-        center = (sums / m.sum(dim=0).clamp(min=1)).to(self.center)
-        self.center.copy_(center)
-        zc = torch.where(m, z - center.double(), torch.zeros_like(z))
-        prevalence = min(max(float(y.sum()) / max(n, 1), 1e-4), 1 - 1e-4)
-        theta = torch.full(
-            (len(self.modalities),), _softplus_inverse(1.0), dtype=torch.float64, requires_grad=True
-        )
-        bias = torch.tensor(
-            math.log(prevalence / (1 - prevalence)), dtype=torch.float64, requires_grad=True
-        )
-        opt = torch.optim.LBFGS([theta, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            logit = bias + (zc * F.softplus(theta)).sum(dim=1)
-            loss = F.binary_cross_entropy_with_logits(logit, y, reduction="sum") / n
-            loss = loss + l2 * (F.softplus(theta) ** 2).sum()
-            loss.backward()
-            return loss.detach()
-
-        with torch.enable_grad():
-            opt.step(closure)
-        self.weight_raw.copy_(theta.detach().to(self.weight_raw))
-        self.bias.copy_(bias.detach().to(self.bias))
+        theta, bias, center = fit_late_combiner(unimodal, present, labels, l2=l2, max_iter=max_iter)
+        self.center.copy_(center.to(self.center))
+        self.weight_raw.copy_(theta.to(self.weight_raw))
+        self.bias.copy_(bias.to(self.bias))
         return self
+
+
+@torch.no_grad()
+def fit_late_combiner(
+    unimodal: torch.Tensor,
+    present: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    l2: float = 1e-3,
+    max_iter: int = 200,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:meth:`LateFusion.fit_combiner`'s fit: ``(weight_raw, bias, center)`` in float64."""
+    z = unimodal.detach().double().cpu()
+    m = present.detach().bool().cpu()
+    y = labels.detach().double().cpu()
+    n = len(y)
+    sums = torch.where(m, z, torch.zeros_like(z)).sum(dim=0)
+    center = (sums / m.sum(dim=0).clamp(min=1)).float().double()  # as the model stores it
+    zc = torch.where(m, z - center, torch.zeros_like(z))
+    prevalence = min(max(float(y.sum()) / max(n, 1), 1e-4), 1 - 1e-4)
+    theta = torch.full(
+        (z.shape[1],), _softplus_inverse(1.0), dtype=torch.float64, requires_grad=True
+    )
+    bias = torch.tensor(
+        math.log(prevalence / (1 - prevalence)), dtype=torch.float64, requires_grad=True
+    )
+    opt = torch.optim.LBFGS([theta, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logit = bias + (zc * F.softplus(theta)).sum(dim=1)
+        loss = F.binary_cross_entropy_with_logits(logit, y, reduction="sum") / n
+        loss = loss + l2 * (F.softplus(theta) ** 2).sum()
+        loss.backward()
+        return loss.detach()
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return theta.detach(), bias.detach(), center

@@ -23,6 +23,14 @@ which the SuperNode keeps for the run and never sends to the server), and hands 
 
 The built task is also cached per (run, factory, node config) in the ClientApp process, so
 a long-lived process does not reload the site's data every round.
+
+After the rounds the server may query the sites (``query`` messages, sent by the run's
+``finish`` function through :class:`privacy.flower.server_app.SiteQueries`). The run
+config's ``query-handler`` answers them at each site (:func:`query_mod`): it receives a
+:class:`SiteQuery` (the query's name and arrays, and a ``state`` of arrays the SuperNode keeps
+for the run, like the task state, and never sends) and returns the arrays of the reply. A
+handler builds the site's task only when it needs it (:meth:`SiteQuery.build_task`), so a
+query that only reads its state costs a process start.
 """
 
 from __future__ import annotations
@@ -30,10 +38,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client import Client, ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
@@ -48,22 +57,29 @@ from privacy.federated.task import FitConfig, SiteTask
 from privacy.flower.config import (
     FlowerRunConfig,
     fit_config_from_flower,
+    load_callable,
     load_task_factory,
 )
 
 __all__ = [
+    "QUERY_STATE_KEY",
     "TASK_STATE_KEY",
     "SiteClient",
+    "SiteQuery",
     "app",
     "build_site_task",
     "load_task_state",
     "optional_clipping_mod",
     "optional_secaggplus_mod",
+    "query_mod",
     "save_task_state",
 ]
 
 TASK_STATE_KEY = "privacy.flower.task_state"
 """Key of the task's state (an ``ArrayRecord``) in the node's ``Context.state``."""
+
+QUERY_STATE_KEY = "privacy.flower.query_state"
+"""Key of the query handler's state (an ``ArrayRecord``) in the node's ``Context.state``."""
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +257,96 @@ def optional_clipping_mod(msg: Message, ctxt: Context, call_next: ClientAppCalla
     return out
 
 
-# outermost first: SecAgg+ masks what the clipping mod returns
-app = ClientApp(client_fn=client_fn, mods=[optional_secaggplus_mod, optional_clipping_mod])
+@dataclass
+class SiteQuery:
+    """One query from the server, as the run's ``query-handler`` receives it.
+
+    Attributes:
+        name: what the server asks for (the handler's own vocabulary).
+        arrays: the query's arrays.
+        config: the query's scalars.
+        node_config: the SuperNode's node config (site name, local paths).
+        task_options: the run's ``task-options``.
+        state: arrays kept at this site between the run's queries (the handler may change
+            them; they never leave the site).
+    """
+
+    name: str
+    arrays: dict[str, np.ndarray]
+    config: dict[str, Any]
+    node_config: dict[str, Any]
+    task_options: dict[str, Any]
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    context: Context | None = field(default=None, repr=False)
+
+    def build_task(self) -> SiteTask:
+        """The site's task for this run (:func:`build_site_task`)."""
+        if self.context is None:
+            raise FederatedError("this query has no node context to build the task from")
+        return build_site_task(self.context)
+
+
+def _record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: record[name].numpy() for name in record}
+
+
+def _to_record(arrays: Mapping[str, Any], what: str) -> ArrayRecord:
+    out: dict[str, Array] = {}
+    for name, value in arrays.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise FederatedError(f"{what}[{name!r}] has dtype {arr.dtype}; send numeric arrays")
+        out[str(name)] = Array(np.ascontiguousarray(arr))
+    return ArrayRecord(out)
+
+
+def query_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+    """Answer the server's ``query`` messages with the run's ``query-handler``.
+
+    The reply carries the handler's arrays (``arrays``) and, in ``query``, the query's name
+    and the site (``node_config["site"]``, else the node id). Other messages pass through.
+
+    Raises:
+        FederatedError: the run has no ``query-handler``, or it returned non-numeric arrays
+            (Flower sends the error back to the server as the reply).
+    """
+    if not msg.has_content() or msg.metadata.message_type.split(".")[0] != MessageType.QUERY:
+        return call_next(msg, ctxt)
+    cfg = FlowerRunConfig.from_run_config(ctxt.run_config)
+    if not cfg.query_handler:
+        raise FederatedError(
+            "the server sent a query but the run config has no query-handler; set "
+            "query-handler='package.module:function'"
+        )
+    handler = load_callable(cfg.query_handler, "query-handler")
+    content = msg.content
+    config = dict(content.config_records["query"]) if "query" in content.config_records else {}
+    arrays = content.array_records.get("arrays")
+    state = ctxt.state.array_records.get(QUERY_STATE_KEY)
+    query = SiteQuery(
+        name=str(config.pop("name", "")),
+        arrays={} if arrays is None else _record_arrays(arrays),
+        config=config,
+        node_config=dict(ctxt.node_config),
+        task_options=dict(cfg.task_options or {}),
+        state={} if state is None else _record_arrays(state),
+        context=ctxt,
+    )
+    answer = handler(query)
+    ctxt.state.array_records[QUERY_STATE_KEY] = _to_record(query.state, "query state")
+    site = str(ctxt.node_config.get("site", ctxt.node_id))
+    reply = RecordDict(
+        {
+            "arrays": _to_record(answer, f"query {query.name!r} reply"),
+            "query": ConfigRecord({"name": query.name, "site": site}),
+        }
+    )
+    return Message(reply, reply_to=msg)
+
+
+# outermost first: queries are answered before the training mods see them; SecAgg+ masks
+# what the clipping mod returns
+app = ClientApp(
+    client_fn=client_fn, mods=[query_mod, optional_secaggplus_mod, optional_clipping_mod]
+)
 """The ClientApp named in the Flower app's ``pyproject.toml`` (``clientapp``)."""

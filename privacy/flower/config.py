@@ -11,7 +11,9 @@ one place that maps it to and from Python:
   :class:`~privacy.federated.task.FitConfig` as the ``config`` dict a Flower ``FitIns``
   carries (``proximal_mu`` is the key Flower's ``FedProx`` adds itself);
 * :func:`load_task_factory` — the ``package.module:function`` that builds a site's
-  :class:`~privacy.federated.task.SiteTask` from its SuperNode's node config.
+  :class:`~privacy.federated.task.SiteTask` from its SuperNode's node config;
+  :func:`load_callable` — the same for the optional ``query-handler`` (a site's answers to
+  the server's queries after the rounds) and ``finish`` (the server's work after the rounds).
 
 Nothing here imports Flower, so the launcher and the docs tooling stay light.
 """
@@ -34,6 +36,7 @@ __all__ = [
     "TaskFactory",
     "fit_config_from_flower",
     "fit_config_to_flower",
+    "load_callable",
     "load_task_factory",
 ]
 
@@ -100,6 +103,13 @@ class FlowerRunConfig:
             global model (``parameters.safetensors``) and ``federation.json``; required.
         initial_parameters: optional ``.safetensors`` file with the starting global model
             (default: the parameters of one site's freshly built task).
+        query_handler: optional ``package.module:function`` that answers the server's
+            queries at each site (:class:`privacy.flower.client_app.SiteQuery`); empty: the
+            sites refuse queries.
+        finish: optional ``package.module:function`` the ServerApp calls after the last
+            round with :class:`privacy.flower.server_app.SiteQueries`, the final global model
+            and ``task_options``; it returns a JSON object, saved as ``finish.json`` in
+            ``output_dir`` (e.g. a model's second stage fitted from the sites' sums).
     """
 
     task_factory: str = ""
@@ -134,6 +144,8 @@ class FlowerRunConfig:
     connect_timeout: float = 120.0
     output_dir: str = ""
     initial_parameters: str = ""
+    query_handler: str = ""
+    finish: str = ""
 
     def __post_init__(self) -> None:
         """Check ranges so a bad setting fails before any process starts."""
@@ -260,24 +272,33 @@ def load_task_factory(ref: str) -> TaskFactory:
     Raises:
         FederatedError: empty, malformed, not importable or not callable.
     """
+    return load_callable(ref, "task-factory")  # type: ignore[return-value]
+
+
+def load_callable(ref: str, key: str) -> Callable[..., Any]:
+    """Import the ``package.module:function`` named in the run config's ``key``.
+
+    Raises:
+        FederatedError: empty, malformed, not importable or not callable.
+    """
     module_name, sep, attr = ref.partition(":")
     if not ref or not sep or not module_name or not attr:
         raise FederatedError(
-            f"task-factory must look like 'package.module:function', got {ref!r}; set it "
-            "with flwr run --run-config \"task-factory='my_pkg.tasks:make_site_task'\""
+            f"{key} must look like 'package.module:function', got {ref!r}; set it "
+            f"with flwr run --run-config \"{key}='my_pkg.module:function'\""
         )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise FederatedError(
-            f"task-factory {ref!r}: cannot import {module_name!r} ({e}); install the package "
+            f"{key} {ref!r}: cannot import {module_name!r} ({e}); install the package "
             "that provides it in the environment of every SuperNode and the SuperLink"
         ) from e
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
         if obj is None:
-            raise FederatedError(f"task-factory {ref!r}: {module_name!r} has no {attr!r}")
+            raise FederatedError(f"{key} {ref!r}: {module_name!r} has no {attr!r}")
     if not callable(obj):
-        raise FederatedError(f"task-factory {ref!r} is not callable")
+        raise FederatedError(f"{key} {ref!r} is not callable")
     return obj  # type: ignore[no-any-return]

@@ -21,6 +21,12 @@ defaults to ``site-<partition-id>``) or ``site``. Options (the run's ``task-opti
 * ``fail_site`` / ``fail_round`` — that site raises in ``fit`` at that round (a failing
   site); ``exit_site`` / ``exit_round`` — that site's process and its SuperNode are killed
   at that round (a site that disconnects mid-round). For drills and tests only.
+
+After the rounds, :func:`finish` (``finish = "privacy.flower.demo:finish"``) queries the
+sites, which answer with :func:`answer_query` (``query-handler =
+"privacy.flower.demo:answer_query"``): their evaluation rows and events, then the summed log
+loss of the final model on them. The pooled log loss it writes to ``finish.json`` checks
+the query path of a deployment; each site counts the queries it answered in its query state.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ import numpy as np
 from privacy.errors import FederatedError
 from privacy.federated.task import EvalResult, FitConfig, FitResult, Parameters
 
-__all__ = ["LogisticSiteTask", "make_task", "site_data"]
+__all__ = ["LogisticSiteTask", "answer_query", "finish", "make_task", "site_data"]
 
 _STATE_FORMAT = 1
 
@@ -256,3 +262,44 @@ def make_task(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> Log
         fail_round=_opt_int(options, "fail_round", site),
         exit_round=_opt_int(options, "exit_round", site),
     )
+
+
+def answer_query(query: Any) -> dict[str, np.ndarray]:
+    """The demo's ``query-handler`` (a :class:`privacy.flower.client_app.SiteQuery`).
+
+    ``demo.counts``: the site's evaluation rows and events; ``demo.loss``: the summed log
+    loss of the model in ``arrays`` (``weight``, ``bias``) on them. Every reply also holds
+    ``answered``, the queries this site has answered in the run (kept in its query state).
+
+    Raises:
+        FederatedError: an unknown query.
+    """
+    task = query.build_task()
+    answered = int(np.asarray(query.state.get("answered", [0])).reshape(-1)[0]) + 1
+    query.state["answered"] = np.asarray([answered], np.int64)
+    out = {"answered": np.asarray([answered], np.int64)}
+    if query.name == "demo.counts":
+        out["n"] = np.asarray([task.y_eval.shape[0]], np.float64)
+        out["events"] = np.asarray([task.y_eval.sum()], np.float64)
+    elif query.name == "demo.loss":
+        model = [query.arrays["weight"], query.arrays["bias"]]
+        result = task.evaluate(model, FitConfig(0))
+        out["loss_sum"] = np.asarray([result.loss * result.num_examples], np.float64)
+    else:
+        raise FederatedError(f"unknown demo query {query.name!r}; use demo.counts or demo.loss")
+    return out
+
+
+def finish(queries: Any, parameters: Parameters, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo's ``finish``: the final model's pooled log loss on the sites' evaluation rows."""
+    counts = queries.ask("demo.counts")
+    weight, bias = (np.asarray(p, np.float64) for p in parameters)
+    losses = queries.ask("demo.loss", {"weight": weight, "bias": bias})
+    n = sum(float(r["n"][0]) for r in counts.values())
+    return {
+        "sites": sorted(counts),
+        "n_eval": n,
+        "events": sum(float(r["events"][0]) for r in counts.values()),
+        "mean_log_loss": sum(float(r["loss_sum"][0]) for r in losses.values()) / n,
+        "answered": {s: int(r["answered"][0]) for s, r in losses.items()},
+    }

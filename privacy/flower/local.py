@@ -597,6 +597,15 @@ class LocalFederation:
             return path
         return None
 
+    def keep_logs(self, folder: Path) -> Path:
+        """Copy every process's log (and the saved ServerApp logs) into ``folder``, which
+        outlives a temporary work dir; returns ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, path in self.logs.items():
+            with contextlib.suppress(OSError):
+                shutil.copyfile(path, folder / f"{name}.log")
+        return folder
+
     def run(
         self, cfg: FlowerRunConfig, out_dir: Path, timeout: float = 600.0, check: bool = True
     ) -> FlowerRunResult:
@@ -608,7 +617,8 @@ class LocalFederation:
                 ``federation.json`` (must not hold a previous run's ``federation.json``).
             timeout: seconds for the whole run.
             check: raise :class:`FederatedError` when the run failed (the error carries the
-                last global model in ``err.parameters``).
+                last global model in ``err.parameters``). A failed run's process logs are
+                copied to ``out_dir/logs``.
 
         Raises:
             FederatedError: see :meth:`submit` and :meth:`wait`; a failed run when ``check``.
@@ -622,12 +632,13 @@ class LocalFederation:
         t0 = time.monotonic()
         run_id = self.submit(replace(cfg, output_dir=str(out_dir)), timeout=min(timeout, 120.0))
         result = self.wait(out_dir, timeout - (time.monotonic() - t0))
+        logs = "not available"
         if result.status != "completed":
             self.save_run_log(run_id)
+            logs = str(self.keep_logs(out_dir / "logs"))
         if check and result.status != "completed":
             raise FederatedError(
-                f"the Flower run failed: {result.error} (ServerApp log: "
-                f"{self.logs.get(f'run-{run_id}', 'not available')})",
+                f"the Flower run failed: {result.error} (the processes' logs: {logs})",
                 parameters=result.parameters,
                 history=result.record,
             )

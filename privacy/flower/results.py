@@ -17,6 +17,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import numpy as np
 from privacy.errors import FederatedError
 
 __all__ = [
+    "FINISH_FILE",
     "PARAMETERS_FILE",
     "RESULT_FILE",
     "FlowerRunResult",
@@ -37,6 +39,7 @@ __all__ = [
 
 PARAMETERS_FILE = "parameters.safetensors"
 RESULT_FILE = "federation.json"
+FINISH_FILE = "finish.json"
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -222,6 +225,14 @@ class RunRecorder:
         """Replace ``parameters.safetensors`` with ``parameters``."""
         save_parameters(self.out_dir / PARAMETERS_FILE, parameters)
 
+    def save_finish(self, result: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+        """Write the ``finish`` function's result to ``finish.json`` (atomically) and note
+        ``summary`` (function, queries, seconds) in ``federation.json``."""
+        data = json.dumps(_jsonable(dict(result)), indent=2, sort_keys=True)
+        _atomic_write_bytes(self.out_dir / FINISH_FILE, data.encode("utf-8"))
+        self.record["finish"] = _jsonable(dict(summary))
+        self._write_json()
+
     def finish(
         self, status: str, parameters: list[np.ndarray] | None, error: str | None = None
     ) -> None:
@@ -260,12 +271,15 @@ class FlowerRunResult:
         parameters: the last global model (None when no round finished and no initial
             model was saved).
         record: the parsed ``federation.json``.
+        finish: the parsed ``finish.json`` (None when the run has no ``finish`` function or
+            it did not complete).
     """
 
     out_dir: Path
     status: str
     parameters: list[np.ndarray] | None
     record: dict[str, Any]
+    finish: dict[str, Any] | None = None
 
     @property
     def error(self) -> str | None:
@@ -295,4 +309,10 @@ def read_result(out_dir: Path) -> FlowerRunResult:
         raise FederatedError(f"cannot read {path}: {e}") from e
     params_path = out_dir / PARAMETERS_FILE
     params = load_parameters(params_path) if params_path.is_file() else None
-    return FlowerRunResult(out_dir, str(record.get("status")), params, record)
+    finish = None
+    if (out_dir / FINISH_FILE).is_file():
+        try:
+            finish = json.loads((out_dir / FINISH_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise FederatedError(f"cannot read {out_dir / FINISH_FILE}: {e}") from e
+    return FlowerRunResult(out_dir, str(record.get("status")), params, record, finish)

@@ -27,6 +27,11 @@ Flower's SecAgg+ needs:
 Outputs, in ``output-dir`` on the SuperLink host, rewritten atomically after every round:
 ``parameters.safetensors`` (the current global model, keys ``param_0000``… in the task's
 order) and ``federation.json`` (settings, per-round records, status, DP ε, error).
+
+After the last round, a run whose config names a ``finish`` function calls it with
+:class:`SiteQueries` (``query`` messages to every connected site, answered by the run's
+``query-handler``), the final global model and the ``task-options``; its JSON result is
+written to ``finish.json`` and the run completes only when it returns.
 """
 
 from __future__ import annotations
@@ -40,7 +45,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import Context, Message
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.app.message_type import MessageType
 from flwr.common import (
     EvaluateIns,
     EvaluateRes,
@@ -73,10 +87,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from privacy.errors import FederatedError
 from privacy.federated.task import FitConfig
-from privacy.flower.config import FlowerRunConfig, fit_config_to_flower
+from privacy.flower.config import FlowerRunConfig, fit_config_to_flower, load_callable
 from privacy.flower.results import RunRecorder, load_parameters
 
-__all__ = ["GuardedStrategy", "app", "build_strategy", "client_dp_epsilon"]
+__all__ = ["GuardedStrategy", "SiteQueries", "app", "build_strategy", "client_dp_epsilon"]
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +385,95 @@ def _secagg_number(value: int | float) -> int | float:
     return value
 
 
+class SiteQueries:
+    """Queries to every connected site after the rounds (what a ``finish`` function gets).
+
+    Each :meth:`ask` sends one ``query`` message to every site and waits for all of them:
+    a finish step (e.g. fitting a model's second stage from the sites' sums) needs every
+    site's answer, so a site that fails or does not answer within ``timeout`` is an error.
+
+    Attributes:
+        queries: how many queries were sent (each one message per site).
+    """
+
+    def __init__(self, grid: Grid, node_ids: list[int], timeout: float) -> None:
+        self._grid = grid
+        self._nodes = list(node_ids)
+        self._timeout = timeout
+        self.queries = 0
+
+    @property
+    def n_sites(self) -> int:
+        """The sites asked."""
+        return len(self._nodes)
+
+    def ask(
+        self,
+        name: str,
+        arrays: dict[str, np.ndarray] | None = None,
+        config: dict[str, bool | int | float | str] | None = None,
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Send the query ``name`` to every site; returns each site's reply arrays by site.
+
+        Raises:
+            FederatedError: a site answered with an error or not within the timeout.
+        """
+        content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+            "arrays": ArrayRecord(
+                {k: Array(np.ascontiguousarray(np.asarray(v))) for k, v in (arrays or {}).items()}
+            ),
+            "query": ConfigRecord({"name": name, **(config or {})}),
+        }
+        messages = [
+            Message(RecordDict(content), dst_node_id=node, message_type=MessageType.QUERY)
+            for node in self._nodes
+        ]
+        self.queries += 1
+        replies = list(self._grid.send_and_receive(messages, timeout=self._timeout))
+        out: dict[str, dict[str, np.ndarray]] = {}
+        errors = []
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                errors.append(f"node {node}: {reply.error.reason}")
+                continue
+            site = str(reply.content.config_records["query"].get("site", node))
+            record = reply.content.array_records["arrays"]
+            out[site] = {k: record[k].numpy() for k in record}
+        missing = len(self._nodes) - len(replies)
+        if errors or missing:
+            raise FederatedError(
+                f"query {name!r} (query {self.queries}): "
+                + "; ".join(errors + ([f"{missing} site(s) did not answer"] if missing else []))
+                + f". Every site must answer (timeout {self._timeout:.0f} s, round-timeout)"
+            )
+        return out
+
+
+def _run_finish(grid: Grid, cfg: FlowerRunConfig, recorder: RunRecorder, guard: Any) -> None:
+    """Call the run's ``finish`` function with the final model; save what it returns."""
+    finish = load_callable(cfg.finish, "finish")
+    if guard.parameters is None:
+        raise FederatedError("no global model to finish: no round completed")
+    queries = SiteQueries(grid, list(grid.get_node_ids()), cfg.round_timeout)
+    start = time.monotonic()
+    result = finish(queries, list(guard.parameters), dict(cfg.task_options or {}))
+    if not isinstance(result, dict):
+        raise FederatedError(
+            f"finish {cfg.finish!r} returned {type(result).__name__}; it must return a dict "
+            "(saved as finish.json)"
+        )
+    recorder.save_finish(
+        result,
+        {
+            "function": cfg.finish,
+            "sites": queries.n_sites,
+            "queries": queries.queries,
+            "seconds": round(time.monotonic() - start, 3),
+        },
+    )
+
+
 def run_federation(grid: Grid, context: Context) -> None:
     """The ServerApp's main: run the rounds, write the outputs, fail loudly."""
     cfg = FlowerRunConfig.from_run_config(context.run_config)
@@ -398,6 +501,8 @@ def run_federation(grid: Grid, context: Context) -> None:
         )
         workflow = DefaultWorkflow(fit_workflow=_checked_fit(fit, guard))
         workflow(cast(Grid, TimeoutGrid(grid, cfg.round_timeout)), legacy)
+        if cfg.finish:
+            _run_finish(grid, cfg, recorder, guard)
     except BaseException as e:
         recorder.finish("failed", guard.parameters, error=f"{type(e).__name__}: {e}")
         raise

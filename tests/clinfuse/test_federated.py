@@ -293,3 +293,90 @@ def test_stage2_settings_are_checked_before_any_case_is_read(tmp_path: Path) -> 
             tmp_path / "missing.csv", tmp_path / "out", iso, FederatedSettings(stage2="aggregates")
         )
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.parametrize("mode", ["aggregates", "pooled"])
+def test_flower_stage2_queries_fit_what_the_simulator_fits(
+    cohort: Path, tmp_path: Path, mode: str
+) -> None:
+    """The Flower path's stage 2 without the processes: the ServerApp's finish() asks each
+    site's query handler (answer(), one SiteQuery per message, the site's state kept between
+    them as the SuperNode keeps it) and fits what the in-process run fitted."""
+    from clinfuse.federated import FederatedSettings, federated_run
+    from clinfuse.federated.flower_stage2 import answer, finish
+    from clinfuse.federated.flower_task import task_options
+    from clinfuse.federated.stage2 import Stage2Fit
+    from clinfuse.federated.task import trainable_view
+    from clinfuse.model import load_run
+    from privacy.federated.torch_task import get_parameters, parameter_keys
+    from privacy.flower.client_app import SiteQuery
+
+    cfg = _config()
+    cfg = cfg.model_copy(
+        update={"calibration": cfg.calibration.model_copy(update={"method": "platt"})}
+    )
+    settings = FederatedSettings(rounds=1, baselines=False, stage2=mode)
+    run = federated_run(cohort, tmp_path / "sim", cfg, settings, n_boot=0)
+    model = load_run(run)
+    view = trainable_view(model)
+    parameters = get_parameters(view, parameter_keys(view))
+    sites = json.loads((run / "federated.json").read_text())["sites"]
+    options = task_options(str(cohort), cfg, settings, None, model.modalities)
+    options = json.loads(json.dumps(options))  # as the run config carries it
+
+    class Queries:  # the ServerApp's SiteQueries, each message answered in this process
+        def __init__(self) -> None:
+            self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in sites}
+            self.queries = 0
+
+        def ask(self, name: str, arrays=None, config=None) -> dict[str, dict[str, np.ndarray]]:
+            self.queries += 1
+            return {
+                s: answer(
+                    SiteQuery(
+                        name,
+                        dict(arrays or {}),
+                        dict(config or {}),
+                        {"site": s},
+                        options,
+                        self.state[s],
+                    )
+                )
+                for s in sites
+            }
+
+    queries = Queries()
+    result = finish(queries, parameters, options)
+    assert result["mode"] == mode and result["sites"] == sorted(sites)
+    fit = Stage2Fit.from_dict(result["stage2"])
+    fusion = model.network.fusion
+    assert fit.combiner is not None
+    # the sites' float32 logits are computed in other batches than the pooled ones; Newton
+    # (aggregates) finds the exact optimum of both, L-BFGS (pooled) stops on a flat stretch
+    # along two weights near 0 (9.3e-5 apart) and Platt.fit's L-BFGS-B with a numerical
+    # gradient stops short of the optimum (calibrated risks 1.4e-4 apart)
+    tol = 1e-5 if mode == "aggregates" else 1e-4
+    np.testing.assert_allclose(fit.combiner["weights"], fusion.weights.detach().numpy(), atol=tol)
+    assert fit.combiner["bias"] == pytest.approx(float(fusion.bias.detach()), abs=tol)
+    grid = np.linspace(-4, 4, 81)
+    for name, cal in model.calibrators.items():
+        np.testing.assert_allclose(
+            fit.calibrators[name].predict_proba(grid), cal.predict_proba(grid), atol=5 * tol
+        )
+    if mode == "aggregates":
+        assert queries.queries == fit.requests + 1 <= 20
+        kept = queries.state[sites[0]]
+        assert set(kept) == {"unimodal", "present", "label", "logit"}  # stays at the site
+    else:
+        assert queries.queries == 1
+
+
+def test_a_stage2_sums_query_before_the_logits_is_refused() -> None:
+    from clinfuse.errors import ConfigError
+    from clinfuse.federated.flower_stage2 import answer
+    from privacy.flower.client_app import SiteQuery
+
+    with pytest.raises(ConfigError, match=r"send stage2\.logits first"):
+        answer(SiteQuery("stage2.sums", {}, {}, {"site": "a"}, {}))
+    with pytest.raises(ConfigError, match="unknown stage-2 query 'weights'"):
+        answer(SiteQuery("weights", {}, {}, {"site": "a"}, {}))

@@ -155,7 +155,7 @@ def test_calibrators_from_site_sums_are_the_pooled_fits(method: str) -> None:
 def test_the_split_into_sites_does_not_change_the_fit() -> None:
     z, present, y = _cohort(2)
     one, _ = _fit(z, present, y, [(0, 320)], "platt")
-    many, _ = _fit(z, present, y, CUTS + [(320, 320)], "platt")  # an empty site too
+    many, _ = _fit(z, present, y, [*CUTS, (320, 320)], "platt")  # an empty site too
     np.testing.assert_allclose(many.combiner["weights"], one.combiner["weights"], atol=1e-10)
     for name, cal in one.calibrators.items():
         assert many.calibrators[name].to_dict() == pytest.approx(cal.to_dict(), abs=1e-9)

@@ -412,6 +412,30 @@ def test_tls_and_supernode_auth_as_between_real_hosts(tmp_path: Path) -> None:
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def test_finish_queries_every_site_after_the_rounds(federation, tmp_path: Path) -> None:
+    """The run's finish function asks the sites twice over Flower messages; each site's
+    query-handler answers in a fresh ClientApp process and keeps a counter in its query
+    state. finish.json holds the final model's pooled log loss, computed here directly."""
+    cfg = _cfg(
+        tmp_path,
+        num_rounds=1,
+        query_handler="privacy.flower.demo:answer_query",
+        finish="privacy.flower.demo:finish",
+    )
+    result = federation.run(cfg, tmp_path / "run", timeout=240)
+    assert result.status == "completed", result.error
+    assert result.finish is not None and result.parameters is not None
+    tasks = _tasks()
+    n = sum(len(t.y_eval) for t in tasks)
+    loss = sum(t.evaluate(result.parameters, FitConfig(0)).loss * len(t.y_eval) for t in tasks)
+    assert result.finish["n_eval"] == n
+    assert result.finish["events"] == sum(float(t.y_eval.sum()) for t in tasks)
+    assert result.finish["mean_log_loss"] == pytest.approx(loss / n, rel=1e-12)
+    assert sorted(result.finish["answered"].values()) == [2, 2]  # state kept between messages
+    assert result.record["finish"]["queries"] == 2 and result.record["finish"]["sites"] == 2
+    assert (tmp_path / "run" / "finish.json").is_file()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
 def test_server_optimizers_over_flower_equal_the_simulator(
@@ -458,6 +482,17 @@ def test_client_level_dp_records_epsilon(federation, tmp_path: Path) -> None:
     step = np.concatenate([(g - i).ravel() for g, i in zip(result.parameters, init, strict=True)])
     assert np.all(np.isfinite(step))
     assert np.linalg.norm(step) < 2 * (clip + 6 * sigma * clip / N_SITES * math.sqrt(step.size))
+
+
+@pytest.mark.slow
+def test_a_query_without_a_handler_fails_the_run_and_keeps_the_model(
+    federation, tmp_path: Path
+) -> None:
+    cfg = _cfg(tmp_path, num_rounds=1, finish="privacy.flower.demo:finish")
+    result = federation.run(cfg, tmp_path / "run", timeout=240)
+    assert result.status == "failed" and result.finish is None
+    assert "query-handler" in str(result.error)
+    assert result.record["completed_rounds"] == 1 and result.parameters is not None
 
 
 @pytest.mark.slow
