@@ -201,6 +201,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.federated", "federated_run", []),
             ("clinfuse.federated", "FederatedSettings", []),
             ("clinfuse.federated", "privacy_utility", []),
+            ("clinfuse.federated.stage2", "fit_from_sites", []),
             ("privacy.dp", "DPConfig", []),
             ("privacy.dp", "compute_epsilon", []),
         ],

@@ -15,8 +15,9 @@ combiner and the calibration on the *pooled validation logits*: each site sends,
 validation case, only its unimodal logits, presence mask and outcome (never inputs), the
 same held-out data the centralized trainer uses for stage 2 (see docs/federated.md). With
 ``stage2="aggregates"`` no per-case value leaves a site: the combiner and the calibration
-are fitted from the sites' sums (counts, sums of logits, summed log losses and gradients at
-the parameters the optimizer tries), which gives the same fit.
+are fitted from the sites' sums (counts, sums of logits, and the log loss, its gradient and
+its Hessian summed at the parameters the coordinator tries; :mod:`clinfuse.federated.stage2`),
+which gives the same fit.
 """
 
 from __future__ import annotations

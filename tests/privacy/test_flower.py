@@ -38,7 +38,7 @@ from privacy.flower.config import (
 )
 from privacy.flower.demo import make_task
 from privacy.flower.local import LocalFederation, _descendants, loopback_tls
-from privacy.flower.results import load_parameters, save_parameters
+from privacy.flower.results import load_parameters, read_result, save_parameters
 
 N_SITES = 2  # default-suite runs; the slow SecAgg+/dropout tests use 3
 LR = 0.2
@@ -489,9 +489,12 @@ def test_a_query_without_a_handler_fails_the_run_and_keeps_the_model(
     federation, tmp_path: Path
 ) -> None:
     cfg = _cfg(tmp_path, num_rounds=1, finish="privacy.flower.demo:finish")
-    result = federation.run(cfg, tmp_path / "run", timeout=240)
+    with pytest.raises(FederatedError, match="run config has no query-handler") as err:
+        federation.run(cfg, tmp_path / "run", timeout=240)
+    assert "query 'demo.counts'" in str(err.value)
+    assert (tmp_path / "run" / "logs" / "superlink.log").is_file()  # kept for the reader
+    result = read_result(tmp_path / "run")
     assert result.status == "failed" and result.finish is None
-    assert "query-handler" in str(result.error)
     assert result.record["completed_rounds"] == 1 and result.parameters is not None
 
 
