@@ -105,6 +105,17 @@ class SiteLogits:
         }
 
 
+_METHODS = ("platt", "temperature")
+
+
+def _scalar(value: Any) -> float:
+    """A one-number array (a message carries scalars as arrays of one element)."""
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size != 1:
+        raise ValueError(f"expected one number, got an array of shape {np.shape(value)}")
+    return float(arr[0])
+
+
 def site_summary(site: SiteLogits) -> dict[str, np.ndarray]:
     """The first message: counts and, per modality, the sum and count of present logits."""
     present = site.present
@@ -163,17 +174,6 @@ def site_sums(site: SiteLogits, request: Mapping[str, Any]) -> dict[str, np.ndar
     return out
 
 
-_METHODS = ("platt", "temperature")
-
-
-def _scalar(value: Any) -> float:
-    """A one-number array (a message carries scalars as arrays of one element)."""
-    arr = np.asarray(value, dtype=np.float64).reshape(-1)
-    if arr.size != 1:
-        raise ValueError(f"expected one number, got an array of shape {np.shape(value)}")
-    return float(arr[0])
-
-
 class _Newton:
     """Projected Newton with step halving on a sum the sites report (one problem).
 
@@ -211,7 +211,7 @@ class _Newton:
             armijo = self.f + 1e-4 * float(self.g @ (pt - self.x))
             rounding = abs(f - self.f) <= 1e-12 * max(1.0, abs(f))
             if not (f <= armijo or rounding):
-                if self.t > 1e-12:
+                if self.t > 1e-9:
                     self.t /= 2  # the step went too far: halve it
                     self.point = np.clip(self.x + self.t * self.direction, self.lower, self.upper)
                     return
@@ -221,9 +221,14 @@ class _Newton:
         self.iterations += 1
         self.direction = self._direction()
         decrement = -float(g @ self.direction)  # λ²: twice the predicted decrease
-        if decrement <= 1e-12 * max(1.0, abs(f)) or self.iterations >= self.max_iter:
+        if decrement <= 1e-12 * max(1.0, abs(f)):
             # the quadratic model is exact to rounding here: take its step without asking
             self.x = np.clip(pt + self.direction, self.lower, self.upper)
+            self.done = True
+            return
+        if self.iterations >= self.max_iter or f < 1e-6:
+            # separated outcomes: the MLE runs off to infinity and the loss to 0; stop once
+            # every fitted risk is within 1e-6 of its outcome
             self.done = True
             return
         self.t = 1.0

@@ -201,3 +201,16 @@ def test_the_fit_round_trips_through_json() -> None:
         np.testing.assert_array_equal(
             back.calibrators[name].predict_proba(grid), cal.predict_proba(grid)
         )
+
+
+def test_separated_outcomes_end_the_fit_instead_of_running_off() -> None:
+    """A modality whose logits separate the outcomes has no finite Platt MLE: the fit stops
+    once every fitted risk is within about 1e-6 of its outcome (32 requests here)."""
+    rng = np.random.default_rng(6)
+    y = np.r_[np.zeros(30), np.ones(30)]
+    z = np.c_[np.r_[rng.normal(-2, 0.5, 30), rng.normal(2, 0.5, 30)], rng.normal(size=(60, 2))]
+    present = np.ones((60, 3), bool)
+    fit, _ = _fit(z, present, y, [(0, 30), (30, 60)], "platt")
+    assert fit.requests <= 40
+    risk = fit.calibrators["image"].predict_proba(z[:, 0])
+    assert np.max(np.abs(risk - y)) < 1e-5
