@@ -810,6 +810,24 @@ def monitor(
             console.print(
                 f"{r['period']}: {'; '.join(r['flags'])}", highlight=False, soft_wrap=True
             )
+    by_site = s.get("by_site")
+    if by_site:
+        own = sum(1 for e in by_site["sites"] if e["reference"] == "site")
+        console.print(
+            f"by site ({len(by_site['sites'])} compared, {own} with their own development "
+            f"cases, {len(by_site['left_out'])} with too few cases): "
+            f"{by_site['n_flagged_periods']} flagged",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for e in by_site["sites"]:
+            for r in e["periods"]:
+                if r.get("flags"):
+                    console.print(
+                        f"{e['site']} {r['period']}: {'; '.join(r['flags'])}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
     outcomes = s["outcomes"]
     if outcomes is None:
         console.print("no outcomes of both kinds known yet", highlight=False)

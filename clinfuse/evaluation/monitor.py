@@ -227,6 +227,218 @@ def _flags(row: dict[str, Any], development: dict[str, Any]) -> list[str]:
     return out
 
 
+@dataclass
+class _Reference:
+    """What a period is compared with: development cases' profile, fused logits, each
+    modality's present logits, and the numeric inputs' mean and SD with their sample size."""
+
+    profile: dict[str, Any]
+    logit: np.ndarray
+    risk: dict[str, np.ndarray]
+    numeric: dict[str, tuple[float, float]]
+    n_numeric: int
+
+    @classmethod
+    def of(
+        cls,
+        development: pd.DataFrame,
+        modalities: Sequence[str],
+        thresholds: Sequence[float],
+        numeric: dict[str, tuple[float, float]],
+        n_numeric: int | None = None,
+    ) -> _Reference:
+        if n_numeric is None:  # the model's stored statistics: its training split
+            n_train = int((development["split"] == "train").sum()) if "split" in development else 0
+            n_numeric = n_train or len(development)
+        return cls(
+            profile=_profile(development, modalities, thresholds),
+            logit=development["logit_fusion"].to_numpy(dtype=float),
+            risk={
+                m: _logit(
+                    development[f"p_{m}"].to_numpy(dtype=float)[development[f"present_{m}"] == 1]
+                )
+                for m in modalities
+            },
+            numeric=numeric,
+            n_numeric=n_numeric,
+        )
+
+
+@dataclass
+class _Periods:
+    """The calendar periods of a report and the comparison of one set of cases per period."""
+
+    calendar: pd.PeriodIndex
+    labels: np.ndarray  # each dated case's period
+    modalities: Sequence[str]
+    thresholds: Sequence[float]
+    min_size: int
+
+    def rows(
+        self,
+        frame: pd.DataFrame,
+        values: pd.DataFrame | None,
+        ref: _Reference,
+        select: np.ndarray | None = None,
+    ) -> list[dict[str, Any]]:
+        """One row per calendar period for the cases ``select`` (default: all)."""
+        select = np.ones(len(frame), bool) if select is None else select
+        known = (
+            frame["label"].notna().to_numpy() if "label" in frame else np.zeros(len(frame), bool)
+        )
+        out = []
+        for label in self.calendar:
+            sel = (self.labels == label) & select
+            part = frame[sel]
+            row: dict[str, Any] = {
+                "period": str(label),
+                "start": str(label.start_time.date()),
+                "n": int(sel.sum()),
+                "n_labelled": int(known[sel].sum()),
+            }
+            if row["n"] < self.min_size:
+                out.append(row | {"suppressed": True})
+                continue
+            out.append(
+                row | {"suppressed": False} | self._compare(part, values, sel, ref, row["n"])
+            )
+        return out
+
+    def _compare(
+        self,
+        part: pd.DataFrame,
+        values: pd.DataFrame | None,
+        sel: np.ndarray,
+        ref: _Reference,
+        n: int,
+    ) -> dict[str, Any]:
+        profile = _profile(part, self.modalities, self.thresholds)
+        dev = ref.profile
+        return {
+            "mean_risk": profile["mean_risk"],
+            "alert_rate": profile["alert_rate"],
+            "psi_fusion": _psi_test(ref.logit, part["logit_fusion"].to_numpy(dtype=float)),
+            "psi": {
+                m: _psi_test(
+                    ref.risk[m],
+                    _logit(part[f"p_{m}"].to_numpy(dtype=float)[part[f"present_{m}"] == 1]),
+                )
+                for m in self.modalities
+            },
+            "availability": {
+                m: {
+                    "value": share,
+                    "change": share - dev["availability"][m],
+                    "p_value": _proportion_p(share, n, dev["availability"][m], dev["n"]),
+                }
+                for m, share in profile["availability"].items()
+            },
+            "smd": {
+                col: _smd(values.loc[sel, col], *stats, ref.n_numeric)
+                for col, stats in ref.numeric.items()
+                if values is not None and col in values.columns
+            },
+        }
+
+
+def _site_numeric(
+    values: pd.DataFrame, pooled: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """Each numeric input's mean and SD among one site's development cases (the pooled
+    statistics where the site has fewer than two values)."""
+    from clinfuse.evaluation.casemix import numeric_values
+
+    out = {}
+    for col, stats in pooled.items():
+        arr = numeric_values(values[col]) if col in values.columns else np.zeros(0)
+        out[col] = (float(arr.mean()), float(arr.std(ddof=1))) if len(arr) >= 2 else stats
+    return out
+
+
+def _by_site(
+    compare: _Periods,
+    frame: pd.DataFrame,
+    values: pd.DataFrame | None,
+    site_of: np.ndarray,
+    development: pd.DataFrame,
+    pooled: _Reference,
+    development_sites: Sequence[Any] | None,
+    tabular_reference: pd.DataFrame | None,
+) -> dict[str, Any] | None:
+    """Every site's periods compared, each site with its own development cases.
+
+    A shift at one site (its scanner off line, a changed assay) is diluted among the others
+    in the pooled periods. Each site with at least ``min_size`` dated cases is compared
+    period by period with its own development cases when it has ``min_size`` of them (its
+    case mix and feeds as they were), else with all of them (a site new to the model). The
+    numeric inputs are compared with the site's development values when they are known (the
+    training manifest), else with the model's stored training statistics. Each comparison's
+    p-values are Holm-adjusted across every site's periods together, so with no shift a given
+    comparison flags some site's period with probability at most :data:`FLAG_P`.
+
+    Returns:
+        None with fewer than two sites; else ``sites`` (per site: ``site``, ``n``,
+        ``reference`` (``site`` or ``all``), ``n_reference``, ``periods`` as the pooled
+        ``periods``, ``n_flagged_periods``), ``left_out`` (sites with too few cases:
+        ``site``, ``n``) and ``n_flagged_periods`` (site periods with a flag).
+    """
+    names = sorted(set(site_of.tolist()))
+    if len(names) < 2:
+        return None
+    dev_sites = (
+        None
+        if development_sites is None
+        else np.asarray([str(x) for x in development_sites], dtype=object)
+    )
+    entries: list[dict[str, Any]] = []
+    left_out = []
+    refs: dict[str, _Reference] = {}
+    for name in names:
+        select = site_of == name
+        n = int(select.sum())
+        if n < compare.min_size:
+            left_out.append({"site": name, "n": n})
+            continue
+        own = None if dev_sites is None else dev_sites == name
+        if own is not None and int(own.sum()) >= compare.min_size:
+            numeric, n_numeric = pooled.numeric, pooled.n_numeric
+            if tabular_reference is not None:
+                numeric = _site_numeric(tabular_reference[own], pooled.numeric)
+                n_numeric = int(own.sum())
+            refs[name] = _Reference.of(
+                development[own].reset_index(drop=True),
+                compare.modalities,
+                compare.thresholds,
+                numeric,
+                n_numeric,
+            )
+            reference = "site"
+        else:
+            refs[name] = pooled
+            reference = "all"
+        entries.append(
+            {
+                "site": name,
+                "n": n,
+                "reference": reference,
+                "n_reference": refs[name].profile["n"],
+                "periods": compare.rows(frame, values, refs[name], select),
+            }
+        )
+    compared = [r for e in entries for r in e["periods"] if not r["suppressed"]]
+    _adjust(compared)
+    for e in entries:
+        for row in e["periods"]:
+            if not row["suppressed"]:
+                row["flags"] = _flags(row, refs[e["site"]].profile)
+        e["n_flagged_periods"] = sum(1 for r in e["periods"] if r.get("flags"))
+    return {
+        "sites": entries,
+        "left_out": left_out,
+        "n_flagged_periods": sum(e["n_flagged_periods"] for e in entries),
+    }
+
+
 def monitor_periods(
     development: pd.DataFrame,
     scored: pd.DataFrame,
@@ -242,6 +454,8 @@ def monitor_periods(
     cusum_false_alarm: float = 0.05,
     seed: int = 0,
     sites: Sequence[Any] | None = None,
+    development_sites: Sequence[Any] | None = None,
+    tabular_reference: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """The per-period comparison of the module's docstring.
 
@@ -257,8 +471,14 @@ def monitor_periods(
         tabular: the model's fitted tabular encoder (numeric inputs' training mean and SD).
         tabular_values: ``scored``'s raw tabular columns, rows in its order.
         level, cusum_false_alarm, seed: for the labelled cases' outcome section.
-        sites: ``scored``'s site of each row: the outcome section adds each site's CUSUM
-            charts (:func:`~clinfuse.evaluation.cusum.cusum_by_group`).
+        sites: ``scored``'s site of each row: every site's periods are also compared
+            (``by_site``), and the outcome section adds each site's CUSUM charts
+            (:func:`~clinfuse.evaluation.cusum.cusum_by_group`).
+        development_sites: ``development``'s site of each row (from the training manifest):
+            a site is compared with its own development cases when it has ``min_size`` of
+            them, else with all of them.
+        tabular_reference: ``development``'s raw tabular columns, rows in its order: the
+            numeric inputs' mean and SD of a site's own development cases.
 
     Returns:
         ``period``, ``n_dated``, ``n_undated``, ``first``/``last``, ``thresholds``,
@@ -267,8 +487,9 @@ def monitor_periods(
         compared, ``mean_risk``, ``alert_rate``, ``psi_fusion`` and ``psi`` (per modality;
         each ``{value, p_value, n}``), ``availability`` (per modality ``{value, change,
         p_value}``), ``smd`` (per numeric input ``{value, p_value}``) and ``flags``),
-        ``n_flagged_periods`` and ``outcomes`` (None, or the labelled cases' performance over
-        time with the CUSUM of :func:`known_outcomes_cusum`).
+        ``n_flagged_periods``, ``by_site`` (with ``sites``: :func:`_by_site`) and
+        ``outcomes`` (None, or the labelled cases' performance over time with the CUSUM of
+        :func:`known_outcomes_cusum`).
     """
     from clinfuse.evaluation.temporal import PERIODS, check_period, performance_over_time
 
@@ -277,22 +498,14 @@ def monitor_periods(
     if len(dates) != len(scored):
         raise ValueError("dates and scored cases differ in number")
     dated = ~np.isnat(dates)
-    numeric = _numeric_stats(tabular)
-    n_train = int((development["split"] == "train").sum()) if "split" in development else 0
-    n_train = n_train or len(development)  # the SMDs' reference: the training split
-    dev_profile = _profile(development, modalities, thresholds)
-    dev_logit = development["logit_fusion"].to_numpy(dtype=float)
-    dev_risk = {
-        m: _logit(development[f"p_{m}"].to_numpy(dtype=float)[development[f"present_{m}"] == 1])
-        for m in modalities
-    }
+    ref = _Reference.of(development, modalities, thresholds, _numeric_stats(tabular))
     out: dict[str, Any] = {
         "period": period,
         "n_dated": int(dated.sum()),
         "n_undated": int((~dated).sum()),
         "min_size": min_size,
         "thresholds": [float(t) for t in thresholds],
-        "development": dev_profile,
+        "development": ref.profile,
         "periods": [],
         "outcomes": None,
     }
@@ -303,54 +516,26 @@ def monitor_periods(
     out["first"], out["last"] = str(stamps.min().date()), str(stamps.max().date())
     frame = scored[dated].reset_index(drop=True)
     values = None if tabular_values is None else tabular_values[dated].reset_index(drop=True)
-    known = frame["label"].notna().to_numpy() if "label" in frame else np.zeros(len(frame), bool)
-    for label in pd.period_range(labels.min(), labels.max(), freq=PERIODS[period]):
-        sel = np.asarray(labels == label)
-        part = frame[sel]
-        row: dict[str, Any] = {
-            "period": str(label),
-            "start": str(label.start_time.date()),
-            "n": int(sel.sum()),
-            "n_labelled": int(known[sel].sum()),
-        }
-        if row["n"] < min_size:
-            out["periods"].append(row | {"suppressed": True})
-            continue
-        profile = _profile(part, modalities, thresholds)
-        row |= {
-            "suppressed": False,
-            "mean_risk": profile["mean_risk"],
-            "alert_rate": profile["alert_rate"],
-            "psi_fusion": _psi_test(dev_logit, part["logit_fusion"].to_numpy(dtype=float)),
-            "psi": {
-                m: _psi_test(
-                    dev_risk[m],
-                    _logit(part[f"p_{m}"].to_numpy(dtype=float)[part[f"present_{m}"] == 1]),
-                )
-                for m in modalities
-            },
-            "availability": {
-                m: {
-                    "value": share,
-                    "change": share - dev_profile["availability"][m],
-                    "p_value": _proportion_p(
-                        share, row["n"], dev_profile["availability"][m], dev_profile["n"]
-                    ),
-                }
-                for m, share in profile["availability"].items()
-            },
-            "smd": {
-                col: _smd(values.loc[sel, col], *stats, n_train)
-                for col, stats in numeric.items()
-                if values is not None
-            },
-        }
-        out["periods"].append(row)
+    calendar = pd.period_range(labels.min(), labels.max(), freq=PERIODS[period])
+    compare = _Periods(calendar, np.asarray(labels), modalities, thresholds, min_size)
+    out["periods"] = compare.rows(frame, values, ref)
     compared = [r for r in out["periods"] if not r["suppressed"]]
     _adjust(compared)
     for row in compared:
-        row["flags"] = _flags(row, dev_profile)
+        row["flags"] = _flags(row, ref.profile)
     out["n_flagged_periods"] = sum(1 for r in compared if r["flags"])
+    if sites is not None:
+        site_of = np.asarray([str(x) for x in sites], dtype=object)[dated]
+        out["by_site"] = _by_site(
+            compare,
+            frame,
+            values,
+            site_of,
+            development,
+            ref,
+            development_sites,
+            tabular_reference,
+        )
     chart = known_outcomes_cusum(scored, dates, false_alarm=cusum_false_alarm, seed=seed)
     if chart is not None:  # some outcomes known, of both kinds
         out["outcomes"] = performance_over_time(
@@ -461,6 +646,47 @@ def _development(model: Path) -> tuple[pd.DataFrame, Any, list[str]]:
     tabular = None if meta.get("tabular") is None else TabularEncoder.from_dict(meta["tabular"])
     modalities = [c.removeprefix("present_") for c in frame.columns if c.startswith("present_")]
     return frame, tabular, modalities
+
+
+def _development_manifest(model: Path) -> Path | None:
+    """The manifest the model was developed on, as its run folder records it (None when the
+    record or the file is gone)."""
+    from clinfuse.ensemble import is_crossval_folder
+
+    report = model / "data_report.json"
+    if is_crossval_folder(model):
+        summary = json.loads((model / "crossval.json").read_text(encoding="utf-8"))
+        report = model / summary["fold_models"][0]["path"] / "data_report.json"
+    try:
+        path = json.loads(report.read_text(encoding="utf-8")).get("manifest")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return Path(path) if path and Path(path).is_file() else None
+
+
+def _development_sites(
+    model: Path, development: pd.DataFrame, columns: Sequence[str]
+) -> tuple[list[Any] | None, pd.DataFrame | None]:
+    """The development cases' sites and raw tabular ``columns`` from the development
+    manifest, rows in ``development``'s order; (None, None) without a site column, or when
+    the manifest is gone or lacks some development case."""
+    from clinfuse.cohort.manifest import read_manifest
+
+    path = _development_manifest(model)
+    if path is None:
+        return None, None
+    table = read_manifest(path)
+    if "site" not in table.columns:
+        return None, None
+    table = table.assign(case_id=table["case_id"].astype(str)).drop_duplicates("case_id")
+    table = table.set_index("case_id")
+    ids = development["case_id"].astype(str)
+    if not ids.isin(table.index).all():
+        return None, None
+    rows = table.loc[ids]
+    kept = [c for c in columns if c in rows.columns]
+    values = rows[kept].reset_index(drop=True) if kept else None
+    return [str(s) for s in rows["site"].tolist()], values
 
 
 def _scored(predictions: Path, modalities: Sequence[str]) -> pd.DataFrame:
@@ -583,6 +809,10 @@ def monitor_predictions(
     )
     columns = [] if tabular is None else [c for c in tabular.columns if c in rows.columns]
     values = rows[columns].reset_index(drop=True) if columns else None
+    sites = rows["site"].tolist() if "site" in rows.columns else None
+    dev_sites, dev_values = (None, None)
+    if sites is not None:
+        dev_sites, dev_values = _development_sites(model, development, columns)
     res = monitor_periods(
         development,
         scored,
@@ -594,7 +824,9 @@ def monitor_predictions(
         tabular=tabular if columns else None,
         tabular_values=values,
         cusum_false_alarm=false_alarm,
-        sites=rows["site"].tolist() if "site" in rows.columns else None,
+        sites=sites,
+        development_sites=dev_sites,
+        tabular_reference=dev_values,
     )
     chart = (
         known_outcomes_cusum(scored, dates, false_alarm=false_alarm)
@@ -628,14 +860,38 @@ def monitor_predictions(
             )
         (tmp / "monitoring.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         frame.to_csv(tmp / "monitoring.csv", index=False)
+        site_frame = _site_table(summary)
+        if site_frame is not None:
+            site_frame.to_csv(tmp / "monitoring_by_site.csv", index=False)
         (tmp / "report.html").write_text(render_monitoring(summary, png), encoding="utf-8")
     return MonitorResult(out=out, summary=summary, table=frame)
 
 
 def _table(summary: dict[str, Any]) -> pd.DataFrame:
     """``monitoring.csv``: one row per period, nested values flattened."""
+    return _period_table(summary["periods"])
+
+
+def _site_table(summary: dict[str, Any]) -> pd.DataFrame | None:
+    """``monitoring_by_site.csv``: one row per site and period (None without sites)."""
+    by = summary.get("by_site")
+    if not by:
+        return None
+    parts = [
+        _period_table(e["periods"]).assign(site=e["site"], reference=e["reference"])
+        for e in by["sites"]
+    ]
+    if not parts:
+        return None
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[
+        ["site", "reference", *[c for c in frame.columns if c not in ("site", "reference")]]
+    ]
+
+
+def _period_table(periods: list[dict[str, Any]]) -> pd.DataFrame:
     records = []
-    for r in summary["periods"]:
+    for r in periods:
         rec: dict[str, Any] = {k: r.get(k) for k in ("period", "start", "n", "n_labelled")}
         rec["suppressed"] = r["suppressed"]
         if not r["suppressed"]:

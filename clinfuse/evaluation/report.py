@@ -1253,6 +1253,48 @@ def render_comparison(c: dict[str, Any], png: dict[str, bytes]) -> str:
     return "".join(body)
 
 
+def _monitoring_by_site(s: dict[str, Any]) -> str:
+    """The monitoring report's "By site" section (empty without sites)."""
+    by = s.get("by_site")
+    if not by:
+        return ""
+    out = [
+        "<h2>By site</h2>",
+        f"<p>A feed or assay that changes at one site is diluted among the others in the "
+        f"periods above, so each site with at least {s['min_size']} dated cases is compared "
+        f"{_e(s['period'])} by {_e(s['period'])} with its own development cases (its case mix "
+        "and feeds as they were; with all of them for a site that has too few). The p-values "
+        "are Holm-adjusted across every site's periods together.</p>",
+    ]
+    if not by["sites"]:
+        names = ", ".join(f"{_e(x['site'])} ({x['n']})" for x in by["left_out"])
+        return "".join(out) + f"<p>No site has enough dated cases: {names}.</p>"
+    rows = []
+    for e in by["sites"]:
+        compared = [r for r in e["periods"] if not r["suppressed"]]
+        flagged = [f"{r['period']}: {'; '.join(r['flags'])}" for r in compared if r["flags"]]
+        rows.append(
+            [
+                _e(e["site"]),
+                e["n"],
+                len(compared),
+                f"its own ({e['n_reference']})"
+                if e["reference"] == "site"
+                else f"all ({e['n_reference']})",
+                _e(" · ".join(flagged)) if flagged else "none",
+            ]
+        )
+    out.append(
+        _table(["site", "cases", f"{s['period']}s compared", "development cases", "flags"], rows)
+    )
+    if by["left_out"]:
+        names = ", ".join(f"{_e(x['site'])} ({x['n']})" for x in by["left_out"])
+        out.append(
+            f"<p class='note'>Not compared (fewer than {s['min_size']} dated cases): {names}.</p>"
+        )
+    return "".join(out)
+
+
 def render_monitoring(s: dict[str, Any], png: dict[str, bytes]) -> str:
     """The ``report.html`` of ``clinfuse monitor`` from ``monitoring.json`` content."""
     dev = s["development"]
@@ -1346,6 +1388,7 @@ def render_monitoring(s: dict[str, Any], png: dict[str, bytes]) -> str:
         )
     )
     body.append(f'<div class="figs">{_figure(png, "monitoring", "Monitoring by period")}</div>')
+    body.append(_monitoring_by_site(s))
     numeric = sorted({c for r in s["periods"] if not r["suppressed"] for c in r["smd"]})
     if numeric:
         body.append("<h2>Numeric inputs: SMD against the training split</h2>")

@@ -146,6 +146,114 @@ def test_flags_where_the_shift_is_and_nowhere_else():
     )
 
 
+def _site_frames(rng: np.random.Generator) -> tuple:
+    """Three sites, 200 development and 12 × 40 monitored cases each. site_c always had a
+    higher crp and fewer images (a standing difference); from month 7 site_b's images stop
+    (the scanner's feed broke) and site_a reports crp ten times smaller (a unit change)."""
+
+    def cases(site: str, n: int, broken: bool) -> pd.DataFrame:
+        logit = rng.normal(-0.8, 1.0, n)
+        frame = pd.DataFrame({"logit_fusion": logit, "p_fusion": 1 / (1 + np.exp(-logit))})
+        rate = {"site_a": 0.9, "site_b": 0.9, "site_c": 0.6}[site]
+        for m, r in (("image", 0.0 if broken and site == "site_b" else rate), ("note", 0.95)):
+            present = rng.random(n) < r
+            frame[f"present_{m}"] = present.astype(int)
+            frame[f"p_{m}"] = np.where(present, 1 / (1 + np.exp(-logit)), np.nan)
+        crp = rng.normal(60 if site == "site_c" else 40, 10, n)
+        frame["crp"] = crp / (10 if broken and site == "site_a" else 1)
+        return frame.assign(site=site)
+
+    sites = ["site_a", "site_b", "site_c"]
+    dev = pd.concat([cases(s, 200, False) for s in sites], ignore_index=True)
+    parts, months = [], []
+    for k in range(12):
+        for s in sites:
+            parts.append(cases(s, 40, k >= 6))
+            months += [np.datetime64(f"2024-{k + 1:02d}-10")] * 40
+    scored = pd.concat(parts, ignore_index=True)
+    scored["case_id"] = [f"c{i:04d}" for i in range(len(scored))]
+    scored["label"] = np.nan
+    return dev.assign(split="train"), scored, np.array(months, dtype="datetime64[ns]")
+
+
+def test_each_site_is_compared_with_its_own_development_cases():
+    rng = np.random.default_rng(7)
+    dev, scored, dates = _site_frames(rng)
+    pooled_stats = SimpleNamespace(
+        columns=["crp"],
+        kinds_={"crp": "numeric"},
+        means_={"crp": float(dev["crp"].mean())},
+        stds_={"crp": float(dev["crp"].std())},
+    )
+    res = monitor_periods(
+        dev,
+        scored,
+        dates,
+        MODS,
+        tabular=pooled_stats,
+        tabular_values=scored[["crp"]],
+        sites=scored["site"].tolist(),
+        development_sites=dev["site"].tolist(),
+        tabular_reference=dev[["crp"]],
+    )
+    by = {e["site"]: e for e in res["by_site"]["sites"]}
+    assert set(by) == {"site_a", "site_b", "site_c"} and res["by_site"]["left_out"] == []
+    assert all(e["reference"] == "site" and e["n_reference"] == 200 for e in by.values())
+    for name, e in by.items():
+        for k, row in enumerate(e["periods"]):
+            assert row["n"] == 40 and not row["suppressed"]
+            text = " ".join(row["flags"])
+            if name == "site_b" and k >= 6:
+                assert "image available in 0 % of cases (development" in text
+            elif name == "site_a" and k >= 6:
+                assert "crp: mean shifted by" in text
+            else:  # site_c's standing difference is its normal: never flagged
+                assert row["flags"] == [], (name, k, row["flags"])
+    # each row by hand: site_a's month 8 against site_a's own development cases
+    row = by["site_a"]["periods"][7]
+    own = dev[dev["site"] == "site_a"]
+    part = scored[(scored["site"] == "site_a")].iloc[7 * 40 : 8 * 40]
+    assert row["psi_fusion"]["value"] == pytest.approx(
+        psi(own["logit_fusion"], part["logit_fusion"])
+    )
+    assert row["availability"]["image"]["change"] == pytest.approx(
+        part["present_image"].mean() - own["present_image"].mean()
+    )
+    mean, sd = own["crp"].mean(), own["crp"].std(ddof=1)
+    assert row["smd"]["crp"]["value"] == pytest.approx(
+        (part["crp"].mean() - mean) / np.sqrt((sd**2 + part["crp"].var(ddof=1)) / 2)
+    )
+    # Holm across every site's periods together (36 per comparison)
+    from clinfuse.evaluation.compare import holm
+
+    raw = [r["psi_fusion"]["p_value"] for e in by.values() for r in e["periods"]]
+    got = [r["psi_fusion"]["p_adjusted"] for e in by.values() for r in e["periods"]]
+    assert got == pytest.approx(holm(raw))
+    assert res["by_site"]["n_flagged_periods"] == 12
+    # against the pooled development instead, site_c's standing difference would be flagged
+    pooled = monitor_periods(
+        dev,
+        scored,
+        dates,
+        MODS,
+        tabular=pooled_stats,
+        tabular_values=scored[["crp"]],
+        sites=scored["site"].tolist(),
+    )
+    site_c = next(e for e in pooled["by_site"]["sites"] if e["site"] == "site_c")
+    assert site_c["reference"] == "all" and site_c["n_flagged_periods"] >= 10
+
+
+def test_a_site_with_too_few_cases_is_named_not_compared():
+    rng = np.random.default_rng(8)
+    dev, scored, dates = _site_frames(rng)
+    sites = scored["site"].where(scored.index % 40 != 0, "site_d").tolist()  # 36 cases
+    res = monitor_periods(dev, scored, dates, MODS, sites=sites, min_size=37)
+    assert res["by_site"]["left_out"] == [{"site": "site_d", "n": 36}]
+    one = monitor_periods(dev, scored, dates, MODS, sites=["site_a"] * len(scored))
+    assert one["by_site"] is None  # one site: the pooled periods are the site's
+
+
 def test_small_periods_are_counted_not_compared_and_known_outcomes_are_evaluated():
     rng = np.random.default_rng(4)
     dev, scored, dates, _ = _frames(rng, shift_from=None)
@@ -223,6 +331,19 @@ def test_monitor_command_on_a_runs_predictions(tiny_run, tiny_cohort, tmp_path, 
     report = (out / "report.html").read_text()
     assert "clinfuse monitoring report" in report and "Outcomes known so far" in report
     assert (out / "figures" / "monitoring.png").exists()
+    # every site's quarters, each against its own development cases (the run's manifest)
+    sites = summary["by_site"]["sites"]
+    assert sorted(e["site"] for e in sites) == sorted(pd.read_csv(manifest)["site"].unique())
+    dev_ids = run_preds.loc[run_preds["split"].isin(["train", "val"]), "case_id"]
+    dev_sites = pd.read_csv(tiny_cohort).set_index("case_id").loc[dev_ids, "site"]
+    for e in sites:
+        assert e["reference"] == "site" and e["n_reference"] == int((dev_sites == e["site"]).sum())
+    by_site_csv = pd.read_csv(out / "monitoring_by_site.csv")
+    assert len(by_site_csv) == 4 * len(sites) and set(by_site_csv["reference"]) == {"site"}
+    assert (
+        "<h2>By site</h2>" in report
+        and "by site (3 compared, 3 with their own development cases" in printed
+    )
 
     # refusals: each names the file or field and leaves nothing behind
     bad = tmp_path / "bad"
