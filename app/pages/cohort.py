@@ -12,6 +12,7 @@ from clinfuse.review import charts
 from clinfuse.review.cohort import (
     cohort_curves,
     load_cohort_results,
+    monitoring_site_table,
     monitoring_table,
     scored_case_mix_table,
 )
@@ -28,6 +29,11 @@ def show_monitoring() -> None:
     st.subheader("Monitoring by period")
     st.write(text)
     st.dataframe(table, hide_index=True, width="stretch")
+    sites, sites_text = monitoring_site_table(view)
+    if sites is not None:
+        st.subheader("Monitoring by site")
+        st.write(sites_text)
+        st.dataframe(sites, hide_index=True, width="stretch")
 
 
 try:

@@ -772,10 +772,11 @@ def monitor(
 ) -> None:
     """Monitor a model in use before outcomes arrive: per period, risk and alert rate, the
     shift of the model's outputs (PSI), modality availability and numeric inputs against the
-    development data; with the outcomes known so far, O/E, AUROC and CUSUM charts.
+    development data, pooled and for each site against its own development cases; with the
+    outcomes known so far, O/E, AUROC and CUSUM charts.
 
-    Writes monitoring.json, monitoring.csv, figures/ and report.html into --out (the folder
-    appears only when complete).
+    Writes monitoring.json, monitoring.csv, monitoring_by_site.csv (with a site column),
+    figures/ and report.html into --out (the folder appears only when complete).
     """
     from rich.console import Console
 

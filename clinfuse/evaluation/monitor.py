@@ -28,7 +28,9 @@ cross-validation's pooled out-of-fold predictions):
   training split's mean and SD stored in the model (|SMD| ≥ 0.2 flagged: a unit or assay
   change shifts a lab value's mean).
 
-Periods with fewer than ``min_size`` cases are counted but not compared. A comparison
+With a site column, every site's periods are also compared, each site with its own
+development cases (:func:`_by_site`): a change at one site is otherwise diluted among the
+others. Periods with fewer than ``min_size`` cases are counted but not compared. A comparison
 becomes a flag of its period when the change is both large enough to matter (the lines
 above) and unlikely by chance at the period's size: availability by a two-proportion
 z-test, an SMD by its large-sample standard error, and each comparison's p-values

@@ -363,6 +363,47 @@ def monitoring_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
     return pd.DataFrame(rows), text
 
 
+def monitoring_site_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
+    """The monitoring folder's comparison by site (one row per compared site: its cases, its
+    reference, its compared and flagged periods, the flags) and one line of reading;
+    ``(None, None)`` without a monitoring folder or without two sites."""
+    if getattr(view, "monitoring", None) is None:
+        return None, None
+    s = json.loads((view.monitoring / "monitoring.json").read_text(encoding="utf-8"))
+    by = s.get("by_site")
+    if not by:
+        return None, None
+    rows = []
+    for e in by["sites"]:
+        compared = [r for r in e["periods"] if not r["suppressed"]]
+        rows.append(
+            {
+                "site": e["site"],
+                "cases": e["n"],
+                "compared with": (
+                    f"its own {e['n_reference']} development cases"
+                    if e["reference"] == "site"
+                    else f"all {e['n_reference']} development cases"
+                ),
+                f"{s['period']}s compared": len(compared),
+                "flagged": e["n_flagged_periods"],
+                "flags": " · ".join(
+                    f"{r['period']}: {'; '.join(r['flags'])}" for r in compared if r["flags"]
+                ),
+            }
+        )
+    text = (
+        f"Each site's {s['period']}s against its own development cases, so a feed or assay "
+        f"that changed at one site is not diluted among the others: {by['n_flagged_periods']} "
+        f"site {s['period']}s flagged (Holm-adjusted across every site's {s['period']}s)."
+    )
+    if by["left_out"]:
+        text += " Not compared (fewer than {} dated cases): {}.".format(
+            s["min_size"], ", ".join(f"{x['site']} ({x['n']})" for x in by["left_out"])
+        )
+    return pd.DataFrame(rows), text
+
+
 def load_cohort_results(view: Any) -> CohortResults:
     """Results for the cohort page of a :class:`~clinfuse.review.runview.RunView`.
 

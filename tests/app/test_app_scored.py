@@ -532,7 +532,7 @@ def test_cohort_page_shows_a_monitoring_of_the_scored_table(
     review_run, scored_cohort, tmp_path, monkeypatch, password
 ):
     from clinfuse.evaluation.monitor import monitor_predictions
-    from clinfuse.review.cohort import monitoring_table
+    from clinfuse.review.cohort import monitoring_site_table, monitoring_table
 
     frame = pd.read_csv(scored_cohort["manifest"], dtype=str, keep_default_na=False)
     frame.insert(3, "encounter_date", ["2024-01-10"] * 12 + ["2024-07-10"] * 12)
@@ -562,10 +562,17 @@ def test_cohort_page_shows_a_monitoring_of_the_scored_table(
     first = res.summary["periods"][0]
     assert rows["PSI fused"].iloc[0] == pytest.approx(round(first["psi_fusion"]["value"], 2))
     assert f"{res.summary['n_flagged_periods']} of 2 compared quarters flagged" in text
+    sites, sites_text = monitoring_site_table(view)
+    by_site = res.summary["by_site"]
+    assert sites is not None and sites_text is not None and len(sites) >= 2
+    assert list(sites["site"]) == [e["site"] for e in by_site["sites"]]
+    assert list(sites["flagged"]) == [e["n_flagged_periods"] for e in by_site["sites"]]
+    assert f"{by_site['n_flagged_periods']} site quarters flagged" in sites_text
     at = _logged_in(review_run, table, tmp_path, monkeypatch, password, monitoring=watch)
     at.switch_page("pages/cohort.py").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "Monitoring by period" in [h.value for h in at.subheader]
+    heads = [h.value for h in at.subheader]
+    assert "Monitoring by period" in heads and "Monitoring by site" in heads
     # refusals
     with pytest.raises(ConfigError, match="goes with --predictions"):
         open_run_view(review_run["run"], monitoring=watch, n_boot=5)
