@@ -472,6 +472,17 @@ def apply_stage2(prep: Prepared, fit: Stage2Fit, *, mode: str, sites: int, over:
     }
 
 
+def _describe_stage2(stage2: dict[str, Any]) -> str:
+    """One line on how stage 2 was fitted (the command's output)."""
+    where = "over Flower messages" if stage2.get("over") == "flower" else "in this process"
+    if stage2.get("mode") == "aggregates":
+        return (
+            f"stage 2: combiner and calibration from the {stage2['sites']} sites' sums, {where} "
+            f"({stage2['messages_per_site']} messages per site)"
+        )
+    return f"stage 2: combiner and calibration on the pooled validation logits, {where}"
+
+
 def _snapshot(prep: Prepared) -> dict[str, Any]:
     """Everything a trained variant needs to predict: trainable weights, combiner, calibrators."""
     net = prep.model.network
@@ -647,6 +658,7 @@ def federated_run(
         else:
             snap, history, spent = _external_variant(prep, trainer, partial, settings)
         _restore(prep, snap)
+        say(_describe_stage2(prep.stage2))
         table = _auroc_rows(prep, "federated", n_boot, seed) + table
         _write_outputs(prep, partial, history, spent, settings, dp, table, n_boot, t_start, backend)
     except BaseException:

@@ -246,12 +246,11 @@ class _Newton:
         hf = self.h[np.ix_(free, free)]
         gf = g[free]
         scale = max(1.0, float(np.max(np.abs(np.diag(hf)))))
-        try:
-            step = -np.linalg.solve(hf + 1e-12 * scale * np.eye(len(gf)), gf)
-        except np.linalg.LinAlgError:
-            step = -gf / max(scale, 1e-12)
-        if float(gf @ step) >= 0:  # not a descent direction: scaled gradient instead
-            step = -gf / max(scale, 1e-12)
+        # the minimum-norm Newton step: finite where the Hessian is singular (a constant
+        # logit makes Platt's slope and intercept one direction)
+        step = -np.linalg.lstsq(hf, gf, rcond=1e-12)[0]
+        if not np.all(np.isfinite(step)) or float(gf @ step) >= 0:
+            step = -gf / scale  # not a descent direction: the scaled gradient instead
         d[free] = step
         return d
 

@@ -247,10 +247,12 @@ def test_stage2_from_site_aggregates_is_the_pooled_fit(cohort: Path, tmp_path: P
     cfg = cfg.model_copy(
         update={"calibration": cfg.calibration.model_copy(update={"method": "platt"})}
     )
-    runs = {}
+    runs, said = {}, []
     for mode in ("pooled", "aggregates"):
         settings = FederatedSettings(rounds=2, baselines=False, stage2=mode)
-        runs[mode] = federated_run(cohort, tmp_path / mode, cfg, settings, n_boot=0)
+        runs[mode] = federated_run(
+            cohort, tmp_path / mode, cfg, settings, n_boot=0, log=said.append
+        )
     pooled, agg = (load_run(runs[m]) for m in ("pooled", "aggregates"))
     fp, fa = pooled.network.fusion, agg.network.fusion
     # float32 logits computed per site vs in pooled batches differ in their last bits, and
@@ -284,6 +286,13 @@ def test_stage2_from_site_aggregates_is_the_pooled_fit(cohort: Path, tmp_path: P
     assert fed["stage2_fit"]["mode"] == "aggregates" and fed["stage2_fit"]["sites"] == 3
     assert fed["stage2_fit"]["over"] == "in process" and fed["stage2_fit"]["requests"] > 0
     assert fed["stage2_fit"]["messages_per_site"] == fed["stage2_fit"]["requests"] + 1
+    assert (
+        "stage 2: combiner and calibration on the pooled validation logits, in this process" in said
+    )
+    assert (
+        "stage 2: combiner and calibration from the 3 sites' sums, in this process "
+        f"({fed['stage2_fit']['messages_per_site']} messages per site)"
+    ) in said
     assert "no per-case value left a site" in fed["stage2"]
     assert json.loads((runs["pooled"] / "federated.json").read_text())["stage2_fit"]["mode"] == (
         "pooled"

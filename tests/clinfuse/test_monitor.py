@@ -185,16 +185,19 @@ def test_each_site_is_compared_with_its_own_development_cases():
         means_={"crp": float(dev["crp"].mean())},
         stds_={"crp": float(dev["crp"].std())},
     )
+    common = {
+        "tabular": pooled_stats,
+        "tabular_values": scored[["crp"]],
+        "sites": scored["site"].tolist(),
+    }
     res = monitor_periods(
         dev,
         scored,
         dates,
         MODS,
-        tabular=pooled_stats,
-        tabular_values=scored[["crp"]],
-        sites=scored["site"].tolist(),
         development_sites=dev["site"].tolist(),
         tabular_reference=dev[["crp"]],
+        **common,
     )
     by = {e["site"]: e for e in res["by_site"]["sites"]}
     assert set(by) == {"site_a", "site_b", "site_c"} and res["by_site"]["left_out"] == []
@@ -231,15 +234,7 @@ def test_each_site_is_compared_with_its_own_development_cases():
     assert got == pytest.approx(holm(raw))
     assert res["by_site"]["n_flagged_periods"] == 12
     # against the pooled development instead, site_c's standing difference would be flagged
-    pooled = monitor_periods(
-        dev,
-        scored,
-        dates,
-        MODS,
-        tabular=pooled_stats,
-        tabular_values=scored[["crp"]],
-        sites=scored["site"].tolist(),
-    )
+    pooled = monitor_periods(dev, scored, dates, MODS, **common)
     site_c = next(e for e in pooled["by_site"]["sites"] if e["site"] == "site_c")
     assert site_c["reference"] == "all" and site_c["n_flagged_periods"] >= 10
 

@@ -214,3 +214,16 @@ def test_separated_outcomes_end_the_fit_instead_of_running_off() -> None:
     assert fit.requests <= 40
     risk = fit.calibrators["image"].predict_proba(z[:, 0])
     assert np.max(np.abs(risk - y)) < 1e-5
+
+
+def test_a_constant_logit_is_calibrated_to_the_event_rate() -> None:
+    """Platt scaling of a modality whose logit never varies: slope and intercept are one
+    direction (a singular Hessian); the minimum-norm Newton step still ends at risks equal
+    to the event rate, with finite parameters."""
+    rng = np.random.default_rng(9)
+    y = (rng.random(100) < 0.3).astype(float)
+    z = np.c_[np.full(100, 0.7), rng.normal(size=(100, 2))]
+    fit, _ = _fit(z, np.ones((100, 3), bool), y, [(0, 50), (50, 100)], "platt")
+    cal = fit.calibrators["image"]
+    assert np.isfinite([cal.slope_, cal.intercept_]).all()  # type: ignore[attr-defined]
+    assert cal.predict_proba(np.array([0.7]))[0] == pytest.approx(y.mean(), abs=1e-9)
