@@ -330,6 +330,75 @@ def monitoring_figure(summary: dict[str, Any]) -> Any:
     return fig
 
 
+def _flag_subject(flag: str) -> str:
+    """What a monitoring flag is about: ``crp: mean shifted ...`` → ``crp``, ``image
+    available in ...`` → ``image``, ``fused risk distribution: ...`` → ``fused risk``."""
+    head = flag.split(":", 1)[0] if ":" in flag else flag.split(" ", 1)[0]
+    return head.removesuffix(" distribution")
+
+
+def monitoring_sites_figure(summary: dict[str, Any]) -> Any:
+    """One panel per compared site of a monitoring summary (``monitoring.json → by_site``):
+    each modality's availability and the mean risk by period, the site's development values
+    dashed, flagged periods shaded and labelled with what was flagged. None without compared
+    sites."""
+    by = summary.get("by_site")
+    sites = [] if not by else by["sites"]
+    if not sites:
+        return None
+    rows0 = sites[0]["periods"]
+    x = np.arange(len(rows0))
+    fig = _figure(min(14.0, max(6.5, 0.4 * len(rows0) + 2.5)), 1.0 + 2.0 * len(sites))
+    axes = np.atleast_1d(fig.subplots(len(sites), 1, sharex=True))
+    mods = list(summary["development"]["availability"])
+    for ax, entry in zip(axes, sites, strict=True):
+        rows = entry["periods"]
+        shown = [i for i, r in enumerate(rows) if not r["suppressed"]]
+        dev = entry["development"]
+        for i in shown:
+            if rows[i]["flags"]:  # shaded, with what was flagged ("crp", "image", ...)
+                ax.axvspan(i - 0.45, i + 0.45, color=COLORS[3], alpha=0.15, lw=0)
+                what = sorted({_flag_subject(f) for f in rows[i]["flags"]})
+                ax.text(
+                    i,
+                    0.5,
+                    ", ".join(what),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    rotation=90,
+                    color=COLORS[3],
+                )
+        for k, m in enumerate(mods):
+            color = COLORS[k % len(COLORS)]
+            values = [rows[i]["availability"][m]["value"] for i in shown]
+            ax.plot(shown, values, "o-", color=color, ms=3, lw=1, label=f"with {m}")
+            ax.axhline(dev["availability"][m], color=color, lw=0.8, ls="--")
+        ax.plot(
+            shown,
+            [rows[i]["mean_risk"] for i in shown],
+            "s-",
+            color="black",
+            ms=3,
+            lw=1,
+            label="mean risk",
+        )
+        ax.axhline(dev["mean_risk"], color="black", lw=0.8, ls="--")
+        ax.set_ylim(-0.02, 1.05)
+        against = "its own" if entry["reference"] == "site" else "all"
+        ax.set_title(
+            f"{entry['site']}: {entry['n']} cases, against {against} {entry['n_reference']} "
+            f"development cases; {entry['n_flagged_periods']} flagged",
+            fontsize=8,
+        )
+    axes[0].legend(loc="lower left", fontsize=7, ncol=len(mods) + 1)
+    many = len(rows0) > 24
+    axes[-1].set_xticks(
+        x, [r["period"] for r in rows0], fontsize=6 if many else 7, rotation=90 if many else 0
+    )
+    return fig
+
+
 def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:
     """Equal-width reliability diagram behind the ECE (secondary)."""
     fig = _figure(5.0, 4.0)

@@ -380,8 +380,8 @@ def _by_site(
 
     Returns:
         None with fewer than two sites; else ``sites`` (per site: ``site``, ``n``,
-        ``reference`` (``site`` or ``all``), ``n_reference``, ``periods`` as the pooled
-        ``periods``, ``n_flagged_periods``), ``left_out`` (sites with too few cases:
+        ``reference`` (``site`` or ``all``), ``n_reference``, ``development`` (the
+        reference's profile), ``periods`` as the pooled ``periods``, ``n_flagged_periods``), ``left_out`` (sites with too few cases:
         ``site``, ``n``) and ``n_flagged_periods`` (site periods with a flag).
     """
     names = sorted(set(site_of.tolist()))
@@ -424,6 +424,7 @@ def _by_site(
                 "n": n,
                 "reference": reference,
                 "n_reference": refs[name].profile["n"],
+                "development": refs[name].profile,
                 "periods": compare.rows(frame, values, refs[name], select),
             }
         )
@@ -850,6 +851,11 @@ def monitor_predictions(
                 figures.monitoring_figure(summary), tmp / "figures", "monitoring"
             )
         }
+        sites_fig = figures.monitoring_sites_figure(summary)
+        if sites_fig is not None:
+            png["monitoring_sites"] = figures.save_figure(
+                sites_fig, tmp / "figures", "monitoring_sites"
+            )
         if summary["outcomes"] and summary["outcomes"]["periods"]:
             png["over_time"] = figures.save_figure(
                 figures.over_time_figure(summary["outcomes"] | {"column": time_column}),

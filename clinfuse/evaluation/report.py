@@ -1389,6 +1389,10 @@ def render_monitoring(s: dict[str, Any], png: dict[str, bytes]) -> str:
     )
     body.append(f'<div class="figs">{_figure(png, "monitoring", "Monitoring by period")}</div>')
     body.append(_monitoring_by_site(s))
+    if "monitoring_sites" in png:
+        body.append(
+            f'<div class="figs">{_figure(png, "monitoring_sites", "Monitoring by site")}</div>'
+        )
     numeric = sorted({c for r in s["periods"] if not r["suppressed"] for c in r["smd"]})
     if numeric:
         body.append("<h2>Numeric inputs: SMD against the training split</h2>")

@@ -233,6 +233,12 @@ def test_each_site_is_compared_with_its_own_development_cases():
     got = [r["psi_fusion"]["p_adjusted"] for e in by.values() for r in e["periods"]]
     assert got == pytest.approx(holm(raw))
     assert res["by_site"]["n_flagged_periods"] == 12
+    from clinfuse.evaluation.figures import _flag_subject, monitoring_sites_figure
+
+    assert monitoring_sites_figure(res | {"column": "date"}) is not None
+    flags = {_flag_subject(f) for e in by.values() for r in e["periods"] for f in r["flags"]}
+    assert flags == {"crp", "image"}
+    assert _flag_subject("fused risk distribution: major shift (PSI 0.40)") == "fused risk"
     # against the pooled development instead, site_c's standing difference would be flagged
     pooled = monitor_periods(dev, scored, dates, MODS, **common)
     site_c = next(e for e in pooled["by_site"]["sites"] if e["site"] == "site_c")
@@ -335,10 +341,9 @@ def test_monitor_command_on_a_runs_predictions(tiny_run, tiny_cohort, tmp_path, 
         assert e["reference"] == "site" and e["n_reference"] == int((dev_sites == e["site"]).sum())
     by_site_csv = pd.read_csv(out / "monitoring_by_site.csv")
     assert len(by_site_csv) == 4 * len(sites) and set(by_site_csv["reference"]) == {"site"}
-    assert (
-        "<h2>By site</h2>" in report
-        and "by site (3 compared, 3 with their own development cases" in printed
-    )
+    assert "<h2>By site</h2>" in report and "Monitoring by site" in report  # table, figure
+    assert "by site (3 compared, 3 with their own development cases" in printed
+    assert (out / "figures" / "monitoring_sites.png").exists()
 
     # refusals: each names the file or field and leaves nothing behind
     bad = tmp_path / "bad"
