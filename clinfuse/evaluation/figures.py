@@ -488,10 +488,16 @@ def funnel_figure(results: dict[str, dict[str, Any]]) -> Any:
         e = np.array([g["expected"] for g in groups])
         lo_e, hi_e = max(e.min() / 2, 1.0), e.max() * 1.5
         grid = np.geomspace(lo_e, hi_e, 200)
+        d = funnel.get("dispersion") or {}
         for level, style in zip(funnel["levels"], ("--", ":"), strict=False):
             low, high = funnel_limits(grid, funnel["kappa"], level)
             ax.plot(grid, low, color="grey", ls=style, lw=1, label=f"{100 * level:g} % limits")
             ax.plot(grid, high, color="grey", ls=style, lw=1)
+            if d.get("random_effects"):  # the additive random-effects limits
+                low, high = funnel_limits(grid, funnel["kappa"], level, d["tau2"])
+                label = f"{100 * level:g} %, random effects"
+                ax.plot(grid, low, color=COLORS[2], ls=style, lw=1, label=label)
+                ax.plot(grid, high, color=COLORS[2], ls=style, lw=1)
         ax.axhline(1.0, color="grey", lw=0.8)
         overall = funnel["overall"]["oe"]
         if overall is not None:

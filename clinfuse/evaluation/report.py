@@ -925,6 +925,19 @@ def _funnel(funnel: dict[str, Any] | None) -> str:
         )
         + ".</p>"
     )
+    if d.get("random_effects"):
+        beyond = [
+            f"{_e(g['group'])} (z = {g['z_random_effects']:+.2f}, outside the "
+            f"{_e(g['outside_random_effects'])} limits)"
+            for g in funnel["groups"]
+            if g["outside_random_effects"]
+        ]
+        text += (
+            "<p>With additive random effects (the groups' true O/E spread around the model's "
+            f"with SD τ = {d['tau2'] ** 0.5:.3f}; Spiegelhalter 2005, as in the NHS's SHMI), "
+            + ("; ".join(beyond) if beyond else "every group lies within the limits")
+            + ". These limits widen most for the largest groups.</p>"
+        )
     return text
 
 

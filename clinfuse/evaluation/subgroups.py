@@ -284,6 +284,7 @@ def subgroup_table(result: dict[str, Any]) -> pd.DataFrame:
                     expected_events=g["expected"],
                     funnel_z=g["z"],
                     funnel_outside=g["outside"],
+                    funnel_outside_random_effects=g["outside_random_effects"],
                 )
         records.append(rec)
     return pd.DataFrame.from_records(records)
