@@ -392,7 +392,8 @@ def decision_curve_spec(dca: dict[str, Any], max_threshold: float = 0.6) -> dict
 def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
     """Funnel plot of one grouping (:func:`clinfuse.evaluation.funnel.funnel_data`): each
     group's O/E against its expected events on a log scale, the model's 95 % (dashed) and
-    99.8 % (dotted) limits, the groups outside them in red."""
+    99.8 % (dotted) limits, the groups outside them in red; with overdispersed groups, the
+    additive random-effects limits in green."""
     from clinfuse.evaluation.funnel import funnel_limits
 
     groups = [g for g in funnel["groups"] if g["oe"] is not None]
@@ -400,14 +401,20 @@ def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
     grid = np.geomspace(max(float(e.min()) / 2, 1.0), float(e.max()) * 1.5, 60)
     limits: list[dict[str, Any]] = []
     lines: list[str] = []
+    dispersion = funnel.get("dispersion") or {}
+    tau2s = [("", 0.0)]
+    if dispersion.get("random_effects"):  # the additive random-effects limits too
+        tau2s.append((", random effects", float(dispersion["tau2"])))
     for level in funnel["levels"]:
-        low, high = funnel_limits(grid, funnel["kappa"], level)
-        for side, values in (("low", low), ("high", high)):
-            lines.append(f"{100 * level:g} % {side}")
-            limits += [
-                {"expected": float(x), "oe": float(v), "line": f"{100 * level:g} % {side}"}
-                for x, v in zip(grid, values, strict=True)
-            ]
+        for suffix, tau2 in tau2s:
+            low, high = funnel_limits(grid, funnel["kappa"], level, tau2)
+            for side, values in (("low", low), ("high", high)):
+                name = f"{100 * level:g} % {side}{suffix}"
+                lines.append(name)
+                limits += [
+                    {"expected": float(x), "oe": float(v), "line": name}
+                    for x, v in zip(grid, values, strict=True)
+                ]
     points = [
         {
             "group": str(g["group"]),
@@ -416,6 +423,11 @@ def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
             "oe": g["oe"],
             "z": g["z"],
             "verdict": f"outside the {g['outside']} limits" if g["outside"] else "within",
+            "random effects": (
+                f"outside the {g['outside_random_effects']} limits"
+                if g.get("outside_random_effects")
+                else "within"
+            ),
         }
         for g in groups
     ]
@@ -438,11 +450,18 @@ def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
         "layer": [
             {
                 "data": {"values": limits},
-                "mark": {"type": "line", "color": "grey", "strokeWidth": 1},
+                "mark": {"type": "line", "strokeWidth": 1},
                 "encoding": {
                     "x": x,
                     "y": y,
                     "detail": {"field": "line"},
+                    "color": {
+                        "condition": {
+                            "test": "indexof(datum.line, 'random effects') >= 0",
+                            "value": "#2ca02c",
+                        },
+                        "value": "grey",
+                    },
                     "strokeDash": {
                         "field": "line",
                         "legend": None,
@@ -477,6 +496,11 @@ def funnel_spec(funnel: dict[str, Any], grouping: str) -> dict[str, Any]:
                         {"field": "oe", "title": "O/E", "format": ".2f"},
                         {"field": "z", "format": "+.2f"},
                         {"field": "verdict"},
+                        *(
+                            [{"field": "random effects"}]
+                            if dispersion.get("random_effects")
+                            else []
+                        ),
                     ],
                 },
             },

@@ -132,15 +132,26 @@ def _subgroup_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
 
 def _funnel_verdicts(block: dict[str, Any]) -> dict[str, str]:
     """Each reported group's place in the funnel plot: "within the limits" or "outside the
-    95 % limits (z = +2.10)"."""
-    return {
-        g["group"]: (
+    95 % limits (z = +2.10)", and where the additive random-effects limits say otherwise,
+    that too."""
+    funnel = block.get("funnel") or {}
+    random_effects = (funnel.get("dispersion") or {}).get("random_effects")
+
+    def verdict(g: dict[str, Any]) -> str:
+        text = (
             f"outside the {g['outside']} limits (z = {g['z']:+.2f})"
             if g["outside"]
             else "within the limits"
         )
-        for g in (block.get("funnel") or {}).get("groups", [])
-    }
+        if random_effects and g.get("outside_random_effects") != g["outside"]:
+            text += "; with random effects: " + (
+                f"outside the {g['outside_random_effects']} limits"
+                if g.get("outside_random_effects")
+                else "within"
+            )
+        return text
+
+    return {g["group"]: verdict(g) for g in funnel.get("groups", [])}
 
 
 def _heterogeneity_text(metrics: dict[str, Any]) -> str | None:

@@ -38,6 +38,12 @@ SCRIPT = textwrap.dedent(
     res = CohortResults(source="synthetic", y=y, scores={"fusion": fused, "image": image},
                         aurocs={"fusion": 0.7, "image": 0.6})
     curves = cohort_curves(res, ["fusion", "image"])
+    sites = np.repeat([f"s{k:02d}" for k in range(12)], 200)  # odds spread between sites
+    p12 = rng.uniform(0.05, 0.6, len(sites))
+    odds = p12 / (1 - p12) * np.exp(np.repeat(rng.normal(0, 0.5, 12), 200))
+    y12 = (rng.random(len(sites)) < odds / (1 + odds)).astype(float)
+    overdispersed = funnel_data(y12, p12, sites)
+    assert overdispersed["dispersion"]["random_effects"]
     specs = {
         "roc": charts.roc_spec(curves["roc"], res.aurocs),
         "calibration": charts.calibration_spec(curves["calibration"]),
@@ -49,6 +55,7 @@ SCRIPT = textwrap.dedent(
         "funnel": charts.funnel_spec(
             funnel_data(y, fused, np.where(rng.random(300) < 0.5, "site_a", "site_b")), "site"
         ),
+        "funnel, random effects": charts.funnel_spec(overdispersed, "site"),
         "signal": charts.signal_spec(
             rng.normal(size=(2, 500)), 100.0, ["I", "II"], segments_s=[(0.0, 2.5), (2.5, 5.0)],
             segment_values=np.array([[0.3, -0.1], [0.2, 0.0]]),
@@ -85,13 +92,13 @@ def test_every_chart_is_drawn(tmp_path: Path) -> None:
                 page.goto(url)
                 settled(page)
                 charts = page.locator('[data-testid="stVegaLiteChart"]')
-                expect(charts).to_have_count(7)
+                expect(charts).to_have_count(8)
                 drawn = page.locator(
                     '[data-testid="stVegaLiteChart"] canvas, '
                     '[data-testid="stVegaLiteChart"] svg.marks'
                 )
-                expect(drawn).to_have_count(7)  # Vega drew each one
-                heights = [charts.nth(i).bounding_box()["height"] for i in range(7)]
+                expect(drawn).to_have_count(8)  # Vega drew each one
+                heights = [charts.nth(i).bounding_box()["height"] for i in range(8)]
                 assert all(h > 50 for h in heights), heights
                 assert not errors, errors
             finally:

@@ -176,3 +176,22 @@ def test_the_report_and_the_model_card_show_the_funnel(tiny_run, tiny_cohort, tm
     card = [line for line in res.metrics["model_card"]["limitations"] if "by sex" in line]
     assert len(card) == 1 and card[0].startswith("Outside the funnel plot's 99.8 % limits by sex")
     assert "F (O/E" in card[0] and "M (O/E" not in card[0]
+
+
+def test_the_apps_verdicts_name_the_random_effects_limits_where_they_differ():
+    from clinfuse.review.charts import funnel_spec
+    from clinfuse.review.cohort import _funnel_verdicts
+
+    rng = np.random.default_rng(3)
+    odds = {f"s{k:02d}": float(np.exp(rng.normal(0, 0.45))) for k in range(12)}
+    funnel = funnel_data(*_cohort(rng, dict.fromkeys(odds, 300), odds=odds))
+    assert funnel["dispersion"]["random_effects"]
+    verdicts = _funnel_verdicts({"funnel": funnel})
+    differ = [g for g in funnel["groups"] if g["outside"] != g["outside_random_effects"]]
+    assert differ  # the wider limits take some groups back in
+    for g in funnel["groups"]:
+        text = verdicts[g["group"]]
+        assert ("; with random effects: " in text) == (g in differ), text
+    spec = funnel_spec(funnel, "site")
+    lines = {row["line"] for row in spec["layer"][0]["data"]["values"]}
+    assert "95 % high, random effects" in lines and "99.8 % low" in lines
