@@ -92,14 +92,14 @@ def funnel_data(
 
     Returns:
         ``target`` (1), ``levels``, ``kappa``, ``overall`` (O, E, O/E), ``dispersion``
-        (``phi``, ``chi2``, ``df``, ``p_value``, ``widened``, ``tau2``,
-        ``random_effects``; None with fewer than two groups), and ``groups``: per group ``observed``, ``expected``,
-        ``variance``, ``oe``, ``z``, ``outside`` (the widest level whose limits it lies
-        beyond, as ``"95 %"``, or None), ``outside_overdispersed`` (the same against limits
-        widened by ``√φ``, when ``widened``; otherwise equal to ``outside``), and
-        ``z_random_effects`` and ``outside_random_effects`` (against the additive
-        random-effects limits with ``tau2``, when ``random_effects``; otherwise ``z`` and
-        ``outside``).
+        (``phi``, ``chi2``, ``df``, ``p_value``, ``widened``, ``tau2``, ``random_effects``;
+        None with fewer than two groups), and ``groups``: per group ``observed``,
+        ``expected``, ``variance``, ``oe``, ``z``, ``outside`` (the widest level whose
+        limits it lies beyond, as ``"95 %"``, or None), ``outside_overdispersed`` (the same
+        against limits widened by ``√φ``, when ``widened``; otherwise equal to
+        ``outside``), and ``z_random_effects`` and ``outside_random_effects`` (against the
+        additive random-effects limits with ``tau2``, when ``random_effects``; otherwise
+        ``z`` and ``outside``).
     """
     from scipy.stats import chi2
 
