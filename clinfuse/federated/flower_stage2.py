@@ -9,8 +9,8 @@ queries the sites; each SuperNode's ClientApp answers with :func:`answer` (the r
    leave the site with ``--stage2 aggregates``); it replies with its counts and sums
    (:func:`~clinfuse.federated.stage2.site_summary`), and with ``--stage2 pooled`` also with
    each validation case's unimodal logits, presence and outcome.
-2. ``stage2.sums`` (``aggregates`` only, about 13 of them): the log loss, gradient and
-   Hessian sums at the parameters the coordinator tries
+2. ``stage2.sums`` (``aggregates`` only; 9 of them on the demo cohort): the log loss,
+   gradient and Hessian sums at the parameters the coordinator tries
    (:func:`~clinfuse.federated.stage2.site_sums`), computed from the kept logits: the site
    does not rebuild its model or read its data again, and PyTorch is not imported.
 

@@ -20,8 +20,8 @@ each other are solved in lockstep, so one request to the sites serves all of the
 1. :func:`site_summary` (one message): each site's case and event counts and, per modality,
    the sum and count of its present logits and its events among them;
 2. :func:`fit_from_sites` asks for :func:`site_sums` until the combiner and the modalities'
-   calibrators have converged (about 6 requests), then until the fused logit's calibrator
-   has (about 5 more).
+   calibrators have converged (5 requests on the demo cohort), then until the fused logit's
+   calibrator has (4 more).
 
 No per-case value leaves a site. The sums are aggregates but not differentially private: a
 site with very few validation cases reveals more through them.
