@@ -60,6 +60,7 @@ import pandas as pd
 
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.calibration import _logit
+from clinfuse.evaluation.subgroups import group_labels
 
 __all__ = [
     "AVAILABILITY_FLAG",
@@ -387,11 +388,7 @@ def _by_site(
     names = sorted(set(site_of.tolist()))
     if len(names) < 2:
         return None
-    dev_sites = (
-        None
-        if development_sites is None
-        else np.asarray([str(x) for x in development_sites], dtype=object)
-    )
+    dev_sites = None if development_sites is None else group_labels(development_sites)
     entries: list[dict[str, Any]] = []
     left_out = []
     refs: dict[str, _Reference] = {}
@@ -528,7 +525,7 @@ def monitor_periods(
         row["flags"] = _flags(row, ref.profile)
     out["n_flagged_periods"] = sum(1 for r in compared if r["flags"])
     if sites is not None:
-        site_of = np.asarray([str(x) for x in sites], dtype=object)[dated]
+        site_of = group_labels(sites)[dated]
         out["by_site"] = _by_site(
             compare,
             frame,
@@ -689,7 +686,7 @@ def _development_sites(
     rows = table.loc[ids]
     kept = [c for c in columns if c in rows.columns]
     values = rows[kept].reset_index(drop=True) if kept else None
-    return [str(s) for s in rows["site"].tolist()], values
+    return rows["site"].tolist(), values
 
 
 def _scored(predictions: Path, modalities: Sequence[str]) -> pd.DataFrame:

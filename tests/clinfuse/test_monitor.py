@@ -253,6 +253,9 @@ def test_a_site_with_too_few_cases_is_named_not_compared():
     assert res["by_site"]["left_out"] == [{"site": "site_d", "n": 36}]
     one = monitor_periods(dev, scored, dates, MODS, sites=["site_a"] * len(scored))
     assert one["by_site"] is None  # one site: the pooled periods are the site's
+    unknown = [None if i % 40 == 0 else s for i, s in enumerate(scored["site"])]
+    res = monitor_periods(dev, scored, dates, MODS, sites=unknown, min_size=37)
+    assert res["by_site"]["left_out"] == [{"site": "(missing)", "n": 36}]  # named as such
 
 
 def test_small_periods_are_counted_not_compared_and_known_outcomes_are_evaluated():
