@@ -6,7 +6,8 @@ SuperNode's node config and the run's ``task-options``
 (:data:`privacy.flower.config.TaskFactory`), so :mod:`privacy` never imports the model code
 (clinfuse plugs its fusion-model task in this way).
 
-Only parameters, example counts and aggregate metrics leave the site. With SecAgg+ the
+Only parameters, example counts and aggregate metrics leave the site, and what the run's
+``query-handler`` answers to the server's queries (below). With SecAgg+ the
 ``secaggplus_mod`` masks the parameters before they leave (the server sees only the sum);
 it acts only on runs whose server uses the SecAgg+ workflow, plain runs pass through. With
 client-level DP under SecAgg+ the site clips its own update first (``fixedclipping_mod``,
