@@ -41,6 +41,7 @@ development side.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,22 @@ SMD_FLAG = 0.1
 """|standardised mean difference| above which a tabular input is flagged."""
 
 _EPS = 1e-6
+
+
+def development_manifest(model: Path) -> Path | None:
+    """The manifest a run or cross-validation folder was developed on, as the folder records
+    it (``data_report.json``, or ``crossval.json`` for a cross-validation); None when it is
+    not recorded or the record cannot be read. The file itself may have moved since."""
+    import json
+
+    from clinfuse.ensemble import is_crossval_folder
+
+    record = model / ("crossval.json" if is_crossval_folder(model) else "data_report.json")
+    try:
+        path = json.loads(record.read_text(encoding="utf-8")).get("manifest")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(path) if path else None
 
 
 def development_cases(predictions: pd.DataFrame) -> pd.DataFrame:

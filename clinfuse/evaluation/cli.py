@@ -780,7 +780,7 @@ def monitor(
     """
     from rich.console import Console
 
-    from clinfuse.evaluation.monitor import monitor_predictions
+    from clinfuse.evaluation.monitor import monitor_predictions, site_flags
 
     result = monitor_predictions(
         model,
@@ -822,13 +822,8 @@ def monitor(
             soft_wrap=True,
         )
         for e in by_site["sites"]:
-            for r in e["periods"]:
-                if r.get("flags"):
-                    console.print(
-                        f"{e['site']} {r['period']}: {'; '.join(r['flags'])}",
-                        highlight=False,
-                        soft_wrap=True,
-                    )
+            for line in site_flags(e):
+                console.print(f"{e['site']} {line}", highlight=False, soft_wrap=True)
     outcomes = s["outcomes"]
     if outcomes is None:
         console.print("no outcomes of both kinds known yet", highlight=False)

@@ -1189,6 +1189,7 @@ def evaluate_run(
         load_ensemble,
     )
     from clinfuse.evaluation.casemix import development_cases
+    from clinfuse.evaluation.casemix import development_manifest as recorded_manifest
     from clinfuse.model import FusionModel, load_run
     from clinfuse.training.trainer import resolve_device
 
@@ -1219,9 +1220,8 @@ def evaluate_run(
         development = development_cases(
             pd.read_csv(Path(run) / "predictions.csv", dtype={"case_id": str})
         )
-        report = Path(run) / "data_report.json"
-        if report.exists():
-            development_manifest = json.loads(report.read_text(encoding="utf-8")).get("manifest")
+        recorded = recorded_manifest(Path(run))
+        development_manifest = None if recorded is None else str(recorded)
     evaluator = Evaluator(
         model,
         subgroups=subgroups,

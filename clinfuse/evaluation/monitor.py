@@ -74,6 +74,7 @@ __all__ = [
     "monitor_predictions",
     "psi",
     "psi_p_value",
+    "site_flags",
 ]
 
 PSI_MODERATE = 0.1
@@ -342,6 +343,11 @@ class _Periods:
                 if values is not None and col in values.columns
             },
         }
+
+
+def site_flags(entry: dict[str, Any]) -> list[str]:
+    """``PERIOD: flag; flag`` for each flagged period of one site of ``by_site``."""
+    return [f"{r['period']}: {'; '.join(r['flags'])}" for r in entry["periods"] if r.get("flags")]
 
 
 def _site_numeric(
@@ -648,22 +654,6 @@ def _development(model: Path) -> tuple[pd.DataFrame, Any, list[str]]:
     return frame, tabular, modalities
 
 
-def _development_manifest(model: Path) -> Path | None:
-    """The manifest the model was developed on, as its run folder records it (None when the
-    record or the file is gone)."""
-    from clinfuse.ensemble import is_crossval_folder
-
-    report = model / "data_report.json"
-    if is_crossval_folder(model):
-        summary = json.loads((model / "crossval.json").read_text(encoding="utf-8"))
-        report = model / summary["fold_models"][0]["path"] / "data_report.json"
-    try:
-        path = json.loads(report.read_text(encoding="utf-8")).get("manifest")
-    except (OSError, json.JSONDecodeError):
-        return None
-    return Path(path) if path and Path(path).is_file() else None
-
-
 def _development_sites(
     model: Path, development: pd.DataFrame, columns: Sequence[str]
 ) -> tuple[list[Any] | None, pd.DataFrame | None]:
@@ -671,9 +661,10 @@ def _development_sites(
     manifest, rows in ``development``'s order; (None, None) without a site column, or when
     the manifest is gone or lacks some development case."""
     from clinfuse.cohort.manifest import read_manifest
+    from clinfuse.evaluation.casemix import development_manifest
 
-    path = _development_manifest(model)
-    if path is None:
+    path = development_manifest(model)
+    if path is None or not path.is_file():
         return None, None
     table = read_manifest(path)
     if "site" not in table.columns:

@@ -1268,6 +1268,8 @@ def render_comparison(c: dict[str, Any], png: dict[str, bytes]) -> str:
 
 def _monitoring_by_site(s: dict[str, Any]) -> str:
     """The monitoring report's "By site" section (empty without sites)."""
+    from clinfuse.evaluation.monitor import site_flags
+
     by = s.get("by_site")
     if not by:
         return ""
@@ -1279,18 +1281,17 @@ def _monitoring_by_site(s: dict[str, Any]) -> str:
         "and feeds as they were; with all of them for a site that has too few). The p-values "
         "are Holm-adjusted across every site's periods together.</p>",
     ]
+    names = ", ".join(f"{_e(x['site'])} ({x['n']})" for x in by["left_out"])
     if not by["sites"]:
-        names = ", ".join(f"{_e(x['site'])} ({x['n']})" for x in by["left_out"])
         return "".join(out) + f"<p>No site has enough dated cases: {names}.</p>"
     rows = []
     for e in by["sites"]:
-        compared = [r for r in e["periods"] if not r["suppressed"]]
-        flagged = [f"{r['period']}: {'; '.join(r['flags'])}" for r in compared if r["flags"]]
+        flagged = site_flags(e)
         rows.append(
             [
                 _e(e["site"]),
                 e["n"],
-                len(compared),
+                sum(1 for r in e["periods"] if not r["suppressed"]),
                 f"its own ({e['n_reference']})"
                 if e["reference"] == "site"
                 else f"all ({e['n_reference']})",
@@ -1301,7 +1302,6 @@ def _monitoring_by_site(s: dict[str, Any]) -> str:
         _table(["site", "cases", f"{s['period']}s compared", "development cases", "flags"], rows)
     )
     if by["left_out"]:
-        names = ", ".join(f"{_e(x['site'])} ({x['n']})" for x in by["left_out"])
         out.append(
             f"<p class='note'>Not compared (fewer than {s['min_size']} dated cases): {names}.</p>"
         )

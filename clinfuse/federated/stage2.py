@@ -46,7 +46,6 @@ from clinfuse.calibration import Calibrator, build_calibrator
 from clinfuse.errors import ConfigError
 
 __all__ = [
-    "COMBINER_L2",
     "SiteLogits",
     "Stage2Fit",
     "fit_from_sites",
@@ -54,9 +53,6 @@ __all__ = [
     "site_summary",
     "site_sums",
 ]
-
-COMBINER_L2 = 1e-3
-"""Ridge penalty on the combiner's weights (:meth:`LateFusion.fit_combiner`'s default)."""
 
 COMBINER = "combiner"
 FUSION = "calibration:fusion"
@@ -128,16 +124,20 @@ def site_summary(site: SiteLogits) -> dict[str, np.ndarray]:
     }
 
 
+def _centred(site: SiteLogits, center: np.ndarray) -> np.ndarray:
+    """Each present unimodal logit minus its modality's centre; 0 where missing."""
+    return np.where(site.present, site.unimodal - center, 0.0)
+
+
 def _design(site: SiteLogits, name: str, method: str, request: Mapping[str, np.ndarray]) -> Any:
     """(X, y) of problem ``name`` at this site."""
     if name == COMBINER:
-        x = np.where(site.present, site.unimodal - request["center"], 0.0)
-        return np.column_stack([np.ones(len(x)), x]), site.label
+        centred = _centred(site, request["center"])
+        return np.column_stack([np.ones(len(centred)), centred]), site.label
     if name == FUSION:
         if "combiner" in request:
             beta = np.asarray(request["combiner"], dtype=np.float64)
-            x = np.where(site.present, site.unimodal - request["center"], 0.0)
-            z = beta[0] + x @ beta[1:]
+            z = beta[0] + _centred(site, request["center"]) @ beta[1:]
         else:
             z = site.logit
         y = site.label
@@ -344,7 +344,7 @@ def fit_from_sites(
     modalities: Sequence[str],
     method: str,
     combiner: bool,
-    l2: float = COMBINER_L2,
+    l2: float | None = None,
 ) -> Stage2Fit:
     """Fit the combiner (when ``combiner``) and the calibrators from the sites' sums.
 
@@ -354,7 +354,8 @@ def fit_from_sites(
         modalities: the model's modalities (the columns of the sites' logits).
         method: the calibration method: ``platt``, ``temperature`` or ``none``.
         combiner: fit the late-fusion combiner (else the network's fused logit is used).
-        l2: the combiner's ridge penalty.
+        l2: the combiner's ridge penalty (default:
+            :data:`clinfuse.fusion.late.COMBINER_L2`, as the centralized fit).
 
     Raises:
         ConfigError: ``isotonic`` calibration (it needs every logit in one place), or the
@@ -367,6 +368,10 @@ def fit_from_sites(
             field="calibration.method",
             hint="use calibration.method platt or temperature (or none), or --stage2 pooled",
         )
+    if l2 is None:
+        from clinfuse.fusion.late import COMBINER_L2
+
+        l2 = COMBINER_L2
     m = len(modalities)
     n = sum(_scalar(s["n"]) for s in summaries)
     events = sum(_scalar(s["events"]) for s in summaries)
@@ -450,7 +455,7 @@ def fit_pooled(
         raw = theta.float().double()  # what the model stores (float32)
         weights = torch.nn.functional.softplus(raw).numpy()
         b = float(bias.float())
-        fused = b + np.where(held.present, held.unimodal - center.numpy(), 0.0) @ weights
+        fused = b + _centred(held, center.numpy()) @ weights
         fitted = {
             "bias": b,
             "weights": [float(w) for w in weights],

@@ -25,7 +25,12 @@ from torch import nn
 
 from clinfuse.fusion.base import FusionConfig, FusionHead, FusionOutput, register_fusion
 
-__all__ = ["LateFusion", "fit_late_combiner"]
+__all__ = ["COMBINER_L2", "LateFusion", "fit_late_combiner"]
+
+
+COMBINER_L2 = 1e-3
+"""Ridge penalty on the combiner's weights (keeps them finite when a modality separates the
+held-out cases perfectly)."""
 
 
 def _softplus_inverse(x: float) -> float:
@@ -74,7 +79,7 @@ class LateFusion(FusionHead):
         present: torch.Tensor,
         labels: torch.Tensor,
         *,
-        l2: float = 1e-3,
+        l2: float = COMBINER_L2,
         max_iter: int = 200,
     ) -> LateFusion:
         """Fit weights, bias and centres on held-out unimodal logits (maximum likelihood).
@@ -103,7 +108,7 @@ def fit_late_combiner(
     present: torch.Tensor,
     labels: torch.Tensor,
     *,
-    l2: float = 1e-3,
+    l2: float = COMBINER_L2,
     max_iter: int = 200,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:meth:`LateFusion.fit_combiner`'s fit: ``(weight_raw, bias, center)`` in float64."""

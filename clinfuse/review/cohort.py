@@ -384,9 +384,10 @@ def monitoring_site_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
     by = s.get("by_site")
     if not by:
         return None, None
+    from clinfuse.evaluation.monitor import site_flags
+
     rows = []
     for e in by["sites"]:
-        compared = [r for r in e["periods"] if not r["suppressed"]]
         rows.append(
             {
                 "site": e["site"],
@@ -396,11 +397,9 @@ def monitoring_site_table(view: Any) -> tuple[pd.DataFrame | None, str | None]:
                     if e["reference"] == "site"
                     else f"all {e['n_reference']} development cases"
                 ),
-                f"{s['period']}s compared": len(compared),
+                f"{s['period']}s compared": sum(1 for r in e["periods"] if not r["suppressed"]),
                 "flagged": e["n_flagged_periods"],
-                "flags": " · ".join(
-                    f"{r['period']}: {'; '.join(r['flags'])}" for r in compared if r["flags"]
-                ),
+                "flags": " · ".join(site_flags(e)),
             }
         )
     text = (

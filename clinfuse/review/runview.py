@@ -874,15 +874,6 @@ def recalibration_summary(run: Path) -> str | None:
     )
 
 
-def _default_cohort(run: Path) -> Path | None:
-    report = run / "data_report.json"
-    try:
-        manifest = json.loads(report.read_text(encoding="utf-8")).get("manifest")
-    except (OSError, ValueError):
-        return None
-    return Path(manifest) if manifest else None
-
-
 def _default_evaluation(run: Path) -> Path | None:
     """``RUN/evaluation`` or a sibling ``evaluation`` folder — unless its ``metrics.json``
     records another model version (e.g. the source of a recalibrated run)."""
@@ -1079,6 +1070,7 @@ def open_run_view(
             monitoring folder without ``predictions`` or of another table or model.
     """
     from clinfuse.ensemble import is_crossval_folder
+    from clinfuse.evaluation.casemix import development_manifest
     from clinfuse.scored import model_version
 
     run = Path(run).expanduser()
@@ -1101,7 +1093,7 @@ def open_run_view(
                 "explanations in RUN/explanations",
                 field="explanations",
             )
-        cohort_path = Path(cohort).expanduser() if cohort else _default_cohort(run)
+        cohort_path = Path(cohort).expanduser() if cohort else development_manifest(run)
         eval_path = Path(evaluation).expanduser() if evaluation else _default_evaluation(run)
     else:
         version = model_version(run)

@@ -97,6 +97,28 @@ def _scalar_metrics(metrics: dict[str, Any], site_id: str) -> dict[str, Scalar]:
     return out
 
 
+def _record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {name: record[name].numpy() for name in record}
+
+
+def _to_record(arrays: Mapping[str, Any], what: str) -> ArrayRecord:
+    """Named numeric arrays as an ``ArrayRecord`` (what a node keeps or a message carries).
+
+    Raises:
+        FederatedError: an array that is not numeric (``WHAT[name] has dtype ...``).
+    """
+    out: dict[str, Array] = {}
+    for name, value in arrays.items():
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise FederatedError(
+                f"{what}[{name!r}] has dtype {arr.dtype}; only numeric NumPy arrays (bool, "
+                "int or float) can be kept or sent"
+            )
+        out[str(name)] = Array(np.ascontiguousarray(arr))
+    return ArrayRecord(out)
+
+
 def save_task_state(task: SiteTask, context: Context) -> bool:
     """Store ``task.state_dict()`` in ``context.state`` (tasks without it: nothing to do).
 
@@ -116,16 +138,9 @@ def save_task_state(task: SiteTask, context: Context) -> bool:
             f"site {task.site_id!r}: {type(task).__name__}.state_dict() returned "
             f"{type(state).__name__}; it must return a dict of names to NumPy arrays"
         )
-    arrays: dict[str, Array] = {}
-    for name, value in state.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise FederatedError(
-                f"site {task.site_id!r}: state_dict()[{name!r}] has dtype {arr.dtype}; "
-                "task state must be numeric NumPy arrays (bool, int or float)"
-            )
-        arrays[str(name)] = Array(np.asarray(arr, order="C"))
-    context.state.array_records[TASK_STATE_KEY] = ArrayRecord(arrays)
+    context.state.array_records[TASK_STATE_KEY] = _to_record(
+        state, f"site {task.site_id!r}: state_dict()"
+    )
     return True
 
 
@@ -139,8 +154,7 @@ def load_task_state(task: SiteTask, context: Context) -> bool:
     load = getattr(task, "load_state_dict", None)
     if not callable(load) or TASK_STATE_KEY not in context.state.array_records:
         return False
-    record = context.state.array_records[TASK_STATE_KEY]
-    load({name: record[name].numpy() for name in record})
+    load(_record_arrays(context.state.array_records[TASK_STATE_KEY]))
     return True
 
 
@@ -285,20 +299,6 @@ class SiteQuery:
         if self.context is None:
             raise FederatedError("this query has no node context to build the task from")
         return build_site_task(self.context)
-
-
-def _record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {name: record[name].numpy() for name in record}
-
-
-def _to_record(arrays: Mapping[str, Any], what: str) -> ArrayRecord:
-    out: dict[str, Array] = {}
-    for name, value in arrays.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind not in "biuf":
-            raise FederatedError(f"{what}[{name!r}] has dtype {arr.dtype}; send numeric arrays")
-        out[str(name)] = Array(np.ascontiguousarray(arr))
-    return ArrayRecord(out)
 
 
 def query_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:

@@ -406,3 +406,22 @@ def test_a_stage2_sums_query_before_the_logits_is_refused() -> None:
         answer(SiteQuery("stage2.sums", {}, {}, {"site": "a"}, {}))
     with pytest.raises(ConfigError, match="unknown stage-2 query 'weights'"):
         answer(SiteQuery("weights", {}, {}, {"site": "a"}, {}))
+
+
+def test_a_site_building_another_model_or_a_foreign_stage2_is_refused(cohort: Path) -> None:
+    """A site whose data give other modalities than the run's model, and a stage 2 fitted
+    for other modalities, are refused with the field named."""
+    from clinfuse.errors import ConfigError
+    from clinfuse.federated.flower_task import site_prep, task_options
+    from clinfuse.federated.run import FederatedSettings, apply_stage2
+    from clinfuse.federated.stage2 import Stage2Fit
+
+    settings = FederatedSettings(rounds=1, baselines=False)
+    options = task_options(str(cohort), _config(), settings, None, ["image"])
+    with pytest.raises(ConfigError, match=r"site 'site_a': its data gives the modalities") as e:
+        site_prep({"site": "site_a"}, options)
+    assert e.value.field == "modalities"
+    prep, site = site_prep({"site": "site_a"}, {**options, "modalities": []})
+    assert site == "site_a" and len(prep.modalities) > 1
+    with pytest.raises(ConfigError, match=r"stage 2 was fitted for modalities \['image'\]"):
+        apply_stage2(prep, Stage2Fit(["image"], None, {}, 0), mode="pooled", sites=1, over="x")

@@ -10,12 +10,12 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit
 
 from clinfuse.federated.stage2 import (
-    COMBINER_L2,
     SiteLogits,
     fit_from_sites,
     site_summary,
     site_sums,
 )
+from clinfuse.fusion.late import COMBINER_L2
 
 CUTS = [(0, 45), (45, 230), (230, 320)]
 MODALITIES = ["image", "note", "signal"]
