@@ -25,8 +25,13 @@ which the SuperNode keeps for the run and never sends to the server), and hands 
 The built task is also cached per (run, factory, node config) in the ClientApp process, so
 a long-lived process does not reload the site's data every round.
 
-After the rounds the server may query the sites (``query`` messages, sent by the run's
-``finish`` function through :class:`privacy.flower.server_app.SiteQueries`). The run
+Before round 1 and after the rounds the server may query the sites (``query`` messages, sent
+by the run's ``start`` and ``finish`` functions through
+:class:`privacy.flower.server_app.SiteQueries`). The task options a ``start`` function
+returns arrive as the query :data:`~privacy.flower.config.OPTIONS_QUERY`, which this app
+answers itself: the site keeps them in its node state (:data:`OPTIONS_STATE_KEY`) and builds
+its task, and answers later queries, with them merged into the run's ``task-options``
+(:func:`run_task_options`). The run
 config's ``query-handler`` answers them at each site (:func:`query_mod`): it receives a
 :class:`SiteQuery` (the query's name and arrays, and a ``state`` of arrays the SuperNode keeps
 for the run, like the task state, and never sends) and returns the arrays of the reply. A
@@ -56,13 +61,16 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from privacy.errors import FederatedError
 from privacy.federated.task import FitConfig, SiteTask
 from privacy.flower.config import (
+    OPTIONS_QUERY,
     FlowerRunConfig,
     fit_config_from_flower,
     load_callable,
     load_task_factory,
+    merge_options,
 )
 
 __all__ = [
+    "OPTIONS_STATE_KEY",
     "QUERY_STATE_KEY",
     "TASK_STATE_KEY",
     "SiteClient",
@@ -73,6 +81,7 @@ __all__ = [
     "optional_clipping_mod",
     "optional_secaggplus_mod",
     "query_mod",
+    "run_task_options",
     "save_task_state",
 ]
 
@@ -81,6 +90,10 @@ TASK_STATE_KEY = "privacy.flower.task_state"
 
 QUERY_STATE_KEY = "privacy.flower.query_state"
 """Key of the query handler's state (an ``ArrayRecord``) in the node's ``Context.state``."""
+
+OPTIONS_STATE_KEY = "privacy.flower.task_options"
+"""Key of the run's ``start`` update of the task options (a ``ConfigRecord`` holding JSON)
+in the node's ``Context.state``."""
 
 log = logging.getLogger(__name__)
 
@@ -206,22 +219,32 @@ class SiteClient(NumPyClient):
         )
 
 
+def run_task_options(context: Context) -> dict[str, Any]:
+    """The run's ``task-options``, with the update its ``start`` function sent, if any."""
+    cfg = FlowerRunConfig.from_run_config(context.run_config)
+    record = context.state.config_records.get(OPTIONS_STATE_KEY)
+    update = {} if record is None else json.loads(str(record["json"]))
+    return merge_options(cfg.task_options, update)
+
+
 def build_site_task(context: Context) -> SiteTask:
     """The SiteTask of this SuperNode for the run in ``context`` (cached per run).
 
-    A freshly built task continues from the state an earlier message of the run left in
-    ``context.state`` (:func:`load_task_state`).
+    The task is built from :func:`run_task_options`. A freshly built task continues from
+    the state an earlier message of the run left in ``context.state``
+    (:func:`load_task_state`).
     """
     cfg = FlowerRunConfig.from_run_config(context.run_config)
     node_config = dict(context.node_config)
+    options = run_task_options(context)
     key = (
         int(context.run_id),
         cfg.task_factory,
-        json.dumps(node_config, sort_keys=True, default=str),
+        json.dumps([node_config, options], sort_keys=True, default=str),
     )
     if key not in _TASKS:
         factory = load_task_factory(cfg.task_factory)
-        task = factory(node_config, dict(cfg.task_options or {}))
+        task = factory(node_config, options)
         if not isinstance(task, SiteTask):
             raise TypeError(
                 f"task-factory {cfg.task_factory!r} returned {type(task).__name__}, which "
@@ -313,6 +336,11 @@ def query_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
     """
     if not msg.has_content() or msg.metadata.message_type.split(".")[0] != MessageType.QUERY:
         return call_next(msg, ctxt)
+    content = msg.content
+    config = dict(content.config_records["query"]) if "query" in content.config_records else {}
+    site = str(ctxt.node_config.get("site", ctxt.node_id))
+    if config.get("name") == OPTIONS_QUERY:
+        return _keep_options(msg, ctxt, str(config.get("task_options") or "{}"), site)
     cfg = FlowerRunConfig.from_run_config(ctxt.run_config)
     if not cfg.query_handler:
         raise FederatedError(
@@ -320,8 +348,6 @@ def query_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
             "query-handler='package.module:function'"
         )
     handler = load_callable(cfg.query_handler, "query-handler")
-    content = msg.content
-    config = dict(content.config_records["query"]) if "query" in content.config_records else {}
     arrays = content.array_records.get("arrays")
     state = ctxt.state.array_records.get(QUERY_STATE_KEY)
     query = SiteQuery(
@@ -329,20 +355,35 @@ def query_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mess
         arrays={} if arrays is None else _record_arrays(arrays),
         config=config,
         node_config=dict(ctxt.node_config),
-        task_options=dict(cfg.task_options or {}),
+        task_options=run_task_options(ctxt),
         state={} if state is None else _record_arrays(state),
         context=ctxt,
     )
     answer = handler(query)
     ctxt.state.array_records[QUERY_STATE_KEY] = _to_record(query.state, "query state")
-    site = str(ctxt.node_config.get("site", ctxt.node_id))
-    reply = RecordDict(
-        {
-            "arrays": _to_record(answer, f"query {query.name!r} reply"),
-            "query": ConfigRecord({"name": query.name, "site": site}),
-        }
-    )
-    return Message(reply, reply_to=msg)
+    return _reply(msg, query.name, site, _to_record(answer, f"query {query.name!r} reply"))
+
+
+def _reply(msg: Message, name: str, site: str, arrays: ArrayRecord) -> Message:
+    content = RecordDict({"arrays": arrays, "query": ConfigRecord({"name": name, "site": site})})
+    return Message(content, reply_to=msg)
+
+
+def _keep_options(msg: Message, ctxt: Context, text: str, site: str) -> Message:
+    """Keep the ``start`` function's task options at this site (:data:`OPTIONS_QUERY`).
+
+    Raises:
+        FederatedError: the options are not a JSON object.
+    """
+    try:
+        update = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FederatedError(f"{OPTIONS_QUERY}: the task options are not JSON: {e}") from e
+    if not isinstance(update, dict):
+        raise FederatedError(f"{OPTIONS_QUERY}: the task options must be a JSON object")
+    ctxt.state.config_records[OPTIONS_STATE_KEY] = ConfigRecord({"json": text})
+    _TASKS.clear()  # a task built before the update has the old options
+    return _reply(msg, OPTIONS_QUERY, site, ArrayRecord({}))
 
 
 # outermost first: queries are answered before the training mods see them; SecAgg+ masks

@@ -13,7 +13,8 @@ one place that maps it to and from Python:
 * :func:`load_task_factory` — the ``package.module:function`` that builds a site's
   :class:`~privacy.federated.task.SiteTask` from its SuperNode's node config;
   :func:`load_callable` — the same for the optional ``query-handler`` (a site's answers to
-  the server's queries after the rounds) and ``finish`` (the server's work after the rounds).
+  the server's queries), ``start`` (the server's work before round 1) and ``finish`` (the
+  server's work after the rounds).
 
 Nothing here imports Flower, so the launcher and the docs tooling stay light.
 """
@@ -31,6 +32,7 @@ from privacy.errors import FederatedError
 from privacy.federated.task import FitConfig, SiteTask
 
 __all__ = [
+    "OPTIONS_QUERY",
     "STRATEGY_NAMES",
     "FlowerRunConfig",
     "TaskFactory",
@@ -38,6 +40,7 @@ __all__ = [
     "fit_config_to_flower",
     "load_callable",
     "load_task_factory",
+    "merge_options",
 ]
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi")
@@ -106,6 +109,12 @@ class FlowerRunConfig:
         query_handler: optional ``package.module:function`` that answers the server's
             queries at each site (:class:`privacy.flower.client_app.SiteQuery`); empty: the
             sites refuse queries.
+        start: optional ``package.module:function`` the ServerApp calls before round 1 with
+            :class:`privacy.flower.server_app.SiteQueries` and ``task_options``; it returns
+            a JSON object, saved as ``start.json`` in ``output_dir``. Its ``task_options``
+            entry (a JSON object), if any, is merged into the run's ``task_options`` for the
+            rest of the run: every site keeps it and builds its task with it (e.g. feature
+            scaling computed from the sites' sums).
         finish: optional ``package.module:function`` the ServerApp calls after the last
             round with :class:`privacy.flower.server_app.SiteQueries`, the final global model
             and ``task_options``; it returns a JSON object, saved as ``finish.json`` in
@@ -145,6 +154,7 @@ class FlowerRunConfig:
     output_dir: str = ""
     initial_parameters: str = ""
     query_handler: str = ""
+    start: str = ""
     finish: str = ""
 
     def __post_init__(self) -> None:
@@ -209,6 +219,18 @@ class FlowerRunConfig:
         d = asdict(self)
         d["task_options"] = dict(self.task_options or {})
         return d
+
+
+OPTIONS_QUERY = "privacy.flower.task_options"
+"""The query by which the ServerApp gives every site the ``task_options`` its ``start``
+returned (config ``task_options``: a JSON object); the ClientApp answers it itself."""
+
+
+def merge_options(
+    base: Mapping[str, Any] | None, update: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The run's ``task_options`` with a ``start`` function's update on top (key by key)."""
+    return {**dict(base or {}), **dict(update or {})}
 
 
 def _parse_options(value: Any) -> dict[str, Any]:

@@ -15,12 +15,20 @@ defaults to ``site-<partition-id>``) or ``site``. Options (the run's ``task-opti
 
 * ``n_features`` (default 4), ``n_base`` (site 0 has this many training rows, site k
   ``n_base + 10 k``), ``data_seed`` (0), ``init_seed`` (0);
+* ``center``, ``scale`` (lists of ``n_features`` numbers; default none) — the features are
+  standardized as ``(x - center) / scale`` (what :func:`start` sets from the sites' sums);
 * ``momentum`` (0.0) — SGD momentum whose buffer is kept **across rounds** (site state that
   :meth:`LogisticSiteTask.state_dict` hands to the ClientApp, which keeps it in Flower's
   per-node context between the per-message processes);
 * ``fail_site`` / ``fail_round`` — that site raises in ``fit`` at that round (a failing
   site); ``exit_site`` / ``exit_round`` — that site's process and its SuperNode are killed
   at that round (a site that disconnects mid-round). For drills and tests only.
+
+Before round 1, :func:`start` (``start = "privacy.flower.demo:start"``) asks every site
+for its training features' count, sum and sum of squares (``demo.moments``) and sets
+``center`` and ``scale`` to the pooled mean and standard deviation, which every site then
+applies: the path a deployment takes when a model's preprocessing must be fitted on data
+that never leaves the sites.
 
 After the rounds, :func:`finish` (``finish = "privacy.flower.demo:finish"``) queries the
 sites, which answer with :func:`answer_query` (``query-handler =
@@ -41,7 +49,7 @@ import numpy as np
 from privacy.errors import FederatedError
 from privacy.federated.task import EvalResult, FitConfig, FitResult, Parameters
 
-__all__ = ["LogisticSiteTask", "answer_query", "finish", "make_task", "site_data"]
+__all__ = ["LogisticSiteTask", "answer_query", "finish", "make_task", "site_data", "start"]
 
 _STATE_FORMAT = 1
 
@@ -254,6 +262,16 @@ def make_task(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> Log
         n_base=int(options.get("n_base", 30)),
         data_seed=int(options.get("data_seed", 0)),
     )
+    if options.get("center") is not None or options.get("scale") is not None:
+        d = data[0].shape[1]
+        center = np.asarray(options.get("center", np.zeros(d)), np.float64)
+        scale = np.asarray(options.get("scale", np.ones(d)), np.float64)
+        if center.shape != (d,) or scale.shape != (d,) or np.any(scale <= 0):
+            raise FederatedError(
+                f"site {site!r}: task-options center and scale must be {d} numbers each (scale > 0)"
+            )
+        x, y, x_eval, y_eval = data
+        data = ((x - center) / scale, y, (x_eval - center) / scale, y_eval)
     return LogisticSiteTask(
         site,
         data,
@@ -268,7 +286,9 @@ def answer_query(query: Any) -> dict[str, np.ndarray]:
     """The demo's ``query-handler`` (a :class:`privacy.flower.client_app.SiteQuery`).
 
     ``demo.counts``: the site's evaluation rows and events; ``demo.loss``: the summed log
-    loss of the model in ``arrays`` (``weight``, ``bias``) on them. Every reply also holds
+    loss of the model in ``arrays`` (``weight``, ``bias``) on them; ``demo.moments``: the
+    count, sums and sums of squares of its training features (as built, so before
+    :func:`start`'s scaling). Every reply also holds
     ``answered``, the queries this site has answered in the run (kept in its query state).
 
     Raises:
@@ -281,13 +301,39 @@ def answer_query(query: Any) -> dict[str, np.ndarray]:
     if query.name == "demo.counts":
         out["n"] = np.asarray([task.y_eval.shape[0]], np.float64)
         out["events"] = np.asarray([task.y_eval.sum()], np.float64)
+    elif query.name == "demo.moments":
+        out["n"] = np.asarray([task.x.shape[0]], np.float64)
+        out["sum"] = task.x.sum(axis=0)
+        out["sum_sq"] = (task.x**2).sum(axis=0)
     elif query.name == "demo.loss":
         model = [query.arrays["weight"], query.arrays["bias"]]
         result = task.evaluate(model, FitConfig(0))
         out["loss_sum"] = np.asarray([result.loss * result.num_examples], np.float64)
     else:
-        raise FederatedError(f"unknown demo query {query.name!r}; use demo.counts or demo.loss")
+        raise FederatedError(
+            f"unknown demo query {query.name!r}; use demo.counts, demo.loss or demo.moments"
+        )
     return out
+
+
+def start(queries: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo's ``start``: standardize every site's features by the pooled moments.
+
+    Returns:
+        ``{"sites", "n_train", "task_options": {"center", "scale"}}`` (the ServerApp gives
+        ``task_options`` to every site before round 1).
+    """
+    moments = queries.ask("demo.moments")
+    n = sum(float(r["n"][0]) for r in moments.values())
+    total = sum(np.asarray(r["sum"], np.float64) for r in moments.values())
+    total_sq = sum(np.asarray(r["sum_sq"], np.float64) for r in moments.values())
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
+    return {
+        "sites": sorted(moments),
+        "n_train": n,
+        "task_options": {"center": mean.tolist(), "scale": np.where(std > 0, std, 1.0).tolist()},
+    }
 
 
 def finish(queries: Any, parameters: Parameters, options: Mapping[str, Any]) -> dict[str, Any]:

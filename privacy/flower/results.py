@@ -30,6 +30,7 @@ __all__ = [
     "FINISH_FILE",
     "PARAMETERS_FILE",
     "RESULT_FILE",
+    "START_FILE",
     "FlowerRunResult",
     "RunRecorder",
     "load_parameters",
@@ -40,6 +41,7 @@ __all__ = [
 PARAMETERS_FILE = "parameters.safetensors"
 RESULT_FILE = "federation.json"
 FINISH_FILE = "finish.json"
+START_FILE = "start.json"
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -225,12 +227,22 @@ class RunRecorder:
         """Replace ``parameters.safetensors`` with ``parameters``."""
         save_parameters(self.out_dir / PARAMETERS_FILE, parameters)
 
+    def save_start(self, result: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
+        """Write the ``start`` function's result to ``start.json`` (atomically) and note
+        ``summary`` (function, queries, seconds) in ``federation.json``."""
+        self._save_step(START_FILE, "start", result, summary)
+
     def save_finish(self, result: Mapping[str, Any], summary: Mapping[str, Any]) -> None:
         """Write the ``finish`` function's result to ``finish.json`` (atomically) and note
         ``summary`` (function, queries, seconds) in ``federation.json``."""
+        self._save_step(FINISH_FILE, "finish", result, summary)
+
+    def _save_step(
+        self, name: str, key: str, result: Mapping[str, Any], summary: Mapping[str, Any]
+    ) -> None:
         data = json.dumps(_jsonable(dict(result)), indent=2, sort_keys=True)
-        _atomic_write_bytes(self.out_dir / FINISH_FILE, data.encode("utf-8"))
-        self.record["finish"] = _jsonable(dict(summary))
+        _atomic_write_bytes(self.out_dir / name, data.encode("utf-8"))
+        self.record[key] = _jsonable(dict(summary))
         self._write_json()
 
     def finish(
@@ -273,6 +285,8 @@ class FlowerRunResult:
         record: the parsed ``federation.json``.
         finish: the parsed ``finish.json`` (None when the run has no ``finish`` function or
             it did not complete).
+        start: the parsed ``start.json`` (None when the run has no ``start`` function or it
+            did not complete).
     """
 
     out_dir: Path
@@ -280,6 +294,7 @@ class FlowerRunResult:
     parameters: list[np.ndarray] | None
     record: dict[str, Any]
     finish: dict[str, Any] | None = None
+    start: dict[str, Any] | None = None
 
     @property
     def error(self) -> str | None:
@@ -309,10 +324,15 @@ def read_result(out_dir: Path) -> FlowerRunResult:
         raise FederatedError(f"cannot read {path}: {e}") from e
     params_path = out_dir / PARAMETERS_FILE
     params = load_parameters(params_path) if params_path.is_file() else None
-    finish = None
-    if (out_dir / FINISH_FILE).is_file():
-        try:
-            finish = json.loads((out_dir / FINISH_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise FederatedError(f"cannot read {out_dir / FINISH_FILE}: {e}") from e
-    return FlowerRunResult(out_dir, str(record.get("status")), params, record, finish)
+    finish, start = (_read_step(out_dir / name) for name in (FINISH_FILE, START_FILE))
+    return FlowerRunResult(out_dir, str(record.get("status")), params, record, finish, start)
+
+
+def _read_step(path: Path) -> dict[str, Any] | None:
+    """A ``start.json``/``finish.json`` (None when the run did not write it)."""
+    if not path.is_file():
+        return None
+    try:
+        return dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError) as e:
+        raise FederatedError(f"cannot read {path}: {e}") from e

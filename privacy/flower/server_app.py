@@ -28,6 +28,13 @@ Outputs, in ``output-dir`` on the SuperLink host, rewritten atomically after eve
 ``parameters.safetensors`` (the current global model, keys ``param_0000``… in the task's
 order) and ``federation.json`` (settings, per-round records, status, DP ε, error).
 
+Before round 1, a run whose config names a ``start`` function calls it with
+:class:`SiteQueries` and the ``task-options``; its JSON result is written to ``start.json``,
+and its ``task_options`` entry is sent to every site (the query
+:data:`~privacy.flower.config.OPTIONS_QUERY`), which merges it into the run's task options for
+every later message (e.g. a feature scaling computed from the sites' sums before any site
+builds its model).
+
 After the last round, a run whose config names a ``finish`` function calls it with
 :class:`SiteQueries` (``query`` messages to every connected site, answered by the run's
 ``query-handler``), the final global model and the ``task-options``; its JSON result is
@@ -36,6 +43,7 @@ written to ``finish.json`` and the run completes only when it returns.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -87,7 +95,13 @@ from flwr.serverapp import Grid, ServerApp
 
 from privacy.errors import FederatedError
 from privacy.federated.task import FitConfig
-from privacy.flower.config import FlowerRunConfig, fit_config_to_flower, load_callable
+from privacy.flower.config import (
+    OPTIONS_QUERY,
+    FlowerRunConfig,
+    fit_config_to_flower,
+    load_callable,
+    merge_options,
+)
 from privacy.flower.results import RunRecorder, load_parameters
 
 __all__ = ["GuardedStrategy", "SiteQueries", "app", "build_strategy", "client_dp_epsilon"]
@@ -450,6 +464,45 @@ class SiteQueries:
         return out
 
 
+def _run_start(grid: Grid, cfg: FlowerRunConfig, recorder: RunRecorder) -> FlowerRunConfig:
+    """Call the run's ``start`` function before round 1; give its task-options to the sites.
+
+    Returns:
+        ``cfg`` with the merged ``task_options`` (what ``finish`` receives).
+
+    Raises:
+        FederatedError: ``start`` returned no dict, or a ``task_options`` that is not one.
+    """
+    start = load_callable(cfg.start, "start")
+    queries = SiteQueries(grid, list(grid.get_node_ids()), cfg.round_timeout)
+    began = time.monotonic()
+    result = start(queries, dict(cfg.task_options or {}))
+    if not isinstance(result, dict):
+        raise FederatedError(
+            f"start {cfg.start!r} returned {type(result).__name__}; it must return a dict "
+            "(saved as start.json)"
+        )
+    update = result.get("task_options") or {}
+    if not isinstance(update, dict):
+        raise FederatedError(
+            f"start {cfg.start!r} returned task_options of type {type(update).__name__}; it "
+            "must be a JSON object (merged into the run's task-options)"
+        )
+    if update:
+        queries.ask(OPTIONS_QUERY, config={"task_options": json.dumps(update, sort_keys=True)})
+    recorder.save_start(
+        result,
+        {
+            "function": cfg.start,
+            "sites": queries.n_sites,
+            "queries": queries.queries,
+            "task_options": sorted(update),
+            "seconds": round(time.monotonic() - began, 3),
+        },
+    )
+    return replace(cfg, task_options=merge_options(cfg.task_options, update))
+
+
 def _run_finish(grid: Grid, cfg: FlowerRunConfig, recorder: RunRecorder, guard: Any) -> None:
     """Call the run's ``finish`` function with the final model; save what it returns."""
     finish = load_callable(cfg.finish, "finish")
@@ -486,6 +539,9 @@ def run_federation(grid: Grid, context: Context) -> None:
     guard = GuardedStrategy(cfg, recorder)
     try:
         recorder.set_sites_connected(_wait_for_sites(grid, cfg))
+        if cfg.start:
+            cfg = _run_start(grid, cfg, recorder)
+            guard.cfg = cfg
         fit: Workflow = default_fit_workflow
         if cfg.secagg:
             fit = SecAggPlusWorkflow(

@@ -436,6 +436,44 @@ def test_finish_queries_every_site_after_the_rounds(federation, tmp_path: Path) 
     assert (tmp_path / "run" / "finish.json").is_file()
 
 
+def test_start_gives_every_site_task_options_before_round_one(federation, tmp_path: Path) -> None:
+    """The run's start function asks the sites for their features' sums and returns a
+    scaling; every site builds its task with it (kept in its node state across the
+    per-message processes). The model equals the simulator's on tasks built with the
+    scaling computed here from the raw data; start.json and federation.json record it."""
+    cfg = _cfg(
+        tmp_path,
+        num_rounds=2,
+        query_handler="privacy.flower.demo:answer_query",
+        start="privacy.flower.demo:start",
+        finish="privacy.flower.demo:finish",
+    )
+    result = federation.run(cfg, tmp_path / "run", timeout=240)
+    assert result.status == "completed", result.error
+    assert result.start is not None and result.parameters is not None
+    x = np.concatenate([t.x for t in _tasks()])
+    center, scale = x.mean(axis=0), x.std(axis=0)
+    np.testing.assert_allclose(result.start["task_options"]["center"], center, rtol=1e-12)
+    np.testing.assert_allclose(result.start["task_options"]["scale"], scale, rtol=1e-12)
+    assert result.start["n_train"] == len(x)
+    assert result.record["start"]["task_options"] == ["center", "scale"]
+    assert result.record["start"]["queries"] == 2  # demo.moments, then the options
+    scaled = {**OPTIONS, "center": center.tolist(), "scale": scale.tolist()}
+    for got, want in zip(result.parameters, _simulated(2, scaled), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    # finish saw the scaled evaluation data too: its pooled loss is the scaled tasks'
+    tasks = _tasks(scaled)
+    n = sum(len(t.y_eval) for t in tasks)
+    loss = sum(t.evaluate(result.parameters, FitConfig(0)).loss * len(t.y_eval) for t in tasks)
+    assert result.finish is not None
+    assert result.finish["mean_log_loss"] == pytest.approx(loss / n, rel=1e-9)
+
+
+def test_demo_scaling_options_are_checked() -> None:
+    with pytest.raises(FederatedError, match="center and scale must be 4 numbers"):
+        make_task({"partition-id": 0}, {**OPTIONS, "center": [0.0, 1.0]})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi"])
 def test_server_optimizers_over_flower_equal_the_simulator(
