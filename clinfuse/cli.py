@@ -997,7 +997,14 @@ def _register_feature_commands() -> None:
         samplesize,
     )
     from clinfuse.explain.cli import EXPLAIN_EPILOG, explain
-    from clinfuse.federated.cli import FEDERATED_EPILOG, federated
+    from clinfuse.federated.cli import (
+        FEDERATED_EPILOG,
+        FLOWER_ASSEMBLE_EPILOG,
+        FLOWER_CONFIG_EPILOG,
+        federated,
+        flower_assemble,
+        flower_config,
+    )
     from clinfuse.review.cli import APP_EPILOG
     from clinfuse.review.cli import app as review_app
 
@@ -1009,6 +1016,8 @@ def _register_feature_commands() -> None:
     app.command(epilog=EXPLAIN_EPILOG)(explain)
     app.command(name="deid", epilog=DEID_EPILOG)(deid)
     app.command(epilog=FEDERATED_EPILOG)(federated)
+    app.command(name="flower-config", epilog=FLOWER_CONFIG_EPILOG)(flower_config)
+    app.command(name="flower-assemble", epilog=FLOWER_ASSEMBLE_EPILOG)(flower_assemble)
     app.command(name="app", epilog=APP_EPILOG)(review_app)
 
 

@@ -5,6 +5,10 @@ Register it in :mod:`clinfuse.cli` with::
     from clinfuse.federated.cli import FEDERATED_EPILOG, federated
     app.command(epilog=FEDERATED_EPILOG)(federated)
 
+and likewise ``flower-config`` (:func:`flower_config`: the run config of a deployment where
+every site keeps its own manifest) and ``flower-assemble`` (:func:`flower_assemble`: the
+run folder from such a run's output, on the coordinator).
+
 Backends: ``sim`` (in-process simulation) and ``flower`` (a real Flower federation on
 loopback: a SuperLink and one SuperNode process per site,
 :mod:`clinfuse.federated.flower_run`). :data:`BACKENDS` maps a backend name to the function
@@ -19,7 +23,15 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["BACKENDS", "FEDERATED_EPILOG", "federated"]
+__all__ = [
+    "BACKENDS",
+    "FEDERATED_EPILOG",
+    "FLOWER_ASSEMBLE_EPILOG",
+    "FLOWER_CONFIG_EPILOG",
+    "federated",
+    "flower_assemble",
+    "flower_config",
+]
 
 FEDERATED_EPILOG = (
     "Examples:\n\n"
@@ -153,3 +165,149 @@ def federated(
     except PrivacyError as e:
         raise ConfigError(str(e)) from e
     Console().print(f"federated run written to {run}")
+
+
+FLOWER_CONFIG_EPILOG = (
+    "Example (3 hospitals, each with its own manifest):\n\n"
+    "  clinfuse flower-config --sites 3 --rounds 20 --stage2 aggregates "
+    "--output-dir /srv/fl/run1 --out run.toml\n\n"
+    "  flwr run privacy/flower/app production --run-config run.toml --stream\n\n"
+    "Each hospital: flower-supernode ... --node-config \"site='hospital-a' "
+    "manifest='/data/fl/cohort.csv'\""
+)
+
+
+def flower_config(
+    out: Annotated[Path, typer.Option("--out", help="TOML file to write (flwr run --run-config).")],
+    sites: Annotated[int, typer.Option("--sites", min=1, help="SuperNodes the run waits for.")],
+    output_dir: Annotated[
+        str,
+        typer.Option("--output-dir", help="The ServerApp's output folder, on the coordinator."),
+    ],
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="fedavg, fedprox, fedadam or fedyogi.")
+    ] = "fedavg",
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Server rounds.")] = 10,
+    local_epochs: Annotated[
+        int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")
+    ] = 1,
+    proximal_mu: Annotated[
+        float, typer.Option("--proximal-mu", min=0.0, help="FedProx μ (with --strategy fedprox).")
+    ] = 0.0,
+    clients_per_round: Annotated[
+        int | None, typer.Option("--clients-per-round", min=1, help="Sites sampled per round.")
+    ] = None,
+    dp_epsilon: Annotated[
+        float | None, typer.Option("--dp-epsilon", help="Target ε of DP-SGD at every site.")
+    ] = None,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", help="δ of DP-SGD.")] = 1e-5,
+    max_grad_norm: Annotated[
+        float, typer.Option("--max-grad-norm", help="DP-SGD per-sample clipping norm.")
+    ] = 1.0,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Run config (YAML); defaults otherwise.")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of sampling and local shuffling.")] = 0,
+    stage2: Annotated[
+        str,
+        typer.Option("--stage2", help="pooled (validation logits) or aggregates (sums only)."),
+    ] = "pooled",
+    round_timeout: Annotated[
+        float, typer.Option("--round-timeout", min=1.0, help="Seconds to wait for the sites.")
+    ] = 600.0,
+    min_fit_clients: Annotated[
+        int | None,
+        typer.Option(
+            "--min-fit-clients",
+            min=1,
+            help="Fewest sites a round needs (default: every site sampled in the round).",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
+) -> None:
+    """Write the Flower run config of a deployment where every site keeps its own manifest.
+
+    Before round 1 the sites describe their data (counts and sums only) and the coordinator
+    makes the plan every site builds its model from: the modalities, the tabular scaling
+    from the sites' sums, the input shapes. Each site splits its own patients. After the
+    run, `clinfuse flower-assemble OUTPUT_DIR --out RUN` writes the run folder.
+    """
+    from rich.console import Console
+
+    from clinfuse._files import write_text_atomic
+    from clinfuse.config import load_config
+    from clinfuse.errors import ConfigError
+    from clinfuse.federated.flower_sites import site_run_config
+    from clinfuse.federated.run import FederatedSettings
+    from privacy.dp.engine import DPConfig
+    from privacy.errors import PrivacyError
+
+    if out.exists() and not overwrite:
+        raise ConfigError("the file exists", path=out, hint="choose another --out or --overwrite")
+    cfg = load_config(config)
+    settings = FederatedSettings(
+        strategy=strategy.lower(),
+        rounds=rounds,
+        local_epochs=local_epochs,
+        proximal_mu=proximal_mu,
+        clients_per_round=clients_per_round,
+        seed=seed,
+        baselines=False,
+        stage2=stage2,
+        min_fit_clients=min_fit_clients or min(clients_per_round or sites, sites),
+    )
+    try:
+        settings.strategy_kwargs(cfg)  # refuses settings the strategy does not use
+        dp = (
+            None
+            if dp_epsilon is None
+            else DPConfig(
+                target_epsilon=dp_epsilon, target_delta=dp_delta, max_grad_norm=max_grad_norm
+            )
+        )
+        run_cfg = site_run_config(
+            cfg,
+            settings,
+            n_sites=sites,
+            output_dir=output_dir,
+            dp=dp,
+            round_timeout=round_timeout,
+        )
+    except PrivacyError as e:
+        raise ConfigError(str(e)) from e
+    write_text_atomic(out, run_cfg.to_toml())
+    Console().print(
+        f"run config written to {out}: {sites} sites, {rounds} rounds, stage 2 {stage2}; "
+        f"flwr run privacy/flower/app <federation> --run-config {out}"
+    )
+
+
+FLOWER_ASSEMBLE_EPILOG = (
+    "Example:\n\n"
+    "  clinfuse flower-assemble /srv/fl/run1 --out runs/fed\n\n"
+    "  clinfuse evaluate runs/fed /data/fl/cohort.csv --split test --out eval_site_a   "
+    "(at each site)"
+)
+
+
+def flower_assemble(
+    flower_dir: Annotated[
+        Path, typer.Argument(help="The ServerApp's output-dir of a run with site-local manifests.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create.")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
+) -> None:
+    """Build the run folder of a Flower run with site-local manifests, on the coordinator.
+
+    Reads federation.json, start.json (the plan), parameters.safetensors and finish.json
+    (stage 2); writes the model, federated.json, data_report.json and train_log.csv. No
+    case is needed: each site evaluates the run on its own test cases with
+    `clinfuse evaluate RUN MANIFEST --split test`.
+    """
+    from rich.console import Console
+
+    from clinfuse.federated.assemble import assemble_run
+
+    console = Console(stderr=True)
+    run = assemble_run(flower_dir, out, overwrite=overwrite, log=console.print)
+    Console().print(f"run folder written to {run}")

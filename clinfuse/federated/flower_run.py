@@ -34,30 +34,50 @@ from clinfuse.federated.stage2 import Stage2Fit
 from privacy.dp.engine import DPConfig
 from privacy.federated.simulation import History, RoundRecord
 
-__all__ = ["flower_run", "history_from_record"]
+__all__ = ["flower_config", "flower_run", "history_from_record"]
 
 _SERVER_KEYS = {"eta": "server_lr", "beta_1": "beta_1", "beta_2": "beta_2", "tau": "tau"}
 
 
-def _flower_config(
-    manifest: Path,
+def flower_config(
+    manifest: Path | None,
     config: RunConfig,
     settings: FederatedSettings,
     dp: DPConfig | None,
     n_sites: int,
-    initial: Path,
+    initial: Path | None,
     modalities: list[str],
+    *,
+    output_dir: str = "",
+    round_timeout: float = 600.0,
+    connect_timeout: float = 120.0,
 ) -> Any:
+    """The Flower run config of a clinfuse run.
+
+    Args:
+        manifest: the manifest every site reads its rows from; None: each site reads its own
+            (node config ``manifest``) and the run's ``start`` makes the plan
+            (:mod:`clinfuse.federated.flower_sites`).
+        initial: the initial global model (None: one site's freshly built model).
+        modalities: the model's modalities (empty with site-local manifests: the plan's).
+    """
+    from clinfuse.federated.flower_sites import START
     from privacy.flower.config import FlowerRunConfig
 
     k = min(settings.clients_per_round or n_sites, n_sites)
     server: dict[str, Any] = {
         _SERVER_KEYS[key]: float(v) for key, v in settings.server.items() if key in _SERVER_KEYS
     }
+    options = task_options(
+        "" if manifest is None else str(manifest), config, settings, dp, modalities
+    )
+    if manifest is None:
+        options["site_local"] = True
     return FlowerRunConfig(
         task_factory=TASK_FACTORY,
-        task_options=task_options(str(manifest), config, settings, dp, modalities),
+        task_options=options,
         query_handler=QUERY_HANDLER,
+        start="" if manifest is not None else START,
         finish=FINISH,
         strategy=settings.strategy,
         num_rounds=settings.rounds,
@@ -70,7 +90,10 @@ def _flower_config(
         fraction_evaluate=1.0,
         min_fit_clients=max(1, min(settings.min_fit_clients, k)),
         min_available_clients=n_sites,
-        initial_parameters=str(initial),
+        initial_parameters="" if initial is None else str(initial),
+        output_dir=output_dir,
+        round_timeout=round_timeout,
+        connect_timeout=connect_timeout,
         **server,
     )
 
@@ -148,7 +171,7 @@ def _trainer(
         work.mkdir(parents=True, exist_ok=True)
         initial = work / "initial.safetensors"
         save_parameters(initial, prep.init)
-        cfg = _flower_config(
+        cfg = flower_config(
             manifest, config, settings, dp, len(sites), initial, list(prep.modalities)
         )
         say(f"starting a Flower federation on loopback: 1 SuperLink, {len(sites)} SuperNodes")

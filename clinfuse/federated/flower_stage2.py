@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from clinfuse.errors import ConfigError
+from clinfuse.federated.flower_sites import DESCRIBE, describe
 from clinfuse.federated.stage2 import (
     SiteLogits,
     fit_from_sites,
@@ -66,7 +67,9 @@ def _site_logits(query: Any) -> SiteLogits:
 
 
 def answer(query: Any) -> dict[str, np.ndarray]:
-    """A site's answer to a stage-2 query (a :class:`privacy.flower.client_app.SiteQuery`).
+    """A site's answer to a query (a :class:`privacy.flower.client_app.SiteQuery`): the
+    stage-2 queries above, and ``stage0.describe`` of a run with site-local manifests
+    (:func:`clinfuse.federated.flower_sites.describe`).
 
     Raises:
         ConfigError: an unknown query, or ``stage2.sums`` before ``stage2.logits``.
@@ -79,6 +82,8 @@ def answer(query: Any) -> dict[str, np.ndarray]:
         if query.config.get("send_cases"):
             out |= held.to_arrays()
         return out
+    if query.name == DESCRIBE:
+        return describe(query)
     if query.name == SUMS:
         if "label" not in query.state:
             raise ConfigError(
@@ -87,7 +92,9 @@ def answer(query: Any) -> dict[str, np.ndarray]:
                 field="stage2",
             )
         return site_sums(SiteLogits.from_arrays(query.state), query.arrays)
-    raise ConfigError(f"unknown stage-2 query {query.name!r}; expected {LOGITS} or {SUMS}")
+    raise ConfigError(
+        f"unknown query {query.name!r}; expected {DESCRIBE}, {LOGITS} or {SUMS}", field="query"
+    )
 
 
 def finish(

@@ -13,7 +13,9 @@ optimizer) travels through :meth:`~privacy.federated.torch_task.TorchSiteTask.st
 manifest's site column, or of the synthetic partition: ``site_0``...).
 
 ``options`` (the run's ``task-options``, the same at every site), see :func:`task_options`:
-``manifest`` (path on the site's host), ``config`` (the run config as a dict),
+``manifest`` (path on the site's host; with ``site_local`` every site reads its node
+config's ``manifest`` instead and builds its model from the ``plan`` the run's ``start``
+added, :mod:`clinfuse.federated.flower_sites`), ``config`` (the run config as a dict),
 ``partition``, ``n_sites``, ``seed``, ``optimizer``, ``rounds``, ``dp`` (a
 :class:`~privacy.dp.DPConfig` as a dict, or None), ``stage2`` (``pooled`` or
 ``aggregates``) and ``modalities`` (the model's, in order).
@@ -29,7 +31,8 @@ from typing import Any
 
 from clinfuse.config import RunConfig
 from clinfuse.errors import ConfigError
-from clinfuse.federated.run import FederatedSettings, Prepared, prepare
+from clinfuse.federated.flower_sites import site_manifest
+from clinfuse.federated.run import FederatedSettings, Prepared, prepare, prepare_site
 from clinfuse.federated.task import fusion_site_task
 from privacy.dp.engine import DPConfig
 from privacy.federated.torch_task import TorchSiteTask
@@ -77,9 +80,6 @@ def site_prep(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> tup
             "--node-config \"site='site_a'\" (the site's name in the manifest)",
             field="site",
         )
-    manifest = options.get("manifest")
-    if not manifest:
-        raise ConfigError("task-options has no 'manifest' (the site's manifest path)")
     config = RunConfig.model_validate(options.get("config") or {})
     settings = FederatedSettings(
         partition=str(options.get("partition", "site")),
@@ -89,7 +89,23 @@ def site_prep(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> tup
         rounds=int(options.get("rounds", 1)),
         baselines=False,
     )
-    prep = prepare(str(manifest), config, settings, dp=_dp(options), only_site=str(site))
+    if options.get("site_local"):
+        plan = options.get("plan")
+        if not plan:
+            raise ConfigError(
+                f"site {site!r}: the run uses site-local manifests but no plan reached this "
+                "site; the run's start function makes it before round 1 (was the SuperNode "
+                "started or restarted after the run began?)",
+                field="plan",
+                hint="restart the run with every SuperNode connected",
+            )
+        manifest = site_manifest(dict(node_config), dict(options))
+        prep = prepare_site(manifest, config, settings, str(site), dict(plan), dp=_dp(options))
+    else:
+        manifest = options.get("manifest")
+        if not manifest:
+            raise ConfigError("task-options has no 'manifest' (the site's manifest path)")
+        prep = prepare(str(manifest), config, settings, dp=_dp(options), only_site=str(site))
     expected = list(options.get("modalities") or [])
     if expected and list(prep.modalities) != expected:
         raise ConfigError(

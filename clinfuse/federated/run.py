@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import pandas as pd
 import torch
 
 from clinfuse import __version__
+from clinfuse._files import publish
 from clinfuse.cohort.manifest import Cohort, Issue
 from clinfuse.cohort.split import split_cohort
 from clinfuse.config import RunConfig
@@ -43,6 +43,7 @@ from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.metrics import metric_with_ci
 from clinfuse.evaluation.summary import summarize_predictions
+from clinfuse.federated.sites import PLAN_FORMAT, site_cohort, train_frame
 from clinfuse.federated.stage2 import (
     SiteLogits,
     Stage2Fit,
@@ -77,7 +78,10 @@ __all__ = [
     "Trainer",
     "federated_run",
     "prepare",
+    "prepare_site",
     "privacy_utility",
+    "set_stage2",
+    "stage2_record",
 ]
 
 Log = Callable[[str], None]
@@ -202,28 +206,106 @@ def prepare(
         by_date=data_cfg.split_by_date,
     )
     modalities = resolve_modalities(cohort, config)
-    if dp is not None:
-        config = _dp_friendly(config, modalities, say)
-    config = config.model_copy(
-        update={"data": data_cfg.model_copy(update={"modalities": modalities})}
-    )
     tabular = None
     if "tabular" in modalities:
-        frame = pd.DataFrame([r.extra for r in cohort.rows if r.split == "train"])
-        tabular = TabularEncoder(data_cfg.tabular_columns).fit(frame)
+        tabular = TabularEncoder(data_cfg.tabular_columns).fit(train_frame(cohort))
     rows = cohort.rows
     if only_site is not None and settings.partition == "site":
         rows = [r for r in rows if str(_row_site(r)) == only_site]
-    loaded = CaseLoader(data_cfg, modalities, tabular).load_many(rows)
+    return _build(cohort, rows, config, modalities, tabular, settings, dp, say, only_site)
+
+
+def prepare_site(
+    manifest: str | Path,
+    config: RunConfig,
+    settings: FederatedSettings,
+    site: str,
+    plan: dict[str, Any],
+    *,
+    dp: DPConfig | None = None,
+    log: Log | None = None,
+) -> Prepared:
+    """One site's cases from its own manifest, for the coordinator's plan (site-local
+    manifests, :mod:`clinfuse.federated.sites`).
+
+    The site splits its own patients (:func:`~clinfuse.federated.sites.site_cohort`); the
+    modalities, the tabular encoder and the input shapes come from ``plan``
+    (:func:`~clinfuse.federated.sites.plan_from_sites`), so every site builds the same
+    seeded model.
+
+    Raises:
+        CohortError: an unusable manifest, rows of other sites, or no usable case.
+        ConfigError: a plan of another format.
+    """
+    if int(plan.get("format", 0)) != PLAN_FORMAT:
+        raise ConfigError(
+            f"the run's plan has format {plan.get('format')!r}; this clinfuse reads format "
+            f"{PLAN_FORMAT} (is every site on the coordinator's clinfuse version?)",
+            field="plan",
+        )
+    cohort = site_cohort(manifest, config, site)
+    tabular = None if plan.get("tabular") is None else TabularEncoder.from_dict(plan["tabular"])
+    prep = _build(
+        cohort,
+        cohort.rows,
+        config,
+        list(plan["modalities"]),
+        tabular,
+        settings,
+        dp,
+        log or (lambda _m: None),
+        site,
+        in_shapes=dict(plan.get("in_shapes") or {}),
+    )
+    return prep
+
+
+def _build(
+    cohort: Cohort,
+    rows: Sequence[Any],
+    config: RunConfig,
+    modalities: list[str],
+    tabular: TabularEncoder | None,
+    settings: FederatedSettings,
+    dp: DPConfig | None,
+    say: Log,
+    only_site: str | None,
+    *,
+    in_shapes: dict[str, int] | None = None,
+) -> Prepared:
+    """Load ``rows``, build the seeded model, attach frozen embeddings, assign sites.
+
+    With ``in_shapes`` (site-local manifests) every row belongs to ``only_site`` and the
+    model's input facts are the plan's, not this site's first cases'.
+    """
+    if dp is not None:
+        config = _dp_friendly(config, modalities, say)
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"modalities": modalities})}
+    )
+    loaded = CaseLoader(config.data, modalities, tabular).load_many(rows)
     check_signal_shapes(loaded.cases)
     excluded = list(cohort.excluded) + loaded.excluded
-    in_shapes = input_shapes(loaded.cases, tabular)
+    shapes = input_shapes(loaded.cases, tabular) if in_shapes is None else in_shapes
     torch.manual_seed(config.training.seed)
-    model = FusionModel.build(config, modalities, tabular=tabular, in_shapes=in_shapes)
+    model = FusionModel.build(config, modalities, tabular=tabular, in_shapes=shapes)
     cases = loaded.cases
     if model.frozen_modalities:
         cases = attach_embeddings(model, cases, model.frozen_modalities)
-    sites = _assign_sites(cases, settings, cohort)
+    if in_shapes is not None:
+        assert only_site is not None
+        if not cases:
+            raise CohortError(
+                f"site {only_site!r} has no usable cases ({len(excluded)} excluded)",
+                field="site",
+                path=cohort.manifest_path,
+                hint="run clinfuse validate on the site's manifest",
+            )
+        for case in cases:
+            case["site"] = only_site
+        sites = {only_site: list(range(len(cases)))}
+    else:
+        sites = _assign_sites(cases, settings, cohort)
     if only_site is not None:
         if only_site not in sites:
             raise CohortError(
@@ -428,7 +510,16 @@ def apply_stage2(prep: Prepared, fit: Stage2Fit, *, mode: str, sites: int, over:
         sites: how many sites took part.
         over: where it was fitted: ``in process`` or ``flower`` (over Flower messages).
     """
-    model = prep.model
+    set_stage2(prep.model, fit)
+    prep.stage2 = stage2_record(fit, mode=mode, sites=sites, over=over)
+
+
+def set_stage2(model: FusionModel, fit: Stage2Fit) -> None:
+    """Put a fitted combiner and calibrators into ``model``.
+
+    Raises:
+        ConfigError: the fit is for other modalities, or has a combiner the model lacks.
+    """
     if list(fit.modalities) != list(model.modalities):
         raise ConfigError(
             f"stage 2 was fitted for modalities {fit.modalities}, the model has {model.modalities}",
@@ -448,16 +539,19 @@ def apply_stage2(prep: Prepared, fit: Stage2Fit, *, mode: str, sites: int, over:
             fusion.bias.fill_(float(fit.combiner["bias"]))
             fusion.center.copy_(torch.tensor(fit.combiner["center"]).to(fusion.center))
     model.calibrators = dict(fit.calibrators)
+
+
+def stage2_record(fit: Stage2Fit, *, mode: str, sites: int, over: str) -> dict[str, Any]:
+    """How stage 2 was fitted (``federated.json → stage2_fit``)."""
     if mode == "pooled":
-        prep.stage2 = {
+        return {
             "mode": "pooled",
             "over": over,
             "sites": sites,
             "note": "combiner and calibration fitted on pooled validation logits (unimodal "
             "logits, presence and outcome per validation case; no inputs leave a site)",
         }
-        return
-    prep.stage2 = {
+    return {
         "mode": "aggregates",
         "over": over,
         "sites": sites,
@@ -663,13 +757,7 @@ def federated_run(
         _write_outputs(prep, partial, history, spent, settings, dp, table, n_boot, t_start, backend)
     except BaseException:
         raise
-    if out.exists():
-        old = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
+    publish(partial, out)
     return out
 
 

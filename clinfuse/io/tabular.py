@@ -66,27 +66,14 @@ class TabularEncoder:
     # -- fit ----------------------------------------------------------------
     def fit(self, frame: pd.DataFrame) -> TabularEncoder:
         """Learn means/stds and categories from ``frame`` (the training cases)."""
-        missing = [c for c in self.columns if c not in frame.columns]
-        if missing:
-            raise CohortError(
-                f"tabular column(s) {missing} are not in the manifest (columns: {', '.join(map(str, frame.columns))})",
-                field="tabular_columns",
-                hint="fix `tabular_columns` in the config",
-            )
+        self._check_columns(frame)
         self.kinds_: dict[str, str] = {}
         self.means_: dict[str, float] = {}
         self.stds_: dict[str, float] = {}
         self.categories_: dict[str, list[str]] = {}
         for col in self.columns:
-            series = frame[col]
-            try:
-                values = np.array(
-                    [v for v in (_as_float(x) for x in series) if v is not None], dtype=float
-                )
-                numeric = True
-            except (TypeError, ValueError):
-                numeric = False
-            if numeric:
+            kind, values = self._parse(frame[col], col)
+            if kind == "numeric":
                 self.kinds_[col] = "numeric"
                 if values.size == 0:
                     raise CohortError(
@@ -98,16 +85,131 @@ class TabularEncoder:
                 self.means_[col] = float(values.mean())
                 self.stds_[col] = std if std > self.min_std else 1.0
             else:
-                levels = sorted({str(x).strip() for x in series if not _is_empty(x)})
-                if len(levels) > self.max_levels:
+                self.kinds_[col] = "categorical"
+                self.categories_[col] = values
+        return self._name_features()
+
+    def summarize(self, frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+        """What :meth:`from_summaries` needs from one site's training cases, per column.
+
+        A numeric column gives its count, mean and sum of squared deviations (``n``,
+        ``mean``, ``m2``); a categorical one its levels. No single value leaves in it
+        except the category names.
+
+        Raises:
+            CohortError: a column missing from ``frame``, or a non-numeric one with more
+                than ``max_levels`` distinct values (free text or an id must not be sent).
+        """
+        self._check_columns(frame)
+        out: dict[str, dict[str, Any]] = {}
+        for col in self.columns:
+            kind, values = self._parse(frame[col], col)
+            if kind == "numeric":
+                n = int(values.size)
+                mean = float(values.mean()) if n else 0.0
+                m2 = float(((values - mean) ** 2).sum()) if n else 0.0
+                out[col] = {"kind": "numeric", "n": n, "mean": mean, "m2": m2}
+            else:
+                out[col] = {"kind": "categorical", "levels": values}
+        return out
+
+    @classmethod
+    def from_summaries(
+        cls,
+        columns: Sequence[str],
+        summaries: Mapping[str, Mapping[str, Mapping[str, Any]]],
+        *,
+        max_levels: int = 20,
+        min_std: float = 1e-8,
+    ) -> TabularEncoder:
+        """The encoder :meth:`fit` would learn from every site's training cases pooled,
+        from each site's :meth:`summarize` (``summaries``: site name → its summary).
+
+        Means and standard deviations are combined exactly (Chan et al.'s pairwise update of
+        the sums of squared deviations); categories are the union of the sites' levels.
+
+        Raises:
+            CohortError: a column numeric at some sites and not at others, a numeric column
+                without any value, or more than ``max_levels`` levels over all sites.
+        """
+        enc = cls(columns, max_levels=max_levels, min_std=min_std)
+        enc.kinds_, enc.means_, enc.stds_, enc.categories_ = {}, {}, {}, {}
+        for col in enc.columns:
+            parts = {site: s[col] for site, s in summaries.items()}
+            kinds = {site: str(p["kind"]) for site, p in parts.items()}
+            if len(set(kinds.values())) > 1:
+                numeric = sorted(k for k, v in kinds.items() if v == "numeric")
+                other = sorted(k for k, v in kinds.items() if v != "numeric")
+                raise CohortError(
+                    f"tabular column {col!r} holds numbers at {', '.join(numeric)} but text at "
+                    f"{', '.join(other)}",
+                    field=col,
+                    hint="make the column numeric at every site (or text at every site), or "
+                    "drop it from `tabular_columns`",
+                )
+            if set(kinds.values()) == {"numeric"}:
+                n = sum(int(p["n"]) for p in parts.values())
+                if n == 0:
                     raise CohortError(
-                        f"tabular column {col!r} is not numeric and has {len(levels)} distinct values "
-                        f"(more than {self.max_levels}); it looks like free text or an id",
+                        f"tabular column {col!r} has no values in any site's training cases",
+                        field=col,
+                        hint="drop it from `tabular_columns`",
+                    )
+                mean = sum(int(p["n"]) * float(p["mean"]) for p in parts.values()) / n
+                m2 = sum(
+                    float(p["m2"]) + int(p["n"]) * (float(p["mean"]) - mean) ** 2
+                    for p in parts.values()
+                )
+                std = math.sqrt(max(m2, 0.0) / n)
+                enc.kinds_[col] = "numeric"
+                enc.means_[col] = mean
+                enc.stds_[col] = std if std > min_std else 1.0
+            else:
+                levels = sorted({str(v) for p in parts.values() for v in p["levels"]})
+                if len(levels) > max_levels:
+                    raise CohortError(
+                        f"tabular column {col!r} has {len(levels)} distinct values over all "
+                        f"sites (more than {max_levels})",
                         field=col,
                         hint="drop it from `tabular_columns` or encode it numerically",
                     )
-                self.kinds_[col] = "categorical"
-                self.categories_[col] = levels
+                enc.kinds_[col] = "categorical"
+                enc.categories_[col] = levels
+        return enc._name_features()
+
+    def _check_columns(self, frame: pd.DataFrame) -> None:
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise CohortError(
+                f"tabular column(s) {missing} are not in the manifest (columns: {', '.join(map(str, frame.columns))})",
+                field="tabular_columns",
+                hint="fix `tabular_columns` in the config",
+            )
+
+    def _parse(self, series: pd.Series, col: str) -> tuple[str, Any]:
+        """``("numeric", values)`` or ``("categorical", sorted levels)`` of one column.
+
+        Raises:
+            CohortError: a non-numeric column with more than ``max_levels`` levels.
+        """
+        try:
+            values = np.array(
+                [v for v in (_as_float(x) for x in series) if v is not None], dtype=float
+            )
+            return "numeric", values
+        except (TypeError, ValueError):
+            pass
+        levels = sorted({str(x).strip() for x in series if not _is_empty(x)})
+        if len(levels) > self.max_levels:
+            raise CohortError(
+                f"tabular column {col!r} is not numeric and has {len(levels)} distinct values "
+                f"(more than {self.max_levels}); it looks like free text or an id",
+                field=col,
+                hint="drop it from `tabular_columns` or encode it numerically",
+            )
+        return "categorical", levels
+
+    def _name_features(self) -> TabularEncoder:
         names: list[str] = []
         for col in self.columns:
             if self.kinds_[col] == "numeric":

@@ -41,6 +41,7 @@ __all__ = [
     "load_callable",
     "load_task_factory",
     "merge_options",
+    "toml_value",
 ]
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedadam", "fedyogi")
@@ -198,6 +199,10 @@ class FlowerRunConfig:
             out[f.name.replace("_", "-")] = value
         return out
 
+    def to_toml(self) -> str:
+        """The run config as a TOML file for ``flwr run --run-config FILE``."""
+        return "".join(f"{k} = {toml_value(v)}\n" for k, v in self.to_run_config().items())
+
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FlowerRunConfig:
         """Parse the run config a ServerApp/ClientApp receives (unknown keys are ignored)."""
@@ -219,6 +224,15 @@ class FlowerRunConfig:
         d = asdict(self)
         d["task_options"] = dict(self.task_options or {})
         return d
+
+
+def toml_value(value: Any) -> str:
+    """A scalar as a TOML value (strings as basic strings, JSON escapes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
 
 
 OPTIONS_QUERY = "privacy.flower.task_options"

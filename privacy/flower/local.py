@@ -51,7 +51,7 @@ from typing import Any
 
 from privacy.errors import FederatedError
 from privacy.flower import APP_DIR
-from privacy.flower.config import FlowerRunConfig
+from privacy.flower.config import FlowerRunConfig, toml_value
 from privacy.flower.results import RESULT_FILE, FlowerRunResult, read_result
 
 __all__ = [
@@ -199,16 +199,8 @@ def _tool(name: str) -> str:
     return found
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))
-
-
 def _node_config_arg(node_config: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
+    return " ".join(f"{k}={toml_value(v)}" for k, v in node_config.items())
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -523,10 +515,7 @@ class LocalFederation:
             raise FederatedError("the federation is not started; call start() first")
         assert self.work_dir is not None
         cfg_path = self.work_dir / f"run-config-{time.time_ns()}.toml"
-        cfg_path.write_text(
-            "".join(f"{k} = {_toml_value(v)}\n" for k, v in cfg.to_run_config().items()),
-            encoding="utf-8",
-        )
+        cfg_path.write_text(cfg.to_toml(), encoding="utf-8")
         args = [_tool("flwr"), "run", str(APP_DIR), _CONNECTION]
         args += ["--run-config", str(cfg_path), "--format", "json"]
         try:
