@@ -99,13 +99,13 @@ def site_prep(node_config: Mapping[str, Any], options: Mapping[str, Any]) -> tup
                 field="plan",
                 hint="restart the run with every SuperNode connected",
             )
-        manifest = site_manifest(dict(node_config), dict(options))
-        prep = prepare_site(manifest, config, settings, str(site), dict(plan), dp=_dp(options))
+        own = site_manifest(dict(node_config), dict(options))
+        prep = prepare_site(own, config, settings, str(site), dict(plan), dp=_dp(options))
     else:
-        manifest = options.get("manifest")
-        if not manifest:
+        shared = options.get("manifest")
+        if not shared:
             raise ConfigError("task-options has no 'manifest' (the site's manifest path)")
-        prep = prepare(str(manifest), config, settings, dp=_dp(options), only_site=str(site))
+        prep = prepare(str(shared), config, settings, dp=_dp(options), only_site=str(site))
     expected = list(options.get("modalities") or [])
     if expected and list(prep.modalities) != expected:
         raise ConfigError(

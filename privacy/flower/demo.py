@@ -325,8 +325,8 @@ def start(queries: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     """
     moments = queries.ask("demo.moments")
     n = sum(float(r["n"][0]) for r in moments.values())
-    total = sum(np.asarray(r["sum"], np.float64) for r in moments.values())
-    total_sq = sum(np.asarray(r["sum_sq"], np.float64) for r in moments.values())
+    total = np.sum([np.asarray(r["sum"], np.float64) for r in moments.values()], axis=0)
+    total_sq = np.sum([np.asarray(r["sum_sq"], np.float64) for r in moments.values()], axis=0)
     mean = total / n
     std = np.sqrt(np.maximum(total_sq / n - mean**2, 0.0))
     return {
