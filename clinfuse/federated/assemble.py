@@ -44,7 +44,7 @@ from clinfuse.io.tabular import TabularEncoder
 from clinfuse.model import FusionModel
 from clinfuse.training.run import _json_default, _prepare_folders, _write_json
 
-__all__ = ["assemble_run"]
+__all__ = ["assemble_run", "plan_model"]
 
 
 def _read(flower_dir: Path) -> tuple[Any, dict[str, Any]]:
@@ -90,6 +90,27 @@ def _read(flower_dir: Path) -> tuple[Any, dict[str, Any]]:
     return result, merge_options(options, result.start.get("task_options"))
 
 
+def plan_model(options: dict[str, Any], say: Callable[[str], None] | None = None) -> FusionModel:
+    """The fresh seeded model every site built from the run's plan (task options with the
+    start's ``plan``), with the same encoders as the sites' (GroupNorm under DP-SGD)."""
+    from privacy.dp.engine import DPConfig
+
+    plan = dict(options["plan"])
+    modalities = list(plan["modalities"])
+    config = RunConfig.model_validate(options.get("config") or {})
+    if options.get("dp"):
+        DPConfig(**dict(options["dp"]))  # a broken DP setting fails here, not later
+        config = _dp_friendly(config, modalities, say or (lambda _m: None))
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"modalities": modalities})}
+    )
+    tabular = None if plan.get("tabular") is None else TabularEncoder.from_dict(plan["tabular"])
+    torch.manual_seed(config.training.seed)
+    return FusionModel.build(
+        config, modalities, tabular=tabular, in_shapes=dict(plan.get("in_shapes") or {})
+    )
+
+
 def assemble_run(
     flower_dir: str | Path,
     out: str | Path,
@@ -122,18 +143,10 @@ def assemble_run(
     result, options = _read(flower_dir)
     plan = dict(options["plan"])
     modalities = list(plan["modalities"])
-    config = RunConfig.model_validate(options.get("config") or {})
     dp = None if not options.get("dp") else DPConfig(**dict(options["dp"]))
-    if dp is not None:
-        config = _dp_friendly(config, modalities, say)
-    config = config.model_copy(
-        update={"data": config.data.model_copy(update={"modalities": modalities})}
-    )
-    tabular = None if plan.get("tabular") is None else TabularEncoder.from_dict(plan["tabular"])
-    torch.manual_seed(config.training.seed)
-    model = FusionModel.build(
-        config, modalities, tabular=tabular, in_shapes=dict(plan.get("in_shapes") or {})
-    )
+    model = plan_model(options, say)
+    config = model.config
+    tabular = model.tabular
     view = trainable_view(model)
     keys = parameter_keys(view)
     if len(keys) != len(result.parameters):

@@ -245,7 +245,7 @@ def prepare_site(
         )
     cohort = site_cohort(manifest, config, site)
     tabular = None if plan.get("tabular") is None else TabularEncoder.from_dict(plan["tabular"])
-    prep = _build(
+    return _build(
         cohort,
         cohort.rows,
         config,
@@ -257,7 +257,6 @@ def prepare_site(
         site,
         in_shapes=dict(plan.get("in_shapes") or {}),
     )
-    return prep
 
 
 def _build(
@@ -714,49 +713,46 @@ def federated_run(
     check_stage2(settings, config)
     out = Path(out)
     partial = _prepare_folders(out, resume=False, overwrite=overwrite)
-    try:
-        prep = prepare(cohort_path, config, settings, dp=dp, log=say)
-        prep.config.save(partial / "config.yaml")
-        val_all = prep.split("val")
-        table: list[dict[str, Any]] = []
-        seed = prep.config.training.seed
-        snaps: dict[str, dict[str, Any]] = {}
-        if settings.baselines:
-            central = {"pooled": (prep.split("train"), val_all)}
-            snaps["centralized"], _, _ = _variant(prep, central, val_all, settings, dp=dp)
-            table += _auroc_rows(prep, "centralized", n_boot, seed)
-            for s in prep.sites:
-                alone = {s: (prep.split("train", s), prep.split("val", s))}
-                try:
-                    _variant(prep, alone, prep.split("val", s), settings, dp=dp)
-                except (PrivacyError, ValueError) as e:
-                    say(f"site {s} alone: not trained ({str(e).splitlines()[0]})")
-                    continue
-                table += _auroc_rows(prep, f"site_alone:{s}", n_boot, seed)
+    prep = prepare(cohort_path, config, settings, dp=dp, log=say)
+    prep.config.save(partial / "config.yaml")
+    val_all = prep.split("val")
+    table: list[dict[str, Any]] = []
+    seed = prep.config.training.seed
+    snaps: dict[str, dict[str, Any]] = {}
+    if settings.baselines:
+        central = {"pooled": (prep.split("train"), val_all)}
+        snaps["centralized"], _, _ = _variant(prep, central, val_all, settings, dp=dp)
+        table += _auroc_rows(prep, "centralized", n_boot, seed)
+        for s in prep.sites:
+            alone = {s: (prep.split("train", s), prep.split("val", s))}
+            try:
+                _variant(prep, alone, prep.split("val", s), settings, dp=dp)
+            except (PrivacyError, ValueError) as e:
+                say(f"site {s} alone: not trained ({str(e).splitlines()[0]})")
+                continue
+            table += _auroc_rows(prep, f"site_alone:{s}", n_boot, seed)
 
-        def on_round(record: RoundRecord, _p: list[np.ndarray]) -> None:
-            agg = ", ".join(f"{k} {v:.3f}" for k, v in record.evaluate_aggregated.items())
-            say(f"round {record.server_round}/{settings.rounds}: {agg}")
+    def on_round(record: RoundRecord, _p: list[np.ndarray]) -> None:
+        agg = ", ".join(f"{k} {v:.3f}" for k, v in record.evaluate_aggregated.items())
+        say(f"round {record.server_round}/{settings.rounds}: {agg}")
 
-        by_site = _stage2_sites(prep, settings)
-        if trainer is None:
-            snap, history, spent = _variant(
-                prep,
-                _site_cases(prep),
-                val_all,
-                settings,
-                dp=dp,
-                on_round=on_round,
-                stage2_sites=by_site,
-            )
-        else:
-            snap, history, spent = _external_variant(prep, trainer, partial, settings)
-        _restore(prep, snap)
-        say(_describe_stage2(prep.stage2))
-        table = _auroc_rows(prep, "federated", n_boot, seed) + table
-        _write_outputs(prep, partial, history, spent, settings, dp, table, n_boot, t_start, backend)
-    except BaseException:
-        raise
+    by_site = _stage2_sites(prep, settings)
+    if trainer is None:
+        snap, history, spent = _variant(
+            prep,
+            _site_cases(prep),
+            val_all,
+            settings,
+            dp=dp,
+            on_round=on_round,
+            stage2_sites=by_site,
+        )
+    else:
+        snap, history, spent = _external_variant(prep, trainer, partial, settings)
+    _restore(prep, snap)
+    say(_describe_stage2(prep.stage2))
+    table = _auroc_rows(prep, "federated", n_boot, seed) + table
+    _write_outputs(prep, partial, history, spent, settings, dp, table, n_boot, t_start, backend)
     publish(partial, out)
     return out
 

@@ -383,3 +383,27 @@ def test_site_local_manifests_over_real_flower_processes(site_manifests, tmp_pat
     want = clinfuse.load_run(ref).predict(cohort)
     for col in ("p_fusion", "p_image", "p_note", "p_signal", "p_tabular"):
         np.testing.assert_allclose(got[col], want[col], rtol=0, atol=1e-5, err_msg=col)
+
+
+def test_the_coordinator_builds_the_sites_model_also_under_dp(deployment, site_manifests) -> None:
+    """flower-assemble's model (plan_model, no case read) has the parameter layout and the
+    initial values of every site's task; with DP-SGD both use GroupNorm."""
+    from clinfuse.federated.assemble import plan_model
+    from clinfuse.federated.flower_task import make_site_task
+    from clinfuse.federated.task import trainable_view
+    from privacy.dp.engine import DPConfig
+    from privacy.federated.torch_task import get_parameters, parameter_keys
+
+    node = {"site": "site_c", "manifest": str(site_manifests["site_c"])}
+    for dp in (None, DPConfig(target_epsilon=8.0, target_delta=1e-5).to_dict()):
+        options = {**deployment["options"], "dp": dp}
+        model = plan_model(options)
+        keys = parameter_keys(trainable_view(model))
+        task = make_site_task(node, options)
+        assert keys == task.keys
+        for a, b in zip(
+            get_parameters(trainable_view(model), keys), task.get_parameters(), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+        norms = {type(m).__name__ for m in model.network.modules()}
+        assert ("GroupNorm" in norms) == (dp is not None)
