@@ -988,11 +988,13 @@ def _register_feature_commands() -> None:
         COMPARE_EPILOG,
         EVALUATE_EPILOG,
         MONITOR_EPILOG,
+        POOL_EPILOG,
         RECALIBRATE_EPILOG,
         SAMPLESIZE_EPILOG,
         compare,
         evaluate,
         monitor,
+        pool_evaluations,
         recalibrate,
         samplesize,
     )
@@ -1011,6 +1013,7 @@ def _register_feature_commands() -> None:
     app.command(epilog=EVALUATE_EPILOG)(evaluate)
     app.command(epilog=RECALIBRATE_EPILOG)(recalibrate)
     app.command(epilog=COMPARE_EPILOG)(compare)
+    app.command(name="pool-evaluations", epilog=POOL_EPILOG)(pool_evaluations)
     app.command(epilog=MONITOR_EPILOG)(monitor)
     app.command(epilog=SAMPLESIZE_EPILOG)(samplesize)
     app.command(epilog=EXPLAIN_EPILOG)(explain)

@@ -32,10 +32,12 @@ __all__ = [
     "COMPARE_EPILOG",
     "EVALUATE_EPILOG",
     "MONITOR_EPILOG",
+    "POOL_EPILOG",
     "RECALIBRATE_EPILOG",
     "compare",
     "evaluate",
     "monitor",
+    "pool_evaluations",
     "recalibrate",
 ]
 
@@ -455,6 +457,89 @@ def compare(
         )
     Console().print(table)
     Console().print(f"report: {result.report}")
+
+
+POOL_EPILOG = (
+    "Example (each site ran clinfuse evaluate RUN its_manifest.csv --split test --out eval_X):\n\n"
+    "  clinfuse pool-evaluations eval_a eval_b eval_c --out pooled "
+    "--name hospital-a --name hospital-b --name hospital-c"
+)
+
+
+def pool_evaluations(
+    folders: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Each site's evaluation folder (clinfuse evaluate --out) of one model."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for pooled.json, sites.csv, figures.")],
+    name: Annotated[
+        list[str] | None,
+        typer.Option("--name", help="A name per folder, in order (default: folder names)."),
+    ] = None,
+    allow_other_models: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-models", help="Pool evaluations of different models (e.g. recalibrated)."
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output folder.")
+    ] = False,
+) -> None:
+    """Combine one model's evaluations at several sites: each site's AUROC, O/E and
+    calibration slope, their random-effects summaries with the 95 % prediction interval for a
+    new site, and a forest plot. Only the sites' metrics.json are read (aggregates)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from clinfuse.evaluation.pool import pool_evaluations as pool
+
+    result = pool(
+        folders,
+        out,
+        names=name or None,
+        allow_other_models=allow_other_models,
+        overwrite=overwrite,
+    )
+    p = result.pooled
+    table = Table(
+        title=f"{len(p['sites'])} sites, {p['n_cases']} cases, {p['n_events']} events",
+        header_style="bold",
+    )
+    for col in ("site", "cases", "events", "AUROC (95 % CI)", "O/E", "slope"):
+        table.add_column(col, justify="left" if col == "site" else "right")
+
+    def num(value: float | None, digits: int = 2) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    for r in p["per_site"]:
+        auc = (
+            "—"
+            if r["auroc"] is None
+            else f"{r['auroc']:.3f} ({r['auroc_ci_low']:.3f}–{r['auroc_ci_high']:.3f})"
+        )
+        table.add_row(
+            r["group"],
+            str(r["n_cases"]),
+            str(r["n_events"]),
+            auc,
+            num(r.get("oe_ratio")),
+            num(r.get("calibration_slope")),
+        )
+    meta = p["meta_analysis"]
+    for key, label in (("auroc", "AUROC"), ("oe_ratio", "O/E"), ("calibration_slope", "slope")):
+        if key not in meta:
+            continue
+        m = meta[key]
+        pi = "" if m["pi_low"] is None else f"; new site {m['pi_low']:.3f}–{m['pi_high']:.3f}"
+        table.caption = (table.caption + "\n" if table.caption else "") + (
+            f"{label}: {m['estimate']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f}{pi}; "
+            f"I² {100 * m['i2']:.0f} %)"
+        )
+    Console().print(table)
+    Console().print(f"pooled: {result.out / 'pooled.json'}")
 
 
 def _block(row: dict, key: str) -> dict:

@@ -134,34 +134,6 @@ def _group_folds(cohort: Any, column: str) -> tuple[list[str], list[int]]:
     return groups, [index[v] for v in labels]
 
 
-def _meta_analysis(rows: Sequence[dict[str, Any]], level: float) -> dict[str, Any]:
-    """Random-effects summaries of the groups' AUROC, O/E ratio and calibration slope."""
-    from clinfuse.evaluation.meta import auroc_meta_analysis, oe_meta_analysis, random_effects
-
-    out: dict[str, Any] = {}
-    usable = [r for r in rows if r["auroc"] is not None and 0 < r["auroc"] < 1 and r["auroc_se"]]
-    if len(usable) >= 2:
-        out["auroc"] = auroc_meta_analysis(
-            [r["auroc"] for r in usable], [r["auroc_se"] for r in usable], level=level
-        )
-        out["auroc"]["groups"] = [r["group"] for r in usable]
-    slopes = [r for r in rows if r["calibration_slope"] is not None and r["calibration_slope_se"]]
-    if len(slopes) >= 2:
-        out["calibration_slope"] = random_effects(
-            [r["calibration_slope"] for r in slopes],
-            [r["calibration_slope_se"] ** 2 for r in slopes],
-            level=level,
-        )
-        out["calibration_slope"]["groups"] = [r["group"] for r in slopes]
-    counts = [r for r in rows if r["n_events"] >= 1 and r["expected_events"] > 0]
-    if len(counts) >= 2:
-        out["oe_ratio"] = oe_meta_analysis(
-            [r["n_events"] for r in counts], [r["expected_events"] for r in counts], level=level
-        )
-        out["oe_ratio"]["groups"] = [r["group"] for r in counts]
-    return out
-
-
 def _config_sha(config: Any) -> str:
     text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -544,7 +516,9 @@ def cross_validate(
         },
     }
     if group_by:
-        summary["meta_analysis"] = _meta_analysis(rows, level)
+        from clinfuse.evaluation.meta import group_meta_analysis
+
+        summary["meta_analysis"] = group_meta_analysis(rows, level)
     summary = json.loads(json.dumps(summary, default=_json_default))
     evaluator = Evaluator(model, **evaluator_args)
     result = evaluator.evaluate_scored(

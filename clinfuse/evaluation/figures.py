@@ -137,11 +137,20 @@ def calibration_overlay_figure(curves: dict[str, dict[str, Any]]) -> Any:
     return fig
 
 
-def forest_figure(crossval: dict[str, Any]) -> Any:
+def forest_figure(
+    crossval: dict[str, Any], *, title: str = "AUROC by held-out fold", by: str | None = None
+) -> Any:
     """Each fold's (or group's) AUROC with its DeLong CI; below, the fold mean or, for
-    groups, the random-effects summary with its CI (diamond) and prediction interval."""
+    groups, the random-effects summary with its CI (diamond) and prediction interval.
+
+    ``by``: label each row with this key alone (e.g. ``group`` for sites)."""
     rows = [r for r in crossval["per_fold"] if r["auroc"] is not None]
-    labels = [f"{r['fold']}: {r['group']}" if "group" in r else f"fold {r['fold']}" for r in rows]
+    if by is not None:
+        labels = [str(r[by]) for r in rows]
+    else:
+        labels = [
+            f"{r['fold']}: {r['group']}" if "group" in r else f"fold {r['fold']}" for r in rows
+        ]
     meta = (crossval.get("meta_analysis") or {}).get("auroc")
     fig = _figure(5.5, 1.2 + 0.35 * (len(rows) + 2))
     ax = fig.add_subplot()
@@ -173,7 +182,7 @@ def forest_figure(crossval: dict[str, Any]) -> Any:
     ax.set_yticks(ticks, labels)
     lows = [r["auroc_ci_low"] for r in rows] + ([meta["pi_low"]] if meta and meta["pi_low"] else [])
     left = max(0.0, min([0.3, *lows]) - 0.02)
-    ax.set(xlabel="AUROC (DeLong 95 % CI)", title="AUROC by held-out fold", xlim=(left, 1.0))
+    ax.set(xlabel="AUROC (DeLong 95 % CI)", title=title, xlim=(left, 1.0))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", fontsize=8)
     return fig

@@ -18,7 +18,7 @@ import numpy as np
 from scipy.stats import chi2, norm
 from scipy.stats import t as student_t
 
-__all__ = ["auroc_meta_analysis", "oe_meta_analysis", "random_effects"]
+__all__ = ["auroc_meta_analysis", "group_meta_analysis", "oe_meta_analysis", "random_effects"]
 
 
 def random_effects(
@@ -126,3 +126,40 @@ def oe_meta_analysis(
         )
     res = random_effects(np.log(o / e), (1 / o).tolist(), level=level)
     return _back_transformed(res, "log", np.exp)
+
+
+def group_meta_analysis(rows: Sequence[dict[str, Any]], level: float = 0.95) -> dict[str, Any]:
+    """Random-effects summaries of several groups' AUROC, O/E ratio and calibration slope.
+
+    Args:
+        rows: one per group (site, fold, period): ``group``, ``auroc`` and ``auroc_se``
+            (DeLong), ``calibration_slope`` and ``calibration_slope_se``, ``n_events`` and
+            ``expected_events``; a group without a usable value is left out of that summary.
+        level: level of the intervals.
+
+    Returns:
+        ``auroc``, ``calibration_slope`` and ``oe_ratio`` (each where two or more groups
+        have it): :func:`random_effects`' result on the natural scale, with ``groups``.
+    """
+    out: dict[str, Any] = {}
+    usable = [r for r in rows if r["auroc"] is not None and 0 < r["auroc"] < 1 and r["auroc_se"]]
+    if len(usable) >= 2:
+        out["auroc"] = auroc_meta_analysis(
+            [r["auroc"] for r in usable], [r["auroc_se"] for r in usable], level=level
+        )
+        out["auroc"]["groups"] = [r["group"] for r in usable]
+    slopes = [r for r in rows if r["calibration_slope"] is not None and r["calibration_slope_se"]]
+    if len(slopes) >= 2:
+        out["calibration_slope"] = random_effects(
+            [r["calibration_slope"] for r in slopes],
+            [r["calibration_slope_se"] ** 2 for r in slopes],
+            level=level,
+        )
+        out["calibration_slope"]["groups"] = [r["group"] for r in slopes]
+    counts = [r for r in rows if r["n_events"] >= 1 and r["expected_events"] > 0]
+    if len(counts) >= 2:
+        out["oe_ratio"] = oe_meta_analysis(
+            [r["n_events"] for r in counts], [r["expected_events"] for r in counts], level=level
+        )
+        out["oe_ratio"]["groups"] = [r["group"] for r in counts]
+    return out
