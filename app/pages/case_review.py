@@ -81,9 +81,17 @@ def _pick_case() -> str | None:
     return str(cid)
 
 
+def _number(value: object) -> float | None:
+    """A band limit as a float; None where the run has no band (NaN or missing)."""
+    if value is None:
+        return None
+    v = float(value)  # type: ignore[arg-type]
+    return None if v != v else v
+
+
 def _header(cv: CaseView) -> None:
     p = cv.prediction
-    risk, low, high = float(p["p_fusion"]), float(p["risk_low"]), float(p["risk_high"])
+    risk, low, high = float(p["p_fusion"]), _number(p["risk_low"]), _number(p["risk_high"])
     where = {"above": "above", "below": "below", "straddles": "straddles"}[str(p["vs_threshold"])]
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("fused risk (calibrated)", ui.fmt(risk))
@@ -320,8 +328,8 @@ def _decision(cv: CaseView) -> None:
                 comment=comment,
                 corrected_label=None if corrected == "—" else int(str(corrected)[0]),
                 risk_shown=float(p["p_fusion"]),
-                risk_low=float(p["risk_low"]),
-                risk_high=float(p["risk_high"]),
+                risk_low=_number(p["risk_low"]),
+                risk_high=_number(p["risk_high"]),
                 threshold=view.threshold,
                 model_version=view.fingerprint,
                 run_path=str(view.run),

@@ -27,12 +27,14 @@ __all__ = [
 _POS, _NEG, _MISSING = "#d62728", "#1f77b4", "#bbbbbb"
 
 
-def risk_spec(risk: float, low: float, high: float, threshold: float) -> dict[str, Any]:
-    """A risk scale 0–1: the point, its uncertainty band, and the decision threshold."""
-    return {
-        "height": 60,
-        "width": "container",
-        "layer": [
+def risk_spec(
+    risk: float, low: float | None, high: float | None, threshold: float
+) -> dict[str, Any]:
+    """A risk scale 0–1: the point, its uncertainty band (left out when ``low``/``high`` are
+    None: a run without one), and the decision threshold."""
+    band = []
+    if low is not None and high is not None:
+        band.append(
             {
                 "data": {"values": [{"low": low, "high": high}]},
                 "mark": {"type": "bar", "height": 18, "color": "#9ecae1", "opacity": 0.8},
@@ -49,12 +51,23 @@ def risk_spec(risk: float, low: float, high: float, threshold: float) -> dict[st
                         {"field": "high", "format": ".3f"},
                     ],
                 },
-            },
+            }
+        )
+    return {
+        "height": 60,
+        "width": "container",
+        "layer": [
+            *band,
             {
                 "data": {"values": [{"risk": risk}]},
                 "mark": {"type": "tick", "thickness": 4, "size": 30, "color": "black"},
                 "encoding": {
-                    "x": {"field": "risk", "type": "quantitative"},
+                    "x": {
+                        "field": "risk",
+                        "type": "quantitative",
+                        "scale": {"domain": [0, 1]},
+                        "title": "calibrated risk",
+                    },
                     "tooltip": [{"field": "risk", "format": ".3f"}],
                 },
             },

@@ -101,6 +101,16 @@ DEFAULT_THRESHOLD = 0.5
 _REQUIRED = ("config.yaml", "model/model.json", "predictions.csv")
 
 
+def assembled_from_sites(run: Path) -> bool:
+    """Whether ``run`` was assembled on a federation's coordinator (``clinfuse
+    flower-assemble``): it holds the model but no case, not even validation logits."""
+    path = run / "run.json"
+    if not path.is_file():
+        return False
+    info = read_json_object(path, "the run's run.json")
+    return bool(info.get("federated")) and info.get("evaluated") is False
+
+
 class UnknownCaseError(ConfigError):
     """A case id that is not in the run's predictions table."""
 
@@ -252,6 +262,7 @@ class RunView:
         self._fold_rows: pd.DataFrame | None = None
         self._fold_risks: dict[str, list[float]] | None = None
         self.recalibration = recalibration_summary(run)  # a run's or an ensemble's
+        self.assembled = not self.ensemble and assembled_from_sites(run)
         self.scored = predictions
         self.provenance = provenance
         self.cohort_path = cohort
@@ -311,6 +322,8 @@ class RunView:
             low, high = f["p_fusion_min"].to_numpy(float), f["p_fusion_max"].to_numpy(float)
         elif (recal := self._recalibration_band(n_boot)) is not None:
             low, high = recal
+        elif self.assembled:  # the validation logits stayed at the sites: no band
+            low = high = np.full(len(f), np.nan)
         else:
             # the run's own validation split, whichever cases are reviewed
             fitted = f if self.scored is None else self._read_run_predictions()
@@ -330,9 +343,8 @@ class RunView:
         f["risk_high"] = np.maximum(high, p)
         f["uncertainty"] = f["risk_high"] - f["risk_low"]
         t = self.threshold
-        f["vs_threshold"] = np.where(
-            f["risk_low"] >= t, "above", np.where(f["risk_high"] < t, "below", "straddles")
-        )
+        lo, hi = f["risk_low"].fillna(f["p_fusion"]), f["risk_high"].fillna(f["p_fusion"])
+        f["vs_threshold"] = np.where(lo >= t, "above", np.where(hi < t, "below", "straddles"))
 
     def _add_conformal(self) -> Any:
         """The conformal sets ``clinfuse predict --conformal`` recorded in the scored table's
@@ -378,6 +390,12 @@ class RunView:
         if self.recalibration:
             return (
                 "Band: bootstrap refits of the site's recalibration on the cases it was fitted on."
+            )
+        if self.assembled:
+            return (
+                "No band: the model was trained across sites and its validation cases stayed at "
+                "each site (recalibrate it on this site's cases with `clinfuse recalibrate` to "
+                "get one)."
             )
         return (
             "Band: bootstrap refits of the run's calibration on its validation split "
@@ -835,7 +853,7 @@ class RunView:
         write_text_atomic(index, json.dumps(info, indent=2) + "\n")
 
 
-def _check_run_folder(run: Path) -> None:
+def _check_run_folder(run: Path, scored: Path | None = None) -> None:
     if not run.exists():
         partial = run.with_name(run.name + ".partial")
         hint = (
@@ -846,7 +864,17 @@ def _check_run_folder(run: Path) -> None:
         raise ConfigError("the run folder does not exist", path=run, hint=hint)
     if not run.is_dir():
         raise ConfigError("the run path is not a folder", path=run, hint="pass the run folder")
-    missing = [rel for rel in _REQUIRED if not (run / rel).exists()]
+    required = _REQUIRED
+    if run.is_dir() and assembled_from_sites(run):
+        if scored is None:
+            raise ConfigError(
+                "the run was assembled on a federation's coordinator and holds no case to review",
+                path=run,
+                hint=f"score this site's cohort with `clinfuse predict {run} MANIFEST --out "
+                "scored.csv` and pass --predictions scored.csv",
+            )
+        required = tuple(rel for rel in _REQUIRED if rel != "predictions.csv")
+    missing = [rel for rel in required if not (run / rel).exists()]
     if missing:
         raise ConfigError(
             f"the run folder is incomplete: missing {', '.join(missing)}",
@@ -1078,7 +1106,7 @@ def open_run_view(
     if is_crossval_folder(run):
         _check_crossval_folder(run, scored)
     else:
-        _check_run_folder(run)
+        _check_run_folder(run, scored)
     t = DEFAULT_THRESHOLD if threshold is None else float(threshold)
     if not 0.0 < t < 1.0:
         raise ConfigError(f"threshold must be within (0, 1), got {t}", field="threshold")

@@ -583,3 +583,56 @@ def test_cohort_page_shows_a_monitoring_of_the_scored_table(
         ConfigError, match=r"cannot read the monitoring\.json of a monitoring folder"
     ):
         open_run_view(review_run["run"], predictions=table, monitoring=tmp_path, n_boot=5)
+
+
+def test_a_run_assembled_from_a_federation_is_reviewed_on_a_sites_scored_cases(
+    review_run, scored_cohort, tmp_path, monkeypatch, password
+):
+    """A run folder `clinfuse flower-assemble` wrote holds the model but no case (its
+    run.json: federated, not evaluated). The app asks for the site's scored cases, shows no
+    band (the validation logits stayed at the sites) and says so on the case page; the
+    above/below verdict is the risk's own."""
+    from clinfuse.scored import provenance_path
+
+    run = tmp_path / "assembled"
+    run.mkdir()
+    src = Path(review_run["run"])
+    shutil.copy(src / "config.yaml", run / "config.yaml")
+    shutil.copytree(src / "model", run / "model")
+    (run / "run.json").write_text(
+        json.dumps({"complete": True, "federated": True, "evaluated": False})
+    )
+    with pytest.raises(ConfigError, match="holds no case to review") as e:
+        open_run_view(run)
+    assert "clinfuse predict" in str(e.value)
+    table = tmp_path / "scored.csv"
+    from clinfuse.cli import app as cli
+
+    result = CliRunner().invoke(
+        cli,
+        ["predict", str(run), scored_cohort["manifest"], "--out", str(table), "--workers", "0"],
+    )
+    assert result.exit_code == 0, result.output
+    assert provenance_path(table).is_file()
+    view = open_run_view(run, predictions=table, n_boot=5)
+    assert view.assembled and view.band_note.startswith("No band")
+    f = view.predictions
+    assert f["risk_low"].isna().all() and f["risk_high"].isna().all()
+    t = view.threshold
+    want = np.where(f["p_fusion"] >= t, "above", "below")
+    assert (f["vs_threshold"].to_numpy() == want).all()
+    at = _logged_in({"run": str(run)}, table, tmp_path, monkeypatch, password)
+    assert at.title[0].value == "Worklist" and at.metric[0].value == "24"
+    at.session_state["case_id"] = str(f["case_id"].iloc[0])
+    at.switch_page("pages/case_review.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(m.value == "– – –" for m in at.metric)
+    assert any(
+        str(c.value).startswith("No band: the model was trained across sites") for c in at.caption
+    )
+    at.radio(key="decision").set_value("agree")
+    at.button(key="submit_review").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    (saved,) = ReviewStore(tmp_path / "r.sqlite").reviews(case_id=str(f["case_id"].iloc[0]))
+    assert saved.risk_low is None and saved.risk_high is None
+    assert saved.risk_shown == pytest.approx(float(f["p_fusion"].iloc[0]))

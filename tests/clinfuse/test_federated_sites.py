@@ -264,6 +264,9 @@ def test_assembled_run_equals_the_pooled_simulation_and_each_site_evaluates_it(
     report = json.loads((run / "data_report.json").read_text())
     assert report["manifest"] is None and report["sites"] == plan["sites"]
     assert json.loads((run / "run.json").read_text())["evaluated"] is False
+    from clinfuse.review.runview import assembled_from_sites
+
+    assert assembled_from_sites(run) and not assembled_from_sites(ref)  # the app asks for cases
     cohort = Cohort.from_manifest(pooled)
     got = clinfuse.load_run(run).predict(cohort)
     want = clinfuse.load_run(ref).predict(cohort)
