@@ -864,7 +864,7 @@ def _check_run_folder(run: Path, scored: Path | None = None) -> None:
         raise ConfigError("the run folder does not exist", path=run, hint=hint)
     if not run.is_dir():
         raise ConfigError("the run path is not a folder", path=run, hint="pass the run folder")
-    required = _REQUIRED
+    required: tuple[str, ...] = _REQUIRED
     if run.is_dir() and assembled_from_sites(run):
         if scored is None:
             raise ConfigError(
