@@ -468,8 +468,9 @@ class RunView:
         A fold ensemble's development cases are the cross-validation's pooled out-of-fold
         predictions, each one model's; its scored cases are compared through each fold
         model's own outputs (:attr:`fold_models`), not the ensemble's averages, which spread
-        less. None when those were not written (a table scored before they were)."""
-        if self.scored is None:
+        less. None when those were not written (a table scored before they were), and for a
+        run assembled from a federation (its development cases stayed at the sites)."""
+        if self.scored is None or self.assembled:
             return None
         if self.ensemble and (
             self.fold_models is None or not (self.run / "evaluation" / "predictions.csv").is_file()

@@ -636,3 +636,9 @@ def test_a_run_assembled_from_a_federation_is_reviewed_on_a_sites_scored_cases(
     (saved,) = ReviewStore(tmp_path / "r.sqlite").reviews(case_id=str(f["case_id"].iloc[0]))
     assert saved.risk_low is None and saved.risk_high is None
     assert saved.risk_shown == pytest.approx(float(f["p_fusion"].iloc[0]))
+    at.button(key="compute_explanation").click().run()  # from the scored cohort's files
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("No explanation cached" in i.value for i in at.info)
+    at.switch_page("pages/cohort.py").run()  # the scored cases' outcomes: curves
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("scored cases with an outcome (24 of 24)" in str(c.value) for c in at.caption)
