@@ -30,14 +30,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 
 from clinfuse import __version__
 from clinfuse._files import publish
 from clinfuse.config import RunConfig
 from clinfuse.errors import ConfigError
-from clinfuse.federated.run import _dp_friendly, set_stage2, stage2_record
+from clinfuse.federated.run import (
+    _dp_friendly,
+    dp_summary,
+    set_stage2,
+    stage2_record,
+    train_log,
+)
 from clinfuse.federated.stage2 import Stage2Fit
 from clinfuse.federated.task import trainable_view
 from clinfuse.io.tabular import TabularEncoder
@@ -199,24 +204,14 @@ def assemble_run(
         }
         | {"strategy": strategy},
         **history.to_dict(),
-        "dp": None
-        if dp is None
-        else {"level": "sample (DP-SGD at each site, Opacus)", "per_site": spent},
+        "dp": None if dp is None else dp_summary(dp, spent),
         "evaluation": [],
         "plan_sites": plan["sites"],
         "stage2": stage2.get("note"),
         "stage2_fit": stage2,
     }
     _write_json(partial / "federated.json", json.loads(json.dumps(fed, default=_json_default)))
-    rows = [
-        {
-            "round": r.server_round,
-            "seconds": r.seconds,
-            **{f"val_{k}": v for k, v in r.evaluate_aggregated.items()},
-        }
-        for r in history.rounds
-    ]
-    pd.DataFrame(rows).to_csv(partial / "train_log.csv", index=False)
+    train_log(history).to_csv(partial / "train_log.csv", index=False)
     _write_json(
         partial / "run.json",
         {

@@ -76,12 +76,14 @@ __all__ = [
     "FederatedSettings",
     "Prepared",
     "Trainer",
+    "dp_summary",
     "federated_run",
     "prepare",
     "prepare_site",
     "privacy_utility",
     "set_stage2",
     "stage2_record",
+    "train_log",
 ]
 
 Log = Callable[[str], None]
@@ -790,7 +792,7 @@ def _write_outputs(
         "federated": {
             "strategy": settings.strategy,
             "rounds": settings.rounds,
-            "dp": None if dp is None else _dp_summary(dp, spent),
+            "dp": None if dp is None else dp_summary(dp, spent),
         },
     }
     fusion = model.network.fusion
@@ -841,7 +843,7 @@ def _write_outputs(
         "partition": settings.partition,
         "settings": {k: v for k, v in settings.__dict__.items()},
         **history.to_dict(),
-        "dp": None if dp is None else _dp_summary(dp, spent),
+        "dp": None if dp is None else dp_summary(dp, spent),
         "evaluation": table,
         "stage2": prep.stage2.get("note"),
         "stage2_fit": prep.stage2,  # mode, sites, combiner evaluations
@@ -853,15 +855,7 @@ def _write_outputs(
     tmp = partial / ".predictions.csv.tmp"
     predictions.to_csv(tmp, index=False)
     os.replace(tmp, partial / "predictions.csv")
-    rows = [
-        {
-            "round": r.server_round,
-            "seconds": r.seconds,
-            **{f"val_{k}": v for k, v in r.evaluate_aggregated.items()},
-        }
-        for r in history.rounds
-    ]
-    pd.DataFrame(rows).to_csv(partial / "train_log.csv", index=False)
+    train_log(history).to_csv(partial / "train_log.csv", index=False)
     _write_json(
         partial / "run.json",
         {
@@ -874,6 +868,20 @@ def _write_outputs(
     )
 
 
+def train_log(history: History) -> pd.DataFrame:
+    """``train_log.csv``: per round its seconds and the sites' weighted validation metrics."""
+    return pd.DataFrame(
+        [
+            {
+                "round": r.server_round,
+                "seconds": r.seconds,
+                **{f"val_{k}": v for k, v in r.evaluate_aggregated.items()},
+            }
+            for r in history.rounds
+        ]
+    )
+
+
 def _site_of(prep: Prepared, i: int) -> str:
     for s, idx in prep.sites.items():
         if i in idx:
@@ -881,7 +889,8 @@ def _site_of(prep: Prepared, i: int) -> str:
     return ""
 
 
-def _dp_summary(dp: DPConfig, spent: dict[str, Any]) -> dict[str, Any]:
+def dp_summary(dp: DPConfig, spent: dict[str, Any]) -> dict[str, Any]:
+    """``federated.json → dp``: the DP-SGD settings and the ε each site spent."""
     eps = [v["epsilon"] for v in spent.values() if v]
     return {
         "level": "sample (DP-SGD at each site, Opacus)",
