@@ -39,6 +39,7 @@ from clinfuse.errors import ConfigError
 from clinfuse.federated.run import (
     _dp_friendly,
     dp_summary,
+    run_record,
     set_stage2,
     stage2_record,
     train_log,
@@ -212,17 +213,7 @@ def assemble_run(
     }
     _write_json(partial / "federated.json", json.loads(json.dumps(fed, default=_json_default)))
     train_log(history).to_csv(partial / "train_log.csv", index=False)
-    _write_json(
-        partial / "run.json",
-        {
-            "clinfuse_version": __version__,
-            "seconds": time.perf_counter() - t_start,
-            "device": "cpu",
-            "complete": True,
-            "federated": True,
-            "evaluated": False,
-        },
-    )
+    _write_json(partial / "run.json", run_record(t_start, evaluated=False))
     publish(partial, out)
     say(
         f"assembled {out} from {len(sites)} sites' Flower run ({len(history.rounds)} rounds, "

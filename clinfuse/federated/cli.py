@@ -59,24 +59,52 @@ BACKENDS: dict[str, Callable[..., Path]] = {"flower": _flower_backend}
 """Extra backends: ``name -> fn(cohort, out, config, settings, dp=..., overwrite=..., log=...)``."""
 
 
+# options that `federated` and `flower-config` share
+StrategyOpt = Annotated[
+    str, typer.Option("--strategy", help="fedavg, fedprox, fedadam or fedyogi.")
+]
+RoundsOpt = Annotated[int, typer.Option("--rounds", min=1, help="Server rounds.")]
+LocalEpochsOpt = Annotated[
+    int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")
+]
+ProximalMuOpt = Annotated[
+    float, typer.Option("--proximal-mu", min=0.0, help="FedProx μ (with --strategy fedprox).")
+]
+ClientsPerRoundOpt = Annotated[
+    int | None, typer.Option("--clients-per-round", min=1, help="Sites sampled per round.")
+]
+DPEpsilonOpt = Annotated[
+    float | None, typer.Option("--dp-epsilon", help="Target ε of DP-SGD at every site.")
+]
+DPDeltaOpt = Annotated[float, typer.Option("--dp-delta", help="δ of DP-SGD.")]
+MaxGradNormOpt = Annotated[
+    float, typer.Option("--max-grad-norm", help="DP-SGD per-sample clipping norm.")
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Run config (YAML); defaults otherwise.")
+]
+Stage2Opt = Annotated[
+    str,
+    typer.Option(
+        "--stage2",
+        help="How the combiner and calibration are fitted after the rounds: pooled (sites "
+        "send validation cases' unimodal logits and outcomes) or aggregates (sums only; "
+        "same fit; not with isotonic calibration).",
+    ),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace --out.")]
+
+
 def federated(
     cohort: Annotated[
         Path, typer.Argument(help="Manifest with a site column (or use --partition).")
     ],
     out: Annotated[Path, typer.Option("--out", help="Run folder to create.")],
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="fedavg, fedprox, fedadam or fedyogi.")
-    ] = "fedavg",
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Server rounds.")] = 10,
-    local_epochs: Annotated[
-        int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")
-    ] = 1,
-    proximal_mu: Annotated[
-        float, typer.Option("--proximal-mu", min=0.0, help="FedProx μ (with --strategy fedprox).")
-    ] = 0.0,
-    clients_per_round: Annotated[
-        int | None, typer.Option("--clients-per-round", min=1, help="Sites sampled per round.")
-    ] = None,
+    strategy: StrategyOpt = "fedavg",
+    rounds: RoundsOpt = 10,
+    local_epochs: LocalEpochsOpt = 1,
+    proximal_mu: ProximalMuOpt = 0.0,
+    clients_per_round: ClientsPerRoundOpt = None,
     partition: Annotated[
         str,
         typer.Option("--partition", help="site (manifest column), iid, label-skew, quantity-skew."),
@@ -84,16 +112,10 @@ def federated(
     n_sites: Annotated[
         int, typer.Option("--n-sites", min=1, help="Sites of a synthetic partition.")
     ] = 3,
-    dp_epsilon: Annotated[
-        float | None, typer.Option("--dp-epsilon", help="Target ε of DP-SGD at every site.")
-    ] = None,
-    dp_delta: Annotated[float, typer.Option("--dp-delta", help="δ of DP-SGD.")] = 1e-5,
-    max_grad_norm: Annotated[
-        float, typer.Option("--max-grad-norm", help="DP-SGD per-sample clipping norm.")
-    ] = 1.0,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="Run config (YAML); defaults otherwise.")
-    ] = None,
+    dp_epsilon: DPEpsilonOpt = None,
+    dp_delta: DPDeltaOpt = 1e-5,
+    max_grad_norm: MaxGradNormOpt = 1.0,
+    config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sampling and partitions.")] = 0,
     backend: Annotated[
         str,
@@ -105,16 +127,8 @@ def federated(
         bool,
         typer.Option("--no-baselines", help="Skip the centralized and site-alone comparators."),
     ] = False,
-    stage2: Annotated[
-        str,
-        typer.Option(
-            "--stage2",
-            help="How the combiner and calibration are fitted after the rounds: pooled (sites "
-            "send validation cases' unimodal logits and outcomes) or aggregates (sums only; "
-            "same fit; not with isotonic calibration).",
-        ),
-    ] = "pooled",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
+    stage2: Stage2Opt = "pooled",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train the fusion model across sites (only model updates leave a site).
 
@@ -184,34 +198,17 @@ def flower_config(
         str,
         typer.Option("--output-dir", help="The ServerApp's output folder, on the coordinator."),
     ],
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="fedavg, fedprox, fedadam or fedyogi.")
-    ] = "fedavg",
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Server rounds.")] = 10,
-    local_epochs: Annotated[
-        int, typer.Option("--local-epochs", min=1, help="Local epochs per round.")
-    ] = 1,
-    proximal_mu: Annotated[
-        float, typer.Option("--proximal-mu", min=0.0, help="FedProx μ (with --strategy fedprox).")
-    ] = 0.0,
-    clients_per_round: Annotated[
-        int | None, typer.Option("--clients-per-round", min=1, help="Sites sampled per round.")
-    ] = None,
-    dp_epsilon: Annotated[
-        float | None, typer.Option("--dp-epsilon", help="Target ε of DP-SGD at every site.")
-    ] = None,
-    dp_delta: Annotated[float, typer.Option("--dp-delta", help="δ of DP-SGD.")] = 1e-5,
-    max_grad_norm: Annotated[
-        float, typer.Option("--max-grad-norm", help="DP-SGD per-sample clipping norm.")
-    ] = 1.0,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="Run config (YAML); defaults otherwise.")
-    ] = None,
+    strategy: StrategyOpt = "fedavg",
+    rounds: RoundsOpt = 10,
+    local_epochs: LocalEpochsOpt = 1,
+    proximal_mu: ProximalMuOpt = 0.0,
+    clients_per_round: ClientsPerRoundOpt = None,
+    dp_epsilon: DPEpsilonOpt = None,
+    dp_delta: DPDeltaOpt = 1e-5,
+    max_grad_norm: MaxGradNormOpt = 1.0,
+    config: ConfigOpt = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of sampling and local shuffling.")] = 0,
-    stage2: Annotated[
-        str,
-        typer.Option("--stage2", help="pooled (validation logits) or aggregates (sums only)."),
-    ] = "pooled",
+    stage2: Stage2Opt = "pooled",
     round_timeout: Annotated[
         float, typer.Option("--round-timeout", min=1.0, help="Seconds to wait for the sites.")
     ] = 600.0,
@@ -223,7 +220,7 @@ def flower_config(
             help="Fewest sites a round needs (default: every site sampled in the round).",
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the Flower run config of a deployment where every site keeps its own manifest.
 

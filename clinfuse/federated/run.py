@@ -81,6 +81,7 @@ __all__ = [
     "prepare",
     "prepare_site",
     "privacy_utility",
+    "run_record",
     "set_stage2",
     "stage2_record",
     "train_log",
@@ -856,16 +857,19 @@ def _write_outputs(
     predictions.to_csv(tmp, index=False)
     os.replace(tmp, partial / "predictions.csv")
     train_log(history).to_csv(partial / "train_log.csv", index=False)
-    _write_json(
-        partial / "run.json",
-        {
-            "clinfuse_version": __version__,
-            "seconds": time.perf_counter() - t_start,
-            "device": "cpu",
-            "complete": True,
-            "federated": True,
-        },
-    )
+    _write_json(partial / "run.json", run_record(t_start))
+
+
+def run_record(t_start: float, **extra: Any) -> dict[str, Any]:
+    """``run.json`` of a federated run folder (``extra``: e.g. ``evaluated=False``)."""
+    return {
+        "clinfuse_version": __version__,
+        "seconds": time.perf_counter() - t_start,
+        "device": "cpu",
+        "complete": True,
+        "federated": True,
+        **extra,
+    }
 
 
 def train_log(history: History) -> pd.DataFrame:

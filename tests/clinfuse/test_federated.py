@@ -329,13 +329,12 @@ def test_flower_stage2_queries_fit_what_the_simulator_fits(
     site's query handler (answer(), one SiteQuery per message, the site's state kept between
     them as the SuperNode keeps it) and fits what the in-process run fitted."""
     from clinfuse.federated import FederatedSettings, federated_run
-    from clinfuse.federated.flower_stage2 import answer, finish
+    from clinfuse.federated.flower_stage2 import finish
     from clinfuse.federated.flower_task import task_options
     from clinfuse.federated.stage2 import Stage2Fit
     from clinfuse.federated.task import trainable_view
     from clinfuse.model import load_run
     from privacy.federated.torch_task import get_parameters, parameter_keys
-    from privacy.flower.client_app import SiteQuery
 
     cfg = _config()
     cfg = cfg.model_copy(
@@ -350,28 +349,9 @@ def test_flower_stage2_queries_fit_what_the_simulator_fits(
     options = task_options(str(cohort), cfg, settings, None, model.modalities)
     options = json.loads(json.dumps(options))  # as the run config carries it
 
-    class Queries:  # the ServerApp's SiteQueries, each message answered in this process
-        def __init__(self) -> None:
-            self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in sites}
-            self.queries = 0
+    from tests.clinfuse.federated_support import InProcessQueries
 
-        def ask(self, name: str, arrays=None, config=None) -> dict[str, dict[str, np.ndarray]]:
-            self.queries += 1
-            return {
-                s: answer(
-                    SiteQuery(
-                        name,
-                        dict(arrays or {}),
-                        dict(config or {}),
-                        {"site": s},
-                        options,
-                        self.state[s],
-                    )
-                )
-                for s in sites
-            }
-
-    queries = Queries()
+    queries = InProcessQueries({s: {"site": s} for s in sites}, options)
     result = finish(queries, parameters, options)
     assert result["mode"] == mode and result["sites"] == sorted(sites)
     fit = Stage2Fit.from_dict(result["stage2"])

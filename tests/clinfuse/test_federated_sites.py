@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from clinfuse.config import RunConfig
+from tests.clinfuse.federated_support import InProcessQueries
 
 
 def _config() -> RunConfig:
@@ -115,40 +116,6 @@ def site_manifests(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-class _Queries:
-    """The ServerApp's SiteQueries, each site's query handler called in this process with
-    the node state a SuperNode keeps."""
-
-    def __init__(self, nodes: dict[str, dict[str, Any]], options: dict[str, Any]) -> None:
-        self.nodes = nodes
-        self.options = options
-        self.state: dict[str, dict[str, np.ndarray]] = {s: {} for s in nodes}
-        self.queries = 0
-
-    @property
-    def n_sites(self) -> int:
-        return len(self.nodes)
-
-    def ask(self, name: str, arrays=None, config=None) -> dict[str, dict[str, np.ndarray]]:
-        from clinfuse.federated.flower_stage2 import answer
-        from privacy.flower.client_app import SiteQuery
-
-        self.queries += 1
-        return {
-            s: answer(
-                SiteQuery(
-                    name,
-                    dict(arrays or {}),
-                    dict(config or {}),
-                    node,
-                    self.options,
-                    self.state[s],
-                )
-            )
-            for s, node in self.nodes.items()
-        }
-
-
 @pytest.fixture(scope="module")
 def deployment(site_manifests: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """start → 2 rounds of FedAvg over the sites' tasks → finish (stage 2 from sums), with
@@ -167,7 +134,7 @@ def deployment(site_manifests: dict[str, Path], tmp_path_factory: pytest.TempPat
     run_cfg = site_run_config(cfg, settings, n_sites=3)
     options = json.loads(json.dumps(run_cfg.task_options))  # as the run config carries it
     nodes = {s: {"site": s, "manifest": str(p)} for s, p in site_manifests.items()}
-    queries = _Queries(nodes, options)
+    queries = InProcessQueries(nodes, options)
     started = start(queries, options)
     queries.options = merge_options(options, started["task_options"])
     tasks = [make_site_task(nodes[s], queries.options) for s in sorted(nodes)]
