@@ -95,6 +95,19 @@ Stage2Opt = Annotated[
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace --out.")]
 
 
+def _dp_config(epsilon: float | None, delta: float, max_grad_norm: float) -> Any:
+    """DP-SGD at every site for ``--dp-epsilon`` (None without it).
+
+    Raises:
+        privacy.errors.PrivacyError: a setting out of range.
+    """
+    from privacy.dp.engine import DPConfig
+
+    if epsilon is None:
+        return None
+    return DPConfig(target_epsilon=epsilon, target_delta=delta, max_grad_norm=max_grad_norm)
+
+
 def federated(
     cohort: Annotated[
         Path, typer.Argument(help="Manifest with a site column (or use --partition).")
@@ -141,7 +154,6 @@ def federated(
     from clinfuse.config import load_config
     from clinfuse.errors import ConfigError
     from clinfuse.federated.run import FederatedSettings, federated_run
-    from privacy.dp.engine import DPConfig
     from privacy.errors import PrivacyError
 
     console = Console(stderr=True)
@@ -167,13 +179,7 @@ def federated(
             )
         runner = BACKENDS[backend]
     try:
-        dp = (
-            None
-            if dp_epsilon is None
-            else DPConfig(
-                target_epsilon=dp_epsilon, target_delta=dp_delta, max_grad_norm=max_grad_norm
-            )
-        )
+        dp = _dp_config(dp_epsilon, dp_delta, max_grad_norm)
         kwargs: dict[str, Any] = {"dp": dp, "overwrite": overwrite, "log": console.print}
         run = runner(cohort, out, cfg, settings, **kwargs)
     except PrivacyError as e:
@@ -236,7 +242,6 @@ def flower_config(
     from clinfuse.errors import ConfigError
     from clinfuse.federated.flower_sites import site_run_config
     from clinfuse.federated.run import FederatedSettings
-    from privacy.dp.engine import DPConfig
     from privacy.errors import PrivacyError
 
     if out.exists() and not overwrite:
@@ -255,13 +260,7 @@ def flower_config(
     )
     try:
         settings.strategy_kwargs(cfg)  # refuses settings the strategy does not use
-        dp = (
-            None
-            if dp_epsilon is None
-            else DPConfig(
-                target_epsilon=dp_epsilon, target_delta=dp_delta, max_grad_norm=max_grad_norm
-            )
-        )
+        dp = _dp_config(dp_epsilon, dp_delta, max_grad_norm)
         run_cfg = site_run_config(
             cfg,
             settings,
