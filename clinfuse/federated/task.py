@@ -27,6 +27,7 @@ from clinfuse.evaluation.metrics import auroc_batch
 from clinfuse.fusion.late import LateFusion
 from clinfuse.model import Collator, FusionModel, FusionNetwork
 from privacy.dp.engine import DPConfig
+from privacy.errors import SiteDataError
 from privacy.federated.torch_task import TorchSiteTask, parameter_keys
 
 __all__ = ["FullRowCollator", "fusion_site_task", "masked_unimodal_loss", "trainable_view"]
@@ -126,7 +127,8 @@ def fusion_site_task(
     """One site's task for the fusion model (cases with frozen embeddings attached).
 
     Raises:
-        privacy.errors.SiteDataError: the site's training cases lack one outcome class.
+        privacy.errors.SiteDataError: the site's training cases lack one outcome class, or
+            (with DP-SGD) the site has no case of a trainable modality.
     """
     cfg = model.config.training
     late = model.network.fusion.strategy == "late"
@@ -140,9 +142,14 @@ def fusion_site_task(
         for i, m in enumerate(model.modalities):
             if m in frozen:
                 continue
-            first = next((c for c in train_cases if c["present"][i]), None)
+            first = next((c for c in [*train_cases, *eval_cases] if c["present"][i]), None)
             if first is None:
-                first = next(c for c in eval_cases if c["present"][i])
+                raise SiteDataError(
+                    f"site {site_id!r} has no case with modality {m!r}; DP-SGD clips each "
+                    f"case's gradient over every encoder, so the {m} encoder needs at least one "
+                    "input at every site to build its per-case inputs; leave the modality out "
+                    "(data.modalities) or train without DP",
+                )
             examples[m] = model.network.encoders[m].collate([Collator.item(first, m)])  # type: ignore[operator]
         collate = FullRowCollator(collate, examples)
     y = np.array([c["label"] for c in train_cases], dtype=float)

@@ -377,3 +377,27 @@ def test_the_coordinator_builds_the_sites_model_also_under_dp(deployment, site_m
             np.testing.assert_array_equal(a, b)
         norms = {type(m).__name__ for m in model.network.modules()}
         assert ("GroupNorm" in norms) == (dp is not None)
+
+
+def test_a_site_without_imaging_trains_without_dp_and_is_named_under_dp(
+    deployment, site_manifests
+) -> None:
+    """A hospital whose manifest has no image column takes part (its cases miss the image);
+    under DP-SGD, which needs one input per encoder at every site, it is refused by name."""
+    from clinfuse.federated.flower_task import make_site_task
+    from privacy.dp.engine import DPConfig
+    from privacy.errors import SiteDataError
+    from privacy.federated.task import FitConfig
+
+    frame = pd.read_csv(site_manifests["site_c"]).drop(columns=["image"])
+    path = site_manifests["site_c"].parent / "site_c_no_image.csv"
+    frame.to_csv(path, index=False)
+    node = {"site": "site_c", "manifest": str(path)}
+    task = make_site_task(node, deployment["options"])
+    before = task.get_parameters()
+    res = task.fit(before, FitConfig(server_round=1, local_epochs=1, lr=0.01, batch_size=4))
+    assert res.num_examples == deployment["started"]["plan"]["sites"]["site_c"]["train"]["n_cases"]
+    assert any(not np.array_equal(a, b) for a, b in zip(res.parameters, before, strict=True))
+    dp = DPConfig(target_epsilon=8.0, target_delta=1e-5).to_dict()
+    with pytest.raises(SiteDataError, match="site 'site_c' has no case with modality 'image'"):
+        make_site_task(node, {**deployment["options"], "dp": dp})
