@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clinfuse.config import RunConfig
-from clinfuse.errors import ConfigError
+from clinfuse.errors import ClinFuseError, ConfigError
 
 if TYPE_CHECKING:
     from clinfuse.federated.run import FederatedSettings
@@ -97,8 +97,16 @@ def describe(query: Any) -> dict[str, np.ndarray]:
     from clinfuse.federated.sites import describe_site, site_cohort
 
     config = RunConfig.model_validate(query.task_options.get("config") or {})
-    cohort = site_cohort(site_manifest(query.node_config, query.task_options), config, str(site))
-    return {"description": encode_json(describe_site(cohort, config))}
+    try:
+        cohort = site_cohort(
+            site_manifest(query.node_config, query.task_options), config, str(site)
+        )
+        description = describe_site(cohort, config)
+    except ClinFuseError as e:  # the coordinator sees a node id: name the site
+        if e.reason.startswith(f"site {site!r}"):
+            raise
+        raise ConfigError(f"site {site!r}: {e}") from e
+    return {"description": encode_json(description)}
 
 
 def start(queries: Any, options: dict[str, Any]) -> dict[str, Any]:

@@ -294,6 +294,14 @@ def test_site_local_errors_name_the_site_and_the_field(site_manifests, tmp_path:
     options = dict(
         site_run_config(_config(), FederatedSettings(rounds=1), n_sites=2).task_options or {}
     )
+    from clinfuse.federated.flower_sites import DESCRIBE, describe
+    from privacy.flower.client_app import SiteQuery
+
+    one_class = site_manifests["site_a"].parent / "one_class.csv"
+    pd.read_csv(site_manifests["site_a"]).assign(label=1).to_csv(one_class, index=False)
+    node = {"site": "site_a", "manifest": str(one_class)}
+    with pytest.raises(ConfigError, match=r"^site 'site_a': field 'label', .*needs both 0 and 1"):
+        describe(SiteQuery(DESCRIBE, {}, {}, node, options))
     with pytest.raises(ConfigError, match="no plan reached this site"):
         make_site_task({"site": "site_a", "manifest": str(site_manifests["site_a"])}, options)
     with pytest.raises(ConfigError, match="has no manifest"):
