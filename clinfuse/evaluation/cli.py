@@ -812,7 +812,10 @@ MONITOR_EPILOG = (
     "  clinfuse predict runs/demo this_year/manifest.csv --out scored/p.csv\n\n"
     "  clinfuse monitor runs/demo scored/p.csv --out monitor_2024 --time-column encounter_date\n\n"
     "  clinfuse monitor runs/cv scored/p.csv --out monitor_q --time-column encounter_date "
-    "--period quarter --thresholds 0.2"
+    "--period quarter --thresholds 0.2\n\n"
+    "  clinfuse monitor runs/fed_sites scored/p.csv --out monitor_site_a --time-column "
+    "encounter_date --reference scored/dev.csv   (a run assembled from a federation: this "
+    "site's development cases, scored by clinfuse predict)"
 )
 
 
@@ -854,6 +857,15 @@ def monitor(
         bool, typer.Option("--overwrite", help="Replace an existing output folder.")
     ] = False,
     cusum_false_alarm: CusumFalseAlarm = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference",
+            help="Cases to compare with, scored by `clinfuse predict` with this model "
+            "(default: the run's train and validation predictions; needed for a run "
+            "assembled from a federation).",
+        ),
+    ] = None,
 ) -> None:
     """Monitor a model in use before outcomes arrive: per period, risk and alert rate, the
     shift of the model's outputs (PSI), modality availability and numeric inputs against the
@@ -878,6 +890,7 @@ def monitor(
         manifest=manifest,
         overwrite=overwrite,
         cusum_false_alarm=check_cusum_option(time_column, cusum_false_alarm),
+        reference=reference,
     )
     from clinfuse.evaluation.cusum import describe_change, first_signals
 

@@ -628,17 +628,22 @@ def _development(model: Path) -> tuple[pd.DataFrame, Any, list[str]]:
     its modalities."""
     from clinfuse.ensemble import is_crossval_folder
     from clinfuse.evaluation.casemix import development_cases
-    from clinfuse.io.tabular import TabularEncoder
 
     if is_crossval_folder(model):
         table = model / "evaluation" / "predictions.csv"
-        summary = json.loads((model / "crossval.json").read_text(encoding="utf-8"))
-        model_json = model / summary["fold_models"][0]["path"] / "model" / "model.json"
         what = "the cross-validation's pooled predictions"
     else:
         table = model / "predictions.csv"
-        model_json = model / "model" / "model.json"
         what = "the run's predictions"
+    model_json = _model_json(model)
+    if _assembled(model) and not table.is_file():
+        raise ConfigError(
+            "the run was assembled on a federation's coordinator: its development cases "
+            "stayed at the sites",
+            path=model,
+            hint="score this site's development cases with `clinfuse predict` and pass the "
+            "table as --reference",
+        )
     if not table.is_file() or not model_json.is_file():
         raise ConfigError(
             f"{what} or its model.json are missing",
@@ -648,22 +653,80 @@ def _development(model: Path) -> tuple[pd.DataFrame, Any, list[str]]:
     frame = pd.read_csv(table, dtype={"case_id": str})
     if not is_crossval_folder(model):
         frame = development_cases(frame)
-    meta = json.loads(model_json.read_text(encoding="utf-8"))
-    tabular = None if meta.get("tabular") is None else TabularEncoder.from_dict(meta["tabular"])
     modalities = [c.removeprefix("present_") for c in frame.columns if c.startswith("present_")]
-    return frame, tabular, modalities
+    return frame, _tabular_of(model_json), modalities
+
+
+def _model_json(model: Path) -> Path:
+    """The ``model.json`` of a run, or of a cross-validation's first fold model."""
+    from clinfuse.ensemble import is_crossval_folder
+
+    if is_crossval_folder(model):
+        summary = json.loads((model / "crossval.json").read_text(encoding="utf-8"))
+        return model / summary["fold_models"][0]["path"] / "model" / "model.json"
+    return model / "model" / "model.json"
+
+
+def _tabular_of(model_json: Path) -> Any:
+    from clinfuse.io.tabular import TabularEncoder
+
+    meta = json.loads(model_json.read_text(encoding="utf-8"))
+    return None if meta.get("tabular") is None else TabularEncoder.from_dict(meta["tabular"])
+
+
+def _assembled(model: Path) -> bool:
+    """Whether ``model`` is a run folder assembled from a federation (no case in it)."""
+    path = model / "run.json"
+    if not path.is_file():
+        return False
+    info = json.loads(path.read_text(encoding="utf-8"))
+    return bool(info.get("federated")) and info.get("evaluated") is False
+
+
+def _reference_cases(
+    model: Path, reference: Path, version: str
+) -> tuple[pd.DataFrame, Any, list[str], Path]:
+    """The development cases from a table ``clinfuse predict`` wrote with this model
+    (``--reference``), the model's tabular encoder and modalities, and the table's manifest.
+
+    Raises:
+        ConfigError: a table without provenance, of another model version, or whose
+            manifest is gone.
+    """
+    from clinfuse.scored import read_provenance
+
+    info = read_provenance(reference)
+    if info is None:
+        raise ConfigError(
+            "the reference table has no provenance file, so its model and manifest are unknown",
+            path=reference,
+            hint="score the development cases with `clinfuse predict MODEL COHORT --out R.csv`",
+        )
+    if info["model_version"] != version:
+        raise ConfigError(
+            f"the reference cases were scored by model version {info['model_version']}, not "
+            f"by this folder's {version}",
+            path=reference,
+            hint="score them with the model you monitor",
+        )
+    model_json = _model_json(model)
+    meta = json.loads(model_json.read_text(encoding="utf-8"))
+    modalities = [m for m in meta.get("modalities", [])]
+    frame = _scored(reference, modalities)
+    return frame, _tabular_of(model_json), modalities, Path(info["manifest"])
 
 
 def _development_sites(
-    model: Path, development: pd.DataFrame, columns: Sequence[str]
+    model: Path, development: pd.DataFrame, columns: Sequence[str], manifest: Path | None = None
 ) -> tuple[list[Any] | None, pd.DataFrame | None]:
     """The development cases' sites and raw tabular ``columns`` from the development
-    manifest, rows in ``development``'s order; (None, None) without a site column, or when
-    the manifest is gone or lacks some development case."""
+    manifest (``manifest``, else the one the run records), rows in ``development``'s order;
+    (None, None) without a site column, or when the manifest is gone or lacks some
+    development case."""
     from clinfuse.cohort.manifest import read_manifest
     from clinfuse.evaluation.casemix import development_manifest
 
-    path = development_manifest(model)
+    path = manifest if manifest is not None else development_manifest(model)
     if path is None or not path.is_file():
         return None, None
     table = read_manifest(path)
@@ -706,6 +769,7 @@ def monitor_predictions(
     manifest: str | Path | None = None,
     overwrite: bool = False,
     cusum_false_alarm: float = 0.05,
+    reference: str | Path | None = None,
 ) -> MonitorResult:
     """Monitor a model's predictions period by period (see the module's docstring) and write
     ``monitoring.json``, ``monitoring.csv``, ``figures/monitoring.png`` and a self-contained
@@ -724,6 +788,9 @@ def monitor_predictions(
         overwrite: replace an existing ``out``.
         cusum_false_alarm: each CUSUM chart's chance of a false signal among the cases
             whose outcomes are known.
+        reference: a table ``clinfuse predict`` wrote with this model on the cases to
+            compare with (default: the run's train and validation predictions). A run
+            assembled from a federation needs it: its development cases stayed at the sites.
 
     Raises:
         ConfigError: predictions without provenance, or of another model version; a missing
@@ -769,7 +836,13 @@ def monitor_predictions(
             path=manifest,
             hint="pass --manifest with where it is now",
         )
-    development, tabular, modalities = _development(model)
+    ref_manifest = None
+    if reference is None:
+        development, tabular, modalities = _development(model)
+    else:
+        development, tabular, modalities, ref_manifest = _reference_cases(
+            model, Path(reference), version
+        )
     scored = _scored(predictions, modalities)
     table = read_manifest(manifest)
     if time_column not in table.columns:
@@ -803,7 +876,7 @@ def monitor_predictions(
     sites = rows["site"].tolist() if "site" in rows.columns else None
     dev_sites, dev_values = (None, None)
     if sites is not None:
-        dev_sites, dev_values = _development_sites(model, development, columns)
+        dev_sites, dev_values = _development_sites(model, development, columns, ref_manifest)
     res = monitor_periods(
         development,
         scored,
@@ -831,6 +904,7 @@ def monitor_predictions(
         "predictions": str(predictions.resolve()),
         "manifest": str(manifest.resolve()),
         "column": time_column,
+        "reference": None if reference is None else str(Path(reference).resolve()),
     } | res
     frame = _table(summary)
     with atomic_folder(out) as tmp:

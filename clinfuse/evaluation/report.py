@@ -1323,7 +1323,13 @@ def render_monitoring(s: dict[str, Any], png: dict[str, bytes]) -> str:
         + (f" from {_e(s['first'])} to {_e(s['last'])}" if s.get("first") else "")
         + (f"; {s['n_undated']} undated cases counted only" if s["n_undated"] else "")
         + f". Each {_e(s['period'])} with at least {s['min_size']} cases is compared with the "
-        f"model's {dev['n']} development cases: risk, the population stability index (PSI) of "
+        + (
+            f"model's {dev['n']} development cases"
+            if not s.get("reference")
+            else f"{dev['n']} reference cases (<code>{_e(Path(s['reference']).name)}</code>, "
+            "scored by clinfuse predict)"
+        )
+        + ": risk, the population stability index (PSI) of "
         "the fused logit and of each modality's risk in the development's deciles (below 0.1 "
         "stable, 0.1–0.25 a moderate shift, above 0.25 a major one), modality availability "
         "and the standardised mean difference (SMD) of numeric inputs against the training "

@@ -389,3 +389,58 @@ def test_monitor_command_on_a_runs_predictions(tiny_run, tiny_cohort, tmp_path, 
     )
     assert "unknown period 'week'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_a_reference_table_replaces_the_runs_development_cases(tiny_run, tiny_cohort, tmp_path):
+    """--reference: the run's own development cases scored by `clinfuse predict` give the
+    same comparison as the run's predictions.csv; a run assembled from a federation (no
+    case in it) is refused without one, naming the option, and monitored with one."""
+    import shutil
+
+    from clinfuse.cli import main
+    from clinfuse.evaluation.monitor import monitor_predictions
+
+    manifest = _dated(tiny_cohort, pending=20)
+    preds = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(manifest), "--out", str(preds)]) == 0
+    run_preds = pd.read_csv(tiny_run / "predictions.csv", dtype={"case_id": str})
+    dev_ids = set(run_preds.loc[run_preds["split"].isin(["train", "val"]), "case_id"])
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    dev_manifest = manifest.with_name(f"dev_{manifest.name}")
+    frame[frame["case_id"].isin(dev_ids)].to_csv(dev_manifest, index=False)
+    ref = tmp_path / "dev.csv"
+    assert main(["predict", str(tiny_run), str(dev_manifest), "--out", str(ref)]) == 0
+    kw = {"time_column": "encounter_date", "period": "quarter", "min_size": 5}
+    default = monitor_predictions(tiny_run, preds, tmp_path / "a", **kw).summary
+    given = monitor_predictions(tiny_run, preds, tmp_path / "b", reference=ref, **kw).summary
+    assert given["reference"] == str(ref.resolve()) and default["reference"] is None
+    assert "reference cases (<code>dev.csv</code>" in (tmp_path / "b" / "report.html").read_text()
+    assert given["development"]["n"] == default["development"]["n"] == len(dev_ids)
+    for a, b in zip(default["periods"], given["periods"], strict=True):
+        assert a["n"] == b["n"]
+        assert a["psi_fusion"]["value"] == pytest.approx(b["psi_fusion"]["value"], abs=1e-6)
+        for m, stat in a["psi"].items():
+            assert stat["value"] == pytest.approx(b["psi"][m]["value"], abs=1e-6), m
+        for col, stat in a["smd"].items():
+            assert stat["value"] == pytest.approx(b["smd"][col]["value"], abs=1e-9), col
+    for e_a, e_b in zip(default["by_site"]["sites"], given["by_site"]["sites"], strict=True):
+        assert (e_a["site"], e_a["n_reference"]) == (e_b["site"], e_b["n_reference"])
+    # a run assembled from a federation: the model, no case
+    assembled = tmp_path / "assembled"
+    assembled.mkdir()
+    shutil.copy(tiny_run / "config.yaml", assembled / "config.yaml")
+    shutil.copytree(tiny_run / "model", assembled / "model")
+    (assembled / "run.json").write_text(json.dumps({"federated": True, "evaluated": False}))
+    p2, r2 = tmp_path / "p2.csv", tmp_path / "dev2.csv"
+    assert main(["predict", str(assembled), str(manifest), "--out", str(p2)]) == 0
+    assert main(["predict", str(assembled), str(dev_manifest), "--out", str(r2)]) == 0
+    with pytest.raises(ConfigError, match="development cases stayed at the sites") as e:
+        monitor_predictions(assembled, p2, tmp_path / "c", **kw)
+    assert "--reference" in str(e.value)
+    bare = tmp_path / "bare.csv"
+    bare.write_text(r2.read_text())  # no provenance: model and manifest unknown
+    with pytest.raises(ConfigError, match="reference table has no provenance"):
+        monitor_predictions(assembled, p2, tmp_path / "c", reference=bare, **kw)
+    res = monitor_predictions(assembled, p2, tmp_path / "c", reference=r2, **kw).summary
+    assert [r["n"] for r in res["periods"]] == [r["n"] for r in default["periods"]]
+    assert not (tmp_path / "c.partial").exists()
