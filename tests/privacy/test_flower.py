@@ -661,3 +661,41 @@ def test_client_level_dp_with_secagg_plus_clips_at_the_sites(tmp_path: Path) -> 
     from privacy.dp.accountant import compute_epsilon
 
     assert result.dp_epsilon == pytest.approx(compute_epsilon(sigma, 1.0, 2, delta), rel=1e-9)
+
+
+def test_replies_are_pulled_soon_and_the_timeout_is_kept(monkeypatch) -> None:
+    """send_and_receive pulls after 50 ms, doubling to 1 s between pulls, returns as soon as
+    every reply came, and gives up at the timeout with the replies it has."""
+    from types import SimpleNamespace
+
+    from privacy.flower import server_app
+
+    class FakeGrid:
+        def __init__(self, ready_after: dict[str, int]) -> None:
+            self.ready_after = ready_after  # message id -> pulls before its reply is there
+            self.pulls = 0
+
+        def push_messages(self, messages):
+            return list(messages)
+
+        def pull_messages(self, ids):
+            self.pulls += 1
+            return [
+                SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i))
+                for i in sorted(ids)
+                if self.ready_after[i] <= self.pulls
+            ]
+
+    slept: list[float] = []
+    monkeypatch.setattr(server_app.time, "sleep", slept.append)
+    grid = FakeGrid({"a": 1, "b": 5})
+    replies = server_app.send_and_receive(grid, ["a", "b"], timeout=None)  # type: ignore[arg-type]
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["a", "b"]
+    assert grid.pulls == 5 and slept == pytest.approx([0.05, 0.1, 0.2, 0.4])
+    slept.clear()
+    grid = FakeGrid({"a": 1, "b": 10**9})  # b never answers
+    clock = iter(np.arange(0.0, 100.0, 0.5))
+    monkeypatch.setattr(server_app.time, "monotonic", lambda: float(next(clock)))
+    replies = server_app.send_and_receive(grid, ["a", "b"], timeout=3.0)  # type: ignore[arg-type]
+    assert [r.metadata.reply_to_message_id for r in replies] == ["a"]
+    assert max(slept) <= 1.0 and grid.pulls < 10
