@@ -683,6 +683,31 @@ def _assembled(model: Path) -> bool:
     return bool(info.get("federated")) and info.get("evaluated") is False
 
 
+def _provenance(table: Path, version: str, what: str) -> dict[str, Any]:
+    """The provenance of a table ``clinfuse predict`` wrote, checked against ``version``.
+
+    Raises:
+        ConfigError: no provenance file, or another model version.
+    """
+    from clinfuse.scored import read_provenance
+
+    info = read_provenance(table)
+    if info is None:
+        raise ConfigError(
+            f"the {what} has no provenance file, so its model and manifest are unknown",
+            path=table,
+            hint="score the cases with `clinfuse predict MODEL COHORT --out FILE.csv`",
+        )
+    if info["model_version"] != version:
+        raise ConfigError(
+            f"the {what} was scored by model version {info['model_version']}, not by this "
+            f"folder's {version}",
+            path=table,
+            hint="give the model that scored it, or rescore with `clinfuse predict`",
+        )
+    return dict(info)
+
+
 def _reference_cases(
     model: Path, reference: Path, version: str
 ) -> tuple[pd.DataFrame, Any, list[str], Path]:
@@ -693,22 +718,7 @@ def _reference_cases(
         ConfigError: a table without provenance, of another model version, or whose
             manifest is gone.
     """
-    from clinfuse.scored import read_provenance
-
-    info = read_provenance(reference)
-    if info is None:
-        raise ConfigError(
-            "the reference table has no provenance file, so its model and manifest are unknown",
-            path=reference,
-            hint="score the development cases with `clinfuse predict MODEL COHORT --out R.csv`",
-        )
-    if info["model_version"] != version:
-        raise ConfigError(
-            f"the reference cases were scored by model version {info['model_version']}, not "
-            f"by this folder's {version}",
-            path=reference,
-            hint="score them with the model you monitor",
-        )
+    info = _provenance(reference, version, "reference table")
     model_json = _model_json(model)
     meta = json.loads(model_json.read_text(encoding="utf-8"))
     modalities = [m for m in meta.get("modalities", [])]
@@ -803,7 +813,7 @@ def monitor_predictions(
     from clinfuse.evaluation.evaluate import _check_out, parse_thresholds
     from clinfuse.evaluation.report import render_monitoring
     from clinfuse.evaluation.temporal import check_period, parse_dates
-    from clinfuse.scored import model_version, read_provenance
+    from clinfuse.scored import model_version
 
     model, predictions, out = Path(model), Path(predictions), Path(out)
     from clinfuse.evaluation.cusum import check_false_alarm
@@ -814,21 +824,8 @@ def monitor_predictions(
     if min_size < 1:
         raise ConfigError("min_size must be at least 1", field="min_size")
     _check_out(out, overwrite)
-    info = read_provenance(predictions)
-    if info is None:
-        raise ConfigError(
-            "the predictions table has no provenance file, so its model and manifest are unknown",
-            path=predictions,
-            hint="score the cohort with `clinfuse predict MODEL COHORT --out P.csv`",
-        )
     version = model_version(model)
-    if info["model_version"] != version:
-        raise ConfigError(
-            f"the predictions were made by model version {info['model_version']}, not by this "
-            f"folder's {version}",
-            path=predictions,
-            hint="give the model that scored them, or rescore with `clinfuse predict`",
-        )
+    info = _provenance(predictions, version, "predictions table")
     manifest = Path(manifest or info["manifest"])
     if not manifest.is_file():
         raise ConfigError(
