@@ -700,7 +700,7 @@ def _provenance(table: Path, version: str, what: str) -> dict[str, Any]:
         )
     if info["model_version"] != version:
         raise ConfigError(
-            f"the {what} was scored by model version {info['model_version']}, not by this "
+            f"the {what} was made by model version {info['model_version']}, not by this "
             f"folder's {version}",
             path=table,
             hint="give the model that scored it, or rescore with `clinfuse predict`",
