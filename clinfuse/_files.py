@@ -13,7 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_folder", "publish", "read_json_object", "temp_sibling", "write_text_atomic"]
+__all__ = [
+    "assembled_from_sites",
+    "atomic_folder",
+    "publish",
+    "read_json_object",
+    "temp_sibling",
+    "write_text_atomic",
+]
 
 
 def temp_sibling(out: Path, tag: str = "tmp") -> Path:
@@ -71,3 +78,18 @@ def read_json_object(path: Path, what: str, *, hint: str | None = None) -> dict[
     if not isinstance(data, dict):
         raise ConfigError(f"{what} is not a JSON object", path=path, hint=hint)
     return data
+
+
+def assembled_from_sites(run: Path) -> bool:
+    """Whether ``run`` was assembled on a federation's coordinator (``clinfuse
+    flower-assemble``; its ``run.json``: federated, not evaluated): it holds the model but
+    no case, not even validation logits.
+
+    Raises:
+        ConfigError: an unreadable ``run.json``.
+    """
+    path = Path(run) / "run.json"
+    if not path.is_file():
+        return False
+    info = read_json_object(path, "the run's run.json")
+    return bool(info.get("federated")) and info.get("evaluated") is False

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from clinfuse._files import assembled_from_sites
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.calibration import _logit
 from clinfuse.evaluation.subgroups import group_labels
@@ -636,7 +637,7 @@ def _development(model: Path) -> tuple[pd.DataFrame, Any, list[str]]:
         table = model / "predictions.csv"
         what = "the run's predictions"
     model_json = _model_json(model)
-    if _assembled(model) and not table.is_file():
+    if assembled_from_sites(model) and not table.is_file():
         raise ConfigError(
             "the run was assembled on a federation's coordinator: its development cases "
             "stayed at the sites",
@@ -672,15 +673,6 @@ def _tabular_of(model_json: Path) -> Any:
 
     meta = json.loads(model_json.read_text(encoding="utf-8"))
     return None if meta.get("tabular") is None else TabularEncoder.from_dict(meta["tabular"])
-
-
-def _assembled(model: Path) -> bool:
-    """Whether ``model`` is a run folder assembled from a federation (no case in it)."""
-    path = model / "run.json"
-    if not path.is_file():
-        return False
-    info = json.loads(path.read_text(encoding="utf-8"))
-    return bool(info.get("federated")) and info.get("evaluated") is False
 
 
 def _provenance(table: Path, version: str, what: str) -> dict[str, Any]:

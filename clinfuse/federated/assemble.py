@@ -148,7 +148,6 @@ def assemble_run(
     flower_dir = Path(flower_dir)
     result, options = _read(flower_dir)
     plan = dict(options["plan"])
-    modalities = list(plan["modalities"])
     dp = None if not options.get("dp") else DPConfig(**dict(options["dp"]))
     model = plan_model(options, say)
     config = model.config
@@ -188,7 +187,7 @@ def assemble_run(
             "manifest": None,
             "site_manifests": True,
             "target": config.data.target,
-            "modalities": modalities,
+            "modalities": list(model.modalities),
             "frozen_encoders": model.frozen_modalities,
             "sites": plan["sites"],
             "availability_by_site": plan.get("availability", {}),

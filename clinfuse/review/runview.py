@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 
 from clinfuse import MODALITIES
-from clinfuse._files import read_json_object
+from clinfuse._files import assembled_from_sites, read_json_object
 from clinfuse.errors import ClinFuseError, ConfigError
 from clinfuse.scored import evaluates_model, run_fingerprint
 
@@ -99,16 +99,6 @@ DEFAULT_THRESHOLD = 0.5
 """Decision threshold on the calibrated fused risk when none is given (``--threshold``)."""
 
 _REQUIRED = ("config.yaml", "model/model.json", "predictions.csv")
-
-
-def assembled_from_sites(run: Path) -> bool:
-    """Whether ``run`` was assembled on a federation's coordinator (``clinfuse
-    flower-assemble``): it holds the model but no case, not even validation logits."""
-    path = run / "run.json"
-    if not path.is_file():
-        return False
-    info = read_json_object(path, "the run's run.json")
-    return bool(info.get("federated")) and info.get("evaluated") is False
 
 
 class UnknownCaseError(ConfigError):
