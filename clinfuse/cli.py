@@ -646,6 +646,144 @@ def _repeated_crossval(cohort: Path, out: Path, cfg: Any, **kwargs: Any) -> None
 @app.command(
     epilog=(
         "Examples:\n\n"
+        "  clinfuse tune cohort.csv --space space.yaml --out runs/tune --config my.yaml\n\n"
+        "  clinfuse tune cohort.csv --space space.yaml --out runs/tune --outer 5   "
+        "(nested cross-validation of the whole search)\n\n"
+        "  clinfuse tune cohort.csv --space space.yaml --out runs/tune --metric log_loss\n\n"
+        "  clinfuse train cohort.csv --config runs/tune/best_config.yaml --out runs/final\n\n"
+        "space.yaml:  params: {training.lr: [0.001, 0.0003], fusion.strategy: [late, "
+        "intermediate]}"
+    )
+)
+def tune(
+    cohort: Annotated[Path, typer.Argument(help="The manifest of labelled cases.")],
+    space: Annotated[
+        Path,
+        typer.Option(
+            "--space",
+            help="YAML search space: params (dotted config fields → lists of values, or "
+            "{low, high, log} ranges with search: random), search, trials, seed.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Tuning folder to create.")],
+    folds: Annotated[
+        int, typer.Option("--folds", min=2, help="Folds of each trial's cross-validation.")
+    ] = 5,
+    fold_seed: Annotated[
+        int, typer.Option("--fold-seed", help="Seed of the patient-to-fold assignment.")
+    ] = 0,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="What chooses: auroc (highest), log_loss or brier (lowest) of the pooled "
+            "out-of-fold risks.",
+        ),
+    ] = "auroc",
+    outer: Annotated[
+        int | None,
+        typer.Option(
+            "--outer",
+            min=2,
+            help="Nested cross-validation: outer folds, each scored by a model whose config "
+            "was chosen by a search on the other folds only (the honest figure of the search).",
+        ),
+    ] = None,
+    outer_seed: Annotated[int, typer.Option("--outer-seed", help="Seed of the outer folds.")] = 0,
+    config: ConfigOption = None,
+    device: DeviceOption = None,
+    epochs: EpochsOption = None,
+    fusion: FusionOption = None,
+    tabular: TabularOption = None,
+    modalities: ModalitiesOption = None,
+    seed: SeedOption = None,
+    n_boot: Annotated[
+        int,
+        typer.Option("--n-boot", min=0, help="Bootstrap replicates of each trial's report."),
+    ] = 200,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted search.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing folder.")
+    ] = False,
+) -> None:
+    """Choose hyperparameters: cross-validate every candidate config of a search space on
+    the same patient-level folds and keep the best.
+
+    Writes tuning.json, trials.csv (each trial's values and pooled and per-fold metric,
+    with the paired difference from the chosen one), best_config.yaml (for `clinfuse
+    train --config`) and trials/trial_NNN/ (each trial's cross-validation report). With
+    --outer K, a nested cross-validation of the whole search shows how much the chosen
+    trial's figure flatters it. The folder appears only when complete.
+    """
+    from clinfuse.evaluation.tune import tune as run_tune
+
+    cfg = _run_config(config, device, epochs, fusion, seed, tabular, modalities, resume=resume)
+    with _progress("preparing") as update:
+        result = run_tune(
+            cohort,
+            out,
+            space,
+            cfg,
+            folds=folds,
+            fold_seed=fold_seed,
+            metric=metric,
+            outer=outer,
+            outer_seed=outer_seed,
+            n_boot=n_boot,
+            resume=resume,
+            overwrite=overwrite,
+            progress=lambda _stage, done, total: update(done, total),
+            on_epoch=_epoch_printer(),
+            log=lambda msg: err_console.print(msg, highlight=False),
+        )
+    s = result.summary
+    table = Table(
+        title=f"{s['n_trials']} trials, {s['folds']}-fold cross-validation each",
+        header_style="bold",
+    )
+    names = list(s["space"]["params"])
+    for col in ("trial", *names, metric, "vs chosen (fold SE)"):
+        table.add_column(col, justify="right")
+    for r in s["trials"]:
+        se = "" if r["fold_diff_se"] is None else f" ({r['fold_diff_se']:.3f})"
+        chosen = r["trial"] == s["best"]["trial"]
+        table.add_row(
+            f"{r['trial']}{' *' if chosen else ''}",
+            *(json.dumps(r["values"][k]) for k in names),
+            f"{r[metric]:.4f}",
+            "chosen" if chosen else f"{r['diff_vs_best']:+.4f}{se}",
+        )
+    console.print(table)
+    console.print(
+        f"chosen: trial {s['best']['trial']} ({metric} {s['best'][metric]:.4f}); "
+        f"its config: {result.best_config_path}",
+        highlight=False,
+    )
+    nested = s.get("nested")
+    if nested:
+        auc = nested["auroc"]
+
+        def num(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+
+        console.print(
+            f"nested {nested['outer_folds']}-fold estimate of the search: {metric} "
+            f"{nested['pooled']:.4f} (AUROC {num(auc['value'])}, DeLong "
+            f"{num(auc['delong_ci_low'])}-{num(auc['delong_ci_high'])}); the chosen trial's "
+            f"figure flatters it by {nested['optimism']:+.4f}",
+            highlight=False,
+        )
+    console.print(
+        f"next: clinfuse train {cohort} --config {result.best_config_path} --out RUN",
+        highlight=False,
+    )
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
         "  clinfuse backtest dated/manifest.csv --out runs/backtest --time-column "
         "encounter_date\n\n"
         "  clinfuse backtest dated/manifest.csv --out runs/bt_q --time-column encounter_date "

@@ -223,6 +223,14 @@ class FoldEnsemble:
                 hint = "the cross-validation did not finish; rerun `clinfuse crossval ... --resume`"
             raise ConfigError("no crossval.json in this folder", path=path, hint=hint)
         summary = json.loads((path / "crossval.json").read_text(encoding="utf-8"))
+        if summary.get("fold_models_kept") is False:
+            raise ConfigError(
+                "this cross-validation kept its out-of-fold figures but not its fold models "
+                "(a `clinfuse tune` trial)",
+                path=path,
+                hint="train the chosen config with `clinfuse train --config best_config.yaml`, "
+                "or cross-validate it with `clinfuse crossval` to keep the fold models",
+            )
         models = []
         for fold in summary["fold_models"]:
             run = path / fold["path"]

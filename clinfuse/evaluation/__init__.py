@@ -14,6 +14,7 @@ _LAZY = {
     "coverage_table": "clinfuse.evaluation.conformal",
     "risk_adjusted_cusum": "clinfuse.evaluation.cusum",
     "repeated_cross_validate": "clinfuse.evaluation.repeated",
+    "tune": "clinfuse.evaluation.tune",
     "monitor_predictions": "clinfuse.evaluation.monitor",
     "EvaluationResult": "clinfuse.evaluation.evaluate",
     "Evaluator": "clinfuse.evaluation.evaluate",

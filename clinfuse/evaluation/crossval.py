@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,9 @@ def cross_validate(
     time_column: str | None = None,
     period: str = "quarter",
     cusum_false_alarm: float = 0.05,
+    case_ids: Sequence[str] | None = None,
+    fold_config: Callable[[int, list[str]], Any] | None = None,
+    keep_fold_models: bool = True,
 ) -> CrossValResult:
     """Cross-validate the training procedure on a labelled cohort.
 
@@ -254,6 +258,13 @@ def cross_validate(
         progress: ``progress(stage, done, total)`` while cases load.
         on_epoch: called after every epoch of every fold.
         log: one-line messages (counts and ids only).
+        case_ids: cross-validate on these cases of the manifest only (a nested
+            cross-validation's inner loop, :func:`clinfuse.evaluation.tune.tune`).
+        fold_config: ``fold_config(k, training_case_ids)`` → the run config of fold ``k``
+            (``config`` is then the default and what ``resume`` checks): a nested
+            cross-validation chooses each fold's config on that fold's training cases only.
+        keep_fold_models: keep ``folds/`` (the fold runs); without it they are deleted once
+            scored, and ``crossval.json`` keeps their checksums.
 
     Returns:
         :class:`CrossValResult`.
@@ -328,6 +339,17 @@ def cross_validate(
         )
 
     cohort = load_labelled_cohort(cohort_path, data_cfg)
+    if case_ids is not None:
+        known = {r.case_id for r in cohort.rows}
+        unknown = [c for c in case_ids if c not in known]
+        if unknown:
+            raise CohortError(
+                f"{len(unknown)} case(s) to cross-validate are not labelled cases of the "
+                f"manifest, e.g. {unknown[0]!r}",
+                case_id=unknown[0],
+                path=cohort.manifest_path,
+            )
+        cohort = cohort.subset(list(case_ids))
     checker._dates(cohort, [r.case_id for r in cohort.rows])  # the column, each date: by case
     for col in subgroups:
         if col.strip() and col.strip() not in cohort.columns:
@@ -433,16 +455,23 @@ def cross_validate(
             def fold_log(msg: str, k: int = k) -> None:
                 say(f"fold {k}/{folds}: {msg}")
 
+            fold_cfg = config
+            if fold_config is not None:
+                fold_cfg = resolved(
+                    fold_config(k, table.loc[table["fold"] != k, "case_id"].tolist())
+                )
+                _check_single_process(fold_cfg)
             train_run(
                 cohort_path,
                 fold_out,
-                config,
+                fold_cfg,
                 resume=unfinished,
                 overwrite=not unfinished,  # a fold stopped before it saved its config starts over
                 progress=progress,
                 on_epoch=on_epoch,
                 log=fold_log,
                 splits=fold_plans[k],
+                case_ids=None if case_ids is None else table["case_id"].tolist(),
             )
 
         # pooled out-of-fold predictions
@@ -475,8 +504,9 @@ def cross_validate(
             fold_models.append(
                 {
                     "fold": k,
-                    "path": f"folds/fold_{k}",
+                    "path": f"folds/fold_{k}" if keep_fold_models else None,
                     "model_sha256": model_sha256(fold_out),
+                    "config_sha256": _config_sha(model.config),
                     "epochs_run": model.info.get("epochs_run"),
                     "stopped_early": model.info.get("stopped_early"),
                     "trained_on": model.info.get("trained_on"),
@@ -505,6 +535,8 @@ def cross_validate(
         "inner_validation_share": data_cfg.split_fractions[1]
         / (data_cfg.split_fractions[0] + data_cfg.split_fractions[1]),
         "config_sha256": _config_sha(config),
+        "fold_configs": "chosen per fold" if fold_config is not None else "one for all folds",
+        "fold_models_kept": keep_fold_models,
         "n_cases": len(table),
         "n_patients": int(table["patient_id"].nunique()),
         "n_scored": len(pooled),
@@ -539,6 +571,8 @@ def cross_validate(
     }
     write_text_atomic(partial / "per_fold.csv", per_fold.to_csv(index=False))
     (partial / "plan.json").unlink()
+    if not keep_fold_models:
+        shutil.rmtree(partial / "folds")
     write_text_atomic(partial / "crossval.json", json.dumps(summary, indent=2))
     publish(partial, out)
     return CrossValResult(

@@ -1,0 +1,337 @@
+"""``clinfuse tune``: the search space, the trials' figures against scikit-learn, the choice,
+nested cross-validation that keeps each outer fold out of its own search, and resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+from clinfuse.errors import ConfigError
+from tests.conftest import tiny_config
+
+SPACE = {"params": {"training.lr": [1e-2, 1e-3], "encoders.tabular.hidden": [[8]]}}
+
+
+def _config():
+    cfg = tiny_config(epochs=1)
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"modalities": ["tabular"]})})
+
+
+@pytest.mark.parametrize(
+    ("space", "field", "words"),
+    [
+        ({"params": {}}, "params", "empty"),
+        ({"params": {"training.lr": [0.1]}, "serach": "grid"}, "serach", "unknown key"),
+        ({"params": {"training.lr": []}}, "params.training.lr", "no values"),
+        ({"params": {"training.lr": 0.1}}, "params.training.lr", "list of values"),
+        (
+            {"params": {"training.lr": {"low": 1e-4, "high": 1e-2}}},
+            "params.training.lr",
+            "grid search needs a list",
+        ),
+        (
+            {
+                "search": "random",
+                "params": {"training.lr": {"low": 1e-2, "high": 1e-4}},
+                "trials": 2,
+            },
+            "params.training.lr",
+            "below high",
+        ),
+        (
+            {
+                "search": "random",
+                "trials": 2,
+                "params": {"training.lr": {"low": 0, "high": 1, "log": True}},
+            },
+            "params.training.lr",
+            "low > 0",
+        ),
+        ({"search": "random", "params": {"training.lr": [0.1]}}, "trials", "needs trials"),
+        ({"trials": 3, "params": {"training.lr": [0.1]}}, "trials", "random search"),
+        ({"params": {"data.target": ["death"]}}, "params.data.target", "outcome"),
+        ({"params": {"training.device": ["cuda"]}}, "params.training.device", "hardware"),
+        (
+            {"params": {f"fusion.p{i}": list(range(10)) for i in range(3)}},
+            "params",
+            "1000 combinations",
+        ),
+    ],
+)
+def test_a_bad_search_space_is_refused_with_the_parameter_named(space, field, words) -> None:
+    from clinfuse.evaluation.tune import read_space
+
+    with pytest.raises(ConfigError, match=words) as err:
+        read_space(space)
+    assert err.value.field == field
+
+
+def test_candidates_of_a_grid_and_of_a_random_search() -> None:
+    from clinfuse.evaluation.tune import read_space
+
+    grid = read_space({"params": {"a.x": [1, 2, 3], "b.y": ["p", "q"]}}).candidates()
+    assert grid == [{"a.x": x, "b.y": y} for x in (1, 2, 3) for y in ("p", "q")]
+
+    spec = {
+        "search": "random",
+        "trials": 400,
+        "seed": 7,
+        "params": {
+            "lr": {"low": 1e-5, "high": 1e-1, "log": True},
+            "width": {"low": 4, "high": 64, "integer": True},
+            "drop": {"low": 0.0, "high": 0.5},
+        },
+    }
+    draws = read_space(spec).candidates()
+    assert draws == read_space(spec).candidates()  # the seed fixes them
+    lr = np.array([d["lr"] for d in draws])
+    width = np.array([d["width"] for d in draws])
+    drop = np.array([d["drop"] for d in draws])
+    assert lr.min() >= 1e-5 and lr.max() <= 1e-1
+    # log-uniform: each decade gets about a quarter of the draws
+    per_decade = np.histogram(np.log10(lr), bins=[-5, -4, -3, -2, -1])[0]
+    assert per_decade.min() > 60
+    assert set(width.tolist()) <= set(range(4, 65)) and width.dtype.kind == "i"
+    assert {4, 64} <= set(width.tolist())  # both bounds can be drawn
+    assert drop.min() >= 0.0 and drop.max() <= 0.5
+    # repeated draws of a small list space are tried once
+    few = read_space({"search": "random", "trials": 50, "params": {"a": [1, 2]}}).candidates()
+    assert sorted(c["a"] for c in few) == [1, 2]
+
+
+def test_a_candidate_that_is_not_a_valid_config_is_refused_before_any_training(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    from clinfuse.evaluation.tune import candidate_config, tune
+
+    base = _config()
+    cfg = candidate_config(base, {"training.lr": 0.05, "encoders.tabular.hidden": [3, 2]})
+    assert cfg.training.lr == 0.05 and cfg.encoders["tabular"]["hidden"] == [3, 2]
+    assert cfg.training.epochs == base.training.epochs  # the rest is the base config
+    cases = [
+        ({"training.lrate": [0.1]}, "params.training.lrate"),
+        ({"training.lr": [0.1, -1.0]}, "params.training.lr"),
+        ({"encoders.tabular.hiden": [[4]]}, "params.encoders.tabular.hiden"),
+        ({"training.lr.value": [0.1]}, "params.training.lr.value"),
+    ]
+    for params, field in cases:
+        with pytest.raises(ConfigError) as err:
+            tune(tiny_cohort, tmp_path / "t", {"params": params}, base, folds=2)
+        assert err.value.field == field, params
+        assert not (tmp_path / "t").exists() and not (tmp_path / "t.partial").exists()
+    with pytest.raises(ConfigError, match="metric"):
+        tune(tiny_cohort, tmp_path / "t", SPACE, base, metric="accuracy")
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_cohort: Path, tmp_path_factory) -> Path:
+    """A 2-trial search with 2-fold trials and a 2-fold nested cross-validation, via the CLI."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from clinfuse.cli import app
+
+    root = tmp_path_factory.mktemp("tune")
+    _config().save(root / "config.yaml")
+    (root / "space.yaml").write_text(yaml.safe_dump(SPACE), encoding="utf-8")
+    res = CliRunner().invoke(
+        app,
+        [
+            "tune",
+            str(tiny_cohort),
+            "--space",
+            str(root / "space.yaml"),
+            "--config",
+            str(root / "config.yaml"),
+            "--out",
+            str(root / "tune"),
+            "--folds",
+            "2",
+            "--outer",
+            "2",
+            "--n-boot",
+            "0",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "chosen: trial" in res.output and "nested 2-fold estimate" in res.output
+    assert "clinfuse train" in res.output and "best_config.yaml" in res.output
+    return root / "tune"
+
+
+def _predictions(folder: Path) -> pd.DataFrame:
+    return pd.read_csv(folder / "evaluation" / "predictions.csv", dtype={"case_id": str})
+
+
+def test_the_folder_is_complete_without_fold_models(tuned: Path) -> None:
+    assert not tuned.with_name("tune.partial").exists()
+    assert not list(tuned.rglob("*.partial")) and not list(tuned.rglob("folds"))
+    assert not list(tuned.rglob("*.safetensors"))  # no model weights kept
+    for name in ("tuning.json", "trials.csv", "best_config.yaml", "config.yaml", "space.yaml"):
+        assert (tuned / name).is_file(), name
+    summary = json.loads((tuned / "tuning.json").read_text())
+    assert summary["schema"] == "clinfuse.tuning.v1" and summary["n_trials"] == 2
+    for trial in summary["trials"]:
+        cv = json.loads((tuned / trial["path"] / "crossval.json").read_text())
+        assert cv["fold_models_kept"] is False and cv["folds"] == 2
+        assert (tuned / trial["path"] / "evaluation" / "report.html").is_file()
+
+
+def test_trial_figures_match_scikit_learn_and_the_best_is_chosen(
+    tuned: Path, tiny_cohort: Path
+) -> None:
+    from clinfuse.config import load_config
+    from clinfuse.evaluation.tune import candidate_config
+
+    summary = json.loads((tuned / "tuning.json").read_text())
+    table = pd.read_csv(tuned / "trials.csv")
+    aucs, per_fold = [], []
+    for trial, row in zip(summary["trials"], table.itertuples(), strict=True):
+        pred = _predictions(tuned / trial["path"])
+        assert len(pred) == pd.read_csv(tiny_cohort).shape[0]  # every case held out once
+        auc = roc_auc_score(pred["label"], pred["p_fusion"])
+        assert trial["auroc"] == pytest.approx(auc, abs=1e-12)
+        assert row.auroc == pytest.approx(auc, abs=1e-12)
+        assert trial["log_loss"] == pytest.approx(log_loss(pred["label"], pred["p_fusion"]))
+        assert trial["brier"] == pytest.approx(brier_score_loss(pred["label"], pred["p_fusion"]))
+        folds = [
+            roc_auc_score(g["label"], g["p_fusion"]) for _, g in pred.groupby("fold", sort=True)
+        ]
+        assert trial["per_fold"] == pytest.approx(folds, abs=1e-12)
+        aucs.append(auc)
+        per_fold.append(np.array(folds))
+        # every trial dealt the same patients to the same folds
+        assert pd.read_csv(tuned / trial["path"] / "assignment.csv").equals(
+            pd.read_csv(tuned / summary["trials"][0]["path"] / "assignment.csv")
+        )
+    best = int(np.argmax(aucs))
+    assert summary["best"]["trial"] == best + 1
+    assert table["chosen"].tolist() == [i == best for i in range(len(aucs))]
+    for i, trial in enumerate(summary["trials"]):
+        d = per_fold[i] - per_fold[best]
+        assert trial["diff_vs_best"] == pytest.approx(aucs[i] - aucs[best], abs=1e-12)
+        assert trial["fold_diff_mean"] == pytest.approx(d.mean(), abs=1e-12)
+        assert trial["fold_diff_se"] == pytest.approx(d.std(ddof=1) / math.sqrt(len(d)), abs=1e-12)
+    chosen = load_config(tuned / "best_config.yaml")
+    expected = candidate_config(load_config(tuned / "config.yaml"), summary["best"]["values"])
+    assert chosen.model_dump() == expected.model_dump()
+
+
+def test_nested_cross_validation_keeps_each_outer_fold_out_of_its_search(tuned: Path) -> None:
+    summary = json.loads((tuned / "tuning.json").read_text())
+    nested = summary["nested"]
+    outer = pd.read_csv(tuned / "nested" / "assignment.csv", dtype={"case_id": str})
+    cv = json.loads((tuned / "nested" / "crossval.json").read_text())
+    assert cv["fold_configs"] == "chosen per fold"
+    for choice in nested["choices"]:
+        k = choice["fold"]
+        held = set(outer.loc[outer["fold"] == k, "case_id"])
+        search = tuned / "nested_search" / f"outer_{k}"
+        inner_aucs = []
+        for i in range(1, summary["n_trials"] + 1):
+            trial = search / f"trial_{i:03d}"
+            inner = pd.read_csv(trial / "assignment.csv", dtype={"case_id": str})
+            assert set(inner["case_id"]) == set(outer["case_id"]) - held  # never the outer fold
+            pred = _predictions(trial)
+            inner_aucs.append(roc_auc_score(pred["label"], pred["p_fusion"]))
+        assert choice["trial"] == int(np.argmax(inner_aucs)) + 1
+        assert choice["inner_auroc"] == pytest.approx(max(inner_aucs), abs=1e-12)
+        chosen_cv = json.loads(
+            (search / f"trial_{choice['trial']:03d}" / "crossval.json").read_text()
+        )
+        # the outer fold's model was trained with the config its own search chose
+        assert cv["fold_models"][k - 1]["config_sha256"] == chosen_cv["config_sha256"]
+    pred = _predictions(tuned / "nested")
+    assert pred["case_id"].is_unique and set(pred["case_id"]) == set(outer["case_id"])
+    auc = roc_auc_score(pred["label"], pred["p_fusion"])
+    assert nested["pooled"] == pytest.approx(auc, abs=1e-12)
+    assert nested["auroc"]["value"] == pytest.approx(auc, abs=1e-12)
+    assert nested["optimism"] == pytest.approx(summary["best"]["auroc"] - auc, abs=1e-12)
+
+
+def test_losses_choose_the_lowest(tmp_path: Path) -> None:
+    from clinfuse.evaluation.tune import trial_figures
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.3 + 0.4 * y + rng.normal(0, 0.2, 200), 0.01, 0.99)
+    frame = pd.DataFrame(
+        {
+            "case_id": [f"c{i}" for i in range(200)],
+            "fold": np.arange(200) % 4 + 1,
+            "label": y,
+            "p_fusion": p,
+        }
+    )
+    for metric, ref in (("log_loss", log_loss), ("brier", brier_score_loss)):
+        figures = trial_figures(frame, metric)
+        assert figures["pooled"] == pytest.approx(ref(y, p), abs=1e-12)
+        for k, g in frame.groupby("fold"):
+            assert figures["per_fold"][k] == pytest.approx(
+                ref(g["label"], g["p_fusion"]), abs=1e-12
+            )
+    part = trial_figures(frame, "auroc", cases=[f"c{i}" for i in range(100)])
+    assert part["n_cases"] == 100
+    assert part["pooled"] == pytest.approx(roc_auc_score(y[:100], p[:100]), abs=1e-12)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(
+    tuned: Path, tiny_cohort: Path, tmp_path: Path
+) -> None:
+    from clinfuse.evaluation.tune import tune
+
+    epochs = {"n": 0}
+
+    def stop_in_the_nested_search(_record, _epoch) -> None:
+        epochs["n"] += 1
+        if epochs["n"] == 7:  # 4 epochs are the main search; this one is in outer fold 1
+            raise _Stop
+
+    out = tmp_path / "tune"
+    with pytest.raises(_Stop):
+        tune(
+            tiny_cohort,
+            out,
+            SPACE,
+            _config(),
+            folds=2,
+            outer=2,
+            n_boot=0,
+            on_epoch=stop_in_the_nested_search,
+        )
+    assert not out.exists() and (tmp_path / "tune.partial" / "trials" / "trial_002").is_dir()
+    with pytest.raises(ConfigError, match="metric"):
+        tune(
+            tiny_cohort,
+            out,
+            SPACE,
+            _config(),
+            folds=2,
+            outer=2,
+            n_boot=0,
+            metric="brier",
+            resume=True,
+        )
+    result = tune(tiny_cohort, out, SPACE, folds=2, outer=2, n_boot=0, resume=True)
+    expected = json.loads((tuned / "tuning.json").read_text())
+    for key in ("trials", "best", "nested"):
+        assert result.summary[key] == expected[key], key
+    assert (out / "best_config.yaml").read_text() == (tuned / "best_config.yaml").read_text()
+
+
+def test_a_trial_folder_is_not_a_fold_ensemble(tuned: Path) -> None:
+    from clinfuse.ensemble import FoldEnsemble
+
+    with pytest.raises(ConfigError, match="fold models") as err:
+        FoldEnsemble.from_crossval(tuned / "trials" / "trial_001")
+    assert "best_config.yaml" in (err.value.hint or "")
