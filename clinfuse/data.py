@@ -70,9 +70,10 @@ def shared_decoding() -> Iterator[None]:
     cross-validation — then read and preprocess each file once. Each loader gets its own
     copy of the arrays (a run may change its cases), keyed by the file's identity and
     the modality's settings; signals cropped at random positions are not shared. The
-    memory holds one copy of every decoded input until the block ends.
+    memory holds one copy of every decoded input until the block ends. A block inside
+    another shares the outer one's memory (a hyperparameter search's trials).
     """
-    token = _DECODED.set({})
+    token = _DECODED.set(_DECODED.get() if _DECODED.get() is not None else {})
     try:
         yield
     finally:

@@ -282,6 +282,13 @@ def _crossval(m: dict[str, Any], png: dict[str, bytes]) -> str:
         "gives each fold alone. The figures describe the training procedure on new patients "
         "of the same population; the model to use is trained on all cases.</p>"
     )
+    if cv.get("fold_configs") == "chosen per fold":
+        body += (
+            "<p>Nested cross-validation: each fold's config was chosen by a hyperparameter "
+            "search (<code>clinfuse tune</code>) cross-validated on that fold's training "
+            "cases only, so the held-out fold played no part in the choice. The figures "
+            "describe the whole procedure, search included.</p>"
+        )
     rows = [
         [
             f"{r['fold']}: {_e(r['group'])}" if grouped else r["fold"],

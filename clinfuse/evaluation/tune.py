@@ -480,6 +480,7 @@ def tune(
         CohortError: as for ``cross_validate`` (e.g. a fold without both outcomes).
     """
     from clinfuse.config import RunConfig, load_config
+    from clinfuse.data import shared_decoding
     from clinfuse.evaluation.crossval import cross_validate
     from clinfuse.training.run import _prepare_folders
 
@@ -599,96 +600,97 @@ def tune(
             )
         return result
 
-    main = search(partial / "trials", None, "")
-    best_row = main.rows[main.best]
-    best_config = configs[main.best]
-    say(f"chosen: trial {best_row['trial']} ({metric} {best_row['pooled']:.4f})")
+    with shared_decoding():  # every file is read and preprocessed once for all trials
+        main = search(partial / "trials", None, "")
+        best_row = main.rows[main.best]
+        best_config = configs[main.best]
+        say(f"chosen: trial {best_row['trial']} ({metric} {best_row['pooled']:.4f})")
 
-    nested: dict[str, Any] | None = None
-    if outer is not None:
-        chosen: dict[int, _Search] = {}
+        nested: dict[str, Any] | None = None
+        if outer is not None:
+            chosen: dict[int, _Search] = {}
 
-        def choose(k: int, train_ids: list[str]) -> Any:
-            found = search(partial / "nested_search" / f"outer_{k}", train_ids, f"outer {k}: ")
-            chosen[k] = found
-            return configs[found.best]
+            def choose(k: int, train_ids: list[str]) -> Any:
+                found = search(partial / "nested_search" / f"outer_{k}", train_ids, f"outer {k}: ")
+                chosen[k] = found
+                return configs[found.best]
 
-        nested_out = partial / "nested"
-        if not (nested_out / "crossval.json").exists():
-            resuming = (nested_out.with_name("nested.partial") / "config.yaml").exists()
-            cross_validate(
-                cohort_path,
-                nested_out,
-                base,
-                folds=outer,
-                fold_seed=outer_seed,
-                n_boot=n_boot,
-                resume=resuming,
-                overwrite=not resuming,
-                fold_config=choose,
-                keep_fold_models=False,
-                progress=progress,
-                on_epoch=on_epoch,
-                log=lambda msg: say(f"outer {msg}"),
-            )
-        assignment = pd.read_csv(nested_out / "assignment.csv", dtype={"case_id": str})
-        cv = json.loads((nested_out / "crossval.json").read_text(encoding="utf-8"))
-        for k in range(1, outer + 1):  # folds finished before a resume: read their search
-            if k not in chosen:
-                train_ids = assignment.loc[assignment["fold"] != k, "case_id"].tolist()
-                chosen[k] = search(
-                    partial / "nested_search" / f"outer_{k}", train_ids, f"outer {k}: "
+            nested_out = partial / "nested"
+            if not (nested_out / "crossval.json").exists():
+                resuming = (nested_out.with_name("nested.partial") / "config.yaml").exists()
+                cross_validate(
+                    cohort_path,
+                    nested_out,
+                    base,
+                    folds=outer,
+                    fold_seed=outer_seed,
+                    n_boot=n_boot,
+                    resume=resuming,
+                    overwrite=not resuming,
+                    fold_config=choose,
+                    keep_fold_models=False,
+                    progress=progress,
+                    on_epoch=on_epoch,
+                    log=lambda msg: say(f"outer {msg}"),
                 )
-        outer_predictions = pd.read_csv(
-            nested_out / "evaluation" / "predictions.csv", dtype={"case_id": str}
-        )
-        figures = trial_figures(outer_predictions, metric)
-        metrics = json.loads((nested_out / "evaluation" / "metrics.json").read_text("utf-8"))
-        choices = []
-        for k in range(1, outer + 1):
-            inner = chosen[k].rows[chosen[k].best]
-            fold_model = cv["fold_models"][k - 1]
-            if fold_model["config_sha256"] != inner["config_sha256"]:
-                raise ConfigError(
-                    f"outer fold {k} was trained with another config than its search chose",
-                    path=nested_out,
-                    hint="the folder was changed during the search; start afresh with --overwrite",
+            assignment = pd.read_csv(nested_out / "assignment.csv", dtype={"case_id": str})
+            cv = json.loads((nested_out / "crossval.json").read_text(encoding="utf-8"))
+            for k in range(1, outer + 1):  # folds finished before a resume: read their search
+                if k not in chosen:
+                    train_ids = assignment.loc[assignment["fold"] != k, "case_id"].tolist()
+                    chosen[k] = search(
+                        partial / "nested_search" / f"outer_{k}", train_ids, f"outer {k}: "
+                    )
+            outer_predictions = pd.read_csv(
+                nested_out / "evaluation" / "predictions.csv", dtype={"case_id": str}
+            )
+            figures = trial_figures(outer_predictions, metric)
+            metrics = json.loads((nested_out / "evaluation" / "metrics.json").read_text("utf-8"))
+            choices = []
+            for k in range(1, outer + 1):
+                inner = chosen[k].rows[chosen[k].best]
+                fold_model = cv["fold_models"][k - 1]
+                if fold_model["config_sha256"] != inner["config_sha256"]:
+                    raise ConfigError(
+                        f"outer fold {k} was trained with another config than its search chose",
+                        path=nested_out,
+                        hint="the folder was changed during the search; start afresh with --overwrite",
+                    )
+                choices.append(
+                    {
+                        "fold": k,
+                        "trial": inner["trial"],
+                        "values": inner["values"],
+                        "inner_" + metric: inner["pooled"],
+                        "inner_trials": [
+                            {"trial": r["trial"], metric: r["pooled"]} for r in chosen[k].rows
+                        ],
+                        "outer_" + metric: figures["per_fold"][k],
+                    }
                 )
-            choices.append(
-                {
-                    "fold": k,
-                    "trial": inner["trial"],
-                    "values": inner["values"],
-                    "inner_" + metric: inner["pooled"],
-                    "inner_trials": [
-                        {"trial": r["trial"], metric: r["pooled"]} for r in chosen[k].rows
-                    ],
-                    "outer_" + metric: figures["per_fold"][k],
-                }
+            nested = {
+                "outer_folds": outer,
+                "outer_seed": outer_seed,
+                "path": "nested",
+                "pooled": figures["pooled"],
+                "per_fold": [v for _, v in sorted(figures["per_fold"].items())],
+                "n_cases": figures["n_cases"],
+                "auroc": metrics["models"]["fusion"]["auroc"],
+                "log_loss": figures["log_loss"],
+                "brier": figures["brier"],
+                "choices": choices,
+                "same_choice_every_fold": len(
+                    {json.dumps(c["values"], sort_keys=True) for c in choices}
+                )
+                == 1,
+                # what the chosen trial's figure promised beyond what the procedure delivers
+                "optimism": (best_row["pooled"] - figures["pooled"])
+                * (1.0 if METRICS[metric] else -1.0),
+            }
+            say(
+                f"nested {outer}-fold estimate of the whole search: {metric} {figures['pooled']:.4f} "
+                f"(chosen trial's cross-validated {metric} {best_row['pooled']:.4f})"
             )
-        nested = {
-            "outer_folds": outer,
-            "outer_seed": outer_seed,
-            "path": "nested",
-            "pooled": figures["pooled"],
-            "per_fold": [v for _, v in sorted(figures["per_fold"].items())],
-            "n_cases": figures["n_cases"],
-            "auroc": metrics["models"]["fusion"]["auroc"],
-            "log_loss": figures["log_loss"],
-            "brier": figures["brier"],
-            "choices": choices,
-            "same_choice_every_fold": len(
-                {json.dumps(c["values"], sort_keys=True) for c in choices}
-            )
-            == 1,
-            # what the chosen trial's figure promised beyond what the procedure delivers
-            "optimism": (best_row["pooled"] - figures["pooled"])
-            * (1.0 if METRICS[metric] else -1.0),
-        }
-        say(
-            f"nested {outer}-fold estimate of the whole search: {metric} {figures['pooled']:.4f} "
-            f"(chosen trial's cross-validated {metric} {best_row['pooled']:.4f})"
-        )
 
     table = pd.DataFrame(
         [

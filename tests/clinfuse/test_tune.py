@@ -229,6 +229,8 @@ def test_nested_cross_validation_keeps_each_outer_fold_out_of_its_search(tuned: 
     outer = pd.read_csv(tuned / "nested" / "assignment.csv", dtype={"case_id": str})
     cv = json.loads((tuned / "nested" / "crossval.json").read_text())
     assert cv["fold_configs"] == "chosen per fold"
+    report = (tuned / "nested" / "evaluation" / "report.html").read_text(encoding="utf-8")
+    assert "Nested cross-validation" in report
     for choice in nested["choices"]:
         k = choice["fold"]
         held = set(outer.loc[outer["fold"] == k, "case_id"])
@@ -335,3 +337,20 @@ def test_a_trial_folder_is_not_a_fold_ensemble(tuned: Path) -> None:
     with pytest.raises(ConfigError, match="fold models") as err:
         FoldEnsemble.from_crossval(tuned / "trials" / "trial_001")
     assert "best_config.yaml" in (err.value.hint or "")
+
+
+def test_a_search_decodes_each_file_once_for_all_its_trials() -> None:
+    """``shared_decoding`` blocks inside one another (each trial's cross-validation inside the
+    search) share the outer block's memory, and it ends with the outer block."""
+    from clinfuse._parallel import _DECODED
+    from clinfuse.data import _share, _shared, shared_decoding
+
+    assert _DECODED.get() is None
+    with shared_decoding():
+        _share(("a.dcm", "image", "s"), np.zeros(2), {"n": 1})
+        with shared_decoding():
+            value, meta = _shared(("a.dcm", "image", "s"))
+            assert value.tolist() == [0.0, 0.0] and meta == {"n": 1}
+            _share(("b.dcm", "image", "s"), np.ones(2), {})
+        assert _shared(("b.dcm", "image", "s")) is not None
+    assert _DECODED.get() is None
