@@ -51,7 +51,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -397,13 +397,17 @@ def trial_figures(
 
 @dataclass
 class _Search:
-    """One search over the candidates on one set of cases (the whole cohort, or an outer
-    fold's training cases)."""
+    """One search's ranked trials (on the whole cohort, or an outer fold's training cases).
 
-    root: Path
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    best: int = 0  # index into rows
-    paired: bool = True
+    Attributes:
+        rows: one per trial: values, figures, paired difference from the best.
+        best: the chosen trial's index into ``rows``.
+        paired: every trial used the same fold assignment.
+    """
+
+    rows: list[dict[str, Any]]
+    best: int
+    paired: bool
 
 
 @dataclass
@@ -481,7 +485,6 @@ def tune(
     """
     from clinfuse.config import RunConfig, load_config
     from clinfuse.data import shared_decoding
-    from clinfuse.evaluation.crossval import cross_validate
     from clinfuse.training.run import _prepare_folders
 
     say = log or (lambda _msg: None)
@@ -525,192 +528,33 @@ def tune(
         write_text_atomic(partial / "space.yaml", yaml.safe_dump(space.as_dict(), sort_keys=False))
         write_text_atomic(partial / "plan.json", json.dumps(plan))
 
-    common: dict[str, Any] = dict(
-        folds=folds,
-        fold_seed=fold_seed,
-        n_boot=n_boot,
-        progress=progress,
-        on_epoch=on_epoch,
-        keep_fold_models=False,
+    searcher = _Searcher(
+        cohort_path=cohort_path,
+        partial=partial,
+        candidates=candidates,
+        configs=configs,
+        metric=metric,
+        cv_options=dict(
+            folds=folds,
+            fold_seed=fold_seed,
+            n_boot=n_boot,
+            progress=progress,
+            on_epoch=on_epoch,
+            keep_fold_models=False,
+        ),
+        say=say,
     )
-
-    def search(root: Path, case_ids: list[str] | None, label: str) -> _Search:
-        result = _Search(root)
-        root.mkdir(parents=True, exist_ok=True)
-        predictions, assignments = [], []
-        for i, (values, cfg) in enumerate(zip(candidates, configs, strict=True), start=1):
-            folder = root / f"trial_{i:03d}"
-            shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
-            if not (folder / "crossval.json").exists():
-                resuming = (folder.with_name(folder.name + ".partial") / "config.yaml").exists()
-                say(f"{label}trial {i}/{len(candidates)}: {shown}")
-
-                def trial_log(msg: str, i: int = i) -> None:
-                    say(f"{label}trial {i}/{len(candidates)}: {msg}")
-
-                cross_validate(
-                    cohort_path,
-                    folder,
-                    cfg,
-                    resume=resuming,
-                    overwrite=not resuming,
-                    case_ids=case_ids,
-                    log=trial_log,
-                    **common,
-                )
-            predictions.append(
-                pd.read_csv(folder / "evaluation" / "predictions.csv", dtype={"case_id": str})
-            )
-            assignments.append(
-                pd.read_csv(folder / "assignment.csv", dtype={"case_id": str, "patient_id": str})
-            )
-            cv = json.loads((folder / "crossval.json").read_text(encoding="utf-8"))
-            result.rows.append(
-                {
-                    "trial": i,
-                    "values": values,
-                    "path": folder.relative_to(partial).as_posix(),
-                    "config_sha256": cv["config_sha256"],
-                    "epochs_run": [m["epochs_run"] for m in cv["fold_models"]],
-                }
-            )
-        common_cases = set(predictions[0]["case_id"])
-        for frame in predictions[1:]:
-            common_cases &= set(frame["case_id"])
-        ordered = [c for c in predictions[0]["case_id"] if c in common_cases]
-        result.paired = all(a.equals(assignments[0]) for a in assignments[1:])
-        for row, frame in zip(result.rows, predictions, strict=True):
-            row.update(trial_figures(frame, metric, ordered))
-            row["n_scored"] = len(frame)
-        sign = 1.0 if METRICS[metric] else -1.0
-        result.best = max(
-            range(len(result.rows)), key=lambda j: (sign * result.rows[j]["pooled"], -j)
-        )
-        best = result.rows[result.best]
-        for row in result.rows:
-            diffs = np.array(
-                [row["per_fold"][k] - best["per_fold"][k] for k in sorted(best["per_fold"])]
-            )
-            row["diff_vs_best"] = row["pooled"] - best["pooled"]
-            row["fold_diff_mean"] = float(diffs.mean()) if result.paired else None
-            row["fold_diff_se"] = (
-                float(diffs.std(ddof=1) / math.sqrt(len(diffs)))
-                if result.paired and len(diffs) > 1
-                else None
-            )
-        return result
-
     with shared_decoding():  # every file is read and preprocessed once for all trials
-        main = search(partial / "trials", None, "")
+        main = searcher.search(partial / "trials", None, "")
         best_row = main.rows[main.best]
-        best_config = configs[main.best]
         say(f"chosen: trial {best_row['trial']} ({metric} {best_row['pooled']:.4f})")
+        nested = (
+            None
+            if outer is None
+            else _nested(searcher, base, best_row, outer=outer, outer_seed=outer_seed)
+        )
 
-        nested: dict[str, Any] | None = None
-        if outer is not None:
-            chosen: dict[int, _Search] = {}
-
-            def choose(k: int, train_ids: list[str]) -> Any:
-                found = search(partial / "nested_search" / f"outer_{k}", train_ids, f"outer {k}: ")
-                chosen[k] = found
-                return configs[found.best]
-
-            nested_out = partial / "nested"
-            if not (nested_out / "crossval.json").exists():
-                resuming = (nested_out.with_name("nested.partial") / "config.yaml").exists()
-                cross_validate(
-                    cohort_path,
-                    nested_out,
-                    base,
-                    folds=outer,
-                    fold_seed=outer_seed,
-                    n_boot=n_boot,
-                    resume=resuming,
-                    overwrite=not resuming,
-                    fold_config=choose,
-                    keep_fold_models=False,
-                    progress=progress,
-                    on_epoch=on_epoch,
-                    log=lambda msg: say(f"outer {msg}"),
-                )
-            assignment = pd.read_csv(nested_out / "assignment.csv", dtype={"case_id": str})
-            cv = json.loads((nested_out / "crossval.json").read_text(encoding="utf-8"))
-            for k in range(1, outer + 1):  # folds finished before a resume: read their search
-                if k not in chosen:
-                    train_ids = assignment.loc[assignment["fold"] != k, "case_id"].tolist()
-                    chosen[k] = search(
-                        partial / "nested_search" / f"outer_{k}", train_ids, f"outer {k}: "
-                    )
-            outer_predictions = pd.read_csv(
-                nested_out / "evaluation" / "predictions.csv", dtype={"case_id": str}
-            )
-            figures = trial_figures(outer_predictions, metric)
-            metrics = json.loads((nested_out / "evaluation" / "metrics.json").read_text("utf-8"))
-            choices = []
-            for k in range(1, outer + 1):
-                inner = chosen[k].rows[chosen[k].best]
-                fold_model = cv["fold_models"][k - 1]
-                if fold_model["config_sha256"] != inner["config_sha256"]:
-                    raise ConfigError(
-                        f"outer fold {k} was trained with another config than its search chose",
-                        path=nested_out,
-                        hint="the folder was changed during the search; start afresh with --overwrite",
-                    )
-                choices.append(
-                    {
-                        "fold": k,
-                        "trial": inner["trial"],
-                        "values": inner["values"],
-                        "inner_" + metric: inner["pooled"],
-                        "inner_trials": [
-                            {"trial": r["trial"], metric: r["pooled"]} for r in chosen[k].rows
-                        ],
-                        "outer_" + metric: figures["per_fold"][k],
-                    }
-                )
-            nested = {
-                "outer_folds": outer,
-                "outer_seed": outer_seed,
-                "path": "nested",
-                "pooled": figures["pooled"],
-                "per_fold": [v for _, v in sorted(figures["per_fold"].items())],
-                "n_cases": figures["n_cases"],
-                "auroc": metrics["models"]["fusion"]["auroc"],
-                "log_loss": figures["log_loss"],
-                "brier": figures["brier"],
-                "choices": choices,
-                "same_choice_every_fold": len(
-                    {json.dumps(c["values"], sort_keys=True) for c in choices}
-                )
-                == 1,
-                # what the chosen trial's figure promised beyond what the procedure delivers
-                "optimism": (best_row["pooled"] - figures["pooled"])
-                * (1.0 if METRICS[metric] else -1.0),
-            }
-            say(
-                f"nested {outer}-fold estimate of the whole search: {metric} {figures['pooled']:.4f} "
-                f"(chosen trial's cross-validated {metric} {best_row['pooled']:.4f})"
-            )
-
-    table = pd.DataFrame(
-        [
-            {
-                "trial": r["trial"],
-                **{f"param:{k}": json.dumps(v) for k, v in r["values"].items()},
-                metric: r["pooled"],
-                **{f"{metric}_fold_{k}": v for k, v in sorted(r["per_fold"].items())},
-                "diff_vs_best": r["diff_vs_best"],
-                "fold_diff_se": r["fold_diff_se"],
-                "auroc": r["auroc"],
-                "log_loss": r["log_loss"],
-                "brier": r["brier"],
-                "n_cases": r["n_cases"],
-                "chosen": r["trial"] == best_row["trial"],
-                "path": r["path"],
-            }
-            for r in main.rows
-        ]
-    )
+    table = _trials_table(main, metric)
     summary: dict[str, Any] = {
         "schema": SCHEMA,
         "clinfuse_version": __version__,
@@ -737,12 +581,211 @@ def tune(
         "nested": nested,
     }
     summary = json.loads(json.dumps(summary, default=_json_default))
+    best_config = configs[main.best]
     write_text_atomic(partial / "best_config.yaml", best_config.to_yaml())
     write_text_atomic(partial / "trials.csv", table.to_csv(index=False))
     (partial / "plan.json").unlink()
     write_text_atomic(partial / "tuning.json", json.dumps(summary, indent=2))
     publish(partial, out)
     return TuningResult(out=out, summary=summary, trials=table, best_config=best_config)
+
+
+@dataclass
+class _Searcher:
+    """Runs the candidates' cross-validations on a set of cases and ranks them."""
+
+    cohort_path: str | Path
+    partial: Path
+    candidates: list[dict[str, Any]]
+    configs: list[Any]
+    metric: str
+    cv_options: dict[str, Any]
+    say: Callable[[str], None]
+
+    def search(self, root: Path, case_ids: list[str] | None, label: str) -> _Search:
+        """Cross-validate every candidate on ``case_ids`` (None: all) into ``root``;
+        finished trials are read, an interrupted one resumes."""
+        from clinfuse.evaluation.crossval import cross_validate
+
+        root.mkdir(parents=True, exist_ok=True)
+        n = len(self.candidates)
+        rows, predictions, assignments = [], [], []
+        for i, (values, cfg) in enumerate(zip(self.candidates, self.configs, strict=True), 1):
+            folder = root / f"trial_{i:03d}"
+            if not (folder / "crossval.json").exists():
+                resuming = (folder.with_name(folder.name + ".partial") / "config.yaml").exists()
+                shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
+                self.say(f"{label}trial {i}/{n}: {shown}")
+
+                def trial_log(msg: str, i: int = i) -> None:
+                    self.say(f"{label}trial {i}/{n}: {msg}")
+
+                cross_validate(
+                    self.cohort_path,
+                    folder,
+                    cfg,
+                    resume=resuming,
+                    overwrite=not resuming,
+                    case_ids=case_ids,
+                    log=trial_log,
+                    **self.cv_options,
+                )
+            predictions.append(
+                pd.read_csv(folder / "evaluation" / "predictions.csv", dtype={"case_id": str})
+            )
+            assignments.append(
+                pd.read_csv(folder / "assignment.csv", dtype={"case_id": str, "patient_id": str})
+            )
+            cv = json.loads((folder / "crossval.json").read_text(encoding="utf-8"))
+            rows.append(
+                {
+                    "trial": i,
+                    "values": values,
+                    "path": folder.relative_to(self.partial).as_posix(),
+                    "config_sha256": cv["config_sha256"],
+                    "epochs_run": [m["epochs_run"] for m in cv["fold_models"]],
+                }
+            )
+        return _ranked(rows, predictions, assignments, self.metric)
+
+
+def _ranked(
+    rows: list[dict[str, Any]],
+    predictions: list[pd.DataFrame],
+    assignments: list[pd.DataFrame],
+    metric: str,
+) -> _Search:
+    """The trials' figures on the cases every trial scored, the best trial, and each trial's
+    paired per-fold difference from it."""
+    common = set(predictions[0]["case_id"])
+    for frame in predictions[1:]:
+        common &= set(frame["case_id"])
+    ordered = [c for c in predictions[0]["case_id"] if c in common]
+    paired = all(a.equals(assignments[0]) for a in assignments[1:])
+    for row, frame in zip(rows, predictions, strict=True):
+        row.update(trial_figures(frame, metric, ordered))
+        row["n_scored"] = len(frame)
+    sign = 1.0 if METRICS[metric] else -1.0
+    best_index = max(range(len(rows)), key=lambda j: (sign * rows[j]["pooled"], -j))
+    best = rows[best_index]
+    for row in rows:
+        diffs = np.array(
+            [row["per_fold"][k] - best["per_fold"][k] for k in sorted(best["per_fold"])]
+        )
+        row["diff_vs_best"] = row["pooled"] - best["pooled"]
+        row["fold_diff_mean"] = float(diffs.mean()) if paired else None
+        row["fold_diff_se"] = (
+            float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if paired and len(diffs) > 1 else None
+        )
+    return _Search(rows=rows, best=best_index, paired=paired)
+
+
+def _nested(
+    searcher: _Searcher, base: Any, best_row: dict[str, Any], *, outer: int, outer_seed: int
+) -> dict[str, Any]:
+    """Cross-validate the whole search: outer fold k is scored by a model trained with the
+    config a search on the other outer folds' cases chose (``nested_search/outer_k``)."""
+    from clinfuse.evaluation.crossval import cross_validate
+
+    metric, partial = searcher.metric, searcher.partial
+    chosen: dict[int, _Search] = {}
+
+    def inner_search(k: int, train_ids: list[str]) -> _Search:
+        found = searcher.search(partial / "nested_search" / f"outer_{k}", train_ids, f"outer {k}: ")
+        chosen[k] = found
+        return found
+
+    def choose(k: int, train_ids: list[str]) -> Any:
+        return searcher.configs[inner_search(k, train_ids).best]
+
+    out = partial / "nested"
+    if not (out / "crossval.json").exists():
+        resuming = (partial / "nested.partial" / "config.yaml").exists()
+        options = searcher.cv_options | {"folds": outer, "fold_seed": outer_seed}
+        cross_validate(
+            searcher.cohort_path,
+            out,
+            base,
+            resume=resuming,
+            overwrite=not resuming,
+            fold_config=choose,
+            log=lambda msg: searcher.say(f"outer {msg}"),
+            **options,
+        )
+    assignment = pd.read_csv(out / "assignment.csv", dtype={"case_id": str})
+    cv = json.loads((out / "crossval.json").read_text(encoding="utf-8"))
+    for k in range(1, outer + 1):  # outer folds finished before a resume: read their search
+        if k not in chosen:
+            inner_search(k, assignment.loc[assignment["fold"] != k, "case_id"].tolist())
+    figures = trial_figures(
+        pd.read_csv(out / "evaluation" / "predictions.csv", dtype={"case_id": str}), metric
+    )
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
+    choices = []
+    for k in range(1, outer + 1):
+        inner = chosen[k].rows[chosen[k].best]
+        if cv["fold_models"][k - 1]["config_sha256"] != inner["config_sha256"]:
+            raise ConfigError(
+                f"outer fold {k} was trained with another config than its search chose",
+                path=out,
+                hint="the folder was changed during the search; start afresh with --overwrite",
+            )
+        choices.append(
+            {
+                "fold": k,
+                "trial": inner["trial"],
+                "values": inner["values"],
+                f"inner_{metric}": inner["pooled"],
+                "inner_trials": [
+                    {"trial": r["trial"], metric: r["pooled"]} for r in chosen[k].rows
+                ],
+                f"outer_{metric}": figures["per_fold"][k],
+            }
+        )
+    searcher.say(
+        f"nested {outer}-fold estimate of the whole search: {metric} {figures['pooled']:.4f} "
+        f"(chosen trial's cross-validated {metric} {best_row['pooled']:.4f})"
+    )
+    return {
+        "outer_folds": outer,
+        "outer_seed": outer_seed,
+        "path": "nested",
+        "pooled": figures["pooled"],
+        "per_fold": [v for _, v in sorted(figures["per_fold"].items())],
+        "n_cases": figures["n_cases"],
+        "auroc": metrics["models"]["fusion"]["auroc"],
+        "log_loss": figures["log_loss"],
+        "brier": figures["brier"],
+        "choices": choices,
+        "same_choice_every_fold": len({json.dumps(c["values"], sort_keys=True) for c in choices})
+        == 1,
+        # what the chosen trial's figure promised beyond what the whole procedure delivers
+        "optimism": (best_row["pooled"] - figures["pooled"]) * (1.0 if METRICS[metric] else -1.0),
+    }
+
+
+def _trials_table(search: _Search, metric: str) -> pd.DataFrame:
+    """``trials.csv``: one row per trial."""
+    best = search.rows[search.best]["trial"]
+    return pd.DataFrame(
+        [
+            {
+                "trial": r["trial"],
+                **{f"param:{k}": json.dumps(v) for k, v in r["values"].items()},
+                metric: r["pooled"],
+                **{f"{metric}_fold_{k}": v for k, v in sorted(r["per_fold"].items())},
+                "diff_vs_best": r["diff_vs_best"],
+                "fold_diff_se": r["fold_diff_se"],
+                "auroc": r["auroc"],
+                "log_loss": r["log_loss"],
+                "brier": r["brier"],
+                "n_cases": r["n_cases"],
+                "chosen": r["trial"] == best,
+                "path": r["path"],
+            }
+            for r in search.rows
+        ]
+    )
 
 
 def _json_default(x: Any) -> Any:
