@@ -26,6 +26,7 @@ __all__ = [
     "roc_figure",
     "save_figure",
     "subgroup_figure",
+    "trials_figure",
 ]
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
@@ -563,4 +564,54 @@ def subgroup_figure(results: dict[str, dict[str, Any]]) -> Any:
         ax.set_yticks(pos, labels, fontsize=8)
     ax.axvline(0.5, color="grey", ls=":", lw=1)
     ax.set(xlabel="AUROC (DeLong 95 % CI)", title="AUROC by subgroup and site", xlim=(0, 1))
+    return fig
+
+
+def trials_figure(summary: dict[str, Any]) -> Any:
+    """A hyperparameter search (``tuning.json``): each trial's pooled out-of-fold metric
+    (square; the chosen one filled) and its folds' values (dots); with a nested
+    cross-validation, its estimate of the whole search (dashed)."""
+    metric = summary["metric"]
+    trials = summary["trials"]
+    best = summary["best"]["trial"]
+
+    def label(values: dict[str, Any]) -> str:
+        text = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
+        return text if len(text) <= 48 else text[:47] + "…"
+
+    fig = _figure(6.5, 1.4 + 0.32 * len(trials))
+    ax = fig.add_subplot()
+    for i, r in enumerate(trials):
+        y = len(trials) - i
+        ax.plot(r["per_fold"], [y] * len(r["per_fold"]), "o", color="grey", ms=3, alpha=0.7)
+        chosen = r["trial"] == best
+        ax.plot(
+            r[metric],
+            y,
+            "s",
+            color=COLORS[1] if chosen else COLORS[0],
+            mfc=COLORS[1] if chosen else "white",
+            ms=7,
+            label="chosen trial" if chosen else None,
+        )
+    nested = summary.get("nested")
+    if nested:
+        ax.axvline(
+            nested["pooled"],
+            color=COLORS[3],
+            ls="--",
+            lw=1,
+            label=f"nested {nested['outer_folds']}-fold estimate {nested['pooled']:.3f}",
+        )
+    ax.set_yticks(
+        [len(trials) - i for i in range(len(trials))],
+        [f"{r['trial']}: {label(r['values'])}" for r in trials],
+        fontsize=8,
+    )
+    better = "higher is better" if summary["higher_is_better"] else "lower is better"
+    ax.set(
+        xlabel=f"{metric}, pooled out of fold (square) and per fold (dots); {better}",
+        title=f"{len(trials)} trials, {summary['folds']}-fold cross-validation each",
+    )
+    ax.legend(loc="best", fontsize=8)
     return fig

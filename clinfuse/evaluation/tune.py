@@ -22,6 +22,7 @@ The tuning folder::
       best_config.yaml   base config + the chosen values (`clinfuse train --config` it)
       trials.csv         one row per trial: its values, the metric pooled and per fold,
                          the paired per-fold difference from the chosen trial
+      figures/trials.png each trial's metric, pooled and per fold, and the nested estimate
       trials/trial_001/  each trial's cross-validation folder (crossval.json, per_fold.csv,
                          evaluation/ with its report and out-of-fold predictions); the fold
                          models are not kept
@@ -485,6 +486,7 @@ def tune(
     """
     from clinfuse.config import RunConfig, load_config
     from clinfuse.data import shared_decoding
+    from clinfuse.evaluation.figures import save_figure, trials_figure
     from clinfuse.training.run import _prepare_folders
 
     say = log or (lambda _msg: None)
@@ -581,6 +583,7 @@ def tune(
         "nested": nested,
     }
     summary = json.loads(json.dumps(summary, default=_json_default))
+    save_figure(trials_figure(summary), partial / "figures", "trials")
     best_config = configs[main.best]
     write_text_atomic(partial / "best_config.yaml", best_config.to_yaml())
     write_text_atomic(partial / "trials.csv", table.to_csv(index=False))

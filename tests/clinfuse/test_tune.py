@@ -173,7 +173,8 @@ def test_the_folder_is_complete_without_fold_models(tuned: Path) -> None:
     assert not tuned.with_name("tune.partial").exists()
     assert not list(tuned.rglob("*.partial")) and not list(tuned.rglob("folds"))
     assert not list(tuned.rglob("*.safetensors"))  # no model weights kept
-    for name in ("tuning.json", "trials.csv", "best_config.yaml", "config.yaml", "space.yaml"):
+    names = ("tuning.json", "trials.csv", "best_config.yaml", "config.yaml", "space.yaml")
+    for name in (*names, "figures/trials.png", "figures/trials.svg"):
         assert (tuned / name).is_file(), name
     summary = json.loads((tuned / "tuning.json").read_text())
     assert summary["schema"] == "clinfuse.tuning.v1" and summary["n_trials"] == 2
