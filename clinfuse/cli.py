@@ -662,7 +662,8 @@ def tune(
         typer.Option(
             "--space",
             help="YAML search space: params (dotted config fields → lists of values, or "
-            "{low, high, log} ranges with search: random), search, trials, seed.",
+            "{low, high, log} ranges with search: random), search, trials, seed, and "
+            "halving: {factor: 3, min_epochs: 1} for successive halving.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Tuning folder to create.")],
@@ -744,7 +745,9 @@ def tune(
         header_style="bold",
     )
     names = list(s["space"]["params"])
-    for col in ("trial", *names, metric, "vs chosen (fold SE)"):
+    halving = s.get("halving")
+    rung_col = ("rung (epochs)",) if halving else ()
+    for col in ("trial", *names, *rung_col, metric, "vs chosen (fold SE)"):
         table.add_column(col, justify="right")
     for r in s["trials"]:
         se = "" if r["fold_diff_se"] is None else f" ({r['fold_diff_se']:.3f})"
@@ -752,10 +755,18 @@ def tune(
         table.add_row(
             f"{r['trial']}{' *' if chosen else ''}",
             *(json.dumps(r["values"][k]) for k in names),
+            *((f"{r['rung']} ({r['epochs']})",) if halving else ()),
             f"{r[metric]:.4f}",
             "chosen" if chosen else f"{r['diff_vs_best']:+.4f}{se}",
         )
     console.print(table)
+    if halving:
+        console.print(
+            f"successive halving: {len(halving['rungs'])} rungs, "
+            f"{halving['epochs_budgeted']} fold-epochs budgeted instead of "
+            f"{halving['epochs_without_halving']}",
+            highlight=False,
+        )
     console.print(
         f"chosen: trial {s['best']['trial']} ({metric} {s['best'][metric]:.4f}); "
         f"its config: {result.best_config_path}",

@@ -139,6 +139,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.tune", "read_space", []),
             ("clinfuse.evaluation.tune", "SearchSpace", ["candidates"]),
             ("clinfuse.evaluation.tune", "Range", []),
+            ("clinfuse.evaluation.tune", "Halving", ["rungs"]),
             ("clinfuse.evaluation.tune", "candidate_config", []),
             ("clinfuse.evaluation.tune", "trial_figures", []),
             ("clinfuse.evaluation.backtest", "backtest_run", []),

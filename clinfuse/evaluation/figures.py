@@ -569,11 +569,14 @@ def subgroup_figure(results: dict[str, dict[str, Any]]) -> Any:
 
 def trials_figure(summary: dict[str, Any]) -> Any:
     """A hyperparameter search (``tuning.json``): each trial's pooled out-of-fold metric
-    (square; the chosen one filled) and its folds' values (dots); with a nested
+    (square; the chosen one filled) and its folds' values (dots); with successive halving,
+    trials stopped at an earlier rung in grey, at that rung's epochs; with a nested
     cross-validation, its estimate of the whole search (dashed)."""
     metric = summary["metric"]
     trials = summary["trials"]
     best = summary["best"]["trial"]
+    halving = summary.get("halving")
+    last = halving["rungs"][-1]["rung"] if halving else None
 
     def label(values: dict[str, Any]) -> str:
         text = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in values.items())
@@ -585,11 +588,12 @@ def trials_figure(summary: dict[str, Any]) -> Any:
         y = len(trials) - i
         ax.plot(r["per_fold"], [y] * len(r["per_fold"]), "o", color="grey", ms=3, alpha=0.7)
         chosen = r["trial"] == best
+        stopped = halving is not None and r["rung"] != last
         ax.plot(
             r[metric],
             y,
             "s",
-            color=COLORS[1] if chosen else COLORS[0],
+            color=COLORS[1] if chosen else "grey" if stopped else COLORS[0],
             mfc=COLORS[1] if chosen else "white",
             ms=7,
             label="chosen trial" if chosen else None,
@@ -605,7 +609,11 @@ def trials_figure(summary: dict[str, Any]) -> Any:
         )
     ax.set_yticks(
         [len(trials) - i for i in range(len(trials))],
-        [f"{r['trial']}: {label(r['values'])}" for r in trials],
+        [
+            f"{r['trial']}: {label(r['values'])}"
+            + (f" ({r['epochs']} ep.)" if halving and r["rung"] != last else "")
+            for r in trials
+        ],
         fontsize=8,
     )
     better = "higher is better" if summary["higher_is_better"] else "lower is better"

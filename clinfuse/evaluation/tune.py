@@ -43,6 +43,11 @@ The search space (YAML, or the same mapping in Python)::
       fusion.strategy: [late, intermediate]
       encoders.tabular.hidden: [[16], [64, 64]]
       training.weight_decay: {low: 1.0e-5, high: 1.0e-2, log: true}   # random only
+    halving: {factor: 3, min_epochs: 2}   # optional: successive halving (:class:`Halving`)
+
+With halving the trials live in ``trials/rung_r/trial_NNN``: every candidate in rung 1 with
+``min_epochs``, the best third in rung 2 with three times the epochs, and so on up to the
+config's ``training.epochs``; the choice is made in the last rung.
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ from clinfuse.errors import ConfigError
 __all__ = [
     "METRICS",
     "SCHEMA",
+    "Halving",
     "Range",
     "SearchSpace",
     "TuningResult",
@@ -129,6 +135,38 @@ class Range:
 
 
 @dataclass(frozen=True)
+class Halving:
+    """Successive halving: every candidate is cross-validated with few epochs, the best
+    ``1/factor`` go on with ``factor`` times as many, until the config's full epochs; the
+    choice is made among the trials of that last rung (Jamieson & Talwalkar, AISTATS 2016;
+    scikit-learn's ``HalvingGridSearchCV``).
+
+    Attributes:
+        factor: how many candidates one survivor stands for, and how many times the epochs
+            grow from one rung to the next (2 or more).
+        min_epochs: the epochs of the first rung.
+    """
+
+    factor: int = 3
+    min_epochs: int = 1
+
+    def rungs(self, n_candidates: int, max_epochs: int) -> list[tuple[int, int]]:
+        """``(trials, epochs)`` of each rung: the last one trains with ``max_epochs``."""
+        out: list[tuple[int, int]] = []
+        n, epochs = n_candidates, self.min_epochs
+        while True:
+            epochs = min(epochs, max_epochs)
+            out.append((n, epochs))
+            if epochs >= max_epochs:
+                return out
+            n = max(1, math.ceil(n / self.factor))
+            epochs = max_epochs if n == 1 else epochs * self.factor  # one left: its full run
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"factor": self.factor, "min_epochs": self.min_epochs}
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """The candidate configs of a search.
 
@@ -137,12 +175,14 @@ class SearchSpace:
         search: ``grid`` (every combination of the lists) or ``random`` (``trials`` draws).
         trials: the number of draws of a random search.
         seed: the seed of the draws.
+        halving: successive halving (None: every candidate gets the full epochs).
     """
 
     params: dict[str, list[Any] | Range]
     search: str = "grid"
     trials: int | None = None
     seed: int = 0
+    halving: Halving | None = None
 
     def candidates(self) -> list[dict[str, Any]]:
         """The candidates' values, in trial order (a random search's repeated draws once)."""
@@ -168,7 +208,7 @@ class SearchSpace:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "search": self.search,
             "trials": self.trials,
             "seed": self.seed,
@@ -176,6 +216,9 @@ class SearchSpace:
                 k: v.as_dict() if isinstance(v, Range) else list(v) for k, v in self.params.items()
             },
         }
+        if self.halving is not None:
+            out["halving"] = self.halving.as_dict()
+        return out
 
 
 def read_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
@@ -205,10 +248,11 @@ def read_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
 
     if not isinstance(data, dict):
         raise bad("the search space must be a mapping with `params`", "params")
-    unknown = sorted(set(data) - {"search", "trials", "seed", "params"})
+    unknown = sorted(set(data) - {"search", "trials", "seed", "params", "halving"})
     if unknown:
         raise bad(
-            f"unknown key(s) {unknown} in the search space; use search, trials, seed, params",
+            f"unknown key(s) {unknown} in the search space; use search, trials, seed, params, "
+            "halving",
             unknown[0],
         )
     search = data.get("search", "grid")
@@ -273,6 +317,13 @@ def read_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
                 field_name,
                 hint=f"e.g. `{name}: [{spec!r}]` to fix it at one value",
             )
+    halving = _read_halving(data.get("halving"), bad)
+    if halving is not None and "training.epochs" in parsed:
+        raise bad(
+            "training.epochs cannot be tuned with halving: the rungs set the epochs",
+            "params.training.epochs",
+            hint="remove training.epochs from params, or remove halving",
+        )
     if search == "grid":
         n = math.prod([len(v) for v in parsed.values() if isinstance(v, list)])
         if n > MAX_GRID:
@@ -281,7 +332,25 @@ def read_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
                 "params",
                 hint="set search: random with trials: N to sample it",
             )
-    return SearchSpace(parsed, search=search, trials=trials, seed=seed)
+    return SearchSpace(parsed, search=search, trials=trials, seed=seed, halving=halving)
+
+
+def _read_halving(spec: Any, bad: Callable[..., ConfigError]) -> Halving | None:
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return Halving()
+    if not isinstance(spec, dict) or set(spec) - {"factor", "min_epochs"}:
+        raise bad(
+            f"halving is {spec!r}; use true, or {{factor: 3, min_epochs: 1}}",
+            "halving",
+        )
+    values = {"factor": spec.get("factor", 3), "min_epochs": spec.get("min_epochs", 1)}
+    for name, least in (("factor", 2), ("min_epochs", 1)):
+        v = values[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise bad(f"halving.{name} is {v!r}; use a whole number ≥ {least}", f"halving.{name}")
+    return Halving(**values)
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -403,12 +472,14 @@ class _Search:
     Attributes:
         rows: one per trial: values, figures, paired difference from the best.
         best: the chosen trial's index into ``rows``.
-        paired: every trial used the same fold assignment.
+        paired: every trial (of the last rung) used the same fold assignment.
+        rungs: with successive halving, each rung's epochs, trials and the ones kept.
     """
 
     rows: list[dict[str, Any]]
     best: int
     paired: bool
+    rungs: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -503,6 +574,13 @@ def tune(
     if resume and config is None and (partial / "config.yaml").exists():
         config = load_config(partial / "config.yaml")
     base = config or RunConfig()
+    if space.halving is not None and space.halving.min_epochs >= base.training.epochs:
+        raise ConfigError(
+            f"halving.min_epochs ({space.halving.min_epochs}) must be below the config's "
+            f"training.epochs ({base.training.epochs}), the last rung's epochs",
+            field="halving.min_epochs",
+            hint="lower min_epochs, raise training.epochs (--epochs), or remove halving",
+        )
     candidates = space.candidates()
     configs = [candidate_config(base, values) for values in candidates]  # all checked first
     plan = {
@@ -545,6 +623,8 @@ def tune(
             keep_fold_models=False,
         ),
         say=say,
+        halving=space.halving,
+        max_epochs=base.training.epochs,
     )
     with shared_decoding():  # every file is read and preprocessed once for all trials
         main = searcher.search(partial / "trials", None, "")
@@ -582,6 +662,8 @@ def tune(
         },
         "nested": nested,
     }
+    if main.rungs is not None:
+        summary["halving"] = _halving_summary(main.rungs, space.halving, len(candidates), folds)
     summary = json.loads(json.dumps(summary, default=_json_default))
     save_figure(trials_figure(summary), partial / "figures", "trials")
     best_config = configs[main.best]
@@ -604,16 +686,65 @@ class _Searcher:
     metric: str
     cv_options: dict[str, Any]
     say: Callable[[str], None]
+    halving: Halving | None = None
+    max_epochs: int = 1
 
     def search(self, root: Path, case_ids: list[str] | None, label: str) -> _Search:
-        """Cross-validate every candidate on ``case_ids`` (None: all) into ``root``;
-        finished trials are read, an interrupted one resumes."""
+        """Cross-validate the candidates on ``case_ids`` (None: all) into ``root`` — every
+        one, or rung by rung with successive halving; finished trials are read, an
+        interrupted one resumes."""
+        everyone = list(range(len(self.candidates)))
+        if self.halving is None:
+            return self._rung(root, everyone, self.configs, case_ids, label)
+        plan = self.halving.rungs(len(everyone), self.max_epochs)
+        sign = 1.0 if METRICS[self.metric] else -1.0
+        rows: list[dict[str, Any]] = [{} for _ in everyone]
+        rungs, alive = [], everyone
+        for r, (_, epochs) in enumerate(plan, start=1):
+            configs = [
+                candidate_config(self.configs[i], {"training.epochs": epochs}) for i in alive
+            ]
+            ranked = self._rung(
+                root / f"rung_{r}",
+                alive,
+                configs,
+                case_ids,
+                f"{label}rung {r}/{len(plan)} ({epochs} epochs): ",
+            )
+            for i, row in zip(alive, ranked.rows, strict=True):
+                rows[i] = row | {"rung": r, "epochs": epochs}
+            order = sorted(range(len(alive)), key=lambda j: (-sign * ranked.rows[j]["pooled"], j))
+            kept = sorted(alive[j] for j in order[: plan[r][0]]) if r < len(plan) else []
+            rungs.append(
+                {
+                    "rung": r,
+                    "epochs": epochs,
+                    "trials": [i + 1 for i in alive],
+                    "kept": [i + 1 for i in kept],
+                }
+            )
+            if r == len(plan):
+                return _Search(rows, alive[ranked.best], ranked.paired, rungs)
+            alive = kept
+        raise AssertionError("a halving plan ends with a rung of full epochs")
+
+    def _rung(
+        self,
+        root: Path,
+        indices: list[int],
+        configs: list[Any],
+        case_ids: list[str] | None,
+        label: str,
+    ) -> _Search:
+        """Cross-validate the candidates ``indices`` with ``configs`` into
+        ``root/trial_NNN``, and rank them."""
         from clinfuse.evaluation.crossval import cross_validate
 
         root.mkdir(parents=True, exist_ok=True)
         n = len(self.candidates)
         rows, predictions, assignments = [], [], []
-        for i, (values, cfg) in enumerate(zip(self.candidates, self.configs, strict=True), 1):
+        for index, cfg in zip(indices, configs, strict=True):
+            i, values = index + 1, self.candidates[index]
             folder = root / f"trial_{i:03d}"
             if not (folder / "crossval.json").exists():
                 resuming = (folder.with_name(folder.name + ".partial") / "config.yaml").exists()
@@ -767,6 +898,20 @@ def _nested(
     }
 
 
+def _halving_summary(
+    rungs: list[dict[str, Any]], halving: Any, n_candidates: int, folds: int
+) -> dict[str, Any]:
+    """The rungs, and the training epochs they budgeted against every candidate at full
+    epochs (early stopping may have run fewer)."""
+    used = sum(len(r["trials"]) * r["epochs"] for r in rungs) * folds
+    full = n_candidates * rungs[-1]["epochs"] * folds
+    return halving.as_dict() | {
+        "rungs": rungs,
+        "epochs_budgeted": used,
+        "epochs_without_halving": full,
+    }
+
+
 def _trials_table(search: _Search, metric: str) -> pd.DataFrame:
     """``trials.csv``: one row per trial."""
     best = search.rows[search.best]["trial"]
@@ -775,6 +920,7 @@ def _trials_table(search: _Search, metric: str) -> pd.DataFrame:
             {
                 "trial": r["trial"],
                 **{f"param:{k}": json.dumps(v) for k, v in r["values"].items()},
+                **({"rung": r["rung"], "epochs": r["epochs"]} if "rung" in r else {}),
                 metric: r["pooled"],
                 **{f"{metric}_fold_{k}": v for k, v in sorted(r["per_fold"].items())},
                 "diff_vs_best": r["diff_vs_best"],

@@ -355,3 +355,77 @@ def test_a_search_decodes_each_file_once_for_all_its_trials() -> None:
             _share(("b.dcm", "image", "s"), np.ones(2), {})
         assert _shared(("b.dcm", "image", "s")) is not None
     assert _DECODED.get() is None
+
+
+def test_halving_rungs() -> None:
+    from clinfuse.evaluation.tune import Halving
+
+    assert Halving(3, 1).rungs(9, 9) == [(9, 1), (3, 3), (1, 9)]
+    assert Halving(3, 2).rungs(27, 5) == [(27, 2), (9, 5)]  # the epochs run out first
+    assert Halving(2, 1).rungs(4, 10) == [(4, 1), (2, 2), (1, 10)]  # one left: full epochs
+    assert Halving(2, 1).rungs(5, 3) == [(5, 1), (3, 2), (2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("halving", "field"),
+    [
+        ({"factor": 1}, "halving.factor"),
+        ({"min_epochs": 0}, "halving.min_epochs"),
+        ({"factor": 2, "rounds": 3}, "halving"),
+        ("fast", "halving"),
+    ],
+)
+def test_bad_halving_is_refused(halving, field) -> None:
+    from clinfuse.evaluation.tune import read_space
+
+    with pytest.raises(ConfigError) as err:
+        read_space({"params": {"training.lr": [0.1, 0.01]}, "halving": halving})
+    assert err.value.field == field
+
+
+def test_successive_halving_keeps_the_best_of_each_rung(tiny_cohort: Path, tmp_path: Path) -> None:
+    from clinfuse.config import load_config
+    from clinfuse.evaluation.tune import read_space, tune
+
+    space = {
+        "params": {"training.lr": [3e-2, 1e-2, 3e-3, 1e-3]},
+        "halving": {"factor": 2, "min_epochs": 1},
+    }
+    with pytest.raises(ConfigError) as err:
+        tune(tiny_cohort, tmp_path / "x", space, tiny_config(epochs=1), folds=2)
+    assert err.value.field == "halving.min_epochs"
+    with pytest.raises(ConfigError, match=r"training\.epochs cannot be tuned"):
+        read_space({**space, "params": {"training.epochs": [1, 2]}})
+
+    base = _config().model_copy(deep=True)
+    base.training.epochs = 3
+    base.training.patience = 3
+    res = tune(tiny_cohort, tmp_path / "halving", space, base, folds=2, n_boot=0)
+    summary = res.summary
+    rungs = summary["halving"]["rungs"]
+    assert [(len(r["trials"]), r["epochs"]) for r in rungs] == [(4, 1), (2, 2), (1, 3)]
+    # (4 × 1 + 2 × 2 + 1 × 3) epochs × 2 folds, against 4 × 3 × 2
+    assert summary["halving"]["epochs_budgeted"] == 22
+    assert summary["halving"]["epochs_without_halving"] == 24
+    alive = [1, 2, 3, 4]
+    for r in rungs:
+        assert r["trials"] == alive
+        aucs = {}
+        for t in alive:
+            folder = res.out / "trials" / f"rung_{r['rung']}" / f"trial_{t:03d}"
+            assert load_config(folder / "config.yaml").training.epochs == r["epochs"]
+            pred = _predictions(folder)
+            aucs[t] = roc_auc_score(pred["label"], pred["p_fusion"])
+        keep = max(1, -(-len(alive) // 2)) if r is not rungs[-1] else 0
+        expected = sorted(sorted(alive, key=lambda t: (-aucs[t], t))[:keep])
+        assert r["kept"] == expected
+        for t in alive:  # each trial's row holds the last rung it reached
+            row = next(x for x in summary["trials"] if x["trial"] == t)
+            if t not in r["kept"]:
+                assert row["rung"] == r["rung"] and row["epochs"] == r["epochs"]
+                assert row["auroc"] == pytest.approx(aucs[t], abs=1e-12)
+        if r is rungs[-1]:
+            assert summary["best"]["trial"] == max(alive, key=lambda t: (aucs[t], -t))
+        alive = r["kept"]
+    assert res.best_config.training.epochs == 3  # the chosen config trains with full epochs
+    assert res.trials["rung"].tolist() == [x["rung"] for x in summary["trials"]]
