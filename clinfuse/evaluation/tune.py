@@ -56,6 +56,7 @@ import hashlib
 import itertools
 import json
 import math
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ import yaml
 
 from clinfuse import __version__
 from clinfuse._files import publish, write_text_atomic
-from clinfuse.errors import ConfigError
+from clinfuse.errors import ClinFuseError, ConfigError
 
 __all__ = [
     "METRICS",
@@ -626,15 +627,22 @@ def tune(
         halving=space.halving,
         max_epochs=base.training.epochs,
     )
-    with shared_decoding():  # every file is read and preprocessed once for all trials
-        main = searcher.search(partial / "trials", None, "")
-        best_row = main.rows[main.best]
-        say(f"chosen: trial {best_row['trial']} ({metric} {best_row['pooled']:.4f})")
-        nested = (
-            None
-            if outer is None
-            else _nested(searcher, base, best_row, outer=outer, outer_seed=outer_seed)
-        )
+    try:
+        with shared_decoding():  # every file is read and preprocessed once for all trials
+            main = searcher.search(partial / "trials", None, "")
+            best_row = main.rows[main.best]
+            say(f"chosen: trial {best_row['trial']} ({metric} {best_row['pooled']:.4f})")
+            nested = (
+                None
+                if outer is None
+                else _nested(searcher, base, best_row, outer=outer, outer_seed=outer_seed)
+            )
+    except ClinFuseError:
+        # a manifest or config the first trial refused: leave no folder in the way of the
+        # corrected call (anything already trained is kept for --resume)
+        if not resume and not any(partial.rglob("model.json")):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
 
     table = _trials_table(main, metric)
     summary: dict[str, Any] = {

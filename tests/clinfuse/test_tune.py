@@ -429,3 +429,17 @@ def test_successive_halving_keeps_the_best_of_each_rung(tiny_cohort: Path, tmp_p
         alive = r["kept"]
     assert res.best_config.training.epochs == 3  # the chosen config trains with full epochs
     assert res.trials["rung"].tolist() == [x["rung"] for x in summary["trials"]]
+
+
+def test_a_cohort_the_first_trial_refuses_leaves_no_folder(
+    tiny_cohort: Path, tmp_path: Path
+) -> None:
+    from clinfuse.errors import CohortError
+    from clinfuse.evaluation.tune import tune
+
+    out = tmp_path / "t"
+    with pytest.raises(ConfigError, match="folds"):  # more folds than patients
+        tune(tiny_cohort, out, SPACE, _config(), folds=1000)
+    with pytest.raises(CohortError):
+        tune(tmp_path / "missing.csv", out, SPACE, _config(), folds=2)
+    assert not out.exists() and not (tmp_path / "t.partial").exists()
