@@ -747,14 +747,19 @@ def tune(
     names = list(s["space"]["params"])
     halving = s.get("halving")
     rung_col = ("rung (epochs)",) if halving else ()
-    for col in ("trial", *names, *rung_col, metric, "vs chosen (fold SE)"):
+    versus = "vs best of its rung (fold SE)" if halving else "vs chosen (fold SE)"
+    for col in ("trial", *[k.rsplit(".", 1)[-1] for k in names], *rung_col, metric, versus):
         table.add_column(col, justify="right")
+
+    def shown(value: Any) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else json.dumps(value)
+
     for r in s["trials"]:
         se = "" if r["fold_diff_se"] is None else f" ({r['fold_diff_se']:.3f})"
         chosen = r["trial"] == s["best"]["trial"]
         table.add_row(
             f"{r['trial']}{' *' if chosen else ''}",
-            *(json.dumps(r["values"][k]) for k in names),
+            *(shown(r["values"][k]) for k in names),
             *((f"{r['rung']} ({r['epochs']})",) if halving else ()),
             f"{r[metric]:.4f}",
             "chosen" if chosen else f"{r['diff_vs_best']:+.4f}{se}",
