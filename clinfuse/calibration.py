@@ -32,6 +32,7 @@ __all__ = [
     "CALIBRATORS",
     "UPDATE_METHODS",
     "Calibrator",
+    "Dynamic",
     "Intercept",
     "Updated",
     "build_calibrator",
@@ -205,6 +206,61 @@ class Platt(Calibrator):
         return obj
 
 
+class Dynamic(Calibrator):
+    """The final state of a dynamic logistic recalibration (:mod:`clinfuse.evaluation.dynamic`):
+    ``p = σ(a + b·z)``, with the state's posterior covariance (the review app draws its band
+    from it) and the replay's last day and half-life. Assembled, not fitted."""
+
+    method = "dynamic"
+
+    def __init__(
+        self,
+        intercept: float = 0.0,
+        slope: float = 1.0,
+        covariance: Any = None,
+        *,
+        last_day: str | None = None,
+        half_life_days: float | None = None,
+    ) -> None:
+        self.intercept_, self.slope_ = float(intercept), float(slope)
+        self.covariance_ = np.zeros((2, 2)) if covariance is None else np.asarray(covariance, float)
+        self.last_day, self.half_life_days = last_day, half_life_days
+
+    def fit(self, logits: np.ndarray, y: np.ndarray) -> Dynamic:
+        raise TypeError(
+            "a dynamic update is the end of a replay (dynamic_recalibration), not fitted"
+        )
+
+    def predict_proba(self, logits: np.ndarray) -> np.ndarray:
+        return expit(self.slope_ * np.asarray(logits, dtype=float) + self.intercept_)
+
+    def draws(self, logits: np.ndarray, n: int, *, seed: int = 0) -> np.ndarray:
+        """(n, N) risks under ``n`` draws of ``(a, b)`` from the state's normal posterior."""
+        rng = np.random.default_rng(seed)
+        ab = rng.multivariate_normal([self.intercept_, self.slope_], self.covariance_, size=n)
+        return expit(ab[:, :1] + ab[:, 1:] * np.asarray(logits, dtype=float)[None, :])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "intercept": self.intercept_,
+            "slope": self.slope_,
+            "covariance": self.covariance_.tolist(),
+            "last_day": self.last_day,
+            "half_life_days": self.half_life_days,
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict[str, Any]) -> Dynamic:
+        return cls(
+            state["intercept"],
+            state["slope"],
+            state["covariance"],
+            last_day=state.get("last_day"),
+            half_life_days=state.get("half_life_days"),
+        )
+
+
 class Isotonic(Calibrator):
     """Monotone step function of the logit (scikit-learn IsotonicRegression)."""
 
@@ -306,7 +362,12 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
 }
 """The calibrators training fits on the validation split (``calibration.method``)."""
 
-_STORED: dict[str, type[Calibrator]] = {**CALIBRATORS, "intercept": Intercept, "updated": Updated}
+_STORED: dict[str, type[Calibrator]] = {
+    **CALIBRATORS,
+    "intercept": Intercept,
+    "updated": Updated,
+    "dynamic": Dynamic,
+}
 
 
 def build_calibrator(method: str) -> Calibrator:

@@ -10,6 +10,7 @@ Register them in :mod:`clinfuse.cli` with::
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -271,8 +272,9 @@ def recalibrate(
         str,
         typer.Option(
             "--method",
-            help="auto (closed testing: keep, intercept or logistic), intercept, logistic or "
-            "isotonic.",
+            help="auto (closed testing: keep, intercept or logistic), intercept, logistic, "
+            "isotonic, or dynamic (a logistic update replayed day by day in --time-column "
+            "order, older days counting less: for a site that keeps drifting).",
         ),
     ] = "auto",
     alpha: Annotated[
@@ -295,7 +297,9 @@ def recalibrate(
     workers: LoadWorkers = "auto",
     time_column: Annotated[
         str | None,
-        typer.Option("--time-column", help="Manifest column of dates (with --since)."),
+        typer.Option(
+            "--time-column", help="Manifest column of dates (with --since, or --method dynamic)."
+        ),
     ] = None,
     since: Annotated[
         str | None,
@@ -305,6 +309,22 @@ def recalibrate(
             "recalibrate on recent cases after a drift.",
         ),
     ] = None,
+    half_life: Annotated[
+        float,
+        typer.Option(
+            "--half-life",
+            help="--method dynamic: days after which a day's outcomes count half (inf: never "
+            "forgotten).",
+        ),
+    ] = 365.0,
+    prior_sd: Annotated[
+        float,
+        typer.Option(
+            "--prior-sd",
+            help="--method dynamic: prior SD of the update's intercept (around 0) and slope "
+            "(around 1) before the first day.",
+        ),
+    ] = 1.0,
 ) -> None:
     """Update a run's calibration on a new site's labelled cases; write a new run folder.
 
@@ -333,6 +353,8 @@ def recalibrate(
         workers=workers,
         time_column=time_column,
         since=since,
+        half_life_days=None if math.isinf(half_life) else half_life,
+        prior_sd=prior_sd,
     )
     rep = result.report
     console = Console()
@@ -361,6 +383,24 @@ def recalibrate(
             "—" if oe is None else f"{oe:.2f}",
         )
     console.print(table)
+    fused = rep["outputs"]["fusion"]
+    if fused.get("method") == "dynamic":
+        state, pre, before = fused["dynamic"], fused["prequential"], fused["before"]
+        console.print(
+            f"dynamic update replayed over {state['n_days']} days with cases "
+            f"({state['first_day']} to {state['last_day']}): at the last day intercept "
+            f"{state['intercept']:.3f} "
+            f"(SE {state['intercept_se']:.3f}), slope {state['slope']:.3f} "
+            f"(SE {state['slope_se']:.3f})",
+            highlight=False,
+        )
+        console.print(
+            "each case scored before its outcome was known (prequential) against the source: "
+            f"log loss {fused['log_loss']['prequential']:.4f} vs {fused['log_loss']['before']:.4f}, "
+            f"calibration intercept {_fmt(pre['intercept'])} vs {_fmt(before['intercept'])}, "
+            f"slope {_fmt(pre['slope'])} vs {_fmt(before['slope'])}",
+            highlight=False,
+        )
     for warning in rep["warnings"]:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     what = "new fold ensemble" if "fold_ensemble" in rep else "new run"

@@ -15,6 +15,11 @@ Models*, 2nd ed., ch. 20; Van Calster et al., BMC Med 2019):
   spread (b < 1 shrinks extreme risks); ranking unchanged (b > 0 is required: a
   fused risk with b ≤ 0 is refused, a modality's risk falls back to ``intercept``);
 - ``isotonic`` — a monotone step function of ``logit p``; needs many cases, ties risks;
+- ``dynamic`` — a logistic update that follows a drifting site: replayed in date order,
+  each day's outcomes update ``(a, b)``, older days counting less (a half-life); the
+  state at the last day is the update (:mod:`clinfuse.evaluation.dynamic`), and each
+  case's *prequential* risk — from the state before its day — measures whether updating
+  helps;
 - ``auto`` — the closed testing procedure of Vergouwe et al. (Stat Med 2017): the
   logistic update is tested against the unchanged model (likelihood ratio, 2 df); if
   it is not significant at ``alpha`` the model is kept as it is; otherwise the
@@ -67,12 +72,14 @@ from clinfuse.calibration import (
     UPDATE_EPS,
     UPDATE_METHODS,
     Calibrator,
+    Dynamic,
     Identity,
     Updated,
     fit_logistic,
     fit_update,
 )
 from clinfuse.errors import CohortError, ConfigError
+from clinfuse.evaluation.dynamic import dynamic_recalibration
 
 __all__ = [
     "METHODS",
@@ -81,7 +88,7 @@ __all__ = [
     "recalibrate_run",
 ]
 
-METHODS: tuple[str, ...] = ("auto", *UPDATE_METHODS)
+METHODS: tuple[str, ...] = ("auto", *UPDATE_METHODS, "dynamic")
 """What ``--method`` accepts."""
 
 MIN_EVENTS = 100
@@ -197,8 +204,14 @@ def _update_output(
     *,
     method: str,
     alpha: float,
+    dates: np.ndarray | None = None,
+    dynamic: dict[str, Any] | None = None,
 ) -> tuple[Calibrator, dict[str, Any]]:
-    """Fit the update of one output (``fusion`` or a modality) from its current risks ``q``."""
+    """Fit the update of one output (``fusion`` or a modality) from its current risks ``q``.
+
+    ``method="dynamic"`` needs the cases' ``dates`` and the settings of
+    :func:`~clinfuse.evaluation.dynamic.dynamic_recalibration` (``dynamic``); the entry
+    then holds the replay under ``replay`` (taken out before it is written)."""
     from clinfuse.evaluation.calibration import calibration_summary
 
     n, events = len(y), int(np.sum(y))
@@ -211,17 +224,47 @@ def _update_output(
         )
         return base, entry
     z = _logit(q)
-    test = closed_test(z, y, alpha=alpha)
-    chosen = test["selected"] if method == "auto" else method
-    entry["closed_test"] = test
-    entry["method"] = chosen
-    entry["before"] = calibration_summary(y, q)
-    if chosen == "none":
-        entry["after"] = entry["before"]
-        return base, entry
-    update = fit_update(chosen, z, y)
-    coef = _coefficients(update, z, y)
-    if chosen == "logistic" and coef["slope"]["value"] <= 0:
+    if method == "dynamic":
+        assert dynamic is not None and dates is not None
+        replay = dynamic_recalibration(z, y, dates, **dynamic)
+        update: Calibrator = Dynamic(
+            replay.intercept,
+            replay.slope,
+            replay.covariance,
+            last_day=str(replay.days[-1]),
+            half_life_days=replay.half_life_days,
+        )
+        state = replay.to_dict()
+        zc = float(norm.ppf(0.975))
+        coef = {
+            k: {
+                "value": state[k],
+                "ci_low": state[k] - zc * state[f"{k}_se"],
+                "ci_high": state[k] + zc * state[f"{k}_se"],
+            }
+            for k in ("intercept", "slope")
+        }
+        entry["method"] = chosen = "dynamic"
+        entry["before"] = calibration_summary(y, q)
+        entry["prequential"] = calibration_summary(y, replay.prequential)
+        entry["log_loss"] = {
+            "before": _log_loss(y, q),
+            "prequential": _log_loss(y, replay.prequential),
+        }
+        entry["dynamic"] = state
+        entry["replay"] = replay
+    else:
+        test = closed_test(z, y, alpha=alpha)
+        chosen = test["selected"] if method == "auto" else method
+        entry["closed_test"] = test
+        entry["method"] = chosen
+        entry["before"] = calibration_summary(y, q)
+        if chosen == "none":
+            entry["after"] = entry["before"]
+            return base, entry
+        update = fit_update(chosen, z, y)
+        coef = _coefficients(update, z, y)
+    if chosen in ("logistic", "dynamic") and coef["slope"]["value"] <= 0:
         slope = coef["slope"]
         what = (
             f"the {name} risk's calibration slope here is {slope['value']:.3f} "
@@ -237,6 +280,8 @@ def _update_output(
         # a modality with no discrimination here: its risk gets the site's event rate only
         chosen = "intercept"
         entry["method"] = chosen
+        for key in ("replay", "dynamic", "prequential", "log_loss"):
+            entry.pop(key, None)
         entry["warning"] = (
             f"{what}: it does not rank this site's cases, so it was recalibrated in the large "
             "only; do not rely on it here"
@@ -247,6 +292,11 @@ def _update_output(
     entry["coefficients"] = coef
     entry["after"] = calibration_summary(y, update.predict_proba(z))
     return Updated(base, update), entry
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    q = np.clip(np.asarray(p, dtype=float), UPDATE_EPS, 1 - UPDATE_EPS)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
 
 
 def _outcomes(frame: pd.DataFrame, cohort: Any) -> np.ndarray:
@@ -275,6 +325,8 @@ def _fit_updates(
     *,
     method: str,
     alpha: float,
+    dates: np.ndarray | None = None,
+    dynamic: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Calibrator], dict[str, dict[str, Any]], dict[str, Calibrator]]:
     """Each output's update from its risks ``p_<name>`` (on the cases that have it).
 
@@ -289,7 +341,16 @@ def _fit_updates(
         p = frame[f"p_{name}"].to_numpy(dtype=float)
         has = ~np.isnan(p)
         base = calibrators.get(name) or Identity()
-        new, entry = _update_output(name, base, p[has], y[has], method=method, alpha=alpha)
+        new, entry = _update_output(
+            name,
+            base,
+            p[has],
+            y[has],
+            method=method,
+            alpha=alpha,
+            dates=None if dates is None else dates[has],
+            dynamic=dynamic,
+        )
         outputs[name] = entry
         if new is not base:
             calibrators[name] = new
@@ -320,6 +381,68 @@ def _check_window(time_column: str | None, since: str | None) -> tuple[str, Any]
             f"--since {since!r} is not a date", field="since", hint="write YYYY-MM-DD"
         )
     return time_column, first
+
+
+def _check_dynamic(
+    method: str, time_column: str | None, half_life_days: float | None, prior_sd: float
+) -> dict[str, Any] | None:
+    """The settings of a dynamic update, or None for the other methods."""
+    if method != "dynamic":
+        return None
+    if time_column is None:
+        raise ConfigError(
+            "--method dynamic replays the cases in date order: it needs --time-column",
+            field="time_column",
+            hint="e.g. --method dynamic --time-column encounter_date",
+        )
+    if half_life_days is not None and not half_life_days > 0:
+        raise ConfigError(
+            f"the half-life is {half_life_days} days; use a positive number of days",
+            field="half_life_days",
+        )
+    if not prior_sd > 0:
+        raise ConfigError(f"prior_sd is {prior_sd}; use a positive number", field="prior_sd")
+    return {"half_life_days": half_life_days, "prior_sd": prior_sd}
+
+
+def _dated(
+    frame: pd.DataFrame, cohort: Any, column: str
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
+    """The scored cases that have a date in ``column`` (in the frame's order), their dates,
+    and what was kept (``kept``: the boolean mask over ``frame``).
+
+    Raises:
+        CohortError: the column is missing, a date unreadable, or no scored case dated.
+    """
+    from clinfuse.evaluation.temporal import cohort_dates
+
+    by_case = dict(zip((r.case_id for r in cohort.rows), cohort_dates(cohort, column), strict=True))
+    dates = np.array([by_case[c] for c in frame["case_id"]], dtype="datetime64[D]")
+    kept = ~np.isnat(dates)
+    if not kept.any():
+        raise CohortError(
+            f"none of the {len(frame)} scored cases has a date in {column!r}",
+            field=column,
+            path=cohort.manifest_path,
+            hint="--method dynamic replays the cases in date order",
+        )
+    info = {"column": column, "n_dated": int(kept.sum()), "n_undated": int((~kept).sum())}
+    return frame[kept].reset_index(drop=True), dates[kept], info | {"kept": kept}
+
+
+def _take_replays(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The dynamic replays out of the report entries (they are written as a table)."""
+    return {name: entry.pop("replay") for name, entry in outputs.items() if "replay" in entry}
+
+
+def _write_replays(folder: Path, replays: dict[str, Any]) -> None:
+    """``recalibration_dynamic.csv``: each output's state after each day of the replay."""
+    if replays:
+        table = pd.concat(
+            [r.table().assign(output=name) for name, r in replays.items()], ignore_index=True
+        )
+        cols = ["output", *[c for c in table.columns if c != "output"]]
+        table[cols].to_csv(folder / "recalibration_dynamic.csv", index=False)
 
 
 def _recent(cohort: Any, window: tuple[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
@@ -507,6 +630,8 @@ def recalibrate_run(
     workers: int | str = "auto",
     time_column: str | None = None,
     since: str | None = None,
+    half_life_days: float | None = 365.0,
+    prior_sd: float = 1.0,
 ) -> RecalibrationResult:
     """Update a run's calibration on a site's labelled cohort; write a new run folder.
 
@@ -515,7 +640,8 @@ def recalibrate_run(
             crossval`` folder whose fold ensemble is recalibrated as a whole; not modified.
         cohort: manifest path (or :class:`~clinfuse.cohort.Cohort`) with the run's outcome.
         out: the new run folder (must be new or empty unless ``overwrite``).
-        method: ``auto`` (closed testing), ``intercept``, ``logistic`` or ``isotonic``.
+        method: ``auto`` (closed testing), ``intercept``, ``logistic``, ``isotonic`` or
+            ``dynamic`` (replayed in the date order of ``time_column``).
         alpha: significance level of the closed test (``auto``).
         split: use one split of the cohort only (e.g. ``train``, keeping ``test`` for
             ``clinfuse evaluate`` afterwards).
@@ -526,7 +652,10 @@ def recalibrate_run(
             (:func:`clinfuse.data.scoring_workers`).
         time_column, since: use only the cases whose date in the manifest column
             ``time_column`` is on or after ``since`` (``YYYY-MM-DD``): recalibrate on recent
-            cases after a drift (undated cases are left out, and counted).
+            cases after a drift (undated cases are left out, and counted). ``dynamic`` needs
+            ``time_column`` (``since`` optional) and leaves undated cases out.
+        half_life_days, prior_sd: the settings of ``dynamic``
+            (:func:`~clinfuse.evaluation.dynamic.dynamic_recalibration`).
 
     Returns:
         :class:`RecalibrationResult`.
@@ -549,7 +678,8 @@ def recalibrate_run(
         )
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha is {alpha}; use a level in (0, 1), e.g. 0.05", field="alpha")
-    window = _check_window(time_column, since)
+    dynamic = _check_dynamic(method, time_column, half_life_days, prior_sd)
+    window = None if (dynamic and since is None) else _check_window(time_column, since)
     source, out = Path(run), Path(out)
     from clinfuse.ensemble import is_crossval_folder
 
@@ -566,6 +696,8 @@ def recalibrate_run(
             progress=progress,
             workers=workers,
             window=window,
+            time_column=time_column,
+            dynamic=dynamic,
         )
     _check_folders(source, out, overwrite=overwrite)
     model = load_run(source)
@@ -575,15 +707,30 @@ def recalibrate_run(
     cohort, recent = _recent(cohort, window)
     scored = score_cohort(model, cohort, progress=progress, workers=workers)
     raw, frame, excluded = scored.raw, scored.frame, scored.excluded
+    logits = np.asarray(raw["logit"], dtype=float)
+    dates, undated = None, None
+    if dynamic:
+        frame, dates, undated = _dated(frame, cohort, str(time_column))
+        logits = logits[undated.pop("kept")]
     y = _outcomes(frame, cohort)
     calibrators, outputs, updates = _fit_updates(
-        frame, y, ["fusion", *model.modalities], model.calibrators, method=method, alpha=alpha
+        frame,
+        y,
+        ["fusion", *model.modalities],
+        model.calibrators,
+        method=method,
+        alpha=alpha,
+        dates=dates,
+        dynamic=dynamic,
     )
+    replays = _take_replays(outputs)
     report = _report(
         source, cohort, y, excluded, outputs, method=method, alpha=alpha, split=split, what="run"
     )
     if recent is not None:
         report["since"] = recent
+    if undated is not None:
+        report["dated"] = undated
     report["source_model_sha256"] = model_sha256(source)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -616,16 +763,17 @@ def recalibrate_run(
         }
         _write_json(metrics_path, metrics)
         _write_json(tmp / "recalibration.json", report)
+        _write_replays(tmp, replays)
 
         fusion_cal = calibrators["fusion"]
-        if "fusion" in updates and isinstance(fusion_cal, Updated):
+        if "fusion" in updates and isinstance(fusion_cal, Updated) and not replays:
             # the cases the outermost fused update was fitted on (the app's band); when the
             # fused risk is kept, the copied file of an earlier update stays with it
             pd.DataFrame(
                 {
                     "case_id": frame["case_id"],
                     "label": y.astype(int),
-                    "logit_base": fusion_cal.base_logit(raw["logit"]),
+                    "logit_base": fusion_cal.base_logit(logits),
                 }
             ).to_csv(tmp / "recalibration_cases.csv", index=False)
 
@@ -657,6 +805,8 @@ def _recalibrate_ensemble(
     progress: Callable[[int, int], None] | None,
     workers: int | str,
     window: tuple[str, Any] | None = None,
+    time_column: str | None = None,
+    dynamic: dict[str, Any] | None = None,
 ) -> RecalibrationResult:
     """:func:`recalibrate_run` for a cross-validation folder's fold ensemble."""
     from clinfuse.ensemble import ENSEMBLE_CALIBRATION, load_ensemble
@@ -671,6 +821,10 @@ def _recalibrate_ensemble(
     cohort, recent = _recent(cohort, window)
     scores = ensemble.score(cohort, progress=progress, workers=workers)
     frame, excluded = scores.frame, scores.excluded
+    dates, undated = None, None
+    if dynamic:
+        frame, dates, undated = _dated(frame, cohort, str(time_column))
+        undated.pop("kept")
     y = _outcomes(frame, cohort)
     calibrators, outputs, _ = _fit_updates(
         frame,
@@ -679,7 +833,10 @@ def _recalibrate_ensemble(
         ensemble.recalibration,
         method=method,
         alpha=alpha,
+        dates=dates,
+        dynamic=dynamic,
     )
+    replays = _take_replays(outputs)
     report = _report(
         source,
         cohort,
@@ -693,6 +850,8 @@ def _recalibrate_ensemble(
     )
     if recent is not None:
         report["since"] = recent
+    if undated is not None:
+        report["dated"] = undated
     report["source_model_version"] = model_version(source)
     report["fold_ensemble"] = len(ensemble)
 
@@ -709,6 +868,7 @@ def _recalibrate_ensemble(
             },
         )
         _write_json(tmp / "recalibration.json", report)
+        _write_replays(tmp, replays)
         load_ensemble(tmp)  # the new folder must load before it takes the name
         publish(tmp, out)
     finally:

@@ -39,7 +39,8 @@ collapses to the point.
 A run written by ``clinfuse recalibrate`` shows the band of the site's update
 instead: its fitting cases (``recalibration_cases.csv``: outcome and the logit of
 the source run's risk) are resampled and the update (intercept, logistic or
-isotonic) refitted on each resample.
+isotonic) refitted on each resample. A dynamic update's band comes from its final
+state: ``(a, b)`` drawn from their normal posterior.
 
 A fold ensemble's band is the range of its fold models' calibrated risks
 (``p_fusion_min`` to ``p_fusion_max``): "above" the threshold means every model put the
@@ -510,8 +511,18 @@ class RunView:
 
     def _recalibration_band(self, n_boot: int) -> tuple[np.ndarray, np.ndarray] | None:
         """For a recalibrated run: the band of the site's update, refitted on bootstrap
-        resamples of ``recalibration_cases.csv`` (the cases it was fitted on)."""
+        resamples of ``recalibration_cases.csv`` (the cases it was fitted on); for a
+        dynamic update, drawn from the final state's posterior."""
         state = self._fusion_calibrator
+        if state and state.get("method") == "updated" and state["update"]["method"] == "dynamic":
+            from clinfuse.calibration import Dynamic, Updated, calibrator_from_dict
+
+            cal = calibrator_from_dict(state)
+            assert isinstance(cal, Updated) and isinstance(cal.update, Dynamic)
+            z = cal.base_logit(self.predictions["logit_fusion"].to_numpy(float))
+            draws = cal.update.draws(z, n_boot)
+            low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+            return low, high
         path = self.run / "recalibration_cases.csv"
         if not state or state.get("method") != "updated" or not path.exists():
             return None
@@ -886,6 +897,12 @@ def recalibration_summary(run: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"cannot read recalibration.json: {e}", path=path) from e
     what = "kept unchanged" if method == "none" else f"{method} update"
+    if method == "dynamic":
+        state = fusion.get("dynamic") or {}
+        half = state.get("half_life_days")
+        what += f" (replayed day by day to {state.get('last_day')}, " + (
+            "nothing forgotten)" if half is None else f"half-life {half:g} days)"
+        )
     return (
         f"Recalibrated for a site: fused risk {what}, fitted on {rep.get('n_cases')} cases "
         f"({rep.get('n_events')} events) of {Path(str(rep.get('manifest', ''))).name} on "
