@@ -134,6 +134,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.crossval", "CrossValResult", []),
             ("clinfuse.evaluation.repeated", "repeated_cross_validate", []),
             ("clinfuse.evaluation.repeated", "RepeatedCrossValResult", []),
+            ("clinfuse.evaluation.dynamic", "dynamic_recalibration", []),
+            ("clinfuse.evaluation.dynamic", "DynamicRecalibration", ["table"]),
             ("clinfuse.evaluation.tune", "tune", []),
             ("clinfuse.evaluation.tune", "TuningResult", []),
             ("clinfuse.evaluation.tune", "read_space", []),
