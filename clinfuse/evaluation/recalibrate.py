@@ -226,33 +226,8 @@ def _update_output(
     z = _logit(q)
     if method == "dynamic":
         assert dynamic is not None and dates is not None
-        replay = dynamic_recalibration(z, y, dates, **dynamic)
-        update: Calibrator = Dynamic(
-            replay.intercept,
-            replay.slope,
-            replay.covariance,
-            last_day=str(replay.days[-1]),
-            half_life_days=replay.half_life_days,
-        )
-        state = replay.to_dict()
-        zc = float(norm.ppf(0.975))
-        coef = {
-            k: {
-                "value": state[k],
-                "ci_low": state[k] - zc * state[f"{k}_se"],
-                "ci_high": state[k] + zc * state[f"{k}_se"],
-            }
-            for k in ("intercept", "slope")
-        }
-        entry["method"] = chosen = "dynamic"
-        entry["before"] = calibration_summary(y, q)
-        entry["prequential"] = calibration_summary(y, replay.prequential)
-        entry["log_loss"] = {
-            "before": _log_loss(y, q),
-            "prequential": _log_loss(y, replay.prequential),
-        }
-        entry["dynamic"] = state
-        entry["replay"] = replay
+        update, coef = _dynamic_update(entry, q, y, dates, dynamic)
+        chosen = "dynamic"
     else:
         test = closed_test(z, y, alpha=alpha)
         chosen = test["selected"] if method == "auto" else method
@@ -292,6 +267,43 @@ def _update_output(
     entry["coefficients"] = coef
     entry["after"] = calibration_summary(y, update.predict_proba(z))
     return Updated(base, update), entry
+
+
+def _dynamic_update(
+    entry: dict[str, Any], q: np.ndarray, y: np.ndarray, dates: np.ndarray, settings: dict
+) -> tuple[Calibrator, dict[str, Any]]:
+    """Replay the dynamic update of risks ``q``; fill ``entry`` with the source's and the
+    prequential calibration and log loss, the final state and the replay; return the update
+    (the last day's state) and its coefficients with Wald 95 % CIs."""
+    from clinfuse.evaluation.calibration import calibration_summary
+
+    replay = dynamic_recalibration(_logit(q), y, dates, **settings)
+    state = replay.to_dict()
+    zc = float(norm.ppf(0.975))
+    coef = {
+        k: {
+            "value": state[k],
+            "ci_low": state[k] - zc * state[f"{k}_se"],
+            "ci_high": state[k] + zc * state[f"{k}_se"],
+        }
+        for k in ("intercept", "slope")
+    }
+    entry.update(
+        method="dynamic",
+        before=calibration_summary(y, q),
+        prequential=calibration_summary(y, replay.prequential),
+        log_loss={"before": _log_loss(y, q), "prequential": _log_loss(y, replay.prequential)},
+        dynamic=state,
+        replay=replay,
+    )
+    update = Dynamic(
+        replay.intercept,
+        replay.slope,
+        replay.covariance,
+        last_day=str(replay.days[-1]),
+        half_life_days=replay.half_life_days,
+    )
+    return update, coef
 
 
 def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
