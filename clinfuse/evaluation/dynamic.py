@@ -9,8 +9,11 @@ a forgetting factor; McCormick et al., Biometrics 2012;68:23–30; for clinical 
 models, Jenkins et al., Diagn Progn Res 2018;2:23).
 
 Before the first day the state is the model as it is, ``(a, b) = (0, 1)``, with prior
-standard deviation ``prior_sd`` on each. Between two days ``Δ`` days apart the covariance
-grows by ``2^(Δ / half_life)``: what was learned ``half_life`` days ago counts half. A day's
+standard deviation ``prior_sd`` on each. Between two days ``Δ`` days apart the information
+(the inverse covariance) ``J`` decays towards the prior's ``J₀`` with the factor
+``λ = 2^(−Δ / half_life)``: ``J ← λ J + (1 − λ) J₀``. What was learned ``half_life`` days
+ago counts half, and a long gap without cases leaves the state as uncertain as the prior,
+never more (stabilized forgetting; Kulhavý & Zarrop, Int J Control 1993;58:905–24). A day's
 cases, whose outcomes arrive together, then update the state by one Newton step of the
 posterior (the Laplace approximation):
 
@@ -148,6 +151,7 @@ def dynamic_recalibration(
     order = np.argsort(d_, kind="stable")
     days, starts, counts = np.unique(d_[order], return_index=True, return_counts=True)
     theta = np.array([0.0, 1.0])
+    prior_information = np.eye(2) / prior_sd**2
     cov = np.eye(2) * prior_sd**2
     states = np.empty((len(days), 2))
     covariances = np.empty((len(days), 2, 2))
@@ -155,14 +159,15 @@ def dynamic_recalibration(
     n_events = np.empty(len(days), dtype=int)
     previous = None
     for t, (day, start, count) in enumerate(zip(days, starts, counts, strict=True)):
+        information = np.linalg.inv(cov)
         if previous is not None and half_life_days is not None:
-            cov = cov * 2.0 ** ((day - previous).astype(float) / half_life_days)
+            keep = 2.0 ** (-(day - previous).astype(float) / half_life_days)
+            information = keep * information + (1.0 - keep) * prior_information
         idx = order[start : start + count]
         x = np.column_stack([np.ones(count), z_[idx]])
         p = expit(x @ theta)
         prequential[idx] = p
-        information = (x * (p * (1.0 - p))[:, None]).T @ x
-        cov = np.linalg.inv(np.linalg.inv(cov) + information)
+        cov = np.linalg.inv(information + (x * (p * (1.0 - p))[:, None]).T @ x)
         cov = (cov + cov.T) / 2.0
         theta = theta + cov @ (x.T @ (y_[idx] - p))
         states[t], covariances[t] = theta, cov

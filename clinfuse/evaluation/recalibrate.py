@@ -447,14 +447,29 @@ def _take_replays(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {name: entry.pop("replay") for name, entry in outputs.items() if "replay" in entry}
 
 
-def _write_replays(folder: Path, replays: dict[str, Any]) -> None:
-    """``recalibration_dynamic.csv``: each output's state after each day of the replay."""
-    if replays:
-        table = pd.concat(
-            [r.table().assign(output=name) for name, r in replays.items()], ignore_index=True
-        )
-        cols = ["output", *[c for c in table.columns if c != "output"]]
-        table[cols].to_csv(folder / "recalibration_dynamic.csv", index=False)
+def _write_replays(
+    folder: Path, replays: dict[str, Any], frame: pd.DataFrame, dates: np.ndarray | None
+) -> None:
+    """``recalibration_dynamic.csv``: each output's state after each day of the replay;
+    ``recalibration_prequential.csv``: each case's fused risk from the source and from the
+    state before its day."""
+    if not replays:
+        return
+    table = pd.concat(
+        [r.table().assign(output=name) for name, r in replays.items()], ignore_index=True
+    )
+    cols = ["output", *[c for c in table.columns if c != "output"]]
+    table[cols].to_csv(folder / "recalibration_dynamic.csv", index=False)
+    if "fusion" in replays and dates is not None:
+        pd.DataFrame(
+            {
+                "case_id": frame["case_id"],
+                "date": pd.to_datetime(dates).strftime("%Y-%m-%d"),
+                "label": frame["label"].astype(int),
+                "p_before": frame["p_fusion"],
+                "p_prequential": replays["fusion"].prequential,
+            }
+        ).to_csv(folder / "recalibration_prequential.csv", index=False)
 
 
 def _recent(cohort: Any, window: tuple[str, Any] | None) -> tuple[Any, dict[str, Any] | None]:
@@ -775,7 +790,7 @@ def recalibrate_run(
         }
         _write_json(metrics_path, metrics)
         _write_json(tmp / "recalibration.json", report)
-        _write_replays(tmp, replays)
+        _write_replays(tmp, replays, frame, dates)
 
         fusion_cal = calibrators["fusion"]
         if "fusion" in updates and isinstance(fusion_cal, Updated) and not replays:
@@ -880,7 +895,7 @@ def _recalibrate_ensemble(
             },
         )
         _write_json(tmp / "recalibration.json", report)
-        _write_replays(tmp, replays)
+        _write_replays(tmp, replays, frame, dates)
         load_ensemble(tmp)  # the new folder must load before it takes the name
         publish(tmp, out)
     finally:

@@ -57,8 +57,10 @@ def test_one_day_is_one_newton_step_of_the_posterior_and_forgetting_inflates_it(
         return theta + new_cov @ x.T @ (y - p), new_cov, p
 
     theta1, cov1, p1 = step(np.array([0.0, 1.0]), np.eye(2) * 0.25, z1, y1)
-    # 90 days are two half-lives: the covariance is multiplied by 4 before day 2
-    theta2, cov2, p2 = step(theta1, cov1 * 4.0, z2, y2)
+    # 90 days are two half-lives: a quarter of day 1's information is left, the rest of the
+    # way back to the prior's
+    decayed = np.linalg.inv(0.25 * np.linalg.inv(cov1) + 0.75 * np.eye(2) / 0.25)
+    theta2, cov2, p2 = step(theta1, decayed, z2, y2)
     np.testing.assert_allclose(replay.states, [theta1, theta2], atol=1e-12)
     np.testing.assert_allclose(replay.covariances, [cov1, cov2], atol=1e-12)
     np.testing.assert_allclose(replay.prequential, np.concatenate([p1, p2]), atol=1e-12)
@@ -66,6 +68,20 @@ def test_one_day_is_one_newton_step_of_the_posterior_and_forgetting_inflates_it(
     table = replay.table()
     assert table["date"].tolist() == ["2022-01-01", "2022-04-01"]
     assert table["n_cases"].tolist() == [40, 30]
+
+
+def test_a_long_gap_leaves_the_state_as_uncertain_as_the_prior_never_more() -> None:
+    z, y, _ = _cohort(200, 1, 0.5, seed=6)
+    dates = np.concatenate([np.full(199, DAY0), [DAY0 + 10_000]])
+    replay = dynamic_recalibration(z, y, dates, half_life_days=30, prior_sd=0.8)
+    before_last = replay.covariances[0]
+    assert np.all(np.diag(before_last) < 0.8**2 / 4)  # 199 cases taught it something
+    # after 333 half-lives only the prior's information is left, plus one case's
+    x = np.array([1.0, z[-1]])
+    p = expit(replay.states[0] @ x)
+    expected = np.linalg.inv(np.eye(2) / 0.64 + p * (1 - p) * np.outer(x, x))
+    np.testing.assert_allclose(replay.covariances[1], expected, rtol=1e-9)
+    assert np.all(np.diag(replay.covariances[1]) <= 0.8**2 + 1e-12)
 
 
 def test_a_case_is_scored_before_its_outcome_is_seen() -> None:
@@ -193,6 +209,12 @@ def test_recalibrate_dynamic_stores_the_last_days_state(dynamic_run, tiny_run, d
     assert fused["intercept"].iloc[-1] == pytest.approx(expected.intercept, abs=1e-9)
     assert set(days["output"]) <= {"fusion", *model.modalities}
     assert not (out / "recalibration_cases.csv").exists()  # the band comes from the state
+    cases = pd.read_csv(out / "recalibration_prequential.csv", dtype={"case_id": str})
+    order = cases["case_id"].map(dict(zip(src["case_id"], range(len(src)), strict=True)))
+    np.testing.assert_allclose(
+        cases["p_prequential"], expected.prequential[order.to_numpy()], atol=1e-9
+    )
+    np.testing.assert_allclose(cases["p_before"], src["p_fusion"].to_numpy()[order], atol=1e-9)
     saved = json.loads((out / "recalibration.json").read_text())
     assert "replay" not in saved["outputs"]["fusion"]
 
