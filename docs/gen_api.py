@@ -136,6 +136,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.repeated", "RepeatedCrossValResult", []),
             ("clinfuse.evaluation.dynamic", "dynamic_recalibration", []),
             ("clinfuse.evaluation.dynamic", "DynamicRecalibration", ["table"]),
+            ("clinfuse.evaluation.dynamic", "choose_half_life", []),
             ("clinfuse.evaluation.tune", "tune", []),
             ("clinfuse.evaluation.tune", "TuningResult", []),
             ("clinfuse.evaluation.tune", "read_space", []),

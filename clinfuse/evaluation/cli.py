@@ -249,6 +249,19 @@ RECALIBRATE_EPILOG = (
 )
 
 
+def _half_life(text: str) -> float | str | None:
+    """``--half-life``: days, ``inf`` (None: nothing forgotten) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        days = float(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a number of days, inf or auto", param_hint="--half-life"
+        ) from None
+    return None if math.isinf(days) else days
+
+
 def _fmt(stat: dict | None, digits: int = 2) -> str:
     if not stat or stat.get("value") is None:
         return "—"
@@ -310,13 +323,14 @@ def recalibrate(
         ),
     ] = None,
     half_life: Annotated[
-        float,
+        str,
         typer.Option(
             "--half-life",
-            help="--method dynamic: days after which a day's outcomes count half (inf: never "
-            "forgotten).",
+            help="--method dynamic: days after which a day's outcomes count half; inf: never "
+            "forgotten; auto: of 30, 90, 180, 365, 730 days and inf, the one whose prequential "
+            "risks have the lowest log loss.",
         ),
-    ] = 365.0,
+    ] = "365",
     prior_sd: Annotated[
         float,
         typer.Option(
@@ -353,7 +367,7 @@ def recalibrate(
         workers=workers,
         time_column=time_column,
         since=since,
-        half_life_days=None if math.isinf(half_life) else half_life,
+        half_life_days=_half_life(half_life),
         prior_sd=prior_sd,
     )
     rep = result.report
@@ -386,6 +400,20 @@ def recalibrate(
     fused = rep["outputs"]["fusion"]
     if fused.get("method") == "dynamic":
         state, pre, before = fused["dynamic"], fused["prequential"], fused["before"]
+        if "half_life_choice" in fused:
+
+            def days(value: float | None) -> str:
+                return "inf" if value is None else f"{value:g}"
+
+            losses = ", ".join(
+                f"{days(c['half_life_days'])}: {c['log_loss']:.4f}"
+                for c in fused["half_life_choice"]
+            )
+            console.print(
+                f"half-life chosen by prequential log loss: {days(state['half_life_days'])} "
+                f"days ({losses})",
+                highlight=False,
+            )
         console.print(
             f"dynamic update replayed over {state['n_days']} days with cases "
             f"({state['first_day']} to {state['last_day']}): at the last day intercept "

@@ -79,7 +79,7 @@ from clinfuse.calibration import (
     fit_update,
 )
 from clinfuse.errors import CohortError, ConfigError
-from clinfuse.evaluation.dynamic import dynamic_recalibration
+from clinfuse.evaluation.dynamic import choose_half_life, dynamic_recalibration, log_loss
 
 __all__ = [
     "METHODS",
@@ -277,7 +277,11 @@ def _dynamic_update(
     (the last day's state) and its coefficients with Wald 95 % CIs."""
     from clinfuse.evaluation.calibration import calibration_summary
 
-    replay = dynamic_recalibration(_logit(q), y, dates, **settings)
+    if settings["half_life_days"] == "auto":
+        replay, choice = choose_half_life(_logit(q), y, dates, prior_sd=settings["prior_sd"])
+        entry["half_life_choice"] = choice
+    else:
+        replay = dynamic_recalibration(_logit(q), y, dates, **settings)
     state = replay.to_dict()
     zc = float(norm.ppf(0.975))
     coef = {
@@ -292,7 +296,7 @@ def _dynamic_update(
         method="dynamic",
         before=calibration_summary(y, q),
         prequential=calibration_summary(y, replay.prequential),
-        log_loss={"before": _log_loss(y, q), "prequential": _log_loss(y, replay.prequential)},
+        log_loss={"before": log_loss(y, q), "prequential": log_loss(y, replay.prequential)},
         dynamic=state,
         replay=replay,
     )
@@ -304,11 +308,6 @@ def _dynamic_update(
         half_life_days=replay.half_life_days,
     )
     return update, coef
-
-
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    q = np.clip(np.asarray(p, dtype=float), UPDATE_EPS, 1 - UPDATE_EPS)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
 
 
 def _outcomes(frame: pd.DataFrame, cohort: Any) -> np.ndarray:
@@ -396,7 +395,7 @@ def _check_window(time_column: str | None, since: str | None) -> tuple[str, Any]
 
 
 def _check_dynamic(
-    method: str, time_column: str | None, half_life_days: float | None, prior_sd: float
+    method: str, time_column: str | None, half_life_days: float | str | None, prior_sd: float
 ) -> dict[str, Any] | None:
     """The settings of a dynamic update, or None for the other methods."""
     if method != "dynamic":
@@ -407,9 +406,11 @@ def _check_dynamic(
             field="time_column",
             hint="e.g. --method dynamic --time-column encounter_date",
         )
-    if half_life_days is not None and not half_life_days > 0:
+    if half_life_days == "auto":
+        pass
+    elif isinstance(half_life_days, str) or (half_life_days is not None and not half_life_days > 0):
         raise ConfigError(
-            f"the half-life is {half_life_days} days; use a positive number of days",
+            f"the half-life is {half_life_days!r}; use a positive number of days, or auto",
             field="half_life_days",
         )
     if not prior_sd > 0:
@@ -657,7 +658,7 @@ def recalibrate_run(
     workers: int | str = "auto",
     time_column: str | None = None,
     since: str | None = None,
-    half_life_days: float | None = 365.0,
+    half_life_days: float | str | None = 365.0,
     prior_sd: float = 1.0,
 ) -> RecalibrationResult:
     """Update a run's calibration on a site's labelled cohort; write a new run folder.
@@ -682,7 +683,10 @@ def recalibrate_run(
             cases after a drift (undated cases are left out, and counted). ``dynamic`` needs
             ``time_column`` (``since`` optional) and leaves undated cases out.
         half_life_days, prior_sd: the settings of ``dynamic``
-            (:func:`~clinfuse.evaluation.dynamic.dynamic_recalibration`).
+            (:func:`~clinfuse.evaluation.dynamic.dynamic_recalibration`); ``half_life_days=
+            "auto"`` takes, per output, the half-life among
+            :data:`~clinfuse.evaluation.dynamic.HALF_LIVES` with the lowest prequential log
+            loss (:func:`~clinfuse.evaluation.dynamic.choose_half_life`).
 
     Returns:
         :class:`RecalibrationResult`.

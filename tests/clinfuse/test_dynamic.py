@@ -115,6 +115,26 @@ def test_a_drift_is_followed_and_the_prequential_risks_beat_the_static_ones() ->
     assert log_loss(forgetting.prequential) < log_loss(remembering.prequential) < log_loss(expit(z))
 
 
+def test_the_half_life_with_the_best_prequential_log_loss_is_chosen() -> None:
+    from clinfuse.evaluation.dynamic import HALF_LIVES, choose_half_life, log_loss
+
+    def step(day):
+        return np.where(day < 200, 0.0, 1.0)
+
+    z, y, dates = _cohort(20_000, 400, step, seed=4)
+    chosen, table = choose_half_life(z, y, dates)
+    assert [row["half_life_days"] for row in table] == list(HALF_LIVES)
+    for row in table:
+        replay = dynamic_recalibration(z, y, dates, half_life_days=row["half_life_days"])
+        assert row["log_loss"] == pytest.approx(log_loss(y, replay.prequential), abs=1e-12)
+    best = min(table, key=lambda row: row["log_loss"])
+    assert chosen.half_life_days == best["half_life_days"]
+    assert best["half_life_days"] is not None  # a step change asks for forgetting
+    z, y, dates = _cohort(20_000, 400, 0.3, seed=7)  # a stable site
+    chosen, table = choose_half_life(z, y, dates)
+    assert chosen.half_life_days in (730.0, None)  # remembering long pays
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
@@ -249,6 +269,15 @@ def test_recalibrate_dynamic_on_the_command_line(tiny_run, dated, tmp_path, caps
     assert "dynamic update replayed over" in printed and "prequential" in printed
     report = json.loads((out / "recalibration.json").read_text())
     assert report["outputs"]["fusion"]["dynamic"]["half_life_days"] is None
+    auto = tmp_path / "auto"
+    args[4] = str(auto)
+    assert main([*args, "--time-column", "encounter_date", "--half-life", "auto"]) == 0
+    assert "half-life chosen by prequential log loss" in capsys.readouterr().out
+    fused = json.loads((auto / "recalibration.json").read_text())["outputs"]["fusion"]
+    best = min(fused["half_life_choice"], key=lambda row: row["log_loss"])
+    assert fused["dynamic"]["half_life_days"] == best["half_life_days"]
+    assert fused["log_loss"]["prequential"] == pytest.approx(best["log_loss"], abs=1e-9)
+    assert main([*args, "--time-column", "encounter_date", "--half-life", "soon"]) != 0
     with pytest.raises(ConfigError, match="needs --time-column") as err:
         recalibrate_run(tiny_run, dated, tmp_path / "x", method="dynamic")
     assert err.value.field == "time_column"
