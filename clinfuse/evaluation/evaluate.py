@@ -651,6 +651,16 @@ class Evaluator:
             )
             if by_site is not None:
                 metrics["over_time"]["cusum_by_site"] = by_site
+            from clinfuse.evaluation.segments import segment_calibration
+
+            metrics["over_time"]["segments"] = segment_calibration(
+                y,
+                p,
+                dates,
+                min_cases=self.min_group_size,
+                min_events=self.min_group_events,
+                level=self.level,
+            )
 
         # fusion analysis
         if len(mods) > 1 and scorer is not None:
@@ -1114,6 +1124,21 @@ def _time_limitations(over: dict[str, Any] | None) -> list[str]:
                 + (f"; {describe_change(first)}" if "change" in first else "")
                 + ": look for a change in practice, case mix or data at that time."
             )
+    segments = over.get("segments") or {}
+    if segments.get("n_changes"):
+        steps = "; ".join(
+            f"from {seg['start']} × {seg['odds_ratio']:.2f} ({seg['ci_low']:.2f}–"
+            f"{seg['ci_high']:.2f})"
+            for seg in segments["segments"]
+        )
+        spans = ", ".join(
+            f"{c['date']} ({c['low']} to {c['high']})" for c in segments["change_spans"]
+        )
+        out.append(
+            f"The odds of the outcome against the model's risks changed "
+            f"{segments['n_changes']} time{'s' * (segments['n_changes'] > 1)} ({over['column']}, "
+            f"segments chosen by BIC; changes on {spans}): {steps}."
+        )
     for site, chart, first in first_signals(over.get("cusum_by_site")):
         out.append(
             f"At site {site}, the risk-adjusted CUSUM signalled {first['date']} for "

@@ -685,7 +685,50 @@ def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
         body += _cusum(o["cusum"], png)
     if o.get("cusum_by_site"):
         body += _cusum_by_site(o["cusum_by_site"])
+    if o.get("segments"):
+        body += _segments(o["segments"])
     return body
+
+
+def _segments(seg: dict[str, Any]) -> str:
+    """The calibration segments: the number of changes chosen by BIC and each segment's
+    odds ratio against the model."""
+    head = (
+        "<h3>Changes of calibration over time (segments)</h3><p>The dated cases cut into "
+        "consecutive segments, each with its own odds ratio of the outcome against the "
+        "model's risks; the number of changes chosen by BIC among 0 to "
+        f"{len(seg['by_changes']) - 1} (cuts between {_e(seg['granularity'])}s; at least "
+        f"{seg['min_cases']} cases and {seg['min_events']} events and non-events a segment). "
+        "Unlike a CUSUM signal, this finds several changes, and a change that reverts. The "
+        "intervals take the cuts as given.</p>"
+    )
+    if seg.get("n_changes") is None:
+        return head + f"<p>{_e(seg.get('note', 'not estimated'))}.</p>"
+    verdict = (
+        "<p>No change: one odds ratio fits the whole span best.</p>"
+        if seg["n_changes"] == 0
+        else f"<p>{seg['n_changes']} change{'s' * (seg['n_changes'] > 1)}, from "
+        + ", ".join(
+            f"{_e(c['date'])} (could be {_e(c['low'])} to {_e(c['high'])})"
+            for c in seg["change_spans"]
+        )
+        + ".</p>"
+    )
+    rows = [
+        [
+            f"{_e(r['start'])} to {_e(r['end'])}",
+            r["n_cases"],
+            r["n_events"],
+            f"{r['expected']:.1f}",
+            f"{r['odds_ratio']:.2f} ({r['ci_low']:.2f}–{r['ci_high']:.2f})",
+        ]
+        for r in seg["segments"]
+    ]
+    return (
+        head
+        + verdict
+        + _table(["segment", "cases", "events", "expected", "odds ratio vs model (CI)"], rows)
+    )
 
 
 def _change_cell(change: dict[str, Any]) -> str:
