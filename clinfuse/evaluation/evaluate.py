@@ -1093,6 +1093,7 @@ class Evaluator:
 def _time_limitations(over: dict[str, Any] | None) -> list[str]:
     """The model card's lines on the slope drift, a falling AUROC and CUSUM signals."""
     from clinfuse.evaluation.cusum import describe_change, first_signals
+    from clinfuse.evaluation.segments import describe_segments
 
     if not over:
         return []
@@ -1124,21 +1125,9 @@ def _time_limitations(over: dict[str, Any] | None) -> list[str]:
                 + (f"; {describe_change(first)}" if "change" in first else "")
                 + ": look for a change in practice, case mix or data at that time."
             )
-    segments = over.get("segments") or {}
-    if segments.get("n_changes"):
-        steps = "; ".join(
-            f"from {seg['start']} × {seg['odds_ratio']:.2f} ({seg['ci_low']:.2f}–"
-            f"{seg['ci_high']:.2f})"
-            for seg in segments["segments"]
-        )
-        spans = ", ".join(
-            f"{c['date']} ({c['low']} to {c['high']})" for c in segments["change_spans"]
-        )
-        out.append(
-            f"The odds of the outcome against the model's risks changed "
-            f"{segments['n_changes']} time{'s' * (segments['n_changes'] > 1)} ({over['column']}, "
-            f"segments chosen by BIC; changes on {spans}): {steps}."
-        )
+    segments = describe_segments(over.get("segments"), over["column"])
+    if segments:
+        out.append(segments)
     for site, chart, first in first_signals(over.get("cusum_by_site")):
         out.append(
             f"At site {site}, the risk-adjusted CUSUM signalled {first['date']} for "

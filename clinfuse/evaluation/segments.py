@@ -34,7 +34,7 @@ from scipy.stats import norm
 
 from clinfuse.evaluation.cusum import _cut_off
 
-__all__ = ["segment_calibration"]
+__all__ = ["describe_segments", "segment_calibration"]
 
 _STEP = 0.01
 _BOUND = math.log(100.0)  # the largest odds ratio, either way
@@ -205,3 +205,19 @@ def segment_calibration(
         level=level,
     )
     return result
+
+
+def describe_segments(segments: dict[str, Any] | None, column: str) -> str | None:
+    """One sentence on the changes :func:`segment_calibration` found (None without any)."""
+    if not segments or not segments.get("n_changes"):
+        return None
+    k = segments["n_changes"]
+    spans = ", ".join(f"{c['date']} ({c['low']} to {c['high']})" for c in segments["change_spans"])
+    steps = "; ".join(
+        f"from {seg['start']} × {seg['odds_ratio']:.2f} ({seg['ci_low']:.2f}–{seg['ci_high']:.2f})"
+        for seg in segments["segments"]
+    )
+    return (
+        f"The odds of the outcome against the model's risks changed {k} time{'s' * (k > 1)} "
+        f"({column}, segments chosen by BIC; changes on {spans}): {steps}."
+    )

@@ -223,6 +223,7 @@ def _robustness_table(metrics: dict[str, Any]) -> pd.DataFrame | None:
 
 def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str | None]:
     from clinfuse.evaluation.cusum import describe_change, first_signals
+    from clinfuse.evaluation.segments import describe_segments
 
     block = metrics.get("over_time")
     if not isinstance(block, dict):
@@ -263,6 +264,11 @@ def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str 
         text += f" At site {site}, {chart['direction']}: first signal {first['date']}" + (
             f"; {describe_change(first)}." if "change" in first else "."
         )
+    segments = block.get("segments") or {}
+    if segments.get("n_changes") == 0:
+        text += " Calibration segments: no change (one odds ratio fits the whole span best)."
+    elif segments.get("n_changes"):
+        text += " " + str(describe_segments(segments, block["column"]))
     return table, text
 
 

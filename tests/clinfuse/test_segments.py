@@ -78,6 +78,18 @@ def test_a_change_that_reverts_is_found_with_both_dates() -> None:
         assert span["low"] <= span["date"] <= span["high"]
     before, during, after = res["segments"]
     assert during["ci_low"] < 2.5 < during["ci_high"]
+    # the sentence the model card and the review app's cohort page show
+    from clinfuse.evaluation.evaluate import _time_limitations
+    from clinfuse.evaluation.segments import describe_segments
+    from clinfuse.review.cohort import _over_time_table
+
+    sentence = describe_segments(res, "encounter_date")
+    assert sentence.startswith("The odds of the outcome against the model's risks changed 2 times")
+    assert f"from {during['start']} × {during['odds_ratio']:.2f}" in sentence
+    over = {"column": "encounter_date", "period": "quarter", "periods": [], "drift": {}}
+    assert sentence in _time_limitations(over | {"segments": res})
+    assert sentence in _over_time_table({"over_time": over | {"segments": res}})[1]
+    assert describe_segments({"n_changes": 0}, "d") is None
     assert before["ci_low"] < 1.0 < before["ci_high"] and after["ci_low"] < 1.0 < after["ci_high"]
     assert sum(s["n_cases"] for s in res["segments"]) == 3000 == res["n_cases"]
 
