@@ -920,6 +920,11 @@ def _halving_summary(
     }
 
 
+def _cell(value: Any) -> Any:
+    """A parameter value as a table cell: lists and mappings as JSON, the rest as they are."""
+    return json.dumps(value) if isinstance(value, list | dict) else value
+
+
 def _trials_table(search: _Search, metric: str) -> pd.DataFrame:
     """``trials.csv``: one row per trial."""
     best = search.rows[search.best]["trial"]
@@ -927,7 +932,7 @@ def _trials_table(search: _Search, metric: str) -> pd.DataFrame:
         [
             {
                 "trial": r["trial"],
-                **{f"param:{k}": json.dumps(v) for k, v in r["values"].items()},
+                **{f"param:{k}": _cell(v) for k, v in r["values"].items()},
                 **({"rung": r["rung"], "epochs": r["epochs"]} if "rung" in r else {}),
                 metric: r["pooled"],
                 **{f"{metric}_fold_{k}": v for k, v in sorted(r["per_fold"].items())},

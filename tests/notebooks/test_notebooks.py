@@ -129,6 +129,7 @@ def test_expected_notebooks_exist() -> None:
         "05_bring_your_own_cohort.ipynb",
         "06_external_validation.ipynb",
         "07_temporal_and_conformal.ipynb",
+        "08_tuning_and_updating.ipynb",
     }
     assert wanted <= set(ALL), f"missing notebooks: {sorted(wanted - set(ALL))}"
 
