@@ -124,6 +124,7 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str, list[str]]]]] = [
             ("clinfuse.evaluation.cusum", "ChangePoint", []),
             ("clinfuse.evaluation.cusum", "cusum_by_group", []),
             ("clinfuse.evaluation.segments", "segment_calibration", []),
+            ("clinfuse.evaluation.segments", "segments_by_group", []),
             ("clinfuse.evaluation.funnel", "funnel_data", []),
             ("clinfuse.evaluation.funnel", "funnel_limits", []),
             ("clinfuse.evaluation.monitor", "monitor_predictions", []),

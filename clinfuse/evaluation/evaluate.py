@@ -651,16 +651,15 @@ class Evaluator:
             )
             if by_site is not None:
                 metrics["over_time"]["cusum_by_site"] = by_site
-            from clinfuse.evaluation.segments import segment_calibration
+            from clinfuse.evaluation.segments import segment_calibration, segments_by_group
 
-            metrics["over_time"]["segments"] = segment_calibration(
-                y,
-                p,
-                dates,
-                min_cases=self.min_group_size,
-                min_events=self.min_group_events,
-                level=self.level,
+            sizes: dict[str, Any] = dict(
+                min_cases=self.min_group_size, min_events=self.min_group_events, level=self.level
             )
+            metrics["over_time"]["segments"] = segment_calibration(y, p, dates, **sizes)
+            per_site = segments_by_group(y, p, dates, frame["site"].tolist(), **sizes)
+            if per_site is not None:
+                metrics["over_time"]["segments_by_site"] = per_site
 
         # fusion analysis
         if len(mods) > 1 and scorer is not None:
@@ -1128,6 +1127,10 @@ def _time_limitations(over: dict[str, Any] | None) -> list[str]:
     segments = describe_segments(over.get("segments"), over["column"])
     if segments:
         out.append(segments)
+    for site, result in ((over.get("segments_by_site") or {}).get("groups") or {}).items():
+        sentence = describe_segments(result, over["column"])
+        if sentence:
+            out.append(f"At site {site}: {sentence[0].lower()}{sentence[1:]}")
     for site, chart, first in first_signals(over.get("cusum_by_site")):
         out.append(
             f"At site {site}, the risk-adjusted CUSUM signalled {first['date']} for "

@@ -687,7 +687,36 @@ def _over_time(m: dict[str, Any], png: dict[str, bytes]) -> str:
         body += _cusum_by_site(o["cusum_by_site"])
     if o.get("segments"):
         body += _segments(o["segments"])
+    if o.get("segments_by_site"):
+        body += _segments_by_site(o["segments_by_site"])
     return body
+
+
+def _segments_by_site(by_site: dict[str, Any]) -> str:
+    """Each site's calibration segments: a change at one site is diluted in the pooled cut."""
+    rows = [
+        [
+            _e(site),
+            seg["n_cases"],
+            "—" if seg.get("n_changes") is None else seg["n_changes"],
+            ", ".join(
+                f"{_e(c['date'])} ({_e(c['low'])} to {_e(c['high'])})"
+                for c in seg.get("change_spans", [])
+            )
+            or "—",
+            " → ".join(f"{r['odds_ratio']:.2f}" for r in seg.get("segments", [])),
+        ]
+        for site, seg in by_site["groups"].items()
+    ]
+    left = "".join(
+        f"<p>Site {_e(site)} left out: {_e(reason)}.</p>"
+        for site, reason in by_site.get("left_out", {}).items()
+    )
+    return (
+        "<p>The same segmentation at each site, on its own cases:</p>"
+        + _table(["site", "cases", "changes", "dated (could be)", "odds ratios vs model"], rows)
+        + left
+    )
 
 
 def _segments(seg: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from scipy.stats import norm
 
 from clinfuse.evaluation.cusum import _cut_off
 
-__all__ = ["describe_segments", "segment_calibration"]
+__all__ = ["describe_segments", "segment_calibration", "segments_by_group"]
 
 _STEP = 0.01
 _BOUND = math.log(100.0)  # the largest odds ratio, either way
@@ -205,6 +205,48 @@ def segment_calibration(
         level=level,
     )
     return result
+
+
+def segments_by_group(
+    y: ArrayLike,
+    p: ArrayLike,
+    dates: ArrayLike,
+    groups: Any,
+    *,
+    min_cases: int = 30,
+    min_events: int = 5,
+    level: float = 0.95,
+) -> dict[str, Any] | None:
+    """:func:`segment_calibration` for each group (each site, say): a change at one site is
+    diluted among all sites' cases. A group without two segments' worth of dated cases
+    (``2 × min_cases``) or ``min_events`` events and non-events is left out and named.
+
+    Returns:
+        None with fewer than two groups segmented; else ``groups`` ({group: the result}) and
+        ``left_out`` ({group: reason}).
+    """
+    from clinfuse.evaluation.subgroups import group_labels
+
+    y_ = np.asarray(y, dtype=float)
+    p_ = np.asarray(p, dtype=float)
+    d_ = np.asarray(dates, dtype="datetime64[D]")
+    labels = group_labels(groups)
+    dated = ~np.isnat(d_)
+    results, left_out = {}, {}
+    for name in sorted(set(labels[dated])):
+        sel = dated & (labels == name)
+        events = int(y_[sel].sum())
+        if sel.sum() < 2 * min_cases or min(events, int(sel.sum()) - events) < min_events:
+            left_out[name] = (
+                f"fewer than {2 * min_cases} dated cases or {min_events} events/non-events"
+            )
+            continue
+        results[name] = segment_calibration(
+            y_[sel], p_[sel], d_[sel], min_cases=min_cases, min_events=min_events, level=level
+        )
+    if len(results) < 2:
+        return None
+    return {"groups": results, "left_out": left_out}
 
 
 def describe_segments(segments: dict[str, Any] | None, column: str) -> str | None:

@@ -269,6 +269,10 @@ def _over_time_table(metrics: dict[str, Any]) -> tuple[pd.DataFrame | None, str 
         text += " Calibration segments: no change (one odds ratio fits the whole span best)."
     elif segments.get("n_changes"):
         text += " " + str(describe_segments(segments, block["column"]))
+    for site, result in ((block.get("segments_by_site") or {}).get("groups") or {}).items():
+        sentence = describe_segments(result, block["column"])
+        if sentence:
+            text += f" At site {site}: {sentence[0].lower()}{sentence[1:]}"
     return table, text
 
 

@@ -138,3 +138,39 @@ def test_the_evaluation_reports_the_segments(tiny_run, tiny_cohort, tmp_path) ->
     assert "Changes of calibration over time (segments)" in report
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["over_time"]["segments"]["by_changes"][0]["n_changes"] == 0
+    by_site = saved["over_time"]["segments_by_site"]  # the tiny cohort's sites, 20+ cases each
+    assert len(by_site["groups"]) >= 2
+    assert "The same segmentation at each site" in report
+
+
+def test_a_change_at_one_site_is_found_at_that_site() -> None:
+    from clinfuse.evaluation.evaluate import _time_limitations
+    from clinfuse.evaluation.segments import segments_by_group
+
+    rng = np.random.default_rng(9)
+    n = 3000
+    site = rng.choice(["a", "b", "c"], n)
+    day = rng.integers(0, 700, n)
+    z = rng.normal(-1.0, 1.0, n)
+    beta = np.where((site == "c") & (day >= 350), math.log(3.0), 0.0)  # site c only
+    y = (rng.random(n) < expit(z + beta)).astype(float)
+    dates = DAY0 + day
+    res = segments_by_group(y, expit(z), dates, site, min_cases=30, min_events=5)
+    assert set(res["groups"]) == {"a", "b", "c"} and res["left_out"] == {}
+    for name, seg in res["groups"].items():
+        alone = segment_calibration(y[site == name], expit(z)[site == name], dates[site == name])
+        assert seg == alone  # each site's own cases, nothing else
+    assert res["groups"]["a"]["n_changes"] == 0 and res["groups"]["b"]["n_changes"] == 0
+    c = res["groups"]["c"]
+    assert c["n_changes"] == 1
+    span = c["change_spans"][0]
+    assert np.datetime64(span["low"]) <= DAY0 + 350 <= np.datetime64(span["high"])
+    over = {"column": "encounter_date", "drift": {}, "segments_by_site": res}
+    assert any(line.startswith("At site c: the odds") for line in _time_limitations(over))
+    # a site too small to cut is named, and one site alone is no comparison
+    small = segments_by_group(y[:200], expit(z)[:200], dates[:200], ["a"] * 150 + ["b"] * 50)
+    assert small is None
+    two = segments_by_group(
+        y, expit(z), dates, np.where(site == "c", "c", np.where(day < 5, "d", "a"))
+    )
+    assert "d" in two["left_out"] and set(two["groups"]) == {"a", "c"}
