@@ -41,6 +41,7 @@ __all__ = [
     "default_encoders",
     "demo_config",
     "load_config",
+    "set_dotted",
 ]
 
 # The models of the fusion and of image and signal preprocessing are re-exported by
@@ -418,6 +419,30 @@ class RunConfig(BaseModel):
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
 
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, *, field: str | None = None) -> None:
+    """Set ``data["a"]["b"]["c"] = value`` for ``dotted = "a.b.c"``, making missing sections.
+
+    Raises:
+        ConfigError: a part of the path holds a value, not a section (named by ``field``,
+            default ``dotted``).
+    """
+    node = data
+    *parents, leaf = dotted.split(".")
+    for i, key in enumerate(parents):
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(
+                f"{'.'.join(parents[: i + 1])} is a value, not a section, so "
+                f"{dotted} is not a config field",
+                field=field or dotted,
+                hint="see docs/configuration.md for the fields",
+            )
+        node = nxt
+    node[leaf] = value
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> RunConfig:
@@ -439,11 +464,7 @@ def load_config(
             raise ConfigError("config must be a YAML mapping", path=path)
         data = loaded or {}
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:

@@ -245,7 +245,10 @@ RECALIBRATE_EPILOG = (
     "  clinfuse recalibrate runs/demo_cv site_d/manifest.csv --out runs/demo_cv_site_d "
     "--split train   (a fold ensemble, recalibrated as a whole)\n\n"
     "  clinfuse recalibrate runs/demo site_d/manifest.csv --out runs/demo_2024 "
-    "--time-column encounter_date --since 2024-01-01   (recent cases only, after a drift)"
+    "--time-column encounter_date --since 2024-01-01   (recent cases only, after a drift)\n\n"
+    "  clinfuse recalibrate runs/demo site_d/manifest.csv --out runs/demo_dynamic "
+    "--method dynamic --time-column encounter_date --half-life auto   (follow a drifting site "
+    "day by day)"
 )
 
 

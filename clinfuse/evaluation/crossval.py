@@ -571,10 +571,10 @@ def cross_validate(
     }
     write_text_atomic(partial / "per_fold.csv", per_fold.to_csv(index=False))
     (partial / "plan.json").unlink()
-    if not keep_fold_models:
-        shutil.rmtree(partial / "folds")
     write_text_atomic(partial / "crossval.json", json.dumps(summary, indent=2))
     publish(partial, out)
+    if not keep_fold_models:  # only once the folder is complete: the models were scored
+        shutil.rmtree(out / "folds")
     return CrossValResult(
         out=out,
         summary=summary,

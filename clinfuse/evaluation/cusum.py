@@ -58,6 +58,7 @@ __all__ = [
     "ChangePoint",
     "Cusum",
     "CusumChart",
+    "change_cut_off",
     "change_point",
     "check_false_alarm",
     "control_limit",
@@ -161,8 +162,10 @@ class ChangePoint:
     level: float
 
 
-def _cut_off(level: float) -> float:
-    """``c`` with ``(1 − e^(−c/2))² = level`` (see the module's docstring)."""
+def change_cut_off(level: float) -> float:
+    """``c`` with ``(1 − e^(−c/2))² = level``: the profile deviance within which a change's
+    position lies at ``level`` (see the module's docstring; also used by
+    :mod:`clinfuse.evaluation.segments`)."""
     return float(-2.0 * np.log1p(-np.sqrt(level)))
 
 
@@ -227,7 +230,7 @@ def _locate(
     bound = _MAX_LOG_ODDS_RATIO * (1 if increase else -1)
     beta, se, best = _fit_shift(y[first + tau :], p[first + tau :], bound)
     run[tau] = max(run[tau], best)
-    inside = np.flatnonzero(2.0 * (run[tau] - run) <= _cut_off(level))
+    inside = np.flatnonzero(2.0 * (run[tau] - run) <= change_cut_off(level))
     return ChangePoint(
         index=tau,
         low=int(inside[0]),

@@ -37,12 +37,13 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.special import expit
 
+from clinfuse.evaluation.metrics import log_loss
+
 __all__ = [
     "HALF_LIVES",
     "DynamicRecalibration",
     "choose_half_life",
     "dynamic_recalibration",
-    "log_loss",
 ]
 
 HALF_LIVES: tuple[float | None, ...] = (30.0, 90.0, 180.0, 365.0, 730.0, None)
@@ -192,12 +193,6 @@ def dynamic_recalibration(
         half_life_days=half_life_days,
         prior_sd=prior_sd,
     )
-
-
-def log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean negative log-likelihood of 0/1 outcomes ``y`` under risks ``p``."""
-    q = np.clip(np.asarray(p, dtype=float), 1e-12, 1 - 1e-12)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
 
 
 def choose_half_life(

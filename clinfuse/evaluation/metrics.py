@@ -22,6 +22,7 @@ __all__ = [
     "bootstrap_ci",
     "brier_batch",
     "brier_from_counts",
+    "log_loss",
     "metric_with_ci",
 ]
 
@@ -77,6 +78,14 @@ def auprc_batch(y: np.ndarray, p: np.ndarray) -> np.ndarray:
 def brier_batch(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Brier score of each row: mean squared difference of probability and outcome."""
     return np.mean((np.atleast_2d(p) - np.atleast_2d(y)) ** 2, axis=1)
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean negative log-likelihood of 0/1 outcomes ``y`` under risks ``p`` (clipped to
+    [1e-12, 1 − 1e-12]), as scikit-learn's ``log_loss``."""
+    q = np.clip(np.asarray(p, dtype=float), 1e-12, 1 - 1e-12)
+    y = np.asarray(y, dtype=float)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
 
 
 METRICS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

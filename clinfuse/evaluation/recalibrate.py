@@ -79,7 +79,8 @@ from clinfuse.calibration import (
     fit_update,
 )
 from clinfuse.errors import CohortError, ConfigError
-from clinfuse.evaluation.dynamic import choose_half_life, dynamic_recalibration, log_loss
+from clinfuse.evaluation.dynamic import choose_half_life, dynamic_recalibration
+from clinfuse.evaluation.metrics import log_loss
 
 __all__ = [
     "METHODS",
@@ -418,11 +419,8 @@ def _check_dynamic(
     return {"half_life_days": half_life_days, "prior_sd": prior_sd}
 
 
-def _dated(
-    frame: pd.DataFrame, cohort: Any, column: str
-) -> tuple[pd.DataFrame, np.ndarray, dict[str, Any]]:
-    """The scored cases that have a date in ``column`` (in the frame's order), their dates,
-    and what was kept (``kept``: the boolean mask over ``frame``).
+def _dates(frame: pd.DataFrame, cohort: Any, column: str) -> np.ndarray:
+    """The scored cases' dates in ``column`` (NaT: undated), in the frame's order.
 
     Raises:
         CohortError: the column is missing, a date unreadable, or no scored case dated.
@@ -439,13 +437,74 @@ def _dated(
             path=cohort.manifest_path,
             hint="--method dynamic replays the cases in date order",
         )
-    info = {"column": column, "n_dated": int(kept.sum()), "n_undated": int((~kept).sum())}
-    return frame[kept].reset_index(drop=True), dates[kept], info | {"kept": kept}
+    return dates
 
 
-def _take_replays(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The dynamic replays out of the report entries (they are written as a table)."""
-    return {name: entry.pop("replay") for name, entry in outputs.items() if "replay" in entry}
+@dataclass
+class _SiteFit:
+    """The updates fitted on a site's scored cases (:func:`_fit_site`).
+
+    Attributes:
+        frame, y: the cases fitted on (the dated ones for ``dynamic``) and their outcomes.
+        kept: which rows of the scored frame ``frame`` holds.
+        dates: their dates (``dynamic`` only).
+        calibrators, updates: as :func:`_fit_updates` returns them.
+        replays: each output's dynamic replay (``dynamic`` only).
+        report: ``recalibration.json`` without the source's version.
+    """
+
+    frame: pd.DataFrame
+    y: np.ndarray
+    kept: np.ndarray
+    dates: np.ndarray | None
+    calibrators: dict[str, Calibrator]
+    updates: dict[str, Calibrator]
+    replays: dict[str, Any]
+    report: dict[str, Any]
+
+
+def _fit_site(
+    source: Path,
+    cohort: Any,
+    frame: pd.DataFrame,
+    excluded: list[Any],
+    names: list[str],
+    current: dict[str, Calibrator],
+    *,
+    method: str,
+    alpha: float,
+    split: str | None,
+    recent: dict[str, Any] | None,
+    time_column: str | None,
+    dynamic: dict[str, Any] | None,
+    what: str,
+) -> _SiteFit:
+    """Fit every output's update on the scored cases (the dated ones for ``dynamic``) and
+    write the report: what a run and a fold ensemble share."""
+    kept = np.ones(len(frame), dtype=bool)
+    dates = None
+    if dynamic:
+        all_dates = _dates(frame, cohort, str(time_column))
+        kept = ~np.isnat(all_dates)
+        frame, dates = frame[kept].reset_index(drop=True), all_dates[kept]
+    y = _outcomes(frame, cohort)
+    calibrators, outputs, updates = _fit_updates(
+        frame, y, names, current, method=method, alpha=alpha, dates=dates, dynamic=dynamic
+    )
+    # the replays are written as tables, not into recalibration.json
+    replays = {name: entry.pop("replay") for name, entry in outputs.items() if "replay" in entry}
+    report = _report(
+        source, cohort, y, excluded, outputs, method=method, alpha=alpha, split=split, what=what
+    )
+    if recent is not None:
+        report["since"] = recent
+    if dynamic:
+        report["dated"] = {
+            "column": time_column,
+            "n_dated": int(kept.sum()),
+            "n_undated": int((~kept).sum()),
+        }
+    return _SiteFit(frame, y, kept, dates, calibrators, updates, replays, report)
 
 
 def _write_replays(
@@ -737,31 +796,29 @@ def recalibrate_run(
     )
     cohort, recent = _recent(cohort, window)
     scored = score_cohort(model, cohort, progress=progress, workers=workers)
-    raw, frame, excluded = scored.raw, scored.frame, scored.excluded
-    logits = np.asarray(raw["logit"], dtype=float)
-    dates, undated = None, None
-    if dynamic:
-        frame, dates, undated = _dated(frame, cohort, str(time_column))
-        logits = logits[undated.pop("kept")]
-    y = _outcomes(frame, cohort)
-    calibrators, outputs, updates = _fit_updates(
-        frame,
-        y,
+    fit = _fit_site(
+        source,
+        cohort,
+        scored.frame,
+        scored.excluded,
         ["fusion", *model.modalities],
         model.calibrators,
         method=method,
         alpha=alpha,
-        dates=dates,
+        split=split,
+        recent=recent,
+        time_column=time_column,
         dynamic=dynamic,
+        what="run",
     )
-    replays = _take_replays(outputs)
-    report = _report(
-        source, cohort, y, excluded, outputs, method=method, alpha=alpha, split=split, what="run"
+    frame, y, calibrators, updates, report = (
+        fit.frame,
+        fit.y,
+        fit.calibrators,
+        fit.updates,
+        fit.report,
     )
-    if recent is not None:
-        report["since"] = recent
-    if undated is not None:
-        report["dated"] = undated
+    logits = np.asarray(scored.raw["logit"], dtype=float)[fit.kept]
     report["source_model_sha256"] = model_sha256(source)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -786,7 +843,7 @@ def recalibrate_run(
             metrics.update(recomputed)
         metrics["calibration"] = {"fusion": calibrators["fusion"].to_dict()}
         metrics["recalibration"] = {
-            "method": {k: v["method"] for k, v in outputs.items()},
+            "method": {k: v["method"] for k, v in report["outputs"].items()},
             "n_cases": len(y),
             "n_events": int(y.sum()),
             "manifest": str(cohort.manifest_path),
@@ -794,10 +851,10 @@ def recalibrate_run(
         }
         _write_json(metrics_path, metrics)
         _write_json(tmp / "recalibration.json", report)
-        _write_replays(tmp, replays, frame, dates)
+        _write_replays(tmp, fit.replays, frame, fit.dates)
 
         fusion_cal = calibrators["fusion"]
-        if "fusion" in updates and isinstance(fusion_cal, Updated) and not replays:
+        if "fusion" in updates and isinstance(fusion_cal, Updated) and not fit.replays:
             # the cases the outermost fused update was fitted on (the app's band); when the
             # fused risk is kept, the copied file of an earlier update stays with it
             pd.DataFrame(
@@ -851,38 +908,22 @@ def _recalibrate_ensemble(
     )
     cohort, recent = _recent(cohort, window)
     scores = ensemble.score(cohort, progress=progress, workers=workers)
-    frame, excluded = scores.frame, scores.excluded
-    dates, undated = None, None
-    if dynamic:
-        frame, dates, undated = _dated(frame, cohort, str(time_column))
-        undated.pop("kept")
-    y = _outcomes(frame, cohort)
-    calibrators, outputs, _ = _fit_updates(
-        frame,
-        y,
+    fit = _fit_site(
+        source,
+        cohort,
+        scores.frame,
+        scores.excluded,
         ["fusion", *ensemble.modalities],
         ensemble.recalibration,
         method=method,
         alpha=alpha,
-        dates=dates,
-        dynamic=dynamic,
-    )
-    replays = _take_replays(outputs)
-    report = _report(
-        source,
-        cohort,
-        y,
-        excluded,
-        outputs,
-        method=method,
-        alpha=alpha,
         split=split,
+        recent=recent,
+        time_column=time_column,
+        dynamic=dynamic,
         what="ensemble",
     )
-    if recent is not None:
-        report["since"] = recent
-    if undated is not None:
-        report["dated"] = undated
+    calibrators, report = fit.calibrators, fit.report
     report["source_model_version"] = model_version(source)
     report["fold_ensemble"] = len(ensemble)
 
@@ -899,7 +940,7 @@ def _recalibrate_ensemble(
             },
         )
         _write_json(tmp / "recalibration.json", report)
-        _write_replays(tmp, replays, frame, dates)
+        _write_replays(tmp, fit.replays, fit.frame, fit.dates)
         load_ensemble(tmp)  # the new folder must load before it takes the name
         publish(tmp, out)
     finally:

@@ -726,7 +726,7 @@ def _segments(seg: dict[str, Any]) -> str:
         "<h3>Changes of calibration over time (segments)</h3><p>The dated cases cut into "
         "consecutive segments, each with its own odds ratio of the outcome against the "
         "model's risks; the number of changes chosen by BIC among 0 to "
-        f"{len(seg['by_changes']) - 1} (cuts between {_e(seg['granularity'])}s; at least "
+        f"{len(seg['by_changes']) - 1} (cuts between {_e(seg['granularity'])}; at least "
         f"{seg['min_cases']} cases and {seg['min_events']} events and non-events a segment). "
         "Unlike a CUSUM signal, this finds several changes, and a change that reverts. The "
         "intervals take the cuts as given.</p>"

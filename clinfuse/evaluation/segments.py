@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import norm
 
-from clinfuse.evaluation.cusum import _cut_off
+from clinfuse.evaluation.cusum import change_cut_off
 
 __all__ = ["describe_segments", "segment_calibration", "segments_by_group"]
 
@@ -146,7 +146,7 @@ def segment_calibration(
         "criterion": "BIC: -2 log L + (2K + 1) log n",
         "n_cases": n,
         "n_undated": int((~keep).sum()),
-        "granularity": "day" if n_blocks == len(days) else f"{n_blocks} blocks of days",
+        "granularity": "days" if n_blocks == len(days) else f"{n_blocks} blocks of days",
         "by_changes": by_changes,
         "min_cases": min_cases,
         "min_events": min_events,
@@ -184,7 +184,7 @@ def segment_calibration(
                 "ci_high": float(math.exp(beta + z * se)),
             }
         )
-    cut_off = _cut_off(level)
+    cut_off = change_cut_off(level)
     spans = []
     for j in range(1, len(cuts) - 1):  # each change moved between its neighbours
         lo, hi = cuts[j - 1], cuts[j + 1]

@@ -354,24 +354,6 @@ def _read_halving(spec: Any, bad: Callable[..., ConfigError]) -> Halving | None:
     return Halving(**values)
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for i, key in enumerate(parents):
-        nxt = node.get(key)
-        if nxt is None:
-            nxt = node[key] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(
-                f"{'.'.join(parents[: i + 1])} is a value, not a section, so "
-                f"{dotted} is not a config field",
-                field=f"params.{dotted}",
-                hint="see docs/configuration.md for the fields",
-            )
-        node = nxt
-    node[leaf] = value
-
-
 def candidate_config(base: Any, values: Mapping[str, Any]) -> Any:
     """The base :class:`~clinfuse.config.RunConfig` with the dotted ``values`` set.
 
@@ -382,12 +364,12 @@ def candidate_config(base: Any, values: Mapping[str, Any]) -> Any:
     """
     from pydantic import ValidationError
 
-    from clinfuse.config import RunConfig
+    from clinfuse.config import RunConfig, set_dotted
     from clinfuse.encoders.base import get_encoder_class
 
     data = base.model_dump(mode="json")
     for name, value in values.items():
-        _set_dotted(data, name, value)
+        set_dotted(data, name, value, field=f"params.{name}")
     shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
     try:
         config = RunConfig.model_validate(data)
@@ -423,14 +405,11 @@ def candidate_config(base: Any, values: Mapping[str, Any]) -> Any:
 
 
 def _metric(metric: str, y: np.ndarray, p: np.ndarray) -> float:
-    from clinfuse.evaluation.metrics import auroc_batch
+    from clinfuse.evaluation.metrics import auroc_batch, brier_batch, log_loss
 
-    if metric == "auroc":
-        return float(auroc_batch(y[None, :], p[None, :])[0])
-    if metric == "brier":
-        return float(np.mean((p - y) ** 2))
-    q = np.clip(p, 1e-15, 1 - 1e-15)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+    if metric == "log_loss":
+        return log_loss(y, p)
+    return float({"auroc": auroc_batch, "brier": brier_batch}[metric](y, p)[0])
 
 
 def trial_figures(

@@ -184,14 +184,14 @@ def _brute_change(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def test_the_change_point_is_the_profile_likelihood_maximum():
     import statsmodels.api as sm
 
-    from clinfuse.evaluation.cusum import _cut_off, change_point
+    from clinfuse.evaluation.cusum import change_cut_off, change_point
 
     y, p, _ = _cases(np.random.default_rng(7), 120, shift_at=60, odds=3.0)
     profile, betas = _brute_change(y, p)
     change = change_point(y, p, increase=True)
     assert change.index == int(np.argmax(profile))
     assert change.statistic == pytest.approx(2 * profile.max(), abs=1e-6)
-    inside = np.flatnonzero(2 * (profile.max() - profile) <= _cut_off(0.95))
+    inside = np.flatnonzero(2 * (profile.max() - profile) <= change_cut_off(0.95))
     assert (change.low, change.high) == (inside[0], inside[-1])
     assert change.low <= change.index <= change.high
     # the odds ratio from the change on: a logistic regression with the model's logit as offset
@@ -202,7 +202,7 @@ def test_the_change_point_is_the_profile_likelihood_maximum():
     assert change.log_odds_ratio == pytest.approx(fit.params[0], abs=1e-6)
     assert change.log_odds_ratio == pytest.approx(betas[change.index], abs=1e-4)
     assert change.se == pytest.approx(fit.bse[0], rel=1e-6)
-    assert _cut_off(0.95) == pytest.approx(7.352, abs=1e-3)
+    assert change_cut_off(0.95) == pytest.approx(7.352, abs=1e-3)
     with pytest.raises(ValueError, match="level"):
         change_point(y, p, increase=True, level=1.0)
     # a change no later than case 40: the best of those positions, the later cases still

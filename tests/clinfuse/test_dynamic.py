@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
-from clinfuse.errors import ConfigError
+from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.dynamic import dynamic_recalibration
 
 DAY0 = np.datetime64("2022-01-01")
@@ -116,7 +116,9 @@ def test_a_drift_is_followed_and_the_prequential_risks_beat_the_static_ones() ->
 
 
 def test_the_half_life_with_the_best_prequential_log_loss_is_chosen() -> None:
-    from clinfuse.evaluation.dynamic import HALF_LIVES, choose_half_life, log_loss
+    from sklearn.metrics import log_loss
+
+    from clinfuse.evaluation.dynamic import HALF_LIVES, choose_half_life
 
     def step(day):
         return np.where(day < 200, 0.0, 1.0)
@@ -290,4 +292,15 @@ def test_recalibrate_dynamic_on_the_command_line(tiny_run, dated, tmp_path, caps
             time_column="encounter_date",
             half_life_days=-3,
         )
+    undated = pd.read_csv(dated, dtype=str, keep_default_na=False).assign(encounter_date="")
+    undated.to_csv(dated.with_name("undated_dynamic.csv"), index=False)
+    with pytest.raises(CohortError, match="has a date in 'encounter_date'") as err:
+        recalibrate_run(
+            tiny_run,
+            dated.with_name("undated_dynamic.csv"),
+            tmp_path / "x",
+            method="dynamic",
+            time_column="encounter_date",
+        )
+    assert err.value.field == "encounter_date"
     assert not (tmp_path / "x").exists()

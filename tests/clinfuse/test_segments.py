@@ -136,6 +136,7 @@ def test_the_evaluation_reports_the_segments(tiny_run, tiny_cohort, tmp_path) ->
     assert sum(s["n_cases"] for s in seg["segments"]) == seg["n_cases"]
     report = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
     assert "Changes of calibration over time (segments)" in report
+    assert "cuts between days;" in report
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["over_time"]["segments"]["by_changes"][0]["n_changes"] == 0
     by_site = saved["over_time"]["segments_by_site"]  # the tiny cohort's sites, 20+ cases each

@@ -127,6 +127,12 @@ def test_a_candidate_that_is_not_a_valid_config_is_refused_before_any_training(
         assert not (tmp_path / "t").exists() and not (tmp_path / "t.partial").exists()
     with pytest.raises(ConfigError, match="metric"):
         tune(tiny_cohort, tmp_path / "t", SPACE, base, metric="accuracy")
+    # the same dotted path through a value is refused for the CLI's overrides too
+    from clinfuse.config import load_config
+
+    with pytest.raises(ConfigError, match="is a value, not a section") as err:
+        load_config(None, {"training.lr": 0.1, "training.lr.value": 0.1})
+    assert err.value.field == "training.lr.value"
 
 
 @pytest.fixture(scope="module")
