@@ -651,7 +651,7 @@ def tune(
     }
     if main.rungs is not None:
         summary["halving"] = _halving_summary(main.rungs, space.halving, len(candidates), folds)
-    summary = json.loads(json.dumps(summary, default=_json_default))
+    summary = json.loads(json.dumps(summary))  # as tuning.json will read
     save_figure(trials_figure(summary), partial / "figures", "trials")
     best_config = configs[main.best]
     write_text_atomic(partial / "best_config.yaml", best_config.to_yaml())
@@ -927,9 +927,3 @@ def _trials_table(search: _Search, metric: str) -> pd.DataFrame:
             for r in search.rows
         ]
     )
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
