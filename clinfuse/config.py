@@ -419,6 +419,20 @@ class RunConfig(BaseModel):
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
 
+def read_yaml(path: Path, what: str) -> Any:
+    """The YAML document in ``path`` (``what`` names it in errors).
+
+    Raises:
+        ConfigError: the file is missing or not YAML.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found", path=path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} is not valid YAML: {e}", path=path) from e
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any, *, field: str | None = None) -> None:
     """Set ``data["a"]["b"]["c"] = value`` for ``dotted = "a.b.c"``, making missing sections.
 
@@ -454,12 +468,7 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError("config file not found", path=path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config is not valid YAML: {e}", path=path) from e
+        loaded = read_yaml(path, "config")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError("config must be a YAML mapping", path=path)
         data = loaded or {}

@@ -234,13 +234,10 @@ def read_space(source: str | Path | Mapping[str, Any]) -> SearchSpace:
     if isinstance(source, Mapping):
         data: Any = dict(source)
     else:
+        from clinfuse.config import read_yaml
+
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError("search space file not found", path=path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"the search space is not valid YAML: {e}", path=path) from e
+        data = read_yaml(path, "search space")
 
     def bad(msg: str, name: str, hint: str | None = None) -> ConfigError:
         return ConfigError(

@@ -449,3 +449,19 @@ def test_a_cohort_the_first_trial_refuses_leaves_no_folder(
     with pytest.raises(CohortError):
         tune(tmp_path / "missing.csv", out, SPACE, _config(), folds=2)
     assert not out.exists() and not (tmp_path / "t.partial").exists()
+
+
+def test_a_missing_or_broken_space_file_is_named(tmp_path: Path) -> None:
+    from clinfuse.evaluation.tune import read_space
+
+    with pytest.raises(ConfigError, match="search space file not found") as err:
+        read_space(tmp_path / "nope.yaml")
+    assert err.value.path == str(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("params: [unclosed\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="search space is not valid YAML"):
+        read_space(broken)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- training.lr\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        read_space(listed)
