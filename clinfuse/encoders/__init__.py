@@ -7,7 +7,8 @@ image        ``small_cnn`` (default), ``densenet121``, ``resnet18``, ``resnet34`
              ``resnet50``, ``efficientnet-b0`` (MONAI, 2D or 3D)
 note         ``transformer`` (Hugging Face; default: shipped all-MiniLM-L6-v2)
 signal       ``resnet1d`` (1-D residual CNN)
-tabular      ``mlp`` (MLP over values and missingness mask)
+tabular      ``mlp`` (default; MLP over values and missingness mask),
+             ``ft_transformer`` (FT-Transformer: a token per feature)
 ===========  =====================================================================
 
 >>> from clinfuse.encoders import build_encoder, available_encoders
@@ -48,7 +49,13 @@ from clinfuse.encoders.image import (
     SmallCNNEncoder,
 )
 from clinfuse.encoders.signal import SignalEncoderConfig, SignalResNet1dEncoder
-from clinfuse.encoders.tabular import TabularEncoderConfig, TabularMLPEncoder
+from clinfuse.encoders.tabular import (
+    FTTransformerConfig,
+    FTTransformerEncoder,
+    TabularEncoder,
+    TabularEncoderConfig,
+    TabularMLPEncoder,
+)
 from clinfuse.encoders.text import (
     MINILM_SHA256,
     TextEncoderConfig,
@@ -67,6 +74,8 @@ __all__ = [
     "EfficientNetEncoder",
     "Encoder",
     "EncoderConfig",
+    "FTTransformerConfig",
+    "FTTransformerEncoder",
     "ImageEncoder",
     "ImageEncoderConfig",
     "ResNetConfig",
@@ -75,6 +84,7 @@ __all__ = [
     "SignalResNet1dEncoder",
     "SmallCNNConfig",
     "SmallCNNEncoder",
+    "TabularEncoder",
     "TabularEncoderConfig",
     "TabularMLPEncoder",
     "TextEncoderConfig",

@@ -160,6 +160,26 @@ CASES: list[Case] = [
         ],
     ),
     Case(
+        id="tabular/ft_transformer",
+        modality="tabular",
+        config={
+            "name": "ft_transformer",
+            "n_features": 5,
+            "d_token": 8,
+            "n_heads": 2,
+            "embed_dim": 8,
+        },
+        make_items=_rows,
+        bad_inputs=[
+            (lambda: {"values": torch.zeros(2, 4), "mask": torch.ones(2, 4)}, "n_features"),
+            (
+                lambda: {"values": torch.full((2, 5), float("inf")), "mask": torch.ones(2, 5)},
+                "non-finite",
+            ),
+            (lambda: torch.zeros(2, 10), "values"),
+        ],
+    ),
+    Case(
         id="note/transformer",
         modality="note",
         config={
@@ -352,8 +372,8 @@ def test_user_weights_load_and_change_output(case: Case, tmp_path: Path) -> None
 
 
 # ----------------------------------------------------------- weights files
-def _tabular() -> Encoder:
-    return _build(CASES[[c.id for c in CASES].index("tabular/mlp")])
+def _tabular(name: str = "mlp") -> Encoder:
+    return _build(CASES[[c.id for c in CASES].index(f"tabular/{name}")])
 
 
 def test_pt_state_dict_of_backbone_loads(tmp_path: Path) -> None:
@@ -385,8 +405,9 @@ def test_mismatched_weights_name_the_keys(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------ modality extras
-def test_tabular_missing_values_are_not_data() -> None:
-    enc = _tabular().eval()
+@pytest.mark.parametrize("name", ["mlp", "ft_transformer"])
+def test_tabular_missing_values_are_not_data(name: str) -> None:
+    enc = _tabular(name).eval()
     values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0]])
     with torch.no_grad():
@@ -395,6 +416,70 @@ def test_tabular_missing_values_are_not_data() -> None:
         c = enc((values, torch.ones_like(mask)))
     assert torch.equal(a, b)  # the value behind mask 0 is ignored
     assert not torch.allclose(a, c)  # observed vs missing differs
+
+
+def test_ft_transformer_attends_across_features() -> None:
+    """One feature's value changes the embedding through attention, and so does the
+    order of the columns (each feature has its own token parameters)."""
+    enc = _tabular("ft_transformer").eval()
+    values = torch.tensor([[0.5, -1.0, 2.0, 0.0, 1.5]])
+    mask = torch.ones_like(values)
+    with torch.no_grad():
+        a = enc((values, mask))
+        b = enc((values.clone().index_fill_(1, torch.tensor([3]), 3.0), mask))
+        c = enc((values.flip(1), mask))
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)
+
+
+def test_ft_transformer_heads_must_divide_the_token_width() -> None:
+    with pytest.raises(ConfigError, match="d_token=10 is not a multiple of n_heads=4"):
+        build_encoder("tabular", {"name": "ft_transformer", "n_features": 3, "d_token": 10})
+
+
+def test_ft_transformer_per_sample_gradients_under_opacus() -> None:
+    """DP-SGD clips per-case gradients: Opacus' (hooks for Linear/LayerNorm, torch.func
+    for the tokenizer) must equal one-case-at-a-time autograd."""
+    import copy
+    import warnings
+
+    from opacus import GradSampleModule
+    from torch import nn
+
+    torch.manual_seed(0)
+    encoder = _build(
+        CASES[[c.id for c in CASES].index("tabular/ft_transformer")],
+        attention_dropout=0.0,
+        ffn_dropout=0.0,
+    )
+
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder, self.linear = encoder, nn.Linear(8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.linear(self.encoder((x[:, 0], x[:, 1])))
+
+    model = Head()
+    reference = copy.deepcopy(model)
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(
+        np.stack([rng.standard_normal((6, 5)), (rng.random((6, 5)) > 0.3)], axis=1).astype(
+            np.float32
+        )
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus' full-backward-hook notice
+        wrapped = GradSampleModule(model, loss_reduction="sum")
+        wrapped(x).sum().backward()
+    per_sample = {n.removeprefix("_module."): p.grad_sample for n, p in wrapped.named_parameters()}
+    assert len(per_sample) == len(list(reference.parameters()))
+    for i in range(len(x)):
+        reference.zero_grad(set_to_none=True)
+        reference(x[i : i + 1]).sum().backward()
+        for name, p in reference.named_parameters():
+            expected = p.grad if p.grad is not None else torch.zeros_like(p)
+            torch.testing.assert_close(per_sample[name][i], expected, atol=1e-6, rtol=1e-5)
 
 
 def test_signal_padding_mask_excludes_padding() -> None:

@@ -154,6 +154,19 @@ def test_comparator_strategies_train(tiny_cohort, tmp_path, strategy):
     assert model.network.fusion.strategy == strategy
 
 
+def test_ft_transformer_tabular_encoder_trains_and_reloads(tiny_cohort, tmp_path):
+    cfg = tiny_config(epochs=1)
+    cfg.data.modalities = ["tabular", "signal"]
+    cfg.encoders["tabular"] = {"name": "ft_transformer", "embed_dim": 4, "d_token": 8, "n_heads": 2}
+    out = train_run(tiny_cohort, tmp_path / "ftt", cfg)
+    model = load_run(out)
+    assert type(model.network.encoders["tabular"]).__name__ == "FTTransformerEncoder"
+    saved = pd.read_csv(out / "predictions.csv")
+    again = model.predict(tiny_cohort)
+    np.testing.assert_array_equal(again["p_tabular"].to_numpy(), saved["p_tabular"].to_numpy())
+    assert saved["p_tabular"].between(0, 1).all()
+
+
 def test_training_is_deterministic_on_cpu(tiny_cohort, tiny_run, tmp_path):
     again = train_run(tiny_cohort, tmp_path / "r2", tiny_config())
     a = pd.read_csv(tiny_run / "predictions.csv")
