@@ -7,16 +7,37 @@ from typing import Annotated
 
 import typer
 
+from clinfuse._context import EXTERNAL_PATHS
+
 __all__ = [
     "ConformalAdaptive",
     "ConformalAlpha",
     "ConformalAlphaEvents",
     "ConformalFrom",
     "ConformalMarginal",
+    "ExternalPaths",
     "LoadWorkers",
     "TimePeriod",
     "check_period_option",
     "conformal_sets",
+]
+
+
+def _external_paths(value: bool) -> bool:
+    """Set :data:`clinfuse._context.EXTERNAL_PATHS` for the command (the root callback
+    resets it at each invocation, before the command's options are parsed)."""
+    EXTERNAL_PATHS.set(bool(value))
+    return value
+
+
+ExternalPaths = Annotated[
+    bool,
+    typer.Option(
+        "--allow-external-paths",
+        callback=_external_paths,
+        help="Accept files outside the manifest's folder (absolute paths, `..`, links that "
+        "lead elsewhere).",
+    ),
 ]
 
 LoadWorkers = Annotated[

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from clinfuse._context import EXTERNAL_PATHS
 from clinfuse._options import (
     ConformalAdaptive,
     ConformalAlpha,
@@ -26,6 +27,7 @@ from clinfuse._options import (
     ConformalFrom,
     ConformalMarginal,
     CusumFalseAlarm,
+    ExternalPaths,
     LoadWorkers,
     TimePeriod,
     check_cusum_option,
@@ -58,6 +60,7 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
+    EXTERNAL_PATHS.set(False)  # a command's --allow-external-paths sets it for that command
 
 
 def _warn_in_sample(sets: Any, cohort: Path, case_ids: Any) -> None:
@@ -218,10 +221,7 @@ def validate(
     tabular: Annotated[
         str, typer.Option("--tabular", help="Comma-separated tabular columns that must exist.")
     ] = "",
-    allow_external_paths: Annotated[
-        bool,
-        typer.Option("--allow-external-paths", help="Accept files outside the manifest's folder."),
-    ] = False,
+    allow_external_paths: ExternalPaths = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the full report (every issue) as JSON.")
     ] = None,
@@ -391,6 +391,7 @@ def train(
             "latest test: temporal validation) instead of at random (data.split_by_date).",
         ),
     ] = None,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Train encoders, heads, the fusion combiner and calibration; write a run folder.
 
@@ -445,6 +446,8 @@ def _run_config(
         overrides["data.modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
     if split_by_date is not None:
         overrides["data.split_by_date"] = split_by_date.strip() or None
+    if EXTERNAL_PATHS.get() and not resume:  # --allow-external-paths, kept in the run's config
+        overrides["data.allow_external_paths"] = True
     return None if (resume and config is None and not overrides) else load_config(config, overrides)
 
 
@@ -523,6 +526,7 @@ def crossval(
             "mean and spread of the pooled figures.",
         ),
     ] = 1,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Internal validation: train one run per fold, pool the out-of-fold predictions and
     write the evaluation report of the training procedure.
@@ -708,6 +712,7 @@ def tune(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing folder.")
     ] = False,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Choose hyperparameters: cross-validate every candidate config of a search space on
     the same patient-level folds and keep the best.
@@ -846,6 +851,7 @@ def backtest(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing folder.")
     ] = False,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Rolling-origin validation: for every period, train on all earlier cases (or the last
     --window periods) and test on that period's — how a model retrained as data accrue would
@@ -980,6 +986,7 @@ def predict(
     marginal: ConformalMarginal = False,
     alpha_events: ConformalAlphaEvents = None,
     adaptive: ConformalAdaptive = None,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Fused and per-modality risks for each case of a cohort (the run's preprocessing reused exactly).
 
@@ -991,9 +998,10 @@ def predict(
     or empty), calibrated on the labelled cases of that evaluation of this model."""
     from clinfuse.ensemble import is_crossval_folder, load_ensemble
     from clinfuse.model import load_run
-    from clinfuse.scored import write_scored
+    from clinfuse.scored import check_table_path, write_scored
     from clinfuse.training.trainer import resolve_device
 
+    check_table_path(out)  # before any scoring
     sets: Any = conformal_sets(
         conformal,
         run,

@@ -267,6 +267,20 @@ class DataConfig(BaseModel):
     image: ImageTransformConfig = Field(default_factory=ImageTransformConfig)  # type: ignore[arg-type]
     signal: SignalTransformConfig = Field(default_factory=SignalTransformConfig)  # type: ignore[arg-type]
 
+    @model_validator(mode="after")
+    def _features_are_not_reserved(self) -> DataConfig:
+        from clinfuse.cohort.manifest import RESERVED_COLUMNS
+
+        reserved = (RESERVED_COLUMNS - {"label"}) | {self.target}
+        taken = [c for c in self.tabular_columns if c in reserved]
+        if taken:
+            what = ", ".join(f"{c!r} (the outcome)" if c == self.target else repr(c) for c in taken)
+            raise ValueError(
+                f"tabular_columns holds {what}: a column with a fixed meaning in the manifest "
+                "cannot be a feature; copy it to a column of another name if you mean it"
+            )
+        return self
+
     @field_validator("modalities")
     @classmethod
     def _known(cls, value: list[str] | None) -> list[str] | None:

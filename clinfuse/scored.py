@@ -140,6 +140,22 @@ def fold_models_path(predictions: str | Path) -> Path:
     return p.with_name(p.stem + FOLD_MODELS_SUFFIX)
 
 
+def check_table_path(out: str | Path) -> Path:
+    """``out`` as a path a predictions table can be written to.
+
+    Raises:
+        ConfigError: ``out`` is an existing folder (a table is one file).
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(
+            "--out names a folder; the predictions are one CSV file",
+            path=out,
+            hint=f"give a file path, e.g. --out {out / 'predictions.csv'}",
+        )
+    return out
+
+
 def write_scored(
     out: str | Path,
     frame: Any,
@@ -169,7 +185,7 @@ def write_scored(
     """
     from clinfuse import __version__
 
-    out = Path(out)
+    out = check_table_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {
         "model": str(Path(model).expanduser().resolve()),

@@ -28,9 +28,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from clinfuse._context import EXTERNAL_PATHS
 from clinfuse.errors import CohortError, ModalityLoadError
 
 __all__ = [
+    "EXTERNAL_PATHS",
     "MODALITY_COLUMNS",
     "RESERVED_COLUMNS",
     "SPLITS",
@@ -256,8 +258,22 @@ def check_manifest(
         allow_external_paths: accept files outside ``root``.
     """
     root = root.resolve()
+    allow_external = allow_external_paths or EXTERNAL_PATHS.get()
     issues: list[Issue] = []
     rows: list[CaseRow] = []
+    blank = df.isna().all(axis=1) | df.astype(str).apply(lambda c: c.str.strip() == "").all(axis=1)
+    if blank.any():  # spreadsheet exports end with rows of bare commas
+        numbers = [i + 2 for i in df.index[blank]]
+        shown = ", ".join(map(str, numbers[:10])) + (" …" if len(numbers) > 10 else "")
+        issues.append(
+            Issue(
+                None,
+                "case_id",
+                f"{len(numbers)} empty row(s) skipped (file rows {shown})",
+                severity="warning",
+            )
+        )
+        df = df.loc[~blank]  # the index keeps the file rows for the messages below
     if require_label and target not in df.columns:
         issues.append(
             Issue(
@@ -287,7 +303,7 @@ def check_manifest(
     extra_cols = [c for c in df.columns if c not in _reserved(target)]
     for i, rec in enumerate(df.to_dict("records")):
         cid = case_ids.iloc[i]
-        if cid is None or cid in duplicated:
+        if pd.isna(cid) or cid in duplicated:  # empty: None, or <NA> in a string column
             continue
         row_issues: list[Issue] = []
         pid = _clean_str(rec.get("patient_id")) or cid
@@ -329,7 +345,7 @@ def check_manifest(
                 continue
             try:
                 paths[col] = _resolve_path(
-                    value, root, case_id=cid, field=col, allow_external=allow_external_paths
+                    value, root, case_id=cid, field=col, allow_external=allow_external
                 )
             except ModalityLoadError as e:
                 row_issues.append(Issue(cid, col, e.reason + f" ({e.hint})", path=value))

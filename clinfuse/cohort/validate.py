@@ -145,6 +145,9 @@ def validate_cohort(
         missing_cols = [c for c in tabular_columns if c not in cohort.columns]
         for c in missing_cols:
             report.issues.append(Issue(None, c, f"tabular column {c!r} is not in the manifest"))
+        present_cols = [c for c in tabular_columns if c in cohort.columns]
+        if present_cols:
+            report.issues += _tabular_issues(cohort, present_cols)
     if time_column:
         report.issues += _date_issues(cohort, time_column)
     loadable: Counter[str] = Counter()
@@ -261,6 +264,37 @@ def _date_issues(cohort: Cohort, column: str) -> list[Issue]:
             )
         )
     return issues
+
+
+def _tabular_issues(cohort: Cohort, columns: list[str]) -> list[Issue]:
+    """What training would refuse in the tabular columns: a column that is neither numbers
+    nor a category (for the manifest), a cell that is not a number or not finite in a
+    numeric column (for its case). Columns are read as :class:`TabularEncoder` reads the
+    training cases, here from every case."""
+    from clinfuse.io.tabular import TabularEncoder
+
+    issues: list[Issue] = []
+    usable = []
+    for col in columns:
+        try:
+            TabularEncoder([col]).fit(pd.DataFrame({col: [r.extra.get(col) for r in cohort.rows]}))
+        except ClinFuseError as e:
+            issues.append(Issue(None, col, _said(e)))
+        else:
+            usable.append(col)
+    if not usable or not cohort.rows:
+        return issues
+    encoder = TabularEncoder(usable).fit(pd.DataFrame([r.extra for r in cohort.rows]))
+    for row in cohort.rows:
+        try:
+            encoder.transform_row(row.extra, case_id=row.case_id)
+        except ClinFuseError as e:
+            issues.append(Issue(row.case_id, e.field or "tabular", _said(e)))
+    return issues
+
+
+def _said(error: ClinFuseError) -> str:
+    return error.reason + (f" ({error.hint})" if error.hint else "")
 
 
 def _has_tabular(row: CaseRow, columns: list[str] | None) -> bool:

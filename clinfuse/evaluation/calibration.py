@@ -64,15 +64,29 @@ def logistic_recalibration(y: np.ndarray, p: np.ndarray, *, level: float = 0.95)
     slope = fit_logistic(np.column_stack([np.ones(len(y)), z]), y)
     if citl is None or slope is None:
         out["reason"] = (
-            "undefined: the cohort has only one outcome class (or perfectly separated risks)"
+            "undefined: the cohort has only one outcome class"
+            if len(np.unique(y)) < 2
+            else "undefined: the fit does not converge (perfectly separated or nearly "
+            "constant risks)"
         )
     if citl is not None:
-        a, se = float(citl[0][0]), float(np.sqrt(citl[1][0, 0]))
-        out["intercept"] = {"value": a, "ci_low": a - zc * se, "ci_high": a + zc * se}
+        out["intercept"] = _wald(float(citl[0][0]), float(citl[1][0, 0]), zc)
     if slope is not None:
-        b, se = float(slope[0][1]), float(np.sqrt(slope[1][1, 1]))
-        out["slope"] = {"value": b, "ci_low": b - zc * se, "ci_high": b + zc * se}
+        out["slope"] = _wald(float(slope[0][1]), float(slope[1][1, 1]), zc)
+    if any(
+        out[k]["value"] is not None and out[k]["ci_low"] is None for k in ("intercept", "slope")
+    ):
+        out["reason"] = "no interval: the fit's variance is not positive (nearly constant risks)"
     return out
+
+
+def _wald(value: float, variance: float, z: float) -> dict[str, Any]:
+    """``{value, ci_low, ci_high}``; no interval from a variance that is not positive
+    (the information matrix of a fit on nearly constant risks is numerically singular)."""
+    if not (np.isfinite(variance) and variance > 0):
+        return {"value": value, "ci_low": None, "ci_high": None}
+    se = float(np.sqrt(variance))
+    return {"value": value, "ci_low": value - z * se, "ci_high": value + z * se}
 
 
 def observed_expected(y: np.ndarray, p: np.ndarray, *, level: float = 0.95) -> dict[str, Any]:
@@ -106,12 +120,12 @@ def scaled_brier(y: np.ndarray, p: np.ndarray) -> float | None:
 
 def expected_calibration_error(
     y: np.ndarray, p: np.ndarray, *, n_bins: int = 10
-) -> tuple[float, dict[str, np.ndarray]]:
+) -> tuple[float | None, dict[str, np.ndarray]]:
     """ECE over equal-width bins (L1), and the reliability table behind it.
 
     Returns:
         ``(ece, {"bin_low", "bin_high", "n", "mean_predicted", "observed"})``;
-        empty bins have NaN means.
+        empty bins have NaN means, and ``ece`` is None without any case.
     """
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
@@ -122,7 +136,7 @@ def expected_calibration_error(
     sum_y = np.bincount(idx, weights=y, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_p, obs = sum_p / n, sum_y / n
-    ece = float(np.nansum(n / len(y) * np.abs(obs - mean_p)))
+    ece = float(np.nansum(n / len(y) * np.abs(obs - mean_p))) if len(y) else None
     return ece, {
         "bin_low": edges[:-1],
         "bin_high": edges[1:],

@@ -22,6 +22,7 @@ from clinfuse._options import (
     ConformalFrom,
     ConformalMarginal,
     CusumFalseAlarm,
+    ExternalPaths,
     LoadWorkers,
     TimePeriod,
     check_cusum_option,
@@ -120,6 +121,7 @@ def evaluate(
     ] = None,
     period: TimePeriod = None,
     cusum_false_alarm: CusumFalseAlarm = None,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Offline cohort evaluation: a TRIPOD+AI-tagged report with discrimination, calibration,
     clinical utility, subgroups, sites and a modality ablation.
@@ -161,13 +163,15 @@ def evaluate(
     m = result.metrics
     auc = m["models"]["fusion"]["auroc"]
     console = Console()
-    text = (
-        "undefined (one outcome class)"
-        if auc["value"] is None
-        else (
-            f"{auc['value']:.3f} (DeLong 95 % CI {auc['delong_ci_low']:.3f}–{auc['delong_ci_high']:.3f})"
+    if auc["value"] is None:
+        text = "undefined (one outcome class)"
+    elif auc.get("delong_ci_low") is None:
+        text = f"{auc['value']:.3f} (no DeLong interval: a single event or non-event)"
+    else:
+        text = (
+            f"{auc['value']:.3f} (DeLong 95 % CI {auc['delong_ci_low']:.3f}–"
+            f"{auc['delong_ci_high']:.3f})"
         )
-    )
     console.print(f"evaluated {m['n_cases']} cases ({m['n_events']} events); fused AUROC {text}")
     if m["participants"]["n_excluded"]:
         console.print(
@@ -342,6 +346,7 @@ def recalibrate(
             "(around 1) before the first day.",
         ),
     ] = 1.0,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Update a run's calibration on a new site's labelled cases; write a new run folder.
 
@@ -418,7 +423,8 @@ def recalibrate(
                 highlight=False,
             )
         console.print(
-            f"dynamic update replayed over {state['n_days']} days with cases "
+            f"dynamic update replayed over {state['n_days']} "
+            f"{'day' if state['n_days'] == 1 else 'days'} with cases "
             f"({state['first_day']} to {state['last_day']}): at the last day intercept "
             f"{state['intercept']:.3f} "
             f"(SE {state['intercept_se']:.3f}), slope {state['slope']:.3f} "
@@ -589,7 +595,12 @@ def pool_evaluations(
         auc = (
             "—"
             if r["auroc"] is None
-            else f"{r['auroc']:.3f} ({r['auroc_ci_low']:.3f}–{r['auroc_ci_high']:.3f})"
+            else f"{r['auroc']:.3f}"
+            + (
+                ""
+                if r["auroc_ci_low"] is None
+                else f" ({r['auroc_ci_low']:.3f}–{r['auroc_ci_high']:.3f})"
+            )
         )
         table.add_row(
             r["group"],
@@ -602,12 +613,20 @@ def pool_evaluations(
     meta = p["meta_analysis"]
     for key, label in (("auroc", "AUROC"), ("oe_ratio", "O/E"), ("calibration_slope", "slope")):
         if key not in meta:
+            table.caption = (table.caption + "\n" if table.caption else "") + (
+                f"{label}: no summary (fewer than two sites have a usable value)"
+            )
             continue
         m = meta[key]
         pi = "" if m["pi_low"] is None else f"; new site {m['pi_low']:.3f}–{m['pi_high']:.3f}"
+        notes = [f"{len(m['groups'])} of {len(p['per_site'])} sites"]
+        if m.get("left_out"):
+            notes.append("left out: " + ", ".join(x["group"] for x in m["left_out"]))
+        if m.get("continuity_corrected"):
+            notes.append("0.5 added for " + ", ".join(m["continuity_corrected"]) + " (no events)")
         table.caption = (table.caption + "\n" if table.caption else "") + (
             f"{label}: {m['estimate']:.3f} ({m['ci_low']:.3f}–{m['ci_high']:.3f}{pi}; "
-            f"I² {100 * m['i2']:.0f} %)"
+            f"I² {100 * m['i2']:.0f} %; {'; '.join(notes)})"
         )
     Console().print(table)
     Console().print(f"pooled: {result.out / 'pooled.json'}")
@@ -937,6 +956,7 @@ def monitor(
             "assembled from a federation).",
         ),
     ] = None,
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Monitor a model in use before outcomes arrive: per period, risk and alert rate, the
     shift of the model's outputs (PSI), modality availability and numeric inputs against the

@@ -331,6 +331,13 @@ class Cusum:
                 "odds_ratio_low": float(np.exp(change.log_odds_ratio - z * change.se)),
                 "odds_ratio_high": float(np.exp(change.log_odds_ratio + z * change.se)),
                 "statistic": change.statistic,
+                # the odds since the best start are compatible with the model's: the shift the
+                # chart saw reverted before the last case (the change model wants it lasting)
+                "lasting": not (
+                    np.exp(change.log_odds_ratio - z * change.se)
+                    <= 1.0
+                    <= np.exp(change.log_odds_ratio + z * change.se)
+                ),
                 # the interval reaches the first case this chart's run considered: the shift
                 # may have been there before it (from the first case, or before a restart)
                 "open_start": change.low == 0,
@@ -428,6 +435,13 @@ def describe_change(signal: dict[str, Any]) -> str:
     change = signal.get("change")
     if not change:
         return ""
+    if change.get("lasting") is False:
+        return (
+            "no lasting change located: from any case on, the odds stay compatible with the "
+            f"model's (at most × {change['odds_ratio']:.2f}, {change['odds_ratio_low']:.2f}–"
+            f"{change['odds_ratio_high']:.2f}), so the shift the chart saw did not last to the "
+            "last case (the calibration segments date changes that revert)"
+        )
     return (
         f"the change is estimated at {change['date']} ({100 * change['level']:g} % CI "
         f"{change['low']} to {change['high']}), the odds × {change['odds_ratio']:.2f} since "

@@ -31,7 +31,9 @@ def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
         scores: (K, N) or (N,) scores (higher = more likely an event).
 
     Returns:
-        ``(auc (K,), cov (K, K))``.
+        ``(auc (K,), cov (K, K))``; ``cov`` is NaN with a single event or a single
+        non-event: the variance among them cannot be estimated (it is not 0; pROC
+        refuses the case too).
 
     Raises:
         ValueError: only one class in ``y``, or shapes that do not match.
@@ -50,8 +52,10 @@ def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
     auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
     v10 = (tz[:, :m] - tx) / n  # (K, m): share of non-events below each event
     v01 = 1.0 - (tz[:, m:] - ty) / m  # (K, n): share of events above each non-event
-    s10 = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((s.shape[0], s.shape[0]))
-    s01 = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((s.shape[0], s.shape[0]))
+    if m < 2 or n < 2:
+        return auc, np.full((s.shape[0], s.shape[0]), np.nan)
+    s10 = np.atleast_2d(np.cov(v10))
+    s01 = np.atleast_2d(np.cov(v01))
     return auc, s10 / m + s01 / n
 
 
@@ -64,15 +68,18 @@ def delong_ci(y: np.ndarray, p: np.ndarray, *, level: float = 0.95) -> dict[str,
         level: confidence level.
 
     Returns:
-        ``{"value", "se", "ci_low", "ci_high"}``; all ``None`` when one class is missing.
+        ``{"value", "se", "ci_low", "ci_high"}``; all ``None`` when one class is missing,
+        and all but ``value`` with a single event or non-event (no variance estimate).
     """
     y = np.asarray(y)
     if len(np.unique(y)) < 2:
         return {"value": None, "se": None, "ci_low": None, "ci_high": None}
     auc, cov = delong_covariance(y, p)
+    value = float(auc[0])
+    if np.isnan(cov[0, 0]):
+        return {"value": value, "se": None, "ci_low": None, "ci_high": None}
     se = float(np.sqrt(max(cov[0, 0], 0.0)))
     z = float(norm.ppf(1 - (1 - level) / 2))
-    value = float(auc[0])
     return {
         "value": value,
         "se": se,
@@ -95,8 +102,8 @@ def delong_test(
     Returns:
         ``{"auroc_a", "auroc_b", "difference" (B − A), "se", "ci_low", "ci_high",
         "z", "p_value", "n_cases"}``; the test entries are ``None`` when one class
-        is missing, and ``z``/``p_value`` are ``None`` when the difference has zero
-        variance (identical rankings).
+        is missing, with a single event or non-event (no variance estimate), and when the
+        difference has zero variance (identical rankings).
     """
     y = np.asarray(y)
     out: dict[str, Any] = {
@@ -116,7 +123,7 @@ def delong_test(
     diff = float(auc[1] - auc[0])
     var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
     out.update(auroc_a=float(auc[0]), auroc_b=float(auc[1]), difference=diff)
-    if var <= 1e-15:
+    if not var > 1e-15:  # NaN: a single event or non-event
         return out
     se = float(np.sqrt(var))
     zc = float(norm.ppf(1 - (1 - level) / 2))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -174,13 +174,19 @@ def labelled_cohort(
     split: str | None = None,
     subgroups: Sequence[str] = (),
     allow_missing_modalities: bool = False,
+    recorded_splits: Mapping[str, str] | None = None,
 ) -> Any:
     """The cohort a run is evaluated (or recalibrated) on, checked against the run.
 
     Args:
         model: the loaded :class:`~clinfuse.model.FusionModel`.
         cohort: manifest path or :class:`~clinfuse.cohort.Cohort`; needs the run's outcome.
-        split: keep one split; cases without a split get the one training gave them.
+        split: keep one split. A case keeps the manifest's split; without one it takes the
+            split the run recorded for its id (``recorded_splits``), and failing that the
+            seeded split training would make of these rows.
+        recorded_splits: case id → split of the run's cases (its ``predictions.csv``), so
+            a trimmed or reordered copy of the development manifest is split as training
+            split it.
         subgroups: manifest columns that must exist.
         allow_missing_modalities: accept a cohort without a column for a run modality.
 
@@ -220,7 +226,16 @@ def labelled_cohort(
     if split is not None:
         from clinfuse.cohort.split import split_cohort
 
-        # cases without a split get the one training gave them (same rows, same seed)
+        if recorded_splits:
+            cohort = cohort.with_rows(
+                [
+                    r
+                    if r.split is not None or r.case_id not in recorded_splits
+                    else r.model_copy(update={"split": recorded_splits[r.case_id]})
+                    for r in cohort.rows
+                ]
+            )
+        # any case still without a split gets the seeded split training would make
         data = model.config.data
         cohort = split_cohort(
             cohort, fractions=data.split_fractions, seed=data.split_seed, by_date=data.split_by_date
@@ -309,6 +324,8 @@ class Evaluator:
             train and val splits) for the case-mix comparison; None skips it.
         development_manifest: the manifest the run was trained on (``data_report.json``);
             evaluating on it, a case id in both samples is the same case.
+        recorded_splits: case id → split of the run's cases, for ``split`` (see
+            :func:`labelled_cohort`).
         run_info: recorded as ``metrics["run"]`` (the run folder and the SHA-256 of its
             ``model/model.json``: which model version the report describes).
         workers: processes that load the cohort's files
@@ -343,6 +360,7 @@ class Evaluator:
         allow_missing_modalities: bool = False,
         development: pd.DataFrame | None = None,
         development_manifest: str | Path | None = None,
+        recorded_splits: Mapping[str, str] | None = None,
         run_info: dict[str, Any] | None = None,
         workers: int | str = "auto",
         conformal: Any = None,
@@ -362,6 +380,7 @@ class Evaluator:
         self.run_info = run_info
         self.development = development
         self.development_manifest = development_manifest
+        self.recorded_splits = recorded_splits
         self.subgroups = [s.strip() for s in subgroups if s.strip()]
         self.thresholds = parse_thresholds(thresholds)
         if n_boot < 0:
@@ -393,6 +412,7 @@ class Evaluator:
             split=self.split,
             subgroups=self.subgroups,
             allow_missing_modalities=self.allow_missing_modalities,
+            recorded_splits=self.recorded_splits,
         )
         self._dates(cohort, [r.case_id for r in cohort.rows])  # a bad date fails before scoring
         return cohort
@@ -847,8 +867,14 @@ class Evaluator:
             "The ablation and robustness tables mask inputs of the trained model; they do not "
             "show what models trained on fewer modalities would achieve.",
         ]
+        overlap = (metrics.get("case_mix") or {}).get("n_overlap", 0)
+        if overlap and not (isinstance(model.info, dict) and "ensemble" in model.info):
+            limitations.append(
+                f"{overlap} evaluated cases are the run's own training or validation cases "
+                "(the model or its calibration was fitted on them): these figures are "
+                "optimistic; evaluate the test split (`--split test`) or cases the run never saw."
+            )
         if isinstance(model.info, dict) and "ensemble" in model.info:
-            overlap = (metrics.get("case_mix") or {}).get("n_overlap", 0)
             limitations.append(
                 f"The model is a fold ensemble ({model.info['ensemble']}); its calibration "
                 "was not fitted as a whole — read the calibration section before using its risks."
@@ -1027,7 +1053,7 @@ class Evaluator:
         frame: pd.DataFrame,
         excluded: pd.DataFrame,
         curve: dict[str, Any],
-        ece: float,
+        ece: float | None,
         ece_table: dict[str, np.ndarray],
         overwrite: bool,
         *,
@@ -1233,10 +1259,12 @@ def evaluate_run(
             "path": str(Path(run).resolve()),
             "model_sha256": model_sha256(run),
         }
+    recorded_splits = None
     if isinstance(model, FusionModel) and run_info and (Path(run) / "predictions.csv").exists():
-        development = development_cases(
-            pd.read_csv(Path(run) / "predictions.csv", dtype={"case_id": str})
-        )
+        recorded = pd.read_csv(Path(run) / "predictions.csv", dtype={"case_id": str})
+        development = development_cases(recorded)
+        if "split" in recorded.columns:
+            recorded_splits = dict(zip(recorded["case_id"], recorded["split"], strict=True))
         recorded = recorded_manifest(Path(run))
         development_manifest = None if recorded is None else str(recorded)
     evaluator = Evaluator(
@@ -1252,6 +1280,7 @@ def evaluate_run(
         allow_missing_modalities=allow_missing_modalities,
         development=development,
         development_manifest=development_manifest,
+        recorded_splits=recorded_splits,
         run_info=run_info,
         workers=workers,
         conformal=conformal,

@@ -157,7 +157,10 @@ def forest_figure(
     ax = fig.add_subplot()
     for i, r in enumerate(rows):
         y = len(rows) - i
-        ax.plot([r["auroc_ci_low"], r["auroc_ci_high"]], [y, y], color=COLORS[0], lw=1.5)
+        if r["auroc"] is None:
+            continue  # one outcome class: no AUROC to draw
+        if r["auroc_ci_low"] is not None:  # none with a single event or non-event
+            ax.plot([r["auroc_ci_low"], r["auroc_ci_high"]], [y, y], color=COLORS[0], lw=1.5)
         size = 4 + 6 * np.sqrt(r["n_cases"] / max(x["n_cases"] for x in rows))
         ax.plot(r["auroc"], y, "s", color=COLORS[0], ms=size)
     ticks = [len(rows) - i for i in range(len(rows))]
@@ -181,7 +184,9 @@ def forest_figure(
         ax.axvline(mean, color=COLORS[1], lw=1, ls=":", label=f"fold mean {mean:.3f}")
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_yticks(ticks, labels)
-    lows = [r["auroc_ci_low"] for r in rows] + ([meta["pi_low"]] if meta and meta["pi_low"] else [])
+    lows = [r["auroc_ci_low"] for r in rows if r["auroc_ci_low"] is not None]
+    lows += [r["auroc"] for r in rows if r["auroc"] is not None]
+    lows += [meta["pi_low"]] if meta and meta["pi_low"] else []
     left = max(0.0, min([0.3, *lows]) - 0.02)
     ax.set(xlabel="AUROC (DeLong 95 % CI)", title=title, xlim=(left, 1.0))
     if ax.get_legend_handles_labels()[0]:
@@ -409,7 +414,7 @@ def monitoring_sites_figure(summary: dict[str, Any]) -> Any:
     return fig
 
 
-def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:
+def reliability_figure(table: dict[str, np.ndarray], ece: float | None) -> Any:
     """Equal-width reliability diagram behind the ECE (secondary)."""
     fig = _figure(5.0, 4.0)
     ax = fig.add_subplot()
@@ -427,7 +432,9 @@ def reliability_figure(table: dict[str, np.ndarray], ece: float) -> Any:
         ylabel="proportion",
         xlim=(0, 1),
         ylim=(0, 1),
-        title=f"Reliability (ECE = {ece:.3f}, 10 equal-width bins)",
+        title="Reliability (no cases)"
+        if ece is None
+        else f"Reliability (ECE = {ece:.3f}, 10 equal-width bins)",
     )
     ax.legend(loc="upper left", fontsize=8)
     return fig

@@ -115,14 +115,16 @@ def oe_meta_analysis(
     2017). The estimate and both intervals are transformed back to the ratio scale.
 
     Args:
-        observed: (K,) observed events per cluster, each ≥ 1.
+        observed: (K,) observed events per cluster, each > 0 (a cluster without events
+            enters continuity-corrected: 0.5 added to both counts).
         expected: (K,) expected events per cluster (the sum of predicted risks), each > 0.
     """
     o = np.asarray(observed, dtype=float)
     e = np.asarray(expected, dtype=float)
-    if np.any(o < 1) or np.any(e <= 0):
+    if np.any(o <= 0) or np.any(e <= 0):
         raise ValueError(
-            "every cluster needs at least one observed and a positive expected event count"
+            "every cluster needs positive observed and expected event counts (add 0.5 to "
+            "both for a cluster without events)"
         )
     res = random_effects(np.log(o / e), (1 / o).tolist(), level=level)
     return _back_transformed(res, "log", np.exp)
@@ -139,15 +141,29 @@ def group_meta_analysis(rows: Sequence[dict[str, Any]], level: float = 0.95) -> 
 
     Returns:
         ``auroc``, ``calibration_slope`` and ``oe_ratio`` (each where two or more groups
-        have it): :func:`random_effects`' result on the natural scale, with ``groups``.
+        have it): :func:`random_effects`' result on the natural scale, with ``groups`` (those
+        summarised) and ``left_out`` (``{"group", "reason"}`` for each of the others). A
+        group without events enters the O/E summary with 0.5 added to its observed and
+        expected counts (listed in ``continuity_corrected``); leaving it out would bias the
+        summary upwards.
     """
     out: dict[str, Any] = {}
+
+    def left_out(kept: Sequence[dict[str, Any]], reason: str) -> list[dict[str, str]]:
+        names = {r["group"] for r in kept}
+        return [{"group": r["group"], "reason": reason} for r in rows if r["group"] not in names]
+
     usable = [r for r in rows if r["auroc"] is not None and 0 < r["auroc"] < 1 and r["auroc_se"]]
     if len(usable) >= 2:
         out["auroc"] = auroc_meta_analysis(
             [r["auroc"] for r in usable], [r["auroc_se"] for r in usable], level=level
         )
         out["auroc"]["groups"] = [r["group"] for r in usable]
+        out["auroc"]["left_out"] = left_out(
+            usable,
+            "no AUROC with a standard error (one outcome class, a single event or "
+            "non-event, or an AUROC of 0 or 1)",
+        )
     slopes = [r for r in rows if r["calibration_slope"] is not None and r["calibration_slope_se"]]
     if len(slopes) >= 2:
         out["calibration_slope"] = random_effects(
@@ -156,10 +172,18 @@ def group_meta_analysis(rows: Sequence[dict[str, Any]], level: float = 0.95) -> 
             level=level,
         )
         out["calibration_slope"]["groups"] = [r["group"] for r in slopes]
-    counts = [r for r in rows if r["n_events"] >= 1 and r["expected_events"] > 0]
+        out["calibration_slope"]["left_out"] = left_out(slopes, "no calibration slope")
+    counts = [r for r in rows if r["n_events"] >= 0 and r["expected_events"] > 0]
     if len(counts) >= 2:
+        zero = [r["n_events"] < 1 for r in counts]
         out["oe_ratio"] = oe_meta_analysis(
-            [r["n_events"] for r in counts], [r["expected_events"] for r in counts], level=level
+            [r["n_events"] + 0.5 * z for r, z in zip(counts, zero, strict=True)],
+            [r["expected_events"] + 0.5 * z for r, z in zip(counts, zero, strict=True)],
+            level=level,
         )
         out["oe_ratio"]["groups"] = [r["group"] for r in counts]
+        out["oe_ratio"]["continuity_corrected"] = [
+            r["group"] for r, z in zip(counts, zero, strict=True) if z
+        ]
+        out["oe_ratio"]["left_out"] = left_out(counts, "no expected events")
     return out

@@ -762,7 +762,9 @@ def _segments(seg: dict[str, Any]) -> str:
 
 def _change_cell(change: dict[str, Any]) -> str:
     """The estimated change and its interval; marked when the interval reaches the first case
-    the chart considered (the shift may predate it)."""
+    the chart considered (the shift may predate it); none when no lasting change fits."""
+    if change.get("lasting") is False:
+        return "no lasting change (the shift reverted)"
     cell = f"{_e(change['date'])} ({_e(change['low'])} to {_e(change['high'])})"
     if change.get("open_start"):
         cell += " — reaches the chart's " + (

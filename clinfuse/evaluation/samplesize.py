@@ -397,7 +397,17 @@ def from_evaluation(folder: str | Path, **targets: Any) -> SampleSize:
 
     y, p, path = _evaluation_outcomes(folder)
     targets.setdefault("prevalence", float(y.mean()))
-    targets.setdefault("c_statistic", float(roc_auc_score(y, p)))
+    if "c_statistic" not in targets:
+        c = float(roc_auc_score(y, p))
+        if not c > 0.5:
+            raise ConfigError(
+                f"the evaluation's AUROC is {c:.3f}, not above 0.5, so it cannot stand for the "
+                "C-statistic the new validation is planned around",
+                field="c_statistic",
+                path=path,
+                hint="give the C-statistic you expect with --c-statistic",
+            )
+        targets["c_statistic"] = c
     result = validation_sample_size(lp_values=np.log(p / (1 - p)), **targets)
     result.lp["source"] = str(path)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -58,9 +59,20 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(case_id: str) -> str:
-    """A file-system-safe folder name for a case id (``/`` and spaces replaced)."""
-    name = _UNSAFE.sub("_", str(case_id)).strip("._") or "case"
-    return name[:120]
+    """A file-system-safe folder name for a case id, one per id.
+
+    Characters other than ASCII letters, digits, ``.``, ``_`` and ``-`` become ``_``; an id
+    that had to change (or is longer than 100 characters) gets 8 hex digits of its SHA-256,
+    so ``患者0003`` and ``病例0003`` do not share a folder.
+
+    >>> safe_name("case0001"), safe_name("a/b")
+    ('case0001', 'a_b-c14cddc0')
+    """
+    text = str(case_id)
+    name = _UNSAFE.sub("_", text).strip("._") or "case"
+    if name == text and len(name) <= 100:
+        return name
+    return f"{name[:100]}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _json_default(x: Any) -> Any:

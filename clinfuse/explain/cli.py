@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from clinfuse._options import LoadWorkers
+from clinfuse._options import ExternalPaths, LoadWorkers
 
 __all__ = ["EXPLAIN_EPILOG", "explain"]
 
@@ -73,6 +73,7 @@ def explain(
         ),
     ] = False,
     workers: LoadWorkers = "auto",
+    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Modality Shapley values and within-modality attributions.
 

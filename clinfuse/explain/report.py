@@ -743,7 +743,7 @@ def _unexplainable_case(
 def _case_load_error(case: str, cohort: Any, failed: Sequence[Any]) -> ConfigError:
     """Why a case of the manifest cannot be explained: the reasons it did not load."""
     issues = [i for i in [*cohort.excluded, *failed] if i.case_id == case]
-    reasons = "; ".join(f"{i.field}: {i.reason}" for i in dict.fromkeys(issues)) or "not loaded"
+    reasons = "; ".join(f"{i.field}: {i.message}" for i in dict.fromkeys(issues)) or "not loaded"
     return ConfigError(
         f"the case could not be loaded, so it cannot be explained ({reasons})",
         case_id=case,
@@ -794,4 +794,5 @@ def load_cached_case(run: str | Path, case_id: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
+    stored = data.get("case_id")
+    return data if stored is None or str(stored) == str(case_id) else None

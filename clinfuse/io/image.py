@@ -206,7 +206,9 @@ def _read_dicom_header(p: Path, where: ErrorContext) -> Dataset:
         return pydicom.dcmread(p, defer_size="1 KB")
     except Exception as e:
         raise where.error(
-            f"not a readable DICOM file: {type(e).__name__}: {e}",
+            # pydicom's own advice (force=True) is for its API, not for this user
+            f"not a readable DICOM file: {type(e).__name__}: "
+            + str(e).replace(" Use force=True to force reading.", ""),
             "check that the file is a complete DICOM Part 10 file; re-export it from PACS",
             path=p,
         ) from e

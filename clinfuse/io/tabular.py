@@ -27,11 +27,20 @@ import pandas as pd
 
 from clinfuse.errors import CohortError, ModalityLoadError
 
-__all__ = ["EXTREME_Z", "TabularEncoder"]
+__all__ = ["EXTREME_Z", "STRAY_TEXT_SHARE", "TabularEncoder"]
 
 EXTREME_Z = 4.0
 """A numeric value this many training SDs from the training mean is outside the data the
 model learnt from (:meth:`TabularEncoder.check_row`)."""
+
+
+STRAY_TEXT_SHARE = 0.1
+"""A column with more than ``max_levels`` levels is still numeric when at most this share
+of its cells are text; the cases with text are refused by name."""
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _as_float(value: Any) -> float | None:
@@ -187,27 +196,45 @@ class TabularEncoder:
             )
 
     def _parse(self, series: pd.Series, col: str) -> tuple[str, Any]:
-        """``("numeric", values)`` or ``("categorical", sorted levels)`` of one column.
+        """``("numeric", finite values)`` or ``("categorical", sorted levels)`` of one column.
+
+        A column of numbers is numeric; its infinite cells are left out of the statistics
+        (their cases are refused by :meth:`transform_row`). A column with text is
+        categorical when it has at most ``max_levels`` levels. With more, it is numeric if
+        at most :data:`STRAY_TEXT_SHARE` of its cells are text (a stray ``<0.5`` in a lab
+        column: those cases are refused by name), and refused otherwise.
 
         Raises:
-            CohortError: a non-numeric column with more than ``max_levels`` levels.
+            CohortError: a column with text in more than ``STRAY_TEXT_SHARE`` of its cells
+                and more than ``max_levels`` levels (free text or an id); the error quotes
+                a few of the text cells.
         """
-        try:
-            values = np.array(
-                [v for v in (_as_float(x) for x in series) if v is not None], dtype=float
-            )
-            return "numeric", values
-        except (TypeError, ValueError):
-            pass
-        levels = sorted({str(x).strip() for x in series if not _is_empty(x)})
-        if len(levels) > self.max_levels:
-            raise CohortError(
-                f"tabular column {col!r} is not numeric and has {len(levels)} distinct values "
-                f"(more than {self.max_levels}); it looks like free text or an id",
-                field=col,
-                hint="drop it from `tabular_columns` or encode it numerically",
-            )
-        return "categorical", levels
+        cells = [x for x in series if not _is_empty(x)]
+        numbers: list[float] = []
+        text: list[Any] = []
+        for x in cells:
+            try:
+                v = _as_float(x)
+            except (TypeError, ValueError):
+                text.append(x)
+                continue
+            if v is not None and math.isfinite(v):
+                numbers.append(v)
+        if not text:
+            return "numeric", np.asarray(numbers, dtype=float)
+        levels = sorted({str(x).strip() for x in cells})
+        if len(levels) <= self.max_levels:
+            return "categorical", levels
+        if len(text) <= STRAY_TEXT_SHARE * len(cells):
+            return "numeric", np.asarray(numbers, dtype=float)
+        examples = ", ".join(repr(str(x).strip()) for x in list(dict.fromkeys(text))[:3])
+        raise CohortError(
+            f"tabular column {col!r} is not numeric and has {len(levels)} distinct values "
+            f"(more than {self.max_levels}); {len(text)} of its {len(cells)} cells are not "
+            f"numbers (e.g. {_shorten(examples)}); it looks like free text or an id",
+            field=col,
+            hint="drop it from `tabular_columns` or encode it numerically",
+        )
 
     def _name_features(self) -> TabularEncoder:
         names: list[str] = []

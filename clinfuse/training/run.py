@@ -213,7 +213,9 @@ def _prepare_folders(
                 hint="start without --resume",
             )
     elif partial.exists():
-        if overwrite:
+        if overwrite or not (partial / "config.yaml").exists():
+            # without its config.yaml a .partial holds nothing resumable: a run that
+            # failed before it started (e.g. on its manifest)
             shutil.rmtree(partial)
         else:
             raise ConfigError(
@@ -276,18 +278,23 @@ def train_run(
     config = config or RunConfig()
     data_cfg = config.data
 
-    cohort = load_labelled_cohort(cohort_path, data_cfg)
-    if case_ids is not None:
-        cohort = cohort.subset(list(case_ids))
-    if splits is not None:
-        cohort = _with_splits(cohort, splits)
-    cohort = split_cohort(
-        cohort,
-        fractions=data_cfg.split_fractions,
-        seed=data_cfg.split_seed,
-        by_date=data_cfg.split_by_date,
-    )
-    modalities = resolve_modalities(cohort, config)
+    try:
+        cohort = load_labelled_cohort(cohort_path, data_cfg)
+        if case_ids is not None:
+            cohort = cohort.subset(list(case_ids))
+        if splits is not None:
+            cohort = _with_splits(cohort, splits)
+        cohort = split_cohort(
+            cohort,
+            fractions=data_cfg.split_fractions,
+            seed=data_cfg.split_seed,
+            by_date=data_cfg.split_by_date,
+        )
+        modalities = resolve_modalities(cohort, config)
+    except BaseException:
+        if not resume and not launched_worker():  # nothing computed yet: leave nothing
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     resolved = config.model_copy(
         update={"data": data_cfg.model_copy(update={"modalities": modalities})}
     )
@@ -331,7 +338,11 @@ def train_run(
                 "it needs both 0 and 1",
                 field="split",
                 path=cohort.manifest_path,
-                hint="use a larger cohort or change data.split_fractions",
+                hint=(
+                    f"give more cases `{split}` in the manifest's split column"
+                    if "split" in cohort.columns
+                    else "use a larger cohort or change data.split_fractions"
+                ),
             )
     for i, m in enumerate(modalities):
         if not any(c["present"][i] for c in by_split["train"]):

@@ -44,6 +44,7 @@ from clinfuse.io.signal import load_signal
 from clinfuse.transforms.base import ClinicalCompose
 
 __all__ = [
+    "MAX_UPSAMPLING",
     "BandpassFilter",
     "BandpassFilterd",
     "CleanECG",
@@ -256,6 +257,11 @@ def _fs_of(meta: Mapping[str, Any], case_id: str | None, field: str) -> float:
     return float(fs)
 
 
+MAX_UPSAMPLING = 1000
+""":class:`Resample` refuses to raise a signal's rate more than this many times: a rate given
+as a sampling interval would otherwise ask for thousands of times the memory."""
+
+
 class Resample:
     """Resample to ``target_fs`` (see :func:`resample_signal`); updates ``fs``.
 
@@ -275,6 +281,16 @@ class Resample:
     ) -> tuple[np.ndarray, Meta]:
         """``x``: ``(leads, samples)`` → ``(leads, ceil(samples * target_fs / fs))`` float32."""
         fs = _fs_of(meta, case_id, "signal")
+        if self.target_fs > MAX_UPSAMPLING * fs:  # e.g. 0.002 (an interval) given as the rate
+            raise ModalityLoadError(
+                f"resampling from {fs:g} Hz to {self.target_fs:g} Hz would multiply the "
+                f"samples by {self.target_fs / fs:,.0f}",
+                case_id=case_id,
+                field="signal_fs",
+                path=meta.get("path"),
+                hint="check signal_fs (a rate in Hz, not the interval between samples), or set "
+                "data.signal.target_fs near the signal's own rate",
+            )
         y, new_fs = resample_signal(x, fs, self.target_fs)
         out = _with_length(meta, y.shape[1], new_fs)
         out.setdefault("fs_original", fs)
