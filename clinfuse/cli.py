@@ -321,6 +321,8 @@ def _metrics_table(metrics: dict, title: str) -> Table:
     def fmt(block: dict) -> str:
         if block.get("value") is None:
             return "n/a"
+        if block.get("ci_low") is None:
+            return f"{block['value']:.3f}"
         return f"{block['value']:.3f} ({block['ci_low']:.3f}-{block['ci_high']:.3f})"
 
     for name, block in metrics["models"].items():

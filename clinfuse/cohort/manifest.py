@@ -204,11 +204,14 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         ) from e
     df.columns = [str(c).strip() for c in df.columns]
     if "case_id" not in df.columns:
+        semicolons = len(df.columns) == 1 and ";" in str(df.columns[0])
         raise CohortError(
             f"required column 'case_id' is missing (columns: {', '.join(df.columns) or 'none'})",
             path=path,
             field="case_id",
-            hint="add a case_id column with one unique id per case",
+            hint="the file is separated by semicolons; save it with commas (or as .tsv/.parquet)"
+            if semicolons
+            else "add a case_id column with one unique id per case",
         )
     if len(df) == 0:
         raise CohortError("manifest has no rows", path=path, hint="add one row per case")
@@ -223,6 +226,10 @@ def _resolve_path(
 ) -> Path:
     raw = Path(value).expanduser()
     resolved = (raw if raw.is_absolute() else root / raw).resolve()
+    if "\\" in value and not resolved.exists():  # a manifest written on Windows
+        posix = (root / value.replace("\\", "/")).resolve()
+        if posix.exists():
+            resolved = posix
     if not allow_external and not resolved.is_relative_to(root):
         raise ModalityLoadError(
             f"path {value!r} points outside the cohort folder {root}",
@@ -318,8 +325,9 @@ def check_manifest(
             if fval in (0.0, 1.0):
                 label = int(fval)
             else:
+                number: Any = int(fval) if math.isfinite(fval) and fval.is_integer() else raw
                 row_issues.append(
-                    Issue(cid, target, f"outcome {target!r} is {raw!r}; it must be 0 or 1")
+                    Issue(cid, target, f"outcome {target!r} is {number!r}; it must be 0 or 1")
                 )
         elif require_label and target in df.columns:
             row_issues.append(Issue(cid, target, f"outcome {target!r} is empty; it must be 0 or 1"))

@@ -956,7 +956,6 @@ def monitor(
             "assembled from a federation).",
         ),
     ] = None,
-    allow_external_paths: ExternalPaths = False,
 ) -> None:
     """Monitor a model in use before outcomes arrive: per period, risk and alert rate, the
     shift of the model's outputs (PSI), modality availability and numeric inputs against the

@@ -200,7 +200,7 @@ def _fold_row(
         "calibration_intercept": cal["intercept"]["value"],
         "calibration_slope": slope["value"],
         "calibration_slope_se": None
-        if slope["value"] is None
+        if slope["ci_low"] is None
         else (slope["ci_high"] - slope["ci_low"]) / (2 * z),
         "oe_ratio": cal["oe_ratio"]["value"],
         "expected_events": cal["oe_ratio"]["expected"],

@@ -953,7 +953,7 @@ class Evaluator:
                 "this site's cases (`clinfuse recalibrate`)."
             )
         citl = metrics["calibration"]["fusion"]["intercept"]
-        if not cv and citl["value"] is not None and (citl["ci_low"] > 0 or citl["ci_high"] < 0):
+        if not cv and citl["ci_low"] is not None and (citl["ci_low"] > 0 or citl["ci_high"] < 0):
             limitations.append(
                 f"Calibration intercept {citl['value']:.2f} (95 % CI {citl['ci_low']:.2f} to "
                 f"{citl['ci_high']:.2f}): risks are systematically too "

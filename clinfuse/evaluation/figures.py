@@ -551,9 +551,11 @@ def subgroup_figure(results: dict[str, dict[str, Any]]) -> Any:
             if r["suppressed"] or r["auroc"]["value"] is None:
                 continue
             labels.append(f"{grouping} = {r['group']}")
-            vals.append(r["auroc"]["value"])
-            lows.append(r["auroc"]["ci_low"])
-            highs.append(r["auroc"]["ci_high"])
+            value = r["auroc"]["value"]
+            vals.append(value)
+            # no DeLong interval with a single event or non-event: the point alone
+            lows.append(value if r["auroc"]["ci_low"] is None else r["auroc"]["ci_low"])
+            highs.append(value if r["auroc"]["ci_high"] is None else r["auroc"]["ci_high"])
     fig = _figure(5.5, 1.2 + 0.3 * max(len(labels), 1))
     ax = fig.add_subplot()
     if labels:

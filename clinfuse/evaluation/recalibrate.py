@@ -242,9 +242,10 @@ def _update_output(
         coef = _coefficients(update, z, y)
     if chosen in ("logistic", "dynamic") and coef["slope"]["value"] <= 0:
         slope = coef["slope"]
-        what = (
-            f"the {name} risk's calibration slope here is {slope['value']:.3f} "
-            f"(95 % CI {slope['ci_low']:.2f} to {slope['ci_high']:.2f}, ≤ 0)"
+        what = f"the {name} risk's calibration slope here is {slope['value']:.3f} " + (
+            "(≤ 0)"
+            if slope["ci_low"] is None
+            else f"(95 % CI {slope['ci_low']:.2f} to {slope['ci_high']:.2f}, ≤ 0)"
         )
         if name == "fusion":
             raise CohortError(

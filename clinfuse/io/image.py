@@ -488,7 +488,8 @@ def _load_dicom_series(folder: Path, where: ErrorContext) -> tuple[np.ndarray, d
     for f, ds in images:
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((f, ds))
     if len(series) > 1:
-        listed = "; ".join(_series_label(v) for v in series.values())
+        labels = [_series_label(v) for v in series.values()]
+        listed = "; ".join(labels[:5]) + (f"; … {len(labels) - 5} more" if len(labels) > 5 else "")
         raise where.error(
             f"folder holds {len(series)} DICOM series: {listed}",
             "point at a folder holding a single series, or at one file",

@@ -38,6 +38,29 @@ def test_empty_case_id_and_spreadsheet_tail_rows(tiny_cohort, tmp_path, capsys):
     assert "2 empty row(s) skipped (file rows 66, 67)" in messages
 
 
+def test_windows_paths_semicolons_and_labels_as_numbers(tiny_cohort, tmp_path):
+    """Backslash paths of a manifest written on Windows resolve; a semicolon-separated file
+    is named as such; a label of 2 is shown as 2."""
+    from clinfuse.cohort import Cohort
+    from clinfuse.errors import CohortError
+
+    frame = pd.read_csv(tiny_cohort, dtype=str)
+    has = frame["signal"].notna()
+    frame.loc[has, "signal"] = frame.loc[has, "signal"].str.replace("/", "\\")
+    frame.loc[0, "label"] = "2"
+    path = tiny_cohort.parent / "m_windows.csv"
+    frame.to_csv(path, index=False)
+    cohort = Cohort.from_manifest(path, strict=False)
+    row = next(r for r in cohort.rows if r.case_id == frame.loc[has, "case_id"].iloc[1])
+    assert row.signal is not None and Path(row.signal).exists()
+    messages = [i.message for i in cohort.issues]
+    assert "outcome 'label' is 2; it must be 0 or 1" in messages
+    semi = tmp_path / "semi.csv"
+    frame.to_csv(semi, index=False, sep=";")
+    with pytest.raises(CohortError, match="separated by semicolons"):
+        Cohort.from_manifest(semi)
+
+
 def test_validate_reports_what_training_would_refuse_in_tabular_columns(tiny_cohort, tmp_path):
     frame = pd.read_csv(tiny_cohort, dtype=str)
     frame.loc[1, "crp"] = "inf"
