@@ -422,8 +422,16 @@ def _is_number(token: str) -> bool:
     return True
 
 
+TIME_COLUMNS = frozenset(
+    {"time", "t", "timestamp", "time_s", "time (s)", "seconds", "sec", "time_ms", "ms", "sample"}
+)
+"""Header names (any case) of CSV columns that hold time stamps or sample numbers, not a lead:
+they are dropped (the rate comes from ``signal_fs``)."""
+
+
 def _read_csv(p: Path, ctx: ErrorContext) -> tuple[np.ndarray, list[str] | None]:
-    """Read a numeric CSV; a non-numeric first row is a header of lead names.
+    """Read a numeric CSV; a non-numeric first row is a header of lead names (a column named
+    as in :data:`TIME_COLUMNS` is time stamps and dropped).
 
     Empty cells (and ``nan``/``NA``) become NaN, later interpolated; any other
     non-numeric cell is an error naming its column and line.
@@ -467,5 +475,13 @@ def _read_csv(p: Path, ctx: ErrorContext) -> tuple[np.ndarray, list[str] | None]
             )
         values[:, j] = num.to_numpy(dtype=np.float64)
     if has_header:
-        return values.T, names  # a header names the columns: they are leads
+        assert names is not None
+        leads = [j for j, n in enumerate(names) if n.strip().lower() not in TIME_COLUMNS]
+        if not leads:
+            raise ctx.error(
+                f"CSV columns {names} hold time stamps only, no lead",
+                hint="write one lead per column beside (or without) the time column",
+            )
+        # a header names the columns: they are leads, except a column of time stamps
+        return values[:, leads].T, [names[j] for j in leads]
     return values, None

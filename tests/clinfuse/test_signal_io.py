@@ -230,6 +230,16 @@ def test_csv_header_fixes_orientation_for_short_tables(tmp_path: Path) -> None:
     np.testing.assert_array_equal(x, [[1, 4], [2, 5], [3, 6]])
 
 
+def test_csv_time_column_is_not_a_lead(tmp_path: Path) -> None:
+    (tmp_path / "timed.csv").write_text("Time,ecg\n0.00,1\n0.01,2\n0.02,3\n")
+    x, meta = load_signal(tmp_path / "timed.csv", fs=100)
+    assert meta["lead_names"] == ["ecg"]
+    np.testing.assert_array_equal(x, [[1, 2, 3]])
+    (tmp_path / "only.csv").write_text("time\n0\n1\n")
+    with pytest.raises(ModalityLoadError, match="time stamps only"):
+        load_signal(tmp_path / "only.csv", fs=1)
+
+
 def test_partial_nan_is_interpolated_and_nan_lead_zeroed(tmp_path: Path) -> None:
     t = np.arange(100, dtype=np.float64)
     arr = np.stack([t.copy(), 2 * t, np.full(100, np.nan)])
