@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from clinfuse._context import EXTERNAL_PATHS
 from clinfuse._files import read_json_object
 from clinfuse.errors import ConfigError
 
@@ -198,6 +199,8 @@ def write_scored(
     }
     if conformal is not None:
         info["conformal"] = conformal
+    if EXTERNAL_PATHS.get():  # scored with --allow-external-paths: the app reads them too
+        info["allow_external_paths"] = True
     meta = provenance_path(out)
     tmp_meta = meta.with_name(f".{meta.name}.tmp")
     models = fold_models_path(out)

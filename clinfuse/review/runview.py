@@ -565,7 +565,8 @@ class RunView:
                     self._cohort = Cohort.from_manifest(
                         path,
                         target=self.config.data.target,
-                        allow_external_paths=self.config.data.allow_external_paths,
+                        allow_external_paths=self.config.data.allow_external_paths
+                        or bool((self.provenance or {}).get("allow_external_paths")),
                         strict=False,
                     )
                 except ClinFuseError as e:

@@ -137,6 +137,8 @@ def test_scoring_commands_take_allow_external_paths(tiny_run, tiny_cohort, tmp_p
     assert not out.exists()
     assert main([*args, "--allow-missing-modalities", "--allow-external-paths"]) == 0
     assert pd.read_csv(out)["present_signal"].sum() == len(frame)
+    provenance = json.loads(out.with_name("p.provenance.json").read_text())
+    assert provenance["allow_external_paths"] is True  # so the review app reads them too
     out.unlink()
     assert main([*args, "--allow-missing-modalities"]) == 1
     assert not out.exists()
