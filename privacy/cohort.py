@@ -99,7 +99,9 @@ __all__ = [
 REPORT_NAME = "deid_report.json"
 """Name of the report written into the output folder."""
 
-_RUN = re.compile(r"[a-z0-9]+")
+_RUN = re.compile(r"[^\W_]+")
+"""Runs of letters (any script) and digits: the scan's pre-check keys. ASCII-only runs made a
+name in Greek or Cyrillic unsearchable (no run at all) and split accented names."""
 _TEXT_SUFFIXES = {".txt", ".csv", ".tsv", ".json", ".hea", ".md", ".xml", ".yaml", ".yml"}
 
 
@@ -621,8 +623,9 @@ def _date_gaps(idents: list[Identifier], max_days: int) -> set[int]:
 class _Needle:
     """The search for one identifier: a set lookup first, the regex (compiled lazily) second.
 
-    A whole match is bounded by non-alphanumerics, so every ASCII alphanumeric run of a
-    form is a whole run of the text too: the longest run of each form is a safe pre-check.
+    A whole match is bounded by characters that are neither letters (of any script) nor
+    digits, so every such run of a form is a whole run of the text too: the longest run of
+    each form is a safe pre-check.
     """
 
     def __init__(self, ident: Identifier) -> None:
@@ -642,7 +645,7 @@ class _Needle:
     def regex(self) -> re.Pattern[str]:
         if self._regex is None:
             alts = "|".join(r"[\s^,]+".join(re.escape(x) for x in t) for t in self._tokens)
-            self._regex = re.compile(rf"(?<![A-Za-z0-9])(?:{alts})(?![A-Za-z0-9])", re.IGNORECASE)
+            self._regex = re.compile(rf"(?<![^\W_])(?:{alts})(?![^\W_])", re.IGNORECASE)
         return self._regex
 
     def search(self, blob: str, runs: set[str]) -> bool:

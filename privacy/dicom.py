@@ -763,6 +763,9 @@ class DicomDeidentifier:
                 elif elem.VR == "SQ":
                     for item in elem.value or []:
                         self._walk(item, result, shift, clean, inner)
+                elif (unlisted := self._unlisted_action(elem)) is not None:
+                    self._apply(ds, elem, unlisted, result, shift, keyword, clean, inner)
+                    result.actions[f"unlisted_{unlisted}"] += 1
                 continue
             action = self._choose(code, elem, keyword)
             self._apply(ds, elem, action, result, shift, keyword, clean, inner)
@@ -783,6 +786,25 @@ class DicomDeidentifier:
         else:
             elem.value = self._dummy(elem)
             self._record(result, keyword, "D", elem)
+
+    def _unlisted_action(self, elem: DataElement) -> Action | None:
+        """What to do with an attribute the profile's table does not list (newer or rarer
+        attributes, e.g. EvaluatorName, PatientBirthDateInAlternativeCalendar): kept unless
+        it can only hold identifying content — a person's name, a date or time, free text,
+        anything of the Patient module (group 0010) or an overlay's text — which is removed
+        (dates shifted instead under Retain Longitudinal Temporal Information)."""
+        vr, group = elem.VR, elem.tag.group
+        if elem.is_empty:
+            return None
+        if vr in ("DA", "DT"):
+            return "C" if self.options.retain_longitudinal else "X"
+        if vr == "TM":
+            return "K" if self.options.retain_longitudinal else "X"
+        if vr == "PN" or vr in _FREE_TEXT_VRS or group == 0x0010:
+            return "X"
+        if 0x6000 <= group <= 0x60FF and vr in ("LO", "SH", "LT", "ST", "UT"):
+            return "X"
+        return None
 
     def _choose(self, code: str, elem: DataElement, keyword: str) -> Action:
         if keyword in self._retained:

@@ -549,9 +549,16 @@ class PixelCleaner:
         readings = read_many(images) if read_many else [self.ocr(v) for v in images]
         boxes: list[Box] = []
         for (view, bright), words in zip(views, readings, strict=True):
-            max_height = max(_MIN_TEXT_HEIGHT, _TEXT_HEIGHT * view.shape[0])
-            words = [w for w in words if w.box.height <= max_height]
             if self.mode == "all-text":
+                # a tall "word" is usually anatomy read as text, unless read clearly: a large
+                # banner name on a small ultrasound frame is what must not get through
+                max_height = max(_MIN_TEXT_HEIGHT, _TEXT_HEIGHT * view.shape[0])
+                words = [
+                    w
+                    for w in words
+                    if w.box.height <= max_height
+                    or (w.confidence >= _TALL_WORD_CONFIDENCE and w.alnum >= 3)
+                ]
                 # texture (speckle, noise) read as words comes from the rendered view, at
                 # low confidence; overlay text is in the bright view too
                 base = self.verify_confidence if final else self.min_confidence
@@ -588,7 +595,10 @@ class PixelCleaner:
 
 _TEXT_HEIGHT = 0.1
 _MIN_TEXT_HEIGHT = 24
-"""A "word" taller than this share of the rows (and than 24 pixels) is anatomy, not text."""
+"""In ``all-text`` mode a "word" taller than this share of the rows (and than 24 pixels) is
+anatomy, not text, unless read with :data:`_TALL_WORD_CONFIDENCE`; in ``identifiers`` mode
+a word is masked whatever its height when it matches an identifier (a specific reading)."""
+_TALL_WORD_CONFIDENCE = 80.0
 
 _RENDERED_EXTRA = 30.0
 """Extra confidence asked of words read in the rendered (not thresholded) view."""

@@ -164,6 +164,11 @@ _DATE_PATTERNS: list[tuple[str, str]] = [
     (rf"(?<!\d){_Y}/(?P<m>0?[1-9]|1[0-2])/(?P<d>0?[1-9]|[12]\d|3[01])(?![\d/])", "ymd/"),
     (rf"(?<![\d.]){_Y}(?P<m>0[1-9]|1[0-2])(?P<d>0[1-9]|[12]\d|3[01])(?!\d)", "compact"),
     (rf"(?<![\d.])(?P<d>0?[1-9]|[12]\d|3[01])\.(?P<m>0?[1-9]|1[0-2])\.{_Y}(?![\d.])", "dmy."),
+    (  # 12-Mar-2021, 12-MAR-21, 12/Mar/2021, 12 Mar 21 (clinical systems' day-month-year)
+        rf"(?<![\d/.-])(?P<d>0?[1-9]|[12]\d|3[01])(?P<sep>[-/ ])(?i:(?P<mon>{_MONTHS}))"
+        rf"(?P=sep){_Y2}(?![\d/-])",
+        "d_mon_y",
+    ),
     (
         rf"(?i:\b(?P<mon>{_MONTHS})\.?)\s+(?P<d>[0-3]?\d)(?:st|nd|rd|th)?\b(?:,?\s+{_Y}\b)?",
         "month_d_y",
@@ -215,8 +220,8 @@ try:  # the USPS street suffixes (Faker ships the list); ours are the common abb
     )
 except ImportError:  # pragma: no cover - faker is part of the privacy extra
     pass
-_UP = "A-ZÀ-ÖØ-ÞĀĂĄĆČĎĐĒĖĘĚĞĪĮİŁŃŇŌŐŒŘŚŞŠŢŤŪŮŰŲŹŻŽ"
-_LO = "a-zß-öø-ÿ\u0100-\u017f"
+_UP = "A-ZÀ-ÖØ-ÞĀĂĄĆČĎĐĒĖĘĚĞĪĮİŁŃŇŌŐŒŘŚŞŠŢŤŪŮŰŲŹŻŽ\u0386-\u038f\u0391-\u03a9\u0400-\u042f"
+_LO = "a-zß-öø-ÿ\u0100-\u017f\u03ac-\u03ce\u0430-\u045f"
 _CAP = rf"[{_UP}](?:'[{_UP}])?[{_LO}][{_UP}{_LO}'’-]*"
 _TITLE = r"(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Doctor|Nurse|Sister|Father|Rev)"
 _NAME = rf"(?!{_TITLE}\b){_CAP}(?:[ \t]+[A-Z]\.)?(?:[ \t]+{_CAP}){{0,2}}"
@@ -328,7 +333,23 @@ _PATTERNS: list[tuple[str, re.Pattern[str], float]] = [
         ),
         1.0,
     ),
-    ("AGE", re.compile(r"(?i:\b(?:age|aged|age:)\s*)(?P<v>9\d|1[0-4]\d)\b"), 1.0),
+    # "age 93", "aged 93", "Age: 93", PhysioNet's "<age>: 93", "at the age of 93", "turned 91"
+    (
+        "AGE",
+        re.compile(
+            r"(?i:\b(?:age|aged|at\s+the\s+age\s+of|turned|turns|turning)\b>?:?\s*)"
+            r"(?P<v>9\d|1[0-4]\d)\b"
+        ),
+        1.0,
+    ),
+    (  # spelled out: "ninety-three years old", "one hundred and one-year-old"
+        "AGE",
+        re.compile(
+            r"(?i:\b(?P<v>ninety(?:[- ](?:one|two|three|four|five|six|seven|eight|nine))?"
+            r"|(?:a|one)[- ]hundred(?:[- ](?:and[- ])?[a-z]+)?)(?=[- ](?:years?|yr)\b|[- ]year-old))"
+        ),
+        1.0,
+    ),
     (
         "ADDRESS",
         re.compile(
@@ -827,6 +848,10 @@ def date_variants(value: str) -> list[str]:
         d.strftime("%B %d, %Y").replace(" 0", " "),
         d.strftime("%b %d, %Y").replace(" 0", " "),
         f"{d.day} {d.strftime('%B')} {d.year}",
+        f"{d.day} {d.strftime('%b')} {d.year}",
+        d.strftime("%d-%b-%Y"),
+        d.strftime("%d-%b-%y"),
+        d.strftime("%d/%m/%Y"),
     ]
 
 
@@ -844,7 +869,7 @@ def _loose_in(form: str, lower: str) -> bool:
 def _deny_pattern(value: str) -> str:
     parts = [re.escape(p) for p in re.split(r"[\s^,]+", value.strip()) if p]
     body = r"[\s^,]+".join(parts)
-    return rf"(?<![A-Za-z0-9]){body}(?![A-Za-z0-9])"
+    return rf"(?<![^\W_]){body}(?![^\W_])"  # not inside a word of any script
 
 
 class TextDeidentifier:
@@ -1032,8 +1057,8 @@ class TextDeidentifier:
         if entity == "AGE":
             return "90+"
         if entity == "NAME":
-            return re.sub(
-                r"[A-Za-z][A-Za-z'’-]+",
+            return re.sub(  # letters of any script: Wójcik, Größmann, Παπαδοπούλου
+                r"[^\W\d_](?:[^\W\d_]|['’-])+",
                 lambda m: self._surrogate_token(m.group(0), ctx.key, name_map),
                 original,
             )
@@ -1178,8 +1203,8 @@ def _parse_date(chunk: str) -> tuple[_dt.date, str, re.Match[str]] | None:
             month = _MONTH_NUM[gd["mon"][:3].lower()] if gd.get("mon") else int(gd["m"])
             day = int(gd["d"]) if gd.get("d") else 1
             year_s = gd.get("y")
-            if year_s is None:
-                year = 2000  # leap year: 02/29 stays valid
+            if year_s is None:  # a common year, as most years are (Feb 29 needs a leap one)
+                year = 2000 if (month, day) == (2, 29) else 2001
             else:
                 year = int(year_s)
                 if len(year_s) == 2:
@@ -1217,6 +1242,12 @@ def _shift_date(chunk: str, days: int) -> str | None:
     mon = gd.get("mon") or ""
     full = len(mon) > 3 and mon.lower() != "sept"
     month_name = new.strftime("%B" if full else "%b")
+    if kind == "d_mon_y":
+        if mon.isupper():
+            month_name = month_name.upper()
+        y = f"{new.year:04d}" if len(gd["y"]) == 4 else f"{new.year % 100:02d}"
+        dd = f"{new.day:02d}" if len(gd["d"]) == 2 else str(new.day)
+        return f"{dd}{gd['sep']}{month_name}{gd['sep']}{y}"
     if kind == "month_d_y":
         return f"{month_name} {new.day}" + (f", {new.year}" if gd.get("y") else "")
     if kind == "d_month_y":
