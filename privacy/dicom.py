@@ -1047,6 +1047,13 @@ def dicom_identifiers(
         if len(value) >= 4:
             found.setdefault((kind, source, value), Identifier(kind, source, value))
 
+    # a vendor's name in InstitutionName (pydicom's MR_small: "TOSHIBA", made by
+    # "TOSHIBA_MEC") identifies nobody, and Manufacturer keeps it: searching it would refuse
+    # every such file
+    vendors = {
+        str(ds.get(k, "")).strip().lower() for k in ("Manufacturer", "ManufacturerModelName")
+    }
+    vendors.discard("")
     for elem in ds.iterall():
         if elem.tag.is_private or elem.VR == "SQ" or elem.is_empty:
             continue
@@ -1071,7 +1078,9 @@ def dicom_identifiers(
                 if m and text[:8] not in ("00010101", "19000101"):
                     add("date", keyword, text[:8])
             elif keyword in _PLACE_KEYWORDS:
-                add("phone" if "Telephone" in keyword else "place", keyword, text)
+                said = re.compile(rf"(?<![^\W_]){re.escape(text.strip())}(?![^\W_])", re.I)
+                if not any(said.search(v) for v in vendors):
+                    add("phone" if "Telephone" in keyword else "place", keyword, text)
             elif (
                 elem.VR in ("LO", "SH", "UC", "LT", "ST")
                 and _ID_KEYWORD.search(keyword)

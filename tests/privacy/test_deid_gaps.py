@@ -149,3 +149,18 @@ def test_a_large_clearly_read_word_is_masked_in_all_text_mode() -> None:
     assert report.boxes >= 1
     assert pixels[12:35, 25:125].max() == 0  # the name is masked
     assert pixels[125:175, 105:175].max() > 0  # the anatomy is not
+
+
+def test_a_vendor_named_as_institution_is_not_searched() -> None:
+    """pydicom's MR_small names TOSHIBA as institution and TOSHIBA_MEC as manufacturer; the
+    kept manufacturer must not make the residual scan refuse the file."""
+    import pydicom.data
+
+    from privacy.dicom import dicom_identifiers
+
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("MR_small.dcm"))
+    assert (str(ds.InstitutionName), str(ds.Manufacturer)) == ("TOSHIBA", "TOSHIBA_MEC")
+    values = {i.value for i in dicom_identifiers(ds)}
+    assert "TOSHIBA" not in values
+    ds.InstitutionName = "St Elsewhere General"
+    assert "St Elsewhere General" in {i.value for i in dicom_identifiers(ds)}
