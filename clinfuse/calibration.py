@@ -181,12 +181,25 @@ class Temperature(Calibrator):
 
 
 class Platt(Calibrator):
-    """p = σ(a·z + b), unpenalised logistic regression on the logit."""
+    """p = σ(a·z + b), unpenalised logistic regression on the logit.
+
+    When the outcomes are separated by the logit (every event's above every non-event's, or
+    below: common on a small validation split) the maximum-likelihood slope is infinite and
+    the fit runs away (slopes in the hundreds, risks of 1e-66). Then Platt's (1999) targets
+    are used instead of 0/1: ``(N₊ + 1)/(N₊ + 2)`` for events and ``1/(N₋ + 2)`` for
+    non-events, which keeps the fit finite; ``separated_`` records it.
+    """
 
     method = "platt"
+    separated_: bool = False
 
     def fit(self, logits: np.ndarray, y: np.ndarray) -> Platt:
         z, t = self._check(logits, y)
+        events, others = z[t == 1], z[t == 0]
+        self.separated_ = bool(events.min() >= others.max() or events.max() <= others.min())
+        if self.separated_:
+            n_pos, n_neg = len(events), len(others)
+            t = np.where(t == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
         res = minimize(
             lambda ab: _nll(expit(ab[0] * z + ab[1]), t), x0=[1.0, 0.0], method="L-BFGS-B"
         )
@@ -197,12 +210,20 @@ class Platt(Calibrator):
         return expit(self.slope_ * np.asarray(logits, dtype=float) + self.intercept_)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "slope": self.slope_, "intercept": self.intercept_}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "slope": self.slope_,
+            "intercept": self.intercept_,
+        }
+        if self.separated_:
+            out["separated"] = True  # fitted on Platt's targets (see the class)
+        return out
 
     @classmethod
     def from_dict(cls, state: dict[str, Any]) -> Platt:
         obj = cls()
         obj.slope_, obj.intercept_ = float(state["slope"]), float(state["intercept"])
+        obj.separated_ = bool(state.get("separated", False))
         return obj
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "EncoderConfig",
     "available_encoders",
     "build_encoder",
+    "check_encoder_configs",
     "get_encoder_class",
     "load_state_dict_file",
     "register_encoder",
@@ -488,6 +489,26 @@ def _validate_config(
             for err in e.errors()
         )
         raise ConfigError(f"invalid {klass.__name__}: {problems}") from e
+
+
+def check_encoder_configs(encoders: Mapping[str, Mapping[str, Any]]) -> None:
+    """Check a run config's ``encoders`` section without building anything: every name is
+    registered and every option is one its encoder has, with a valid value.
+
+    Raises:
+        ConfigError: naming ``encoders.<modality>`` and what is wrong.
+    """
+    for modality, spec in encoders.items():
+        name = spec.get("name") or DEFAULT_ENCODERS.get(modality, "")
+        try:
+            klass = get_encoder_class(modality, name)
+            _validate_config(klass.config_class, {**spec, "name": name})
+        except ConfigError as e:
+            raise ConfigError(
+                f"encoders.{modality}: {e.reason}",
+                field=f"encoders.{modality}",
+                hint="see docs/configuration.md for each encoder's options",
+            ) from e
 
 
 def build_encoder(modality: str, config: EncoderConfig | Mapping[str, Any]) -> Encoder:

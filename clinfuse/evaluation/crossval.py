@@ -85,11 +85,15 @@ def fold_splits(
 ) -> dict[str, str]:
     """Case id → ``train``/``val``/``test`` for fold ``k``: its cases are ``test``; the other
     folds' patients are split into train and val in the config's train:val proportion
-    (patient-level, stratified by outcome and site)."""
+    (patient-level, stratified by outcome and site). A patient with cases in fold ``k`` and
+    in others (possible when folds are groups: a patient seen at two sites, in two years)
+    keeps only the held-out ones: the others are in no part, so no model is scored on a
+    patient it trained on."""
     from clinfuse.cohort.split import assign_splits
 
     rows = cohort.rows
-    rest = [r for r, f in zip(rows, folds, strict=True) if f != k]
+    held = {r.patient_id for r, f in zip(rows, folds, strict=True) if f == k}
+    rest = [r for r, f in zip(rows, folds, strict=True) if f != k and r.patient_id not in held]
     train_share, val_share = fractions[0], fractions[1]
     val = val_share / (train_share + val_share)
     inner = assign_splits(
@@ -278,6 +282,7 @@ def cross_validate(
     from clinfuse.cohort.split import assign_folds
     from clinfuse.config import RunConfig, load_config
     from clinfuse.data import shared_decoding
+    from clinfuse.encoders.base import check_encoder_configs
     from clinfuse.evaluation.ablation import masked_fusion_probabilities
     from clinfuse.evaluation.evaluate import Evaluator, model_sha256, score_cohort
     from clinfuse.model import load_run
@@ -328,6 +333,7 @@ def cross_validate(
         config = load_config(partial / "config.yaml")
     config = config or RunConfig()
     _check_single_process(config)
+    check_encoder_configs(config.encoders)  # a typo in an encoder option fails before fold 1
     data_cfg = config.data
     if data_cfg.split_by_date:
         raise ConfigError(
@@ -403,6 +409,13 @@ def cross_validate(
         for k in range(1, folds + 1)
     }
     label_of = {r.case_id: r.label for r in cohort.rows}
+    left_out = {k: len(table) - len(plan) for k, plan in fold_plans.items()}
+    for k, n in left_out.items():
+        if n:
+            say(
+                f"fold {k}: {n} case(s) of patients who also have cases in the held-out group "
+                "are left out of its training"
+            )
     for k, splits in fold_plans.items():  # every fold must train: checked before any does
         for part in ("train", "val"):
             ys = [int(label_of[c] or 0) for c, s in splits.items() if s == part]
@@ -471,7 +484,9 @@ def cross_validate(
                 on_epoch=on_epoch,
                 log=fold_log,
                 splits=fold_plans[k],
-                case_ids=None if case_ids is None else table["case_id"].tolist(),
+                case_ids=None
+                if case_ids is None and not left_out[k]
+                else [c for c in table["case_id"] if c in fold_plans[k]],
             )
 
         # pooled out-of-fold predictions

@@ -615,8 +615,10 @@ def tune(
             )
     except ClinFuseError:
         # a manifest or config the first trial refused: leave no folder in the way of the
-        # corrected call (anything already trained is kept for --resume)
-        if not resume and not any(partial.rglob("model.json")):
+        # corrected call (anything already trained or scored is kept for --resume; trials
+        # drop their fold models once scored, so look for either)
+        trained = any(partial.rglob("model.json")) or any(partial.rglob("crossval.json"))
+        if not resume and not trained:
             shutil.rmtree(partial, ignore_errors=True)
         raise
 

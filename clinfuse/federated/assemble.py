@@ -179,7 +179,7 @@ def assemble_run(
         "rounds": len(history.rounds),
     }
     out = Path(out)
-    partial = _prepare_folders(out, resume=False, overwrite=overwrite)
+    partial = _prepare_folders(out, resume=False, overwrite=overwrite, resumable=False)
     model.save_pretrained(partial)
     _write_json(
         partial / "data_report.json",

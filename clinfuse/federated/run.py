@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from clinfuse.cohort.manifest import Cohort, Issue
 from clinfuse.cohort.split import split_cohort
 from clinfuse.config import RunConfig
 from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
+from clinfuse.encoders.base import check_encoder_configs
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.metrics import metric_with_ci
 from clinfuse.evaluation.summary import summarize_predictions
@@ -66,7 +68,7 @@ from clinfuse.training.run import (
     resolve_modalities,
 )
 from privacy.dp.engine import DPConfig
-from privacy.errors import PrivacyError
+from privacy.errors import FederatedError, PrivacyError
 from privacy.federated.partition import make_partition
 from privacy.federated.simulation import History, RoundRecord, simulate
 from privacy.federated.strategies import build_strategy
@@ -715,8 +717,13 @@ def federated_run(
     config = config or RunConfig()
     check_stage2(settings, config)
     out = Path(out)
-    partial = _prepare_folders(out, resume=False, overwrite=overwrite)
-    prep = prepare(cohort_path, config, settings, dp=dp, log=say)
+    check_encoder_configs(config.encoders)
+    partial = _prepare_folders(out, resume=False, overwrite=overwrite, resumable=False)
+    try:
+        prep = prepare(cohort_path, config, settings, dp=dp, log=say)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # refused before anything was computed
+        raise
     prep.config.save(partial / "config.yaml")
     val_all = prep.split("val")
     table: list[dict[str, Any]] = []
@@ -752,6 +759,7 @@ def federated_run(
         )
     else:
         snap, history, spent = _external_variant(prep, trainer, partial, settings)
+    _check_every_site_contributed(history)
     _restore(prep, snap)
     say(_describe_stage2(prep.stage2))
     table = _auroc_rows(prep, "federated", n_boot, seed) + table
@@ -858,6 +866,30 @@ def _write_outputs(
     os.replace(tmp, partial / "predictions.csv")
     train_log(history).to_csv(partial / "train_log.csv", index=False)
     _write_json(partial / "run.json", run_record(t_start))
+
+
+def _check_every_site_contributed(history: Any) -> None:
+    """Refuse a federated model some site never trained: its rounds all failed (a data or
+    code problem at that site, e.g. a batch it cannot build), so the model is not the
+    federation's the user asked for.
+
+    Raises:
+        FederatedError: naming each such site and its first failure.
+    """
+    rounds = getattr(history, "rounds", None) or []
+    sites = list(getattr(history, "sites", None) or [])
+    done = {s for r in rounds for s in r.completed}
+    silent = [s for s in sites if s not in done and any(s in r.failed for r in rounds)]
+    if not silent:
+        return
+    reasons = "; ".join(
+        f"{s}: {next(r.failed[s] for r in rounds if s in r.failed)}" for s in silent
+    )
+    raise FederatedError(
+        f"{len(silent)} of {len(sites)} sites failed in every round, so the model never "
+        f"learned from them ({reasons}); fix those sites (each reason is its first failure) "
+        "and rerun with --overwrite"
+    )
 
 
 def run_record(t_start: float, **extra: Any) -> dict[str, Any]:

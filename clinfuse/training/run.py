@@ -38,6 +38,7 @@ from clinfuse.cohort.manifest import SPLITS, Cohort, Issue
 from clinfuse.cohort.split import split_cohort
 from clinfuse.config import DataConfig, RunConfig, load_config
 from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
+from clinfuse.encoders.base import check_encoder_configs
 from clinfuse.errors import CohortError, ConfigError
 from clinfuse.evaluation.summary import summarize_predictions
 from clinfuse.fusion.late import LateFusion
@@ -187,10 +188,16 @@ def _with_splits(cohort: Cohort, splits: Mapping[str, str]) -> Cohort:
 
 
 def _prepare_folders(
-    out: Path, *, resume: bool, overwrite: bool, finished: str = "model/model.json"
+    out: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    finished: str = "model/model.json",
+    resumable: bool = True,
 ) -> Path:
     """Check ``out`` and make (or, resuming, find) its ``.partial`` sibling; ``finished``:
-    the file whose presence in ``out`` marks a finished run."""
+    the file whose presence in ``out`` marks a finished run; ``resumable``: whether the
+    command can continue an unfinished one (its advice names ``--resume`` then)."""
     partial = out.with_name(out.name + ".partial")
     if launched_worker():
         return partial  # rank 0 made (and owns) the folder
@@ -221,7 +228,9 @@ def _prepare_folders(
             raise ConfigError(
                 "an unfinished run is in the way",
                 path=partial,
-                hint="pass --resume to continue it, or --overwrite to start over",
+                hint="pass --resume to continue it, or --overwrite to start over"
+                if resumable
+                else "pass --overwrite to start over",
             )
     partial.mkdir(parents=True, exist_ok=True)
     return partial
@@ -263,8 +272,9 @@ def train_run(
     t_start = time.perf_counter()
     say = log or (lambda _msg: None)
     out = Path(out)
-    if config is not None:
-        check_strategy(config.training)  # before the run folder is made
+    if config is not None:  # before the run folder is made
+        check_strategy(config.training)
+        check_encoder_configs(config.encoders)
     partial = _prepare_folders(out, resume=resume, overwrite=overwrite)
     if resume:
         stored = load_config(partial / "config.yaml")
@@ -407,6 +417,13 @@ def train_run(
         else:
             calibrators[m] = build_calibrator("none")
     model.calibrators = calibrators
+    separated = [k for k, c in calibrators.items() if getattr(c, "separated_", False)]
+    if separated:
+        say(
+            f"calibration: the validation cases' outcomes are separated by the {', '.join(separated)} "
+            "logit; Platt's smoothed targets keep the fit finite, but a larger validation split "
+            "would calibrate better"
+        )
 
     all_raw = model.forward_cases(cases)
     predictions = model.predictions_frame(cases, all_raw)

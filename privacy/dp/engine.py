@@ -33,7 +33,14 @@ from torch import nn
 from privacy.dp.accountant import ACCOUNTANTS, check_delta, noise_multiplier_for
 from privacy.errors import DPError
 
-__all__ = ["DPConfig", "PrivacySpent", "PrivateTraining", "fix_module", "make_private"]
+__all__ = [
+    "DPConfig",
+    "EmptyBatch",
+    "PrivacySpent",
+    "PrivateTraining",
+    "fix_module",
+    "make_private",
+]
 
 log = logging.getLogger(__name__)
 
@@ -259,4 +266,34 @@ def make_private(
             "privacy.dp.fix_module on it, or freeze the layer and feed its outputs as data"
         ) from e
     priv_module, priv_opt, priv_loader = out[:3]
+    priv_loader.collate_fn = _EmptyAware(priv_loader.collate_fn)
     return PrivateTraining(engine, priv_module, priv_opt, priv_loader, config, sample_rate)
+
+
+class EmptyBatch:
+    """What a private data loader yields for a Poisson draw of no case when Opacus cannot
+    build an empty batch of the task's structure (a batch holding text, e.g. case ids).
+    ``len()`` is 0; a training loop takes its noise-only step without calling the loss."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "EmptyBatch()"
+
+
+class _EmptyAware:
+    """Opacus' collate wrapper, falling back to :class:`EmptyBatch` for an empty draw it
+    cannot shape (it knows tensors, dicts, lists and tuples; it also needs a non-empty batch
+    first)."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+
+    def __call__(self, batch: list[Any]) -> Any:
+        if len(batch) == 0:
+            try:
+                return self.wrapped(batch)
+            except (TypeError, ValueError, AttributeError, IndexError):
+                return EmptyBatch()
+        return self.wrapped(batch)

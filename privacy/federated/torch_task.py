@@ -147,7 +147,12 @@ def site_seed(seed: int, server_round: int, site_id: str) -> int:
 
 
 def batch_length(batch: Any) -> int:
-    """Cases in a batch: a tensor's first dimension, a tuple's first item, a dict's ``label``."""
+    """Cases in a batch: a tensor's first dimension, a tuple's first item, a dict's ``label``
+    (0 for the :class:`privacy.dp.engine.EmptyBatch` of an empty Poisson draw)."""
+    from privacy.dp.engine import EmptyBatch
+
+    if isinstance(batch, EmptyBatch):
+        return 0
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0])
     if isinstance(batch, (tuple, list)) and batch:

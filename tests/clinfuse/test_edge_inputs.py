@@ -303,3 +303,95 @@ def test_samplesize_from_an_evaluation_below_chance_says_what_to_give(tmp_path, 
     with pytest.raises(ConfigError, match=r"AUROC is 0\.000, not above 0\.5") as info:
         samplesize.from_evaluation(tmp_path)
     assert "--c-statistic" in str(info.value)
+
+
+def test_platt_scaling_stays_finite_on_separated_validation_cases():
+    """Eight validation cases whose outcomes the logit separates: the unpenalised fit ran
+    away (slope 700); Platt's targets keep it finite. Unseparated cases fit as before."""
+    from clinfuse.calibration import Platt, calibrator_from_dict
+
+    z = np.array([0.30, 0.32, 0.35, 0.40, 0.52, 0.55, 0.60, 0.63])
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    platt = Platt().fit(z, y)
+    assert platt.separated_ and abs(platt.slope_) < 100
+    p = platt.predict_proba(z)
+    n_pos = n_neg = 4
+    assert p.min() > 1 / (n_neg + 2) / 3 and p.max() < 1 - 1 / (n_pos + 2) / 3
+    again = calibrator_from_dict(platt.to_dict())
+    assert again.to_dict() == platt.to_dict()
+
+    rng = np.random.default_rng(0)
+    z2 = rng.normal(size=400)
+    y2 = (rng.random(400) < 1 / (1 + np.exp(-1.5 * z2))).astype(float)
+    fitted = Platt().fit(z2, y2)
+    assert not fitted.separated_ and "separated" not in fitted.to_dict()
+    from sklearn.linear_model import LogisticRegression
+
+    ref = LogisticRegression(C=1e12, tol=1e-10, max_iter=1000).fit(z2[:, None], y2)
+    assert fitted.slope_ == pytest.approx(ref.coef_[0, 0], rel=1e-3)
+
+
+# -- cross-validation and federated runs ----------------------------------------------
+
+
+def test_group_folds_keep_a_returning_patient_out_of_training():
+    """Leave-one-group-out: a patient with cases in the held-out group and in others has
+    those other cases in no part of that fold (no model scores a patient it trained on)."""
+    from types import SimpleNamespace
+
+    from clinfuse.evaluation.crossval import fold_splits
+
+    rows = [
+        SimpleNamespace(case_id=f"c{i}", patient_id=f"p{i}", label=i % 2, site=None)
+        for i in range(12)
+    ]
+    rows.append(SimpleNamespace(case_id="c12", patient_id="p0", label=1, site=None))
+    folds = [1] * 4 + [2] * 4 + [3] * 4 + [2]  # p0 in groups 1 and 2
+    plan = fold_splits(SimpleNamespace(rows=rows), folds, 1, fractions=(0.6, 0.2, 0.2), seed=0)
+    assert plan["c0"] == "test" and "c12" not in plan
+    assert {c for c, s in plan.items() if s == "test"} == {"c0", "c1", "c2", "c3"}
+    plan2 = fold_splits(SimpleNamespace(rows=rows), folds, 2, fractions=(0.6, 0.2, 0.2), seed=0)
+    assert plan2["c12"] == "test" and "c0" not in plan2
+
+
+def test_a_federated_model_some_site_never_trained_is_refused():
+    from types import SimpleNamespace
+
+    from clinfuse.federated.run import _check_every_site_contributed
+    from privacy.errors import FederatedError
+
+    rounds = [
+        SimpleNamespace(completed=["c"], failed={"a": "TypeError: x", "b": "TypeError: y"}),
+        SimpleNamespace(completed=["b", "c"], failed={"a": "TypeError: z"}),
+    ]
+    history = SimpleNamespace(rounds=rounds, sites=["a", "b", "c"])
+    with pytest.raises(
+        FederatedError, match=r"1 of 3 sites failed in every round.*a: TypeError: x"
+    ):
+        _check_every_site_contributed(history)
+    rounds[0].completed.append("a")
+    _check_every_site_contributed(history)
+
+
+def test_an_encoder_option_typo_fails_before_any_folder(tiny_cohort, tmp_path):
+    from clinfuse.training import train_run
+    from tests.conftest import tiny_config
+
+    cfg = tiny_config(epochs=1)
+    cfg.encoders["tabular"] = {"name": "mlp", "hiden": [8]}
+    with pytest.raises(ConfigError, match=r"encoders\.tabular: .*hiden"):
+        train_run(tiny_cohort, tmp_path / "run", cfg)
+    assert list(tmp_path.iterdir()) == []
+    cfg.encoders["tabular"] = {"name": "nosuch"}
+    with pytest.raises(ConfigError, match="unknown tabular encoder 'nosuch'"):
+        train_run(tiny_cohort, tmp_path / "run", cfg)
+
+
+def test_commands_that_cannot_resume_do_not_suggest_it(tmp_path):
+    from clinfuse.training.run import _prepare_folders
+
+    (tmp_path / "fed.partial").mkdir()
+    (tmp_path / "fed.partial" / "config.yaml").write_text("{}")
+    with pytest.raises(ConfigError) as info:
+        _prepare_folders(tmp_path / "fed", resume=False, overwrite=False, resumable=False)
+    assert "--resume" not in str(info.value) and "--overwrite" in str(info.value)

@@ -213,3 +213,31 @@ def test_batchnorm_is_fixed_with_a_logged_note(caplog: pytest.LogCaptureFixture)
             DataLoader(TensorDataset(torch.randn(8, 4)), batch_size=4),
             DPConfig(noise_multiplier=1.0),
         )
+
+
+def test_an_empty_poisson_draw_of_batches_holding_text_is_an_empty_batch() -> None:
+    """Batches with case ids (text): Opacus cannot shape an empty draw of them and raised
+    TypeError, which dropped the site; the private loader now yields an EmptyBatch."""
+    from privacy.dp.engine import EmptyBatch
+    from privacy.federated.torch_task import batch_length
+
+    rows = [
+        {"x": torch.randn(3), "y": torch.tensor(float(i % 2)), "id": f"c{i}"} for i in range(20)
+    ]
+
+    def collate(items: list[dict]) -> dict:
+        return {
+            "x": torch.stack([r["x"] for r in items]),
+            "label": torch.stack([r["y"] for r in items]),
+            "case_id": [r["id"] for r in items],
+        }
+
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(rows, batch_size=1, collate_fn=collate)  # q = 1/20: many empty draws
+    private = make_private(model, opt, loader, DPConfig(noise_multiplier=1.0, max_grad_norm=1.0))
+    torch.manual_seed(0)
+    sizes = [batch_length(b) for _ in range(5) for b in private.data_loader]
+    assert 0 in sizes and max(sizes) >= 1
+    empties = [b for b in private.data_loader if batch_length(b) == 0]
+    assert all(isinstance(b, EmptyBatch) or len(b["label"]) == 0 for b in empties)
