@@ -12,6 +12,7 @@ reloads from a run folder (safetensors + JSON, no pickle)::
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -483,6 +484,13 @@ class FusionModel:
         run's data settings), checked by :meth:`check_cohort`."""
         from clinfuse.cohort.manifest import Cohort
 
+        if not isinstance(cohort, Cohort | str | Path):
+            raise ConfigError(
+                f"expected a manifest path or a Cohort, got {type(cohort).__name__}",
+                field="cohort",
+                hint="for a table in memory: frame.to_csv('manifest.csv') in the folder its "
+                "paths are relative to, then pass that path (or Cohort.from_manifest(path))",
+            )
         if not isinstance(cohort, Cohort):
             cohort = Cohort.from_manifest(
                 cohort,
@@ -539,5 +547,15 @@ class FusionModel:
 
 
 def load_run(path: str | Path, *, device: str = "cpu") -> FusionModel:
-    """Restore a trained model from a run folder written by ``clinfuse train``."""
+    """Restore a trained model from a run folder written by ``clinfuse train``.
+
+    Raises:
+        ConfigError: ``path`` is not a path, or not a complete run folder.
+    """
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(
+            f"expected the path of a run folder, got {type(path).__name__}",
+            field="run",
+            hint="pass the folder `clinfuse train --out` wrote, e.g. load_run('runs/demo')",
+        )
     return FusionModel.from_pretrained(path, map_location=device)

@@ -468,6 +468,7 @@ class Cohort:
         columns: Sequence[str] = (),
     ) -> None:
         self.rows: list[CaseRow] = list(rows)
+        self.n_manifest_rows: int | None = None  # set by from_manifest
         self.root = root
         self.manifest_path = manifest_path
         self.issues: list[Issue] = list(issues)
@@ -537,7 +538,7 @@ class Cohort:
                 path=manifest_path,
                 hint="run `clinfuse validate` to list them",
             )
-        return cls(
+        cohort = cls(
             rows,
             root=root,
             manifest_path=manifest_path,
@@ -545,6 +546,8 @@ class Cohort:
             target=target,
             columns=list(df.columns),
         )
+        cohort.n_manifest_rows = len(df)  # rows of the file (duplicates, blank ones included)
+        return cohort
 
     # -- access -----------------------------------------------------------
     def __len__(self) -> int:

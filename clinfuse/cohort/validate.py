@@ -135,7 +135,7 @@ def validate_cohort(
         strict=False,
     )
     assert cohort.manifest_path is not None
-    n_rows = len(cohort) + len({i.case_id for i in cohort.excluded})
+    n_rows = cohort.n_manifest_rows or len(cohort) + len({i.case_id for i in cohort.excluded})
     report = ValidationReport(
         manifest_path=cohort.manifest_path, n_rows=n_rows, issues=list(cohort.issues)
     )

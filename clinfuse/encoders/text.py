@@ -26,7 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,10 +178,11 @@ class TransformerNoteEncoder(Encoder):
         local_only = is_local or not self.config.allow_download or _env_offline()
         where = str(local_dir) if is_local else str(source)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
-            model = AutoModel.from_pretrained(
-                where, local_files_only=local_only, dtype=torch.float32
-            )
+            with _quiet_progress():
+                tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=local_only)
+                model = AutoModel.from_pretrained(
+                    where, local_files_only=local_only, dtype=torch.float32
+                )
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(
                 f"cannot load Hugging Face model {where!r}: {e}",
@@ -425,8 +427,9 @@ class TransformerNoteEncoder(Encoder):
         """
         out = super().save_pretrained(directory)
         sub = out / TRANSFORMER_SUBDIR
-        self.net.save_pretrained(sub, safe_serialization=True)
-        self.tokenizer.save_pretrained(sub)
+        with _quiet_progress():
+            self.net.save_pretrained(sub, safe_serialization=True)
+            self.tokenizer.save_pretrained(sub)
         return out
 
     @classmethod
@@ -456,3 +459,19 @@ class TransformerNoteEncoder(Encoder):
         for key, value in original.items():
             setattr(encoder.config, key, value)
         return encoder
+
+
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No Hugging Face progress bars ("Loading weights", "Writing model shards") while a
+    run's note encoder is read or written: noise in a notebook or a log. The caller's
+    setting is put back."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()

@@ -381,6 +381,8 @@ class Evaluator:
         self.development = development
         self.development_manifest = development_manifest
         self.recorded_splits = recorded_splits
+        if isinstance(subgroups, str):  # "sex,age_band", as on the command line
+            subgroups = subgroups.split(",")
         self.subgroups = [s.strip() for s in subgroups if s.strip()]
         self.thresholds = parse_thresholds(thresholds)
         if n_boot < 0:

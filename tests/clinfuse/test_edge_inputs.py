@@ -395,3 +395,16 @@ def test_commands_that_cannot_resume_do_not_suggest_it(tmp_path):
     with pytest.raises(ConfigError) as info:
         _prepare_folders(tmp_path / "fed", resume=False, overwrite=False, resumable=False)
     assert "--resume" not in str(info.value) and "--overwrite" in str(info.value)
+
+
+def test_python_api_says_what_to_pass(tiny_run, tiny_cohort, tmp_path):
+    from clinfuse.evaluation import evaluate_run
+    from clinfuse.model import load_run
+
+    with pytest.raises(ConfigError, match="expected the path of a run folder, got int"):
+        load_run(123)
+    model = load_run(tiny_run)
+    with pytest.raises(ConfigError, match="expected a manifest path or a Cohort, got DataFrame"):
+        model.predict(pd.read_csv(tiny_cohort))
+    result = evaluate_run(tiny_run, tiny_cohort, tmp_path / "ev", subgroups="sex", n_boot=0)
+    assert "sex" in result.metrics["subgroups"]
