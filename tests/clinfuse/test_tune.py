@@ -465,3 +465,24 @@ def test_a_missing_or_broken_space_file_is_named(tmp_path: Path) -> None:
     listed.write_text("- training.lr\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="must be a mapping"):
         read_space(listed)
+
+
+def test_a_refused_nested_stage_keeps_the_scored_trials(tiny_cohort, tmp_path, monkeypatch):
+    """The main trials drop their fold models once scored; a nested stage refused later (an
+    outer fold without both outcomes) must still leave them for --resume."""
+    import importlib
+
+    from clinfuse.errors import CohortError
+
+    tune_module = importlib.import_module("clinfuse.evaluation.tune")  # the module, not tune()
+
+    def refuse(*_args, **_kwargs):
+        raise CohortError("outer fold 1: its val part has one outcome class")
+
+    monkeypatch.setattr(tune_module, "_nested", refuse)
+    out = tmp_path / "tune"
+    with pytest.raises(CohortError, match="one outcome class"):
+        tune_module.tune(tiny_cohort, out, SPACE, _config(), folds=2, outer=2, n_boot=0)
+    kept = tmp_path / "tune.partial" / "trials"
+    assert (kept / "trial_001" / "crossval.json").exists()
+    assert (kept / "trial_002" / "crossval.json").exists()
