@@ -533,6 +533,13 @@ def compare(
             _fmt(_block(r, "delta_brier"), 4),
         )
     Console().print(table)
+    for name, n in (result.comparison.get("optimistic") or {}).items():
+        Console(stderr=True).print(
+            f"{name}: evaluated on {n} of its model's own training or validation cases; its "
+            "figures, and the differences with it, are optimistic",
+            highlight=False,
+            soft_wrap=True,
+        )
     Console().print(f"report: {result.report}")
 
 

@@ -475,6 +475,13 @@ def compare_evaluations(
         "level": level,
         "sign": "differences are model − reference: ΔAUROC > 0, ΔBrier < 0, "
         "Δnet benefit > 0, IDI > 0 and NRI parts > 0 favour the model",
+        # evaluations whose cases include their model's own training or validation cases
+        # (their model card says so): their figures, and differences with them, flatter
+        "optimistic": {
+            s.name: int(n)
+            for s in sources
+            if (n := (s.metrics.get("case_mix") or {}).get("n_overlap") or 0) > 0
+        },
     }
     return _write(out, comparison, y, risks)
 

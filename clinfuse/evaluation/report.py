@@ -1262,6 +1262,15 @@ def render_comparison(c: dict[str, Any], png: dict[str, bytes]) -> str:
             + "; ".join(f"{_e(m['model'])} had {m['n_dropped']} more" for m in dropped)
             + ".</p>"
         )
+    if c.get("optimistic"):
+        body.append(
+            '<p class="note">Optimistic: '
+            + "; ".join(
+                f"{_e(name)} was evaluated on {n} of its model's own training or validation cases"
+                for name, n in c["optimistic"].items()
+            )
+            + ". Its figures, and the differences with it, flatter that model.</p>"
+        )
     body.append("<h2>Models</h2>")
     body.append(
         _table(

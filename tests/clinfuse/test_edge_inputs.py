@@ -222,6 +222,13 @@ def test_evaluating_the_development_cases_says_the_figures_are_optimistic(
     assert not any(
         "run's own training" in x for x in test_only.metrics["model_card"]["limitations"]
     )
+    from clinfuse.evaluation.compare import compare_evaluations
+
+    again = evaluate_run(tiny_run, tiny_cohort, tmp_path / "ev3", n_boot=0)
+    compared = compare_evaluations([result.out, again.out], tmp_path / "cmp", n_boot=0)
+    overlap = result.metrics["case_mix"]["n_overlap"]
+    assert compared.comparison["optimistic"] == {"ev": overlap, "ev3": overlap}
+    assert "Optimistic: ev was evaluated on" in (tmp_path / "cmp" / "report.html").read_text()
 
 
 def test_delong_gives_no_interval_with_a_single_event():
