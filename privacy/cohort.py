@@ -212,8 +212,15 @@ def _is_dicom(path: Path) -> bool:
 
 
 def _dicom_files(path: Path) -> list[Path]:
+    """The files of a DICOM file or series folder. A folder's DICOMDIR is left out (as the
+    image reader leaves it out): it indexes the original file names, which the copy
+    renames, and names folders by patient."""
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+        )
     return [path]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pydicom.examples
 import pytest
 
@@ -164,3 +165,17 @@ def test_a_vendor_named_as_institution_is_not_searched() -> None:
     assert "TOSHIBA" not in values
     ds.InstitutionName = "St Elsewhere General"
     assert "St Elsewhere General" in {i.value for i in dicom_identifiers(ds)}
+
+
+def test_a_series_folder_s_dicomdir_is_not_copied(tmp_path: Path) -> None:
+    """A DICOMDIR indexes the original file names (which the copy renames) and names
+    folders by patient: it is left out, as the image reader leaves it out."""
+    import shutil
+
+    from privacy.cohort import _dicom_files
+
+    study = tmp_path / "study"
+    study.mkdir()
+    shutil.copy(pydicom.examples.get_path("ct"), study / "0001.dcm")
+    shutil.copy(pydicom.data.get_testdata_file("DICOMDIR"), study / "DICOMDIR")
+    assert [p.name for p in _dicom_files(study)] == ["0001.dcm"]
