@@ -269,27 +269,24 @@ def _date_issues(cohort: Cohort, column: str) -> list[Issue]:
 def _tabular_issues(cohort: Cohort, columns: list[str]) -> list[Issue]:
     """What training would refuse in the tabular columns: a column that is neither numbers
     nor a category (for the manifest), a cell that is not a number or not finite in a
-    numeric column (for its case). Columns are read as :class:`TabularEncoder` reads the
+    numeric column (for its case). Each column is read as :class:`TabularEncoder` reads the
     training cases, here from every case."""
     from clinfuse.io.tabular import TabularEncoder
 
+    frame = pd.DataFrame([r.extra for r in cohort.rows], columns=columns)
     issues: list[Issue] = []
-    usable = []
+    encoders = {}
     for col in columns:
         try:
-            TabularEncoder([col]).fit(pd.DataFrame({col: [r.extra.get(col) for r in cohort.rows]}))
+            encoders[col] = TabularEncoder([col]).fit(frame[[col]])
         except ClinFuseError as e:
             issues.append(Issue(None, col, _said(e)))
-        else:
-            usable.append(col)
-    if not usable or not cohort.rows:
-        return issues
-    encoder = TabularEncoder(usable).fit(pd.DataFrame([r.extra for r in cohort.rows]))
     for row in cohort.rows:
-        try:
-            encoder.transform_row(row.extra, case_id=row.case_id)
-        except ClinFuseError as e:
-            issues.append(Issue(row.case_id, e.field or "tabular", _said(e)))
+        for encoder in encoders.values():
+            try:
+                encoder.transform_row(row.extra, case_id=row.case_id)
+            except ClinFuseError as e:
+                issues.append(Issue(row.case_id, e.field or "tabular", _said(e)))
     return issues
 
 

@@ -52,7 +52,7 @@ from clinfuse.encoders.signal import SignalEncoderConfig, SignalResNet1dEncoder
 from clinfuse.encoders.tabular import (
     FTTransformerConfig,
     FTTransformerEncoder,
-    TabularEncoder,
+    TabularEncoderBase,
     TabularEncoderConfig,
     TabularMLPEncoder,
 )
@@ -84,7 +84,7 @@ __all__ = [
     "SignalResNet1dEncoder",
     "SmallCNNConfig",
     "SmallCNNEncoder",
-    "TabularEncoder",
+    "TabularEncoderBase",
     "TabularEncoderConfig",
     "TabularMLPEncoder",
     "TextEncoderConfig",

@@ -34,7 +34,7 @@ from clinfuse.errors import ConfigError
 __all__ = [
     "FTTransformerConfig",
     "FTTransformerEncoder",
-    "TabularEncoder",
+    "TabularEncoderBase",
     "TabularEncoderConfig",
     "TabularMLPEncoder",
 ]
@@ -86,7 +86,7 @@ class FTTransformerConfig(EncoderConfig):
     residual_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
-class TabularEncoder(Encoder):
+class TabularEncoderBase(Encoder):
     """Shared input handling of the tabular encoders: ``(values, mask)`` batches."""
 
     modality = "tabular"
@@ -185,7 +185,7 @@ class TabularEncoder(Encoder):
 
 
 @register_encoder("tabular", "mlp")
-class TabularMLPEncoder(TabularEncoder):
+class TabularMLPEncoder(TabularEncoderBase):
     """MLP over ``concat(values * mask, mask)``."""
 
     config_class = TabularEncoderConfig
@@ -210,7 +210,7 @@ class TabularMLPEncoder(TabularEncoder):
 
 
 @register_encoder("tabular", "ft_transformer")
-class FTTransformerEncoder(TabularEncoder):
+class FTTransformerEncoder(TabularEncoderBase):
     """FT-Transformer (Gorishniy et al., 2021) with a learned token for a missing value.
 
     Feature ``j`` observed with value ``x`` is the token ``x * W_j + b_j``; missing, it is

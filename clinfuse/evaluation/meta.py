@@ -173,7 +173,7 @@ def group_meta_analysis(rows: Sequence[dict[str, Any]], level: float = 0.95) -> 
         )
         out["calibration_slope"]["groups"] = [r["group"] for r in slopes]
         out["calibration_slope"]["left_out"] = left_out(slopes, "no calibration slope")
-    counts = [r for r in rows if r["n_events"] >= 0 and r["expected_events"] > 0]
+    counts = [r for r in rows if r["expected_events"] > 0]
     if len(counts) >= 2:
         zero = [r["n_events"] < 1 for r in counts]
         out["oe_ratio"] = oe_meta_analysis(

@@ -38,7 +38,6 @@ import torch
 from clinfuse import __version__
 from clinfuse._files import publish
 from clinfuse.cohort.manifest import Cohort, Issue
-from clinfuse.cohort.split import split_cohort
 from clinfuse.config import RunConfig
 from clinfuse.data import CaseLoader, check_signal_shapes, input_shapes
 from clinfuse.encoders.base import check_encoder_configs
@@ -64,8 +63,7 @@ from clinfuse.training.run import (
     _json_default,
     _prepare_folders,
     _write_json,
-    load_labelled_cohort,
-    resolve_modalities,
+    split_labelled_cohort,
 )
 from privacy.dp.engine import DPConfig
 from privacy.errors import FederatedError, PrivacyError
@@ -203,14 +201,7 @@ def prepare(
     """
     say = log or (lambda _m: None)
     data_cfg = config.data
-    cohort = load_labelled_cohort(cohort_path, data_cfg)
-    cohort = split_cohort(
-        cohort,
-        fractions=data_cfg.split_fractions,
-        seed=data_cfg.split_seed,
-        by_date=data_cfg.split_by_date,
-    )
-    modalities = resolve_modalities(cohort, config)
+    cohort, modalities = split_labelled_cohort(cohort_path, config)
     tabular = None
     if "tabular" in modalities:
         tabular = TabularEncoder(data_cfg.tabular_columns).fit(train_frame(cohort))

@@ -187,6 +187,36 @@ def _with_splits(cohort: Cohort, splits: Mapping[str, str]) -> Cohort:
     )
 
 
+def split_labelled_cohort(
+    cohort_path: str | Path,
+    config: RunConfig,
+    *,
+    case_ids: Sequence[str] | None = None,
+    splits: Mapping[str, str] | None = None,
+) -> tuple[Cohort, list[str]]:
+    """The labelled cohort a run trains on, split into train/val/test, and the modalities
+    it uses.
+
+    Args:
+        case_ids: use only these cases (a backtest's window).
+        splits: case id → split for every case, replacing the manifest's and the seeded
+            split (a cross-validation fold's plan).
+    """
+    data_cfg = config.data
+    cohort = load_labelled_cohort(cohort_path, data_cfg)
+    if case_ids is not None:
+        cohort = cohort.subset(list(case_ids))
+    if splits is not None:
+        cohort = _with_splits(cohort, splits)
+    cohort = split_cohort(
+        cohort,
+        fractions=data_cfg.split_fractions,
+        seed=data_cfg.split_seed,
+        by_date=data_cfg.split_by_date,
+    )
+    return cohort, resolve_modalities(cohort, config)
+
+
 def _prepare_folders(
     out: Path,
     *,
@@ -275,8 +305,8 @@ def train_run(
     if config is not None:  # before the run folder is made
         check_strategy(config.training)
         check_encoder_configs(config.encoders)
-    partial = _prepare_folders(out, resume=resume, overwrite=overwrite)
-    if resume:
+    if resume:  # the stored config decides how the cohort is read
+        partial = _prepare_folders(out, resume=True, overwrite=overwrite)
         stored = load_config(partial / "config.yaml")
         if config is not None and config.model_dump() != stored.model_dump():
             raise ConfigError(
@@ -287,24 +317,11 @@ def train_run(
         config = stored
     config = config or RunConfig()
     data_cfg = config.data
-
-    try:
-        cohort = load_labelled_cohort(cohort_path, data_cfg)
-        if case_ids is not None:
-            cohort = cohort.subset(list(case_ids))
-        if splits is not None:
-            cohort = _with_splits(cohort, splits)
-        cohort = split_cohort(
-            cohort,
-            fractions=data_cfg.split_fractions,
-            seed=data_cfg.split_seed,
-            by_date=data_cfg.split_by_date,
-        )
-        modalities = resolve_modalities(cohort, config)
-    except BaseException:
-        if not resume and not launched_worker():  # nothing computed yet: leave nothing
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
+    cohort, modalities = split_labelled_cohort(
+        cohort_path, config, case_ids=case_ids, splits=splits
+    )
+    if not resume:  # only a cohort that was accepted gets a folder
+        partial = _prepare_folders(out, resume=False, overwrite=overwrite)
     resolved = config.model_copy(
         update={"data": data_cfg.model_copy(update={"modalities": modalities})}
     )
